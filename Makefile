@@ -1,0 +1,17 @@
+# The two commands of the README, plus the UI and the benchmarks.
+.PHONY: setup run run-all test ui bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup  ## materialize the benchmark on AUGASSETS_PROFILE (default mini) and print the results table
+	.venv/bin/augassets benchmark
+
+test: setup  ## the test suite (smoke profile, seconds to minutes)
+	.venv/bin/python -m pytest -q
+
+ui: setup  ## the Dagster UI on http://127.0.0.1:3000
+	.venv/bin/augassets ui
+
+bench: setup  ## the performance harness; prints its table
+	.venv/bin/python -m benchmarks.run

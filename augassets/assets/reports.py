@@ -1,0 +1,53 @@
+"""Stage 5: the results table — the paper's Table 1 for the methods that have run."""
+
+
+import dagster as dg
+import polars as pl
+
+from ..core.images import write_bytes_atomic
+from ..core.methods import runnable_methods
+from ..core.report import markdown_table, summarize_scores
+from ..profiles import get_profile
+from ..versions import code_version
+from ..resources import ImageStoreResource, WarehouseResource
+from .classifier import classifier_scores
+
+PROFILE = get_profile()
+
+
+@dg.asset(
+    group_name="reports",
+    code_version=code_version("1", PROFILE.methods, PROFILE.classifier.replicates),
+    pool="duckdb",
+    deps=[classifier_scores],
+    kinds={"duckdb", "csv"},
+    description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
+    "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown table.",
+)
+def results_table(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
+) -> dg.MaterializeResult:
+    profile = PROFILE
+    db = warehouse.get()
+    methods = [m.key for m in runnable_methods(profile.methods)]
+    if not db.has_table("classifier_scores"):
+        raise RuntimeError("no classifier scores yet: materialize classifier_scores first")
+    scores = db.query("SELECT * FROM classifier_scores").filter(
+        pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates)
+    )
+    summary = summarize_scores(scores)
+    db.replace("results_table", summary)
+    csv_path = image_store.path("reports", "results_table.csv")
+    write_bytes_atomic(summary.write_csv().encode(), csv_path)
+    table = markdown_table(summary)
+    context.log.info("results table:\n" + table)
+    incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
+    return dg.MaterializeResult(
+        metadata={
+            "methods": summary.height,
+            "runs": int(summary["n_runs"].sum()),
+            "incomplete_methods": ", ".join(incomplete) or "none",
+            "results": dg.MetadataValue.md(table),
+            "csv": dg.MetadataValue.path(str(csv_path)),
+        }
+    )

@@ -1,0 +1,183 @@
+"""``augassets``: run the benchmark headless, or open the Dagster UI on the same instance.
+
+``augassets benchmark`` materializes, stage by stage, every asset the profile's methods need and prints
+the results table. A stage whose partitions were all materialized with the current code version after
+their upstream stage is skipped, so a rerun with nothing changed takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import warnings
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from .core.methods import runnable_methods
+from .core.report import markdown_table
+from .core.warehouse import Warehouse
+from .profiles import PROFILE_ENV, Profile, get_profile
+
+# The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def ensure_dagster_home(profile: Profile) -> Path:
+    """The profile's Dagster home, holding a copy of the repository's ``dagster.yaml``."""
+    home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
+    home.mkdir(parents=True, exist_ok=True)
+    if REPO_DAGSTER_YAML.is_file() and not (home / "dagster.yaml").exists():
+        shutil.copyfile(REPO_DAGSTER_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@dataclass
+class Stage:
+    """One run of a job over some partitions (None: an unpartitioned job)."""
+
+    job_name: str
+    asset_name: str
+    partition_keys: list[str] | None
+    upstream: list[str]  # asset names whose latest materialization must be older
+
+
+def contiguous_ranges(all_keys: list[str], wanted: list[str]) -> list[tuple[str, str]]:
+    """Group ``wanted`` into runs of consecutive keys of ``all_keys`` (one run per range)."""
+    positions = sorted(all_keys.index(k) for k in wanted)
+    ranges, start = [], None
+    for i, pos in enumerate(positions):
+        if start is None:
+            start = pos
+        if i + 1 == len(positions) or positions[i + 1] != pos + 1:
+            ranges.append((all_keys[start], all_keys[pos]))
+            start = None
+    return ranges
+
+
+def plan(profile: Profile) -> list[Stage]:
+    methods = [m.key for m in runnable_methods(profile.methods)]
+    replicates = [str(r) for r in range(profile.classifier.replicates)]
+    return [
+        Stage("prepare_data", "class_catalog", None, []),
+        Stage("prepare_data", "dataset_splits", None, ["class_catalog"]),
+        Stage("build_augmented_datasets", "augmented_datasets", methods, ["dataset_splits"]),
+        Stage("train_classifiers", "classifier_scores", [f"{m}|{r}" for m in methods for r in replicates], ["augmented_datasets"]),
+        Stage("report", "results_table", None, ["classifier_scores"]),
+    ]
+
+
+def _latest(instance, asset_name: str, partition_keys: list[str] | None):
+    """The latest materialization event of each requested partition (key None: unpartitioned)."""
+    key = dg.AssetKey(asset_name)
+    if partition_keys is None:
+        event = instance.get_latest_materialization_event(key)
+        return {None: event} if event else {}
+    found = {}
+    for partition in partition_keys:
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1)
+        if records.records:
+            found[partition] = records.records[0].event_log_entry
+    return found
+
+
+def stage_is_fresh(instance, defs, stage: Stage) -> bool:
+    wanted = stage.partition_keys if stage.partition_keys is not None else [None]
+    latest = _latest(instance, stage.asset_name, stage.partition_keys)
+    if any(p not in latest for p in wanted):
+        return False
+    current = defs.resolve_assets_def(dg.AssetKey(stage.asset_name)).code_versions_by_key[dg.AssetKey(stage.asset_name)]
+    if any(e.asset_materialization.tags.get("dagster/code_version") != current for e in latest.values()):
+        return False
+    oldest = min(e.timestamp for e in latest.values())
+    for upstream in stage.upstream:
+        record = instance.get_latest_materialization_event(dg.AssetKey(upstream))
+        if record is None or record.timestamp > oldest:
+            return False
+    return True
+
+
+def run_stage(instance, defs, stage: Stage, say) -> None:
+    job = defs.resolve_job_def(stage.job_name)
+    selection = [dg.AssetKey(stage.asset_name)]
+    if stage.partition_keys is None:
+        result = job.execute_in_process(instance=instance, asset_selection=selection)
+        if not result.success:
+            raise SystemExit(f"{stage.asset_name} failed; see the run in the UI (augassets ui)")
+        return
+    all_keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+    for start, end in contiguous_ranges(all_keys, stage.partition_keys):
+        say(f"  {stage.asset_name} [{start} … {end}]")
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=selection,
+            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        )
+        if not result.success:
+            raise SystemExit(f"{stage.asset_name} [{start} … {end}] failed; see the run in the UI (augassets ui)")
+
+
+def benchmark(profile: Profile, force: bool = False, say=print) -> str:
+    """Materialize what the profile needs and return the results table as markdown."""
+    ensure_dagster_home(profile)
+    from .definitions import defs  # after the profile is chosen: definitions read it at import
+
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    say(f"augassets benchmark: profile {profile.name}, state in {profile.home}")
+    rerun = force
+    for stage in plan(profile):
+        if not rerun and stage_is_fresh(instance, defs, stage):
+            say(f"- {stage.asset_name}: up to date")
+            continue
+        rerun = True  # everything downstream of a rebuilt stage is rebuilt too
+        stage_started = time.perf_counter()
+        say(f"- {stage.asset_name}: materializing")
+        run_stage(instance, defs, stage, say)
+        say(f"  done in {time.perf_counter() - stage_started:.1f} s")
+    summary = Warehouse(profile.home / "catalog.duckdb").query("SELECT * FROM results_table")
+    table = markdown_table(summary)
+    say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
+    return table
+
+
+def ui(profile: Profile, port: int, host: str) -> int:
+    home = ensure_dagster_home(profile)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    command = ["dagster", "dev", "-h", host, "-p", str(port)]
+    command += ["-w", str(workspace)] if workspace.is_file() else ["-m", "augassets.definitions"]
+    print(f"Dagster UI for profile {profile.name} on http://{host}:{port} (DAGSTER_HOME={home})")
+    return subprocess.call(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="augassets", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", help=f"profile name (default: ${PROFILE_ENV} or mini)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("benchmark", help="materialize the benchmark headless and print the results table")
+    bench.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
+    ui_parser = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this profile's instance")
+    ui_parser.add_argument("--port", type=int, default=3000)
+    ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    args = parser.parse_args(argv)
+    if args.profile:
+        os.environ[PROFILE_ENV] = args.profile
+    profile = get_profile()
+    if args.command == "benchmark":
+        benchmark(profile, force=args.force)
+        return 0
+    return ui(profile, args.port, args.host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

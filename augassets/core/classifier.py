@@ -1,0 +1,233 @@
+"""The downstream classifier and the paper's training protocol (section 3).
+
+RandomResizedCrop + horizontal flip, SGD with momentum, the learning rate divided by 10 after
+``plateau_patience`` epochs without a better val accuracy, training stopped after
+``early_stop_patience`` such epochs or ``max_epochs``, and the best-val checkpoint scored on test.
+A plain loop in the spirit of torchvision's classification reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models import resnet50
+from torchvision.models.resnet import BasicBlock
+from torchvision.transforms import v2
+
+from ..profiles import ClassifierSpec
+from .images import load_rgb
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet channel statistics, as torchvision's reference uses
+STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger(__name__)
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet (He et al. 2016, section 4.2) for 28–32 px images: a 3×3 stem and three
+    stages of torchvision ``BasicBlock``s at widths w, 2w, 4w, downsampling by stride 2."""
+
+    def __init__(self, num_classes: int, width: int = 16, blocks_per_stage: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        stages, in_ch = [], width
+        for i, out_ch in enumerate((width, 2 * width, 4 * width)):
+            stride = 1 if i == 0 else 2
+            for b in range(blocks_per_stage):
+                s = stride if b == 0 else 1
+                downsample = None
+                if s != 1 or in_ch != out_ch:
+                    downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=s, bias=False), nn.BatchNorm2d(out_ch))
+                stages.append(BasicBlock(in_ch, out_ch, stride=s, downsample=downsample))
+                in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_model(spec: ClassifierSpec, num_classes: int) -> nn.Module:
+    if spec.arch == "resnet_small":
+        return SmallResNet(num_classes, width=spec.width)
+    if spec.arch == "resnet50":
+        return resnet50(weights=None, num_classes=num_classes)
+    raise ValueError(f"unknown classifier arch {spec.arch!r} (profile setting classifier.arch: resnet_small or resnet50)")
+
+
+def train_transform(spec: ClassifierSpec) -> v2.Transform:
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(spec.image_size, scale=spec.crop_scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def eval_transform(spec: ClassifierSpec) -> v2.Transform:
+    # At 224 px, torchvision's reference resizes to 256 and centre-crops; small images are just resized.
+    resize = int(round(spec.image_size * 256 / 224)) if spec.image_size >= 64 else spec.image_size
+    return v2.Compose(
+        [
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(spec.image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def _to_uint8_tensor(path: str, size: int | None) -> torch.Tensor:
+    image = load_rgb(path)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+class ImageListDataset(Dataset):
+    """(path, label) pairs. Small sets are decoded once into a uint8 tensor (``preload``); large ones
+    are decoded on access, so an ImageNet-sized list is streamed rather than held in memory."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: v2.Transform, preload_size: int | None = None):
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.transform = transform
+        self.cache = None
+        if preload_size is not None and self.paths:
+            self.cache = torch.stack([_to_uint8_tensor(p, preload_size) for p in self.paths])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = self.cache[index] if self.cache is not None else _to_uint8_tensor(self.paths[index], None)
+        return self.transform(image), self.labels[index]
+
+
+@dataclass
+class LabeledImages:
+    paths: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class TrainResult:
+    test_top1: float
+    best_val_top1: float
+    best_epoch: int
+    epochs_run: int
+    train_images: int
+    train_seconds: float
+    images_per_second: float
+    per_class_test_top1: dict[int, float]
+    history: list[dict] = field(default_factory=list)
+    state_dict: dict | None = None
+
+
+def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool, seed: int) -> DataLoader:
+    preload = spec.image_size if len(data) <= spec.preload_max_images else None
+    dataset = ImageListDataset(data.paths, data.labels, transform, preload_size=preload)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=spec.batch_size,
+        shuffle=shuffle,
+        num_workers=spec.num_workers,
+        generator=generator,
+        drop_last=False,
+        persistent_workers=spec.num_workers > 0,
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    predictions, targets = [], []
+    for images, labels in loader:
+        predictions.append(model(images.to(device)).argmax(1).cpu())
+        targets.append(labels)
+    return torch.cat(predictions).numpy(), torch.cat(targets).numpy()
+
+
+def per_class_accuracy(predictions: np.ndarray, targets: np.ndarray) -> dict[int, float]:
+    return {int(c): float((predictions[targets == c] == c).mean()) for c in np.unique(targets)}
+
+
+def train_classifier(
+    train: LabeledImages,
+    val: LabeledImages,
+    test: LabeledImages,
+    num_classes: int,
+    spec: ClassifierSpec,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train one classifier with the paper's protocol and score its best-val checkpoint on test."""
+    if not len(train) or not len(val) or not len(test):
+        raise ValueError(f"empty split: train={len(train)} val={len(val)} test={len(test)}")
+    say = progress or log.info
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    device = torch.device(spec.device if spec.device != "cuda" or torch.cuda.is_available() else "cpu")
+    model = build_model(spec, num_classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=spec.plateau_patience)
+    train_loader = _loader(train, train_transform(spec), spec, shuffle=True, seed=seed)
+    val_loader = _loader(val, eval_transform(spec), spec, shuffle=False, seed=seed)
+
+    best_val, best_epoch, best_state, history = -1.0, 0, None, []
+    train_seconds, seen = 0.0, 0
+    for epoch in range(1, spec.max_epochs + 1):
+        model.train()
+        started, loss_sum = time.perf_counter(), 0.0
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+        train_seconds += time.perf_counter() - started
+        predictions, targets = predict(model, val_loader, device)
+        val_top1 = float((predictions == targets).mean())
+        scheduler.step(val_top1)
+        lr = optimizer.param_groups[0]["lr"]
+        history.append({"epoch": epoch, "train_loss": loss_sum / len(train), "val_top1": val_top1, "lr": lr})
+        if val_top1 > best_val:
+            best_val, best_epoch, best_state = val_top1, epoch, copy.deepcopy(model.state_dict())
+        say(f"epoch {epoch}/{spec.max_epochs}: loss {loss_sum / len(train):.3f} val top-1 {val_top1:.4f} (best {best_val:.4f} @ {best_epoch}) lr {lr:g}")
+        if epoch - best_epoch >= spec.early_stop_patience:
+            say(f"early stop: no val improvement for {spec.early_stop_patience} epochs")
+            break
+
+    model.load_state_dict(best_state)
+    test_loader = _loader(test, eval_transform(spec), spec, shuffle=False, seed=seed)
+    predictions, targets = predict(model, test_loader, device)
+    return TrainResult(
+        test_top1=float((predictions == targets).mean()),
+        best_val_top1=best_val,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        train_images=len(train),
+        train_seconds=train_seconds,
+        images_per_second=seen / train_seconds if train_seconds else 0.0,
+        per_class_test_top1=per_class_accuracy(predictions, targets),
+        history=history,
+        state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
+    )

@@ -1,0 +1,31 @@
+"""The Dagster definitions of the study: ``dagster dev`` (via workspace.yaml) and the CLI load these."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets.catalog import class_catalog
+from .assets.classifier import classifier_scores
+from .assets.datasets import augmented_datasets
+from .assets.reports import results_table
+from .assets.splits import dataset_splits
+from .resources import default_resources
+
+ASSETS = [class_catalog, dataset_splits, augmented_datasets, classifier_scores, results_table]
+
+prepare_job = dg.define_asset_job(
+    "prepare_data", selection=[class_catalog, dataset_splits], description="Class catalog and splits."
+)
+augmented_datasets_job = dg.define_asset_job(
+    "build_augmented_datasets", selection=[augmented_datasets], partitions_def=augmented_datasets.partitions_def
+)
+classifier_job = dg.define_asset_job(
+    "train_classifiers", selection=[classifier_scores], partitions_def=classifier_scores.partitions_def
+)
+report_job = dg.define_asset_job("report", selection=[results_table])
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    jobs=[prepare_job, augmented_datasets_job, classifier_job, report_job],
+    resources=default_resources(),
+)

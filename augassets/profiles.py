@@ -1,0 +1,223 @@
+"""Every number of the study, in one place, per profile.
+
+A profile says which dataset to use, how to subsample it, how to train the classifier and which methods
+to run. Select one with ``AUGASSETS_PROFILE`` (default ``mini``). Paths to real data come from
+environment variables, so the same profile runs on any machine:
+
+=============================  ==========================================================
+``AUGASSETS_HOME``             all state: DuckDB catalog, image store, models, reports
+                               (default ``./augassets_home``)
+``AUGASSETS_FASHION_MNIST_DIR`` Fashion-MNIST IDX files (default
+                               ``/usr/share/datasets/fashion-mnist``, Debian
+                               ``dataset-fashion-mnist``)
+``AUGASSETS_IMAGENET_DIR``     ILSVRC2012 as class folders: ``train/<wnid>/*.JPEG`` and
+                               ``val/<wnid>/*.JPEG``
+``AUGASSETS_CALTECH256_DIR``   ``256_ObjectCategories`` (folders ``001.ak47`` …)
+``AUGASSETS_WORDNET_DIR``      WordNet 3.0 dict folder (default ``/usr/share/wordnet``)
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROFILE_ENV = "AUGASSETS_PROFILE"
+HOME_ENV = "AUGASSETS_HOME"
+DEFAULT_PROFILE = "mini"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the images come from and how classes are named.
+
+    kind: ``fashion_mnist`` (IDX files) or ``image_folder`` (``<root>/<train_dir>/<class>/<image>``).
+    class_list: ``fashion_mnist`` / ``imagenet`` (wnids from the packaged tables) or ``caltech256``
+    (folder names; keys ``c001``…). ``test_dir`` empty means no official test split: val and test are
+    carved from train (``holdout_fraction`` each), as the paper does for Caltech256.
+    """
+
+    kind: str
+    class_list: str
+    root_env: str
+    default_root: str
+    install_hint: str
+    train_dir: str = "train"
+    test_dir: str = "val"
+    holdout_fraction: float = 0.0
+
+    @property
+    def root(self) -> Path:
+        return Path(os.environ.get(self.root_env, self.default_root))
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """The paper's subsampling: a p% class-imbalance-preserving target set, a disjoint val set of the
+    same size, the official test split, and a disjoint extra real set of the target's size (``real_2p``).
+
+    ``class_rate_spread`` makes a balanced dataset imbalanced on purpose: class c keeps a fraction
+    ``train_fraction * u_c`` with ``u_c`` drawn uniformly from ``[1 - spread, 1]`` (seeded), so class
+    counts differ as ImageNet's 74–130 do. ``val_fraction`` sizes the val set when it should differ from the target (full ImageNet: 90% / 10%).
+    ``max_test_per_class`` caps the test split (0: no cap).
+    ``non_rgb`` says what to do with CMYK/RGBA/grayscale files in class folders: ``skip`` or ``convert``.
+    """
+
+    train_fraction: float
+    val_fraction: float = 0.0  # 0: the same as train_fraction (a val set of the target's size)
+    class_rate_spread: float = 0.0
+    max_test_per_class: int = 0
+    seed: int = 0
+    non_rgb: str = "skip"
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """The paper's classifier protocol (section 3): RandomResizedCrop + flip, SGD, lr ÷10 after
+    ``plateau_patience`` epochs without val improvement, stop after ``early_stop_patience``, at most
+    ``max_epochs``; the best-val checkpoint is scored on test.
+
+    arch: ``resnet_small`` (a CIFAR-style ResNet for 28–32 px) or ``resnet50`` (torchvision).
+    ``preload_max_images``: sets up to this size are decoded once and kept in memory; larger ones
+    are streamed from disk by ``num_workers`` DataLoader workers.
+    """
+
+    arch: str
+    image_size: int
+    batch_size: int
+    lr: float
+    max_epochs: int
+    plateau_patience: int
+    early_stop_patience: int
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    replicates: int = 5
+    width: int = 16
+    num_workers: int = 0
+    preload_max_images: int = 200_000
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    dataset: DatasetSpec
+    split: SplitSpec
+    classifier: ClassifierSpec
+    methods: tuple[str, ...] = ("real_p", "real_2p")
+    max_classes: int = 0  # 0: every class of the class list
+    torch_threads: int = 0  # 0: leave torch's default
+
+    @property
+    def home(self) -> Path:
+        """This profile's state: ``$AUGASSETS_HOME/<profile>`` (profiles never share tables)."""
+        return Path(os.environ.get(HOME_ENV, "augassets_home")).resolve() / self.name
+
+
+FASHION_MNIST = DatasetSpec(
+    kind="fashion_mnist",
+    class_list="fashion_mnist",
+    root_env="AUGASSETS_FASHION_MNIST_DIR",
+    default_root="/usr/share/datasets/fashion-mnist",
+    install_hint="install it with `apt-get install dataset-fashion-mnist` (Debian) or set "
+    "AUGASSETS_FASHION_MNIST_DIR to a folder holding the four *-ubyte.gz files",
+)
+
+IMAGENET = DatasetSpec(
+    kind="image_folder",
+    class_list="imagenet",
+    root_env="AUGASSETS_IMAGENET_DIR",
+    default_root="/data/imagenet",
+    install_hint="set AUGASSETS_IMAGENET_DIR to an ILSVRC2012 folder with train/<wnid>/ and val/<wnid>/",
+)
+
+CALTECH256 = DatasetSpec(
+    kind="image_folder",
+    class_list="caltech256",
+    root_env="AUGASSETS_CALTECH256_DIR",
+    default_root="/data/256_ObjectCategories",
+    install_hint="set AUGASSETS_CALTECH256_DIR to the extracted 256_ObjectCategories folder",
+    train_dir="",
+    test_dir="",
+    holdout_fraction=0.1,
+)
+
+SMALL_RESNET = ClassifierSpec(
+    arch="resnet_small",
+    image_size=28,
+    batch_size=64,
+    lr=0.05,
+    max_epochs=30,
+    plateau_patience=4,
+    early_stop_patience=8,
+    crop_scale=(0.35, 1.0),
+    width=8,
+)
+
+RESNET50 = ClassifierSpec(
+    arch="resnet50",
+    image_size=224,
+    batch_size=256,
+    lr=0.1,
+    max_epochs=270,
+    plateau_patience=10,
+    early_stop_patience=20,
+    num_workers=8,
+    preload_max_images=0,
+    device="cuda",
+)
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="Tests: 3 Fashion-MNIST classes, a few dozen images each, 3 epochs. Seconds.",
+        dataset=FASHION_MNIST,
+        split=SplitSpec(train_fraction=0.004, class_rate_spread=0.4, max_test_per_class=40, seed=0),
+        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4),
+        max_classes=3,
+        torch_threads=1,
+    ),
+    "mini": Profile(
+        name="mini",
+        description="The embedded default: all 10 Fashion-MNIST classes, 1.2–2% of each class (72–120 "
+        "images, imbalanced like ImageNet-10%'s 74–130), the full 10k test split, a small ResNet at 28 px.",
+        dataset=FASHION_MNIST,
+        split=SplitSpec(train_fraction=0.02, class_rate_spread=0.4, seed=0),
+        classifier=SMALL_RESNET,
+    ),
+    "imagenet10": Profile(
+        name="imagenet10",
+        description="The paper's main setting: a 10% class-imbalance-preserving ImageNet subsample, ResNet-50.",
+        dataset=IMAGENET,
+        split=SplitSpec(train_fraction=0.10, seed=0),
+        classifier=RESNET50,
+    ),
+    "imagenet": Profile(
+        name="imagenet",
+        description="Full ImageNet (all training images but the val subsample), ResNet-50.",
+        dataset=IMAGENET,
+        split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0),
+        classifier=RESNET50,
+        methods=("real_p",),
+    ),
+    "caltech256": Profile(
+        name="caltech256",
+        description="Caltech256: 80/10/10 split, half of the 80% as target, the other half as real_2p; "
+        "batch 1024, lr 0.003 (paper section 3).",
+        dataset=CALTECH256,
+        split=SplitSpec(train_fraction=0.40, seed=0),
+        classifier=replace(RESNET50, batch_size=1024, lr=0.003),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``."""
+    name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r} (set {PROFILE_ENV} to one of {', '.join(PROFILES)})") from None
