@@ -17,10 +17,10 @@ prepare_job = dg.define_asset_job(
     "prepare_data", selection=[class_catalog, dataset_splits], description="Class catalog and splits."
 )
 augmented_datasets_job = dg.define_asset_job(
-    "build_augmented_datasets", selection=[augmented_datasets], partitions_def=augmented_datasets.partitions_def
+    "build_augmented_datasets", selection=[augmented_datasets]
 )
 classifier_job = dg.define_asset_job(
-    "train_classifiers", selection=[classifier_scores], partitions_def=classifier_scores.partitions_def
+    "train_classifiers", selection=[classifier_scores]
 )
 report_job = dg.define_asset_job("report", selection=[results_table])
 

@@ -33,8 +33,8 @@ class DatasetSpec:
     """Where the images come from and how classes are named.
 
     kind: ``fashion_mnist`` (IDX files) or ``image_folder`` (``<root>/<train_dir>/<class>/<image>``).
-    class_list: ``fashion_mnist`` / ``imagenet`` (wnids from the packaged tables) or ``caltech256``
-    (folder names; keys ``c001``…). ``test_dir`` empty means no official test split: val and test are
+    class_list: ``fashion_mnist`` / ``imagenet`` (wnids from the packaged tables), ``caltech256``
+    (folder names; keys ``c001``…) or ``folders`` (the wnid-named class folders of any ImageFolder). ``test_dir`` empty means no official test split: val and test are
     carved from train (``holdout_fraction`` each), as the paper does for Caltech256.
     """
 
@@ -50,6 +50,11 @@ class DatasetSpec:
     @property
     def root(self) -> Path:
         return Path(os.environ.get(self.root_env, self.default_root))
+
+    @property
+    def class_root(self) -> Path:
+        """The folder whose subfolders are the classes."""
+        return self.root / self.train_dir if self.train_dir else self.root
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,16 @@ CALTECH256 = DatasetSpec(
     holdout_fraction=0.1,
 )
 
+IMAGE_FOLDER = DatasetSpec(
+    kind="image_folder",
+    class_list="folders",
+    root_env="AUGASSETS_IMAGEFOLDER_DIR",
+    default_root="/data/imagefolder",
+    install_hint="set AUGASSETS_IMAGEFOLDER_DIR to a folder with train/<wnid>/ and test/<wnid>/ class folders",
+    train_dir="train",
+    test_dir="test",
+)
+
 SMALL_RESNET = ClassifierSpec(
     arch="resnet_small",
     image_size=28,
@@ -210,6 +225,14 @@ PROFILES: dict[str, Profile] = {
         dataset=CALTECH256,
         split=SplitSpec(train_fraction=0.40, seed=0),
         classifier=replace(RESNET50, batch_size=1024, lr=0.003),
+    ),
+    "imagefolder": Profile(
+        name="imagefolder",
+        description="Any ImageFolder whose class folders are WordNet ids (train/<wnid>/, test/<wnid>/), "
+        "10% target, ResNet-50.",
+        dataset=IMAGE_FOLDER,
+        split=SplitSpec(train_fraction=0.10, seed=0),
+        classifier=RESNET50,
     ),
 }
 

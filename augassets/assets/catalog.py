@@ -15,7 +15,7 @@ PROFILE = get_profile()
 
 @dg.asset(
     group_name="catalog",
-    code_version=code_version("1", PROFILE.dataset.class_list, PROFILE.max_classes),
+    code_version=code_version("1", PROFILE.dataset, PROFILE.max_classes),
     pool="duckdb",
     kinds={"duckdb", "python"},
     description="One row per class: wnid, label, WordNet lemmas, name (lemmas joined by ', '), name without "
@@ -23,7 +23,7 @@ PROFILE = get_profile()
 )
 def class_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     profile = PROFILE
-    catalog = build_catalog(profile.dataset.class_list, profile.max_classes)
+    catalog = build_catalog(profile.dataset, profile.max_classes)
     warehouse.get().replace("class_catalog", catalog)
     known = set(context.instance.get_dynamic_partitions(CLASS_PARTITIONS_NAME))
     new_keys = [wnid for wnid in catalog["wnid"].to_list() if wnid not in known]

@@ -13,7 +13,8 @@ from importlib import resources
 
 import polars as pl
 
-from .wordnet import WordNet
+from ..profiles import DatasetSpec
+from .wordnet import WordNet, WordNetError
 
 CATALOG_SCHEMA = {
     "wnid": pl.Utf8,
@@ -41,7 +42,10 @@ def data_lines(filename: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def class_entries(class_list: str) -> list[ClassEntry]:
+def class_entries(dataset: DatasetSpec) -> list[ClassEntry]:
+    """The classes of the dataset's class list, in label order. ``folders`` lists the wnid-named class
+    folders of the dataset itself (any ImageFolder dataset whose folders are WordNet ids)."""
+    class_list = dataset.class_list
     if class_list == "fashion_mnist":
         rows = [line.split("\t") for line in data_lines("fashion_mnist_wordnet.tsv")]
         return [ClassEntry(key=r[2], folder=r[2], source_label=int(r[0])) for r in rows]
@@ -55,6 +59,13 @@ def class_entries(class_list: str) -> list[ClassEntry]:
             for folder in folders
             if not folder.endswith(".clutter")
         ]
+    if class_list == "folders":
+        if not dataset.class_root.is_dir():
+            raise FileNotFoundError(
+                f"class folder root {dataset.class_root} does not exist (setting {dataset.root_env}): {dataset.install_hint}"
+            )
+        folders = sorted(p.name for p in dataset.class_root.iterdir() if p.is_dir())
+        return [ClassEntry(key=folder, folder=folder, source_label=i) for i, folder in enumerate(folders)]
     raise ValueError(f"unknown class list {class_list!r} (profile setting dataset.class_list)")
 
 
@@ -70,10 +81,11 @@ def caltech_name(folder: str) -> str:
     return name.replace("-", " ").replace("_", " ")
 
 
-def build_catalog(class_list: str, max_classes: int = 0, wordnet: WordNet | None = None) -> pl.DataFrame:
+def build_catalog(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None) -> pl.DataFrame:
     """One row per class: key, contiguous label, lemmas, name (lemmas joined by ", "), no-ws name,
     first hypernym and definition. Raises on an unknown wnid, naming it."""
-    entries = class_entries(class_list)
+    class_list = dataset.class_list
+    entries = class_entries(dataset)
     if max_classes:
         entries = entries[:max_classes]
     rows = []
@@ -82,9 +94,15 @@ def build_catalog(class_list: str, max_classes: int = 0, wordnet: WordNet | None
             lemmas, hypernym, definition = [caltech_name(entry.folder)], "", ""
         else:
             wordnet = wordnet or WordNet()
-            synset = wordnet.synset(entry.key)
+            try:
+                synset = wordnet.synset(entry.key)
+                hypernym = wordnet.first_hypernym_name(entry.key)
+            except WordNetError as error:
+                raise WordNetError(
+                    f"class {entry.folder!r} of class list {class_list!r}: {error}; class keys must be WordNet 3.0 "
+                    "noun ids (rename or remove that class folder)"
+                ) from None
             lemmas, definition = list(synset.lemmas), synset.definition
-            hypernym = wordnet.first_hypernym_name(entry.key)
         name = ", ".join(lemmas)
         rows.append(
             {

@@ -41,7 +41,8 @@ def inspect_image(path: str | os.PathLike, non_rgb: str = "skip") -> ImageStatus
     except UnidentifiedImageError:
         return ImageStatus.CORRUPT
     except OSError as error:
-        return ImageStatus.TRUNCATED if "truncated" in str(error) else ImageStatus.CORRUPT
+        # PIL words it "image file is truncated (…)" or "Truncated File Read", depending on where it stops.
+        return ImageStatus.TRUNCATED if "truncated" in str(error).lower() else ImageStatus.CORRUPT
     except (ValueError, SyntaxError):
         return ImageStatus.CORRUPT
     if mode == "RGB":

@@ -1,0 +1,57 @@
+"""Test settings: the ``smoke`` profile and a throwaway AUGASSETS_HOME / DAGSTER_HOME per session.
+
+The environment is set before any augassets module is imported, because the asset definitions read
+the active profile at import time.
+"""
+
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="augassets-tests-"))
+os.environ["AUGASSETS_PROFILE"] = "smoke"
+os.environ["AUGASSETS_HOME"] = str(_SESSION_DIR / "home")
+os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster")
+(_SESSION_DIR / "dagster").mkdir(parents=True, exist_ok=True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+def write_image(path: Path, mode: str = "RGB", color=(200, 30, 30), size: int = 32, fmt: str | None = None) -> Path:
+    """A small real image file of the given mode, with a little texture so JPEG/PNG are non-trivial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    base = np.array(Image.new("RGB", (size, size), color), dtype=np.int16)
+    noisy = np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path):
+    """An ImageFolder with train/ and test/ folders for two real wnids, one good image set per class
+    plus every kind of bad file in the first class's training folder."""
+    root = tmp_path / "imagefolder"
+    classes = {"n03595614": (220, 40, 40), "n04489008": (40, 40, 220)}
+    for wnid, color in classes.items():
+        for i in range(12):
+            write_image(root / "train" / wnid / f"img_{i:02d}.jpg", color=color, fmt="JPEG")
+        for i in range(4):
+            write_image(root / "test" / wnid / f"img_{i:02d}.png", color=color, fmt="PNG")
+    bad = root / "train" / "n03595614"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "corrupt.jpg").write_bytes(b"this is not an image at all" * 10)
+    full = write_image(tmp_path / "full.jpg", fmt="JPEG").read_bytes()
+    (bad / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    write_image(bad / "cmyk.jpg", mode="CMYK", fmt="JPEG")
+    write_image(bad / "rgba.png", mode="RGBA", fmt="PNG")
+    write_image(bad / "gray.png", mode="L", fmt="PNG")
+    return root

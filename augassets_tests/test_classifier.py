@@ -1,0 +1,74 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from augassets.core.classifier import LabeledImages, SmallResNet, build_model, per_class_accuracy, train_classifier
+from augassets.profiles import SMALL_RESNET
+
+from .conftest import write_image
+
+COLORS = [(230, 30, 30), (30, 30, 230), (30, 200, 30)]
+
+
+def colour_set(root, per_class: int) -> LabeledImages:
+    paths, labels = [], []
+    for label, color in enumerate(COLORS):
+        for i in range(per_class):
+            paths.append(str(write_image(root / f"{label}_{i}.png", color=color, size=28)))
+            labels.append(label)
+    return LabeledImages(paths, labels)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    return colour_set(root / "train", 16), colour_set(root / "val", 6), colour_set(root / "test", 6)
+
+
+def test_classifier_learns_and_follows_the_protocol(colour_data):
+    """Colour classes are learnable in a few epochs; after that val stops improving, so the lr is
+    divided by 10 after `plateau_patience` stagnant epochs and training stops after `early_stop_patience`."""
+    train, val, test = colour_data
+    spec = replace(SMALL_RESNET, width=4, batch_size=16, lr=0.05, max_epochs=60, plateau_patience=1, early_stop_patience=4)
+    result = train_classifier(train, val, test, num_classes=3, spec=spec, seed=0)
+    assert result.best_val_top1 == 1.0
+    assert result.test_top1 >= 0.9
+    assert result.epochs_run == result.best_epoch + spec.early_stop_patience < spec.max_epochs
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[0] == pytest.approx(0.05)
+    assert pytest.approx(0.005) in lrs, "the lr is divided by 10 on a val plateau"
+    assert set(result.per_class_test_top1) == {0, 1, 2}
+    assert result.train_images == len(train) and result.images_per_second > 0
+    # The returned checkpoint is the best-val one and loads into a fresh model.
+    model = SmallResNet(3, width=4)
+    model.load_state_dict(result.state_dict)
+
+
+def test_training_is_seeded(colour_data):
+    train, val, test = colour_data
+    spec = replace(SMALL_RESNET, width=4, batch_size=16, max_epochs=2, plateau_patience=1, early_stop_patience=2)
+    a = train_classifier(train, val, test, 3, spec, seed=3)
+    b = train_classifier(train, val, test, 3, spec, seed=3)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def test_empty_split_is_rejected(colour_data):
+    train, val, _ = colour_data
+    with pytest.raises(ValueError, match="empty split"):
+        train_classifier(train, val, LabeledImages([], []), 3, SMALL_RESNET, seed=0)
+
+
+def test_models_have_the_right_output_shape():
+    assert SmallResNet(7, width=4)(torch.zeros(2, 3, 28, 28)).shape == (2, 7)
+    resnet50 = build_model(replace(SMALL_RESNET, arch="resnet50"), 5)
+    assert resnet50.fc.out_features == 5
+    with pytest.raises(ValueError, match="classifier.arch"):
+        build_model(replace(SMALL_RESNET, arch="vgg"), 5)
+
+
+def test_per_class_accuracy():
+    predictions = np.array([0, 0, 1, 2, 2, 2])
+    targets = np.array([0, 1, 1, 2, 2, 0])
+    assert per_class_accuracy(predictions, targets) == {0: 0.5, 1: 0.5, 2: 1.0}

@@ -1,0 +1,80 @@
+import math
+
+import polars as pl
+import pytest
+
+from augassets.cli import contiguous_ranges
+from augassets.core.augment import augmented_sets
+from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
+from augassets.core.report import frame_markdown, markdown_table, summarize_scores
+from augassets.core.warehouse import Warehouse
+
+
+def test_registry_keys_are_partition_safe_and_complete():
+    assert len(METHOD_KEYS) == 13 and len(set(METHOD_KEYS)) == 13
+    assert {"real_p", "real_2p", "retrieval", "boomerang", "textual_inversion"} <= set(METHOD_KEYS)
+    assert [m.key for m in runnable_methods(("real_2p", "real_p"))] == ["real_p", "real_2p"]
+    with pytest.raises(ValueError, match="not implemented yet"):
+        runnable_methods(("real_p", "imagic"))
+    with pytest.raises(ValueError, match="unknown method 'dalle'"):
+        get_method("dalle")
+
+
+def test_augmented_sets_baselines():
+    splits = pl.DataFrame(
+        {
+            "split": ["target", "target", "real_extra", "real_extra", "val", "test"],
+            "wnid": ["a", "b", "a", "b", "a", "a"],
+            "label": [0, 1, 0, 1, 0, 0],
+            "item": list("123456"),
+            "path": ["t1", "t2", "x1", "x2", "v", "s"],
+        }
+    )
+    real_p = augmented_sets(get_method("real_p"), splits, replicates=5)
+    assert real_p.height == 10 and set(real_p["path"]) == {"t1", "t2"}
+    real_2p = augmented_sets(get_method("real_2p"), splits, replicates=5)
+    assert real_2p.filter(pl.col("replicate") == 3)["path"].to_list() == ["t1", "t2", "x1", "x2"]
+    assert set(real_2p["origin"]) == {"target", "real_2p"}
+    with pytest.raises(ValueError, match="no image builder"):
+        augmented_sets(get_method("retrieval"), splits, 5)
+
+
+def test_summary_is_mean_and_standard_error():
+    scores = pl.DataFrame(
+        {
+            "method": ["real_2p"] * 3 + ["real_p"] * 2,
+            "replicate": [0, 1, 2, 0, 1],
+            "test_top1": [0.8, 0.82, 0.84, 0.7, 0.74],
+            "train_images": [20, 20, 20, 10, 10],
+        }
+    )
+    summary = summarize_scores(scores)
+    assert summary["method"].to_list() == ["real_p", "real_2p"]  # registry order
+    real_2p = summary.row(1, named=True)
+    assert real_2p["top1_mean"] == pytest.approx(0.82)
+    assert real_2p["top1_se"] == pytest.approx(0.02 / math.sqrt(3))
+    assert real_2p["n_runs"] == 3
+    table = markdown_table(summary)
+    assert "| real_2p | 20% ImageNet | 82.00 ± 1.15 | 3 | 20 |" in table
+
+
+def test_frame_markdown_escapes_pipes():
+    text = frame_markdown(pl.DataFrame({"name": ["a|b"], "x": [0.5]}))
+    assert "a\\|b" in text and "0.5000" in text
+
+
+def test_warehouse_replaces_one_partition_and_rolls_back_on_error(tmp_path):
+    db = Warehouse(tmp_path / "c.duckdb")
+    db.replace("scores", pl.DataFrame({"method": ["a", "b"], "v": [1.0, 2.0]}))
+    db.replace("scores", pl.DataFrame({"method": ["a"], "v": [3.0]}), where={"method": "a"})
+    assert db.query("SELECT * FROM scores ORDER BY method").rows() == [("a", 3.0), ("b", 2.0)]
+    with pytest.raises(Exception):
+        db.replace("scores", pl.DataFrame({"method": ["a"], "nope": ["x"]}), where={"method": "a"})
+    assert db.query("SELECT * FROM scores ORDER BY method").rows() == [("a", 3.0), ("b", 2.0)]
+    assert db.has_table("scores") and not db.has_table("other")
+
+
+def test_contiguous_ranges():
+    keys = ["a", "b", "c", "d", "e"]
+    assert contiguous_ranges(keys, ["a", "b", "d"]) == [("a", "b"), ("d", "d")]
+    assert contiguous_ranges(keys, ["e", "c", "d"]) == [("c", "e")]

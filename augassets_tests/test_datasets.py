@@ -1,0 +1,133 @@
+import gzip
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from augassets.core.catalog import build_catalog
+from augassets.core.datasets import DatasetError, make_splits, read_idx
+from augassets.core.images import ImageStatus, inspect_image, save_atomic
+from augassets.profiles import FASHION_MNIST, IMAGE_FOLDER, SplitSpec, get_profile
+
+from .conftest import write_image
+
+
+def folder_dataset(root: Path):
+    return replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
+
+
+def test_fashion_mnist_splits_are_disjoint_imbalanced_and_deterministic(tmp_path):
+    profile = get_profile("mini")
+    catalog = build_catalog(FASHION_MNIST, max_classes=4)
+    split = replace(profile.split, max_test_per_class=20)
+    splits, report = make_splits(catalog, FASHION_MNIST, split, tmp_path / "export")
+    again, _ = make_splits(catalog, FASHION_MNIST, split, tmp_path / "export")
+    assert splits.equals(again)
+
+    train_like = splits.filter(pl.col("split") != "test")
+    assert train_like["item"].n_unique() == train_like.height, "target, val and real_extra must be disjoint"
+    counts = {s: dict(splits.filter(pl.col("split") == s).group_by("wnid").len().iter_rows()) for s in ("target", "val", "real_extra")}
+    assert counts["target"] == counts["val"] == counts["real_extra"]
+    assert len(set(counts["target"].values())) > 1, "per-class target counts should differ (class imbalance)"
+    for n in counts["target"].values():  # 6000 per class x 2% x [0.6, 1]
+        assert 72 <= n <= 120
+    assert splits.filter(pl.col("split") == "test").height == 4 * 20
+    assert not report.skipped
+    assert all(Path(p).is_file() for p in splits["path"].sample(20, seed=0))
+
+
+def test_image_folder_bad_files_are_skipped_and_counted(image_folder):
+    dataset = folder_dataset(image_folder)
+    catalog = build_catalog(dataset)
+    split = SplitSpec(train_fraction=0.25, seed=1)
+    splits, report = make_splits(catalog, dataset, split, image_folder / "unused")
+    # Every bad file of the class is drawn (the split needs 3 x 4 good images of 18 files).
+    assert report.skipped_by_reason() == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3}
+    assert {Path(r["item"]).name for r in report.skipped} == {"empty.jpg", "corrupt.jpg", "truncated.jpg", "cmyk.jpg", "rgba.png", "gray.png"}
+    assert not splits["path"].str.contains("empty|corrupt|truncated|cmyk|rgba|gray").any()
+    assert splits.filter(pl.col("split") == "test").height == 8
+
+
+def test_non_rgb_files_can_be_converted_instead(tmp_path):
+    root = tmp_path / "ds"
+    for i in range(6):
+        write_image(root / "train" / "n03595614" / f"{i}.jpg", fmt="JPEG")
+    write_image(root / "train" / "n03595614" / "cmyk.jpg", mode="CMYK", fmt="JPEG")
+    write_image(root / "train" / "n03595614" / "rgba.png", mode="RGBA")
+    write_image(root / "train" / "n03595614" / "gray.png", mode="L")
+    write_image(root / "test" / "n03595614" / "a.jpg", fmt="JPEG")
+    dataset = folder_dataset(root)
+    # 9 files, val + target + real_extra take 3 each: every file is drawn.
+    splits, report = make_splits(build_catalog(dataset), dataset, SplitSpec(train_fraction=1 / 3, non_rgb="convert"), tmp_path / "x")
+    assert report.skipped == []
+    assert report.converted == 3
+    assert splits.filter(pl.col("split") != "test").height == 9
+
+
+def test_class_folder_without_a_valid_image_is_a_clear_error(tmp_path):
+    root = tmp_path / "ds"
+    for i in range(6):
+        write_image(root / "train" / "n03595614" / f"{i}.jpg", fmt="JPEG")
+    write_image(root / "test" / "n03595614" / "a.jpg", fmt="JPEG")
+    (root / "train" / "n04489008").mkdir(parents=True)
+    (root / "train" / "n04489008" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (root / "train" / "n04489008" / "empty.png").write_bytes(b"")
+    write_image(root / "test" / "n04489008" / "a.jpg", fmt="JPEG")
+    dataset = folder_dataset(root)
+    with pytest.raises(DatasetError, match=r"class n04489008: its folder 'n04489008' has no valid image"):
+        make_splits(build_catalog(dataset), dataset, SplitSpec(train_fraction=0.3), tmp_path / "x")
+
+
+def test_missing_test_class_folder_names_it(tmp_path):
+    root = tmp_path / "ds"
+    for i in range(4):
+        write_image(root / "train" / "n03595614" / f"{i}.jpg", fmt="JPEG")
+    dataset = folder_dataset(root)
+    with pytest.raises(DatasetError, match=r"class folder .*test/n03595614 is missing"):
+        make_splits(build_catalog(dataset), dataset, SplitSpec(train_fraction=0.3), tmp_path / "x")
+
+
+def test_missing_dataset_names_setting_and_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUGASSETS_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    catalog = build_catalog(FASHION_MNIST, max_classes=2)
+    with pytest.raises(DatasetError, match=r"AUGASSETS_FASHION_MNIST_DIR.*apt-get install dataset-fashion-mnist"):
+        make_splits(catalog, FASHION_MNIST, SplitSpec(train_fraction=0.01), tmp_path / "x")
+    dataset = folder_dataset(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="AUGASSETS_TEST_UNSET_DIR"):
+        make_splits(catalog, dataset, SplitSpec(train_fraction=0.01), tmp_path / "x")
+
+
+def test_truncated_idx_file_is_reported(tmp_path):
+    path = tmp_path / "bad-idx1-ubyte.gz"
+    header = bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big")
+    path.write_bytes(gzip.compress(header + bytes(50)))
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(path)
+    good = tmp_path / "good-idx1-ubyte.gz"
+    good.write_bytes(gzip.compress(header + bytes(range(100))))
+    assert read_idx(good).tolist() == list(range(100))
+
+
+def test_inspect_image_statuses(tmp_path):
+    assert inspect_image(write_image(tmp_path / "ok.png")) == ImageStatus.OK
+    assert inspect_image(write_image(tmp_path / "g.png", mode="L")) == ImageStatus.NON_RGB
+    assert inspect_image(write_image(tmp_path / "g2.png", mode="L"), non_rgb="convert") == ImageStatus.CONVERTED
+    (tmp_path / "e.jpg").write_bytes(b"")
+    assert inspect_image(tmp_path / "e.jpg") == ImageStatus.EMPTY
+
+
+def test_atomic_save_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
+    from PIL import Image
+
+    target = tmp_path / "out" / "a.png"
+
+    def explode(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic(Image.new("RGB", (4, 4)), target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []

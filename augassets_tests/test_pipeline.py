@@ -1,0 +1,117 @@
+"""The Dagster layer: definitions, the main command end to end on `smoke`, caching, bad input."""
+
+from dataclasses import replace
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from augassets import cli
+from augassets.assets import catalog as catalog_assets
+from augassets.assets import splits as splits_assets
+from augassets.core.warehouse import Warehouse
+from augassets.definitions import defs
+from augassets.profiles import IMAGE_FOLDER, SplitSpec, get_profile
+from augassets.resources import ImageStoreResource, WarehouseResource
+
+STAGES = ["class_catalog", "dataset_splits", "augmented_datasets", "classifier_scores", "results_table"]
+
+
+def test_definitions_lineage_and_pools():
+    graph = defs.resolve_asset_graph()
+    for upstream, downstream in zip(STAGES, STAGES[1:]):
+        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    pools = {key.path[-1]: graph.get(key).pools for key in graph.get_all_asset_keys()}
+    assert pools["classifier_scores"] == {"gpu"}
+    assert pools["dataset_splits"] == pools["class_catalog"] == {"duckdb"}
+    for name in STAGES:
+        node = graph.get(dg.AssetKey(name))
+        assert node.code_version and node.description, name
+
+
+@pytest.fixture(scope="module")
+def benchmark_run():
+    profile = get_profile()
+    table = cli.benchmark(profile, say=lambda *_: None)
+    return profile, table
+
+
+def test_main_command_materializes_the_baselines(benchmark_run):
+    profile, table = benchmark_run
+    assert profile.name == "smoke"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    results = db.query("SELECT * FROM results_table")
+    assert results["method"].to_list() == ["real_p", "real_2p"]
+    assert results["n_runs"].to_list() == [5, 5]
+    assert all(0.0 <= v <= 1.0 for v in results["top1_mean"])
+    assert "| real_p |" in table and "| real_2p |" in table
+
+    scores = db.query("SELECT * FROM classifier_scores")
+    assert scores.height == 10
+    assert scores.filter(pl.col("method") == "real_2p")["train_images"].unique().to_list() == [
+        2 * scores.filter(pl.col("method") == "real_p")["train_images"][0]
+    ]
+    per_class = db.query("SELECT * FROM per_class_scores")
+    assert per_class.height == 10 * 3
+    for checkpoint in scores["checkpoint"]:
+        assert (profile.home / "store").as_posix() in checkpoint
+
+    instance = dg.DagsterInstance.get()
+    splits_event = instance.get_latest_materialization_event(dg.AssetKey("dataset_splits"))
+    metadata = splits_event.asset_materialization.metadata
+    assert metadata["classes"].value == 3
+    assert metadata["target_images"].value == metadata["val_images"].value == metadata["real_extra_images"].value
+    assert "data:image/png;base64," in metadata["target_sample_grid"].value
+    results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
+    assert "real_2p" in results_event.asset_materialization.metadata["results"].value
+    assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
+    # One run per stage: the two methods' ten classifier partitions share a single run.
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="train_classifiers"))
+    assert len(runs) == 1
+
+
+def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
+    profile, table = benchmark_run
+    instance = dg.DagsterInstance.get()
+    runs_before = len(instance.get_runs())
+    lines = []
+    again = cli.benchmark(profile, say=lines.append)
+    assert again == table
+    assert len(instance.get_runs()) == runs_before
+    assert sum("up to date" in line for line in lines) == len(STAGES)
+
+
+def _folder_profile(root):
+    dataset = replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
+    return replace(get_profile(), dataset=dataset, split=SplitSpec(train_fraction=0.25, seed=1))
+
+
+def _materialize_prepare(tmp_path, monkeypatch, root, **kwargs):
+    profile = _folder_profile(root)
+    monkeypatch.setattr(catalog_assets, "PROFILE", profile)
+    monkeypatch.setattr(splits_assets, "PROFILE", profile)
+    return dg.materialize(
+        [catalog_assets.class_catalog, splits_assets.dataset_splits],
+        resources={
+            "warehouse": WarehouseResource(path=str(tmp_path / "c.duckdb")),
+            "image_store": ImageStoreResource(root=str(tmp_path / "store")),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        **kwargs,
+    )
+
+
+def test_bad_files_are_counted_in_split_metadata(tmp_path, monkeypatch, image_folder):
+    result = _materialize_prepare(tmp_path, monkeypatch, image_folder)
+    assert result.success
+    metadata = result.asset_materializations_for_node("dataset_splits")[0].metadata
+    assert metadata["skipped_files"].value == 6
+    assert metadata["skipped_by_reason"].value == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3}
+    skipped = Warehouse(tmp_path / "c.duckdb").query("SELECT * FROM split_skipped_files")
+    assert skipped.height == 6
+
+
+def test_unknown_wnid_fails_the_catalog_with_its_name(tmp_path, monkeypatch, image_folder):
+    (image_folder / "train" / "n99999999").mkdir()
+    with pytest.raises(Exception, match=r"n99999999.*WordNet 3.0 noun ids"):
+        _materialize_prepare(tmp_path, monkeypatch, image_folder)

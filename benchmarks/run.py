@@ -1,0 +1,131 @@
+"""The performance harness. ``python -m benchmarks.run [main|classifier|all]`` prints a table.
+
+main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
+            its peak resident memory, and the share of wall time spent outside asset bodies
+            (Dagster's overhead: process start, definitions import, run launch, event log, metadata).
+classifier  training throughput (images/s) of the profile's classifier on its real target images,
+            and of torchvision's ResNet-50 at 224 px (the real profiles' model) on random batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
+
+
+def bench_main(profile: str) -> list[tuple[str, str]]:
+    """Wall time of `augassets benchmark` cold and warm, and Dagster's share of the cold run."""
+    home = Path(tempfile.mkdtemp(prefix="augassets-bench-"))
+    env = {**os.environ, "AUGASSETS_PROFILE": profile, "AUGASSETS_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    command = [str(Path(sys.executable).with_name("augassets")), "benchmark"]
+    rows = []
+    for label in ("cold", "warm"):
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rows.append((f"main command ({profile}, {label})", f"{time.perf_counter() - started:.1f} s"))
+        if label == "cold":
+            peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            peak_row = (f"main command ({profile}, cold) peak resident memory", f"{peak_mib:.0f} MiB")
+    rows.append(peak_row)
+    os.environ["DAGSTER_HOME"] = str(home / profile / "dagster")
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs()
+    run_seconds = sum(r.end_time - r.start_time for r in (instance.get_run_record_by_id(x.run_id) for x in runs))
+    step_seconds = sum(
+        (s.end_time or 0) - (s.start_time or 0) for r in runs for s in instance.get_run_step_stats(r.run_id)
+    )
+    rows.append((f"runs launched ({profile}, cold + warm)", str(len(runs))))
+    rows.append(("time inside runs, outside asset steps", f"{run_seconds - step_seconds:.1f} s of {run_seconds:.1f} s run time"))
+    cold_wall = float(rows[0][1].split()[0])  # the warm run adds no steps: everything is cached
+    rows.append(("Dagster overhead share of the cold wall time", f"{100 * (cold_wall - step_seconds) / cold_wall:.1f} %"))
+    return rows
+
+
+def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
+    from dataclasses import replace
+
+    import torch
+    import torch.nn.functional as F
+    from torchvision.models import resnet50
+
+    os.environ["AUGASSETS_PROFILE"] = profile_name
+    from augassets.core.classifier import LabeledImages, train_classifier
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    db_path = profile.home / "catalog.duckdb"
+    if not db_path.exists():
+        raise SystemExit(f"no splits at {db_path}: run `augassets benchmark` on {profile_name} first")
+    db = Warehouse(db_path)
+    frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ?", [split])  # noqa: E731
+    target, val = frame("target"), frame("val")
+    labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
+    spec = replace(profile.classifier, max_epochs=5, early_stop_patience=100)
+    result = train_classifier(labeled(target), labeled(val), labeled(val), int(target["label"].max()) + 1, spec, seed=0)
+    rows = [(f"{spec.arch} training ({profile_name}, {target.height} images, batch {spec.batch_size}, 5 epochs)", f"{result.images_per_second:.0f} images/s")]
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = 256 if device == "cuda" else 16
+    model = resnet50(num_classes=1000).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    steps = 20 if device == "cuda" else 3
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    rate = steps * batch / (time.perf_counter() - started)
+    rows.append((f"ResNet-50 training step, 224 px, batch {batch}, fp32, {device} (random data)", f"{rate:.1f} images/s"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "all"])
+    parser.add_argument("--profile", default="mini")
+    args = parser.parse_args()
+    rows = []
+    if args.which in ("main", "all"):
+        rows += bench_main(args.profile)
+    if args.which in ("classifier", "all"):
+        rows += bench_classifier(args.profile)
+    width = max(len(r[0]) for r in rows)
+    print(f"\nmachine: {machine()}\n")
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
