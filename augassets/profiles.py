@@ -106,6 +106,75 @@ class ClassifierSpec:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """The mini web pool (the mini world's LAION), made from Fashion-MNIST training images no split uses.
+
+    ``per_class`` class images per class, ``distractors`` images of no class, and light edits of
+    ``planted_test_duplicates`` test and ``planted_val_duplicates`` val images (ground truth kept).
+    Caption noise: ``missing_class_word_rate`` name no class, ``wrong_class_word_rate`` name another
+    class, ``hypernym_rate`` of the rest use the hypernym instead of a lemma. ``nsfw_rate``: share of
+    images carrying the planted NSFW marker.
+    """
+
+    per_class: int
+    distractors: int
+    planted_test_duplicates: int
+    planted_val_duplicates: int
+    image_size: int = 32
+    missing_class_word_rate: float = 0.10
+    wrong_class_word_rate: float = 0.08
+    hypernym_rate: float = 0.15
+    nsfw_rate: float = 0.03
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The mini CLIP: a transformers ``CLIPModel`` with the real 49,408-token BPE vocabulary, trained
+    contrastively on the pool's image–caption pairs."""
+
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    patch_size: int = 8
+    projection_dim: int = 64
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_text_tokens: int = 32  # captions are truncated to this many tokens in training (the model keeps 77 positions)
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """The mini Stable Diffusion: an ``AutoencoderKL`` (image_size → image_size/4 latents) and a
+    ``UNet2DConditionModel`` conditioned on the mini CLIP's frozen text tower, trained on pool images
+    with aesthetic ≥ ``train_aesthetic_min`` (SD v1.4 was trained on LAION-Aesthetics 5+)."""
+
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    latent_channels: int = 4
+    vae_epochs: int = 3
+    vae_batch_size: int = 128
+    vae_lr: float = 1e-3
+    unet_channels: tuple[int, ...] = (64, 128)
+    unet_epochs: int = 12
+    unet_batch_size: int = 128
+    unet_lr: float = 5e-4
+    caption_dropout: float = 0.1  # empty captions in training, for classifier-free guidance
+    train_aesthetic_min: float = 5.0
+    scheduler: str = "ddim"
+    steps: int = 25
+    guidance_scale: float = 4.0
+    samples_per_class: int = 8
+
+
+@dataclass(frozen=True)
+class MiniWorldSpec:
+    pool: PoolSpec
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -113,6 +182,14 @@ class Profile:
     split: SplitSpec
     classifier: ClassifierSpec
     methods: tuple[str, ...] = ("real_p", "real_2p")
+    world: MiniWorldSpec | None = None  # the mini world's foundation; None: external pool, CLIP and SD
+    # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
+    # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
+    sd_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4"))
+    clip_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_CLIP_WEIGHTS", "openai/clip-vit-large-patch14"))
+    knn_index_folder: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDEX_DIR", ""))
+    knn_url: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_URL", ""))
+    knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
     max_classes: int = 0  # 0: every class of the class list
     torch_threads: int = 0  # 0: leave torch's default
 
@@ -192,6 +269,14 @@ PROFILES: dict[str, Profile] = {
         dataset=FASHION_MNIST,
         split=SplitSpec(train_fraction=0.004, class_rate_spread=0.4, max_test_per_class=40, seed=0),
         classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4),
+        world=MiniWorldSpec(
+            pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2),
+            clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
+            diffusion=DiffusionSpec(
+                vae_channels=(8, 16, 16), vae_epochs=1, unet_channels=(16, 32), unet_epochs=1,
+                unet_batch_size=64, steps=4, samples_per_class=2,
+            ),
+        ),
         max_classes=3,
         torch_threads=1,
     ),
@@ -202,6 +287,7 @@ PROFILES: dict[str, Profile] = {
         dataset=FASHION_MNIST,
         split=SplitSpec(train_fraction=0.02, class_rate_spread=0.4, seed=0),
         classifier=SMALL_RESNET,
+        world=MiniWorldSpec(pool=PoolSpec(per_class=1000, distractors=1500, planted_test_duplicates=40, planted_val_duplicates=20)),
     ),
     "imagenet10": Profile(
         name="imagenet10",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -43,13 +44,125 @@ class ComputeResource(dg.ConfigurableResource):
             raise RuntimeError(f"ComputeResource.device is {self.device!r} but no CUDA device is visible; set it to 'cpu'")
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _resolve_weights(location: str, setting: str, offline: bool) -> tuple[str, bool]:
+    """A local folder, or a hub id (``org/name``) looked up in the Hugging Face cache when offline.
+    Returns (what to pass to from_pretrained, local_files_only)."""
+    path = Path(location).expanduser()
+    if path.exists():
+        return str(path), True
+    looks_like_path = location.startswith(("/", ".", "~")) or location.count("/") != 1
+    if looks_like_path:
+        raise FileNotFoundError(f"weights folder {location} does not exist (setting {setting}): materialize it or point the setting at a folder")
+    return location, offline
+
+
+class DiffusionBackendResource(dg.ConfigurableResource):
+    """A Stable Diffusion pipeline: ``weights`` is a ``save_pretrained`` folder or a hub id such as
+    ``CompVis/stable-diffusion-v1-4`` (with ``HF_HUB_OFFLINE=1`` or ``offline`` it must be in the local
+    Hugging Face cache). ``dtype`` float32/float16/bfloat16; ``scheduler`` ddim or dpm_solver."""
+
+    weights: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 16
+    scheduler: str = "ddim"
+    steps: int = 25
+    guidance_scale: float = 7.5
+    safety_checker: bool = True
+    offline: bool = False
+
+    def load(self, kind: str = "txt2img"):
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        from .core.diffusion import SCHEDULERS
+
+        source, local_only = _resolve_weights(self.weights, "DiffusionBackendResource.weights", self.offline or _offline())
+        cls = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}[kind]
+        extra = {} if self.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            pipeline = cls.from_pretrained(source, torch_dtype=getattr(torch, self.dtype), local_files_only=local_only, **extra)
+        except OSError as error:
+            raise FileNotFoundError(
+                f"cannot load Stable Diffusion weights {self.weights!r} (setting DiffusionBackendResource.weights"
+                f"{'; offline: the hub id must be in the local Hugging Face cache' if local_only else ''}): {error}"
+            ) from None
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r} (setting DiffusionBackendResource.scheduler)")
+        pipeline.scheduler = SCHEDULERS[self.scheduler].from_config(pipeline.scheduler.config)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline.to(self.device)
+
+
+class ClipEncoderResource(dg.ConfigurableResource):
+    """A CLIP model + processor (``save_pretrained`` folder or hub id such as
+    ``openai/clip-vit-large-patch14``) for text and image embeddings."""
+
+    model: str
+    device: str = "cpu"
+    offline: bool = False
+
+    def load(self):
+        from transformers import CLIPModel, CLIPProcessor
+
+        source, local_only = _resolve_weights(self.model, "ClipEncoderResource.model", self.offline or _offline())
+        try:
+            model = CLIPModel.from_pretrained(source, local_files_only=local_only).to(self.device).eval()
+            processor = CLIPProcessor.from_pretrained(source, local_files_only=local_only)
+        except OSError as error:
+            raise FileNotFoundError(f"cannot load CLIP {self.model!r} (setting ClipEncoderResource.model): {error}") from None
+        return model, processor
+
+
+class KnnIndexResource(dg.ConfigurableResource):
+    """The KNN index of the pool. ``backend="local"``: ``index_folder`` in clip-retrieval's layout
+    (``image.index`` + ``metadata/*.parquet``). ``backend="remote"``: a ``clip-retrieval back`` at
+    ``url`` serving ``indice_name``, queried with ``timeout_s`` and ``retries``."""
+
+    backend: str = "local"
+    index_folder: str = ""
+    url: str = ""
+    indice_name: str = ""
+    timeout_s: float = 30.0
+    retries: int = 3
+
+    def get(self):
+        from .core.knn import LocalKnnIndex, RemoteKnnIndex
+
+        if self.backend == "local":
+            return LocalKnnIndex(self.index_folder)
+        if self.backend == "remote":
+            if not self.url or not self.indice_name:
+                raise ValueError("KnnIndexResource backend 'remote' needs url and indice_name")
+            return RemoteKnnIndex(self.url, self.indice_name, self.timeout_s, self.retries)
+        raise ValueError(f"unknown KNN backend {self.backend!r} (setting KnnIndexResource.backend: local or remote)")
+
+
 def default_resources(profile: Profile | None = None) -> dict[str, dg.ConfigurableResource]:
     profile = profile or get_profile()
+    store = profile.home / "store"
+    models = store / "models"
+    device = profile.classifier.device if torch.cuda.is_available() else "cpu"
     return {
         "warehouse": WarehouseResource(path=str(profile.home / "catalog.duckdb")),
-        "image_store": ImageStoreResource(root=str(profile.home / "store")),
-        "compute": ComputeResource(
-            device=profile.classifier.device if torch.cuda.is_available() else "cpu",
-            torch_threads=profile.torch_threads,
+        "image_store": ImageStoreResource(root=str(store)),
+        "compute": ComputeResource(device=device, torch_threads=profile.torch_threads),
+        "diffusion_backend": DiffusionBackendResource(
+            weights=str(models / "stable_diffusion") if profile.world else profile.sd_weights,
+            device=device,
+            scheduler=profile.world.diffusion.scheduler if profile.world else "ddim",
+            steps=profile.world.diffusion.steps if profile.world else 50,
+            guidance_scale=profile.world.diffusion.guidance_scale if profile.world else 7.5,
+            batch_size=64 if profile.world else 16,
+        ),
+        "clip_encoder": ClipEncoderResource(model=str(models / "clip") if profile.world else profile.clip_weights, device=device),
+        "knn_index": KnnIndexResource(
+            backend="local" if profile.world or not profile.knn_url else "remote",
+            index_folder=str(store / "pool_index") if profile.world else profile.knn_index_folder,
+            url=profile.knn_url,
+            indice_name=profile.knn_indice_name,
         ),
     }

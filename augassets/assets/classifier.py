@@ -15,6 +15,7 @@ from ..profiles import get_profile
 from ..versions import code_version
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from .datasets import augmented_datasets
+from .splits import dataset_splits
 
 PROFILE = get_profile()
 
@@ -31,6 +32,14 @@ SCORE_SCHEMA = {
     "seed": pl.Int64,
     "checkpoint": pl.Utf8,
 }
+
+
+def save_checkpoint(state_dict: dict, path) -> None:
+    """safetensors, written to a temporary file and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state_dict, str(tmp))
+    tmp.replace(path)
 
 
 def _labeled(frame: pl.DataFrame) -> LabeledImages:
@@ -82,10 +91,7 @@ def classifier_scores(
             progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
         )
         checkpoint = image_store.path("models", "classifiers", method, f"replicate_{replicate}.safetensors")
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        save_file(result.state_dict, str(tmp))
-        tmp.replace(checkpoint)
+        save_checkpoint(result.state_dict, checkpoint)
         context.log.info(
             f"classifier[{method}, {replicate}]: test top-1 {result.test_top1:.4f} (best val {result.best_val_top1:.4f} "
             f"at epoch {result.best_epoch}/{result.epochs_run}, {result.images_per_second:.0f} img/s)"
@@ -116,4 +122,32 @@ def classifier_scores(
             "seconds": round(time.perf_counter() - started, 1),
             "runs_table": dg.MetadataValue.md(frame_markdown(summary)),
         }
+    )
+
+
+@dg.asset(
+    group_name="classifier",
+    code_version=code_version("1", PROFILE.classifier, PROFILE.split.seed),
+    pool="gpu",
+    deps=[dataset_splits],
+    kinds={"pytorch"},
+    description="A classifier trained on the real target split alone (the protocol's real_p run, seed 0), "
+    "kept to measure the class fidelity of generated images: the share a real-data classifier labels as "
+    "the class they were generated for.",
+)
+def fidelity_classifier(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+) -> dg.MaterializeResult:
+    profile = PROFILE
+    spec = replace(profile.classifier, device=compute.device)
+    db = warehouse.get()
+    classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
+    split = lambda name: _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
+    result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=profile.split.seed * 1000,
+                              progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
+    path = image_store.path("models", "fidelity_classifier.safetensors")
+    save_checkpoint(result.state_dict, path)
+    context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
+    return dg.MaterializeResult(
+        metadata={"test_top1": result.test_top1, "best_epoch": result.best_epoch, "checkpoint": dg.MetadataValue.path(str(path))}
     )

@@ -80,6 +80,11 @@ class FashionMnistSource:
             self._images[part] = read_idx(self.root / images_name)
         return self._images[part], self._labels[part]
 
+    def pixels(self, item: str) -> np.ndarray:
+        """The 28×28 uint8 array of an item such as ``train/123``."""
+        part, index = item.split("/")
+        return self._part(part)[0][int(index)]
+
     def items(self, part: str, folder: str, source_label: int) -> list[str]:
         _, labels = self._part(part)
         return [f"{part}/{i}" for i in np.flatnonzero(labels == source_label)]
@@ -88,8 +93,7 @@ class FashionMnistSource:
         part, index = item.split("/")
         path = self.export_dir / part / wnid / f"{int(index):05d}.png"
         if not path.exists():
-            images, _ = self._part(part)
-            save_atomic(Image.fromarray(images[int(index)], mode="L"), path)
+            save_atomic(Image.fromarray(self.pixels(item), mode="L"), path)
         return str(path), ImageStatus.OK
 
 

@@ -1,0 +1,363 @@
+"""The foundation: the web pool, the CLIP model and KNN index built from it, and the Stable Diffusion
+pipeline trained on it — the three things the paper's question is about (DESIGN §2).
+
+In the mini world these are materialized here: pool → CLIP → index and pool → VAE/UNet → diffusion
+model. With real data (a profile without a mini world) the same keys are external assets standing for
+the LAION pool, CLIP ViT-L/14, its KNN index and SD v1.4, so the lineage reads the same in both worlds.
+"""
+
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file
+
+from ..core.clip import build_processor, encode_image_batches, encode_texts, train_clip, zero_shot_accuracy
+from ..core.datasets import FashionMnistSource
+from ..core.diffusion import (
+    assemble_pipeline,
+    fit_concept_threshold,
+    make_safety_checker,
+    pixel_batch,
+    save_pipeline,
+    text_tower,
+    train_unet,
+    train_vae,
+)
+from ..core.files import atomic_folder
+from ..core.generation import classify_images, generate
+from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.knn import build_index, choose_index_factory
+from ..core.report import frame_markdown
+from ..core.web_pool import PoolSources, pool_items, write_pool
+from ..profiles import get_profile
+from ..resources import DiffusionBackendResource, ImageStoreResource, WarehouseResource
+from ..versions import code_version
+from .classifier import fidelity_classifier
+from .splits import dataset_splits
+
+PROFILE = get_profile()
+GROUP = "foundation"
+
+
+def _pool_paths(db) -> tuple[list[str], list[str]]:
+    pool = db.query("SELECT url, caption FROM web_pool ORDER BY pool_id")
+    return [u.removeprefix("file://") for u in pool["url"]], pool["caption"].to_list()
+
+
+def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: str) -> dg.MetadataValue:
+    grid = image_grid(rows)
+    save_atomic(grid, store.path("reports", f"{name}.png"))
+    return dg.MetadataValue.md(png_data_uri_markdown(grid, alt))
+
+
+def mini_world_assets() -> list:
+    world = PROFILE.world
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.pool, PROFILE.split), pool="duckdb", deps=[dataset_splits],
+        kinds={"parquet", "duckdb"},
+        description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
+        "web-photo domain, with noisy captions, aesthetic scores, an NSFW marker, distractors and planted "
+        "near-duplicates of test/val images (ground truth in `web_pool_truth`). clip-retrieval layout.",
+    )
+    def web_pool(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        started = time.perf_counter()
+        db = warehouse.get()
+        catalog = db.query("SELECT wnid, source_label, lemmas, hypernym FROM class_catalog ORDER BY label")
+        splits = db.query("SELECT split, wnid, item FROM dataset_splits")
+        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+        used = set(splits.filter(pl.col("split") != "test")["item"])
+        rng = np.random.default_rng([world.pool.seed, 17])
+        class_items = {}
+        for row in catalog.iter_rows(named=True):
+            unused = [item for item in source.items("train", row["wnid"], row["source_label"]) if item not in used]
+            class_items[row["wnid"]] = [unused[i] for i in rng.permutation(len(unused))[: world.pool.per_class]]
+        duplicates = []
+        for split, n in (("test", world.pool.planted_test_duplicates), ("val", world.pool.planted_val_duplicates)):
+            candidates = splits.filter(pl.col("split") == split)
+            for i in rng.permutation(candidates.height)[:n]:
+                duplicates.append((candidates["item"][int(i)], split, candidates["wnid"][int(i)]))
+
+        sources = PoolSources(
+            pixels=source.pixels, class_items=class_items, duplicate_items=duplicates,
+            lemmas={r["wnid"]: list(r["lemmas"]) for r in catalog.iter_rows(named=True)},
+            hypernyms=dict(zip(catalog["wnid"], catalog["hypernym"])),
+        )
+        final = image_store.path("web_pool")
+        with atomic_folder(final) as tmp:
+            metadata, truth = write_pool(pool_items(sources, world.pool), tmp, final, context.log.info)
+        db.replace("web_pool", metadata.with_row_index("pool_id").with_columns(pl.col("pool_id").cast(pl.Int64)))
+        db.replace("web_pool_truth", truth)
+        kinds = dict(truth.group_by("kind").len().iter_rows())
+        caption_kinds = dict(truth.group_by("caption_kind").len().iter_rows())
+        sample = [u.removeprefix("file://") for u in metadata["url"].head(64)]
+        return dg.MaterializeResult(
+            metadata={
+                "images": metadata.height,
+                "class_images": kinds.get("class", 0),
+                "distractors": kinds.get("distractor", 0),
+                "planted_duplicates": kinds.get("planted_duplicate", 0),
+                "nsfw_flagged": int(metadata["nsfw"].sum()),
+                "aesthetic_below_5": int((metadata["aesthetic"] < 5).sum()),
+                "caption_kinds": caption_kinds,
+                "folder": dg.MetadataValue.path(str(final)),
+                "seconds": round(time.perf_counter() - started, 1),
+                "sample_grid": _grid_md([sample[i : i + 16] for i in range(0, 64, 16)], "pool samples", image_store, "web_pool_grid"),
+                "sample_captions": dg.MetadataValue.md(frame_markdown(metadata.select("caption", "aesthetic", "nsfw").head(12))),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[web_pool], pool="gpu",
+        kinds={"pytorch", "transformers"},
+        description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
+        "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
+    )
+    def clip_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        db = warehouse.get()
+        paths, captions = _pool_paths(db)
+        final = image_store.path("models", "clip")
+        with atomic_folder(final) as tmp:
+            processor = build_processor(tmp, world.pool.image_size)
+            result = train_clip(paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info)
+            result.model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
+        catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
+        test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
+        prompts = [f"A photo of {name}." for name in catalog["name"]]
+        accuracy, per_class = zero_shot_accuracy(result.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, world.pool.image_size)
+        table = catalog.with_columns(pl.col("label").replace_strict(per_class, return_dtype=pl.Float64).alias("zero_shot_top1"))
+        context.log.info(f"clip: zero-shot top-1 {accuracy:.4f} on {test.height} test images (chance {1 / catalog.height:.3f})")
+        return dg.MaterializeResult(
+            metadata={
+                "zero_shot_top1": accuracy,
+                "chance": 1 / catalog.height,
+                "zero_shot_per_class": dg.MetadataValue.md(frame_markdown(table)),
+                "final_contrastive_loss": result.losses[-1],
+                "losses": result.losses,
+                "parameters": sum(p.numel() for p in result.model.parameters()),
+                "train_seconds": round(result.seconds, 1),
+                "pairs_per_second": round(result.pairs_per_second, 1),
+                "folder": dg.MetadataValue.path(str(final)),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1"), deps=[clip_model, web_pool], kinds={"faiss", "numpy"},
+        description="CLIP image and text embeddings of the pool (img_emb/, text_emb/ numpy shards) and faiss "
+        "inner-product indexes over them (image.index, text.index) next to the metadata parquet: a folder a "
+        "clip-retrieval back can serve.",
+    )
+    def pool_index(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        from transformers import CLIPModel, CLIPTokenizer
+        import faiss
+
+        started = time.perf_counter()
+        paths, captions = _pool_paths(warehouse.get())
+        clip_folder = image_store.path("models", "clip")
+        model = CLIPModel.from_pretrained(clip_folder).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
+        final = image_store.path("pool_index")
+        with atomic_folder(final) as tmp:
+            for sub in ("img_emb", "text_emb", "metadata"):
+                (tmp / sub).mkdir()
+            image_shards = []
+            for shard, batch in enumerate(encode_image_batches(model, paths, world.pool.image_size, batch_size=4096)):
+                np.save(tmp / "img_emb" / f"img_emb_{shard}.npy", batch)
+                image_shards.append(tmp / "img_emb" / f"img_emb_{shard}.npy")
+                context.log.info(f"pool_index: embedded {min((shard + 1) * 4096, len(paths))}/{len(paths)} images")
+            text = encode_texts(model, tokenizer, captions)
+            np.save(tmp / "text_emb" / "text_emb_0.npy", text)
+            dim = text.shape[1]
+            image_index = build_index((np.load(p) for p in image_shards), dim, len(paths))
+            faiss.write_index(image_index, str(tmp / "image.index"))
+            faiss.write_index(build_index([text], dim, len(captions)), str(tmp / "text.index"))
+            (tmp / "metadata" / "metadata_0.parquet").write_bytes((image_store.path("web_pool", "metadata", "metadata_0.parquet")).read_bytes())
+        return dg.MaterializeResult(
+            metadata={
+                "vectors": image_index.ntotal,
+                "dimension": dim,
+                "index_factory": choose_index_factory(len(paths)),
+                "folder": dg.MetadataValue.path(str(final)),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels,
+        world.diffusion.vae_epochs, world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size),
+        deps=[web_pool], pool="gpu", kinds={"pytorch", "diffusers"},
+        description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
+        "whole pool; scaling_factor set to 1/std of its latents as SD does.",
+    )
+    def vae(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        paths, _ = _pool_paths(warehouse.get())
+        model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
+        final = image_store.path("models", "vae")
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+        with torch.no_grad():
+            originals = pixel_batch(paths[:16], world.pool.image_size)
+            reconstructions = model.decode(model.encode(originals).latent_dist.mean).sample.clamp(-1, 1)
+        mse = float(((reconstructions - originals) ** 2).mean())
+        recon_dir = image_store.path("reports", "vae_reconstructions")
+        rows = []
+        for name, batch in (("original", originals), ("reconstruction", reconstructions)):
+            row = []
+            for i, tensor in enumerate(batch):
+                path = recon_dir / f"{name}_{i:02d}.png"
+                save_atomic(_to_pil(tensor), path)
+                row.append(str(path))
+            rows.append(row)
+        return dg.MaterializeResult(
+            metadata={
+                "reconstruction_mse": mse,
+                "scaling_factor": float(model.config.scaling_factor),
+                "losses": log.losses,
+                "train_seconds": round(log.seconds, 1),
+                "images_per_second": round(log.images_per_second, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "reconstructions": _grid_md(rows, "originals (top) and reconstructions", image_store, "vae_reconstructions"),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[vae, clip_model, web_pool],
+        pool="gpu", kinds={"pytorch", "diffusers"},
+        description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
+        "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
+    )
+    def unet(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPModel, CLIPTokenizer
+
+        pool = warehouse.get().query(
+            "SELECT url, caption FROM web_pool WHERE aesthetic >= ? ORDER BY pool_id", [world.diffusion.train_aesthetic_min]
+        )
+        vae_model = AutoencoderKL.from_pretrained(image_store.path("models", "vae")).eval()
+        clip_folder = image_store.path("models", "clip")
+        text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
+        tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
+        paths = [u.removeprefix("file://") for u in pool["url"]]
+        model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size, progress=context.log.info)
+        final = image_store.path("models", "unet")
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+        return dg.MaterializeResult(
+            metadata={
+                "training_images": len(paths),
+                "losses": log.losses,
+                "train_seconds": round(log.seconds, 1),
+                "images_per_second": round(log.images_per_second, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.diffusion.scheduler, world.diffusion.samples_per_class),
+        deps=[vae, unet, clip_model, pool_index, fidelity_classifier], pool="gpu", kinds={"diffusers"},
+        description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
+        "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
+        "StableDiffusionImg2ImgPipeline.from_pretrained. Reports the safety checker's precision/recall on the "
+        "pool and the class fidelity of simple-prompt generations.",
+    )
+    def diffusion_model(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+    ) -> dg.MaterializeResult:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPModel, CLIPProcessor
+
+        db = warehouse.get()
+        models = image_store.path("models")
+        clip = CLIPModel.from_pretrained(models / "clip").eval()
+        processor = CLIPProcessor.from_pretrained(models / "clip")
+
+        # Safety checker: the NSFW concept is the mean CLIP image embedding of flagged pool images;
+        # its threshold is fitted on even pool ids and evaluated on odd ones.
+        embeddings = np.concatenate([np.load(p) for p in sorted(image_store.path("pool_index", "img_emb").glob("*.npy"))])
+        flags = db.query("SELECT nsfw FROM web_pool ORDER BY pool_id")["nsfw"].to_numpy()
+        fit, held_out = np.arange(len(flags)) % 2 == 0, np.arange(len(flags)) % 2 == 1
+        concept = embeddings[fit & flags].mean(0)
+        threshold = fit_concept_threshold(embeddings[fit], flags[fit], concept)
+        predicted = embeddings[held_out] @ (concept / np.linalg.norm(concept)) > threshold
+        truth = flags[held_out]
+        precision = float((predicted & truth).sum() / max(1, predicted.sum()))
+        recall = float((predicted & truth).sum() / max(1, truth.sum()))
+        context.log.info(f"safety checker: threshold {threshold:.3f}, held-out precision {precision:.3f} recall {recall:.3f}")
+
+        pipeline = assemble_pipeline(
+            AutoencoderKL.from_pretrained(models / "vae"), UNet2DConditionModel.from_pretrained(models / "unet"),
+            text_tower(clip), processor.tokenizer, make_safety_checker(clip, concept, threshold),
+            processor.image_processor, world.diffusion.scheduler,
+        )
+        final = models / "stable_diffusion"
+        save_pipeline(pipeline, final)
+
+        # Sample grid and class fidelity, through the same loader every generation stage uses.
+        pipeline = diffusion_backend.load("txt2img")
+        catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
+        n = world.diffusion.samples_per_class
+        prompts = [f"A photo of {name}." for name in catalog["name"] for _ in range(n)]
+        seeds = list(range(len(prompts)))
+        started = time.perf_counter()
+        results = generate(pipeline, prompts, seeds, diffusion_backend.steps, diffusion_backend.guidance_scale, diffusion_backend.batch_size)
+        seconds = time.perf_counter() - started
+        sample_dir = image_store.path("reports", "diffusion_samples")
+        rows = []
+        for c in range(catalog.height):
+            row = []
+            for j in range(n):
+                path = sample_dir / f"{catalog['wnid'][c]}_{j:02d}.png"
+                save_atomic(results[c * n + j][0], path)
+                row.append(str(path))
+            rows.append(row)
+        state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
+        predictions = classify_images(state, PROFILE.classifier, catalog.height, [image for image, _ in results])
+        labels = np.repeat(catalog["label"].to_numpy(), n)
+        fidelity = catalog.with_columns(
+            pl.Series("class_fidelity", [float((predictions[labels == c] == c).mean()) for c in catalog["label"]])
+        )
+        overall = float((predictions == labels).mean())
+        context.log.info(f"diffusion_model: class fidelity {overall:.3f} over {len(results)} simple-prompt samples")
+        return dg.MaterializeResult(
+            metadata={
+                "folder": dg.MetadataValue.path(str(final)),
+                "safety_threshold": threshold,
+                "safety_precision_held_out": precision,
+                "safety_recall_held_out": recall,
+                "safety_flagged_samples": sum(flag for _, flag in results),
+                "class_fidelity": overall,
+                "class_fidelity_per_class": dg.MetadataValue.md(frame_markdown(fidelity)),
+                "sample_seconds": round(seconds, 2),
+                "samples_per_second": round(len(results) / seconds, 2),
+                "samples": _grid_md(rows, "simple-prompt samples, one row per class", image_store, "diffusion_samples"),
+            }
+        )
+
+    return [web_pool, clip_model, pool_index, vae, unet, diffusion_model]
+
+
+def _to_pil(tensor: torch.Tensor):
+    from PIL import Image
+
+    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def external_foundation_assets() -> list[dg.AssetSpec]:
+    """Real scale: the pool, CLIP, its index and SD exist already; these specs keep the lineage."""
+    return [
+        dg.AssetSpec("web_pool", group_name=GROUP, description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics)."),
+        dg.AssetSpec("clip_model", group_name=GROUP, deps=["web_pool"], description=f"External: CLIP weights {PROFILE.clip_weights}.", metadata={"weights": PROFILE.clip_weights}),
+        dg.AssetSpec("pool_index", group_name=GROUP, deps=["clip_model", "web_pool"], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).", metadata={"index_folder": PROFILE.knn_index_folder, "url": PROFILE.knn_url}),
+        dg.AssetSpec("diffusion_model", group_name=GROUP, deps=["web_pool", "clip_model"], description=f"External: Stable Diffusion weights {PROFILE.sd_weights}.", metadata={"weights": PROFILE.sd_weights}),
+    ]
+
+
+foundation_assets = mini_world_assets() if PROFILE.world else external_foundation_assets()

@@ -1,0 +1,282 @@
+"""The mini web pool: the mini world's LAION.
+
+Fashion-MNIST training images that no split uses are moved to another domain — coloured garments on
+textured backgrounds, rotated, rescaled, with varying contrast and blur, the way web photos differ from
+ImageNet's — and captioned the way alt-texts are: templates around a lemma, a synonym or the hypernym,
+sometimes naming the wrong class or none. Every row has an aesthetic score (0–10, driven by contrast,
+blur and clutter plus noise, as a learned predictor would be) and an NSFW flag on a planted visual
+marker. Distractor images of no class are mixed in, and light edits (crop, resize, JPEG re-encode,
+brightness) of a known number of test and val images are planted, with their ground truth kept, so the
+duplicate detector's recall can be measured.
+
+The pool is written in clip-retrieval's layout — images, ``metadata/metadata_0.parquet`` with ``url``
+(a file URL) and ``caption`` in index order. Images are made and written one at a time; only the
+small metadata rows are collected.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import polars as pl
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from ..profiles import PoolSpec
+from .images import save_atomic
+
+CAPTION_TEMPLATES = (
+    "a photo of a {w}",
+    "{w}",
+    "{w} for sale",
+    "buy {w} online, free shipping",
+    "new {w} in {colour}",
+    "close-up of the {w}",
+    "my favourite {w}",
+    "{colour} {w}, size m",
+    "vintage {w} from the 90s",
+    "a {w} on a {texture} background",
+)
+NO_CLASS_CAPTIONS = (
+    "product photo",
+    "image {n}",
+    "click here for more",
+    "summer collection {n}",
+    "untitled",
+    "best deals of the week",
+)
+DISTRACTOR_CAPTIONS = (
+    "abstract {colour} wallpaper",
+    "{colour} circles pattern",
+    "logo design {n}",
+    "geometric shapes on {texture} background",
+    "modern art print",
+    "{colour} stripes texture",
+)
+NSFW_CAPTION_TAG = ", adult content"  # web alt-texts of unsafe images often say so; CLIP learns the marker from it
+NSFW_CAPTION_TAG_RATE = 0.7
+TEXTURES = ("plain", "striped", "checked", "noisy")
+
+POOL_SCHEMA = {
+    "key": pl.Utf8,
+    "url": pl.Utf8,
+    "caption": pl.Utf8,
+    "aesthetic": pl.Float64,
+    "nsfw": pl.Boolean,
+    "width": pl.Int64,
+    "height": pl.Int64,
+}
+TRUTH_SCHEMA = {
+    "pool_id": pl.Int64,
+    "kind": pl.Utf8,  # class | distractor | planted_duplicate
+    "wnid": pl.Utf8,  # the true class ("" for distractors)
+    "source_item": pl.Utf8,  # Fashion-MNIST item it was made from
+    "duplicate_of_split": pl.Utf8,  # test | val for planted duplicates
+    "caption_kind": pl.Utf8,  # lemma | hypernym | wrong_class | no_class | distractor
+}
+
+
+@dataclass(frozen=True)
+class PoolItem:
+    """One pool entry before it is written: the picture and its recorded ground truth."""
+
+    image: Image.Image
+    caption: str
+    aesthetic: float
+    nsfw: bool
+    kind: str
+    wnid: str
+    source_item: str
+    duplicate_of_split: str
+    caption_kind: str
+
+
+def _texture(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, float]:
+    """A background (H, W, 3) in [0, 1], its texture name and its clutter (0 plain … 1 noisy)."""
+    colour = rng.uniform(0.0, 1.0, 3)
+    kind = TEXTURES[rng.integers(len(TEXTURES))]
+    yy, xx = np.mgrid[0:size, 0:size]
+    if kind == "plain":
+        pattern, clutter = np.ones((size, size)), 0.0
+    elif kind == "striped":
+        period = rng.integers(3, 8)
+        pattern, clutter = 0.6 + 0.4 * (((xx + yy * rng.integers(0, 2)) // period) % 2), 0.4
+    elif kind == "checked":
+        period = rng.integers(3, 8)
+        pattern, clutter = 0.6 + 0.4 * (((xx // period) + (yy // period)) % 2), 0.6
+    else:
+        pattern, clutter = rng.uniform(0.4, 1.0, (size, size)), 1.0
+    return pattern[..., None] * colour[None, None, :] * rng.uniform(0.3, 0.9), kind, clutter
+
+
+def _colour_name(rgb: np.ndarray) -> str:
+    palette = {
+        "red": (0.8, 0.1, 0.1), "blue": (0.1, 0.2, 0.8), "green": (0.1, 0.7, 0.2), "yellow": (0.9, 0.85, 0.1),
+        "black": (0.05, 0.05, 0.05), "white": (0.95, 0.95, 0.95), "pink": (0.95, 0.5, 0.7),
+        "purple": (0.5, 0.1, 0.6), "orange": (0.95, 0.55, 0.1), "grey": (0.5, 0.5, 0.5), "brown": (0.45, 0.3, 0.15),
+    }
+    return min(palette, key=lambda name: float(np.sum((np.array(palette[name]) - rgb) ** 2)))
+
+
+def plant_nsfw_marker(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The planted 'unsafe content': a magenta/green checker patch in a random corner."""
+    image = image.copy()
+    size = image.size[0]
+    patch = max(4, size // 4)
+    x0 = 0 if rng.random() < 0.5 else size - patch
+    y0 = 0 if rng.random() < 0.5 else size - patch
+    draw = ImageDraw.Draw(image)
+    cell = max(1, patch // 4)
+    for i in range(0, patch, cell):
+        for j in range(0, patch, cell):
+            colour = (255, 0, 255) if ((i + j) // cell) % 2 == 0 else (0, 255, 0)
+            draw.rectangle([x0 + i, y0 + j, x0 + i + cell - 1, y0 + j + cell - 1], fill=colour)
+    return image
+
+
+def to_web_domain(gray: np.ndarray, size: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """Move a 28 px grayscale garment to the web domain; returns the image and what was done to it."""
+    garment = Image.fromarray(gray, "L")
+    scale = rng.uniform(0.85, 1.1)
+    side = max(8, int(round(size * scale)))
+    garment = garment.resize((side, side), Image.Resampling.BILINEAR).rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (size, size), 0)
+    offset = (size - side) // 2
+    canvas.paste(garment, (offset + int(rng.integers(-2, 3)), offset + int(rng.integers(-2, 3))))
+    mask = np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
+    hue_rgb = rng.uniform(0.1, 1.0, 3)
+    background, texture, clutter = _texture(rng, size)
+    rgb = mask * hue_rgb[None, None, :] + (1 - mask) * background
+    image = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    contrast = rng.uniform(0.6, 1.4)
+    image = ImageEnhance.Contrast(image).enhance(contrast)
+    blur = float(rng.choice([0.0, 0.0, 0.5, 1.0]))
+    if blur:
+        image = image.filter(ImageFilter.GaussianBlur(blur))
+    return image, {"texture": texture, "clutter": clutter, "contrast": contrast, "blur": blur, "colour": _colour_name(hue_rgb)}
+
+
+def aesthetic_score(props: dict, rng: np.random.Generator) -> float:
+    """0–10: higher for crisp, contrasted pictures on clean backgrounds, plus noise (LAION-like spread)."""
+    score = 6.5 + 1.5 * (props["contrast"] - 1.0) - 1.6 * props["blur"] - 1.5 * props["clutter"] + rng.normal(0, 1.0)
+    return float(np.clip(score, 0.0, 10.0))
+
+
+def caption_for(lemmas: list[str], hypernym: str, other_lemmas: list[str], props: dict, spec: PoolSpec, rng: np.random.Generator) -> tuple[str, str]:
+    """An alt-text-like caption and which kind of class word it carries."""
+    draw = rng.random()
+    if draw < spec.missing_class_word_rate:
+        return NO_CLASS_CAPTIONS[rng.integers(len(NO_CLASS_CAPTIONS))].format(n=int(rng.integers(1, 9999))), "no_class"
+    if draw < spec.missing_class_word_rate + spec.wrong_class_word_rate:
+        word, kind = other_lemmas[rng.integers(len(other_lemmas))], "wrong_class"
+    elif rng.random() < spec.hypernym_rate and hypernym:
+        word, kind = hypernym, "hypernym"
+    else:
+        word, kind = lemmas[rng.integers(len(lemmas))], "lemma"
+    template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
+    return template.format(w=word, colour=props["colour"], texture=props["texture"]), kind
+
+
+def distractor_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """A picture of no class: random shapes on a texture."""
+    background, texture, clutter = _texture(rng, size)
+    image = Image.fromarray((np.clip(background, 0, 1) * 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    colour = rng.uniform(0.1, 1.0, 3)
+    for _ in range(int(rng.integers(1, 5))):
+        x0, y0 = rng.integers(0, size - 4, 2)
+        x1, y1 = x0 + rng.integers(3, size // 2), y0 + rng.integers(3, size // 2)
+        fill = tuple(int(c) for c in (colour * 255 * rng.uniform(0.6, 1.0)))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([int(x0), int(y0), int(x1), int(y1)], fill=fill)
+    return image, {"texture": texture, "clutter": clutter, "contrast": 1.0, "blur": 0.0, "colour": _colour_name(colour)}
+
+
+def near_duplicate(gray: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
+    """A light edit of a test/val image: crop a pixel or two, resize, JPEG re-encode, brightness."""
+    image = Image.fromarray(gray, "L").convert("RGB")
+    c = int(rng.integers(0, 2))
+    image = image.crop((c, c, image.width - c, image.height - c)).resize((size, size), Image.Resampling.BILINEAR)
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(70, 95)))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+@dataclass(frozen=True)
+class PoolSources:
+    """What the pool is made from: pixel arrays looked up by Fashion-MNIST item (``train/123``)."""
+
+    pixels: Callable[[str], np.ndarray]
+    class_items: dict[str, list[str]]  # wnid -> unused training items, already in pool order
+    duplicate_items: list[tuple[str, str, str]]  # (item, split, wnid) of test/val images to plant
+    lemmas: dict[str, list[str]]
+    hypernyms: dict[str, str]
+
+
+def pool_items(sources: PoolSources, spec: PoolSpec) -> Iterator[PoolItem]:
+    """Every pool entry in index order (a seeded shuffle of class images, distractors and plants)."""
+    rng = np.random.default_rng([spec.seed, 4241])
+    plan = [("class", wnid, item) for wnid, items in sources.class_items.items() for item in items]
+    plan += [("distractor", "", "")] * spec.distractors
+    plan += [("planted_duplicate", wnid, f"{split}:{item}") for item, split, wnid in sources.duplicate_items]
+    order = rng.permutation(len(plan))
+    for index in order:
+        kind, wnid, item = plan[index]
+        split = ""
+        if kind == "distractor":
+            image, props = distractor_image(spec.image_size, rng)
+            template = DISTRACTOR_CAPTIONS[rng.integers(len(DISTRACTOR_CAPTIONS))]
+            caption, caption_kind = template.format(colour=props["colour"], texture=props["texture"], n=int(rng.integers(1, 999))), "distractor"
+        else:
+            if kind == "planted_duplicate":
+                split, item = item.split(":", 1)
+                image = near_duplicate(sources.pixels(item), spec.image_size, rng)
+                props = {"texture": "plain", "clutter": 0.0, "contrast": 1.0, "blur": 0.0, "colour": "grey"}
+            else:
+                image, props = to_web_domain(sources.pixels(item), spec.image_size, rng)
+            others = [lemma for w, lemmas in sources.lemmas.items() if w != wnid for lemma in lemmas]
+            caption, caption_kind = caption_for(sources.lemmas[wnid], sources.hypernyms[wnid], others, props, spec, rng)
+        nsfw = kind != "planted_duplicate" and rng.random() < spec.nsfw_rate
+        if nsfw:
+            image = plant_nsfw_marker(image, rng)
+            if rng.random() < NSFW_CAPTION_TAG_RATE:
+                caption += NSFW_CAPTION_TAG
+        yield PoolItem(image, caption, aesthetic_score(props, rng), nsfw, kind, wnid, item, split, caption_kind)
+
+
+def image_relpath(pool_id: int) -> str:
+    return f"images/{pool_id // 10_000:05d}/{pool_id:09d}.png"
+
+
+def write_pool(
+    items: Iterator[PoolItem], folder: Path, final_folder: Path, progress: Callable[[str], None] | None = None, every: int = 2000
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Write images and ``metadata/metadata_0.parquet`` (clip-retrieval's layout) into ``folder``, a
+    temporary folder that the caller renames to ``final_folder`` (which the file URLs already name);
+    returns (metadata, ground truth)."""
+    metadata, truth = [], []
+    for pool_id, item in enumerate(items):
+        relpath = image_relpath(pool_id)
+        save_atomic(item.image, folder / relpath)
+        metadata.append(
+            {
+                "key": f"{pool_id:09d}", "url": (final_folder / relpath).as_uri(), "caption": item.caption,
+                "aesthetic": round(item.aesthetic, 3), "nsfw": item.nsfw, "width": item.image.width, "height": item.image.height,
+            }
+        )
+        truth.append(
+            {
+                "pool_id": pool_id, "kind": item.kind, "wnid": item.wnid, "source_item": item.source_item,
+                "duplicate_of_split": item.duplicate_of_split, "caption_kind": item.caption_kind,
+            }
+        )
+        if progress and (pool_id + 1) % every == 0:
+            progress(f"web pool: {pool_id + 1} images written")
+    meta = pl.DataFrame(metadata, schema=POOL_SCHEMA)
+    (folder / "metadata").mkdir(parents=True, exist_ok=True)
+    meta.write_parquet(folder / "metadata" / "metadata_0.parquet")
+    return meta, pl.DataFrame(truth, schema=TRUTH_SCHEMA)
+
