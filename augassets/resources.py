@@ -74,6 +74,7 @@ class DiffusionBackendResource(dg.ConfigurableResource):
     guidance_scale: float = 7.5
     safety_checker: bool = True
     offline: bool = False
+    cache_dir: str = ""  # Hugging Face cache for hub ids ("" = the default, HF_HOME/hub)
 
     def load(self, kind: str = "txt2img"):
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
@@ -84,7 +85,9 @@ class DiffusionBackendResource(dg.ConfigurableResource):
         cls = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}[kind]
         extra = {} if self.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         try:
-            pipeline = cls.from_pretrained(source, torch_dtype=getattr(torch, self.dtype), local_files_only=local_only, **extra)
+            pipeline = cls.from_pretrained(
+                source, dtype=getattr(torch, self.dtype), local_files_only=local_only, cache_dir=self.cache_dir or None, **extra
+            )
         except OSError as error:
             raise FileNotFoundError(
                 f"cannot load Stable Diffusion weights {self.weights!r} (setting DiffusionBackendResource.weights"
@@ -104,14 +107,16 @@ class ClipEncoderResource(dg.ConfigurableResource):
     model: str
     device: str = "cpu"
     offline: bool = False
+    cache_dir: str = ""
 
     def load(self):
         from transformers import CLIPModel, CLIPProcessor
 
         source, local_only = _resolve_weights(self.model, "ClipEncoderResource.model", self.offline or _offline())
         try:
-            model = CLIPModel.from_pretrained(source, local_files_only=local_only).to(self.device).eval()
-            processor = CLIPProcessor.from_pretrained(source, local_files_only=local_only)
+            options = {"local_files_only": local_only, "cache_dir": self.cache_dir or None}
+            model = CLIPModel.from_pretrained(source, **options).to(self.device).eval()
+            processor = CLIPProcessor.from_pretrained(source, **options)
         except OSError as error:
             raise FileNotFoundError(f"cannot load CLIP {self.model!r} (setting ClipEncoderResource.model): {error}") from None
         return model, processor

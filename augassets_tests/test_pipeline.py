@@ -115,3 +115,53 @@ def test_unknown_wnid_fails_the_catalog_with_its_name(tmp_path, monkeypatch, ima
     (image_folder / "train" / "n99999999").mkdir()
     with pytest.raises(Exception, match=r"n99999999.*WordNet 3.0 noun ids"):
         _materialize_prepare(tmp_path, monkeypatch, image_folder)
+
+
+@pytest.fixture(scope="module")
+def foundation_run(benchmark_run):
+    profile, _ = benchmark_run
+    result = defs.resolve_job_def("build_foundation").execute_in_process(instance=dg.DagsterInstance.get())
+    return profile, result
+
+
+def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    import faiss
+    from transformers import CLIPModel, CLIPProcessor
+
+    from augassets.core.clip import encode_texts
+    from augassets.core.knn import LocalKnnIndex
+
+    profile, result = foundation_run
+    assert result.success
+    store = profile.home / "store"
+    db = Warehouse(profile.home / "catalog.duckdb")
+
+    pool = db.query("SELECT * FROM web_pool")
+    truth = db.query("SELECT kind, duplicate_of_split, count(*) AS n FROM web_pool_truth GROUP BY ALL")
+    planted = {r["duplicate_of_split"]: r["n"] for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
+    assert planted == {"test": profile.world.pool.planted_test_duplicates, "val": profile.world.pool.planted_val_duplicates}
+    used = set(db.query("SELECT item FROM dataset_splits WHERE split != 'test'")["item"])
+    pool_sources = set(db.query("SELECT source_item FROM web_pool_truth WHERE kind = 'class'")["source_item"])
+    assert not used & pool_sources, "the pool must not contain target, val or real_2p images"
+
+    clip_meta = result.asset_materializations_for_node("clip_model")[0].metadata
+    assert 0.0 <= clip_meta["zero_shot_top1"].value <= 1.0
+    model = CLIPModel.from_pretrained(store / "models" / "clip")
+    processor = CLIPProcessor.from_pretrained(store / "models" / "clip")
+    assert len(processor.tokenizer) == 49_408 and (store / "models" / "clip" / "merges.txt").is_file()
+
+    index = faiss.read_index(str(store / "pool_index" / "image.index"))
+    assert index.ntotal == pool.height
+    assert pl.read_parquet(store / "pool_index" / "metadata" / "metadata_0.parquet").height == pool.height
+    query = encode_texts(model, processor.tokenizer, ["A photo of boot."])[0]
+    hits = LocalKnnIndex(store / "pool_index").search(query, k=5)
+    assert len(hits) == 5 and {"url", "caption", "aesthetic", "nsfw"} <= set(hits[0].metadata)
+
+    sd_meta = result.asset_materializations_for_node("diffusion_model")[0].metadata
+    for key in ("safety_precision_held_out", "safety_recall_held_out", "class_fidelity"):
+        assert 0.0 <= sd_meta[key].value <= 1.0, key
+    assert "data:image/png;base64," in sd_meta["samples"].value
+    sd_folder = store / "models" / "stable_diffusion"
+    assert isinstance(StableDiffusionPipeline.from_pretrained(sd_folder), StableDiffusionPipeline)
+    assert isinstance(StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder), StableDiffusionImg2ImgPipeline)

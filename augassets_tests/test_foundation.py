@@ -1,0 +1,141 @@
+"""The foundation: CLIP tokenizer, the web pool, loaders on the real code paths, and the smoke
+foundation materialized in-process."""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import imagehash
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
+from transformers import CLIPModel
+
+from augassets.core.clip import VOCAB_SIZE, build_processor, build_tokenizer, clip_config
+from augassets.core.diffusion import assemble_pipeline, make_safety_checker, make_unet, make_vae, text_tower
+from augassets.core.web_pool import PoolSources, pool_items, write_pool
+from augassets.profiles import ClipSpec, DiffusionSpec, PoolSpec, get_profile
+from augassets.resources import ClipEncoderResource, DiffusionBackendResource
+
+TINY_CLIP = ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16)
+TINY_SD = DiffusionSpec(vae_channels=(8, 16, 16), unet_channels=(16, 32))
+
+
+def test_tokenizer_is_the_real_clip_bpe(tmp_path):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = build_tokenizer(tmp_path)
+    reference = SimpleTokenizer()
+    assert len(tokenizer) == VOCAB_SIZE and tokenizer.model_max_length == 77
+    for text in ["A photo of jersey, T-shirt, tee shirt.", "gymshoe,sneaker,tennisshoe", "café — naïve 🙂 O'Neil's \"boots\""]:
+        assert tokenizer(text).input_ids == [49406, *reference.encode(text), 49407]
+    assert (tmp_path / "vocab.json").is_file() and (tmp_path / "merges.txt").is_file()
+
+
+def garment_like(rng) -> np.ndarray:
+    """A smooth bright blob on black, like a Fashion-MNIST image."""
+    from PIL import ImageDraw, ImageFilter
+
+    image = Image.new("L", (28, 28), 0)
+    x0, y0 = rng.integers(2, 10, 2)
+    ImageDraw.Draw(image).ellipse([int(x0), int(y0), int(x0) + int(rng.integers(10, 16)), int(y0) + int(rng.integers(10, 16))], fill=int(rng.integers(120, 255)))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)))
+
+
+def fake_sources(n_per_class=6):
+    rng = np.random.default_rng(0)
+    arrays = {f"train/{i}": garment_like(rng) for i in range(40)}
+    arrays.update({f"test/{i}": garment_like(rng) for i in range(5)})
+    return PoolSources(
+        pixels=arrays.__getitem__,
+        class_items={"n1": [f"train/{i}" for i in range(n_per_class)], "n2": [f"train/{i}" for i in range(20, 20 + n_per_class)]},
+        duplicate_items=[("test/0", "test", "n1"), ("test/1", "val", "n2")],
+        lemmas={"n1": ["boot"], "n2": ["bag", "handbag"]},
+        hypernyms={"n1": "footwear", "n2": "container"},
+    ), arrays
+
+
+def test_web_pool_layout_noise_and_planted_duplicates(tmp_path):
+    sources, arrays = fake_sources()
+    spec = PoolSpec(per_class=6, distractors=5, planted_test_duplicates=1, planted_val_duplicates=1, nsfw_rate=0.3)
+    metadata, truth = write_pool(pool_items(sources, spec), tmp_path, tmp_path)
+    assert metadata.height == truth.height == 12 + 5 + 2
+    assert pl.read_parquet(tmp_path / "metadata" / "metadata_0.parquet").equals(metadata)
+    assert set(metadata.columns) >= {"url", "caption", "aesthetic", "nsfw"}
+    assert all(Path(u.removeprefix("file://")).is_file() for u in metadata["url"])
+    assert metadata["aesthetic"].is_between(0, 10).all()
+    assert metadata["nsfw"].sum() > 0
+    assert dict(truth.group_by("kind").len().iter_rows()) == {"class": 12, "distractor": 5, "planted_duplicate": 2}
+    # Planted duplicates are near-duplicates in the paper's sense: pHash Hamming distance < 10.
+    for row in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True):
+        planted = Image.open(metadata["url"][row["pool_id"]].removeprefix("file://"))
+        original = Image.fromarray(arrays[row["source_item"]], "L")
+        assert imagehash.phash(planted) - imagehash.phash(original) < 10
+    # Deterministic for a seed.
+    again, _ = write_pool(pool_items(sources, spec), tmp_path / "again", tmp_path)
+    assert again.drop("url").equals(metadata.drop("url"))
+
+
+def tiny_pipeline(folder: Path) -> Path:
+    """Random tiny CLIP + SD components, save_pretrained like the real ones."""
+    torch.manual_seed(0)
+    clip = CLIPModel(clip_config(TINY_CLIP, 32)).eval()
+    processor = build_processor(folder / "tokenizer_files", 32)
+    clip.save_pretrained(folder / "clip")
+    processor.save_pretrained(folder / "clip")
+    pipeline = assemble_pipeline(
+        make_vae(TINY_SD, 32), make_unet(TINY_SD, 8, TINY_CLIP.hidden_size), text_tower(clip), processor.tokenizer,
+        make_safety_checker(clip, np.ones(TINY_CLIP.projection_dim, np.float32), threshold=0.5), processor.image_processor, "ddim",
+    )
+    pipeline.save_pretrained(folder / "sd")
+    return folder
+
+
+def as_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """Lay out ``folder`` as a Hugging Face hub cache entry for ``repo_id`` (offline loading)."""
+    org, name = repo_id.split("/")
+    revision = "0" * 40
+    entry = cache / f"models--{org}--{name}"
+    shutil.copytree(folder, entry / "snapshots" / revision)
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(revision)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("tiny"))
+
+
+def test_diffusion_backend_loads_a_folder_for_txt2img_and_img2img(tiny_models):
+    backend = DiffusionBackendResource(weights=str(tiny_models / "sd"), steps=2, scheduler="dpm_solver")
+    txt2img = backend.load("txt2img")
+    assert isinstance(txt2img, StableDiffusionPipeline)
+    out = txt2img(["A photo of boot."], num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (32, 32) and len(out.nsfw_content_detected) == 1
+    img2img = backend.load("img2img")
+    assert isinstance(img2img, StableDiffusionImg2ImgPipeline)
+    out = img2img(["A photo of boot."], image=Image.new("RGB", (32, 32), "red"), strength=0.5, num_inference_steps=4)
+    assert out.images[0].size == (32, 32)
+
+
+def test_loaders_accept_offline_hub_ids(tiny_models, tmp_path):
+    cache = tmp_path / "hub"
+    as_hub_cache(tiny_models / "sd", cache, "augassets/tiny-sd")
+    as_hub_cache(tiny_models / "clip", cache, "augassets/tiny-clip")
+    pipeline = DiffusionBackendResource(weights="augassets/tiny-sd", offline=True, cache_dir=str(cache)).load()
+    assert pipeline.unet.config.sample_size == 8
+    model, processor = ClipEncoderResource(model="augassets/tiny-clip", offline=True, cache_dir=str(cache)).load()
+    assert model.config.projection_dim == TINY_CLIP.projection_dim and len(processor.tokenizer) == VOCAB_SIZE
+    with pytest.raises(FileNotFoundError, match="DiffusionBackendResource.weights.*offline"):
+        DiffusionBackendResource(weights="CompVis/stable-diffusion-v1-4", offline=True, cache_dir=str(cache)).load()
+
+
+def test_missing_weights_folder_names_the_setting(tmp_path):
+    with pytest.raises(FileNotFoundError, match="DiffusionBackendResource.weights"):
+        DiffusionBackendResource(weights=str(tmp_path / "nothing")).load()
+    with pytest.raises(FileNotFoundError, match="ClipEncoderResource.model"):
+        ClipEncoderResource(model=str(tmp_path / "nothing")).load()
