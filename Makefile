@@ -1,11 +1,14 @@
 # The two commands of the README, plus the UI and the benchmarks.
-.PHONY: setup run run-all test ui bench
+.PHONY: setup run foundation test ui bench
 
 setup:
 	@bash scripts/setup.sh
 
 run: setup  ## materialize the benchmark on AUGASSETS_PROFILE (default mini) and print the results table
 	.venv/bin/augassets benchmark
+
+foundation: setup  ## the mini world's web pool, CLIP, KNN index and Stable Diffusion (as Dagster assets)
+	.venv/bin/augassets foundation
 
 test: setup  ## the test suite (smoke profile, seconds to minutes)
 	.venv/bin/python -m pytest -q

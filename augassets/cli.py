@@ -77,6 +77,24 @@ def plan(profile: Profile) -> list[Stage]:
     ]
 
 
+FOUNDATION_STAGES = [
+    Stage("build_foundation", "fidelity_classifier", None, ["dataset_splits"]),
+    Stage("build_foundation", "web_pool", None, ["dataset_splits"]),
+    Stage("build_foundation", "clip_model", None, ["web_pool"]),
+    Stage("build_foundation", "pool_index", None, ["clip_model", "web_pool"]),
+    Stage("build_foundation", "vae", None, ["web_pool"]),
+    Stage("build_foundation", "unet", None, ["vae", "clip_model", "web_pool"]),
+    Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_classifier"]),
+]
+
+
+def plan_foundation(profile: Profile) -> list[Stage]:
+    """Catalog and splits, then the mini world's pool, CLIP, index and Stable Diffusion."""
+    if profile.world is None:
+        raise SystemExit(f"profile {profile.name} has no mini world: its pool, CLIP, index and SD are external assets")
+    return plan(profile)[:2] + FOUNDATION_STAGES
+
+
 def _latest(instance, asset_name: str, partition_keys: list[str] | None):
     """The latest materialization event of each requested partition (key None: unpartitioned)."""
     key = dg.AssetKey(asset_name)
@@ -127,24 +145,28 @@ def run_stage(instance, defs, stage: Stage, say) -> None:
             raise SystemExit(f"{stage.asset_name} [{start} … {end}] failed; see the run in the UI (augassets ui)")
 
 
-def benchmark(profile: Profile, force: bool = False, say=print) -> str:
-    """Materialize what the profile needs and return the results table as markdown."""
+def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=print) -> None:
+    """Run each stage that is not up to date (a stage is stale when an upstream asset was materialized
+    after it, so a rebuilt stage makes its downstream stages rebuild)."""
     ensure_dagster_home(profile)
     from .definitions import defs  # after the profile is chosen: definitions read it at import
 
     instance = dg.DagsterInstance.get()
-    started = time.perf_counter()
-    say(f"augassets benchmark: profile {profile.name}, state in {profile.home}")
-    rerun = force
-    for stage in plan(profile):
-        if not rerun and stage_is_fresh(instance, defs, stage):
+    say(f"augassets: profile {profile.name}, state in {profile.home}")
+    for stage in stages:
+        if not force and stage_is_fresh(instance, defs, stage):
             say(f"- {stage.asset_name}: up to date")
             continue
-        rerun = True  # everything downstream of a rebuilt stage is rebuilt too
         stage_started = time.perf_counter()
         say(f"- {stage.asset_name}: materializing")
         run_stage(instance, defs, stage, say)
         say(f"  done in {time.perf_counter() - stage_started:.1f} s")
+
+
+def benchmark(profile: Profile, force: bool = False, say=print) -> str:
+    """Materialize what the profile's results table needs and return the table as markdown."""
+    started = time.perf_counter()
+    materialize(profile, plan(profile), force, say)
     summary = Warehouse(profile.home / "catalog.duckdb").query("SELECT * FROM results_table")
     table = markdown_table(summary)
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
@@ -166,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("benchmark", help="materialize the benchmark headless and print the results table")
     bench.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
+    found = sub.add_parser("foundation", help="materialize the mini world's pool, CLIP, KNN index and Stable Diffusion")
+    found.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this profile's instance")
     ui_parser.add_argument("--port", type=int, default=3000)
     ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
@@ -175,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile()
     if args.command == "benchmark":
         benchmark(profile, force=args.force)
+        return 0
+    if args.command == "foundation":
+        started = time.perf_counter()
+        materialize(profile, plan_foundation(profile), force=args.force)
+        print(f"foundation ready in {time.perf_counter() - started:.0f} s: {profile.home / 'store' / 'models'}")
         return 0
     return ui(profile, args.port, args.host)
 

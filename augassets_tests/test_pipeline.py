@@ -1,6 +1,7 @@
 """The Dagster layer: definitions, the main command end to end on `smoke`, caching, bad input."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -165,3 +166,26 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     sd_folder = store / "models" / "stable_diffusion"
     assert isinstance(StableDiffusionPipeline.from_pretrained(sd_folder), StableDiffusionPipeline)
     assert isinstance(StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder), StableDiffusionImg2ImgPipeline)
+
+
+def test_corrupt_pool_rows_are_skipped_and_counted(foundation_run):
+    """A pool image that no longer decodes and a row without a caption are skipped by CLIP training
+    and the index (and counted in their metadata), not fatal."""
+    profile, _ = foundation_run
+    db = Warehouse(profile.home / "catalog.duckdb")
+    pool = db.query("SELECT pool_id, url FROM web_pool ORDER BY pool_id")
+    broken = pool["url"][3].removeprefix("file://")
+    Path(broken).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    db.replace("web_pool", db.query("SELECT * FROM web_pool").with_columns(
+        pl.when(pl.col("pool_id") == 5).then(pl.lit(None, dtype=pl.Utf8)).otherwise(pl.col("caption")).alias("caption")
+    ))
+    result = defs.resolve_job_def("build_foundation").execute_in_process(
+        instance=dg.DagsterInstance.get(), asset_selection=[dg.AssetKey("clip_model"), dg.AssetKey("pool_index")]
+    )
+    assert result.success
+    for node in ("clip_model", "pool_index"):
+        metadata = result.asset_materializations_for_node(node)[0].metadata
+        assert metadata["skipped_pool_rows"].value == {"corrupt": 1, "bad_caption": 1}, node
+    index_meta = pl.read_parquet(profile.home / "store" / "pool_index" / "metadata" / "metadata_0.parquet")
+    assert index_meta.height == pool.height - 2
+    assert 3 not in index_meta["pool_id"].to_list() and 5 not in index_meta["pool_id"].to_list()

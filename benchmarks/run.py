@@ -3,6 +3,8 @@
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
             its peak resident memory, and the share of wall time spent outside asset bodies
             (Dagster's overhead: process start, definitions import, run launch, event log, metadata).
+foundation  the mini world's foundation (`augassets foundation`): wall time, each asset's step time,
+            and its quality figures (CLIP zero-shot top-1, safety checker precision/recall, class fidelity).
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
@@ -60,6 +62,41 @@ def bench_main(profile: str, home: Path) -> list[tuple[str, str]]:
     return rows
 
 
+FOUNDATION_ASSETS = ["fidelity_classifier", "web_pool", "clip_model", "pool_index", "vae", "unet", "diffusion_model"]
+QUALITY = {
+    "clip_model": ["zero_shot_top1", "chance", "final_contrastive_loss"],
+    "vae": ["reconstruction_mse"],
+    "unet": ["training_images"],
+    "diffusion_model": ["safety_precision_held_out", "safety_recall_held_out", "class_fidelity", "samples_per_second"],
+    "fidelity_classifier": ["test_top1"],
+    "web_pool": ["images", "nsfw_flagged", "aesthetic_below_5", "planted_duplicates"],
+}
+
+
+def bench_foundation(profile: str, home: Path) -> list[tuple[str, str]]:
+    """`augassets foundation` wall time, each asset's step time, and the quality figures it reports."""
+    env = {**os.environ, "AUGASSETS_PROFILE": profile, "AUGASSETS_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    started = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("augassets")), "foundation"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [(f"foundation ({profile}: catalog, splits, pool, CLIP, index, VAE, UNet, SD)", f"{time.perf_counter() - started:.1f} s")]
+    os.environ["DAGSTER_HOME"] = str(home / profile / "dagster")
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    for name in FOUNDATION_ASSETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        stats = [s for s in instance.get_run_step_stats(event.run_id) if s.step_key == name]
+        if stats:
+            rows.append((f"  {name} step", f"{stats[0].end_time - stats[0].start_time:.1f} s"))
+        metadata = event.asset_materialization.metadata
+        for key in QUALITY.get(name, []):
+            value = metadata[key].value
+            rows.append((f"  {name}.{key}", f"{value:.4f}" if isinstance(value, float) else str(value)))
+    return rows
+
+
 def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from dataclasses import replace
 
@@ -113,7 +150,7 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "foundation", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
@@ -123,6 +160,8 @@ def main() -> None:
         os.environ["AUGASSETS_HOME"] = str(home)  # the classifier benchmark reuses these splits
     if args.which in ("classifier", "all"):
         rows += bench_classifier(args.profile)
+    if args.which in ("foundation", "all"):
+        rows += bench_foundation(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
     width = max(len(r[0]) for r in rows)
     print(f"\nmachine: {machine()}\n")
     for name, value in rows:

@@ -18,7 +18,7 @@ from ..core.clip import build_processor, encode_image_batches, encode_texts, tra
 from ..core.datasets import FashionMnistSource
 from ..core.diffusion import (
     assemble_pipeline,
-    fit_concept_threshold,
+    fit_concept,
     make_safety_checker,
     pixel_batch,
     save_pipeline,
@@ -31,7 +31,7 @@ from ..core.generation import classify_images, generate
 from ..core.images import image_grid, png_data_uri_markdown, save_atomic
 from ..core.knn import build_index, choose_index_factory
 from ..core.report import frame_markdown
-from ..core.web_pool import PoolSources, pool_items, write_pool
+from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
 from ..profiles import get_profile
 from ..resources import DiffusionBackendResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -42,9 +42,10 @@ PROFILE = get_profile()
 GROUP = "foundation"
 
 
-def _pool_paths(db) -> tuple[list[str], list[str]]:
-    pool = db.query("SELECT url, caption FROM web_pool ORDER BY pool_id")
-    return [u.removeprefix("file://") for u in pool["url"]], pool["caption"].to_list()
+def _pool_rows(db, min_aesthetic: float | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Usable pool rows (with a local ``path``) in index order, and the rows skipped per reason."""
+    where = "" if min_aesthetic is None else f"WHERE aesthetic >= {float(min_aesthetic)}"
+    return check_pool_rows(db.query(f"SELECT * FROM web_pool {where} ORDER BY pool_id"))
 
 
 def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: str) -> dg.MetadataValue:
@@ -118,7 +119,8 @@ def mini_world_assets() -> list:
     )
     def clip_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         db = warehouse.get()
-        paths, captions = _pool_paths(db)
+        rows, skipped = _pool_rows(db)
+        paths, captions = rows["path"].to_list(), rows["caption"].to_list()
         final = image_store.path("models", "clip")
         with atomic_folder(final) as tmp:
             processor = build_processor(tmp, world.pool.image_size)
@@ -134,6 +136,8 @@ def mini_world_assets() -> list:
         return dg.MaterializeResult(
             metadata={
                 "zero_shot_top1": accuracy,
+                "training_pairs": len(paths),
+                "skipped_pool_rows": skipped,
                 "chance": 1 / catalog.height,
                 "zero_shot_per_class": dg.MetadataValue.md(frame_markdown(table)),
                 "final_contrastive_loss": result.losses[-1],
@@ -156,7 +160,8 @@ def mini_world_assets() -> list:
         import faiss
 
         started = time.perf_counter()
-        paths, captions = _pool_paths(warehouse.get())
+        rows, skipped = _pool_rows(warehouse.get())
+        paths, captions = rows["path"].to_list(), rows["caption"].to_list()
         clip_folder = image_store.path("models", "clip")
         model = CLIPModel.from_pretrained(clip_folder).eval()
         tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
@@ -175,10 +180,12 @@ def mini_world_assets() -> list:
             image_index = build_index((np.load(p) for p in image_shards), dim, len(paths))
             faiss.write_index(image_index, str(tmp / "image.index"))
             faiss.write_index(build_index([text], dim, len(captions)), str(tmp / "text.index"))
-            (tmp / "metadata" / "metadata_0.parquet").write_bytes((image_store.path("web_pool", "metadata", "metadata_0.parquet")).read_bytes())
+            # Row order = index order; pool_id maps an index id back to the pool (skipped rows leave gaps).
+            rows.drop("path").write_parquet(tmp / "metadata" / "metadata_0.parquet")
         return dg.MaterializeResult(
             metadata={
                 "vectors": image_index.ntotal,
+                "skipped_pool_rows": skipped,
                 "dimension": dim,
                 "index_factory": choose_index_factory(len(paths)),
                 "folder": dg.MetadataValue.path(str(final)),
@@ -194,7 +201,8 @@ def mini_world_assets() -> list:
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
     )
     def vae(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
-        paths, _ = _pool_paths(warehouse.get())
+        rows, skipped = _pool_rows(warehouse.get())
+        paths = rows["path"].to_list()
         model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "vae")
         with atomic_folder(final) as tmp:
@@ -215,6 +223,8 @@ def mini_world_assets() -> list:
         return dg.MaterializeResult(
             metadata={
                 "reconstruction_mse": mse,
+                "training_images": len(paths),
+                "skipped_pool_rows": skipped,
                 "scaling_factor": float(model.config.scaling_factor),
                 "losses": log.losses,
                 "train_seconds": round(log.seconds, 1),
@@ -234,14 +244,12 @@ def mini_world_assets() -> list:
         from diffusers import AutoencoderKL
         from transformers import CLIPModel, CLIPTokenizer
 
-        pool = warehouse.get().query(
-            "SELECT url, caption FROM web_pool WHERE aesthetic >= ? ORDER BY pool_id", [world.diffusion.train_aesthetic_min]
-        )
+        pool, skipped = _pool_rows(warehouse.get(), min_aesthetic=world.diffusion.train_aesthetic_min)
         vae_model = AutoencoderKL.from_pretrained(image_store.path("models", "vae")).eval()
         clip_folder = image_store.path("models", "clip")
         text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
         tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
-        paths = [u.removeprefix("file://") for u in pool["url"]]
+        paths = pool["path"].to_list()
         model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "unet")
         with atomic_folder(final) as tmp:
@@ -249,6 +257,7 @@ def mini_world_assets() -> list:
         return dg.MaterializeResult(
             metadata={
                 "training_images": len(paths),
+                "skipped_pool_rows": skipped,
                 "losses": log.losses,
                 "train_seconds": round(log.seconds, 1),
                 "images_per_second": round(log.images_per_second, 1),
@@ -278,14 +287,13 @@ def mini_world_assets() -> list:
         clip = CLIPModel.from_pretrained(models / "clip").eval()
         processor = CLIPProcessor.from_pretrained(models / "clip")
 
-        # Safety checker: the NSFW concept is the mean CLIP image embedding of flagged pool images;
-        # its threshold is fitted on even pool ids and evaluated on odd ones.
+        # Safety checker: the NSFW concept and threshold are fitted on the CLIP embeddings of even index
+        # rows and evaluated on odd ones.
         embeddings = np.concatenate([np.load(p) for p in sorted(image_store.path("pool_index", "img_emb").glob("*.npy"))])
-        flags = db.query("SELECT nsfw FROM web_pool ORDER BY pool_id")["nsfw"].to_numpy()
+        flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
         fit, held_out = np.arange(len(flags)) % 2 == 0, np.arange(len(flags)) % 2 == 1
-        concept = embeddings[fit & flags].mean(0)
-        threshold = fit_concept_threshold(embeddings[fit], flags[fit], concept)
-        predicted = embeddings[held_out] @ (concept / np.linalg.norm(concept)) > threshold
+        concept, threshold = fit_concept(embeddings[fit], flags[fit])
+        predicted = embeddings[held_out] @ concept > threshold
         truth = flags[held_out]
         precision = float((predicted & truth).sum() / max(1, predicted.sum()))
         recall = float((predicted & truth).sum() / max(1, truth.sum()))
@@ -317,14 +325,17 @@ def mini_world_assets() -> list:
                 save_atomic(results[c * n + j][0], path)
                 row.append(str(path))
             rows.append(row)
+        # Class fidelity over the samples the safety checker passed (flagged ones come back black).
         state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
-        predictions = classify_images(state, PROFILE.classifier, catalog.height, [image for image, _ in results])
-        labels = np.repeat(catalog["label"].to_numpy(), n)
+        passed = np.array([not flagged for _, flagged in results])
+        labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
+        predictions = classify_images(state, PROFILE.classifier, catalog.height, [img for (img, _), ok in zip(results, passed) if ok])
         fidelity = catalog.with_columns(
-            pl.Series("class_fidelity", [float((predictions[labels == c] == c).mean()) for c in catalog["label"]])
+            pl.Series("class_fidelity", [float((predictions[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in catalog["label"]]),
+            pl.Series("samples", [int((labels == c).sum()) for c in catalog["label"]]),
         )
-        overall = float((predictions == labels).mean())
-        context.log.info(f"diffusion_model: class fidelity {overall:.3f} over {len(results)} simple-prompt samples")
+        overall = float((predictions == labels).mean()) if len(labels) else float("nan")
+        context.log.info(f"diffusion_model: class fidelity {overall:.3f} over {len(labels)} unflagged simple-prompt samples")
         return dg.MaterializeResult(
             metadata={
                 "folder": dg.MetadataValue.path(str(final)),

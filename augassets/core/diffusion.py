@@ -207,9 +207,17 @@ def make_safety_checker(clip: CLIPModel, concept: np.ndarray, threshold: float) 
     return checker.eval()
 
 
-def fit_concept_threshold(embeddings: np.ndarray, flags: np.ndarray, concept: np.ndarray) -> float:
-    """The cosine threshold that maximizes F1 of ``cos(embedding, concept) > threshold`` vs ``flags``."""
-    scores = embeddings @ (concept / np.linalg.norm(concept))
+def fit_concept(embeddings: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, float]:
+    """A concept embedding and cosine threshold for SD's safety checker, fitted on labelled CLIP image
+    embeddings: the concept is Fisher's discriminant direction between flagged and clean images (a
+    linear classifier in CLIP space, in the checker's own form), the threshold the one that maximizes
+    F1 of ``cos(embedding, concept) > threshold``."""
+    flags = flags.astype(bool)
+    mean_flagged, mean_clean = embeddings[flags].mean(0), embeddings[~flags].mean(0)
+    scatter = np.cov(embeddings.T) + 1e-3 * np.eye(embeddings.shape[1])
+    concept = np.linalg.solve(scatter, mean_flagged - mean_clean)
+    concept /= np.linalg.norm(concept)
+    scores = embeddings @ concept
     best, best_f1 = 1.0, -1.0
     for threshold in np.unique(np.round(scores, 3)):
         predicted = scores > threshold
@@ -217,7 +225,7 @@ def fit_concept_threshold(embeddings: np.ndarray, flags: np.ndarray, concept: np
         f1 = 2 * tp / max(1.0, float(predicted.sum() + flags.sum()))
         if f1 > best_f1:
             best, best_f1 = float(threshold), f1
-    return best
+    return concept.astype(np.float32), best
 
 
 def assemble_pipeline(

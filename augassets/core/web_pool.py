@@ -26,7 +26,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from ..profiles import PoolSpec
-from .images import save_atomic
+from .images import inspect_image, save_atomic
 
 CAPTION_TEMPLATES = (
     "a photo of a {w}",
@@ -57,7 +57,7 @@ DISTRACTOR_CAPTIONS = (
     "{colour} stripes texture",
 )
 NSFW_CAPTION_TAG = ", adult content"  # web alt-texts of unsafe images often say so; CLIP learns the marker from it
-NSFW_CAPTION_TAG_RATE = 0.7
+NSFW_CAPTION_TAG_RATE = 0.9
 TEXTURES = ("plain", "striped", "checked", "noisy")
 
 POOL_SCHEMA = {
@@ -125,7 +125,7 @@ def plant_nsfw_marker(image: Image.Image, rng: np.random.Generator) -> Image.Ima
     """The planted 'unsafe content': a magenta/green checker patch in a random corner."""
     image = image.copy()
     size = image.size[0]
-    patch = max(4, size // 4)
+    patch = max(4, size // 3)
     x0 = 0 if rng.random() < 0.5 else size - patch
     y0 = 0 if rng.random() < 0.5 else size - patch
     draw = ImageDraw.Draw(image)
@@ -280,3 +280,31 @@ def write_pool(
     meta.write_parquet(folder / "metadata" / "metadata_0.parquet")
     return meta, pl.DataFrame(truth, schema=TRUTH_SCHEMA)
 
+
+
+def check_pool_rows(metadata: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The rows of a pool metadata table that can be trained on or indexed, with a local ``path``
+    column, and the number skipped per reason: a url that is not a file URL, a missing, empty, corrupt
+    or truncated image, or a caption that is not a non-empty string. Non-RGB images are kept (the
+    loaders convert them)."""
+    kept, skipped = [], {}
+    for row in metadata.iter_rows(named=True):
+        url, caption = row.get("url"), row.get("caption")
+        reason = None
+        if not isinstance(url, str) or not url.startswith("file://"):
+            reason = "bad_url"
+        elif not isinstance(caption, str) or not caption.strip():
+            reason = "bad_caption"
+        else:
+            path = url.removeprefix("file://")
+            if not Path(path).is_file():
+                reason = "missing_file"
+            else:
+                status = inspect_image(path, non_rgb="convert")
+                reason = None if status.usable else status.value
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            kept.append({**row, "path": url.removeprefix("file://")})
+    schema = {**metadata.schema, "path": pl.Utf8}
+    return pl.DataFrame(kept, schema=schema), skipped
