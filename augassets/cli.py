@@ -13,16 +13,17 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import warnings
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from .core.methods import runnable_methods
-from .core.report import markdown_table
+from .core.methods import IMAGES, runnable_methods
+from .core.report import excluded_note, markdown_table
 from .core.warehouse import Warehouse
 from .profiles import PROFILE_ENV, Profile, get_profile
 
@@ -44,11 +45,12 @@ def ensure_dagster_home(profile: Profile) -> Path:
 
 @dataclass
 class Stage:
-    """One run of a job over some partitions (None: an unpartitioned job)."""
+    """One run of a job over some partitions (None: an unpartitioned job). Partition keys may be a
+    function of the warehouse, for class partitions known only once the catalog exists."""
 
     job_name: str
     asset_name: str
-    partition_keys: list[str] | None
+    partition_keys: list[str] | Callable[[Warehouse], list[str]] | None
     upstream: list[str]  # asset names whose latest materialization must be older
 
 
@@ -66,15 +68,40 @@ def contiguous_ranges(all_keys: list[str], wanted: list[str]) -> list[tuple[str,
 
 
 def plan(profile: Profile) -> list[Stage]:
-    methods = [m.key for m in runnable_methods(profile.methods)]
+    """The stages the profile's results table needs, in data-flow order."""
+    methods = runnable_methods(profile.methods)
+    keys = [m.key for m in methods]
+    image_methods = [m.key for m in methods if m.extra_images == IMAGES]
     replicates = [str(r) for r in range(profile.classifier.replicates)]
-    return [
+
+    def class_keys(db: Warehouse) -> list[str]:
+        wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
+        return [f"{m}|{w}" for m in image_methods for w in wnids]
+
+    stages = [
         Stage("prepare_data", "class_catalog", None, []),
         Stage("prepare_data", "dataset_splits", None, ["class_catalog"]),
-        Stage("build_augmented_datasets", "augmented_datasets", methods, ["dataset_splits"]),
-        Stage("train_classifiers", "classifier_scores", [f"{m}|{r}" for m in methods for r in replicates], ["augmented_datasets"]),
+    ]
+    if image_methods:
+        if profile.world:
+            stages += [s for s in FOUNDATION_STAGES if s.asset_name in ("web_pool", "clip_model", "pool_index")]
+        stages += [
+            Stage("augment_classes", "class_prompts", class_keys, ["class_catalog"]),
+            Stage("augment_classes", "augmentation_images", class_keys, ["class_prompts", "pool_index", "dataset_splits"]),
+            Stage("collect", "excluded_classes", None, ["augmentation_images"]),
+        ]
+    stages += [
+        Stage("build_augmented_datasets", "augmented_datasets", keys, ["dataset_splits"] + (["excluded_classes"] if image_methods else [])),
+        Stage("train_classifiers", "classifier_scores", [f"{m}|{r}" for m in keys for r in replicates], ["augmented_datasets"]),
         Stage("report", "results_table", None, ["classifier_scores"]),
     ]
+    if image_methods:
+        stages += [
+            Stage("collect", "reference_hashes", None, ["dataset_splits"]),
+            Stage("augment_classes", "duplicate_report", class_keys, ["augmentation_images", "reference_hashes"]),
+            Stage("collect", "duplicate_summary", None, ["duplicate_report"]),
+        ]
+    return stages
 
 
 FOUNDATION_STAGES = [
@@ -153,7 +180,10 @@ def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=
 
     instance = dg.DagsterInstance.get()
     say(f"augassets: profile {profile.name}, state in {profile.home}")
+    db = Warehouse(profile.home / "catalog.duckdb")
     for stage in stages:
+        if callable(stage.partition_keys):
+            stage = replace(stage, partition_keys=stage.partition_keys(db))
         if not force and stage_is_fresh(instance, defs, stage):
             say(f"- {stage.asset_name}: up to date")
             continue
@@ -167,8 +197,10 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
     materialize(profile, plan(profile), force, say)
-    summary = Warehouse(profile.home / "catalog.duckdb").query("SELECT * FROM results_table")
-    table = markdown_table(summary)
+    db = Warehouse(profile.home / "catalog.duckdb")
+    table = markdown_table(db.query("SELECT * FROM results_table"))
+    if db.has_table("excluded_classes"):
+        table += "\n\n" + excluded_note(db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid"))
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     return table
 

@@ -15,3 +15,7 @@ method_partitions = dg.StaticPartitionsDefinition(list(METHOD_KEYS))
 replicate_partitions = dg.StaticPartitionsDefinition([str(r) for r in range(get_profile().classifier.replicates)])
 
 method_replicate_partitions = dg.MultiPartitionsDefinition({"method": method_partitions, "replicate": replicate_partitions})
+
+# Dimension names sort "method" before "wnid", so a method's classes are contiguous partition keys
+# ("retrieval|n02774152", …) and one run covers a method for every class.
+class_method_partitions = dg.MultiPartitionsDefinition({"method": method_partitions, "wnid": class_partitions})

@@ -175,14 +175,37 @@ class MiniWorldSpec:
 
 
 @dataclass(frozen=True)
+class RetrievalSpec:
+    """Retrieval augmentation: n = ``ratio`` × the target's largest per-class count per class (above 1
+    for the scaling analysis); pool items need aesthetic ≥ ``min_aesthetic`` (a metadata filter);
+    results whose image embeddings have inner product ≥ ``dedup_threshold`` are near-duplicates
+    (clip-retrieval's 0.94, calibrated for a trained CLIP)."""
+
+    ratio: float = 1.0
+    min_aesthetic: float = 5.0
+    dedup_threshold: float = 0.94
+
+
+@dataclass(frozen=True)
+class DuplicateSpec:
+    """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10) are
+    near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images."""
+
+    hamming_threshold: int = 10
+    max_test_leak_rate: float = 0.01
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
     dataset: DatasetSpec
     split: SplitSpec
     classifier: ClassifierSpec
-    methods: tuple[str, ...] = ("real_p", "real_2p")
+    methods: tuple[str, ...] = ("real_p", "real_2p", "retrieval")
     world: MiniWorldSpec | None = None  # the mini world's foundation; None: external pool, CLIP and SD
+    retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
+    duplicates: DuplicateSpec = field(default_factory=DuplicateSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
     sd_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4"))
@@ -277,6 +300,9 @@ PROFILES: dict[str, Profile] = {
                 unet_batch_size=64, steps=4, samples_per_class=2,
             ),
         ),
+        # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
+        # duplicates count as duplicates there.
+        retrieval=RetrievalSpec(dedup_threshold=0.99999),
         max_classes=3,
         torch_threads=1,
     ),
@@ -303,7 +329,7 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0),
         classifier=RESNET50,
         methods=("real_p",),
-    ),
+    ),  # full ImageNet: the paper checks the baseline only
     "caltech256": Profile(
         name="caltech256",
         description="Caltech256: 80/10/10 split, half of the 80% as target, the other half as real_2p; "

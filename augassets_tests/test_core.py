@@ -16,6 +16,7 @@ def test_registry_keys_are_partition_safe_and_complete():
     assert [m.key for m in runnable_methods(("real_2p", "real_p"))] == ["real_p", "real_2p"]
     with pytest.raises(ValueError, match="not implemented yet"):
         runnable_methods(("real_p", "imagic"))
+    assert [m.key for m in runnable_methods(("retrieval", "real_p"))] == ["real_p", "retrieval"]
     with pytest.raises(ValueError, match="unknown method 'dalle'"):
         get_method("dalle")
 
@@ -36,7 +37,14 @@ def test_augmented_sets_baselines():
     assert real_2p.filter(pl.col("replicate") == 3)["path"].to_list() == ["t1", "t2", "x1", "x2"]
     assert set(real_2p["origin"]) == {"target", "real_2p"}
     with pytest.raises(ValueError, match="no image builder"):
+        augmented_sets(get_method("imagic"), splits, 5)
+    with pytest.raises(ValueError, match="needs its augmentation images"):
         augmented_sets(get_method("retrieval"), splits, 5)
+    images = pl.DataFrame({"wnid": ["a", "a", "b", "b"], "label": [0, 0, 1, 1], "path": ["r_a1", "r_a0", "r_b0", "r_b1"], "rank": [1, 0, 0, 1]})
+    retrieval = augmented_sets(get_method("retrieval"), splits, 5, images=images)
+    assert retrieval.filter(pl.col("replicate") == 0)["path"].sort().to_list() == ["r_a0", "r_b0", "t1", "t2"]
+    without_b = augmented_sets(get_method("retrieval"), splits, 5, images=images, excluded={"b"})
+    assert set(without_b["wnid"]) == {"a"}
 
 
 def test_summary_is_mean_and_standard_error():

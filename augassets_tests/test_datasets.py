@@ -2,7 +2,6 @@ import gzip
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 

@@ -2,10 +2,8 @@
 foundation materialized in-process."""
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
-import dagster as dg
 import imagehash
 import numpy as np
 import polars as pl
@@ -18,7 +16,7 @@ from transformers import CLIPModel
 from augassets.core.clip import VOCAB_SIZE, build_processor, build_tokenizer, clip_config
 from augassets.core.diffusion import assemble_pipeline, make_safety_checker, make_unet, make_vae, text_tower
 from augassets.core.web_pool import PoolSources, pool_items, write_pool
-from augassets.profiles import ClipSpec, DiffusionSpec, PoolSpec, get_profile
+from augassets.profiles import ClipSpec, DiffusionSpec, PoolSpec
 from augassets.resources import ClipEncoderResource, DiffusionBackendResource
 
 TINY_CLIP = ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16)

@@ -90,7 +90,7 @@ class FakeClipBack:
 
 def remote(server, **kwargs):
     options = {"timeout_s": 0.5, "retries": 3, "backoff_s": 0.01, **kwargs}
-    return RemoteKnnIndex(server.url, "mini_pool", **options)
+    return RemoteKnnIndex(server.url, "mini_pool", deduplicate=False, **options)
 
 
 def test_remote_index_speaks_the_knn_service_protocol():

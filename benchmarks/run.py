@@ -5,6 +5,9 @@ main        the README's main command on a fresh AUGASSETS_HOME (cold), then aga
             (Dagster's overhead: process start, definitions import, run launch, event log, metadata).
 foundation  the mini world's foundation (`augassets foundation`): wall time, each asset's step time,
             and its quality figures (CLIP zero-shot top-1, safety checker precision/recall, class fidelity).
+duplicates  pHash duplicate search (Hamming < 10) on 100k × 100k codes: ours vs faiss IndexBinaryFlat
+            vs a plain loop over imagehash differences; ImageNet-scale estimate.
+phash       pHash throughput and bit agreement vs imagehash.phash (ImageNet-like JPEGs, mini PNGs).
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +102,79 @@ def bench_foundation(profile: str, home: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def bench_duplicates(n: int = 100_000) -> list[tuple[str, str]]:
+    """Duplicate search on n × n random 64-bit codes: ours (core.duplicates) vs faiss IndexBinaryFlat
+    range search vs a plain loop over imagehash differences (sampled), and the ImageNet-scale estimate."""
+    import faiss
+    import imagehash
+
+    from augassets.core.duplicates import duplicate_pairs
+    from augassets.core.phash import to_bytes
+
+    rng = np.random.default_rng(0)
+    queries = rng.integers(0, 2**63, n, dtype=np.uint64)
+    database = rng.integers(0, 2**63, n, dtype=np.uint64)
+    pairs = float(n) * n
+    started = time.perf_counter()
+    q, _, _ = duplicate_pairs(queries, database)
+    ours = pairs / (time.perf_counter() - started)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(to_bytes(database))
+    started = time.perf_counter()
+    index.range_search(to_bytes(queries), 10)
+    reference = pairs / (time.perf_counter() - started)
+    hashes_q = [imagehash.ImageHash(np.unpackbits(to_bytes(queries[i : i + 1])).reshape(8, 8).astype(bool)) for i in range(300)]
+    hashes_d = [imagehash.ImageHash(np.unpackbits(to_bytes(database[i : i + 1])).reshape(8, 8).astype(bool)) for i in range(300)]
+    started = time.perf_counter()
+    close = sum(1 for a in hashes_q for b in hashes_d if a - b < 10)
+    loop = 300 * 300 / (time.perf_counter() - started)
+    imagenet_pairs = 1.28e6 * 1.33e6  # the issue's ImageNet-scale figure: augmentation images × reference images
+    return [
+        (f"duplicate search, ours (faiss binary range search in blocks), {n:,} × {n:,}", f"{ours:.3g} pairs/s ({len(q)} pairs < 10)"),
+        ("duplicate search, faiss IndexBinaryFlat.range_search, one call", f"{reference:.3g} pairs/s"),
+        ("duplicate search, plain loop over imagehash differences (300 × 300 sample)", f"{loop:.3g} pairs/s ({close} pairs < 10)"),
+        ("ratio ours / faiss", f"{ours / reference:.2f}"),
+        ("ratio ours / imagehash loop", f"{ours / loop:,.0f}"),
+        ("ImageNet scale (1.28M × 1.33M pairs) at our rate, this machine", f"{imagenet_pairs / ours / 60:.1f} min"),
+    ]
+
+
+def bench_phash() -> list[tuple[str, str]]:
+    """pHash throughput and agreement vs imagehash.phash on ImageNet-like JPEGs and on mini PNGs."""
+    import imagehash
+    from PIL import Image, ImageDraw, ImageFilter
+
+    from augassets.core.phash import hamming, phash_files
+
+    rng = np.random.default_rng(0)
+    folder = Path(tempfile.mkdtemp(prefix="augassets-phash-"))
+    sets = {"ImageNet-like JPEG 500×375": [], "mini PNG 32×32": []}
+    for i in range(400):
+        for name, size, fmt in (("ImageNet-like JPEG 500×375", (500, 375), "JPEG"), ("mini PNG 32×32", (32, 32), "PNG")):
+            image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+            draw = ImageDraw.Draw(image)
+            for _ in range(8):
+                x0, y0 = int(rng.integers(0, size[0] - 4)), int(rng.integers(0, size[1] - 4))
+                draw.ellipse([x0, y0, x0 + int(rng.integers(3, size[0] // 2)), y0 + int(rng.integers(3, size[1] // 2))],
+                             fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            path = folder / f"{fmt}_{i}.{fmt.lower()}"
+            image.filter(ImageFilter.GaussianBlur(size[0] / 200)).save(path, quality=90) if fmt == "JPEG" else image.save(path)
+            sets[name].append(str(path))
+    rows = []
+    for name, paths in sets.items():
+        started = time.perf_counter()
+        reference = np.array([int(str(imagehash.phash(Image.open(p))), 16) for p in paths], dtype=np.uint64)
+        base = len(paths) / (time.perf_counter() - started)
+        for draft in (False, True):
+            started = time.perf_counter()
+            hashes, _ = phash_files(paths, draft=draft)
+            rate = len(paths) / (time.perf_counter() - started)
+            same = float((hamming(hashes, reference) == 0).mean())
+            label = "draft decode" if draft else "full decode"
+            rows.append((f"pHash {name}, ours ({label}) vs imagehash.phash", f"{rate:.0f} vs {base:.0f} images/s = {rate / base:.1f}×, bit-identical {100 * same:.1f} %"))
+    return rows
+
+
 def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from dataclasses import replace
 
@@ -150,7 +228,7 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "foundation", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "foundation", "duplicates", "phash", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
@@ -160,6 +238,10 @@ def main() -> None:
         os.environ["AUGASSETS_HOME"] = str(home)  # the classifier benchmark reuses these splits
     if args.which in ("classifier", "all"):
         rows += bench_classifier(args.profile)
+    if args.which in ("duplicates", "all"):
+        rows += bench_duplicates()
+    if args.which in ("phash", "all"):
+        rows += bench_phash()
     if args.which in ("foundation", "all"):
         rows += bench_foundation(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
     width = max(len(r[0]) for r in rows)

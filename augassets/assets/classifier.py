@@ -14,7 +14,7 @@ from ..partitions import method_replicate_partitions
 from ..profiles import get_profile
 from ..versions import code_version
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
-from .datasets import augmented_datasets
+from .datasets import augmented_datasets, excluded_wnids
 from .splits import dataset_splits
 
 PROFILE = get_profile()
@@ -73,9 +73,12 @@ def classifier_scores(
     spec = replace(profile.classifier, device=compute.device)
     db = warehouse.get()
     catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
-    val = _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = 'val' ORDER BY label, item"))
-    test = _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item"))
-    rows, per_class_rows, started = [], [], time.perf_counter()
+    excluded = list(excluded_wnids(db))
+    evaluation = db.query("SELECT split, wnid, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item")
+    evaluation = evaluation.filter(~pl.col("wnid").is_in(excluded))
+    val = _labeled(evaluation.filter(pl.col("split") == "val"))
+    test = _labeled(evaluation.filter(pl.col("split") == "test"))
+    rows, started = [], time.perf_counter()
     for key in context.partition_keys:
         method, replicate = key.keys_by_dimension["method"], int(key.keys_by_dimension["replicate"])
         train = db.query(

@@ -5,12 +5,17 @@ import dagster as dg
 import polars as pl
 
 from ..core.augment import augmented_sets
-from ..core.methods import get_method
+from ..core.methods import IMAGES, get_method
 from ..partitions import method_partitions
 from ..profiles import get_profile
 from ..versions import code_version
 from ..resources import WarehouseResource
 from .splits import dataset_splits
+
+
+def excluded_wnids(db) -> set[str]:
+    """Classes retrieval could not fill; empty before retrieval has run (baseline-only profiles)."""
+    return set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
 
 PROFILE = get_profile()
 
@@ -19,7 +24,11 @@ PROFILE = get_profile()
     group_name="datasets",
     code_version=code_version("1", PROFILE.classifier.replicates),
     pool="duckdb",
-    deps=[dataset_splits],
+    deps=[
+        dataset_splits,
+        dg.AssetDep("augmentation_images", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
+        "excluded_classes",
+    ],
     partitions_def=method_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"duckdb"},
@@ -30,10 +39,19 @@ def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     profile = PROFILE
     db = warehouse.get()
     splits = db.query("SELECT * FROM dataset_splits")
-    metadata = {}
+    excluded = excluded_wnids(db)
+    metadata = {"excluded_classes": len(excluded)}
     for key in context.partition_keys:
         method = get_method(key)
-        sets = augmented_sets(method, splits, profile.classifier.replicates)
+        images = None
+        if method.extra_images == IMAGES:
+            images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key])
+        sets = augmented_sets(method, splits, profile.classifier.replicates, images=images, excluded=excluded)
+        if sets.is_empty():
+            raise RuntimeError(
+                f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval could not fill "
+                "them; see the excluded_classes asset) — check the pool index and RetrievalSpec settings"
+            )
         db.replace("augmented_datasets", sets, where={"method": key})
         per_set = sets.filter(pl.col("replicate") == 0)
         context.log.info(f"augmented_datasets[{key}]: {profile.classifier.replicates} sets of {per_set.height} images")

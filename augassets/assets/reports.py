@@ -6,7 +6,7 @@ import polars as pl
 
 from ..core.images import write_bytes_atomic
 from ..core.methods import runnable_methods
-from ..core.report import markdown_table, summarize_scores
+from ..core.report import excluded_note, markdown_table, summarize_scores
 from ..profiles import get_profile
 from ..versions import code_version
 from ..resources import ImageStoreResource, WarehouseResource
@@ -19,7 +19,7 @@ PROFILE = get_profile()
     group_name="reports",
     code_version=code_version("1", PROFILE.methods, PROFILE.classifier.replicates),
     pool="duckdb",
-    deps=[classifier_scores],
+    deps=[classifier_scores, "excluded_classes"],
     kinds={"duckdb", "csv"},
     description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
     "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown table.",
@@ -37,9 +37,12 @@ def results_table(
     )
     summary = summarize_scores(scores)
     db.replace("results_table", summary)
+    excluded = db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid") if db.has_table("excluded_classes") else None
     csv_path = image_store.path("reports", "results_table.csv")
     write_bytes_atomic(summary.write_csv().encode(), csv_path)
     table = markdown_table(summary)
+    if excluded is not None:
+        table += "\n\n" + excluded_note(excluded)
     context.log.info("results table:\n" + table)
     incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
     return dg.MaterializeResult(
@@ -47,6 +50,7 @@ def results_table(
             "methods": summary.height,
             "runs": int(summary["n_runs"].sum()),
             "incomplete_methods": ", ".join(incomplete) or "none",
+            "excluded_classes": 0 if excluded is None else excluded.height,
             "results": dg.MetadataValue.md(table),
             "csv": dg.MetadataValue.path(str(csv_path)),
         }

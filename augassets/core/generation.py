@@ -23,7 +23,6 @@ def generate(
 ) -> list[tuple[Image.Image, bool]]:
     """One image per (prompt, seed), in order, with the safety checker's verdict. Each image has its
     own generator, so an image depends only on its prompt and seed, not on its batch."""
-    device = pipeline.device
     results = []
     for start in range(0, len(prompts), batch_size):
         batch_prompts = list(prompts[start : start + batch_size])

@@ -72,6 +72,19 @@ class LocalKnnIndex:
             raise KnnError(f"no faiss index at {index_path} (KnnIndexResource.index_folder): materialize pool_index first")
         self.index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         self.metadata = pl.scan_parquet(sorted((self.folder / "metadata").glob("*.parquet"))).with_row_index("id")
+        self._shards: list[np.ndarray] | None = None
+
+    def embeddings(self, ids: list[int]) -> np.ndarray:
+        """Stored image embeddings of index ids, read memory-mapped from the ``img_emb`` shards."""
+        if self._shards is None:
+            paths = sorted((self.folder / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+            self._shards = [np.load(p, mmap_mode="r") for p in paths]
+            self._offsets = np.cumsum([0] + [len(s) for s in self._shards])
+        rows = []
+        for i in ids:
+            shard = int(np.searchsorted(self._offsets, i, side="right") - 1)
+            rows.append(np.asarray(self._shards[shard][i - self._offsets[shard]]))
+        return np.stack(rows).astype(np.float32)
 
     def search(self, embedding: np.ndarray, k: int) -> list[KnnHit]:
         query = np.ascontiguousarray(embedding.reshape(1, -1), dtype=np.float32)
@@ -87,21 +100,22 @@ class LocalKnnIndex:
 class RemoteKnnIndex:
     """A ``clip-retrieval back`` server: POST ``{url}/knn-service`` with its JSON request."""
 
-    def __init__(self, url: str, indice_name: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0):
+    def __init__(self, url: str, indice_name: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0, deduplicate: bool = True):
+        self.deduplicate = deduplicate  # clip-retrieval's own near-duplicate filter, server side
         self.url = url.rstrip("/")
         self.indice_name = indice_name
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def request_body(self, k: int, text: str | None = None, embedding: np.ndarray | None = None, deduplicate: bool = False, use_safety_model: bool = False) -> dict:
+    def request_body(self, k: int, text: str | None = None, embedding: np.ndarray | None = None, use_safety_model: bool = False) -> dict:
         body = {
             "modality": "image",
             "num_images": k,
             "num_result_ids": k,
             "indice_name": self.indice_name,
             "use_mclip": False,
-            "deduplicate": deduplicate,
+            "deduplicate": self.deduplicate,
             "use_safety_model": use_safety_model,
             "use_violence_detector": False,
             "aesthetic_score": "",  # no query shift: the aesthetic filter is applied on metadata

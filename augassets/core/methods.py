@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 
 # Where a method's extra images come from. "none": the target alone; "real_extra": the disjoint real
-# subsample of the splits.
+# subsample of the splits; "images": the method's own augmentation_images partitions.
 NO_EXTRA = "none"
 REAL_EXTRA = "real_extra"
+IMAGES = "images"
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ METHODS: tuple[Method, ...] = (
     Method("imagic", "Imagic ⑦", "personalized", "Conditioning and UNet fine-tuned jointly."),
     Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates."),
     Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Textual inversion plus UNet fine-tuning."),
-    Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool."),
+    Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", IMAGES),
 )
 
 _KEY = re.compile(r"^[a-z0-9_]+$")

@@ -42,6 +42,14 @@ def markdown_table(summary: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def excluded_note(excluded: pl.DataFrame) -> str:
+    """The results table's footnote on classes left out of every method (retrieval could not fill them)."""
+    if excluded.is_empty():
+        return "Excluded classes: none (retrieval filled every class)."
+    names = ", ".join(f"{r['wnid']} ({r['name']})" for r in excluded.iter_rows(named=True))
+    return f"Excluded classes ({excluded.height}, retrieval could not fill them; left out of every method): {names}"
+
+
 def frame_markdown(frame: pl.DataFrame, float_format: str = "{:.4f}") -> str:
     """Any small frame as a markdown table (for Dagster metadata)."""
 

@@ -1,0 +1,172 @@
+"""Stage: do augmentation images smuggle test, val or unused training images into training?
+pHash (64 bits, Hamming < 10) near-duplicates, as the paper measured them (§4.5)."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from ..core.datasets import FashionMnistSource, open_source
+from ..core.duplicates import DuplicateIndex
+from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.phash import phash_files, phash_images
+from ..core.report import frame_markdown
+from ..partitions import class_method_partitions
+from ..profiles import get_profile
+from ..resources import ImageStoreResource, WarehouseResource
+from ..versions import code_version
+from .images import augmentation_images, partition
+from .splits import dataset_splits
+
+PROFILE = get_profile()
+GROUP = "duplicates"
+REFERENCE_SPLITS = ("test", "val", "unused_train")
+HASH_SCHEMA = {"split": pl.Utf8, "wnid": pl.Utf8, "item": pl.Utf8, "path": pl.Utf8, "phash": pl.UInt64}
+PAIR_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "aug_path": pl.Utf8, "ref_split": pl.Utf8, "ref_wnid": pl.Utf8,
+    "ref_item": pl.Utf8, "ref_path": pl.Utf8, "distance": pl.Int64,
+}
+
+
+def _unused_train(db, image_store: ImageStoreResource) -> pl.DataFrame:
+    """Training images no split uses: (wnid, item, path or '', phash)."""
+    used = set(db.query("SELECT item FROM dataset_splits WHERE split != 'test'")["item"])
+    catalog = db.query("SELECT wnid, folder, source_label FROM class_catalog ORDER BY label")
+    source = open_source(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+    rows = []
+    for row in catalog.iter_rows(named=True):
+        items = [item for item in source.items("train", row["folder"], row["source_label"]) if item not in used]
+        if isinstance(source, FashionMnistSource):  # pixels in memory: hash without writing files
+            hashes = phash_images(Image.fromarray(source.pixels(item), "L") for item in items)
+            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": "", "phash": hashes}))
+        else:
+            hashes, ok = phash_files(items)
+            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": items, "phash": hashes}).filter(pl.Series(ok)))
+    return pl.concat(rows).with_columns(pl.lit("unused_train").alias("split"))
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[dataset_splits], kinds={"duckdb"},
+    description="pHashes of every image augmentation must not leak: the test and val splits and the training "
+    "images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
+)
+def reference_hashes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    db = warehouse.get()
+    split_rows = db.query("SELECT split, wnid, item, path FROM dataset_splits WHERE split IN ('test', 'val')")
+    hashes, ok = phash_files(split_rows["path"].to_list())
+    frames = [split_rows.with_columns(pl.Series("phash", hashes)).filter(pl.Series(ok))]
+    frames.append(_unused_train(db, image_store))
+    table = pl.concat([f.select(list(HASH_SCHEMA)).cast(HASH_SCHEMA) for f in frames])
+    db.replace("reference_hashes", table)
+    counts = dict(table.group_by("split").len().iter_rows())
+    context.log.info(f"reference hashes: {counts}")
+    return dg.MaterializeResult(metadata={**{f"{k}_images": v for k, v in counts.items()}, "undecodable": int((~ok).sum()), "seconds": round(time.perf_counter() - started, 1)})
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1", PROFILE.duplicates.hamming_threshold), pool="duckdb",
+    partitions_def=class_method_partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[augmentation_images, reference_hashes], kinds={"faiss", "duckdb"},
+    description="Candidate near-duplicate pairs (pHash Hamming < 10) between a partition's augmentation images "
+    "and the test, val and unused training images.",
+)
+def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    db = warehouse.get()
+    references = db.query("SELECT * FROM reference_hashes")
+    index = DuplicateIndex(references["phash"].to_numpy())
+    ref = {column: references[column].to_numpy() for column in ("split", "wnid", "item", "path")}
+    totals = {split: 0 for split in REFERENCE_SPLITS}
+    images = 0
+    for key in context.partition_keys:
+        method, wnid = partition(key)
+        manifest = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank", [method, wnid])
+        hashes, ok = phash_files(manifest["path"].to_list())
+        images += int(ok.sum())
+        q, d, dist = index.pairs(hashes[ok], PROFILE.duplicates.hamming_threshold)
+        paths = np.array(manifest["path"].to_list(), dtype=object)[ok]
+        pairs = pl.DataFrame(
+            {
+                "method": [method] * len(q), "wnid": [wnid] * len(q), "aug_path": paths[q].tolist(),
+                "ref_split": ref["split"][d].tolist(), "ref_wnid": ref["wnid"][d].tolist(), "ref_item": ref["item"][d].tolist(),
+                "ref_path": ref["path"][d].tolist(), "distance": dist,
+            },
+            schema=PAIR_SCHEMA,
+        )
+        db.replace("duplicate_pairs", pairs, where={"method": method, "wnid": wnid})
+        db.replace("duplicate_hashed", pl.DataFrame({"method": [method], "wnid": [wnid], "images": [int(ok.sum())]}), where={"method": method, "wnid": wnid})
+        for split, n in pairs.group_by("ref_split").len().iter_rows():
+            totals[split] += n
+    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys), "augmentation_images": images, **{f"pairs_{k}": v for k, v in totals.items()}})
+
+
+def _detector_recall(db) -> dict:
+    """The detector against the mini world's ground truth: every pool image vs test + val; recall of the
+    planted duplicates (found paired with their own source) and precision of the pairs found."""
+    truth = db.query("SELECT t.pool_id, t.kind, t.source_item, t.duplicate_of_split, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
+    hashes, ok = phash_files([u.removeprefix("file://") for u in truth["url"]])
+    references = db.query("SELECT * FROM reference_hashes WHERE split IN ('test', 'val')")
+    q, d, _ = DuplicateIndex(references["phash"].to_numpy()).pairs(hashes, PROFILE.duplicates.hamming_threshold)
+    pool_ids, items = truth["pool_id"].to_numpy(), references["item"].to_numpy()
+    found = {(int(pool_ids[i]), str(items[j])) for i, j in zip(q, d) if ok[i]}
+    planted = {(r["pool_id"], r["source_item"]) for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
+    hit = len(found & planted)
+    return {
+        "planted_duplicates": len(planted),
+        "detector_recall": hit / len(planted) if planted else float("nan"),
+        "detector_precision": hit / len(found) if found else float("nan"),
+        "detector_pairs_found": len(found),
+    }
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[duplicate_report, "web_pool"], kinds={"duckdb"},
+    description="Leak rates per method and split (augmentation images with a pHash near-duplicate among the test, "
+    "val or unused training images), a gallery of candidate pairs, and — in the mini world — the detector's recall "
+    "and precision on the planted duplicates.",
+)
+def duplicate_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    db = warehouse.get()
+    pairs = db.query("SELECT * FROM duplicate_pairs")
+    hashed = db.query("SELECT method, sum(images) AS images FROM duplicate_hashed GROUP BY method")
+    sizes = dict(db.query("SELECT split, count(*) AS n FROM reference_hashes GROUP BY split").iter_rows())
+    rows = []
+    for method, images in hashed.iter_rows():
+        for split in REFERENCE_SPLITS:
+            part = pairs.filter((pl.col("method") == method) & (pl.col("ref_split") == split))
+            rows.append({
+                "method": method, "split": split, "augmentation_images": images,
+                "leaking_augmentation_images": part["aug_path"].n_unique(),
+                "matched_reference_images": part["ref_item"].n_unique(), "reference_images": sizes.get(split, 0),
+                "leak_rate": part["aug_path"].n_unique() / images if images else 0.0,
+            })
+    summary = pl.DataFrame(rows)
+    db.replace("duplicate_summary", summary)
+    lines = [f"- {r['method']}: {r['matched_reference_images']} of {r['reference_images']:,} {r['split']} images have a near-duplicate "
+             f"among {r['augmentation_images']:,} augmentation images" for r in rows]
+    gallery_pairs = pairs.filter(pl.col("ref_path") != "").sort("distance").head(12)
+    metadata = {
+        "pairs": pairs.height,
+        "summary": dg.MetadataValue.md(frame_markdown(summary) + "\n\n" + "\n".join(lines)),
+    }
+    if gallery_pairs.height:
+        grid = image_grid([[r["aug_path"], r["ref_path"]] for r in gallery_pairs.iter_rows(named=True)])
+        save_atomic(grid, image_store.path("reports", "duplicate_gallery.png"))
+        metadata["gallery"] = dg.MetadataValue.md("Augmentation image | reference image, closest first:\n\n" + png_data_uri_markdown(grid, "duplicate candidates"))
+    if db.has_table("web_pool_truth"):
+        metadata.update(_detector_recall(db))
+        context.log.info(f"duplicate detector on planted duplicates: recall {metadata['detector_recall']:.3f}, precision {metadata['detector_precision']:.3f}")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=duplicate_summary, description="The share of augmentation images with a test near-duplicate stays under DuplicateSpec.max_test_leak_rate.")
+def test_leak_rate_is_low(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    summary = warehouse.get().query("SELECT method, leak_rate FROM duplicate_summary WHERE split = 'test'")
+    worst = float(summary["leak_rate"].max() or 0.0)
+    return dg.AssetCheckResult(
+        passed=worst <= PROFILE.duplicates.max_test_leak_rate,
+        metadata={"worst_test_leak_rate": worst, "threshold": PROFILE.duplicates.max_test_leak_rate,
+                  "per_method": dg.MetadataValue.md(frame_markdown(summary))},
+    )

@@ -1,0 +1,178 @@
+"""Stage: per class and method, the prompts and the augmentation images (retrieval so far), and the
+classes retrieval cannot fill — excluded from every method (paper §3)."""
+
+import math
+import shutil
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from ..core.clip import encode_texts
+from ..core.files import atomic_folder
+from ..core.images import image_grid, png_data_uri_markdown
+from ..core.methods import get_method
+from ..core.prompts import simple_prompt_nows
+from ..core.report import frame_markdown
+from ..core.retrieval import retrieve
+from ..partitions import class_method_partitions
+from ..profiles import get_profile
+from ..resources import ClipEncoderResource, ImageStoreResource, KnnIndexResource, WarehouseResource
+from ..versions import code_version
+from .catalog import class_catalog
+from .splits import dataset_splits
+
+PROFILE = get_profile()
+GROUP = "images"
+MANIFEST_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "pool_id": pl.Int64, "caption": pl.Utf8,
+    "similarity": pl.Float64, "aesthetic": pl.Float64, "prompt": pl.Utf8,
+}
+
+
+def partition(key) -> tuple[str, str]:
+    dims = key.keys_by_dimension
+    return dims["method"], dims["wnid"]
+
+
+def needed_per_class(db) -> int:
+    """n: the target's largest per-class count times the profile's augmentation ratio."""
+    largest = db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0]
+    return math.ceil(PROFILE.retrieval.ratio * largest)
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1"), pool="duckdb", partitions_def=class_method_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_catalog], kinds={"duckdb"},
+    description="The prompt(s) of a class for a method; for retrieval, the KNN query: the no-whitespace simple "
+    "prompt 'A photo of {name without whitespace}.'",
+)
+def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    db = warehouse.get()
+    catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name FROM class_catalog").iter_rows(named=True)}
+    rows = []
+    for key in context.partition_keys:
+        method, wnid = partition(key)
+        if wnid not in catalog:
+            raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
+        if method != "retrieval":
+            raise ValueError(f"no prompt builder for method {method!r} yet")
+        rows.append({"method": method, "wnid": wnid, "prompt_index": 0, "prompt": simple_prompt_nows(catalog[wnid]["name"])})
+    frame = pl.DataFrame(rows, schema={"method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "prompt": pl.Utf8})
+    for (method, wnid), part in frame.group_by("method", "wnid", maintain_order=True):
+        db.replace("class_prompts", part, where={"method": method, "wnid": wnid})
+    return dg.MaterializeResult(metadata={"partitions": len(rows), "examples": dg.MetadataValue.md("\n".join(f"- `{r['wnid']}`: {r['prompt']}" for r in rows[:10]))})
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1", PROFILE.retrieval), pool="gpu", partitions_def=class_method_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", dataset_splits],
+    kinds={"faiss", "parquet"},
+    description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
+    "manifest. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
+    "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive.",
+)
+def augmentation_images(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    image_store: ImageStoreResource,
+    clip_encoder: ClipEncoderResource,
+    knn_index: KnnIndexResource,
+) -> dg.MaterializeResult:
+    db = warehouse.get()
+    n = needed_per_class(db)
+    model, processor = clip_encoder.load()
+    index = knn_index.get()
+    local = hasattr(index, "embeddings")
+    labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+    summary, grids, started = [], [], time.perf_counter()
+    for key in context.partition_keys:
+        method, wnid = partition(key)
+        if get_method(method).key != "retrieval":
+            raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
+        prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
+        if prompt.is_empty():
+            raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
+        query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
+        result = retrieve(
+            search=lambda k: index.search(query, k),
+            embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
+            n=n, min_aesthetic=PROFILE.retrieval.min_aesthetic, dedup_threshold=PROFILE.retrieval.dedup_threshold,
+            progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
+        )
+        final = image_store.path("images", method, wnid)
+        rows = []
+        with atomic_folder(final) as tmp:
+            for rank, hit in enumerate(result.kept):
+                url = str(hit.metadata.get("url", ""))
+                if not url.startswith("file://"):
+                    raise ValueError(f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; "
+                                     "download the pool's images first (img2dataset) and serve file URLs")
+                source = url.removeprefix("file://")
+                name = f"{rank:05d}_{hit.metadata.get('pool_id', hit.id)}.png"
+                shutil.copyfile(source, tmp / name)
+                rows.append({
+                    "method": method, "wnid": wnid, "rank": rank, "path": str(final / name),
+                    "pool_id": int(hit.metadata.get("pool_id", hit.id)), "caption": hit.metadata.get("caption"),
+                    "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"), "prompt": prompt["prompt"][0],
+                })
+            manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+            manifest.write_parquet(tmp / "manifest.parquet")
+        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(labels[wnid], dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        context.log.info(
+            f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
+            f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: class will be excluded")
+        )
+        summary.append({"wnid": wnid, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}})
+        grids.append([r["path"] for r in rows[:8]])
+    table = pl.DataFrame(summary)
+    grid = image_grid(grids[:20])
+    return dg.MaterializeResult(
+        metadata={
+            "partitions": len(summary),
+            "images": int(table["images"].sum()),
+            "needed_per_class": n,
+            "short_classes": int((table["images"] < n).sum()),
+            "seconds": round(time.perf_counter() - started, 1),
+            "per_class": dg.MetadataValue.md(frame_markdown(table)),
+            "sample_grid": dg.MetadataValue.md("Top-8 per class (rows in partition order):\n\n" + png_data_uri_markdown(grid, "retrieved images")),
+        }
+    )
+
+
+@dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
+def augmentation_images_are_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    import hashlib
+
+    db = warehouse.get()
+    n = needed_per_class(db)
+    manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
+    counts = manifest.group_by("method", "wnid").len()
+    short = counts.filter(pl.col("len") < n)
+    excluded = set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
+    unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
+    nsfw = int(manifest["nsfw"].fill_null(False).sum())
+    digests = manifest.with_columns(pl.col("path").map_elements(lambda p: hashlib.sha1(open(p, "rb").read()).hexdigest(), return_dtype=pl.Utf8).alias("sha1"))
+    exact_duplicates = int(digests.group_by("method", "wnid", "sha1").len().filter(pl.col("len") > 1)["len"].sum() or 0)
+    return dg.AssetCheckResult(
+        passed=nsfw == 0 and exact_duplicates == 0 and unexpected_short.is_empty(),
+        metadata={"partitions": counts.height, "short_partitions": short.height, "short_not_excluded": unexpected_short.height,
+                  "nsfw_images": nsfw, "exact_duplicate_files": exact_duplicates},
+    )
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
+    description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
+    "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
+)
+def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    db = warehouse.get()
+    n = needed_per_class(db)
+    catalog = db.query("SELECT wnid, name FROM class_catalog")
+    counts = db.query("SELECT wnid, count(*) AS images FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
+    table = catalog.join(counts, on="wnid", how="left").with_columns(pl.col("images").fill_null(0)).filter(pl.col("images") < n).sort("wnid")
+    db.replace("excluded_classes", table)
+    context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
+    return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})

@@ -1,0 +1,88 @@
+"""Retrieval augmentation (paper §3.1, "retrieval"): the n pool images most similar to a class's
+no-whitespace simple prompt that survive the filters.
+
+Filters, in the paper's order: aesthetic score ≥ 5 (the metadata column — clip-retrieval's
+``aesthetic_score`` request field shifts the query instead, and is not used), NSFW flag, and
+near-duplicates among the results (clip-retrieval's rule: connected components of the inner-product
+≥ 0.94 graph over the results, keeping the most similar of each). When fewer than n survive, k grows
+from 1.4·n to 10·1.4·n. Deterministic: ties in similarity are broken by pool id.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .knn import KnnHit
+
+DEDUP_THRESHOLD = 0.94  # clip-retrieval's deduplication threshold on inner product
+K_FACTOR = 1.4
+MAX_GROWTH = 10
+
+
+@dataclass
+class RetrievalResult:
+    kept: list[KnnHit]  # the n survivors, most similar first
+    k_used: int
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count over the final k
+    enough: bool = False
+
+
+def near_duplicate_rows(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> set[int]:
+    """Rows to drop: in each connected component of the graph 'inner product ≥ threshold', every
+    member but the first (the most similar to the query, as rows are ordered)."""
+    n = len(embeddings)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    similar = embeddings @ embeddings.T >= threshold
+    for i, j in zip(*np.nonzero(np.triu(similar, k=1))):
+        a, b = find(int(i)), find(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)  # the root is the earliest (most similar) row
+    return {i for i in range(n) if find(i) != i}
+
+
+def retrieve(
+    search: Callable[[int], list[KnnHit]],
+    embeddings_of: Callable[[list[KnnHit]], np.ndarray] | None,
+    n: int,
+    min_aesthetic: float = 5.0,
+    dedup_threshold: float = DEDUP_THRESHOLD,
+    progress: Callable[[str], None] | None = None,
+) -> RetrievalResult:
+    """Grow k until n hits pass the filters. ``search(k)`` returns the k nearest pool items with their
+    metadata (``aesthetic``, ``nsfw``); ``embeddings_of(hits)`` gives their image embeddings for the
+    duplicate rule (None: the back end already deduplicated)."""
+    result = RetrievalResult(kept=[], k_used=0)
+    for growth in range(1, MAX_GROWTH + 1):
+        k = math.ceil(K_FACTOR * n * growth)
+        hits = sorted(search(k), key=lambda h: (-h.similarity, h.id))
+        rejected = {"aesthetic": 0, "nsfw": 0, "near_duplicate": 0}
+        candidates = []
+        for hit in hits:
+            aesthetic = hit.metadata.get("aesthetic")
+            if aesthetic is None or aesthetic < min_aesthetic:
+                rejected["aesthetic"] += 1
+            elif hit.metadata.get("nsfw"):
+                rejected["nsfw"] += 1
+            else:
+                candidates.append(hit)
+        if embeddings_of is not None and candidates:
+            drop = near_duplicate_rows(embeddings_of(candidates), dedup_threshold)
+            rejected["near_duplicate"] = len(drop)
+            candidates = [hit for i, hit in enumerate(candidates) if i not in drop]
+        result = RetrievalResult(kept=candidates[:n], k_used=k, rejected=rejected, enough=len(candidates) >= n)
+        if progress:
+            progress(f"k={k}: {len(candidates)} of {len(hits)} survive the filters (need {n})")
+        if result.enough or len(hits) < k:  # enough, or the pool has no more items
+            break
+    return result
