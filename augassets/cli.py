@@ -153,23 +153,24 @@ def stage_is_fresh(instance, defs, stage: Stage) -> bool:
 
 
 def run_stage(instance, defs, stage: Stage, say) -> None:
+    """Execute one stage in process: one run per contiguous range of its partitions."""
     job = defs.resolve_job_def(stage.job_name)
     selection = [dg.AssetKey(stage.asset_name)]
     if stage.partition_keys is None:
-        result = job.execute_in_process(instance=instance, asset_selection=selection)
+        runs = [(stage.asset_name, {})]
+    else:
+        all_keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        runs = [
+            (f"{stage.asset_name} [{start} … {end}]", {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end})
+            for start, end in contiguous_ranges(all_keys, stage.partition_keys)
+        ]
+    for label, tags in runs:
+        if tags:
+            say(f"  {label}")
+        result = job.execute_in_process(instance=instance, asset_selection=selection, tags=tags, raise_on_error=False)
         if not result.success:
-            raise SystemExit(f"{stage.asset_name} failed; see the run in the UI (augassets ui)")
-        return
-    all_keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-    for start, end in contiguous_ranges(all_keys, stage.partition_keys):
-        say(f"  {stage.asset_name} [{start} … {end}]")
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=selection,
-            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-        )
-        if not result.success:
-            raise SystemExit(f"{stage.asset_name} [{start} … {end}] failed; see the run in the UI (augassets ui)")
+            errors = [event.step_failure_data.error.message.strip() for event in result.all_events if event.is_step_failure]
+            raise SystemExit(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")
 
 
 def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=print) -> None:

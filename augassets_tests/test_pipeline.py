@@ -16,12 +16,17 @@ from augassets.profiles import IMAGE_FOLDER, SplitSpec, get_profile
 from augassets.resources import ImageStoreResource, WarehouseResource
 
 STAGES = ["class_catalog", "dataset_splits", "augmented_datasets", "classifier_scores", "results_table"]
+RETRIEVAL_LINEAGE = [
+    ("web_pool", "clip_model"), ("clip_model", "pool_index"), ("class_catalog", "class_prompts"),
+    ("class_prompts", "augmentation_images"), ("pool_index", "augmentation_images"), ("augmentation_images", "excluded_classes"),
+    ("excluded_classes", "augmented_datasets"), ("augmentation_images", "duplicate_report"), ("duplicate_report", "duplicate_summary"),
+]
 
 
 def test_definitions_lineage_and_pools():
     graph = defs.resolve_asset_graph()
-    for upstream, downstream in zip(STAGES, STAGES[1:]):
-        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
+    for upstream, downstream in [*zip(STAGES, STAGES[1:]), *RETRIEVAL_LINEAGE]:
+        assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys, (upstream, downstream)
     pools = {key.path[-1]: graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert pools["classifier_scores"] == {"gpu"}
     assert pools["dataset_splits"] == pools["class_catalog"] == {"duckdb"}
@@ -37,23 +42,23 @@ def benchmark_run():
     return profile, table
 
 
-def test_main_command_materializes_the_baselines(benchmark_run):
+def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     profile, table = benchmark_run
     assert profile.name == "smoke"
     db = Warehouse(profile.home / "catalog.duckdb")
     results = db.query("SELECT * FROM results_table")
-    assert results["method"].to_list() == ["real_p", "real_2p"]
-    assert results["n_runs"].to_list() == [5, 5]
+    assert results["method"].to_list() == ["real_p", "real_2p", "retrieval"]
+    assert results["n_runs"].to_list() == [5, 5, 5]
     assert all(0.0 <= v <= 1.0 for v in results["top1_mean"])
-    assert "| real_p |" in table and "| real_2p |" in table
+    assert "| real_p |" in table and "| retrieval |" in table and "Excluded classes" in table
 
     scores = db.query("SELECT * FROM classifier_scores")
-    assert scores.height == 10
+    assert scores.height == 15
     assert scores.filter(pl.col("method") == "real_2p")["train_images"].unique().to_list() == [
         2 * scores.filter(pl.col("method") == "real_p")["train_images"][0]
     ]
     per_class = db.query("SELECT * FROM per_class_scores")
-    assert per_class.height == 10 * 3
+    assert per_class.height == 15 * 3
     for checkpoint in scores["checkpoint"]:
         assert (profile.home / "store").as_posix() in checkpoint
 
@@ -66,9 +71,45 @@ def test_main_command_materializes_the_baselines(benchmark_run):
     results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
     assert "real_2p" in results_event.asset_materialization.metadata["results"].value
     assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
-    # One run per stage: the two methods' ten classifier partitions share a single run.
+    # One run per contiguous range of partitions: real_p and real_2p share one, retrieval has its own.
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="train_classifiers"))
-    assert len(runs) == 1
+    assert len(runs) == 2
+    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"))) == 3  # prompts, images, duplicates
+
+
+def test_retrieval_images_manifest_and_duplicates(benchmark_run):
+    profile, _ = benchmark_run
+    db = Warehouse(profile.home / "catalog.duckdb")
+    manifest = db.query("SELECT * FROM augmentation_manifest")
+    target = db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid")
+    n = int(target["n"].max())
+    assert set(manifest.group_by("wnid").len()["len"]) == {n}
+    assert all(Path(p).is_file() for p in manifest["path"])
+    assert (manifest.group_by("wnid").agg(pl.col("similarity").diff().drop_nulls().max())["similarity"] <= 1e-6).all(), "most similar first"
+    pool = db.query("SELECT pool_id, aesthetic, nsfw FROM web_pool")
+    joined = manifest.join(pool, on="pool_id", suffix="_pool")
+    assert (joined["aesthetic_pool"] >= 5).all() and not joined["nsfw"].any()
+    retrieval_sets = db.query("SELECT wnid, origin, count(*) AS n FROM augmented_datasets WHERE method = 'retrieval' AND replicate = 0 GROUP BY ALL")
+    per_class = retrieval_sets.pivot(on="origin", index="wnid", values="n")
+    assert (per_class["target"] == per_class["retrieval"]).all(), "extra images per class = the target's count"
+
+    instance = dg.DagsterInstance.get()
+    summary = instance.get_latest_materialization_event(dg.AssetKey("duplicate_summary")).asset_materialization.metadata
+    assert summary["detector_recall"].value >= 0.95
+    assert summary["planted_duplicates"].value == profile.world.pool.planted_test_duplicates + profile.world.pool.planted_val_duplicates
+    assert "of" in summary["summary"].value
+    evaluations = [
+        record.event_log_entry.dagster_event.event_specific_data
+        for run in instance.get_runs()
+        for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    ]
+    by_check = {e.check_name: e.passed for e in evaluations}
+    worst_test_leak = float(db.query("SELECT max(leak_rate) AS r FROM duplicate_summary WHERE split = 'test'")["r"][0])
+    assert by_check == {
+        "augmentation_images_are_valid": True,
+        # The smoke pool is small and holds planted test duplicates: whether retrieval picked some decides.
+        "test_leak_rate_is_low": worst_test_leak <= profile.duplicates.max_test_leak_rate,
+    }
 
 
 def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
@@ -79,7 +120,7 @@ def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
     again = cli.benchmark(profile, say=lines.append)
     assert again == table
     assert len(instance.get_runs()) == runs_before
-    assert sum("up to date" in line for line in lines) == len(STAGES)
+    assert sum("up to date" in line for line in lines) == len(cli.plan(profile))
 
 
 def _folder_profile(root):
@@ -189,3 +230,24 @@ def test_corrupt_pool_rows_are_skipped_and_counted(foundation_run):
     index_meta = pl.read_parquet(profile.home / "store" / "pool_index" / "metadata" / "metadata_0.parquet")
     assert index_meta.height == pool.height - 2
     assert 3 not in index_meta["pool_id"].to_list() and 5 not in index_meta["pool_id"].to_list()
+
+
+def test_one_failing_class_does_not_fail_the_others(foundation_run):
+    """A class without its prompt fails with a message naming it; the other classes of the same run
+    are materialized."""
+    profile, _ = foundation_run
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
+    db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))
+    instance = dg.DagsterInstance.get()
+    stage = cli.Stage("augment_classes", "augmentation_images", [f"retrieval|{w}" for w in wnids], [])
+    with pytest.raises(SystemExit, match="failed"):
+        cli.run_stage(instance, defs, stage, lambda *_: None)
+    run = instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"), limit=1)[0]
+    keys = {
+        r.event_log_entry.dagster_event.partition
+        for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    }
+    assert keys == {f"retrieval|{wnids[0]}", f"retrieval|{wnids[2]}"}
+    failure = [r.event_log_entry for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records]
+    assert f"retrieval|{wnids[1]}" in str(failure[0].dagster_event.event_specific_data.error)

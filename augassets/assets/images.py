@@ -6,12 +6,12 @@ import shutil
 import time
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from ..core.clip import encode_texts
 from ..core.files import atomic_folder
-from ..core.images import image_grid, png_data_uri_markdown
+from ..core.images import image_grid, inspect_image, png_data_uri_markdown
+from ..core.knn import KnnError
 from ..core.methods import get_method
 from ..core.prompts import simple_prompt_nows
 from ..core.report import frame_markdown
@@ -84,49 +84,27 @@ def augmentation_images(
     n = needed_per_class(db)
     model, processor = clip_encoder.load()
     index = knn_index.get()
-    local = hasattr(index, "embeddings")
     labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
-    summary, grids, started = [], [], time.perf_counter()
+    summary, grids, failures, started = [], [], {}, time.perf_counter()
     for key in context.partition_keys:
         method, wnid = partition(key)
-        if get_method(method).key != "retrieval":
-            raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
-        prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
-        if prompt.is_empty():
-            raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
-        query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
-        result = retrieve(
-            search=lambda k: index.search(query, k),
-            embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
-            n=n, min_aesthetic=PROFILE.retrieval.min_aesthetic, dedup_threshold=PROFILE.retrieval.dedup_threshold,
-            progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
+        try:
+            row, paths = _retrieve_partition(context, db, image_store, model, processor, index, method, wnid, n, labels[wnid])
+        except (KnnError, ValueError, OSError) as error:
+            # One class failing (a KNN server error, a bad image) must not take the others with it.
+            failures[str(key)] = str(error)
+            context.log.error(f"augmentation_images[{key}] failed: {error}")
+            continue
+        summary.append({**row, "key": str(key)})
+        grids.append(paths[:8])
+    if failures:
+        for row in summary:  # record the partitions that did complete before failing the step
+            context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["key"], metadata={"images": row["images"]}))
+        raise dg.Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} partitions failed ({', '.join(failures)}); the others are materialized",
+            metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
         )
-        final = image_store.path("images", method, wnid)
-        rows = []
-        with atomic_folder(final) as tmp:
-            for rank, hit in enumerate(result.kept):
-                url = str(hit.metadata.get("url", ""))
-                if not url.startswith("file://"):
-                    raise ValueError(f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; "
-                                     "download the pool's images first (img2dataset) and serve file URLs")
-                source = url.removeprefix("file://")
-                name = f"{rank:05d}_{hit.metadata.get('pool_id', hit.id)}.png"
-                shutil.copyfile(source, tmp / name)
-                rows.append({
-                    "method": method, "wnid": wnid, "rank": rank, "path": str(final / name),
-                    "pool_id": int(hit.metadata.get("pool_id", hit.id)), "caption": hit.metadata.get("caption"),
-                    "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"), "prompt": prompt["prompt"][0],
-                })
-            manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-            manifest.write_parquet(tmp / "manifest.parquet")
-        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(labels[wnid], dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
-        context.log.info(
-            f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
-            f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: class will be excluded")
-        )
-        summary.append({"wnid": wnid, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}})
-        grids.append([r["path"] for r in rows[:8]])
-    table = pl.DataFrame(summary)
+    table = pl.DataFrame(summary).drop("key")
     grid = image_grid(grids[:20])
     return dg.MaterializeResult(
         metadata={
@@ -139,6 +117,55 @@ def augmentation_images(
             "sample_grid": dg.MetadataValue.md("Top-8 per class (rows in partition order):\n\n" + png_data_uri_markdown(grid, "retrieved images")),
         }
     )
+
+
+def _retrieve_partition(context, db, image_store, model, processor, index, method: str, wnid: str, n: int, label: int) -> tuple[dict, list[str]]:
+    """Retrieve one class's images, copy them into images/<method>/<wnid>/ atomically, record the manifest."""
+    if get_method(method).key != "retrieval":
+        raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
+    prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
+    if prompt.is_empty():
+        raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
+    query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
+    local = hasattr(index, "embeddings")
+    result = retrieve(
+        search=lambda k: index.search(query, k),
+        embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
+        n=n, min_aesthetic=PROFILE.retrieval.min_aesthetic, dedup_threshold=PROFILE.retrieval.dedup_threshold,
+        is_usable=lambda hit: _local_image_ok(hit, method, wnid),
+        progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
+    )
+    final = image_store.path("images", method, wnid)
+    rows = []
+    with atomic_folder(final) as tmp:
+        for rank, hit in enumerate(result.kept):
+            pool_id = int(hit.metadata.get("pool_id", hit.id))
+            name = f"{rank:05d}_{pool_id}.png"
+            shutil.copyfile(str(hit.metadata["url"]).removeprefix("file://"), tmp / name)
+            rows.append({
+                "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
+                "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
+                "prompt": prompt["prompt"][0],
+            })
+        manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+        manifest.write_parquet(tmp / "manifest.parquet")
+    db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+    context.log.info(
+        f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
+        f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
+    )
+    row = {"wnid": wnid, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
+    return row, [r["path"] for r in rows]
+
+
+def _local_image_ok(hit, method: str, wnid: str) -> bool:
+    url = str(hit.metadata.get("url", ""))
+    if not url.startswith("file://"):
+        raise ValueError(
+            f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; download the "
+            "pool's images first (e.g. with img2dataset) and index them with file URLs"
+        )
+    return inspect_image(url.removeprefix("file://"), non_rgb="convert").usable
 
 
 @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")

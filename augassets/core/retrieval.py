@@ -57,16 +57,18 @@ def retrieve(
     n: int,
     min_aesthetic: float = 5.0,
     dedup_threshold: float = DEDUP_THRESHOLD,
+    is_usable: Callable[[KnnHit], bool] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrievalResult:
     """Grow k until n hits pass the filters. ``search(k)`` returns the k nearest pool items with their
     metadata (``aesthetic``, ``nsfw``); ``embeddings_of(hits)`` gives their image embeddings for the
-    duplicate rule (None: the back end already deduplicated)."""
+    duplicate rule (None: the back end already deduplicated); ``is_usable(hit)`` says whether its image
+    can be read (an undecodable pool image is rejected and counted, like a dead LAION URL)."""
     result = RetrievalResult(kept=[], k_used=0)
     for growth in range(1, MAX_GROWTH + 1):
         k = math.ceil(K_FACTOR * n * growth)
         hits = sorted(search(k), key=lambda h: (-h.similarity, h.id))
-        rejected = {"aesthetic": 0, "nsfw": 0, "near_duplicate": 0}
+        rejected = {"aesthetic": 0, "nsfw": 0, "undecodable": 0, "near_duplicate": 0}
         candidates = []
         for hit in hits:
             aesthetic = hit.metadata.get("aesthetic")
@@ -74,6 +76,8 @@ def retrieve(
                 rejected["aesthetic"] += 1
             elif hit.metadata.get("nsfw"):
                 rejected["nsfw"] += 1
+            elif is_usable is not None and not is_usable(hit):
+                rejected["undecodable"] += 1
             else:
                 candidates.append(hit)
         if embeddings_of is not None and candidates:

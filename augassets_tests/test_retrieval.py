@@ -1,0 +1,64 @@
+"""Retrieval's filters and k growth (paper §3.1), on hand-made KNN results."""
+
+import numpy as np
+
+from augassets.core.knn import KnnHit
+from augassets.core.prompts import simple_prompt, simple_prompt_nows
+from augassets.core.retrieval import near_duplicate_rows, retrieve
+
+
+def pool(n: int, rng) -> tuple[list[KnnHit], np.ndarray]:
+    embeddings = rng.normal(size=(n, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    hits = [
+        KnnHit(i, 1.0 - i / (2 * n), {"aesthetic": 6.0 if i % 3 else 4.0, "nsfw": i % 7 == 0, "url": f"file:///{i}.png"})
+        for i in range(n)
+    ]
+    return hits, embeddings
+
+
+def test_filters_and_growth():
+    rng = np.random.default_rng(0)
+    hits, embeddings = pool(400, rng)
+    embeddings[5] = embeddings[4]  # a near-duplicate of a kept, more similar item
+    searched = []
+
+    def search(k):
+        searched.append(k)
+        return hits[:k]
+
+    result = retrieve(search, lambda hs: embeddings[[h.id for h in hs]], n=50)
+    kept = [h.id for h in result.kept]
+    assert result.enough and len(kept) == 50
+    assert searched[0] == 70  # k starts at 1.4·n …
+    assert result.k_used > 70  # … and grows because a third fail the aesthetic filter
+    assert all(i % 3 and i % 7 for i in kept), "aesthetic < 5 and NSFW items are dropped"
+    assert 4 in kept and 5 not in kept, "the less similar of two near-duplicates is dropped"
+    assert kept == sorted(kept), "most similar first"
+    assert retrieve(search, lambda hs: embeddings[[h.id for h in hs]], n=50).kept == result.kept  # deterministic
+
+
+def test_undecodable_images_are_rejected_and_counted():
+    hits, embeddings = pool(100, np.random.default_rng(1))
+    result = retrieve(lambda k: hits[:k], None, n=10, is_usable=lambda h: h.id != 1)
+    assert 1 not in [h.id for h in result.kept]
+    assert result.rejected["undecodable"] == 1
+
+
+def test_empty_or_short_knn_result_means_not_enough():
+    assert not retrieve(lambda k: [], None, n=5).enough
+    hits, _ = pool(12, np.random.default_rng(2))
+    calls = []
+    result = retrieve(lambda k: (calls.append(k), hits[:k])[1], None, n=10)
+    assert not result.enough and len(calls) == 1, "a pool with fewer items than k stops growing"
+
+
+def test_near_duplicate_components_keep_the_first_member():
+    e = np.eye(4, dtype=np.float32)
+    chain = np.stack([e[0], e[0], e[1], (e[1] + 0.01 * e[2]) / np.linalg.norm(e[1] + 0.01 * e[2]), e[3]])
+    assert near_duplicate_rows(chain) == {1, 3}
+
+
+def test_prompts_handle_commas_quotes_and_unicode():
+    assert simple_prompt("tiger shark, Galeocerdo cuvieri") == "A photo of tiger shark, Galeocerdo cuvieri."
+    assert simple_prompt_nows("jack-o'-lantern, café au lait") == "A photo of jack-o'-lantern,caféaulait."
