@@ -38,18 +38,21 @@ def image_files(tmp_path_factory):
     return paths + [str(root / "broken.jpg")]
 
 
-def test_phash_is_bit_identical_to_imagehash_without_draft(image_files):
-    hashes, ok = phash_files(image_files, batch_size=16, draft=False)
+def test_phash_is_bit_identical_to_imagehash_on_exact_decode(image_files):
+    hashes, ok = phash_files(image_files, batch_size=16, decode="exact")
     assert ok.tolist() == [True] * 60 + [False]
     reference = [imagehash_int(p) for p in image_files[:60]]
     assert [int(h) for h in hashes[:60]] == reference
 
 
-def test_phash_with_jpeg_draft_mode_stays_close(image_files):
-    fast, _ = phash_files(image_files[:60], draft=True)
-    exact, _ = phash_files(image_files[:60], draft=False)
-    distances = hamming(fast, exact)
-    assert (distances == 0).mean() >= 0.9 and distances.max() < 10
+def test_phash_with_jpeg_draft_modes_stays_close(image_files):
+    exact, _ = phash_files(image_files[:60], decode="exact")
+    gray, _ = phash_files(image_files[:60], decode="gray")
+    reduced, _ = phash_files(image_files[:60], decode="reduced")
+    assert (hamming(gray, exact) == 0).mean() >= 0.95
+    assert hamming(reduced, exact).max() < 10
+    with pytest.raises(ValueError, match="unknown decode mode"):
+        phash_files(image_files[:1], decode="fast")
 
 
 def test_phash_images_matches_files(image_files):

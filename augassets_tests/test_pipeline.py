@@ -96,6 +96,8 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     instance = dg.DagsterInstance.get()
     summary = instance.get_latest_materialization_event(dg.AssetKey("duplicate_summary")).asset_materialization.metadata
     assert summary["detector_recall"].value >= 0.95
+    hashes = instance.get_latest_materialization_event(dg.AssetKey("reference_hashes")).asset_materialization.metadata
+    assert hashes["imagehash_agreement"].value >= 0.99
     assert summary["planted_duplicates"].value == profile.world.pool.planted_test_duplicates + profile.world.pool.planted_val_duplicates
     assert "of" in summary["summary"].value
     evaluations = [
