@@ -314,6 +314,9 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.02, class_rate_spread=0.4, seed=0),
         classifier=SMALL_RESNET,
         world=MiniWorldSpec(pool=PoolSpec(per_class=1000, distractors=1500, planted_test_duplicates=40, planted_val_duplicates=20)),
+        # In the mini CLIP's 64-d space, 0.94 is the 99.9th percentile of random pool pairs: it would
+        # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
+        retrieval=RetrievalSpec(dedup_threshold=0.97),
     ),
     "imagenet10": Profile(
         name="imagenet10",
