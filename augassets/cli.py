@@ -202,6 +202,12 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     table = markdown_table(db.query("SELECT * FROM results_table"))
     if db.has_table("excluded_classes"):
         table += "\n\n" + excluded_note(db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid"))
+    if db.has_table("duplicate_summary"):
+        table += "\n\npHash near-duplicates (Hamming < 10) of augmentation images:\n" + "\n".join(
+            f"- {r['method']}: {r['matched_reference_images']:,} of {r['reference_images']:,} {r['split']} images match "
+            f"{r['leaking_augmentation_images']:,} of {r['augmentation_images']:,} augmentation images"
+            for r in db.query("SELECT * FROM duplicate_summary ORDER BY method, split").iter_rows(named=True)
+        )
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     return table
 

@@ -1,4 +1,5 @@
-"""The performance harness. ``python -m benchmarks.run [main|classifier|all]`` prints a table.
+"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation]``
+(default: all) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
             its peak resident memory, and the share of wall time spent outside asset bodies
@@ -230,21 +231,24 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=["main", "classifier", "foundation", "duplicates", "phash", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
-    if args.which in ("main", "all"):
+    chosen = set(args.which)
+    if "all" in chosen:
+        chosen = {"main", "classifier", "duplicates", "phash", "foundation"}
+    if "main" in chosen:
         home = Path(tempfile.mkdtemp(prefix="augassets-bench-"))
         rows += bench_main(args.profile, home)
         os.environ["AUGASSETS_HOME"] = str(home)  # the classifier benchmark reuses these splits
-    if args.which in ("classifier", "all"):
+    if "classifier" in chosen:
         rows += bench_classifier(args.profile)
-    if args.which in ("duplicates", "all"):
+    if "duplicates" in chosen:
         rows += bench_duplicates()
-    if args.which in ("phash", "all"):
+    if "phash" in chosen:
         rows += bench_phash()
-    if args.which in ("foundation", "all"):
+    if "foundation" in chosen:
         rows += bench_foundation(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
     width = max(len(r[0]) for r in rows)
     print(f"\nmachine: {machine()}\n")
