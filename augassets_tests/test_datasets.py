@@ -130,3 +130,24 @@ def test_atomic_save_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
         save_atomic(Image.new("RGB", (4, 4)), target)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_folder_never_leaves_half_a_partition(tmp_path):
+    from augassets.core.files import atomic_folder
+
+    final = tmp_path / "images" / "retrieval" / "n1"
+    with atomic_folder(final) as tmp:
+        (tmp / "a.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_folder(final) as tmp:
+            (tmp / "a.png").write_bytes(b"new, half done")
+            raise RuntimeError("killed mid-partition")
+    assert (final / "a.png").read_bytes() == b"old", "the previous complete partition survives"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["n1"], "no temporary folder is left"
+    # A folder left by a process killed outright (no cleanup ran) is cleared by the next attempt.
+    (final.parent / "n1.tmp").mkdir()
+    (final.parent / "n1.tmp" / "junk").write_bytes(b"x")
+    with atomic_folder(final) as tmp:
+        (tmp / "b.png").write_bytes(b"rerun")
+    assert sorted(p.name for p in final.iterdir()) == ["b.png"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["n1"]

@@ -3,7 +3,6 @@
 import numpy as np
 
 from augassets.core.knn import KnnHit
-from augassets.core.prompts import simple_prompt, simple_prompt_nows
 from augassets.core.retrieval import near_duplicate_rows, retrieve
 
 
@@ -58,7 +57,3 @@ def test_near_duplicate_components_keep_the_first_member():
     chain = np.stack([e[0], e[0], e[1], (e[1] + 0.01 * e[2]) / np.linalg.norm(e[1] + 0.01 * e[2]), e[3]])
     assert near_duplicate_rows(chain) == {1, 3}
 
-
-def test_prompts_handle_commas_quotes_and_unicode():
-    assert simple_prompt("tiger shark, Galeocerdo cuvieri") == "A photo of tiger shark, Galeocerdo cuvieri."
-    assert simple_prompt_nows("jack-o'-lantern, café au lait") == "A photo of jack-o'-lantern,caféaulait."

@@ -1,4 +1,4 @@
-"""Stage 1: the class catalog (WordNet names of every class) and the class partitions."""
+"""Stage: the class catalog (WordNet names of every class) and the class partitions."""
 
 
 import dagster as dg
@@ -22,8 +22,7 @@ PROFILE = get_profile()
     "whitespace, first hypernym and definition. Fills the dynamic `class` partitions with the wnids.",
 )
 def class_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    profile = PROFILE
-    catalog = build_catalog(profile.dataset, profile.max_classes)
+    catalog = build_catalog(PROFILE.dataset, PROFILE.max_classes)
     warehouse.get().replace("class_catalog", catalog)
     known = set(context.instance.get_dynamic_partitions(CLASS_PARTITIONS_NAME))
     new_keys = [wnid for wnid in catalog["wnid"].to_list() if wnid not in known]
@@ -33,7 +32,7 @@ def class_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     preview = catalog.select("wnid", "label", "name", "name_nows", "hypernym").head(20)
     return dg.MaterializeResult(
         metadata={
-            "profile": profile.name,
+            "profile": PROFILE.name,
             "classes": catalog.height,
             "new_class_partitions": len(new_keys),
             "preview": dg.MetadataValue.md(frame_markdown(preview)),

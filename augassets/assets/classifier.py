@@ -1,4 +1,4 @@
-"""Stage 4: one classifier per (method, replicate), trained with the paper's protocol."""
+"""Stage: one classifier per (method, replicate), trained with the paper's protocol."""
 
 
 import time
@@ -69,8 +69,7 @@ def classifier_scores(
     image_store: ImageStoreResource,
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
-    profile = PROFILE
-    spec = replace(profile.classifier, device=compute.device)
+    spec = replace(PROFILE.classifier, device=compute.device)
     db = warehouse.get()
     catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
     excluded = list(excluded_wnids(db))
@@ -87,7 +86,7 @@ def classifier_scores(
         )
         if train.is_empty():
             raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{method}] first")
-        seed = profile.split.seed * 1000 + replicate
+        seed = PROFILE.split.seed * 1000 + replicate
         context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")
         result = train_classifier(
             _labeled(train), val, test, catalog.height, spec, seed,
@@ -141,12 +140,11 @@ def classifier_scores(
 def fidelity_classifier(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
 ) -> dg.MaterializeResult:
-    profile = PROFILE
-    spec = replace(profile.classifier, device=compute.device)
+    spec = replace(PROFILE.classifier, device=compute.device)
     db = warehouse.get()
     classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
     split = lambda name: _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
-    result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=profile.split.seed * 1000,
+    result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=PROFILE.split.seed * 1000,
                               progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
     path = image_store.path("models", "fidelity_classifier.safetensors")
     save_checkpoint(result.state_dict, path)

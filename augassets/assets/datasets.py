@@ -1,4 +1,4 @@
-"""Stage 3: augmented training sets — the target plus each method's extra images, per replicate."""
+"""Stage: augmented training sets — the target plus each method's extra images, per replicate."""
 
 
 import dagster as dg
@@ -36,7 +36,6 @@ PROFILE = get_profile()
     "method's extra images with exactly the target's per-class counts (paper section 3).",
 )
 def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    profile = PROFILE
     db = warehouse.get()
     splits = db.query("SELECT * FROM dataset_splits")
     excluded = excluded_wnids(db)
@@ -46,7 +45,7 @@ def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         images = None
         if method.extra_images == IMAGES:
             images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key])
-        sets = augmented_sets(method, splits, profile.classifier.replicates, images=images, excluded=excluded)
+        sets = augmented_sets(method, splits, PROFILE.classifier.replicates, images=images, excluded=excluded)
         if sets.is_empty():
             raise RuntimeError(
                 f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval could not fill "
@@ -54,7 +53,7 @@ def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseRe
             )
         db.replace("augmented_datasets", sets, where={"method": key})
         per_set = sets.filter(pl.col("replicate") == 0)
-        context.log.info(f"augmented_datasets[{key}]: {profile.classifier.replicates} sets of {per_set.height} images")
+        context.log.info(f"augmented_datasets[{key}]: {PROFILE.classifier.replicates} sets of {per_set.height} images")
         metadata[f"{key}_images_per_set"] = per_set.height
         metadata[f"{key}_extra_images_per_set"] = per_set.filter(pl.col("origin") != "target").height
-    return dg.MaterializeResult(metadata={"replicates": profile.classifier.replicates, **metadata})
+    return dg.MaterializeResult(metadata={"replicates": PROFILE.classifier.replicates, **metadata})

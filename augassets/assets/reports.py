@@ -1,4 +1,4 @@
-"""Stage 5: the results table — the paper's Table 1 for the methods that have run."""
+"""Stage: the results table — the paper's Table 1 for the methods that have run."""
 
 
 import dagster as dg
@@ -27,13 +27,12 @@ PROFILE = get_profile()
 def results_table(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
-    profile = PROFILE
     db = warehouse.get()
-    methods = [m.key for m in runnable_methods(profile.methods)]
+    methods = [m.key for m in runnable_methods(PROFILE.methods)]
     if not db.has_table("classifier_scores"):
         raise RuntimeError("no classifier scores yet: materialize classifier_scores first")
     scores = db.query("SELECT * FROM classifier_scores").filter(
-        pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates)
+        pl.col("method").is_in(methods) & (pl.col("replicate") < PROFILE.classifier.replicates)
     )
     summary = summarize_scores(scores)
     db.replace("results_table", summary)
@@ -44,7 +43,7 @@ def results_table(
     if excluded is not None:
         table += "\n\n" + excluded_note(excluded)
     context.log.info("results table:\n" + table)
-    incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
+    incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < PROFILE.classifier.replicates]
     return dg.MaterializeResult(
         metadata={
             "methods": summary.height,

@@ -1,4 +1,4 @@
-"""Stage 2: the paper's splits — target (p%), val, extra real (for ``real_2p``) and test."""
+"""Stage: the paper's splits — target (p%), val, extra real (for ``real_2p``) and test."""
 
 
 import time
@@ -32,12 +32,11 @@ GRID_IMAGES_PER_CLASS = 8
 def dataset_splits(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
 ) -> dg.MaterializeResult:
-    profile = PROFILE
     db = warehouse.get()
     catalog = db.query("SELECT * FROM class_catalog ORDER BY label")
     started = time.perf_counter()
     splits, report = make_splits(
-        catalog, profile.dataset, profile.split, image_store.path("datasets", profile.dataset.class_list), context.log.info
+        catalog, PROFILE.dataset, PROFILE.split, image_store.path("datasets", PROFILE.dataset.class_list), context.log.info
     )
     skipped = pl.DataFrame(report.skipped, schema={"wnid": pl.Utf8, "item": pl.Utf8, "reason": pl.Utf8})
     db.replace("dataset_splits", splits)
