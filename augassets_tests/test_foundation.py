@@ -137,3 +137,40 @@ def test_missing_weights_folder_names_the_setting(tmp_path):
         DiffusionBackendResource(weights=str(tmp_path / "nothing")).load()
     with pytest.raises(FileNotFoundError, match="ClipEncoderResource.model"):
         ClipEncoderResource(model=str(tmp_path / "nothing")).load()
+
+
+def test_generation_is_seeded_resumable_and_identical_after_a_kill(tiny_models, tmp_path):
+    from augassets.core.generation import GenerationRequest, generate_partition
+
+    pipeline = DiffusionBackendResource(weights=str(tiny_models / "sd"), safety_checker=False).load()
+    request = GenerationRequest("simple_prompt", "n1", ["A photo of boot."] * 5, ["simple"] * 5, base_seed=7)
+    options = dict(steps=2, guidance_scale=2.0, batch_size=2)
+    clean = generate_partition(pipeline, request, tmp_path / "clean" / "n1", **options)
+    assert [r["index"] for r in clean] == [0, 1, 2, 3, 4] and len({r["seed"] for r in clean}) == 5
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_chunk(line):
+        raise Killed(line)
+
+    final = tmp_path / "resumed" / "n1"
+    with pytest.raises(Killed):
+        generate_partition(pipeline, request, final, progress=kill_after_first_chunk, **options)
+    assert not final.exists(), "nothing is published before the partition is complete"
+    assert sorted(p.name for p in final.with_name("n1.partial").glob("*.png")) == ["00000.png", "00001.png"]
+    resumed = generate_partition(pipeline, request, final, **options)
+    assert [r["seed"] for r in resumed] == [r["seed"] for r in clean]
+    for a, b in zip(clean, resumed):
+        assert np.array_equal(np.asarray(Image.open(a["path"])), np.asarray(Image.open(b["path"])))
+
+
+def test_a_safety_checker_that_rejects_everything_stops_with_a_clear_error(tiny_models, tmp_path):
+    from augassets.core.generation import GenerationError, GenerationRequest, generate_partition
+
+    pipeline = DiffusionBackendResource(weights=str(tiny_models / "sd")).load()
+    with torch.no_grad():
+        pipeline.safety_checker.concept_embeds_weights.fill_(-10.0)  # every image is "unsafe"
+    request = GenerationRequest("clip_prompts", "n2", ["a photo of a boot."] * 2, ["clip"] * 2)
+    with pytest.raises(GenerationError, match=r"clip_prompts/n2: the safety checker rejected image 0 .* 3 times"):
+        generate_partition(pipeline, request, tmp_path / "n2", steps=2, guidance_scale=2.0, batch_size=2, max_attempts=3)

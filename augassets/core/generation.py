@@ -1,8 +1,22 @@
-"""Seeded, batched sampling from a diffusers Stable Diffusion pipeline, and class fidelity."""
+"""Seeded, batched, resumable sampling from a diffusers Stable Diffusion pipeline, and class fidelity.
+
+A partition (one class, one method) is generated in fixed chunks of ``batch_size`` images. Image i's
+seed depends only on (base seed, method, class, i, attempt), and each image has its own generator, so
+an image is the same whatever ran before it. Finished chunks are recorded in the staging folder's
+``manifest.jsonl``; a rerun after a kill skips them and regenerates the unfinished chunk exactly. Images
+the safety checker flags are regenerated with the next attempt's seed, at most ``max_attempts`` times.
+When every chunk is done the staging folder is renamed into place, so the final folder is always whole.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +25,102 @@ from PIL import Image
 
 from ..profiles import ClassifierSpec
 from .classifier import build_model, eval_transform
+from .images import save_atomic
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+def image_seed(base_seed: int, method: str, wnid: str, index: int, attempt: int = 0) -> int:
+    """A stable 63-bit seed per (method, class, image, attempt)."""
+    digest = hashlib.sha256(f"{base_seed}/{method}/{wnid}/{index}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one partition should contain: prompt ``i`` (and its template family) for image ``i``."""
+
+    method: str
+    wnid: str
+    prompts: Sequence[str]
+    families: Sequence[str]
+    base_seed: int = 0
+
+
+def _finished_chunks(manifest: Path) -> dict[int, list[dict]]:
+    chunks: dict[int, list[dict]] = {}
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
+            chunks[record["chunk"]] = record["images"]
+    return chunks
+
+
+def generate_partition(
+    pipeline: StableDiffusionPipeline,
+    request: GenerationRequest,
+    final: Path,
+    steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    max_attempts: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Generate ``request`` into ``final`` (``<index>.png`` + ``manifest.parquet`` is the caller's);
+    returns one record per image: index, path, prompt, family, seed, attempts (1 = first seed passed)."""
+    staging = final.with_name(final.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    manifest = staging / "manifest.jsonl"
+    done = _finished_chunks(manifest)
+    n = len(request.prompts)
+    for chunk, start in enumerate(range(0, n, batch_size)):
+        if chunk in done:
+            continue
+        indices = list(range(start, min(start + batch_size, n)))
+        attempts = {i: 0 for i in indices}
+        images: dict[int, Image.Image] = {}
+        pending = indices
+        while pending:
+            seeds = [image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]) for i in pending]
+            results = generate(pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending))
+            flagged = []
+            for i, (image, nsfw) in zip(pending, results):
+                if nsfw:
+                    attempts[i] += 1
+                    if attempts[i] >= max_attempts:
+                        raise GenerationError(
+                            f"{request.method}/{request.wnid}: the safety checker rejected image {i} (prompt "
+                            f"{request.prompts[i]!r}) {max_attempts} times; change the prompt or raise max_attempts"
+                        )
+                    flagged.append(i)
+                else:
+                    images[i] = image
+            pending = flagged
+        records = []
+        for i in indices:
+            path = staging / f"{i:05d}.png"
+            save_atomic(images[i], path)
+            records.append({
+                "index": i, "file": path.name, "prompt": request.prompts[i], "family": request.families[i],
+                "seed": image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]), "attempts": attempts[i] + 1,
+            })
+        with open(manifest, "a") as handle:
+            handle.write(json.dumps({"chunk": chunk, "images": records}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        done[chunk] = records
+        if progress:
+            progress(f"{request.method}/{request.wnid}: {min(start + batch_size, n)}/{n} images")
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    records = [r for chunk in sorted(done) for r in done[chunk]]
+    return [{**r, "path": str(final / r["file"])} for r in records]
 
 
 def generate(
