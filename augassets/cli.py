@@ -67,11 +67,23 @@ def contiguous_ranges(all_keys: list[str], wanted: list[str]) -> list[tuple[str,
     return ranges
 
 
+FOUNDATION_STAGES = [
+    Stage("build_foundation", "fidelity_classifier", None, ["dataset_splits"]),
+    Stage("build_foundation", "web_pool", None, ["dataset_splits"]),
+    Stage("build_foundation", "clip_model", None, ["web_pool"]),
+    Stage("build_foundation", "pool_index", None, ["clip_model", "web_pool"]),
+    Stage("build_foundation", "vae", None, ["web_pool"]),
+    Stage("build_foundation", "unet", None, ["vae", "clip_model", "web_pool"]),
+    Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_classifier"]),
+]
+
+
 def plan(profile: Profile) -> list[Stage]:
     """The stages the profile's results table needs, in data-flow order."""
     methods = runnable_methods(profile.methods)
     keys = [m.key for m in methods]
     image_methods = [m.key for m in methods if m.extra_images == IMAGES]
+    generation = any(m.resample for m in methods)
     replicates = [str(r) for r in range(profile.classifier.replicates)]
 
     def class_keys(db: Warehouse) -> list[str]:
@@ -84,10 +96,12 @@ def plan(profile: Profile) -> list[Stage]:
     ]
     if image_methods:
         if profile.world:
-            stages += [s for s in FOUNDATION_STAGES if s.asset_name in ("web_pool", "clip_model", "pool_index")]
+            needed = {"web_pool", "clip_model", "pool_index"} | ({"fidelity_classifier", "vae", "unet", "diffusion_model"} if generation else set())
+            stages += [s for s in FOUNDATION_STAGES if s.asset_name in needed]
         stages += [
-            Stage("augment_classes", "class_prompts", class_keys, ["class_catalog"]),
-            Stage("augment_classes", "augmentation_images", class_keys, ["class_prompts", "pool_index", "dataset_splits"]),
+            Stage("augment_classes", "class_prompts", class_keys, ["class_catalog", "clip_model", "dataset_splits"]),
+            Stage("augment_classes", "augmentation_images", class_keys,
+                  ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if generation else [])),
             Stage("collect", "excluded_classes", None, ["augmentation_images"]),
         ]
     stages += [
@@ -102,17 +116,6 @@ def plan(profile: Profile) -> list[Stage]:
             Stage("collect", "duplicate_summary", None, ["duplicate_report"]),
         ]
     return stages
-
-
-FOUNDATION_STAGES = [
-    Stage("build_foundation", "fidelity_classifier", None, ["dataset_splits"]),
-    Stage("build_foundation", "web_pool", None, ["dataset_splits"]),
-    Stage("build_foundation", "clip_model", None, ["web_pool"]),
-    Stage("build_foundation", "pool_index", None, ["clip_model", "web_pool"]),
-    Stage("build_foundation", "vae", None, ["web_pool"]),
-    Stage("build_foundation", "unet", None, ["vae", "clip_model", "web_pool"]),
-    Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_classifier"]),
-]
 
 
 def plan_foundation(profile: Profile) -> list[Stage]:

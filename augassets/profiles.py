@@ -187,6 +187,17 @@ class RetrievalSpec:
 
 
 @dataclass(frozen=True)
+class GenerationSpec:
+    """Generation protocol (paper §3): ``factor`` × the target's largest per-class count images per
+    class (3×: 390 for ImageNet-10%), resampled into each replicate's set; an image the safety checker
+    flags is regenerated with a new seed, at most ``max_attempts`` times."""
+
+    factor: int = 3
+    max_attempts: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DuplicateSpec:
     """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10) are
     near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images."""
@@ -205,6 +216,7 @@ class Profile:
     methods: tuple[str, ...] = ("real_p", "real_2p", "retrieval")
     world: MiniWorldSpec | None = None  # the mini world's foundation; None: external pool, CLIP and SD
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
     duplicates: DuplicateSpec = field(default_factory=DuplicateSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
@@ -303,6 +315,7 @@ PROFILES: dict[str, Profile] = {
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
+        methods=("real_p", "real_2p", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
         max_classes=3,
         torch_threads=1,
     ),

@@ -121,6 +121,13 @@ class ClipEncoderResource(dg.ConfigurableResource):
             raise FileNotFoundError(f"cannot load CLIP {self.model!r} (setting ClipEncoderResource.model): {error}") from None
         return model, processor
 
+    def tokenizer(self):
+        """Just the tokenizer (Stable Diffusion's text encoder shares CLIP's)."""
+        from transformers import CLIPTokenizer
+
+        source, local_only = _resolve_weights(self.model, "ClipEncoderResource.model", self.offline or _offline())
+        return CLIPTokenizer.from_pretrained(source, local_files_only=local_only, cache_dir=self.cache_dir or None)
+
 
 class KnnIndexResource(dg.ConfigurableResource):
     """The KNN index of the pool. ``backend="local"``: ``index_folder`` in clip-retrieval's layout

@@ -86,3 +86,19 @@ def test_contiguous_ranges():
     keys = ["a", "b", "c", "d", "e"]
     assert contiguous_ranges(keys, ["a", "b", "d"]) == [("a", "b"), ("d", "d")]
     assert contiguous_ranges(keys, ["e", "c", "d"]) == [("c", "e")]
+
+
+def test_generated_pools_are_resampled_per_replicate():
+    splits = pl.DataFrame(
+        {"split": ["target"] * 3, "wnid": ["a", "a", "b"], "label": [0, 0, 1], "item": ["1", "2", "3"], "path": ["t1", "t2", "t3"]}
+    )
+    pool = pl.DataFrame(
+        {"wnid": ["a"] * 9 + ["b"] * 9, "label": [0] * 9 + [1] * 9, "path": [f"g{i}" for i in range(18)], "rank": list(range(9)) * 2}
+    )
+    sets = augmented_sets(get_method("simple_prompt"), splits, 5, images=pool, seed=1)
+    extra = sets.filter(pl.col("origin") == "simple_prompt")
+    per_set = extra.group_by("replicate", "wnid").len()
+    assert set(zip(per_set["wnid"], per_set["len"])) == {("a", 2), ("b", 1)}, "the target's per-class counts"
+    draws = {r: tuple(extra.filter(pl.col("replicate") == r)["path"]) for r in range(5)}
+    assert len(set(draws.values())) > 1, "replicates draw different samples"
+    assert augmented_sets(get_method("simple_prompt"), splits, 5, images=pool, seed=1).equals(sets), "seeded"

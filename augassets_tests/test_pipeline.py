@@ -47,18 +47,18 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     assert profile.name == "smoke"
     db = Warehouse(profile.home / "catalog.duckdb")
     results = db.query("SELECT * FROM results_table")
-    assert results["method"].to_list() == ["real_p", "real_2p", "retrieval"]
-    assert results["n_runs"].to_list() == [5, 5, 5]
+    assert results["method"].to_list() == ["real_p", "real_2p", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"]
+    assert results["n_runs"].to_list() == [5] * 7
     assert all(0.0 <= v <= 1.0 for v in results["top1_mean"])
     assert "| real_p |" in table and "| retrieval |" in table and "Excluded classes" in table
 
     scores = db.query("SELECT * FROM classifier_scores")
-    assert scores.height == 15
+    assert scores.height == 35
     assert scores.filter(pl.col("method") == "real_2p")["train_images"].unique().to_list() == [
         2 * scores.filter(pl.col("method") == "real_p")["train_images"][0]
     ]
     per_class = db.query("SELECT * FROM per_class_scores")
-    assert per_class.height == 15 * 3
+    assert per_class.height == 35 * 3
     for checkpoint in scores["checkpoint"]:
         assert (profile.home / "store").as_posix() in checkpoint
 
@@ -71,16 +71,17 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
     assert "real_2p" in results_event.asset_materialization.metadata["results"].value
     assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
-    # One run per contiguous range of partitions: real_p and real_2p share one, retrieval has its own.
+    # One run per contiguous range of partition keys (registry order): the baselines, the four prompt
+    # methods, retrieval (boomerang, not in the profile, splits the ranges).
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="train_classifiers"))
-    assert len(runs) == 2
-    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"))) == 3  # prompts, images, duplicates
+    assert len(runs) == 3
+    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"))) == 3 * 2  # prompts, images, duplicates
 
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     profile, _ = benchmark_run
     db = Warehouse(profile.home / "catalog.duckdb")
-    manifest = db.query("SELECT * FROM augmentation_manifest")
+    manifest = db.query("SELECT * FROM augmentation_manifest WHERE method = 'retrieval'")
     target = db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid")
     n = int(target["n"].max())
     assert set(manifest.group_by("wnid").len()["len"]) == {n}
@@ -112,6 +113,26 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
         # The smoke pool is small and holds planted test duplicates: whether retrieval picked some decides.
         "test_leak_rate_is_low": worst_test_leak <= profile.duplicates.max_test_leak_rate,
     }
+
+
+def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
+    profile, _ = benchmark_run
+    db = Warehouse(profile.home / "catalog.duckdb")
+    n = int(db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0])
+    manifest = db.query("SELECT * FROM augmentation_manifest WHERE method != 'retrieval'")
+    per_partition = manifest.group_by("method", "wnid").agg(pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds"))
+    assert per_partition.height == 4 * 3
+    assert (per_partition["images"] == profile.generation.factor * n).all(), "3× the largest class per class"
+    assert (per_partition["seeds"] == per_partition["images"]).all(), "one recorded seed per image"
+    assert all(Path(p).is_file() for p in manifest["path"])
+    families = db.query("SELECT wnid, family, count(*) AS n FROM class_prompts WHERE method = 'sariyildiz_prompts' GROUP BY ALL")
+    assert families.group_by("wnid").agg((pl.col("n").max() - pl.col("n").min()).alias("spread"))["spread"].max() <= 1
+    assert set(families["family"]) == {"name", "name_hypernym", "multiple", "multiple_different", "name_definition", "name_hypernym_background"}
+    sets = db.query("SELECT replicate, path FROM augmented_datasets WHERE method = 'clip_prompts' AND origin = 'clip_prompts'")
+    draws = {r: frozenset(sets.filter(pl.col("replicate") == r)["path"]) for r in range(5)}
+    assert len(set(draws.values())) == 5, "five different resampled sets"
+    target_total = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
+    assert all(len(d) == target_total for d in draws.values())
 
 
 def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):

@@ -22,7 +22,7 @@ PROFILE = get_profile()
 
 @dg.asset(
     group_name="datasets",
-    code_version=code_version("1", PROFILE.classifier.replicates),
+    code_version=code_version("1", PROFILE.classifier.replicates, PROFILE.generation.seed),
     pool="duckdb",
     deps=[
         dataset_splits,
@@ -45,7 +45,7 @@ def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         images = None
         if method.extra_images == IMAGES:
             images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key])
-        sets = augmented_sets(method, splits, PROFILE.classifier.replicates, images=images, excluded=excluded)
+        sets = augmented_sets(method, splits, PROFILE.classifier.replicates, images=images, excluded=excluded, seed=PROFILE.generation.seed)
         if sets.is_empty():
             raise RuntimeError(
                 f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval could not fill "

@@ -13,12 +13,13 @@ from ..core.files import atomic_folder
 from ..core.images import image_grid, inspect_image, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.methods import get_method
-from ..core.prompts import simple_prompt_nows
+from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
+from ..core.prompts import PROMPT_METHODS, ClassNames, build_prompts, fit_to_tokenizer, simple_prompt_nows
 from ..core.report import frame_markdown
 from ..core.retrieval import retrieve
 from ..partitions import class_method_partitions
 from ..profiles import get_profile
-from ..resources import ClipEncoderResource, ImageStoreResource, KnnIndexResource, WarehouseResource
+from ..resources import ClipEncoderResource, DiffusionBackendResource, ImageStoreResource, KnnIndexResource, WarehouseResource
 from ..versions import code_version
 from .catalog import class_catalog
 from .splits import dataset_splits
@@ -26,9 +27,10 @@ from .splits import dataset_splits
 PROFILE = get_profile()
 GROUP = "images"
 MANIFEST_SCHEMA = {
-    "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "pool_id": pl.Int64, "caption": pl.Utf8,
-    "similarity": pl.Float64, "aesthetic": pl.Float64, "prompt": pl.Utf8,
+    "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8, "family": pl.Utf8,
+    "seed": pl.Int64, "attempts": pl.Int64, "pool_id": pl.Int64, "caption": pl.Utf8, "similarity": pl.Float64, "aesthetic": pl.Float64,
 }
+PROMPT_SCHEMA = {"method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "family": pl.Utf8, "prompt": pl.Utf8, "truncated": pl.Boolean}
 
 
 def partition(key) -> tuple[str, str]:
@@ -42,35 +44,57 @@ def needed_per_class(db) -> int:
     return math.ceil(PROFILE.retrieval.ratio * largest)
 
 
+def images_per_class(db, method: str) -> int:
+    """Retrieval: n. Generation: ``GenerationSpec.factor`` × the target's largest per-class count."""
+    n = needed_per_class(db)
+    return n if method == "retrieval" else math.ceil(PROFILE.generation.factor * n / PROFILE.retrieval.ratio)
+
+
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1"), pool="duckdb", partitions_def=class_method_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_catalog], kinds={"duckdb"},
-    description="The prompt(s) of a class for a method; for retrieval, the KNN query: the no-whitespace simple "
-    "prompt 'A photo of {name without whitespace}.'",
+    group_name=GROUP, code_version=code_version("1", PROFILE.generation), pool="duckdb", partitions_def=class_method_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_catalog, "clip_model", dataset_splits], kinds={"duckdb"},
+    description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
+    "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
+    "random Places365 backgrounds); cut to the text encoder's 77 tokens. For retrieval, the KNN query: the "
+    "no-whitespace simple prompt.",
 )
-def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, clip_encoder: ClipEncoderResource) -> dg.MaterializeResult:
     db = warehouse.get()
-    catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name FROM class_catalog").iter_rows(named=True)}
-    rows = []
+    catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name, hypernym, definition FROM class_catalog").iter_rows(named=True)}
+    tokenizer = clip_encoder.tokenizer()
+    total, truncated, examples = 0, 0, []
     for key in context.partition_keys:
         method, wnid = partition(key)
         if wnid not in catalog:
             raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
-        if method != "retrieval":
-            raise ValueError(f"no prompt builder for method {method!r} yet")
-        rows.append({"method": method, "wnid": wnid, "prompt_index": 0, "prompt": simple_prompt_nows(catalog[wnid]["name"])})
-    frame = pl.DataFrame(rows, schema={"method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "prompt": pl.Utf8})
-    for (method, wnid), part in frame.group_by("method", "wnid", maintain_order=True):
-        db.replace("class_prompts", part, where={"method": method, "wnid": wnid})
-    return dg.MaterializeResult(metadata={"partitions": len(rows), "examples": dg.MetadataValue.md("\n".join(f"- `{r['wnid']}`: {r['prompt']}" for r in rows[:10]))})
+        row = catalog[wnid]
+        if method == "retrieval":
+            pairs = [("simple_nows", simple_prompt_nows(row["name"]))]
+        else:
+            seed = image_seed(PROFILE.generation.seed, method, wnid, -1)
+            pairs = build_prompts(method, ClassNames(row["name"], row["hypernym"], row["definition"]), images_per_class(db, method), seed)
+        fitted = [(family, *fit_to_tokenizer(prompt, tokenizer)) for family, prompt in pairs]
+        frame = pl.DataFrame(
+            [{"method": method, "wnid": wnid, "prompt_index": i, "family": f, "prompt": p, "truncated": cut} for i, (f, p, cut) in enumerate(fitted)],
+            schema=PROMPT_SCHEMA,
+        )
+        db.replace("class_prompts", frame, where={"method": method, "wnid": wnid})
+        total += frame.height
+        truncated += int(frame["truncated"].sum())
+        examples.append(f"- `{method}` `{wnid}`: {fitted[0][1]}")
+    return dg.MaterializeResult(
+        metadata={"partitions": len(context.partition_keys), "prompts": total, "truncated_to_77_tokens": truncated,
+                  "examples": dg.MetadataValue.md("\n".join(examples[:12]))}
+    )
 
 
 @dg.asset(
     group_name=GROUP, code_version=code_version("1", PROFILE.retrieval), pool="gpu", partitions_def=class_method_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", dataset_splits],
+    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", dataset_splits],
     kinds={"faiss", "parquet"},
     description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
-    "manifest. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
+    "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
+    "image, resumable after a kill, images the safety checker flags regenerated with new seeds. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
     "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive.",
 )
 def augmentation_images(
@@ -79,19 +103,27 @@ def augmentation_images(
     image_store: ImageStoreResource,
     clip_encoder: ClipEncoderResource,
     knn_index: KnnIndexResource,
+    diffusion_backend: DiffusionBackendResource,
 ) -> dg.MaterializeResult:
     db = warehouse.get()
-    n = needed_per_class(db)
-    model, processor = clip_encoder.load()
-    index = knn_index.get()
     labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+    methods = {partition(key)[0] for key in context.partition_keys}
+    # Load each expensive handle once per step, and only when a partition of this run needs it.
+    retriever = (*clip_encoder.load(), knn_index.get()) if "retrieval" in methods else None
+    pipeline = diffusion_backend.load("txt2img") if methods & set(PROMPT_METHODS) else None
     summary, grids, failures, started = [], [], {}, time.perf_counter()
     for key in context.partition_keys:
         method, wnid = partition(key)
         try:
-            row, paths = _retrieve_partition(context, db, image_store, model, processor, index, method, wnid, n, labels[wnid])
-        except (KnnError, ValueError, OSError) as error:
-            # One class failing (a KNN server error, a bad image) must not take the others with it.
+            if method == "retrieval":
+                row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method), labels[wnid])
+            elif method in PROMPT_METHODS:
+                row, paths = _generate_partition(context, db, image_store, pipeline, diffusion_backend, method, wnid, labels[wnid])
+            else:
+                raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
+        except (KnnError, GenerationError, ValueError, OSError) as error:
+            # One class failing (a KNN server error, a bad image, a safety checker that rejects every
+            # sample) must not take the others with it.
             failures[str(key)] = str(error)
             context.log.error(f"augmentation_images[{key}] failed: {error}")
             continue
@@ -104,17 +136,17 @@ def augmentation_images(
             description=f"{len(failures)} of {len(context.partition_keys)} partitions failed ({', '.join(failures)}); the others are materialized",
             metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
         )
-    table = pl.DataFrame(summary).drop("key")
+    table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
     grid = image_grid(grids[:20])
     return dg.MaterializeResult(
         metadata={
             "partitions": len(summary),
             "images": int(table["images"].sum()),
-            "needed_per_class": n,
-            "short_classes": int((table["images"] < n).sum()),
+            "short_classes": int((table["images"] < table["needed"]).sum()),
+            "regenerated_after_safety_check": int(table["regenerated"].sum()) if "regenerated" in table.columns else 0,
             "seconds": round(time.perf_counter() - started, 1),
             "per_class": dg.MetadataValue.md(frame_markdown(table)),
-            "sample_grid": dg.MetadataValue.md("Top-8 per class (rows in partition order):\n\n" + png_data_uri_markdown(grid, "retrieved images")),
+            "sample_grid": dg.MetadataValue.md("First 8 per partition (rows in partition order):\n\n" + png_data_uri_markdown(grid, "augmentation images")),
         }
     )
 
@@ -145,7 +177,7 @@ def _retrieve_partition(context, db, image_store, model, processor, index, metho
             rows.append({
                 "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
                 "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
-                "prompt": prompt["prompt"][0],
+                "prompt": prompt["prompt"][0], "family": "simple_nows",
             })
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")
@@ -154,8 +186,38 @@ def _retrieve_partition(context, db, image_store, model, processor, index, metho
         f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
         f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
     )
-    row = {"wnid": wnid, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
+    row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
     return row, [r["path"] for r in rows]
+
+
+def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
+    """Generate one class's images for a prompt method (seeded, resumable, NSFW regenerated)."""
+    prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+    if prompts.is_empty():
+        raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
+    request = GenerationRequest(method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=PROFILE.generation.seed)
+    final = image_store.path("images", method, wnid)
+    records = generate_partition(
+        pipeline, request, final, backend.steps, backend.guidance_scale, backend.batch_size, PROFILE.generation.max_attempts,
+        progress=lambda line: context.log.debug(f"generation {line}"),
+    )
+    manifest = pl.DataFrame(
+        [{"method": method, "wnid": wnid, "rank": r["index"], "path": r["path"], "prompt": r["prompt"], "family": r["family"],
+          "seed": r["seed"], "attempts": r["attempts"]} for r in records],
+        schema=MANIFEST_SCHEMA,
+    )
+    save_parquet_atomic(manifest, final / "manifest.parquet")
+    db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+    regenerated = int((manifest["attempts"] - 1).sum())
+    context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
+    row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
+    return row, manifest["path"].to_list()
+
+
+def save_parquet_atomic(frame: pl.DataFrame, path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
 
 
 def _local_image_ok(hit, method: str, wnid: str) -> bool:
@@ -173,10 +235,10 @@ def augmentation_images_are_valid(warehouse: WarehouseResource) -> dg.AssetCheck
     import hashlib
 
     db = warehouse.get()
-    n = needed_per_class(db)
     manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
     counts = manifest.group_by("method", "wnid").len()
-    short = counts.filter(pl.col("len") < n)
+    needed = {m: images_per_class(db, m) for m in counts["method"].unique()}
+    short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
     excluded = set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
     unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
     nsfw = int(manifest["nsfw"].fill_null(False).sum())

@@ -29,36 +29,40 @@ def augmented_sets(
     replicates: int,
     images: pl.DataFrame | None = None,
     excluded: set[str] = frozenset(),
+    seed: int = 0,
 ) -> pl.DataFrame:
     """One row per training image of each replicate set: ``origin`` is ``target`` or the method key.
 
-    ``images`` (for methods with their own augmentation images): rows ``wnid, label, path, rank`` —
-    the lowest ranks are taken, as many per class as the target has."""
+    ``images`` (for methods with their own augmentation images): rows ``wnid, label, path, rank``. Each
+    set takes as many per class as the target has: the lowest ranks (retrieval), or a seeded sample
+    drawn anew for every replicate (generated pools, ``method.resample``)."""
     splits = splits.filter(~pl.col("wnid").is_in(list(excluded)))
-    target = splits.filter(pl.col("split") == "target").with_columns(pl.lit("target").alias("origin"))
+    target = splits.filter(pl.col("split") == "target")
     if method.extra_images == NO_EXTRA:
-        one = target
+        extra_for = lambda r: target.clear()  # noqa: E731
     elif method.extra_images == REAL_EXTRA:
-        extra = splits.filter(pl.col("split") == "real_extra").with_columns(pl.lit(method.key).alias("origin"))
-        one = pl.concat([target, extra])
+        real_extra = splits.filter(pl.col("split") == "real_extra")
+        extra_for = lambda r: real_extra  # noqa: E731
     elif method.extra_images == IMAGES:
         if images is None:
             raise ValueError(f"method {method.key!r} needs its augmentation images")
-        counts = target.group_by("wnid").len().rename({"len": "needed"})
-        extra = (
-            images.filter(~pl.col("wnid").is_in(list(excluded)))
-            .join(counts, on="wnid")
-            .sort("wnid", "rank")
-            .filter(pl.int_range(pl.len()).over("wnid") < pl.col("needed"))
-            .with_columns(pl.lit(method.key).alias("origin"))
-        )
-        one = pl.concat([target.select("wnid", "label", "path", "origin"), extra.select("wnid", "label", "path", "origin")])
+        needed = target.group_by("wnid").len().rename({"len": "needed"})
+        pool = images.filter(~pl.col("wnid").is_in(list(excluded))).join(needed, on="wnid").sort("wnid", "rank")
+
+        def extra_for(r: int) -> pl.DataFrame:
+            # Retrieval keeps its most similar images; a generated pool is resampled for every replicate.
+            order = pl.int_range(pl.len()).shuffle(seed=seed * 1000 + r).over("wnid") if method.resample else pl.col("rank")
+            chosen = pool.with_columns(order.alias("_order")).sort("wnid", "_order")
+            return chosen.filter(pl.int_range(pl.len()).over("wnid") < pl.col("needed"))
     else:
         raise ValueError(f"method {method.key!r} has no image builder yet")
-    sets = [
-        one.select("wnid", "label", "path", "origin").with_columns(
-            pl.lit(method.key).alias("method"), pl.lit(r, dtype=pl.Int64).alias("replicate")
+    sets = []
+    for r in range(replicates):
+        one = pl.concat(
+            [
+                target.select("wnid", "label", "path").with_columns(pl.lit("target").alias("origin")),
+                extra_for(r).select("wnid", "label", "path").with_columns(pl.lit(method.key).alias("origin")),
+            ]
         )
-        for r in range(replicates)
-    ]
+        sets.append(one.with_columns(pl.lit(method.key).alias("method"), pl.lit(r, dtype=pl.Int64).alias("replicate")))
     return pl.concat(sets).select(list(AUGMENTED_SCHEMA))

@@ -24,6 +24,7 @@ class Method:
     family: str
     description: str
     extra_images: str | None = None
+    resample: bool = False  # generated pools (3× the need) are resampled into each replicate's set
 
     @property
     def implemented(self) -> bool:
@@ -40,10 +41,10 @@ METHODS: tuple[Method, ...] = (
         REAL_EXTRA,
     ),
     Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img)."),
-    Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".'),
-    Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name."),
-    Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement."),
-    Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families."),
+    Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".', IMAGES, True),
+    Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", IMAGES, True),
+    Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", IMAGES, True),
+    Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families.", IMAGES, True),
     Method("ft_conditioning", "Fine-tuned conditioning ⑤", "personalized", "One text-encoder output per class optimized with the SD loss."),
     Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster."),
     Method("imagic", "Imagic ⑦", "personalized", "Conditioning and UNet fine-tuned jointly."),
