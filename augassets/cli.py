@@ -104,6 +104,8 @@ def plan(profile: Profile) -> list[Stage]:
                   ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if generation else [])),
             Stage("collect", "excluded_classes", None, ["augmentation_images"]),
         ]
+        if generation:
+            stages.append(Stage("collect", "class_fidelity", None, ["augmentation_images", "fidelity_classifier"]))
     stages += [
         Stage("build_augmented_datasets", "augmented_datasets", keys, ["dataset_splits"] + (["excluded_classes"] if image_methods else [])),
         Stage("train_classifiers", "classifier_scores", [f"{m}|{r}" for m in keys for r in replicates], ["augmented_datasets"]),
@@ -205,6 +207,11 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     table = markdown_table(db.query("SELECT * FROM results_table"))
     if db.has_table("excluded_classes"):
         table += "\n\n" + excluded_note(db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid"))
+    if db.has_table("class_fidelity"):
+        fidelity = db.query("SELECT method, sum(fidelity * images) / sum(images) AS fidelity FROM class_fidelity GROUP BY method ORDER BY method")
+        table += "\n\nClass fidelity (share of augmentation images the real-data classifier labels as their class):\n" + "\n".join(
+            f"- {m}: {f:.3f}" for m, f in fidelity.iter_rows()
+        )
     if db.has_table("duplicate_summary"):
         table += "\n\npHash near-duplicates (Hamming < 10) of augmentation images:\n" + "\n".join(
             f"- {r['method']}: {r['matched_reference_images']:,} of {r['reference_images']:,} {r['split']} images match "

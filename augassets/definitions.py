@@ -7,14 +7,14 @@ from .assets.classifier import classifier_scores, fidelity_classifier
 from .assets.datasets import augmented_datasets
 from .assets.duplicates import duplicate_report, duplicate_summary, reference_hashes, test_leak_rate_is_low
 from .assets.foundation import foundation_assets
-from .assets.images import augmentation_images, augmentation_images_are_valid, class_prompts, excluded_classes
+from .assets.images import augmentation_images, augmentation_images_are_valid, class_fidelity, class_prompts, excluded_classes
 from .assets.reports import results_table
 from .assets.splits import dataset_splits
 from .resources import default_resources
 
 ASSETS = [
     class_catalog, dataset_splits, *foundation_assets, fidelity_classifier,
-    class_prompts, augmentation_images, excluded_classes,
+    class_prompts, augmentation_images, excluded_classes, class_fidelity,
     augmented_datasets, classifier_scores, results_table,
     reference_hashes, duplicate_report, duplicate_summary,
 ]
@@ -32,8 +32,8 @@ JOBS = [
         description="Per class × method: prompts, augmentation images and their duplicate report.",
     ),
     dg.define_asset_job(
-        "collect", selection=[excluded_classes, reference_hashes, duplicate_summary],
-        description="Across classes: excluded classes, reference pHashes and the duplicate summary.",
+        "collect", selection=[excluded_classes, class_fidelity, reference_hashes, duplicate_summary],
+        description="Across classes: excluded classes, class fidelity, reference pHashes and the duplicate summary.",
     ),
     dg.define_asset_job("build_augmented_datasets", selection=[augmented_datasets]),
     dg.define_asset_job("train_classifiers", selection=[classifier_scores]),

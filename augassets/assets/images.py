@@ -265,3 +265,41 @@ def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     db.replace("excluded_classes", table)
     context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
     return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("1"), pool="gpu", deps=[augmentation_images, "fidelity_classifier"], kinds={"pytorch", "duckdb"},
+    description="Class fidelity per method and class: the share of a method's augmentation images that the "
+    "classifier trained on real target data labels as the class they were made for. It explains the results "
+    "table: images a real-data classifier does not recognise add little.",
+)
+def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from ..core.generation import classify_images
+
+    db = warehouse.get()
+    catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
+    state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
+    manifest = db.query("SELECT method, wnid, label, path FROM augmentation_manifest ORDER BY method, wnid, rank")
+    predictions = []
+    for start in range(0, manifest.height, 512):
+        batch = manifest.slice(start, 512)
+        images = [Image.open(p).convert("RGB") for p in batch["path"]]
+        predictions.extend(classify_images(state, PROFILE.classifier, catalog.height, images).tolist())
+    scored = manifest.with_columns(pl.Series("predicted", predictions, dtype=pl.Int64))
+    per_class = scored.group_by("method", "wnid").agg(
+        (pl.col("predicted") == pl.col("label")).mean().alias("fidelity"), pl.len().alias("images")
+    ).sort("method", "wnid")
+    per_method = scored.group_by("method").agg((pl.col("predicted") == pl.col("label")).mean().alias("fidelity"), pl.len().alias("images")).sort("method")
+    db.replace("class_fidelity", per_class)
+    for row in per_method.iter_rows(named=True):
+        context.log.info(f"class fidelity {row['method']}: {row['fidelity']:.3f} over {row['images']} images")
+    return dg.MaterializeResult(
+        metadata={
+            "per_method": dg.MetadataValue.md(frame_markdown(per_method)),
+            "per_class": dg.MetadataValue.md(frame_markdown(per_class.pivot(on="method", index="wnid", values="fidelity"))),
+            **{f"fidelity_{r['method']}": r["fidelity"] for r in per_method.iter_rows(named=True)},
+        }
+    )
