@@ -133,6 +133,9 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     assert len(set(draws.values())) == 5, "five different resampled sets"
     target_total = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
     assert all(len(d) == target_total for d in draws.values())
+    fidelity = db.query("SELECT * FROM class_fidelity")
+    assert fidelity.height == 5 * 3 and fidelity["fidelity"].is_between(0, 1).all()
+    assert (fidelity.filter(pl.col("method") != "retrieval")["images"] == profile.generation.factor * n).all()
 
 
 def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
