@@ -190,11 +190,13 @@ class RetrievalSpec:
 class GenerationSpec:
     """Generation protocol (paper §3): ``factor`` × the target's largest per-class count images per
     class (3×: 390 for ImageNet-10%), resampled into each replicate's set; an image the safety checker
-    flags is regenerated with a new seed, at most ``max_attempts`` times."""
+    flags is regenerated with a new seed, at most ``max_attempts`` times. Boomerang noises target
+    images to ``boomerang_strength`` and denoises them without a prompt (no guidance)."""
 
     factor: int = 3
     max_attempts: int = 5
     seed: int = 0
+    boomerang_strength: float = 0.5  # Boomerang: how far each target image is noised before denoising
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,7 @@ PROFILES: dict[str, Profile] = {
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
-        methods=("real_p", "real_2p", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
+        methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
         max_classes=3,
         torch_threads=1,
     ),
@@ -368,9 +370,9 @@ PROFILES: dict[str, Profile] = {
 PROFILES["mini_all"] = replace(
     PROFILES["mini"],
     name="mini_all",
-    description="The mini world with every implemented method: the baselines, the four prompt methods and "
-    "retrieval; DDIM with 10 steps for the 14,400 generated images.",
-    methods=("real_p", "real_2p", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
+    description="The mini world with every implemented method: the baselines, Boomerang, the four prompt "
+    "methods and retrieval; DDIM with 10 steps for the 18,000 generated images.",
+    methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
     world=replace(PROFILES["mini"].world, diffusion=replace(DiffusionSpec(), steps=10)),
 )
 

@@ -174,3 +174,18 @@ def test_a_safety_checker_that_rejects_everything_stops_with_a_clear_error(tiny_
     request = GenerationRequest("clip_prompts", "n2", ["a photo of a boot."] * 2, ["clip"] * 2)
     with pytest.raises(GenerationError, match=r"clip_prompts/n2: the safety checker rejected image 0 .* 3 times"):
         generate_partition(pipeline, request, tmp_path / "n2", steps=2, guidance_scale=2.0, batch_size=2, max_attempts=3)
+
+
+def test_boomerang_generates_from_target_images(tiny_models, tmp_path):
+    from augassets.core.generation import GenerationRequest, generate_partition
+
+    sources = []
+    for i, colour in enumerate(("red", "blue")):
+        path = tmp_path / f"target_{i}.png"
+        Image.new("L" if i else "RGB", (28, 28), colour).save(path)  # target images are 28 px, any mode
+        sources.append(str(path))
+    pipeline = DiffusionBackendResource(weights=str(tiny_models / "sd"), safety_checker=False).load("img2img")
+    request = GenerationRequest("boomerang", "n1", [""] * 3, ["boomerang"] * 3, init_images=[sources[i % 2] for i in range(3)], strength=0.5)
+    records = generate_partition(pipeline, request, tmp_path / "boomerang" / "n1", steps=4, guidance_scale=1.0, batch_size=2)
+    assert len(records) == 3
+    assert all(Image.open(r["path"]).size == (32, 32) for r in records)

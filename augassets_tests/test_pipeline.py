@@ -47,18 +47,20 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     assert profile.name == "smoke"
     db = Warehouse(profile.home / "catalog.duckdb")
     results = db.query("SELECT * FROM results_table")
-    assert results["method"].to_list() == ["real_p", "real_2p", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"]
-    assert results["n_runs"].to_list() == [5] * 7
+    assert results["method"].to_list() == [
+        "real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"
+    ]
+    assert results["n_runs"].to_list() == [5] * 8
     assert all(0.0 <= v <= 1.0 for v in results["top1_mean"])
     assert "| real_p |" in table and "| retrieval |" in table and "Excluded classes" in table
 
     scores = db.query("SELECT * FROM classifier_scores")
-    assert scores.height == 35
+    assert scores.height == 40
     assert scores.filter(pl.col("method") == "real_2p")["train_images"].unique().to_list() == [
         2 * scores.filter(pl.col("method") == "real_p")["train_images"][0]
     ]
     per_class = db.query("SELECT * FROM per_class_scores")
-    assert per_class.height == 35 * 3
+    assert per_class.height == 40 * 3
     for checkpoint in scores["checkpoint"]:
         assert (profile.home / "store").as_posix() in checkpoint
 
@@ -71,10 +73,10 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
     assert "real_2p" in results_event.asset_materialization.metadata["results"].value
     assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
-    # One run per contiguous range of partition keys (registry order): the baselines, the four prompt
-    # methods, retrieval (boomerang, not in the profile, splits the ranges).
+    # One run per contiguous range of partition keys (registry order): baselines to the prompt methods,
+    # then retrieval (the personalization methods between them are not in the profile).
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="train_classifiers"))
-    assert len(runs) == 3
+    assert len(runs) == 2
     assert len(instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"))) == 3 * 2  # prompts, images, duplicates
 
 
@@ -121,7 +123,7 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     n = int(db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0])
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method != 'retrieval'")
     per_partition = manifest.group_by("method", "wnid").agg(pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds"))
-    assert per_partition.height == 4 * 3
+    assert per_partition.height == 5 * 3
     assert (per_partition["images"] == profile.generation.factor * n).all(), "3× the largest class per class"
     assert (per_partition["seeds"] == per_partition["images"]).all(), "one recorded seed per image"
     assert all(Path(p).is_file() for p in manifest["path"])
@@ -134,7 +136,11 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     target_total = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
     assert all(len(d) == target_total for d in draws.values())
     fidelity = db.query("SELECT * FROM class_fidelity")
-    assert fidelity.height == 5 * 3 and fidelity["fidelity"].is_between(0, 1).all()
+    assert fidelity.height == 6 * 3 and fidelity["fidelity"].is_between(0, 1).all()
+    boomerang = db.query("SELECT wnid, source_image FROM class_prompts WHERE method = 'boomerang'")
+    targets = db.query("SELECT wnid, path FROM dataset_splits WHERE split = 'target'")
+    assert set(boomerang["source_image"]) == set(targets["path"]), "Boomerang starts from every target image"
+    assert set(zip(boomerang["wnid"], boomerang["source_image"])) <= set(zip(targets["wnid"], targets["path"]))
     assert (fidelity.filter(pl.col("method") != "retrieval")["images"] == profile.generation.factor * n).all()
 
 

@@ -42,6 +42,7 @@ def test_prompt_builders_follow_the_paper():
     assert ("name_definition", "trouser, pant, (usually in the plural) a garment extending from the waist") in sariyildiz
     assert gloss_without_examples('a coat; "he wore it"') == "a coat"
 
+    assert build_prompts("boomerang", trousers, 3, 0) == [("boomerang", "")] * 3
     with pytest.raises(PromptError, match="no prompt builder"):
         build_prompts("retrieval", trousers, 1, 0)
     with pytest.raises(PromptError, match="empty class name"):
@@ -59,3 +60,4 @@ def test_overlong_and_empty_prompts(tmp_path):
     assert cut and len(tokenizer(fitted).input_ids) <= 77
     with pytest.raises(PromptError, match="empty prompt"):
         fit_to_tokenizer("   ", tokenizer)
+    assert fit_to_tokenizer("", tokenizer, allow_empty=True) == ("", False)

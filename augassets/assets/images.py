@@ -14,7 +14,7 @@ from ..core.images import image_grid, inspect_image, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.methods import get_method
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
-from ..core.prompts import PROMPT_METHODS, ClassNames, build_prompts, fit_to_tokenizer, simple_prompt_nows
+from ..core.prompts import GENERATION_METHODS, PROMPT_METHODS, ClassNames, build_prompts, fit_to_tokenizer, simple_prompt_nows
 from ..core.report import frame_markdown
 from ..core.retrieval import retrieve
 from ..partitions import class_method_partitions
@@ -30,7 +30,10 @@ MANIFEST_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8, "family": pl.Utf8,
     "seed": pl.Int64, "attempts": pl.Int64, "pool_id": pl.Int64, "caption": pl.Utf8, "similarity": pl.Float64, "aesthetic": pl.Float64,
 }
-PROMPT_SCHEMA = {"method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "family": pl.Utf8, "prompt": pl.Utf8, "truncated": pl.Boolean}
+PROMPT_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "family": pl.Utf8, "prompt": pl.Utf8, "truncated": pl.Boolean,
+    "source_image": pl.Utf8,  # Boomerang: the target image this output starts from
+}
 
 
 def partition(key) -> tuple[str, str]:
@@ -73,15 +76,24 @@ def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         else:
             seed = image_seed(PROFILE.generation.seed, method, wnid, -1)
             pairs = build_prompts(method, ClassNames(row["name"], row["hypernym"], row["definition"]), images_per_class(db, method), seed)
-        fitted = [(family, *fit_to_tokenizer(prompt, tokenizer)) for family, prompt in pairs]
+        sources = [None] * len(pairs)
+        if method == "boomerang":
+            targets = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item", [wnid])["path"].to_list()
+            if not targets:
+                raise ValueError(f"class {wnid} has no target images for Boomerang to start from (check dataset_splits)")
+            sources = [targets[i % len(targets)] for i in range(len(pairs))]
+        fitted = [(family, *fit_to_tokenizer(prompt, tokenizer, allow_empty=method == "boomerang")) for family, prompt in pairs]
         frame = pl.DataFrame(
-            [{"method": method, "wnid": wnid, "prompt_index": i, "family": f, "prompt": p, "truncated": cut} for i, (f, p, cut) in enumerate(fitted)],
+            [
+                {"method": method, "wnid": wnid, "prompt_index": i, "family": f, "prompt": p, "truncated": cut, "source_image": src}
+                for i, ((f, p, cut), src) in enumerate(zip(fitted, sources))
+            ],
             schema=PROMPT_SCHEMA,
         )
         db.replace("class_prompts", frame, where={"method": method, "wnid": wnid})
         total += frame.height
         truncated += int(frame["truncated"].sum())
-        examples.append(f"- `{method}` `{wnid}`: {fitted[0][1]}")
+        examples.append(f"- `{method}` `{wnid}`: {fitted[0][1] or '(no prompt)'}")
     return dg.MaterializeResult(
         metadata={"partitions": len(context.partition_keys), "prompts": total, "truncated_to_77_tokens": truncated,
                   "examples": dg.MetadataValue.md("\n".join(examples[:12]))}
@@ -110,14 +122,18 @@ def augmentation_images(
     methods = {partition(key)[0] for key in context.partition_keys}
     # Load each expensive handle once per step, and only when a partition of this run needs it.
     retriever = (*clip_encoder.load(), knn_index.get()) if "retrieval" in methods else None
-    pipeline = diffusion_backend.load("txt2img") if methods & set(PROMPT_METHODS) else None
+    pipelines = {
+        "txt2img": diffusion_backend.load("txt2img") if methods & set(PROMPT_METHODS) else None,
+        "img2img": diffusion_backend.load("img2img") if "boomerang" in methods else None,
+    }
     summary, grids, failures, started = [], [], {}, time.perf_counter()
     for key in context.partition_keys:
         method, wnid = partition(key)
         try:
             if method == "retrieval":
                 row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method), labels[wnid])
-            elif method in PROMPT_METHODS:
+            elif method in GENERATION_METHODS:
+                pipeline = pipelines["img2img" if method == "boomerang" else "txt2img"]
                 row, paths = _generate_partition(context, db, image_store, pipeline, diffusion_backend, method, wnid, labels[wnid])
             else:
                 raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
@@ -191,14 +207,20 @@ def _retrieve_partition(context, db, image_store, model, processor, index, metho
 
 
 def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
-    """Generate one class's images for a prompt method (seeded, resumable, NSFW regenerated)."""
-    prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+    """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated)."""
+    prompts = db.query("SELECT prompt, family, source_image FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
     if prompts.is_empty():
         raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
-    request = GenerationRequest(method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=PROFILE.generation.seed)
+    boomerang = method == "boomerang"
+    request = GenerationRequest(
+        method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=PROFILE.generation.seed,
+        init_images=prompts["source_image"].to_list() if boomerang else None, strength=PROFILE.generation.boomerang_strength,
+    )
     final = image_store.path("images", method, wnid)
     records = generate_partition(
-        pipeline, request, final, backend.steps, backend.guidance_scale, backend.batch_size, PROFILE.generation.max_attempts,
+        pipeline, request, final, backend.steps,
+        1.0 if boomerang else backend.guidance_scale,  # Boomerang is unconditioned: no classifier-free guidance
+        backend.batch_size, PROFILE.generation.max_attempts,
         progress=lambda line: context.log.debug(f"generation {line}"),
     )
     manifest = pl.DataFrame(

@@ -47,6 +47,8 @@ class GenerationRequest:
     prompts: Sequence[str]
     families: Sequence[str]
     base_seed: int = 0
+    init_images: Sequence[str] | None = None  # img2img (Boomerang): the image each output starts from
+    strength: float = 0.5
 
 
 def _finished_chunks(manifest: Path) -> dict[int, list[dict]]:
@@ -87,7 +89,13 @@ def generate_partition(
         pending = indices
         while pending:
             seeds = [image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]) for i in pending]
-            results = generate(pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending))
+            inits = None
+            if request.init_images is not None:
+                size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+                inits = [Image.open(request.init_images[i]).convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for i in pending]
+            results = generate(
+                pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending), inits, request.strength
+            )
             flagged = []
             for i, (image, nsfw) in zip(pending, results):
                 if nsfw:
@@ -130,15 +138,19 @@ def generate(
     steps: int,
     guidance_scale: float,
     batch_size: int,
+    init_images: Sequence[Image.Image] | None = None,
+    strength: float = 0.5,
 ) -> list[tuple[Image.Image, bool]]:
     """One image per (prompt, seed), in order, with the safety checker's verdict. Each image has its
-    own generator, so an image depends only on its prompt and seed, not on its batch."""
+    own generator, so an image depends only on its prompt and seed, not on its batch. With
+    ``init_images`` the pipeline is an img2img one: each image is noised to ``strength`` and denoised."""
     results = []
     for start in range(0, len(prompts), batch_size):
         batch_prompts = list(prompts[start : start + batch_size])
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        extra = {} if init_images is None else {"image": list(init_images[start : start + batch_size]), "strength": strength}
         output = pipeline(
-            batch_prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="pil"
+            batch_prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="pil", **extra
         )
         flags = output.nsfw_content_detected or [False] * len(output.images)
         results.extend(zip(output.images, (bool(f) for f in flags)))

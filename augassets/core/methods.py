@@ -40,7 +40,7 @@ METHODS: tuple[Method, ...] = (
         "Upper bound: the target plus a disjoint real subsample of the same per-class size.",
         REAL_EXTRA,
     ),
-    Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img)."),
+    Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img).", IMAGES, True),
     Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".', IMAGES, True),
     Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", IMAGES, True),
     Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", IMAGES, True),

@@ -6,6 +6,7 @@
 ④ sariyildiz_prompts   six template families with equal counts, a random Places365 background per
                        image for the background family — our documented reconstruction of Sariyildiz
                        et al.'s families (``data/sariyildiz_prompts.md``: the paper gives no strings)
+⑩ boomerang            no prompt: img2img from the target images, unconditioned
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SARIYILDIZ_FAMILIES = {
     "name_hypernym_background": "{c}, {h} inside {b}",
 }
 PROMPT_METHODS = ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts")
+GENERATION_METHODS = ("boomerang", *PROMPT_METHODS)
 
 
 class PromptError(ValueError):
@@ -120,13 +122,18 @@ def build_prompts(method: str, names: ClassNames, count: int, seed: int) -> list
         return [("clip", p) for p in clip_prompts(names.name, count, rng)]
     if method == "sariyildiz_prompts":
         return sariyildiz_prompts(names, count, rng)
-    raise PromptError(f"method {method!r} has no prompt builder (prompt methods: {', '.join(PROMPT_METHODS)})")
+    if method == "boomerang":
+        return [("boomerang", "")] * count  # Boomerang adapts no prompt: img2img from the target images
+    raise PromptError(f"method {method!r} has no prompt builder (generation methods: {', '.join(GENERATION_METHODS)})")
 
 
-def fit_to_tokenizer(prompt: str, tokenizer) -> tuple[str, bool]:
+def fit_to_tokenizer(prompt: str, tokenizer, allow_empty: bool = False) -> tuple[str, bool]:
     """The prompt as the text encoder will see it: cut to the tokenizer's limit (77 tokens for CLIP,
-    start and end tokens included). Returns (prompt, truncated); an empty prompt is an error."""
+    start and end tokens included). Returns (prompt, truncated); an empty prompt is an error unless
+    ``allow_empty`` (unconditional generation)."""
     if not prompt.strip():
+        if allow_empty:
+            return prompt, False
         raise PromptError("empty prompt")
     ids = tokenizer(prompt, truncation=False).input_ids
     limit = tokenizer.model_max_length
