@@ -9,6 +9,8 @@ foundation  the mini world's foundation (`augassets foundation`): wall time, eac
 duplicates  pHash duplicate search (Hamming < 10) on 100k × 100k codes: ours vs faiss IndexBinaryFlat
             vs a plain loop over imagehash differences; ImageNet-scale estimate.
 phash       pHash throughput and bit agreement vs imagehash.phash (ImageNet-like JPEGs, mini PNGs).
+generation  the profile's SD pipeline: batched seeded generation vs one image per call (needs the
+            foundation of $AUGASSETS_HOME).
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
@@ -178,6 +180,39 @@ def bench_phash() -> list[tuple[str, str]]:
     return rows
 
 
+def bench_generation(profile_name: str, images: int = 64) -> list[tuple[str, str]]:
+    """Generation throughput of the profile's SD pipeline: the batched, seeded path
+    (core.generation.generate, one generator per image) vs a naive one-image-per-call loop."""
+    import torch
+
+    from augassets.core.generation import generate
+    from augassets.profiles import get_profile
+    from augassets.resources import default_resources
+
+    profile = get_profile(profile_name)
+    backend = default_resources(profile)["diffusion_backend"]
+    if not Path(backend.weights).exists():
+        raise SystemExit(f"no pipeline at {backend.weights}: run `augassets foundation` on {profile_name} first")
+    pipeline = backend.load("txt2img")
+    prompts = ["A photo of boot."] * images
+    seeds = list(range(images))
+    generate(pipeline, prompts[:2], seeds[:2], backend.steps, backend.guidance_scale, 2)  # warm-up
+    started = time.perf_counter()
+    generate(pipeline, prompts, seeds, backend.steps, backend.guidance_scale, backend.batch_size)
+    batched = images / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for prompt, seed in zip(prompts, seeds):
+        pipeline(prompt, num_inference_steps=backend.steps, guidance_scale=backend.guidance_scale,
+                 generator=torch.Generator().manual_seed(seed))
+    naive = images / (time.perf_counter() - started)
+    label = f"{profile_name} SD, {backend.steps} {backend.scheduler} steps, guidance {backend.guidance_scale}, {images} images"
+    return [
+        (f"generation, batched seeded path (batch {backend.batch_size}), {label}", f"{batched:.1f} images/s"),
+        (f"generation, naive one image per call, {label}", f"{naive:.1f} images/s"),
+        ("ratio batched / naive", f"{batched / naive:.1f}"),
+    ]
+
+
 def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from dataclasses import replace
 
@@ -231,13 +266,13 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
     chosen = set(args.which)
     if "all" in chosen:
-        chosen = {"main", "classifier", "duplicates", "phash", "foundation"}
+        chosen = {"main", "classifier", "duplicates", "phash", "foundation", "generation"}
     if "main" in chosen:
         home = Path(tempfile.mkdtemp(prefix="augassets-bench-"))
         rows += bench_main(args.profile, home)
@@ -250,6 +285,8 @@ def main() -> None:
         rows += bench_phash()
     if "foundation" in chosen:
         rows += bench_foundation(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
+    if "generation" in chosen:
+        rows += bench_generation(args.profile)
     width = max(len(r[0]) for r in rows)
     print(f"\nmachine: {machine()}\n")
     for name, value in rows:
