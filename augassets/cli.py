@@ -152,7 +152,7 @@ def stage_is_fresh(instance, defs, stage: Stage) -> bool:
     oldest = min(e.timestamp for e in latest.values())
     for upstream in stage.upstream:
         record = instance.get_latest_materialization_event(dg.AssetKey(upstream))
-        if record is None or record.timestamp > oldest:
+        if record is not None and record.timestamp > oldest:  # None: an external asset (real profiles)
             return False
     return True
 

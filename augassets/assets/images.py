@@ -274,7 +274,7 @@ def augmentation_images_are_valid(warehouse: WarehouseResource) -> dg.AssetCheck
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
+    group_name=GROUP, code_version=code_version("1", "retrieval" in PROFILE.methods), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
     description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
     "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
 )
@@ -283,6 +283,8 @@ def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     n = needed_per_class(db)
     catalog = db.query("SELECT wnid, name FROM class_catalog")
     counts = db.query("SELECT wnid, count(*) AS images FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
+    if "retrieval" not in PROFILE.methods:  # the rule is retrieval's: without it no class is excluded
+        counts = catalog.select("wnid").with_columns(pl.lit(n, dtype=pl.Int64).alias("images"))
     table = catalog.join(counts, on="wnid", how="left").with_columns(pl.col("images").fill_null(0)).filter(pl.col("images") < n).sort("wnid")
     db.replace("excluded_classes", table)
     context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
