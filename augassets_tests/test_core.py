@@ -82,6 +82,13 @@ def test_warehouse_replaces_one_partition_and_rolls_back_on_error(tmp_path):
     assert db.has_table("scores") and not db.has_table("other")
 
 
+def test_warehouse_partition_rewrite_accepts_a_new_column(tmp_path):
+    db = Warehouse(tmp_path / "c.duckdb")
+    db.replace("prompts", pl.DataFrame({"method": ["a", "b"], "prompt": ["x", "y"]}))
+    db.replace("prompts", pl.DataFrame({"method": ["a"], "prompt": ["x2"], "source": ["img.png"]}), where={"method": "a"})
+    assert db.query("SELECT * FROM prompts ORDER BY method").rows() == [("a", "x2", "img.png"), ("b", "y", None)]
+
+
 def test_contiguous_ranges():
     keys = ["a", "b", "c", "d", "e"]
     assert contiguous_ranges(keys, ["a", "b", "d"]) == [("a", "b"), ("d", "d")]

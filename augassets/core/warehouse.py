@@ -42,6 +42,7 @@ class Warehouse:
                 if not exists:
                     con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming')
                 elif where:
+                    self._add_new_columns(con, table)
                     clause = " AND ".join(f'"{column}" = ?' for column in where)
                     con.execute(f'DELETE FROM "{table}" WHERE {clause}', list(where.values()))
                     con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming')
@@ -54,6 +55,17 @@ class Warehouse:
             finally:
                 con.unregister("incoming")
         return frame.height
+
+    @staticmethod
+    def _add_new_columns(con: duckdb.DuckDBPyConnection, table: str) -> None:
+        """A newer code version may write a column the table does not have yet: add it (older rows
+        get NULL) so one partition can be rewritten without rewriting the others."""
+        existing = {row[0] for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+        ).fetchall()}
+        for name, dtype, *_ in con.execute("DESCRIBE SELECT * FROM incoming").fetchall():
+            if name not in existing:
+                con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {dtype}')
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         with self.connect(read_only=True) as con:
