@@ -74,6 +74,14 @@ def make_unet(spec: DiffusionSpec, latent_size: int, cross_attention_dim: int) -
     )
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient step on ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @dataclass
 class TrainLog:
     losses: list[float]
@@ -97,11 +105,7 @@ def train_vae(paths: Sequence[str], spec: DiffusionSpec, image_size: int, seed: 
             batch = pixel_batch([paths[i] for i in order[step * spec.vae_batch_size : (step + 1) * spec.vae_batch_size]], image_size, flip=True, rng=rng)
             posterior = vae.encode(batch).latent_dist
             reconstruction = vae.decode(posterior.sample()).sample
-            loss = F.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
+            total += optimizer_step(optimizer, F.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean())
             seen += len(batch)
         losses.append(total / steps)
         say(f"vae epoch {epoch}/{spec.vae_epochs}: loss {losses[-1]:.4f}")
@@ -176,11 +180,7 @@ def train_unet(
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),))
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=states).sample, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
+            total += optimizer_step(optimizer, F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=states).sample, noise))
             seen += len(index)
         losses.append(total / steps)
         say(f"unet epoch {epoch}/{spec.unet_epochs}: loss {losses[-1]:.4f}")
