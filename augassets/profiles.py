@@ -14,6 +14,8 @@ environment variables, so the same profile runs on any machine:
                                ``val/<wnid>/*.JPEG``
 ``AUGASSETS_CALTECH256_DIR``   ``256_ObjectCategories`` (folders ``001.ak47`` …)
 ``AUGASSETS_WORDNET_DIR``      WordNet 3.0 dict folder (default ``/usr/share/wordnet``)
+``AUGASSETS_STORE_URL``        an fsspec URL (``s3://bucket/prefix`` …) for the image store;
+                               the local store folder becomes its working copy
 =============================  ==========================================================
 """
 

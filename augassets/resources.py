@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import torch
 
+from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
 from .profiles import Profile, get_profile
 
@@ -22,12 +23,39 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class ImageStoreResource(dg.ConfigurableResource):
-    """Root folder for image files (dataset exports, augmentation images, sample grids) and models."""
+    """Where image files (dataset exports, augmentation images, sample grids) and models live.
+
+    ``root`` is a local folder or any fsspec URL (``s3://bucket/augassets``, ``gcs://…``,
+    ``memory://…``; credentials come from fsspec's usual environment and config files). A URL store
+    keeps a local working copy in ``cache_dir``: stages read and write local paths, ``publish`` uploads
+    what a stage finished, ``fetch``/``ensure`` bring back what the working copy lacks (see
+    ``augassets.core.store``)."""
 
     root: str
+    cache_dir: str = ""
+
+    def store(self) -> Store:
+        return Store(self.root, self.cache_dir)
 
     def path(self, *parts: str) -> Path:
-        return Path(self.root).joinpath(*parts)
+        return self.store().path(*parts)
+
+    def url(self, *parts: str) -> str:
+        return self.store().url(*parts)
+
+    def publish(self, *parts: str) -> SyncStats:
+        return self.store().publish(*parts)
+
+    def fetch(self, *parts: str) -> Path:
+        return self.store().fetch(*parts)
+
+    def ensure(self, paths, log=None) -> SyncStats:
+        """Download the table-listed files the working copy lacks; ``log`` hears how many came back."""
+        paths = list(paths)
+        stats = self.store().ensure(paths)
+        if log and stats.downloaded:
+            log(f"image store: fetched {stats.downloaded} of {len(paths)} files from {self.root}")
+        return stats
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -153,6 +181,9 @@ class KnnIndexResource(dg.ConfigurableResource):
         raise ValueError(f"unknown KNN backend {self.backend!r} (setting KnnIndexResource.backend: local or remote)")
 
 
+STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
+
+
 def default_resources(profile: Profile | None = None) -> dict[str, dg.ConfigurableResource]:
     profile = profile or get_profile()
     store = profile.home / "store"
@@ -160,7 +191,7 @@ def default_resources(profile: Profile | None = None) -> dict[str, dg.Configurab
     device = profile.classifier.device if torch.cuda.is_available() else "cpu"
     return {
         "warehouse": WarehouseResource(path=str(profile.home / "catalog.duckdb")),
-        "image_store": ImageStoreResource(root=str(store)),
+        "image_store": ImageStoreResource(root=os.environ.get(STORE_URL_ENV) or str(store), cache_dir=str(store)),
         "compute": ComputeResource(device=device, torch_threads=profile.torch_threads),
         "diffusion_backend": DiffusionBackendResource(
             weights=str(models / "stable_diffusion") if profile.world else profile.sd_weights,

@@ -75,6 +75,7 @@ def classifier_scores(
     excluded = list(excluded_wnids(db))
     evaluation = db.query("SELECT split, wnid, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item")
     evaluation = evaluation.filter(~pl.col("wnid").is_in(excluded))
+    image_store.ensure(evaluation["path"], context.log.info)
     val = _labeled(evaluation.filter(pl.col("split") == "val"))
     test = _labeled(evaluation.filter(pl.col("split") == "test"))
     rows, started = [], time.perf_counter()
@@ -86,6 +87,7 @@ def classifier_scores(
         )
         if train.is_empty():
             raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{method}] first")
+        image_store.ensure(train["path"], context.log.info)
         seed = PROFILE.split.seed * 1000 + replicate
         context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")
         result = train_classifier(
@@ -94,6 +96,7 @@ def classifier_scores(
         )
         checkpoint = image_store.path("models", "classifiers", method, f"replicate_{replicate}.safetensors")
         save_checkpoint(result.state_dict, checkpoint)
+        image_store.publish("models", "classifiers", method, checkpoint.name)
         context.log.info(
             f"classifier[{method}, {replicate}]: test top-1 {result.test_top1:.4f} (best val {result.best_val_top1:.4f} "
             f"at epoch {result.best_epoch}/{result.epochs_run}, {result.images_per_second:.0f} img/s)"
@@ -143,12 +146,14 @@ def fidelity_classifier(
     spec = replace(PROFILE.classifier, device=compute.device)
     db = warehouse.get()
     classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
+    image_store.ensure(db.query("SELECT path FROM dataset_splits")["path"], context.log.info)
     split = lambda name: _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
     result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=PROFILE.split.seed * 1000,
                               progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
     path = image_store.path("models", "fidelity_classifier.safetensors")
     save_checkpoint(result.state_dict, path)
+    image_store.publish("models", path.name)
     context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
     return dg.MaterializeResult(
-        metadata={"test_top1": result.test_top1, "best_epoch": result.best_epoch, "checkpoint": dg.MetadataValue.path(str(path))}
+        metadata={"test_top1": result.test_top1, "best_epoch": result.best_epoch, "checkpoint": dg.MetadataValue.path(image_store.url("models", path.name))}
     )

@@ -57,6 +57,7 @@ def reference_hashes(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     started = time.perf_counter()
     db = warehouse.get()
     split_rows = db.query("SELECT split, wnid, item, path FROM dataset_splits WHERE split IN ('test', 'val')")
+    image_store.ensure(split_rows["path"], context.log.info)
     hashes, ok = phash_files(split_rows["path"].to_list())
     frames = [split_rows.with_columns(pl.Series("phash", hashes)).filter(pl.Series(ok))]
     frames.append(_unused_train(db, image_store))
@@ -91,7 +92,7 @@ def imagehash_agreement(paths: list[str]) -> float:
     description="Candidate near-duplicate pairs (pHash Hamming < 10) between a partition's augmentation images "
     "and the test, val and unused training images.",
 )
-def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
     db = warehouse.get()
     references = db.query("SELECT * FROM reference_hashes")
     index = DuplicateIndex(references["phash"].to_numpy())
@@ -101,6 +102,7 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     for key in context.partition_keys:
         method, wnid = partition(key)
         manifest = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank", [method, wnid])
+        image_store.ensure(manifest["path"], context.log.info)
         hashes, ok = phash_files(manifest["path"].to_list())
         images += int(ok.sum())
         q, d, dist = index.pairs(hashes[ok], PROFILE.duplicates.hamming_threshold)
@@ -120,11 +122,13 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys), "augmentation_images": images, **{f"pairs_{k}": v for k, v in totals.items()}})
 
 
-def _detector_recall(db) -> dict:
+def _detector_recall(db, image_store: ImageStoreResource) -> dict:
     """The detector against the mini world's ground truth: every pool image vs test + val; recall of the
     planted duplicates (found paired with their own source) and precision of the pairs found."""
     truth = db.query("SELECT t.pool_id, t.kind, t.source_item, t.duplicate_of_split, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
-    hashes, ok = phash_files([u.removeprefix("file://") for u in truth["url"]])
+    paths = [u.removeprefix("file://") for u in truth["url"]]
+    image_store.ensure(paths)
+    hashes, ok = phash_files(paths)
     references = db.query("SELECT * FROM reference_hashes WHERE split IN ('test', 'val')")
     q, d, _ = DuplicateIndex(references["phash"].to_numpy()).pairs(hashes, PROFILE.duplicates.hamming_threshold)
     pool_ids, items = truth["pool_id"].to_numpy(), references["item"].to_numpy()
@@ -165,6 +169,7 @@ def duplicate_summary(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     lines = [f"- {r['method']}: {r['matched_reference_images']} of {r['reference_images']:,} {r['split']} images have a near-duplicate "
              f"among {r['augmentation_images']:,} augmentation images" for r in rows]
     gallery_pairs = pairs.filter(pl.col("ref_path") != "").sort("distance").head(12)
+    image_store.ensure([p for r in gallery_pairs.iter_rows(named=True) for p in (r["aug_path"], r["ref_path"])])
     metadata = {
         "pairs": pairs.height,
         "summary": dg.MetadataValue.md(frame_markdown(summary) + "\n\n" + "\n".join(lines)),
@@ -172,9 +177,10 @@ def duplicate_summary(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     if gallery_pairs.height:
         grid = image_grid([[r["aug_path"], r["ref_path"]] for r in gallery_pairs.iter_rows(named=True)])
         save_atomic(grid, image_store.path("reports", "duplicate_gallery.png"))
+        image_store.publish("reports", "duplicate_gallery.png")
         metadata["gallery"] = dg.MetadataValue.md("Augmentation image | reference image, closest first:\n\n" + png_data_uri_markdown(grid, "duplicate candidates"))
     if db.has_table("web_pool_truth"):
-        metadata.update(_detector_recall(db))
+        metadata.update(_detector_recall(db, image_store))
         context.log.info(f"duplicate detector on planted duplicates: recall {metadata['detector_recall']:.3f}, precision {metadata['detector_precision']:.3f}")
     return dg.MaterializeResult(metadata=metadata)
 

@@ -51,6 +51,7 @@ def _pool_rows(db, min_aesthetic: float | None = None) -> tuple[pl.DataFrame, di
 def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: str) -> dg.MetadataValue:
     grid = image_grid(rows)
     save_atomic(grid, store.path("reports", f"{name}.png"))
+    store.publish("reports", f"{name}.png")
     return dg.MetadataValue.md(png_data_uri_markdown(grid, alt))
 
 
@@ -90,6 +91,7 @@ def mini_world_assets() -> list:
         final = image_store.path("web_pool")
         with atomic_folder(final) as tmp:
             metadata, truth = write_pool(pool_items(sources, world.pool), tmp, final, context.log.info)
+        image_store.publish("web_pool")
         db.replace("web_pool", metadata.with_row_index("pool_id").with_columns(pl.col("pool_id").cast(pl.Int64)))
         db.replace("web_pool_truth", truth)
         kinds = dict(truth.group_by("kind").len().iter_rows())
@@ -104,7 +106,7 @@ def mini_world_assets() -> list:
                 "nsfw_flagged": int(metadata["nsfw"].sum()),
                 "aesthetic_below_5": int((metadata["aesthetic"] < 5).sum()),
                 "caption_kinds": caption_kinds,
-                "folder": dg.MetadataValue.path(str(final)),
+                "folder": dg.MetadataValue.path(image_store.url("web_pool")),
                 "seconds": round(time.perf_counter() - started, 1),
                 "sample_grid": _grid_md([sample[i : i + 16] for i in range(0, 64, 16)], "pool samples", image_store, "web_pool_grid"),
                 "sample_captions": dg.MetadataValue.md(frame_markdown(metadata.select("caption", "aesthetic", "nsfw").head(12))),
@@ -121,15 +123,18 @@ def mini_world_assets() -> list:
         db = warehouse.get()
         rows, skipped = _pool_rows(db)
         paths, captions = rows["path"].to_list(), rows["caption"].to_list()
+        image_store.ensure(paths, context.log.info)
         final = image_store.path("models", "clip")
         with atomic_folder(final) as tmp:
             processor = build_processor(tmp, world.pool.image_size)
             result = train_clip(paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info)
             result.model.save_pretrained(tmp, safe_serialization=True)
             processor.save_pretrained(tmp)
+        image_store.publish("models", "clip")
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
         prompts = [f"A photo of {name}." for name in catalog["name"]]
+        image_store.ensure(test["path"], context.log.info)
         accuracy, per_class = zero_shot_accuracy(result.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, world.pool.image_size)
         table = catalog.with_columns(pl.col("label").replace_strict(per_class, return_dtype=pl.Float64).alias("zero_shot_top1"))
         context.log.info(f"clip: zero-shot top-1 {accuracy:.4f} on {test.height} test images (chance {1 / catalog.height:.3f})")
@@ -145,7 +150,7 @@ def mini_world_assets() -> list:
                 "parameters": sum(p.numel() for p in result.model.parameters()),
                 "train_seconds": round(result.seconds, 1),
                 "pairs_per_second": round(result.pairs_per_second, 1),
-                "folder": dg.MetadataValue.path(str(final)),
+                "folder": dg.MetadataValue.path(image_store.url("models", "clip")),
             }
         )
 
@@ -162,7 +167,8 @@ def mini_world_assets() -> list:
         started = time.perf_counter()
         rows, skipped = _pool_rows(warehouse.get())
         paths, captions = rows["path"].to_list(), rows["caption"].to_list()
-        clip_folder = image_store.path("models", "clip")
+        image_store.ensure(paths, context.log.info)
+        clip_folder = image_store.fetch("models", "clip")
         model = CLIPModel.from_pretrained(clip_folder).eval()
         tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
         final = image_store.path("pool_index")
@@ -182,13 +188,14 @@ def mini_world_assets() -> list:
             faiss.write_index(build_index([text], dim, len(captions)), str(tmp / "text.index"))
             # Row order = index order; pool_id maps an index id back to the pool (skipped rows leave gaps).
             rows.drop("path").write_parquet(tmp / "metadata" / "metadata_0.parquet")
+        image_store.publish("pool_index")
         return dg.MaterializeResult(
             metadata={
                 "vectors": image_index.ntotal,
                 "skipped_pool_rows": skipped,
                 "dimension": dim,
                 "index_factory": choose_index_factory(len(paths)),
-                "folder": dg.MetadataValue.path(str(final)),
+                "folder": dg.MetadataValue.path(image_store.url("pool_index")),
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )
@@ -203,10 +210,12 @@ def mini_world_assets() -> list:
     def vae(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         rows, skipped = _pool_rows(warehouse.get())
         paths = rows["path"].to_list()
+        image_store.ensure(paths, context.log.info)
         model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "vae")
         with atomic_folder(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
+        image_store.publish("models", "vae")
         with torch.no_grad():
             originals = pixel_batch(paths[:16], world.pool.image_size)
             reconstructions = model.decode(model.encode(originals).latent_dist.mean).sample.clamp(-1, 1)
@@ -220,6 +229,7 @@ def mini_world_assets() -> list:
                 save_atomic(_to_pil(tensor), path)
                 row.append(str(path))
             rows.append(row)
+        image_store.publish("reports", "vae_reconstructions")
         return dg.MaterializeResult(
             metadata={
                 "reconstruction_mse": mse,
@@ -245,15 +255,17 @@ def mini_world_assets() -> list:
         from transformers import CLIPModel, CLIPTokenizer
 
         pool, skipped = _pool_rows(warehouse.get(), min_aesthetic=world.diffusion.train_aesthetic_min)
-        vae_model = AutoencoderKL.from_pretrained(image_store.path("models", "vae")).eval()
-        clip_folder = image_store.path("models", "clip")
+        vae_model = AutoencoderKL.from_pretrained(image_store.fetch("models", "vae")).eval()
+        clip_folder = image_store.fetch("models", "clip")
         text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
         tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
         paths = pool["path"].to_list()
+        image_store.ensure(paths, context.log.info)
         model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "unet")
         with atomic_folder(final) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
+        image_store.publish("models", "unet")
         return dg.MaterializeResult(
             metadata={
                 "training_images": len(paths),
@@ -284,6 +296,9 @@ def mini_world_assets() -> list:
 
         db = warehouse.get()
         models = image_store.path("models")
+        for part in ("clip", "vae", "unet", "fidelity_classifier.safetensors"):
+            image_store.fetch("models", part)
+        image_store.fetch("pool_index")
         clip = CLIPModel.from_pretrained(models / "clip").eval()
         processor = CLIPProcessor.from_pretrained(models / "clip")
 
@@ -306,6 +321,7 @@ def mini_world_assets() -> list:
         )
         final = models / "stable_diffusion"
         save_pipeline(pipeline, final)
+        image_store.publish("models", "stable_diffusion")
 
         # Sample grid and class fidelity, through the same loader every generation stage uses.
         pipeline = diffusion_backend.load("txt2img")
@@ -325,6 +341,7 @@ def mini_world_assets() -> list:
                 save_atomic(results[c * n + j][0], path)
                 row.append(str(path))
             rows.append(row)
+        image_store.publish("reports", "diffusion_samples")
         # Class fidelity over the samples the safety checker passed (flagged ones come back black).
         state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
         passed = np.array([not flagged for _, flagged in results])
@@ -338,7 +355,7 @@ def mini_world_assets() -> list:
         context.log.info(f"diffusion_model: class fidelity {overall:.3f} over {len(labels)} unflagged simple-prompt samples")
         return dg.MaterializeResult(
             metadata={
-                "folder": dg.MetadataValue.path(str(final)),
+                "folder": dg.MetadataValue.path(image_store.url("models", "stable_diffusion")),
                 "safety_threshold": threshold,
                 "safety_precision_held_out": precision,
                 "safety_recall_held_out": recall,

@@ -120,6 +120,11 @@ def augmentation_images(
     db = warehouse.get()
     labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
     methods = {partition(key)[0] for key in context.partition_keys}
+    if PROFILE.world:  # the mini world's models and pool live in the image store
+        if "retrieval" in methods:
+            image_store.fetch("models", "clip"), image_store.fetch("pool_index"), image_store.fetch("web_pool")
+        if methods & set(PROMPT_METHODS) or "boomerang" in methods:
+            image_store.fetch("models", "stable_diffusion")
     # Load each expensive handle once per step, and only when a partition of this run needs it.
     retriever = (*clip_encoder.load(), knn_index.get()) if "retrieval" in methods else None
     pipelines = {
@@ -197,6 +202,7 @@ def _retrieve_partition(context, db, image_store, model, processor, index, metho
             })
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")
+    image_store.publish("images", method, wnid)
     db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
     context.log.info(
         f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
@@ -216,6 +222,8 @@ def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBa
         method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=PROFILE.generation.seed,
         init_images=prompts["source_image"].to_list() if boomerang else None, strength=PROFILE.generation.boomerang_strength,
     )
+    if boomerang:
+        image_store.ensure(request.init_images, context.log.info)
     final = image_store.path("images", method, wnid)
     records = generate_partition(
         pipeline, request, final, backend.steps,
@@ -229,6 +237,7 @@ def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBa
         schema=MANIFEST_SCHEMA,
     )
     save_parquet_atomic(manifest, final / "manifest.parquet")
+    image_store.publish("images", method, wnid)
     db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
     regenerated = int((manifest["attempts"] - 1).sum())
     context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
@@ -253,11 +262,12 @@ def _local_image_ok(hit, method: str, wnid: str) -> bool:
 
 
 @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
-def augmentation_images_are_valid(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:
     import hashlib
 
     db = warehouse.get()
     manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
+    image_store.ensure(manifest["path"])
     counts = manifest.group_by("method", "wnid").len()
     needed = {m: images_per_class(db, m) for m in counts["method"].unique()}
     short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
@@ -305,8 +315,9 @@ def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
     db = warehouse.get()
     catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
-    state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
+    state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
     manifest = db.query("SELECT method, wnid, label, path FROM augmentation_manifest ORDER BY method, wnid, rank")
+    image_store.ensure(manifest["path"], context.log.info)
     predictions = []
     for start in range(0, manifest.height, 512):
         batch = manifest.slice(start, 512)

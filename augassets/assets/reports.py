@@ -39,6 +39,7 @@ def results_table(
     excluded = db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid") if db.has_table("excluded_classes") else None
     csv_path = image_store.path("reports", "results_table.csv")
     write_bytes_atomic(summary.write_csv().encode(), csv_path)
+    image_store.publish("reports", csv_path.name)
     table = markdown_table(summary)
     if excluded is not None:
         table += "\n\n" + excluded_note(excluded)
@@ -51,6 +52,6 @@ def results_table(
             "incomplete_methods": ", ".join(incomplete) or "none",
             "excluded_classes": 0 if excluded is None else excluded.height,
             "results": dg.MetadataValue.md(table),
-            "csv": dg.MetadataValue.path(str(csv_path)),
+            "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
         }
     )

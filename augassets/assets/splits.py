@@ -55,6 +55,9 @@ def dataset_splits(
     )
     grid_path = image_store.path("reports", "dataset_splits_target_grid.png")
     save_atomic(grid, grid_path)
+    image_store.publish("reports", grid_path.name)
+    if image_store.path("datasets", PROFILE.dataset.class_list).exists():  # exported images (Fashion-MNIST)
+        image_store.publish("datasets", PROFILE.dataset.class_list)
     totals = splits.group_by("split").len()
     return dg.MaterializeResult(
         metadata={
@@ -70,6 +73,6 @@ def dataset_splits(
             "target_sample_grid": dg.MetadataValue.md(
                 "One row per class (catalog order), target images:\n\n" + png_data_uri_markdown(grid, "target samples")
             ),
-            "target_sample_grid_path": dg.MetadataValue.path(str(grid_path)),
+            "target_sample_grid_path": dg.MetadataValue.path(image_store.url("reports", grid_path.name)),
         }
     )

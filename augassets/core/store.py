@@ -1,0 +1,272 @@
+"""Where the study's files live: a local folder, or any fsspec URL mirrored through a local working copy.
+
+Every stage reads and writes plain local paths (PIL, ``from_pretrained``, faiss and numpy all want
+them). With a local root that is the whole story. With a URL root (``s3://bucket/augassets``,
+``gcs://…``, ``memory://…`` — whatever fsspec speaks) the local folder is a working copy and the URL
+is the durable store:
+
+* ``publish(*parts)`` uploads a file or folder the stage has just finished writing. A folder is
+  published under a manifest (relative path → size and SHA-1) that is written *last*: its old manifest
+  is removed first, changed files are uploaded, files that are gone are deleted, and only then is the
+  new manifest written. A crash mid-publish leaves a folder with no manifest, which ``fetch`` refuses.
+* ``fetch(*parts)`` makes a published file or folder present locally (a no-op when the working copy
+  already matches the remote manifest). A folder is rebuilt next to the working copy, every download
+  checked against the manifest, and renamed into place whole.
+* ``ensure(paths)`` makes individual files named in a table (dataset splits, augmentation images, pool
+  rows) present locally, downloading the missing ones.
+
+Tables keep working-copy paths, so the catalog reads the same in both modes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+MANIFESTS = ".manifests"  # under the working copy: the manifest last fetched or published per folder
+MANIFEST_NAME = ".augassets-manifest.json"  # in the remote folder
+
+
+@dataclass
+class SyncStats:
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+
+def sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_manifest(folder: Path) -> dict[str, dict]:
+    """Relative path → {size, sha1} for every file under ``folder`` (sorted, so equal folders give equal bytes)."""
+    entries = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        entries[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha1": sha1_file(path)}
+    return entries
+
+
+def _manifest_bytes(entries: dict[str, dict]) -> bytes:
+    return json.dumps({"files": entries}, sort_keys=True, indent=0).encode()
+
+
+class Store:
+    """A local folder (``root`` a path or ``file://`` URL) or an fsspec URL with a local working copy."""
+
+    def __init__(self, root: str, cache_dir: str = "", storage_options: dict | None = None):
+        import fsspec
+
+        protocol, _ = fsspec.core.split_protocol(root)
+        self.root = root
+        self.remote = protocol not in (None, "file", "local")
+        if self.remote:
+            if not cache_dir:
+                raise ValueError(f"image store {root} is a URL: set ImageStoreResource.cache_dir to a local folder for its working copy")
+            self.fs, self.base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+            self.base = self.base.rstrip("/")
+            self.local_root = Path(cache_dir)
+        else:
+            self.fs, self.base = None, ""
+            self.local_root = Path(root.removeprefix("file://"))
+
+    # ---- naming ---------------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        """The local path of ``parts`` (the working copy for a URL store)."""
+        return self.local_root.joinpath(*parts)
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def url(self, *parts: str) -> str:
+        """Where ``parts`` lives durably: the remote URL, or the local path."""
+        if not self.remote:
+            return str(self.path(*parts))
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def relative(self, path: str | Path) -> tuple[str, ...] | None:
+        """``path``'s parts under the working copy, or None for a file outside the store."""
+        try:
+            return Path(path).resolve().relative_to(self.local_root.resolve()).parts
+        except ValueError:
+            return None
+
+    def _local_manifest(self, parts: tuple[str, ...]) -> Path:
+        return self.local_root / MANIFESTS / Path(*parts).with_name(Path(*parts).name + ".json")
+
+    @contextmanager
+    def _lock(self, parts: tuple[str, ...]) -> Iterator[None]:
+        """One process at a time publishes or fetches a given folder (Dagster runs steps in parallel)."""
+        lock = self._local_manifest(parts).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ---- upload ---------------------------------------------------------------------------------
+    def publish(self, *parts: str) -> SyncStats:
+        """Upload the local file or folder ``parts`` to the remote store (no-op for a local store)."""
+        stats = SyncStats()
+        if not self.remote:
+            return stats
+        local = self.path(*parts)
+        if local.is_file():
+            self._put_file(local, self.key(*parts))
+            stats.uploaded = 1
+            return stats
+        if not local.is_dir():
+            raise FileNotFoundError(f"cannot publish {local}: it does not exist (image store {self.root})")
+        key = self.key(*parts)
+        with self._lock(parts):
+            entries = folder_manifest(local)
+            old = self._remote_manifest(key)
+            if old is None:  # first publish, or a crashed one: trust nothing that is there
+                old = {}
+                stale = set(self._remote_files(key)) - set(entries)
+            else:
+                self.fs.rm_file(f"{key}/{MANIFEST_NAME}")
+                stale = set(old) - set(entries)
+            for rel, entry in entries.items():
+                if old.get(rel) == entry:
+                    stats.unchanged += 1
+                    continue
+                self._put_file(local / rel, f"{key}/{rel}")
+                stats.uploaded += 1
+            for rel in sorted(stale):
+                self.fs.rm_file(f"{key}/{rel}")
+                stats.deleted += 1
+            data = _manifest_bytes(entries)
+            self.fs.pipe_file(f"{key}/{MANIFEST_NAME}", data)
+            self._write_local_manifest(parts, data)
+        return stats
+
+    def _put_file(self, local: Path, key: str) -> None:
+        parent = key.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        partial = f"{key}.partial"
+        self.fs.put_file(str(local), partial)
+        self.fs.mv(partial, key)
+
+    def _remote_manifest(self, key: str) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(f"{key}/{MANIFEST_NAME}"))["files"]
+        except FileNotFoundError:
+            return None
+
+    def _remote_files(self, key: str) -> list[str]:
+        if not self.fs.exists(key):
+            return []
+        prefix = key.rstrip("/") + "/"
+        return [p.removeprefix(prefix) for p in self.fs.find(key) if p.removeprefix(prefix) != MANIFEST_NAME]
+
+    def _write_local_manifest(self, parts: tuple[str, ...], data: bytes) -> None:
+        path = self._local_manifest(parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+
+    # ---- download -------------------------------------------------------------------------------
+    def fetch(self, *parts: str) -> Path:
+        """Make the published file or folder ``parts`` present locally and return its local path."""
+        local = self.path(*parts)
+        if not self.remote:
+            return local
+        key = self.key(*parts)
+        manifest = self._remote_manifest(key)
+        if manifest is None:
+            if self.fs.isfile(key):
+                if not local.is_file() or local.stat().st_size != self.fs.size(key):
+                    self._get_file(key, local)
+                return local
+            if self.fs.exists(key):
+                raise RuntimeError(f"{self.url(*parts)} has no manifest: its publish did not finish; re-materialize the asset that writes it")
+            if local.exists():  # written here and not published yet
+                return local
+            raise FileNotFoundError(f"{self.url(*parts)} is not in the image store: materialize the asset that writes it")
+        data = _manifest_bytes(manifest)
+        with self._lock(parts):
+            recorded = self._local_manifest(parts)
+            if local.is_dir() and recorded.exists() and recorded.read_bytes() == data:
+                return local
+            self._rebuild(key, local, manifest)
+            self._write_local_manifest(parts, data)
+        return local
+
+    def _rebuild(self, key: str, local: Path, manifest: dict[str, dict]) -> SyncStats:
+        """Build the folder in a sibling from local files that match the manifest and downloads of the
+        rest, verify every file, then swap it into place."""
+        stats = SyncStats()
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{local.name}.", suffix=".fetch"))
+        try:
+            for rel, entry in manifest.items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                existing = local / rel
+                if existing.is_file() and existing.stat().st_size == entry["size"] and sha1_file(existing) == entry["sha1"]:
+                    shutil.copy2(existing, target)
+                    stats.unchanged += 1
+                    continue
+                self.fs.get_file(f"{key}/{rel}", str(target))
+                if sha1_file(target) != entry["sha1"]:
+                    raise RuntimeError(f"{key}/{rel} does not match its manifest (SHA-1): the remote folder changed mid-fetch; retry")
+                stats.downloaded += 1
+            if local.exists():
+                old = local.with_name(f".{local.name}.{os.getpid()}.old")
+                local.rename(old)
+                tmp.rename(local)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(local)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return stats
+
+    def _get_file(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            self.fs.get_file(key, tmp)
+            os.replace(tmp, local)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def ensure(self, paths: Iterable[str | Path]) -> SyncStats:
+        """Download the files among ``paths`` that are under the store but missing locally. Paths outside
+        the store (an ImageNet folder, say) are left alone; a missing one is reported by its reader."""
+        stats = SyncStats()
+        if not self.remote:
+            return stats
+        for path in paths:
+            path = Path(str(path).removeprefix("file://"))
+            if path.is_file():
+                stats.unchanged += 1
+                continue
+            parts = self.relative(path)
+            if parts is None:
+                continue
+            key = self.key(*parts)
+            if self.fs.isfile(key):
+                self._get_file(key, path)
+                stats.downloaded += 1
+        return stats
