@@ -95,16 +95,16 @@ def test_a_changed_remote_folder_replaces_the_working_copy(tmp_path, url):
 def test_an_interrupted_publish_is_refused_then_repaired(tmp_path, url, monkeypatch):
     store = Store(url, str(tmp_path / "work"))
     _write(store.path("models", "unet"), {f"part_{i}.bin": bytes([i]) * 10 for i in range(4)})
-    real_put = store._put_file
+    real_put = store.fs.put_file
     sent = []
 
-    def failing_put(local, key):
+    def failing_put(local, key, *args, **kwargs):
         if len(sent) == 2:
             raise ConnectionError("network went away")
         sent.append(key)
-        real_put(local, key)
+        real_put(local, key, *args, **kwargs)
 
-    monkeypatch.setattr(store, "_put_file", failing_put)
+    monkeypatch.setattr(store.fs, "put_file", failing_put)
     with pytest.raises(ConnectionError):
         store.publish("models", "unet")
     reader = Store(url, str(tmp_path / "reader"))
@@ -112,7 +112,7 @@ def test_an_interrupted_publish_is_refused_then_repaired(tmp_path, url, monkeypa
         reader.fetch("models", "unet")
     assert not reader.path("models", "unet").exists()
 
-    monkeypatch.setattr(store, "_put_file", real_put)
+    monkeypatch.undo()
     fsspec.filesystem("memory").pipe_file(url.removeprefix("memory://") + "/models/unet/leftover.partial", b"x")
     stats = store.publish("models", "unet")
     assert stats.uploaded == 4 and stats.deleted == 1  # no manifest to trust: everything re-sent, strays removed
@@ -154,9 +154,11 @@ def test_ensure_downloads_missing_table_files_only(tmp_path, url):
     for p in paths[:3]:
         Path(p).unlink()
     outside = tmp_path / "imagenet" / "x.JPEG"  # a file outside the store is its reader's business
-    stats = store.ensure([*paths, outside])
+    never_published = store.path("datasets", "fm", "train", "n01", "99999.png")
+    stats = store.ensure([*paths, outside, never_published])
     assert (stats.downloaded, stats.unchanged) == (3, 2)
-    assert all(Path(p).read_bytes() for p in paths) and not outside.exists()
+    assert all(Path(p).read_bytes() for p in paths) and not outside.exists() and not never_published.exists()
+    assert not list(store.path().rglob("*.fetch"))
 
 
 def test_assets_publish_to_and_fetch_from_a_url_store(tmp_path, url):

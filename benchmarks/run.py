@@ -1,4 +1,4 @@
-"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation]``
+"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation] [generation] [store]``
 (default: all) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
@@ -11,6 +11,9 @@ duplicates  pHash duplicate search (Hamming < 10) on 100k × 100k codes: ours vs
 phash       pHash throughput and bit agreement vs imagehash.phash (ImageNet-like JPEGs, mini PNGs).
 generation  the profile's SD pipeline: batched seeded generation vs one image per call (needs the
             foundation of $AUGASSETS_HOME).
+store       the image store on an fsspec URL (memory://, so the figures are the store layer's own cost
+            without a network): publish and fetch of 5,000 mini-sized PNGs and 16 MB files, first and
+            unchanged, vs a plain recursive fsspec put/get of the same folder.
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
@@ -180,6 +183,56 @@ def bench_phash() -> list[tuple[str, str]]:
     return rows
 
 
+def bench_store(small: int = 5000, large: int = 16) -> list[tuple[str, str]]:
+    """Publish/fetch through core.store on memory:// vs plain fsspec put/get of the same folder."""
+    import uuid
+
+    import fsspec
+    from PIL import Image
+
+    from augassets.core.store import Store
+
+    rng = np.random.default_rng(0)
+    work = Path(tempfile.mkdtemp(prefix="augassets-store-"))
+    rows = []
+    for name, count, write in (
+        (f"{small:,} PNGs 32×32", small, lambda path, i: Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path, format="PNG")),
+        (f"{large} files of 16 MB", large, lambda path, i: path.write_bytes(rng.bytes(16 << 20))),
+    ):
+        url = f"memory://bench-{uuid.uuid4().hex}"
+        store = Store(url, str(work / "a"))
+        folder = store.path("set")
+        folder.mkdir(parents=True)
+        for i in range(count):
+            write(folder / f"{i:05d}.bin", i)
+        size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+        timings = {}
+        for label, action in (
+            ("publish", lambda: store.publish("set")),
+            ("publish unchanged", lambda: store.publish("set")),
+            ("fetch into an empty working copy", lambda: Store(url, str(work / "b")).fetch("set")),
+            ("fetch unchanged", lambda: Store(url, str(work / "b")).fetch("set")),
+        ):
+            started = time.perf_counter()
+            action()
+            timings[label] = time.perf_counter() - started
+        fs = fsspec.filesystem("memory")
+        started = time.perf_counter()
+        fs.put(str(folder), f"/plain-{uuid.uuid4().hex}", recursive=True)
+        plain_put = time.perf_counter() - started
+        started = time.perf_counter()
+        fs.get(store.key("set"), str(work / "plain_get"), recursive=True)
+        plain_get = time.perf_counter() - started
+        for label, seconds in timings.items():
+            rows.append((f"store {label}, {name} ({size_mb:.0f} MB), memory://", f"{seconds:.2f} s = {count / seconds:,.0f} files/s"))
+        rows.append((f"plain fsspec put / get, {name}", f"{plain_put:.2f} s / {plain_get:.2f} s"))
+        import shutil
+
+        shutil.rmtree(work)
+        work.mkdir()
+    return rows
+
+
 def bench_generation(profile_name: str, images: int = 64) -> list[tuple[str, str]]:
     """Generation throughput of the profile's SD pipeline: the batched, seeded path
     (core.generation.generate, one generator per image) vs a naive one-image-per-call loop."""
@@ -266,13 +319,13 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "store", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
     chosen = set(args.which)
     if "all" in chosen:
-        chosen = {"main", "classifier", "duplicates", "phash", "foundation", "generation"}
+        chosen = {"main", "classifier", "duplicates", "phash", "foundation", "generation", "store"}
     if "main" in chosen:
         home = Path(tempfile.mkdtemp(prefix="augassets-bench-"))
         rows += bench_main(args.profile, home)
@@ -287,6 +340,8 @@ def main() -> None:
         rows += bench_foundation(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
     if "generation" in chosen:
         rows += bench_generation(args.profile)
+    if "store" in chosen:
+        rows += bench_store()
     width = max(len(r[0]) for r in rows)
     print(f"\nmachine: {machine()}\n")
     for name, value in rows:

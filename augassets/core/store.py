@@ -126,7 +126,10 @@ class Store:
             return stats
         local = self.path(*parts)
         if local.is_file():
-            self._put_file(local, self.key(*parts))
+            # Alone a file has no manifest to vouch for it: upload beside it, then move into place.
+            partial = self.key(*parts) + ".partial"
+            self._put_files([(local, partial)])
+            self.fs.mv(partial, self.key(*parts))
             stats.uploaded = 1
             return stats
         if not local.is_dir():
@@ -141,12 +144,11 @@ class Store:
             else:
                 self.fs.rm_file(f"{key}/{MANIFEST_NAME}")
                 stale = set(old) - set(entries)
-            for rel, entry in entries.items():
-                if old.get(rel) == entry:
-                    stats.unchanged += 1
-                    continue
-                self._put_file(local / rel, f"{key}/{rel}")
-                stats.uploaded += 1
+            # Files go straight to their keys: until the new manifest is written the folder reads as
+            # unfinished, and fetch checks each file against the manifest.
+            changed = [rel for rel, entry in entries.items() if old.get(rel) != entry]
+            self._put_files([(local / rel, f"{key}/{rel}") for rel in changed])
+            stats.uploaded, stats.unchanged = len(changed), len(entries) - len(changed)
             for rel in sorted(stale):
                 self.fs.rm_file(f"{key}/{rel}")
                 stats.deleted += 1
@@ -155,12 +157,13 @@ class Store:
             self._write_local_manifest(parts, data)
         return stats
 
-    def _put_file(self, local: Path, key: str) -> None:
-        parent = key.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        partial = f"{key}.partial"
-        self.fs.put_file(str(local), partial)
-        self.fs.mv(partial, key)
+    def _put_files(self, pairs: list[tuple[Path, str]]) -> None:
+        """One batched put: asynchronous filesystems (s3fs, gcsfs, adlfs) send the files concurrently."""
+        if not pairs:
+            return
+        for parent in sorted({key.rsplit("/", 1)[0] for _, key in pairs}):
+            self.fs.makedirs(parent, exist_ok=True)  # a no-op on object stores
+        self.fs.put([str(local) for local, _ in pairs], [key for _, key in pairs])
 
     def _remote_manifest(self, key: str) -> dict | None:
         try:
@@ -216,6 +219,7 @@ class Store:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{local.name}.", suffix=".fetch"))
         try:
+            missing = []
             for rel, entry in manifest.items():
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -223,11 +227,14 @@ class Store:
                 if existing.is_file() and existing.stat().st_size == entry["size"] and sha1_file(existing) == entry["sha1"]:
                     shutil.copy2(existing, target)
                     stats.unchanged += 1
-                    continue
-                self.fs.get_file(f"{key}/{rel}", str(target))
-                if sha1_file(target) != entry["sha1"]:
+                else:
+                    missing.append(rel)
+            if missing:  # one batched get: concurrent on asynchronous filesystems
+                self.fs.get([f"{key}/{rel}" for rel in missing], [str(tmp / rel) for rel in missing])
+            for rel in missing:
+                if sha1_file(tmp / rel) != manifest[rel]["sha1"]:
                     raise RuntimeError(f"{key}/{rel} does not match its manifest (SHA-1): the remote folder changed mid-fetch; retry")
-                stats.downloaded += 1
+            stats.downloaded = len(missing)
             if local.exists():
                 old = local.with_name(f".{local.name}.{os.getpid()}.old")
                 local.rename(old)
@@ -257,16 +264,32 @@ class Store:
         stats = SyncStats()
         if not self.remote:
             return stats
+        wanted = []
         for path in paths:
             path = Path(str(path).removeprefix("file://"))
             if path.is_file():
                 stats.unchanged += 1
                 continue
             parts = self.relative(path)
-            if parts is None:
-                continue
-            key = self.key(*parts)
-            if self.fs.isfile(key):
-                self._get_file(key, path)
-                stats.downloaded += 1
+            if parts is not None:
+                wanted.append((self.key(*parts), path, path.with_name(f".{path.name}.{os.getpid()}.fetch")))
+        if not wanted:
+            return stats
+        for _, path, _ in wanted:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            try:  # one batched get: concurrent on asynchronous filesystems
+                self.fs.get([key for key, _, _ in wanted], [str(tmp) for _, _, tmp in wanted])
+            except FileNotFoundError:  # some are not in the store: their readers report them
+                for key, _, tmp in wanted:
+                    tmp.unlink(missing_ok=True)
+                    if self.fs.isfile(key):
+                        self.fs.get_file(key, str(tmp))
+            for _, path, tmp in wanted:
+                if tmp.exists():
+                    os.replace(tmp, path)
+                    stats.downloaded += 1
+        finally:
+            for _, _, tmp in wanted:
+                tmp.unlink(missing_ok=True)
         return stats
