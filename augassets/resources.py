@@ -52,9 +52,10 @@ class ImageStoreResource(dg.ConfigurableResource):
     def ensure(self, paths, log=None) -> SyncStats:
         """Download the table-listed files the working copy lacks; ``log`` hears how many came back."""
         paths = list(paths)
-        stats = self.store().ensure(paths)
+        store = self.store()
+        stats = store.ensure(paths)
         if log and stats.downloaded:
-            log(f"image store: fetched {stats.downloaded} of {len(paths)} files from {self.root}")
+            log(f"image store: fetched {stats.downloaded} of {len(paths)} files from {store.shown}")
         return stats
 
 

@@ -10,7 +10,7 @@ import pytest
 from augassets.assets import catalog as catalog_assets
 from augassets.assets import classifier as classifier_assets
 from augassets.assets import splits as splits_assets
-from augassets.core.store import MANIFEST_NAME, Store, folder_manifest
+from augassets.core.store import MANIFEST_NAME, Store, folder_manifest, redact
 from augassets.resources import ImageStoreResource, WarehouseResource
 
 
@@ -37,6 +37,15 @@ def test_local_store_is_the_folder_itself(tmp_path):
     assert store.publish("anything").uploaded == 0  # nothing to upload to
     assert store.fetch("models") == tmp_path / "s" / "models"
     assert Store(f"file://{tmp_path}/s").path("x") == tmp_path / "s" / "x"
+
+
+def test_credentials_in_a_store_url_never_reach_logs_or_metadata():
+    assert redact("sftp://alice:s3cret@files.example.org:2222/augassets") == "sftp://***@files.example.org:2222/augassets"
+    assert redact("s3://bucket/prefix") == "s3://bucket/prefix"
+    assert redact("/data/store") == "/data/store"
+    with pytest.raises(ValueError) as error:
+        Store("ftp://bob:hunter2@ftp.example.org/x")
+    assert "hunter2" not in str(error.value) and "cache_dir" in str(error.value)
 
 
 def test_url_store_needs_a_working_copy_folder(url):

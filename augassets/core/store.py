@@ -59,6 +59,18 @@ def folder_manifest(folder: Path) -> dict[str, dict]:
     return entries
 
 
+def redact(url: str) -> str:
+    """``url`` without the user and password a URL may carry (``sftp://user:secret@host/…``), for logs,
+    errors and metadata."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{slash}{path}"
+
+
 def _manifest_bytes(entries: dict[str, dict]) -> bytes:
     return json.dumps({"files": entries}, sort_keys=True, indent=0).encode()
 
@@ -71,10 +83,11 @@ class Store:
 
         protocol, _ = fsspec.core.split_protocol(root)
         self.root = root
+        self.shown = redact(root)  # what logs, errors and metadata may show
         self.remote = protocol not in (None, "file", "local")
         if self.remote:
             if not cache_dir:
-                raise ValueError(f"image store {root} is a URL: set ImageStoreResource.cache_dir to a local folder for its working copy")
+                raise ValueError(f"image store {redact(root)} is a URL: set ImageStoreResource.cache_dir to a local folder for its working copy")
             self.fs, self.base = fsspec.core.url_to_fs(root, **(storage_options or {}))
             self.base = self.base.rstrip("/")
             self.local_root = Path(cache_dir)
@@ -94,7 +107,7 @@ class Store:
         """Where ``parts`` lives durably: the remote URL, or the local path."""
         if not self.remote:
             return str(self.path(*parts))
-        return "/".join([self.root.rstrip("/"), *parts])
+        return "/".join([self.shown.rstrip("/"), *parts])
 
     def relative(self, path: str | Path) -> tuple[str, ...] | None:
         """``path``'s parts under the working copy, or None for a file outside the store."""
@@ -133,7 +146,7 @@ class Store:
             stats.uploaded = 1
             return stats
         if not local.is_dir():
-            raise FileNotFoundError(f"cannot publish {local}: it does not exist (image store {self.root})")
+            raise FileNotFoundError(f"cannot publish {local}: it does not exist (image store {self.shown})")
         key = self.key(*parts)
         with self._lock(parts):
             entries = folder_manifest(local)
