@@ -149,6 +149,13 @@ def test_single_files_and_missing_entries(tmp_path, url):
     assert store.publish("models", checkpoint.name).uploaded == 1
     other = Store(url, str(tmp_path / "other"))
     assert other.fetch("models", checkpoint.name).read_bytes() == b"weights"
+    # retrained elsewhere: same size (as every checkpoint of one architecture), new content
+    checkpoint.write_bytes(b"WEIGHTS")
+    store.publish("models", checkpoint.name)
+    assert other.fetch("models", checkpoint.name).read_bytes() == b"WEIGHTS"
+    fsspec.filesystem("memory").rm_file(url.removeprefix("memory://") + "/models/fidelity_classifier.safetensors.sha1")
+    with pytest.raises(RuntimeError, match="publish did not finish"):
+        other.fetch("models", checkpoint.name)
     with pytest.raises(FileNotFoundError, match="materialize the asset that writes it"):
         other.fetch("models", "vae")
     with pytest.raises(FileNotFoundError, match="cannot publish"):

@@ -9,6 +9,7 @@ is the durable store:
   published under a manifest (relative path → size and SHA-1) that is written *last*: its old manifest
   is removed first, changed files are uploaded, files that are gone are deleted, and only then is the
   new manifest written. A crash mid-publish leaves a folder with no manifest, which ``fetch`` refuses.
+  A single file (a checkpoint, a report) gets a ``.sha1`` sidecar the same way.
 * ``fetch(*parts)`` makes a published file or folder present locally (a no-op when the working copy
   already matches the remote manifest). A folder is rebuilt next to the working copy, every download
   checked against the manifest, and renamed into place whole.
@@ -33,6 +34,7 @@ from typing import Iterable, Iterator
 
 MANIFESTS = ".manifests"  # under the working copy: the manifest last fetched or published per folder
 MANIFEST_NAME = ".augassets-manifest.json"  # in the remote folder
+SHA1_SUFFIX = ".sha1"  # beside a remote single file
 
 
 @dataclass
@@ -139,10 +141,14 @@ class Store:
             return stats
         local = self.path(*parts)
         if local.is_file():
-            # Alone a file has no manifest to vouch for it: upload beside it, then move into place.
-            partial = self.key(*parts) + ".partial"
-            self._put_files([(local, partial)])
-            self.fs.mv(partial, self.key(*parts))
+            # A single file's manifest is a ``.sha1`` sidecar, removed first and written last; the file
+            # itself is uploaded beside its key and moved into place.
+            key = self.key(*parts)
+            if self.fs.exists(key + SHA1_SUFFIX):
+                self.fs.rm_file(key + SHA1_SUFFIX)
+            self._put_files([(local, key + ".partial")])
+            self.fs.mv(key + ".partial", key)
+            self.fs.pipe_file(key + SHA1_SUFFIX, sha1_file(local).encode())
             stats.uploaded = 1
             return stats
         if not local.is_dir():
@@ -208,9 +214,7 @@ class Store:
         manifest = self._remote_manifest(key)
         if manifest is None:
             if self.fs.isfile(key):
-                if not local.is_file() or local.stat().st_size != self.fs.size(key):
-                    self._get_file(key, local)
-                return local
+                return self._fetch_file(key, local, parts)
             if self.fs.exists(key):
                 raise RuntimeError(f"{self.url(*parts)} has no manifest: its publish did not finish; re-materialize the asset that writes it")
             if local.exists():  # written here and not published yet
@@ -260,16 +264,27 @@ class Store:
             raise
         return stats
 
-    def _get_file(self, key: str, local: Path) -> None:
+    def _fetch_file(self, key: str, local: Path, parts: tuple[str, ...]) -> Path:
+        """A published single file: kept if the local copy has the sidecar's SHA-1, else downloaded,
+        checked and renamed into place. (Checkpoints of one architecture all have the same size, so
+        only the content can tell a stale copy.)"""
+        try:
+            expected = self.fs.cat_file(key + SHA1_SUFFIX).decode().strip()
+        except FileNotFoundError:
+            raise RuntimeError(f"{self.url(*parts)} has no {SHA1_SUFFIX} sidecar: its publish did not finish; re-materialize the asset that writes it") from None
+        if local.is_file() and sha1_file(local) == expected:
+            return local
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
         os.close(fd)
         try:
             self.fs.get_file(key, tmp)
+            if sha1_file(Path(tmp)) != expected:
+                raise RuntimeError(f"{key} does not match its {SHA1_SUFFIX} sidecar: it changed mid-fetch; retry")
             os.replace(tmp, local)
-        except BaseException:
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
+        return local
 
     def ensure(self, paths: Iterable[str | Path]) -> SyncStats:
         """Download the files among ``paths`` that are under the store but missing locally. Paths outside
