@@ -72,3 +72,24 @@ def test_per_class_accuracy():
     predictions = np.array([0, 0, 1, 2, 2, 2])
     targets = np.array([0, 1, 1, 2, 2, 0])
     assert per_class_accuracy(predictions, targets) == {0: 0.5, 1: 0.5, 2: 1.0}
+
+
+def test_batched_evaluation_and_normalization_equal_the_per_image_transforms(colour_data):
+    """Evaluation sets are transformed once as batches and training batches are normalized after
+    collation; both must give exactly the tensors torchvision's per-image transforms give."""
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+
+    from augassets.core.classifier import MEAN, STD, ImageListDataset, _loader, eval_transform, normalize_batch
+
+    spec = replace(SMALL_RESNET, batch_size=5)
+    _, val, _ = colour_data
+    per_image = DataLoader(ImageListDataset(val.paths, val.labels, eval_transform(spec), preload_size=spec.image_size), batch_size=5)
+    batched = list(_loader(val, None, spec, shuffle=False, seed=0))
+    assert len(batched) == len(per_image)
+    for (a, la), (b, lb) in zip(per_image, batched):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+    images = torch.randint(0, 256, (7, 3, 28, 28), dtype=torch.uint8)
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    assert torch.equal(normalize_batch(images), torch.stack([reference(image) for image in images]))

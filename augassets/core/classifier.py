@@ -9,6 +9,8 @@ A plain loop in the spirit of torchvision's classification reference.
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,14 +68,14 @@ def build_model(spec: ClassifierSpec, num_classes: int) -> nn.Module:
 
 
 def train_transform(spec: ClassifierSpec) -> v2.Transform:
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(spec.image_size, scale=spec.crop_scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
-        ]
-    )
+    """The random part, per image on uint8; ``normalize_batch`` finishes a collated batch."""
+    return v2.Compose([v2.RandomResizedCrop(spec.image_size, scale=spec.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 → float in [0, 1] → ImageNet-normalized, on a whole batch (on the training device):
+    element for element what ``v2.ToDtype(scale=True)`` and ``v2.Normalize`` compute per image."""
+    return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), MEAN, STD)
 
 
 def eval_transform(spec: ClassifierSpec) -> v2.Transform:
@@ -98,22 +100,29 @@ def _to_uint8_tensor(path: str, size: int | None) -> torch.Tensor:
 
 class ImageListDataset(Dataset):
     """(path, label) pairs. Small sets are decoded once into a uint8 tensor (``preload``); large ones
-    are decoded on access, so an ImageNet-sized list is streamed rather than held in memory."""
+    are decoded on access, so an ImageNet-sized list is streamed rather than held in memory.
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: v2.Transform, preload_size: int | None = None):
+    ``deterministic``: the transform draws no random numbers (evaluation), so a preloaded set is
+    transformed once, not once per epoch; the tensors are the same either way."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: v2.Transform, preload_size: int | None = None,
+                 deterministic: bool = False):
         self.paths = list(paths)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.transform = transform
         self.cache = None
         if preload_size is not None and self.paths:
             self.cache = torch.stack([_to_uint8_tensor(p, preload_size) for p in self.paths])
+            if deterministic:  # the same kernels on a batch: element for element the per-image result
+                self.cache = torch.cat([transform(chunk) for chunk in self.cache.split(1024)])
+                self.transform = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         image = self.cache[index] if self.cache is not None else _to_uint8_tensor(self.paths[index], None)
-        return self.transform(image), self.labels[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
 
 
 @dataclass
@@ -139,9 +148,35 @@ class TrainResult:
     state_dict: dict | None = None
 
 
-def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool, seed: int) -> DataLoader:
-    preload = spec.image_size if len(data) <= spec.preload_max_images else None
-    dataset = ImageListDataset(data.paths, data.labels, transform, preload_size=preload)
+@functools.lru_cache(maxsize=2)
+def _preloaded_eval_dataset(paths: tuple[str, ...], labels: tuple[int, ...], spec: ClassifierSpec, versions: tuple[int, ...]) -> ImageListDataset:
+    """The val and test sets, decoded and transformed once per process: the replicates and methods a
+    step trains in turn all evaluate on the same two. ``versions`` (the files' mtimes) keys out a set
+    whose files were rewritten."""
+    return ImageListDataset(paths, labels, eval_transform(spec), preload_size=spec.image_size, deterministic=True)
+
+
+class _Batches:
+    """In-order batches of a preloaded, already transformed set: what a DataLoader without shuffling
+    would yield, without its per-item calls."""
+
+    def __init__(self, dataset: ImageListDataset, batch_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            yield self.dataset.cache[start : start + self.batch_size], self.dataset.labels[start : start + self.batch_size]
+
+
+def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool, seed: int) -> DataLoader | _Batches:
+    if transform is None and len(data) <= spec.preload_max_images:  # evaluation on a preloaded set
+        versions = tuple(os.stat(p).st_mtime_ns for p in data.paths)
+        return _Batches(_preloaded_eval_dataset(tuple(data.paths), tuple(data.labels), spec, versions), spec.batch_size)
+    if transform is None:
+        dataset = ImageListDataset(data.paths, data.labels, eval_transform(spec))
+    else:
+        preload = spec.image_size if len(data) <= spec.preload_max_images else None
+        dataset = ImageListDataset(data.paths, data.labels, transform, preload_size=preload)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -155,7 +190,7 @@ def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     predictions, targets = [], []
     for images, labels in loader:
@@ -188,7 +223,7 @@ def train_classifier(
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=spec.plateau_patience)
     train_loader = _loader(train, train_transform(spec), spec, shuffle=True, seed=seed)
-    val_loader = _loader(val, eval_transform(spec), spec, shuffle=False, seed=seed)
+    val_loader = _loader(val, None, spec, shuffle=False, seed=seed)
 
     best_val, best_epoch, best_state, history = -1.0, 0, None, []
     train_seconds, seen = 0.0, 0
@@ -196,7 +231,7 @@ def train_classifier(
         model.train()
         started, loss_sum = time.perf_counter(), 0.0
         for images, labels in train_loader:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = normalize_batch(images.to(device)), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,7 +252,7 @@ def train_classifier(
             break
 
     model.load_state_dict(best_state)
-    test_loader = _loader(test, eval_transform(spec), spec, shuffle=False, seed=seed)
+    test_loader = _loader(test, None, spec, shuffle=False, seed=seed)
     predictions, targets = predict(model, test_loader, device)
     return TrainResult(
         test_top1=float((predictions == targets).mean()),
