@@ -122,7 +122,8 @@ def augmentation_images(
     methods = {partition(key)[0] for key in context.partition_keys}
     if PROFILE.world:  # the mini world's models and pool live in the image store
         if "retrieval" in methods:
-            image_store.fetch("models", "clip"), image_store.fetch("pool_index"), image_store.fetch("web_pool")
+            for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
+                image_store.fetch(*parts)
         if methods & set(PROMPT_METHODS) or "boomerang" in methods:
             image_store.fetch("models", "stable_diffusion")
     # Load each expensive handle once per step, and only when a partition of this run needs it.
