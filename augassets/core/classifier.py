@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
