@@ -112,9 +112,10 @@ class Store:
         return "/".join([self.shown.rstrip("/"), *parts])
 
     def relative(self, path: str | Path) -> tuple[str, ...] | None:
-        """``path``'s parts under the working copy, or None for a file outside the store."""
+        """``path``'s parts under the working copy, or None for a file outside the store. Lexical (no
+        file-system calls): table paths are absolute paths under the same root."""
         try:
-            return Path(path).resolve().relative_to(self.local_root.resolve()).parts
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.local_root)).parts
         except ValueError:
             return None
 
