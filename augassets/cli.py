@@ -243,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ui_parser.add_argument("--port", type=int, default=3000)
     ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     args = parser.parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # per-checkpoint "Loading weights" bars drown the run log
+    # Per-checkpoint "Loading weights" / "Loading pipeline components" bars drown the run log.
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
     if args.profile:
         os.environ[PROFILE_ENV] = args.profile
     profile = get_profile()

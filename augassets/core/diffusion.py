@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SD_NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
 SCHEDULERS = {"ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
+# What StableDiffusionPipeline sets on load anyway (with a deprecation warning each time): saved in the
+# config instead, as SD v1.4's own scheduler config has them.
+SCHEDULER_FIXES = {"ddim": {"steps_offset": 1, "clip_sample": False}, "dpm_solver": {"steps_offset": 1}}
 NEVER = 10.0  # a concept weight no cosine similarity reaches: the slot never fires
 
 
@@ -241,7 +244,7 @@ def assemble_pipeline(
         raise ValueError(f"unknown scheduler {scheduler!r} (DiffusionSpec.scheduler: {', '.join(SCHEDULERS)})")
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=SCHEDULERS[scheduler].from_config(DDPMScheduler(**SD_NOISE).config),
+        scheduler=SCHEDULERS[scheduler].from_config(DDPMScheduler(**SD_NOISE).config, **SCHEDULER_FIXES[scheduler]),
         safety_checker=safety_checker, feature_extractor=image_processor, requires_safety_checker=True,
     )
 
