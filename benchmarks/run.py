@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -226,8 +227,6 @@ def bench_store(small: int = 5000, large: int = 16) -> list[tuple[str, str]]:
         for label, seconds in timings.items():
             rows.append((f"store {label}, {name} ({size_mb:.0f} MB), memory://", f"{seconds:.2f} s = {count / seconds:,.0f} files/s"))
         rows.append((f"plain fsspec put / get, {name}", f"{plain_put:.2f} s / {plain_get:.2f} s"))
-        import shutil
-
         shutil.rmtree(work)
         work.mkdir()
     return rows

@@ -4,7 +4,7 @@
 import dagster as dg
 import polars as pl
 
-from ..core.images import write_bytes_atomic
+from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
 from ..core.report import excluded_note, markdown_table, summarize_scores
 from ..profiles import get_profile

@@ -1,11 +1,26 @@
-"""Publishing folders atomically: build in a temporary sibling, rename into place."""
+"""Publishing files and folders atomically: write a temporary sibling, rename it into place."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """``path`` holds either its old bytes or ``data``, never part of them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -68,18 +68,6 @@ def save_atomic(image: Image.Image, path: Path) -> None:
         raise
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def image_grid(rows: list[list[str | os.PathLike]], cell: int = 32, pad: int = 2) -> Image.Image:
     """A grid with one row per list of image paths (e.g. one row per class)."""
     columns = max((len(r) for r in rows), default=0)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .files import atomic_folder, write_bytes_atomic
+
 MANIFESTS = ".manifests"  # under the working copy: the manifest last fetched or published per folder
 MANIFEST_NAME = ".augassets-manifest.json"  # in the remote folder
 SHA1_SUFFIX = ".sha1"  # beside a remote single file
@@ -80,7 +82,7 @@ def _manifest_bytes(entries: dict[str, dict]) -> bytes:
 class Store:
     """A local folder (``root`` a path or ``file://`` URL) or an fsspec URL with a local working copy."""
 
-    def __init__(self, root: str, cache_dir: str = "", storage_options: dict | None = None):
+    def __init__(self, root: str, cache_dir: str = ""):
         import fsspec
 
         protocol, _ = fsspec.core.split_protocol(root)
@@ -90,7 +92,7 @@ class Store:
         if self.remote:
             if not cache_dir:
                 raise ValueError(f"image store {redact(root)} is a URL: set ImageStoreResource.cache_dir to a local folder for its working copy")
-            self.fs, self.base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+            self.fs, self.base = fsspec.core.url_to_fs(root)
             self.base = self.base.rstrip("/")
             self.local_root = Path(cache_dir)
         else:
@@ -174,7 +176,7 @@ class Store:
                 stats.deleted += 1
             data = _manifest_bytes(entries)
             self.fs.pipe_file(f"{key}/{MANIFEST_NAME}", data)
-            self._write_local_manifest(parts, data)
+            write_bytes_atomic(data, self._local_manifest(parts))
         return stats
 
     def _put_files(self, pairs: list[tuple[Path, str]]) -> None:
@@ -196,14 +198,6 @@ class Store:
             return []
         prefix = key.rstrip("/") + "/"
         return [p.removeprefix(prefix) for p in self.fs.find(key) if p.removeprefix(prefix) != MANIFEST_NAME]
-
-    def _write_local_manifest(self, parts: tuple[str, ...], data: bytes) -> None:
-        path = self._local_manifest(parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
 
     # ---- download -------------------------------------------------------------------------------
     def fetch(self, *parts: str) -> Path:
@@ -227,16 +221,13 @@ class Store:
             if local.is_dir() and recorded.exists() and recorded.read_bytes() == data:
                 return local
             self._rebuild(key, local, manifest)
-            self._write_local_manifest(parts, data)
+            write_bytes_atomic(data, recorded)
         return local
 
-    def _rebuild(self, key: str, local: Path, manifest: dict[str, dict]) -> SyncStats:
-        """Build the folder in a sibling from local files that match the manifest and downloads of the
-        rest, verify every file, then swap it into place."""
-        stats = SyncStats()
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{local.name}.", suffix=".fetch"))
-        try:
+    def _rebuild(self, key: str, local: Path, manifest: dict[str, dict]) -> None:
+        """Build the folder beside the working copy from local files that match the manifest and
+        downloads of the rest, verify every file, then swap it into place (under the folder's lock)."""
+        with atomic_folder(local) as tmp:
             missing = []
             for rel, entry in manifest.items():
                 target = tmp / rel
@@ -244,7 +235,6 @@ class Store:
                 existing = local / rel
                 if existing.is_file() and existing.stat().st_size == entry["size"] and sha1_file(existing) == entry["sha1"]:
                     shutil.copy2(existing, target)
-                    stats.unchanged += 1
                 else:
                     missing.append(rel)
             if missing:  # one batched get: concurrent on asynchronous filesystems
@@ -252,18 +242,6 @@ class Store:
             for rel in missing:
                 if sha1_file(tmp / rel) != manifest[rel]["sha1"]:
                     raise RuntimeError(f"{key}/{rel} does not match its manifest (SHA-1): the remote folder changed mid-fetch; retry")
-            stats.downloaded = len(missing)
-            if local.exists():
-                old = local.with_name(f".{local.name}.{os.getpid()}.old")
-                local.rename(old)
-                tmp.rename(local)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(local)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return stats
 
     def _fetch_file(self, key: str, local: Path, parts: tuple[str, ...]) -> Path:
         """A published single file: kept if the local copy has the sidecar's SHA-1, else downloaded,
