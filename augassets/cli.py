@@ -74,7 +74,9 @@ FOUNDATION_STAGES = [
     Stage("build_foundation", "pool_index", None, ["clip_model", "web_pool"]),
     Stage("build_foundation", "vae", None, ["web_pool"]),
     Stage("build_foundation", "unet", None, ["vae", "clip_model", "web_pool"]),
-    Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_classifier"]),
+    Stage("build_foundation", "judge_images", None, ["dataset_splits", "web_pool"]),
+    Stage("build_foundation", "fidelity_judge", None, ["judge_images", "fidelity_classifier"]),
+    Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_judge"]),
 ]
 
 
@@ -96,16 +98,17 @@ def plan(profile: Profile) -> list[Stage]:
     ]
     if image_methods:
         if profile.world:
-            needed = {"web_pool", "clip_model", "pool_index"} | ({"fidelity_classifier", "vae", "unet", "diffusion_model"} if generation else set())
+            needed = {"web_pool", "clip_model", "pool_index", "fidelity_classifier", "judge_images", "fidelity_judge"}
+            # Retrieval needs the diffusion model too: its safety checker screens retrieved images.
+            needed |= {"vae", "unet", "diffusion_model"} if generation or "retrieval" in keys else set()
             stages += [s for s in FOUNDATION_STAGES if s.asset_name in needed]
         stages += [
             Stage("augment_classes", "class_prompts", class_keys, ["class_catalog", "clip_model", "dataset_splits"]),
             Stage("augment_classes", "augmentation_images", class_keys,
-                  ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if generation else [])),
+                  ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if generation or "retrieval" in keys else [])),
             Stage("collect", "excluded_classes", None, ["augmentation_images"]),
         ]
-        if generation:
-            stages.append(Stage("collect", "class_fidelity", None, ["augmentation_images", "fidelity_classifier"]))
+        stages.append(Stage("collect", "class_fidelity", None, ["augmentation_images", "fidelity_classifier"] + (["fidelity_judge"] if profile.world else [])))
     stages += [
         Stage("build_augmented_datasets", "augmented_datasets", keys, ["dataset_splits"] + (["excluded_classes"] if image_methods else [])),
         Stage("train_classifiers", "classifier_scores", [f"{m}|{r}" for m in keys for r in replicates], ["augmented_datasets"]),
@@ -114,8 +117,9 @@ def plan(profile: Profile) -> list[Stage]:
     if image_methods:
         stages += [
             Stage("collect", "reference_hashes", None, ["dataset_splits"]),
-            Stage("augment_classes", "duplicate_report", class_keys, ["augmentation_images", "reference_hashes"]),
-            Stage("collect", "duplicate_summary", None, ["duplicate_report"]),
+            Stage("collect", "leak_threshold", None, ["reference_hashes"] + (["web_pool"] if profile.duplicates.calibrate_on_planted else [])),
+            Stage("augment_classes", "duplicate_report", class_keys, ["augmentation_images", "reference_hashes", "leak_threshold"]),
+            Stage("collect", "duplicate_summary", None, ["duplicate_report", "leak_threshold"]),
         ]
     return stages
 
@@ -199,6 +203,20 @@ def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=
         say(f"  done in {time.perf_counter() - stage_started:.1f} s")
 
 
+def fidelity_note(per_class) -> str:
+    """Per method: class fidelity by the unbiased judge, target-domain recognizability and, for
+    retrieval in the mini world, its precision by ground truth (image-weighted over classes)."""
+    names = {"fidelity": "class fidelity (judge)", "target_recognizability": "target-domain recognizability",
+             "ground_truth_precision": "precision by ground truth"}
+    columns = [c for c in names if c in per_class.columns]
+    lines = []
+    for method in sorted(per_class["method"].unique()):
+        rows = per_class.filter(per_class["method"] == method)
+        parts = [f"{names[c]} {(rows[c] * rows['images']).sum() / rows['images'].sum():.3f}" for c in columns if rows[c].null_count() == 0]
+        lines.append(f"- {method}: " + ", ".join(parts))
+    return "Share of augmentation images recognized as their class:\n" + "\n".join(lines)
+
+
 def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
@@ -208,12 +226,12 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     if db.has_table("excluded_classes"):
         table += "\n\n" + excluded_note(db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid"))
     if db.has_table("class_fidelity"):
-        fidelity = db.query("SELECT method, sum(fidelity * images) / sum(images) AS fidelity FROM class_fidelity GROUP BY method ORDER BY method")
-        table += "\n\nClass fidelity (share of augmentation images the real-data classifier labels as their class):\n" + "\n".join(
-            f"- {m}: {f:.3f}" for m, f in fidelity.iter_rows()
-        )
+        table += "\n\n" + fidelity_note(db.query("SELECT * FROM class_fidelity"))
     if db.has_table("duplicate_summary"):
-        table += "\n\npHash near-duplicates (Hamming < 10) of augmentation images:\n" + "\n".join(
+        detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
+        how = "the paper's threshold" if detector["source"] == "paper" else (
+            f"chosen on the planted duplicates: recall {detector['recall']:.2f}, precision {detector['precision']:.2f}")
+        table += f"\n\npHash near-duplicates (Hamming < {detector['threshold']}, {how}) of augmentation images:\n" + "\n".join(
             f"- {r['method']}: {r['matched_reference_images']:,} of {r['reference_images']:,} {r['split']} images match "
             f"{r['leaking_augmentation_images']:,} of {r['augmentation_images']:,} augmentation images"
             for r in db.query("SELECT * FROM duplicate_summary ORDER BY method, split").iter_rows(named=True)

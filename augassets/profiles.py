@@ -69,6 +69,8 @@ class SplitSpec:
     counts differ as ImageNet's 74–130 do. ``val_fraction`` sizes the val set when it should differ from the target (full ImageNet: 90% / 10%).
     ``max_test_per_class`` caps the test split (0: no cap).
     ``non_rgb`` says what to do with CMYK/RGBA/grayscale files in class folders: ``skip`` or ``convert``.
+    ``real_extra``: draw the disjoint extra real subsample that ``real_2p`` trains on. Off where the
+    target already takes all the training data (full ImageNet, Caltech256's 80%): there is no ``real_2p``.
     """
 
     train_fraction: float
@@ -77,6 +79,7 @@ class SplitSpec:
     max_test_per_class: int = 0
     seed: int = 0
     non_rgb: str = "skip"
+    real_extra: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class ClassifierSpec:
     ``max_epochs``; the best-val checkpoint is scored on test.
 
     arch: ``resnet_small`` (a CIFAR-style ResNet for 28–32 px) or ``resnet50`` (torchvision).
+    ``min_steps_per_epoch``: a set smaller than ``min_steps_per_epoch × batch_size`` images is passed
+    over several times per epoch (fresh permutations), so the patience counts a comparable amount of
+    training for a target of 100 images and one of 200; 0 (the paper: ImageNet-10% is ~500 steps an
+    epoch) leaves epochs as single passes.
     ``preload_max_images``: sets up to this size are decoded once and kept in memory; larger ones
     are streamed from disk by ``num_workers`` DataLoader workers.
     """
@@ -102,6 +109,7 @@ class ClassifierSpec:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     replicates: int = 5
     width: int = 16
+    min_steps_per_epoch: int = 0
     num_workers: int = 0
     preload_max_images: int = 200_000
     device: str = "cpu"
@@ -115,7 +123,13 @@ class PoolSpec:
     ``planted_test_duplicates`` test and ``planted_val_duplicates`` val images (ground truth kept).
     Caption noise: ``missing_class_word_rate`` name no class, ``wrong_class_word_rate`` name another
     class, ``hypernym_rate`` of the rest use the hypernym instead of a lemma. ``nsfw_rate``: share of
-    images carrying the planted NSFW marker.
+    images carrying the planted NSFW marker. ``background_strength`` scales the brightness of the
+    textured backdrops (1: as bright as the garment's colours can be; lower: closer to the target's
+    black) — the lever for the domain transfer ratio.
+
+    ``judge_per_class``: (train, val, held-out) web-domain images per class made like the pool's class
+    images from further unused training images, but kept out of the pool (no index, CLIP or UNet sees
+    them): the labelled data of the unbiased class-fidelity judge.
     """
 
     per_class: int
@@ -127,6 +141,8 @@ class PoolSpec:
     wrong_class_word_rate: float = 0.08
     hypernym_rate: float = 0.15
     nsfw_rate: float = 0.03
+    background_strength: float = 1.0
+    judge_per_class: tuple[int, int, int] = (300, 50, 100)
     seed: int = 0
 
 
@@ -204,10 +220,21 @@ class GenerationSpec:
 @dataclass(frozen=True)
 class DuplicateSpec:
     """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10) are
-    near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images."""
+    near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images.
+
+    ``calibrate_on_planted`` (the mini world): the threshold is instead chosen from the pool's planted
+    duplicates — the strictest one that finds ``target_recall`` of them — and must reach
+    ``min_precision`` there. At 28 px, pHash < 10 pairs most Fashion-MNIST images of a class with each
+    other (precision 0.006 on the planted truth), so the paper's ImageNet-resolution threshold would
+    measure nothing.
+    """
 
     hamming_threshold: int = 10
     max_test_leak_rate: float = 0.01
+    calibrate_on_planted: bool = False
+    target_recall: float = 0.95
+    min_precision: float = 0.5
+    max_calibration_threshold: int = 16  # the curve covers thresholds 1 … this
 
 
 @dataclass(frozen=True)
@@ -231,6 +258,10 @@ class Profile:
     knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
     max_classes: int = 0  # 0: every class of the class list
     torch_threads: int = 0  # 0: leave torch's default
+
+    def __post_init__(self):
+        if "real_2p" in self.methods and not self.split.real_extra:
+            raise ValueError(f"profile {self.name!r}: method real_2p needs split.real_extra (the extra real subsample)")
 
     @property
     def home(self) -> Path:
@@ -309,7 +340,7 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.004, class_rate_spread=0.4, max_test_per_class=40, seed=0),
         classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4),
         world=MiniWorldSpec(
-            pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2),
+            pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2, judge_per_class=(24, 8, 8)),
             clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
             diffusion=DiffusionSpec(
                 vae_channels=(8, 16, 16), vae_epochs=1, unet_channels=(16, 32), unet_epochs=1,
@@ -319,6 +350,7 @@ PROFILES: dict[str, Profile] = {
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
+        duplicates=DuplicateSpec(calibrate_on_planted=True),
         methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
         max_classes=3,
         torch_threads=1,
@@ -334,6 +366,7 @@ PROFILES: dict[str, Profile] = {
         # In the mini CLIP's 64-d space, 0.94 is the 99.9th percentile of random pool pairs: it would
         # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
         retrieval=RetrievalSpec(dedup_threshold=0.97),
+        duplicates=DuplicateSpec(calibrate_on_planted=True),
     ),
     "imagenet10": Profile(
         name="imagenet10",
@@ -344,19 +377,22 @@ PROFILES: dict[str, Profile] = {
     ),
     "imagenet": Profile(
         name="imagenet",
-        description="Full ImageNet (all training images but the val subsample), ResNet-50.",
+        description="Full ImageNet (paper §4, Fig. 1B): every training image but a val subsample of the 10% "
+        "size as target, ResNet-50; retrieval and CLIP prompts against the baseline, no real_2p. Generation "
+        "makes 3× the largest class count (≈3,900 per class, the paper's ten times the 10% setting's 390).",
         dataset=IMAGENET,
-        split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0),
+        split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0, real_extra=False),
         classifier=RESNET50,
-        methods=("real_p",),
-    ),  # full ImageNet: the paper checks the baseline only
+        methods=("real_p", "clip_prompts", "retrieval"),
+    ),
     "caltech256": Profile(
         name="caltech256",
-        description="Caltech256: 80/10/10 split, half of the 80% as target, the other half as real_2p; "
-        "batch 1024, lr 0.003 (paper section 3).",
+        description="Caltech256 (paper §3): 80/10/10 split, the whole 80% as target, no real_2p; batch 1024, "
+        "lr 0.003.",
         dataset=CALTECH256,
-        split=SplitSpec(train_fraction=0.40, seed=0),
+        split=SplitSpec(train_fraction=0.80, seed=0, real_extra=False),
         classifier=replace(RESNET50, batch_size=1024, lr=0.003),
+        methods=("real_p", "clip_prompts", "retrieval"),
     ),
     "imagefolder": Profile(
         name="imagefolder",

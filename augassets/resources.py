@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import torch
 
 from .core.store import Store, SyncStats
@@ -127,6 +128,37 @@ class DiffusionBackendResource(dg.ConfigurableResource):
         pipeline.scheduler = SCHEDULERS[self.scheduler].from_config(pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(self.device)
+
+
+    def load_safety_checker(self):
+        """The pipeline's own safety checker alone, as ``flags(images) -> list[bool]`` (True: NSFW), for
+        images that were not generated: retrieval discards what the checker flags, as the paper did.
+        None when ``safety_checker`` is off."""
+        if not self.safety_checker:
+            return None
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        source, local_only = _resolve_weights(self.weights, "DiffusionBackendResource.weights", self.offline or _offline())
+        options = {"local_files_only": local_only, "cache_dir": self.cache_dir or None}
+        try:
+            checker = StableDiffusionSafetyChecker.from_pretrained(source, subfolder="safety_checker", **options).to(self.device).eval()
+            processor = CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor", **options)
+        except OSError as error:
+            raise FileNotFoundError(
+                f"cannot load the safety checker of {self.weights!r} (setting DiffusionBackendResource.weights; "
+                f"or set DiffusionBackendResource.safety_checker=false to skip it): {error}"
+            ) from None
+
+        @torch.no_grad()
+        def flags(images) -> list[bool]:
+            pixels = processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+            # The checker blacks out flagged images in place; a list takes images of any size.
+            arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+            _, nsfw = checker(clip_input=pixels, images=arrays)
+            return [bool(flag) for flag in nsfw]
+
+        return flags
 
 
 class ClipEncoderResource(dg.ConfigurableResource):

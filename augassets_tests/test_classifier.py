@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from augassets.core.classifier import LabeledImages, SmallResNet, build_model, per_class_accuracy, train_classifier
+from augassets.core.classifier import LabeledImages, LrPlateau, SmallResNet, build_model, per_class_accuracy, train_classifier
 from augassets.profiles import SMALL_RESNET
 
 from .conftest import write_image
@@ -36,6 +36,7 @@ def test_classifier_learns_and_follows_the_protocol(colour_data):
     assert result.best_val_top1 == 1.0
     assert result.test_top1 >= 0.9
     assert result.epochs_run == result.best_epoch + spec.early_stop_patience < spec.max_epochs
+    assert result.stopped_early
     lrs = [h["lr"] for h in result.history]
     assert lrs[0] == pytest.approx(0.05)
     assert pytest.approx(0.005) in lrs, "the lr is divided by 10 on a val plateau"
@@ -44,6 +45,17 @@ def test_classifier_learns_and_follows_the_protocol(colour_data):
     # The returned checkpoint is the best-val one and loads into a fresh model.
     model = SmallResNet(3, width=4)
     model.load_state_dict(result.state_dict)
+
+
+def test_lr_drops_after_exactly_patience_epochs_without_improvement():
+    """Paper §3: lr ÷ 10 *after* 10 epochs without improvement, i.e. on the 10th stagnant epoch (torch's
+    ReduceLROnPlateau(patience=10) would drop on the 11th); the count restarts after a drop and after a gain."""
+    plateau = LrPlateau(10)
+    assert plateau.step(improved=True) is False
+    drops = [plateau.step(improved=False) for _ in range(25)]
+    assert [i + 1 for i, drop in enumerate(drops) if drop] == [10, 20]
+    assert [plateau.step(improved=False) for _ in range(4)] + [plateau.step(improved=True)] == [False] * 5
+    assert [i + 1 for i, drop in enumerate(plateau.step(improved=False) for _ in range(10)) if drop] == [10]
 
 
 def test_training_is_seeded(colour_data):

@@ -151,3 +151,25 @@ def test_atomic_folder_never_leaves_half_a_partition(tmp_path):
         (tmp / "b.png").write_bytes(b"rerun")
     assert sorted(p.name for p in final.iterdir()) == ["b.png"]
     assert sorted(p.name for p in final.parent.iterdir()) == ["n1"]
+
+
+def test_caltech_style_split_takes_the_whole_80_percent_as_target_and_no_real_extra(tmp_path):
+    """Paper §3 on Caltech256: 80/10/10, the 80% is the target; with a bad file the target is what is left."""
+    root = tmp_path / "caltech"
+    for i in range(20):
+        write_image(root / "n03595614" / f"{i:02d}.jpg", fmt="JPEG")
+    (root / "n03595614" / "broken.jpg").write_bytes(b"")
+    dataset = replace(folder_dataset(root), train_dir="", test_dir="", holdout_fraction=0.1)
+    splits, report = make_splits(build_catalog(dataset), dataset, get_profile("caltech256").split, tmp_path / "x")
+    counts = dict(splits.group_by("split").len().iter_rows())
+    assert counts == {"test": 2, "val": 2, "target": 16}, "21 files, 1 broken: 10% test, 10% val, every other usable one as target"
+    assert report.skipped_by_reason() == {"empty": 1}
+
+
+def test_a_profile_cannot_ask_for_real_2p_without_the_extra_real_subsample():
+    with pytest.raises(ValueError, match="real_2p needs split.real_extra"):
+        replace(get_profile("mini"), split=replace(get_profile("mini").split, real_extra=False))
+    for name in ("imagenet", "caltech256"):
+        profile = get_profile(name)
+        assert "real_2p" not in profile.methods and not profile.split.real_extra
+        assert {"real_p", "retrieval", "clip_prompts"} <= set(profile.methods)

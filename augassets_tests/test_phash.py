@@ -80,3 +80,23 @@ def test_duplicate_pairs_equal_brute_force():
     assert set(zip(q_idx.tolist(), d_idx.tolist())) == expected
     assert (dist == brute[q_idx, d_idx]).all() and (dist < 10).all()
     assert len(expected) > 50
+
+
+def test_detector_curve_and_threshold_choice_on_planted_truth():
+    """The mini world's leak threshold: the strictest one that recalls 95% of the planted duplicates."""
+    from augassets.core.duplicates import choose_threshold, detector_curve
+
+    planted = {(i, f"test/{i}") for i in range(20)}
+    found = {(i, f"test/{i}", 0 if i < 10 else 2) for i in range(20)}  # planted pairs at distance 0 or 2
+    found |= {(100 + i, f"test/{i}", 4) for i in range(10)}  # unrelated look-alikes at 4 …
+    found |= {(200 + i, f"test/{i % 20}", 8) for i in range(200)}  # … and many more at 8
+    found.add((5, "test/6", 2))  # a planted image close to another test image too
+    curve = detector_curve(found, planted, range(1, 11))
+    by_t = {p["threshold"]: p for p in curve}
+    assert by_t[1]["recall"] == 0.5 and by_t[1]["precision"] == 1.0
+    assert by_t[3]["recall"] == 1.0 and by_t[3]["precision"] == 20 / 21
+    assert by_t[5]["precision"] == 20 / 31
+    assert by_t[10]["pairs"] == 231 and by_t[10]["precision"] == 20 / 231
+    assert choose_threshold(curve, 0.95)["threshold"] == 3
+    assert choose_threshold(curve, 0.5)["threshold"] == 1
+    assert choose_threshold(detector_curve(set(), planted, range(1, 4)), 0.95)["threshold"] == 3, "none reaches: the loosest"

@@ -98,9 +98,16 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
 
     instance = dg.DagsterInstance.get()
     summary = instance.get_latest_materialization_event(dg.AssetKey("duplicate_summary")).asset_materialization.metadata
-    assert summary["detector_recall"].value >= 0.95
+    assert summary["detector_recall"].value >= 0.95 and summary["detector_precision"].value >= 0.5
+    assert summary["threshold_source"].value == "planted" and summary["hamming_threshold"].value < 10
+    curve = db.query("SELECT * FROM leak_detector_curve ORDER BY threshold")
+    assert curve["recall"].is_sorted() and curve.height == profile.duplicates.max_calibration_threshold
     hashes = instance.get_latest_materialization_event(dg.AssetKey("reference_hashes")).asset_materialization.metadata
     assert hashes["imagehash_agreement"].value >= 0.99
+    unused = set(db.query("SELECT item FROM reference_hashes WHERE split = 'unused_train'")["item"])
+    splits = db.query("SELECT split, item FROM dataset_splits")
+    assert set(splits.filter(pl.col("split") == "real_extra")["item"]) <= unused, "real_2p's extra images are unused by the target"
+    assert not set(splits.filter(pl.col("split").is_in(["target", "val"]))["item"]) & unused
     assert summary["planted_duplicates"].value == profile.world.pool.planted_test_duplicates + profile.world.pool.planted_val_duplicates
     assert "of" in summary["summary"].value
     evaluations = [
@@ -109,9 +116,13 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
         for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
     ]
     by_check = {e.check_name: e.passed for e in evaluations}
+    retrieved = db.query("SELECT * FROM class_fidelity WHERE method = 'retrieval'")
+    judge_minus_truth = float(((retrieved["fidelity"] - retrieved["ground_truth_precision"]) * retrieved["images"]).sum() / retrieved["images"].sum())
     worst_test_leak = float(db.query("SELECT max(leak_rate) AS r FROM duplicate_summary WHERE split = 'test'")["r"][0])
     assert by_check == {
         "augmentation_images_are_valid": True,
+        "leak_detector_is_discriminative": True,
+        "judge_agrees_with_ground_truth": abs(judge_minus_truth) <= 0.1,
         # The smoke pool is small and holds planted test duplicates: whether retrieval picked some decides.
         "test_leak_rate_is_low": worst_test_leak <= profile.duplicates.max_test_leak_rate,
     }
@@ -136,7 +147,18 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     target_total = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
     assert all(len(d) == target_total for d in draws.values())
     fidelity = db.query("SELECT * FROM class_fidelity")
-    assert fidelity.height == 6 * 3 and fidelity["fidelity"].is_between(0, 1).all()
+    assert fidelity.height == 6 * 3
+    assert fidelity["fidelity"].is_between(0, 1).all() and fidelity["target_recognizability"].is_between(0, 1).all()
+    retrieved = fidelity.filter(pl.col("method") == "retrieval")
+    assert retrieved["ground_truth_precision"].is_between(0, 1).all(), "retrieval reports its precision by ground truth"
+    assert fidelity.filter(pl.col("method") != "retrieval")["ground_truth_precision"].is_null().all(), "generated images have none"
+    # ground truth recomputed here from the pool's truth table
+    truth = db.query(
+        "SELECT m.wnid, avg(CASE WHEN t.kind != 'distractor' AND t.wnid = m.wnid THEN 1.0 ELSE 0.0 END) AS p "
+        "FROM augmentation_manifest m JOIN web_pool_truth t USING (pool_id) WHERE m.method = 'retrieval' GROUP BY m.wnid"
+    )
+    joined = retrieved.join(truth, on="wnid")
+    assert joined.height == 3 and ((joined["ground_truth_precision"] - joined["p"]).abs() < 1e-9).all()
     boomerang = db.query("SELECT wnid, source_image FROM class_prompts WHERE method = 'boomerang'")
     targets = db.query("SELECT wnid, path FROM dataset_splits WHERE split = 'target'")
     assert set(boomerang["source_image"]) == set(targets["path"]), "Boomerang starts from every target image"
@@ -233,8 +255,24 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     assert len(hits) == 5 and {"url", "caption", "aesthetic", "nsfw"} <= set(hits[0].metadata)
 
     sd_meta = result.asset_materializations_for_node("diffusion_model")[0].metadata
-    for key in ("safety_precision_held_out", "safety_recall_held_out", "class_fidelity"):
+    for key in ("safety_precision_held_out", "safety_recall_held_out", "class_fidelity", "target_recognizability", "judge_top1_holdout_web"):
         assert 0.0 <= sd_meta[key].value <= 1.0, key
+    assert sd_meta["relative_class_fidelity"].value == pytest.approx(sd_meta["class_fidelity"].value / sd_meta["judge_top1_holdout_web"].value)
+
+    # The judge's images are made like the pool's but kept out of it and out of every split.
+    judge_images = db.query("SELECT * FROM judge_images")
+    sizes = dict(zip(("train", "val", "holdout"), profile.world.pool.judge_per_class))
+    per_split = judge_images.filter(pl.col("domain") == "web").group_by("split", "wnid").len()
+    assert all(n == sizes[split] for split, n in zip(per_split["split"], per_split["len"]))
+    assert set(judge_images.filter(pl.col("split") == "holdout")["domain"]) == {"web"}
+    assert not set(judge_images["item"]) & (used | pool_sources | set(db.query("SELECT item FROM dataset_splits")["item"]))
+    assert all(Path(p).is_file() for p in judge_images["path"])
+    judge_meta = result.asset_materializations_for_node("fidelity_judge")[0].metadata
+    for key in ("judge_top1_test", "judge_top1_holdout_web", "target_classifier_top1_test", "target_classifier_top1_web"):
+        assert 0.0 <= judge_meta[key].value <= 1.0, key
+    transfer = db.query("SELECT * FROM domain_transfer")
+    assert transfer["web_transform"].to_list() == ["none", "geometry", "colour", "photometric", "background", "all"]
+    assert judge_meta["domain_transfer_ratio"].value == pytest.approx(transfer.filter(pl.col("web_transform") == "all")["transfer_ratio"][0])
     assert "data:image/png;base64," in sd_meta["samples"].value
     sd_folder = store / "models" / "stable_diffusion"
     assert isinstance(StableDiffusionPipeline.from_pretrained(sd_folder), StableDiffusionPipeline)

@@ -57,3 +57,21 @@ def test_near_duplicate_components_keep_the_first_member():
     chain = np.stack([e[0], e[0], e[1], (e[1] + 0.01 * e[2]) / np.linalg.norm(e[1] + 0.01 * e[2]), e[3]])
     assert near_duplicate_rows(chain) == {1, 3}
 
+
+
+def test_safety_checker_rejects_are_counted_apart_from_the_pool_flag_and_checked_once():
+    """Paper §3.1: retrieved images pass the diffusion model's safety checker too, not only the pool's flag."""
+    hits, embeddings = pool(200, np.random.default_rng(3))
+    checked = []
+
+    def flags_unsafe(batch):
+        checked.extend(h.id for h in batch)
+        return [h.id % 5 == 0 for h in batch]
+
+    result = retrieve(lambda k: hits[:k], lambda hs: embeddings[[h.id for h in hs]], n=60, flags_unsafe=flags_unsafe)
+    kept = [h.id for h in result.kept]
+    assert result.enough and len(kept) == 60 and not any(i % 5 == 0 for i in kept)
+    assert result.rejected["safety_checker"] > 0 and result.rejected["nsfw"] > 0
+    assert result.k_used > 84, "k grew past 1.4·n"
+    assert len(checked) == len(set(checked)), "an image is checked once however often k grows"
+    assert not any(i % 7 == 0 or i % 3 == 0 for i in checked), "only hits that passed the cheaper filters are checked"

@@ -26,6 +26,7 @@ SCORE_SCHEMA = {
     "best_val_top1": pl.Float64,
     "best_epoch": pl.Int64,
     "epochs_run": pl.Int64,
+    "stopped_early": pl.Boolean,
     "train_images": pl.Int64,
     "train_seconds": pl.Float64,
     "images_per_second": pl.Float64,
@@ -104,6 +105,7 @@ def classifier_scores(
         row = {
             "method": method, "replicate": replicate, "test_top1": result.test_top1,
             "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
             "train_images": result.train_images, "train_seconds": result.train_seconds,
             "images_per_second": result.images_per_second, "seed": seed, "checkpoint": str(checkpoint),
         }
@@ -123,6 +125,7 @@ def classifier_scores(
         metadata={
             "runs": len(rows),
             "mean_test_top1": float(summary["test_top1"].mean()),
+            "runs_stopped_early": int(summary["stopped_early"].sum()),  # the rest ran into max_epochs
             "mean_images_per_second": float(summary["images_per_second"].mean()),
             "seconds": round(time.perf_counter() - started, 1),
             "runs_table": dg.MetadataValue.md(frame_markdown(summary)),

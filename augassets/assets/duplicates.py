@@ -9,7 +9,7 @@ import polars as pl
 from PIL import Image
 
 from ..core.datasets import FashionMnistSource, open_source
-from ..core.duplicates import DuplicateIndex
+from ..core.duplicates import DuplicateIndex, choose_threshold, detector_curve
 from ..core.images import image_grid, png_data_uri_markdown, save_atomic
 from ..core.phash import phash_files, phash_images
 from ..core.report import frame_markdown
@@ -25,6 +25,7 @@ GROUP = "duplicates"
 REFERENCE_SPLITS = ("test", "val", "unused_train")
 AGREEMENT_SAMPLE = 256
 HASH_SCHEMA = {"split": pl.Utf8, "wnid": pl.Utf8, "item": pl.Utf8, "path": pl.Utf8, "phash": pl.UInt64}
+THRESHOLD_SCHEMA = {"threshold": pl.Int64, "pairs": pl.Int64, "recall": pl.Float64, "precision": pl.Float64, "source": pl.Utf8}
 PAIR_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "aug_path": pl.Utf8, "ref_split": pl.Utf8, "ref_wnid": pl.Utf8,
     "ref_item": pl.Utf8, "ref_path": pl.Utf8, "distance": pl.Int64,
@@ -32,8 +33,9 @@ PAIR_SCHEMA = {
 
 
 def _unused_train(db, image_store: ImageStoreResource) -> pl.DataFrame:
-    """Training images no split uses: (wnid, item, path or '', phash)."""
-    used = set(db.query("SELECT item FROM dataset_splits WHERE split != 'test'")["item"])
+    """Training images outside the target and val splits: (wnid, item, path or '', phash). The extra
+    real subsample of ``real_2p`` is among them: it is not part of the target that augmentation adds to."""
+    used = set(db.query("SELECT item FROM dataset_splits WHERE split IN ('target', 'val')")["item"])
     catalog = db.query("SELECT wnid, folder, source_label FROM class_catalog ORDER BY label")
     source = open_source(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
     rows = []
@@ -49,7 +51,7 @@ def _unused_train(db, image_store: ImageStoreResource) -> pl.DataFrame:
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[dataset_splits], kinds={"duckdb"},
+    group_name=GROUP, code_version=code_version("2"), pool="duckdb", deps=[dataset_splits], kinds={"duckdb"},
     description="pHashes of every image augmentation must not leak: the test and val splits and the training "
     "images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
 )
@@ -85,16 +87,82 @@ def imagehash_agreement(paths: list[str]) -> float:
     return float(np.mean([int(a) == b for a, b, good in zip(ours, reference, ok) if good])) if ok.any() else float("nan")
 
 
+SPEC = PROFILE.duplicates
+
+
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1", PROFILE.duplicates.hamming_threshold), pool="duckdb",
+    group_name=GROUP, code_version=code_version("1", SPEC), pool="duckdb",
+    deps=[reference_hashes] + (["web_pool"] if SPEC.calibrate_on_planted else []), kinds={"faiss", "duckdb"},
+    description="The Hamming threshold below which two pHashes are near-duplicates. Real data: the paper's 10. "
+    "The mini world: the strictest threshold that finds DuplicateSpec.target_recall of the pool's planted "
+    "test/val duplicates, with the detector's precision–recall curve on that ground truth.",
+)
+def leak_threshold(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    db = warehouse.get()
+    if not SPEC.calibrate_on_planted:
+        chosen = {"threshold": SPEC.hamming_threshold, "pairs": None, "recall": None, "precision": None}
+        db.replace("leak_threshold", pl.DataFrame([{**chosen, "source": "paper"}], schema=THRESHOLD_SCHEMA))
+        return dg.MaterializeResult(metadata={"threshold": SPEC.hamming_threshold, "source": "paper (pHash Hamming < 10)"})
+    # Every pool image against the test and val hashes: the planted duplicates are the ground truth.
+    truth = db.query("SELECT t.pool_id, t.kind, t.source_item, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
+    paths = [u.removeprefix("file://") for u in truth["url"]]
+    image_store.ensure(paths, context.log.info)
+    hashes, ok = phash_files(paths)
+    references = db.query("SELECT item, phash FROM reference_hashes WHERE split IN ('test', 'val')")
+    q, d, dist = DuplicateIndex(references["phash"].to_numpy()).pairs(hashes, SPEC.max_calibration_threshold)
+    pool_ids, items = truth["pool_id"].to_numpy(), references["item"].to_numpy()
+    found = {(int(pool_ids[i]), str(items[j]), int(k)) for i, j, k in zip(q, d, dist) if ok[i]}
+    planted = {(r["pool_id"], r["source_item"]) for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
+    curve = pl.DataFrame(detector_curve(found, planted, range(1, SPEC.max_calibration_threshold + 1)))
+    chosen = choose_threshold(curve.to_dicts(), SPEC.target_recall)
+    db.replace("leak_detector_curve", curve)
+    db.replace("leak_threshold", pl.DataFrame([{**chosen, "source": "planted"}], schema=THRESHOLD_SCHEMA))
+    context.log.info(
+        f"leak threshold: Hamming < {chosen['threshold']} finds {chosen['recall']:.3f} of {len(planted)} planted duplicates "
+        f"at precision {chosen['precision']:.3f} (the paper's < {SPEC.hamming_threshold}: "
+        f"precision {curve.filter(pl.col('threshold') == SPEC.hamming_threshold)['precision'][0]:.3f})"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "threshold": chosen["threshold"],
+            "source": "planted duplicates",
+            "planted_duplicates": len(planted),
+            "detector_recall": chosen["recall"],
+            "detector_precision": chosen["precision"],
+            "detector_pairs_found": chosen["pairs"],
+            "paper_threshold_precision": float(curve.filter(pl.col("threshold") == SPEC.hamming_threshold)["precision"][0]),
+            "precision_recall_curve": dg.MetadataValue.md(frame_markdown(curve)),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=leak_threshold,
+    description="The mini world's detector is meaningful: at the chosen threshold it finds DuplicateSpec.target_recall "
+    "of the planted duplicates with precision ≥ DuplicateSpec.min_precision. Passes trivially on real data (the paper's threshold).",
+)
+def leak_detector_is_discriminative(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    row = warehouse.get().query("SELECT * FROM leak_threshold").row(0, named=True)
+    if row["source"] != "planted":
+        return dg.AssetCheckResult(passed=True, metadata={"threshold": row["threshold"], "source": row["source"]})
+    return dg.AssetCheckResult(
+        passed=row["recall"] >= SPEC.target_recall and row["precision"] >= SPEC.min_precision,
+        metadata={"threshold": row["threshold"], "recall": row["recall"], "precision": row["precision"],
+                  "target_recall": SPEC.target_recall, "min_precision": SPEC.min_precision},
+    )
+
+
+@dg.asset(
+    group_name=GROUP, code_version=code_version("2"), pool="duckdb",
     partitions_def=class_method_partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[augmentation_images, reference_hashes], kinds={"faiss", "duckdb"},
-    description="Candidate near-duplicate pairs (pHash Hamming < 10) between a partition's augmentation images "
-    "and the test, val and unused training images.",
+    deps=[augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "duckdb"},
+    description="Candidate near-duplicate pairs (pHash Hamming below leak_threshold: the paper's 10 on real "
+    "data) between a partition's augmentation images and the test, val and unused training images.",
 )
 def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
     db = warehouse.get()
     references = db.query("SELECT * FROM reference_hashes")
+    threshold = int(db.query("SELECT threshold FROM leak_threshold")["threshold"][0])
     index = DuplicateIndex(references["phash"].to_numpy())
     ref = {column: references[column].to_numpy() for column in ("split", "wnid", "item", "path")}
     totals = {split: 0 for split in REFERENCE_SPLITS}
@@ -105,7 +173,7 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         image_store.ensure(manifest["path"], context.log.info)
         hashes, ok = phash_files(manifest["path"].to_list())
         images += int(ok.sum())
-        q, d, dist = index.pairs(hashes[ok], PROFILE.duplicates.hamming_threshold)
+        q, d, dist = index.pairs(hashes[ok], threshold)
         paths = np.array(manifest["path"].to_list(), dtype=object)[ok]
         pairs = pl.DataFrame(
             {
@@ -119,35 +187,15 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         db.replace("duplicate_hashed", pl.DataFrame({"method": [method], "wnid": [wnid], "images": [int(ok.sum())]}), where={"method": method, "wnid": wnid})
         for split, n in pairs.group_by("ref_split").len().iter_rows():
             totals[split] += n
-    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys), "augmentation_images": images, **{f"pairs_{k}": v for k, v in totals.items()}})
-
-
-def _detector_recall(db, image_store: ImageStoreResource) -> dict:
-    """The detector against the mini world's ground truth: every pool image vs test + val; recall of the
-    planted duplicates (found paired with their own source) and precision of the pairs found."""
-    truth = db.query("SELECT t.pool_id, t.kind, t.source_item, t.duplicate_of_split, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
-    paths = [u.removeprefix("file://") for u in truth["url"]]
-    image_store.ensure(paths)
-    hashes, ok = phash_files(paths)
-    references = db.query("SELECT * FROM reference_hashes WHERE split IN ('test', 'val')")
-    q, d, _ = DuplicateIndex(references["phash"].to_numpy()).pairs(hashes, PROFILE.duplicates.hamming_threshold)
-    pool_ids, items = truth["pool_id"].to_numpy(), references["item"].to_numpy()
-    found = {(int(pool_ids[i]), str(items[j])) for i, j in zip(q, d) if ok[i]}
-    planted = {(r["pool_id"], r["source_item"]) for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
-    hit = len(found & planted)
-    return {
-        "planted_duplicates": len(planted),
-        "detector_recall": hit / len(planted) if planted else float("nan"),
-        "detector_precision": hit / len(found) if found else float("nan"),
-        "detector_pairs_found": len(found),
-    }
+    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys), "augmentation_images": images, "hamming_threshold": threshold,
+                                          **{f"pairs_{k}": v for k, v in totals.items()}})
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1"), pool="duckdb", deps=[duplicate_report, "web_pool"], kinds={"duckdb"},
+    group_name=GROUP, code_version=code_version("2"), pool="duckdb", deps=[duplicate_report, leak_threshold], kinds={"duckdb"},
     description="Leak rates per method and split (augmentation images with a pHash near-duplicate among the test, "
-    "val or unused training images), a gallery of candidate pairs, and — in the mini world — the detector's recall "
-    "and precision on the planted duplicates.",
+    "val or unused training images), a gallery of candidate pairs, the threshold used and — in the mini world — "
+    "the detector's recall and precision on the planted duplicates at that threshold.",
 )
 def duplicate_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
     db = warehouse.get()
@@ -179,9 +227,15 @@ def duplicate_summary(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         save_atomic(grid, image_store.path("reports", "duplicate_gallery.png"))
         image_store.publish("reports", "duplicate_gallery.png")
         metadata["gallery"] = dg.MetadataValue.md("Augmentation image | reference image, closest first:\n\n" + png_data_uri_markdown(grid, "duplicate candidates"))
-    if db.has_table("web_pool_truth"):
-        metadata.update(_detector_recall(db, image_store))
-        context.log.info(f"duplicate detector on planted duplicates: recall {metadata['detector_recall']:.3f}, precision {metadata['detector_precision']:.3f}")
+    detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
+    metadata["hamming_threshold"] = detector["threshold"]
+    metadata["threshold_source"] = detector["source"]
+    if detector["source"] == "planted":
+        metadata.update({
+            "planted_duplicates": PROFILE.world.pool.planted_test_duplicates + PROFILE.world.pool.planted_val_duplicates,
+            "detector_recall": detector["recall"], "detector_precision": detector["precision"], "detector_pairs_found": detector["pairs"],
+        })
+        context.log.info(f"duplicate detector (Hamming < {detector['threshold']}) on planted duplicates: recall {detector['recall']:.3f}, precision {detector['precision']:.3f}")
     return dg.MaterializeResult(metadata=metadata)
 
 

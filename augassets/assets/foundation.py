@@ -278,12 +278,13 @@ def mini_world_assets() -> list:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", world.diffusion.scheduler, world.diffusion.samples_per_class),
-        deps=[vae, unet, clip_model, pool_index, fidelity_classifier], pool="gpu", kinds={"diffusers"},
+        group_name=GROUP, code_version=code_version("2", world.diffusion.scheduler, world.diffusion.samples_per_class),
+        deps=[vae, unet, clip_model, pool_index, fidelity_classifier, "fidelity_judge"], pool="gpu", kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
         "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
         "StableDiffusionImg2ImgPipeline.from_pretrained. Reports the safety checker's precision/recall on the "
-        "pool and the class fidelity of simple-prompt generations.",
+        "pool and the class fidelity of simple-prompt generations by the unbiased judge (relative to the judge's "
+        "own accuracy on held-out web-domain images), beside their target-domain recognizability.",
     )
     def diffusion_model(
         context: dg.AssetExecutionContext,
@@ -296,7 +297,7 @@ def mini_world_assets() -> list:
 
         db = warehouse.get()
         models = image_store.path("models")
-        for part in ("clip", "vae", "unet", "fidelity_classifier.safetensors"):
+        for part in ("clip", "vae", "unet", "fidelity_classifier.safetensors", "fidelity_judge.safetensors"):
             image_store.fetch("models", part)
         image_store.fetch("pool_index")
         clip = CLIPModel.from_pretrained(models / "clip").eval()
@@ -342,17 +343,28 @@ def mini_world_assets() -> list:
                 row.append(str(path))
             rows.append(row)
         image_store.publish("reports", "diffusion_samples")
-        # Class fidelity over the samples the safety checker passed (flagged ones come back black).
-        state = load_file(str(image_store.path("models", "fidelity_classifier.safetensors")))
+        # Class fidelity over the samples the safety checker passed (flagged ones come back black): by the
+        # judge, relative to its own accuracy on held-out web-domain images, and as target-domain recognizability.
         passed = np.array([not flagged for _, flagged in results])
         labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
-        predictions = classify_images(state, PROFILE.classifier, catalog.height, [img for (img, _), ok in zip(results, passed) if ok])
+        kept = [img for (img, _), ok in zip(results, passed) if ok]
+        judged = classify_images(load_file(str(models / "fidelity_judge.safetensors")), PROFILE.classifier, catalog.height, kept)
+        recognized = classify_images(load_file(str(models / "fidelity_classifier.safetensors")), PROFILE.classifier, catalog.height, kept)
+        judge_holdout = dict(db.query("SELECT label, holdout_web FROM judge_accuracy").iter_rows())
+        share = lambda predicted, c: float((predicted[labels == c] == c).mean()) if (labels == c).any() else float("nan")  # noqa: E731
         fidelity = catalog.with_columns(
-            pl.Series("class_fidelity", [float((predictions[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c in catalog["label"]]),
+            pl.Series("class_fidelity", [share(judged, c) for c in catalog["label"]]),
+            pl.Series("judge_holdout_web", [judge_holdout[c] for c in catalog["label"]]),
+            pl.Series("target_recognizability", [share(recognized, c) for c in catalog["label"]]),
             pl.Series("samples", [int((labels == c).sum()) for c in catalog["label"]]),
+        ).with_columns((pl.col("class_fidelity") / pl.col("judge_holdout_web")).alias("relative_fidelity"))
+        overall = float((judged == labels).mean()) if len(labels) else float("nan")
+        judge_accuracy = float(np.mean(list(judge_holdout.values())))
+        context.log.info(
+            f"diffusion_model: class fidelity {overall:.3f} by the judge ({overall / judge_accuracy:.2f} of its own "
+            f"{judge_accuracy:.3f} on held-out web-domain images), target-domain recognizability "
+            f"{float((recognized == labels).mean()):.3f}, over {len(labels)} unflagged simple-prompt samples"
         )
-        overall = float((predictions == labels).mean()) if len(labels) else float("nan")
-        context.log.info(f"diffusion_model: class fidelity {overall:.3f} over {len(labels)} unflagged simple-prompt samples")
         return dg.MaterializeResult(
             metadata={
                 "folder": dg.MetadataValue.path(image_store.url("models", "stable_diffusion")),
@@ -361,6 +373,9 @@ def mini_world_assets() -> list:
                 "safety_recall_held_out": recall,
                 "safety_flagged_samples": sum(flag for _, flag in results),
                 "class_fidelity": overall,
+                "judge_top1_holdout_web": judge_accuracy,
+                "relative_class_fidelity": overall / judge_accuracy,
+                "target_recognizability": float((recognized == labels).mean()) if len(labels) else float("nan"),
                 "class_fidelity_per_class": dg.MetadataValue.md(frame_markdown(fidelity)),
                 "sample_seconds": round(seconds, 2),
                 "samples_per_second": round(len(results) / seconds, 2),

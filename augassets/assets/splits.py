@@ -45,7 +45,7 @@ def dataset_splits(
     counts = (
         splits.group_by("wnid", "split").len().pivot(on="split", index="wnid", values="len").fill_null(0)
         .join(catalog.select("wnid", "label", "name"), on="wnid").sort("label")
-        .select("wnid", "name", "target", "val", "real_extra", "test")
+        .select("wnid", "name", *(name for name in ("target", "val", "real_extra", "test") if name in splits["split"].unique()))
     )
     grid = image_grid(
         [

@@ -12,6 +12,7 @@ import copy
 import functools
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock
 from torchvision.transforms import v2
@@ -134,6 +135,23 @@ class LabeledImages:
         return len(self.paths)
 
 
+class LrPlateau:
+    """The paper's rule: divide the lr by 10 after ``patience`` epochs without a better val accuracy,
+    counting again from zero after each drop. (torch's ``ReduceLROnPlateau`` drops one epoch later, on
+    the ``patience + 1``-th, and calls a gain below 1e-4 relative no gain.)"""
+
+    def __init__(self, patience: int):
+        self.patience, self.stale = patience, 0
+
+    def step(self, improved: bool) -> bool:
+        """Record one epoch; True when the lr must drop now."""
+        self.stale = 0 if improved else self.stale + 1
+        if self.stale == self.patience:
+            self.stale = 0
+            return True
+        return False
+
+
 @dataclass
 class TrainResult:
     test_top1: float
@@ -144,6 +162,7 @@ class TrainResult:
     train_seconds: float
     images_per_second: float
     per_class_test_top1: dict[int, float]
+    stopped_early: bool = False  # False: training ran into max_epochs
     history: list[dict] = field(default_factory=list)
     state_dict: dict | None = None
 
@@ -178,15 +197,30 @@ def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool,
         preload = spec.image_size if len(data) <= spec.preload_max_images else None
         dataset = ImageListDataset(data.paths, data.labels, transform, preload_size=preload)
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if shuffle:
+        # Small sets pass over their images several times per epoch (each pass a fresh permutation),
+        # so that an epoch — and with it the plateau and early-stopping patience — is at least
+        # ``min_steps_per_epoch`` SGD steps whatever the set's size.
+        samples = max(len(dataset), spec.min_steps_per_epoch * spec.batch_size)
+        sampler = RandomSampler(dataset, num_samples=samples, generator=generator)
     return DataLoader(
         dataset,
         batch_size=spec.batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         num_workers=spec.num_workers,
-        generator=generator,
         drop_last=False,
         persistent_workers=spec.num_workers > 0,
+        worker_init_fn=_seed_worker,
     )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader workers draw their random crops from a seed derived from the loader's (torch's
+    recipe for reproducible workers): the same run gives the same batches with any worker count."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 @torch.no_grad()
@@ -221,15 +255,15 @@ def train_classifier(
     device = torch.device(spec.device if spec.device != "cuda" or torch.cuda.is_available() else "cpu")
     model = build_model(spec, num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=spec.plateau_patience)
     train_loader = _loader(train, train_transform(spec), spec, shuffle=True, seed=seed)
     val_loader = _loader(val, None, spec, shuffle=False, seed=seed)
 
     best_val, best_epoch, best_state, history = -1.0, 0, None, []
+    plateau = LrPlateau(spec.plateau_patience)
     train_seconds, seen = 0.0, 0
     for epoch in range(1, spec.max_epochs + 1):
         model.train()
-        started, loss_sum = time.perf_counter(), 0.0
+        started, loss_sum, epoch_seen = time.perf_counter(), 0.0, 0
         for images, labels in train_loader:
             images, labels = normalize_batch(images.to(device)), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
@@ -237,20 +271,26 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(labels)
-            seen += len(labels)
+            epoch_seen += len(labels)
         train_seconds += time.perf_counter() - started
+        seen += epoch_seen
         predictions, targets = predict(model, val_loader, device)
         val_top1 = float((predictions == targets).mean())
-        scheduler.step(val_top1)
         lr = optimizer.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_loss": loss_sum / len(train), "val_top1": val_top1, "lr": lr})
+        history.append({"epoch": epoch, "train_loss": loss_sum / max(1, epoch_seen), "val_top1": val_top1, "lr": lr})
         if val_top1 > best_val:
             best_val, best_epoch, best_state = val_top1, epoch, copy.deepcopy(model.state_dict())
-        say(f"epoch {epoch}/{spec.max_epochs}: loss {loss_sum / len(train):.3f} val top-1 {val_top1:.4f} (best {best_val:.4f} @ {best_epoch}) lr {lr:g}")
+        if plateau.step(improved=epoch == best_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] /= 10
+        say(f"epoch {epoch}/{spec.max_epochs}: loss {loss_sum / max(1, epoch_seen):.3f} val top-1 {val_top1:.4f} (best {best_val:.4f} @ {best_epoch}) lr {lr:g}")
         if epoch - best_epoch >= spec.early_stop_patience:
             say(f"early stop: no val improvement for {spec.early_stop_patience} epochs")
             break
 
+    stopped_early = epoch - best_epoch >= spec.early_stop_patience
+    if not stopped_early:
+        say(f"stopped at the epoch cap ({spec.max_epochs}) while val was still improving (best at {best_epoch})")
     model.load_state_dict(best_state)
     test_loader = _loader(test, None, spec, shuffle=False, seed=seed)
     predictions, targets = predict(model, test_loader, device)
@@ -263,6 +303,7 @@ def train_classifier(
         train_seconds=train_seconds,
         images_per_second=seen / train_seconds if train_seconds else 0.0,
         per_class_test_top1=per_class_accuracy(predictions, targets),
+        stopped_early=stopped_early,
         history=history,
         state_dict={k: v.detach().cpu().contiguous() for k, v in best_state.items()},
     )

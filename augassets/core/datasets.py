@@ -206,10 +206,13 @@ def make_splits(
         n_val = max(1, round(split.val_fraction / split.train_fraction * n_target)) if split.val_fraction else n_target
         if dataset.holdout_fraction:
             n_val = max(1, round(dataset.holdout_fraction * n))
+            if split.train_fraction + 2 * dataset.holdout_fraction >= 0.999:
+                n_target = None  # 80/10/10 (Caltech256): the target is every usable image test and val left
         try:
             drawn["val"] = _take(stream, n_val, wnid, source, split, report, "val")
             drawn["target"] = _take(stream, n_target, wnid, source, split, report, "target")
-            drawn["real_extra"] = _take(stream, n_target, wnid, source, split, report, "real_extra")
+            if split.real_extra:
+                drawn["real_extra"] = _take(stream, n_target, wnid, source, split, report, "real_extra")
         except DatasetError:
             reasons = Counter(r["reason"] for r in report.skipped if r["wnid"] == wnid)
             if not drawn.get("val") and sum(reasons.values()) >= n - len(drawn.get("test", [])) * (not source.has_test_split):
@@ -221,7 +224,7 @@ def make_splits(
         if not drawn["test"]:
             raise DatasetError(f"class {wnid}: no usable test image in folder {row['folder']!r}")
         report.counts[wnid] = Counter({name: len(pairs) for name, pairs in drawn.items()})
-        for name in SPLITS:
+        for name in (name for name in SPLITS if name in drawn):
             rows.extend({"split": name, "wnid": wnid, "label": label, "item": item, "path": path} for item, path in drawn[name])
         say(f"splits: class {wnid} ({row['name']}): " + ", ".join(f"{k}={v}" for k, v in report.counts[wnid].items()))
     return pl.DataFrame(rows, schema=SPLIT_SCHEMA), report

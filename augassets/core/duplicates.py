@@ -59,3 +59,30 @@ def duplicate_pairs(
     """Every (query index, database index, distance) with Hamming distance < ``threshold``;
     ``queries`` and ``database`` are uint64 pHash arrays."""
     return DuplicateIndex(database).pairs(queries, threshold, block, progress)
+
+
+def detector_curve(
+    found: set[tuple[object, object, int]], planted: set[tuple[object, object]], thresholds: range
+) -> list[dict]:
+    """Precision and recall of "Hamming distance < t" for each t, against planted ground truth.
+
+    ``found``: every (query, reference, distance) pair below the largest threshold; ``planted``: the
+    (query, reference) pairs that truly are duplicates. A planted pair counts as recalled when it is
+    found with its own source; precision is the share of found pairs that are planted."""
+    curve = []
+    for t in thresholds:
+        pairs = {(q, r) for q, r, distance in found if distance < t}
+        hit = len(pairs & planted)
+        curve.append({
+            "threshold": t, "pairs": len(pairs),
+            "recall": hit / len(planted) if planted else float("nan"),
+            "precision": hit / len(pairs) if pairs else float("nan"),
+        })
+    return curve
+
+
+def choose_threshold(curve: list[dict], target_recall: float) -> dict:
+    """The strictest threshold that still finds ``target_recall`` of the planted duplicates (the most
+    precise such point of the curve); the loosest one when none reaches it."""
+    reaching = [point for point in curve if point["recall"] >= target_recall]
+    return min(reaching, key=lambda p: p["threshold"]) if reaching else max(curve, key=lambda p: p["threshold"])

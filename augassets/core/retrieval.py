@@ -2,8 +2,9 @@
 no-whitespace simple prompt that survive the filters.
 
 Filters, in the paper's order: aesthetic score ≥ 5 (the metadata column — clip-retrieval's
-``aesthetic_score`` request field shifts the query instead, and is not used), NSFW flag, and
-near-duplicates among the results (clip-retrieval's rule: connected components of the inner-product
+``aesthetic_score`` request field shifts the query instead, and is not used), the pool's NSFW flag,
+the diffusion model's own safety checker (the paper: "we used the same safety checker model to
+discard images that were marked as NSFW"), and near-duplicates among the results (clip-retrieval's rule: connected components of the inner-product
 ≥ 0.94 graph over the results, keeping the most similar of each). When fewer than n survive, k grows
 from 1.4·n to 10·1.4·n. Deterministic: ties in similarity are broken by pool id.
 """
@@ -58,17 +59,21 @@ def retrieve(
     min_aesthetic: float = 5.0,
     dedup_threshold: float = DEDUP_THRESHOLD,
     is_usable: Callable[[KnnHit], bool] | None = None,
+    flags_unsafe: Callable[[list[KnnHit]], list[bool]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrievalResult:
     """Grow k until n hits pass the filters. ``search(k)`` returns the k nearest pool items with their
     metadata (``aesthetic``, ``nsfw``); ``embeddings_of(hits)`` gives their image embeddings for the
     duplicate rule (None: the back end already deduplicated); ``is_usable(hit)`` says whether its image
-    can be read (an undecodable pool image is rejected and counted, like a dead LAION URL)."""
+    can be read (an undecodable pool image is rejected and counted, like a dead LAION URL);
+    ``flags_unsafe(hits)`` runs the safety checker on their images (True: discard). A hit is checked
+    once, however often k grows."""
+    verdicts: dict[int, bool] = {}
     result = RetrievalResult(kept=[], k_used=0)
     for growth in range(1, MAX_GROWTH + 1):
         k = math.ceil(K_FACTOR * n * growth)
         hits = sorted(search(k), key=lambda h: (-h.similarity, h.id))
-        rejected = {"aesthetic": 0, "nsfw": 0, "undecodable": 0, "near_duplicate": 0}
+        rejected = {"aesthetic": 0, "nsfw": 0, "undecodable": 0, "safety_checker": 0, "near_duplicate": 0}
         candidates = []
         for hit in hits:
             aesthetic = hit.metadata.get("aesthetic")
@@ -80,6 +85,12 @@ def retrieve(
                 rejected["undecodable"] += 1
             else:
                 candidates.append(hit)
+        if flags_unsafe is not None and candidates:
+            unchecked = [hit for hit in candidates if hit.id not in verdicts]
+            if unchecked:
+                verdicts.update(zip((hit.id for hit in unchecked), flags_unsafe(unchecked)))
+            rejected["safety_checker"] = sum(verdicts[hit.id] for hit in candidates)
+            candidates = [hit for hit in candidates if not verdicts[hit.id]]
         if embeddings_of is not None and candidates:
             drop = near_duplicate_rows(embeddings_of(candidates), dedup_threshold)
             rejected["near_duplicate"] = len(drop)

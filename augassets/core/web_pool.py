@@ -137,26 +137,51 @@ def plant_nsfw_marker(image: Image.Image, rng: np.random.Generator) -> Image.Ima
     return image
 
 
-def to_web_domain(gray: np.ndarray, size: int, rng: np.random.Generator) -> tuple[Image.Image, dict]:
-    """Move a 28 px grayscale garment to the web domain; returns the image and what was done to it."""
-    garment = Image.fromarray(gray, "L")
-    scale = rng.uniform(0.85, 1.1)
-    side = max(8, int(round(size * scale)))
-    garment = garment.resize((side, side), Image.Resampling.BILINEAR).rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR)
-    canvas = Image.new("L", (size, size), 0)
-    offset = (size - side) // 2
-    canvas.paste(garment, (offset + int(rng.integers(-2, 3)), offset + int(rng.integers(-2, 3))))
-    mask = np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
+WEB_TRANSFORM_PARTS = ("geometry", "colour", "photometric", "background")
+
+
+def to_web_domain(
+    gray: np.ndarray, size: int, rng: np.random.Generator, parts: tuple[str, ...] = WEB_TRANSFORM_PARTS, background_strength: float = 1.0
+) -> tuple[Image.Image, dict]:
+    """Move a 28 px grayscale garment to the web domain; returns the image and what was done to it.
+
+    The move has four parts — ``geometry`` (rescale, rotate, shift), ``colour`` (a random garment
+    colour), ``photometric`` (contrast, blur) and ``background`` (a textured backdrop instead of black,
+    its brightness scaled by ``background_strength``) — and ``parts`` applies only some of them, so the
+    domain gap can be measured part by part. Every part draws its random numbers whether it is applied
+    or not: an image differs between two part sets only by the parts that differ."""
+    scale, angle = rng.uniform(0.85, 1.1), rng.uniform(-15, 15)
+    shift = (int(rng.integers(-2, 3)), int(rng.integers(-2, 3)))
     hue_rgb = rng.uniform(0.1, 1.0, 3)
     background, texture, clutter = _texture(rng, size)
-    rgb = mask * hue_rgb[None, None, :] + (1 - mask) * background
-    image = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
     contrast = rng.uniform(0.6, 1.4)
-    image = ImageEnhance.Contrast(image).enhance(contrast)
     blur = float(rng.choice([0.0, 0.0, 0.5, 1.0]))
-    if blur:
-        image = image.filter(ImageFilter.GaussianBlur(blur))
-    return image, {"texture": texture, "clutter": clutter, "contrast": contrast, "blur": blur, "colour": _colour_name(hue_rgb)}
+
+    garment = Image.fromarray(gray, "L")
+    if "geometry" in parts:
+        side = max(8, int(round(size * scale)))
+        garment = garment.resize((side, side), Image.Resampling.BILINEAR).rotate(angle, resample=Image.Resampling.BILINEAR)
+    else:
+        side, shift = size, (0, 0)
+        garment = garment.resize((side, side), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (size, size), 0)
+    offset = (size - side) // 2
+    canvas.paste(garment, (offset + shift[0], offset + shift[1]))
+    mask = np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
+    colour = hue_rgb if "colour" in parts else np.ones(3)
+    if "background" in parts:
+        backdrop = background * background_strength
+    else:
+        backdrop, texture, clutter = np.zeros_like(background), "plain", 0.0
+    rgb = mask * colour[None, None, :] + (1 - mask) * backdrop
+    image = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8), "RGB")
+    if "photometric" in parts:
+        image = ImageEnhance.Contrast(image).enhance(contrast)
+        if blur:
+            image = image.filter(ImageFilter.GaussianBlur(blur))
+    else:
+        contrast, blur = 1.0, 0.0
+    return image, {"texture": texture, "clutter": clutter, "contrast": contrast, "blur": blur, "colour": _colour_name(colour)}
 
 
 def aesthetic_score(props: dict, rng: np.random.Generator) -> float:
@@ -236,7 +261,7 @@ def pool_items(sources: PoolSources, spec: PoolSpec) -> Iterator[PoolItem]:
                 image = near_duplicate(sources.pixels(item), spec.image_size, rng)
                 props = {"texture": "plain", "clutter": 0.0, "contrast": 1.0, "blur": 0.0, "colour": "grey"}
             else:
-                image, props = to_web_domain(sources.pixels(item), spec.image_size, rng)
+                image, props = to_web_domain(sources.pixels(item), spec.image_size, rng, background_strength=spec.background_strength)
             others = [lemma for w, lemmas in sources.lemmas.items() if w != wnid for lemma in lemmas]
             caption, caption_kind = caption_for(sources.lemmas[wnid], sources.hypernyms[wnid], others, props, spec, rng)
         nsfw = kind != "planted_duplicate" and rng.random() < spec.nsfw_rate

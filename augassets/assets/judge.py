@@ -1,0 +1,152 @@
+"""Stage (mini world): the unbiased class-fidelity judge and the domain-transfer figures.
+
+``judge_images`` makes labelled web-domain images exactly like the pool's class images, from training
+images no split and no pool row uses, and keeps them out of the pool: CLIP, the index and the UNet
+never see them. ``fidelity_judge`` trains the protocol's classifier on them and on their
+target-domain originals, reports its accuracy on both domains, and measures how far the pool's domain
+is from the target's with the target-trained ``fidelity_classifier``.
+"""
+
+import time
+from dataclasses import replace
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from PIL import Image
+from safetensors.torch import load_file
+
+from ..core.classifier import LabeledImages, train_classifier
+from ..core.datasets import FashionMnistSource
+from ..core.files import atomic_folder
+from ..core.generation import classify_images
+from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
+from ..core.report import frame_markdown
+from ..profiles import get_profile
+from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
+from ..versions import code_version
+from .classifier import fidelity_classifier, save_checkpoint
+from .splits import dataset_splits
+
+PROFILE = get_profile()
+GROUP = "foundation"
+JUDGE_CHECKPOINT = "fidelity_judge.safetensors"
+
+
+def classify_paths(state: dict, paths: list[str], num_classes: int, batch: int = 1024) -> np.ndarray:
+    """Predicted labels of image files under a classifier checkpoint, in batches."""
+    predicted = []
+    for start in range(0, len(paths), batch):
+        images = [Image.open(p).convert("RGB") for p in paths[start : start + batch]]
+        predicted.append(classify_images(state, PROFILE.classifier, num_classes, images))
+    return np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+
+
+def judge_assets() -> list:
+    pool = PROFILE.world.pool
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[dataset_splits, "web_pool"], kinds={"duckdb"},
+        description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
+        "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
+        "train and val also in their target-domain originals).",
+    )
+    def judge_images(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        started = time.perf_counter()
+        db = warehouse.get()
+        catalog = db.query("SELECT wnid, label, source_label FROM class_catalog ORDER BY label")
+        used = set(db.query("SELECT item FROM dataset_splits")["item"]) | set(db.query("SELECT source_item FROM web_pool_truth")["source_item"])
+        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+        unused = {
+            row["wnid"]: [item for item in source.items("train", row["wnid"], row["source_label"]) if item not in used]
+            for row in catalog.iter_rows(named=True)
+        }
+        chosen = choose_judge_items(unused, pool)
+        final = image_store.path("judge_images")
+        with atomic_folder(final) as tmp:
+            table = write_judge_images(chosen, dict(zip(catalog["wnid"], catalog["label"])), source.pixels, pool, tmp, final)
+        image_store.publish("judge_images")
+        db.replace("judge_images", table)
+        counts = table.group_by("split", "domain").len().sort("split", "domain")
+        web = table.filter((pl.col("split") == "holdout"))
+        grid = image_grid([web.filter(pl.col("wnid") == w)["path"].head(12).to_list() for w in catalog["wnid"]])
+        save_atomic(grid, image_store.path("reports", "judge_holdout_grid.png"))
+        image_store.publish("reports", "judge_holdout_grid.png")
+        return dg.MaterializeResult(
+            metadata={
+                "images": table.height,
+                "per_split_and_domain": dg.MetadataValue.md(frame_markdown(counts)),
+                "seconds": round(time.perf_counter() - started, 1),
+                "holdout_grid": dg.MetadataValue.md("Held-out web-domain images, one row per class:\n\n" + png_data_uri_markdown(grid, "judge holdout")),
+            }
+        )
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", PROFILE.classifier, pool), pool="gpu",
+        deps=[judge_images, fidelity_classifier, dataset_splits], kinds={"pytorch", "duckdb"},
+        description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
+        "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
+        "domain transfer ratio: the target-trained fidelity_classifier's accuracy on the held-out web-domain images ÷ "
+        "on the test split, overall and per part of the web transform.",
+    )
+    def fidelity_judge(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        spec = replace(PROFILE.classifier, device=compute.device)
+        db = warehouse.get()
+        catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
+        images = db.query("SELECT * FROM judge_images ORDER BY split, domain, label, item")
+        test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
+        image_store.ensure(pl.concat([images["path"], test["path"]]), context.log.info)
+        labeled = lambda frame: LabeledImages(frame["path"].to_list(), frame["label"].to_list())  # noqa: E731
+        holdout = images.filter(pl.col("split") == "holdout")
+        result = train_classifier(
+            labeled(images.filter(pl.col("split") == "train")), labeled(images.filter(pl.col("split") == "val")), labeled(holdout),
+            catalog.height, spec, seed=PROFILE.split.seed * 1000 + 777,
+            progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
+        )
+        path = image_store.path("models", JUDGE_CHECKPOINT)
+        save_checkpoint(result.state_dict, path)
+        image_store.publish("models", JUDGE_CHECKPOINT)
+        on_test = classify_paths(result.state_dict, test["path"].to_list(), catalog.height)
+        judge_test = float((on_test == test["label"].to_numpy()).mean())
+        per_class = catalog.with_columns(
+            pl.col("label").replace_strict(result.per_class_test_top1, return_dtype=pl.Float64).alias("holdout_web"),
+            pl.col("label").replace_strict(accuracy_by_class(on_test, test["label"]), return_dtype=pl.Float64).alias("test_target"),
+        )
+        db.replace("judge_accuracy", per_class)
+
+        # Domain transfer: the target-trained classifier on the same held-out items, part by part.
+        target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
+        target_on_test = float((classify_paths(target_state, test["path"].to_list(), catalog.height) == test["label"].to_numpy()).mean())
+        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+        breakdown = transfer_breakdown(holdout, source.pixels, pool, lambda imgs: classify_images(target_state, PROFILE.classifier, catalog.height, imgs))
+        transfer = pl.DataFrame(
+            [{"web_transform": name, "target_classifier_top1": acc, "transfer_ratio": acc / target_on_test} for name, acc in breakdown.items()]
+        )
+        db.replace("domain_transfer", transfer)
+        ratio = breakdown["all"] / target_on_test
+        context.log.info(
+            f"fidelity_judge: top-1 {judge_test:.3f} on the test split, {result.test_top1:.3f} on held-out web-domain images; "
+            f"domain transfer ratio {ratio:.3f} (target classifier {breakdown['all']:.3f} on web-domain images, {target_on_test:.3f} on test)"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "judge_top1_test": judge_test,
+                "judge_top1_holdout_web": result.test_top1,
+                "judge_best_epoch": result.best_epoch,
+                "judge_stopped_early": result.stopped_early,
+                "judge_per_class": dg.MetadataValue.md(frame_markdown(per_class)),
+                "domain_transfer_ratio": ratio,
+                "target_classifier_top1_test": target_on_test,
+                "target_classifier_top1_web": breakdown["all"],
+                "domain_transfer_by_part": dg.MetadataValue.md(frame_markdown(transfer)),
+                "checkpoint": dg.MetadataValue.path(image_store.url("models", JUDGE_CHECKPOINT)),
+            }
+        )
+
+    return [judge_images, fidelity_judge]
+
+
+judge_stage_assets = judge_assets() if PROFILE.world else []
