@@ -77,6 +77,8 @@ FOUNDATION_STAGES = [
     Stage("build_foundation", "judge_images", None, ["dataset_splits", "web_pool"]),
     Stage("build_foundation", "fidelity_judge", None, ["judge_images", "fidelity_classifier"]),
     Stage("build_foundation", "diffusion_model", None, ["vae", "unet", "clip_model", "pool_index", "fidelity_judge"]),
+    # A calibration figure, not an input of any method: `augassets foundation` builds it, the benchmark does not.
+    Stage("build_foundation", "domain_oracle", None, ["web_pool", "dataset_splits"]),
 ]
 
 

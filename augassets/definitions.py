@@ -9,7 +9,7 @@ from .assets.duplicates import (
     duplicate_report, duplicate_summary, leak_detector_is_discriminative, leak_threshold, reference_hashes, test_leak_rate_is_low,
 )
 from .assets.foundation import foundation_assets
-from .assets.judge import judge_stage_assets
+from .assets.calibration import calibration_assets
 from .assets.images import (
     augmentation_images, augmentation_images_are_valid, class_fidelity, class_prompts, excluded_classes, judge_agrees_with_ground_truth,
 )
@@ -18,7 +18,7 @@ from .assets.splits import dataset_splits
 from .resources import default_resources
 
 ASSETS = [
-    class_catalog, dataset_splits, *foundation_assets, fidelity_classifier, *judge_stage_assets,
+    class_catalog, dataset_splits, *foundation_assets, fidelity_classifier, *calibration_assets,
     class_prompts, augmentation_images, excluded_classes, class_fidelity,
     augmented_datasets, classifier_scores, results_table,
     reference_hashes, leak_threshold, duplicate_report, duplicate_summary,

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import torch
 
+from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
 from .profiles import Profile, get_profile
@@ -61,15 +62,19 @@ class ImageStoreResource(dg.ConfigurableResource):
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """Where training runs: ``device`` (cpu, cuda, cuda:1 …) and CPU threads (0: torch's default).
+    """Where training runs: ``device`` (cpu, cuda, cuda:1 …), CPU threads (0: torch's default; a fixed
+    count makes CPU results repeatable across machines) and ``deterministic`` kernels.
     GPU-bound assets also sit in the ``gpu`` concurrency pool, sized to the machine's GPUs."""
 
     device: str = "cpu"
     torch_threads: int = 0
+    deterministic: bool = True  # deterministic kernels (see augassets/core/determinism.py)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        if self.deterministic:
+            use_deterministic_kernels()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"ComputeResource.device is {self.device!r} but no CUDA device is visible; set it to 'cpu'")
 

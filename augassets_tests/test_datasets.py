@@ -28,10 +28,13 @@ def test_fashion_mnist_splits_are_disjoint_imbalanced_and_deterministic(tmp_path
     train_like = splits.filter(pl.col("split") != "test")
     assert train_like["item"].n_unique() == train_like.height, "target, val and real_extra must be disjoint"
     counts = {s: dict(splits.filter(pl.col("split") == s).group_by("wnid").len().iter_rows()) for s in ("target", "val", "real_extra")}
-    assert counts["target"] == counts["val"] == counts["real_extra"]
+    assert counts["target"] == counts["real_extra"]
+    ratio = profile.split.val_fraction / profile.split.train_fraction  # a val set larger than the target, same imbalance
+    assert all(counts["val"][w] == round(ratio * n) for w, n in counts["target"].items())
     assert len(set(counts["target"].values())) > 1, "per-class target counts should differ (class imbalance)"
-    for n in counts["target"].values():  # 6000 per class x 2% x [0.6, 1]
-        assert 72 <= n <= 120
+    low, high = 6000 * profile.split.train_fraction * (1 - profile.split.class_rate_spread), 6000 * profile.split.train_fraction
+    for n in counts["target"].values():  # 6000 per class x p x [1 - spread, 1]
+        assert round(low) <= n <= round(high)
     assert splits.filter(pl.col("split") == "test").height == 4 * 20
     assert not report.skipped
     assert all(Path(p).is_file() for p in splits["path"].sample(20, seed=0))

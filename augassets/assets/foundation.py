@@ -33,7 +33,7 @@ from ..core.knn import build_index, choose_index_factory
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
 from ..profiles import get_profile
-from ..resources import DiffusionBackendResource, ImageStoreResource, WarehouseResource
+from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
 from .classifier import fidelity_classifier
 from .splits import dataset_splits
@@ -119,7 +119,9 @@ def mini_world_assets() -> list:
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
         "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
     )
-    def clip_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def clip_model(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
         db = warehouse.get()
         rows, skipped = _pool_rows(db)
         paths, captions = rows["path"].to_list(), rows["caption"].to_list()
@@ -207,7 +209,9 @@ def mini_world_assets() -> list:
         description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
     )
-    def vae(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def vae(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
         rows, skipped = _pool_rows(warehouse.get())
         paths = rows["path"].to_list()
         image_store.ensure(paths, context.log.info)
@@ -250,7 +254,9 @@ def mini_world_assets() -> list:
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
         "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
     )
-    def unet(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def unet(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
         from diffusers import AutoencoderKL
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -291,6 +297,7 @@ def mini_world_assets() -> list:
         warehouse: WarehouseResource,
         image_store: ImageStoreResource,
         diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel, CLIPProcessor

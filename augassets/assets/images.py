@@ -19,7 +19,7 @@ from ..core.report import frame_markdown
 from ..core.retrieval import retrieve
 from ..partitions import class_method_partitions
 from ..profiles import get_profile
-from ..resources import ClipEncoderResource, DiffusionBackendResource, ImageStoreResource, KnnIndexResource, WarehouseResource
+from ..resources import ClipEncoderResource, ComputeResource, DiffusionBackendResource, ImageStoreResource, KnnIndexResource, WarehouseResource
 from ..versions import code_version
 from .catalog import class_catalog
 from .splits import dataset_splits
@@ -116,6 +116,7 @@ def augmentation_images(
     clip_encoder: ClipEncoderResource,
     knn_index: KnnIndexResource,
     diffusion_backend: DiffusionBackendResource,
+    compute: ComputeResource,  # thread count and deterministic kernels for generation
 ) -> dg.MaterializeResult:
     db = warehouse.get()
     labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())

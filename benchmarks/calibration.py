@@ -1,0 +1,171 @@
+"""The mini world's calibration figures (DESIGN §2): ``python -m benchmarks.calibration [curve] [table]``.
+
+curve  the learning curve the mini profile's subsample was chosen from: the profile's classifier
+       (same recipe, same val and test splits) trained on the target drawn at several fractions p,
+       ``--seeds`` runs each; prints top-1 mean ± s.e., how many runs ended by early stopping, and
+       the headroom acc(2p) − acc(p) between consecutive points.
+table  the calibration table of a materialized mini home (``$AUGASSETS_HOME``, after
+       ``augassets foundation`` and ``augassets benchmark``; ``--build`` runs both first and
+       materializes the oracle): headroom with standard errors, the oracle's gap closure, domain
+       transfer by part, CLIP zero-shot, retrieval precision by ground truth, generator fidelity by the
+       unbiased judge, the judge's accuracy on both domains, and the leak detector's precision and recall.
+
+Every figure is measured on the world; none is chosen by which method wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from benchmarks.run import machine
+
+CURVE_FRACTIONS = (0.002, 0.004, 0.008, 0.016)
+
+
+def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path) -> pl.DataFrame:
+    import torch
+
+    from augassets.core.catalog import build_catalog
+    from augassets.core.classifier import LabeledImages, train_classifier
+    from augassets.core.datasets import make_splits
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    if profile.torch_threads:
+        torch.set_num_threads(profile.torch_threads)
+    catalog = build_catalog(profile.dataset, profile.max_classes)
+    val_fraction = profile.split.val_fraction or profile.split.train_fraction
+    rows = []
+    for fraction in fractions:
+        # The same val set at every p: the curve moves the target only.
+        split = replace(profile.split, train_fraction=fraction, val_fraction=val_fraction, real_extra=False)
+        frame, _ = make_splits(catalog, profile.dataset, split, workdir / "export", progress=lambda line: None)
+        part = lambda name: frame.filter(pl.col("split") == name)  # noqa: E731
+        labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
+        for seed in range(seeds):
+            started = time.perf_counter()
+            result = train_classifier(labeled(part("target")), labeled(part("val")), labeled(part("test")), catalog.height,
+                                      profile.classifier, seed=seed, progress=lambda line: None)
+            rows.append({"fraction": fraction, "target_images": part("target").height, "seed": seed, "test_top1": result.test_top1,
+                         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+                         "seconds": time.perf_counter() - started})
+            print(f"  p={fraction:g} seed {seed}: {100 * result.test_top1:.2f} % (best epoch {result.best_epoch}/{result.epochs_run}, "
+                  f"{time.perf_counter() - started:.0f} s)", flush=True)
+    return pl.DataFrame(rows)
+
+
+def curve_table(runs: pl.DataFrame) -> str:
+    summary = runs.group_by("fraction").agg(
+        pl.col("target_images").first(), (100 * pl.col("test_top1")).mean().alias("top1"),
+        (100 * pl.col("test_top1")).std(ddof=1).truediv(pl.len().sqrt()).alias("se"), pl.len().alias("runs"),
+        pl.col("stopped_early").sum().alias("early"), pl.col("epochs_run").mean().alias("epochs"), pl.col("seconds").mean().alias("s"),
+    ).sort("fraction")
+    lines = ["| p | target images | top-1 (%) mean ± s.e. | runs ended by early stopping | mean epochs | s per run | headroom to 2p (points) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by_fraction = {round(r["fraction"], 6): r for r in summary.iter_rows(named=True)}
+    for r in summary.iter_rows(named=True):
+        double = by_fraction.get(round(2 * r["fraction"], 6))
+        headroom = f"{double['top1'] - r['top1']:+.1f} ± {np.hypot(double['se'], r['se']):.1f}" if double else "—"
+        lines.append(f"| {r['fraction']:g} | {r['target_images']} | {r['top1']:.2f} ± {r['se']:.2f} | {r['early']}/{r['runs']} | "
+                     f"{r['epochs']:.0f} | {r['s']:.0f} | {headroom} |")
+    return "\n".join(lines)
+
+
+def _se(values: pl.Series) -> float:
+    return float(values.std(ddof=1) / len(values) ** 0.5) if len(values) > 1 else 0.0
+
+
+def calibration_table(profile_name: str) -> list[tuple[str, str]]:
+    """The calibration figures of a materialized home, as (figure, value) rows."""
+    import dagster as dg
+
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    db = Warehouse(profile.home / "catalog.duckdb")
+    os.environ.setdefault("DAGSTER_HOME", str(profile.home / "dagster"))
+    instance = dg.DagsterInstance.get()
+    meta = lambda asset: instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata  # noqa: E731
+    rows = []
+    scores = db.query("SELECT method, test_top1, stopped_early FROM classifier_scores")
+    top1 = {m: 100 * scores.filter(pl.col("method") == m)["test_top1"] for m in scores["method"].unique()}
+    for method in ("real_p", "real_2p"):
+        rows.append((f"{method} top-1 (%)", f"{top1[method].mean():.2f} ± {_se(top1[method]):.2f} (s.e., {len(top1[method])} runs)"))
+    headroom = top1["real_2p"].mean() - top1["real_p"].mean()
+    rows.append(("headroom real_2p − real_p (target ≥ 10 points)", f"{headroom:.2f} points"))
+    rows.append(("classifier runs ended by early stopping (target ≥ 90 %)",
+                 f"{int(scores['stopped_early'].sum())}/{scores.height} ({100 * scores['stopped_early'].mean():.0f} %)"))
+    if db.has_table("domain_oracle"):
+        oracle = 100 * db.query("SELECT test_top1 FROM domain_oracle")["test_top1"]
+        rows.append(("oracle (target + right-class pool images by ground truth, 100 %) top-1 (%)", f"{oracle.mean():.2f} ± {_se(oracle):.2f}"))
+        rows.append(("oracle's closure of the real_p → real_2p gap (target ≥ 0.5)", f"{(oracle.mean() - top1['real_p'].mean()) / headroom:.2f}"))
+    judge = meta("fidelity_judge")
+    rows.append(("domain transfer ratio (declared 0.5–0.8)", f"{judge['domain_transfer_ratio'].value:.3f}"))
+    for row in db.query("SELECT * FROM domain_transfer").iter_rows(named=True):
+        rows.append((f"  target classifier on held-out items, web transform: {row['web_transform']}",
+                     f"{row['target_classifier_top1']:.3f} (ratio {row['transfer_ratio']:.3f})"))
+    rows.append(("CLIP zero-shot top-1 on the test split (target ≥ 0.65)", f"{meta('clip_model')['zero_shot_top1'].value:.3f}"))
+    fidelity = db.query("SELECT * FROM class_fidelity")
+    retrieval = fidelity.filter(pl.col("method") == "retrieval").sort("wnid")
+    if retrieval.height:
+        weighted = float((retrieval["ground_truth_precision"] * retrieval["images"]).sum() / retrieval["images"].sum())
+        rows.append(("retrieval precision by ground truth (no-ws prompt, k = target count)", f"{weighted:.3f}; per class "
+                     + ", ".join(f"{w} {p:.2f}" for w, p in zip(retrieval["wnid"], retrieval["ground_truth_precision"]))))
+        judged = float((retrieval["fidelity"] * retrieval["images"]).sum() / retrieval["images"].sum())
+        rows.append(("judge's class fidelity on retrieved images (must be within 0.1 of the above)", f"{judged:.3f}"))
+    sd = meta("diffusion_model")
+    rows.append(("simple-prompt class fidelity by the judge / judge's held-out pool accuracy (target ≥ 0.6)",
+                 f"{sd['relative_class_fidelity'].value:.3f} ({sd['class_fidelity'].value:.3f} / {sd['judge_top1_holdout_web'].value:.3f})"))
+    rows.append(("judge top-1: real test split / held-out web-domain images",
+                 f"{judge['judge_top1_test'].value:.3f} / {judge['judge_top1_holdout_web'].value:.3f}"))
+    detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
+    rows.append(("leak detector: threshold, recall, precision on planted duplicates (target: precision ≥ 0.5 at recall ≥ 0.95)",
+                 f"Hamming < {detector['threshold']}: recall {detector['recall']:.3f}, precision {detector['precision']:.3f}"))
+    paper = db.query(f"SELECT * FROM leak_detector_curve WHERE threshold = {profile.duplicates.hamming_threshold}").row(0, named=True)
+    rows.append(("  the paper's Hamming < 10 at this resolution", f"recall {paper['recall']:.3f}, precision {paper['precision']:.3f}"))
+    return rows
+
+
+def build(profile_name: str) -> None:
+    """Materialize the foundation (with the calibration assets) and the main command on the home."""
+    env = {**os.environ, "AUGASSETS_PROFILE": profile_name}
+    cli = str(Path(sys.executable).with_name("augassets"))
+    subprocess.run([cli, "foundation"], env=env, check=True)
+    subprocess.run([cli, "benchmark"], env=env, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "table"])
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(CURVE_FRACTIONS))
+    parser.add_argument("--build", action="store_true", help="materialize the foundation and the main command first")
+    args = parser.parse_args()
+    print(f"# Calibration ({args.profile}) on {machine()}\n")
+    if "curve" in args.parts:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="augassets-curve-") as tmp:
+            runs = learning_curve(args.profile, args.fractions, args.seeds, Path(tmp))
+        print("\n## Learning curve\n\n" + curve_table(runs) + "\n")
+    if "table" in args.parts:
+        if args.build:
+            build(args.profile)
+        print("## Calibration table\n\n| figure | value |\n| --- | --- |")
+        for figure, value in calibration_table(args.profile):
+            print(f"| {figure} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
