@@ -63,7 +63,8 @@ class ImageStoreResource(dg.ConfigurableResource):
 
 class ComputeResource(dg.ConfigurableResource):
     """Where training runs: ``device`` (cpu, cuda, cuda:1 …), CPU threads (0: torch's default; a fixed
-    count makes CPU results repeatable across machines) and ``deterministic`` kernels.
+    count makes CPU results repeatable across machines) and ``deterministic`` kernels. Every asset that
+    trains or generates takes this resource, so its setup (threads, kernels) runs in that step.
     GPU-bound assets also sit in the ``gpu`` concurrency pool, sized to the machine's GPUs."""
 
     device: str = "cpu"

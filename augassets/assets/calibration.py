@@ -14,36 +14,25 @@ import time
 from dataclasses import replace
 
 import dagster as dg
-import numpy as np
 import polars as pl
-from PIL import Image
 from safetensors.torch import load_file
 
-from ..core.classifier import LabeledImages, train_classifier
+from ..core.classifier import train_classifier
 from ..core.datasets import FashionMnistSource
 from ..core.files import atomic_folder
-from ..core.generation import classify_images
+from ..core.generation import classify_images, classify_paths
 from ..core.images import image_grid, png_data_uri_markdown, save_atomic
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
 from ..profiles import get_profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .classifier import fidelity_classifier, save_checkpoint
+from .classifier import fidelity_classifier, labeled_images, save_checkpoint
 from .splits import dataset_splits
 
 PROFILE = get_profile()
 GROUP = "foundation"
 JUDGE_CHECKPOINT = "fidelity_judge.safetensors"
-
-
-def classify_paths(state: dict, paths: list[str], num_classes: int, batch: int = 1024) -> np.ndarray:
-    """Predicted labels of image files under a classifier checkpoint, in batches."""
-    predicted = []
-    for start in range(0, len(paths), batch):
-        images = [Image.open(p).convert("RGB") for p in paths[start : start + batch]]
-        predicted.append(classify_images(state, PROFILE.classifier, num_classes, images))
-    return np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
 
 
 def judge_assets() -> list:
@@ -102,27 +91,27 @@ def judge_assets() -> list:
         images = db.query("SELECT * FROM judge_images ORDER BY split, domain, label, item")
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
         image_store.ensure(pl.concat([images["path"], test["path"]]), context.log.info)
-        labeled = lambda frame: LabeledImages(frame["path"].to_list(), frame["label"].to_list())  # noqa: E731
         holdout = images.filter(pl.col("split") == "holdout")
         result = train_classifier(
-            labeled(images.filter(pl.col("split") == "train")), labeled(images.filter(pl.col("split") == "val")), labeled(holdout),
+            labeled_images(images.filter(pl.col("split") == "train")), labeled_images(images.filter(pl.col("split") == "val")), labeled_images(holdout),
             catalog.height, spec, seed=PROFILE.split.seed * 1000 + 777,
             progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
         )
         path = image_store.path("models", JUDGE_CHECKPOINT)
         save_checkpoint(result.state_dict, path)
         image_store.publish("models", JUDGE_CHECKPOINT)
-        on_test = classify_paths(result.state_dict, test["path"].to_list(), catalog.height)
-        judge_test = float((on_test == test["label"].to_numpy()).mean())
+        # The judge and the target-trained classifier on the test split, its images decoded once.
+        target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
+        on_test = classify_paths({"judge": result.state_dict, "target": target_state}, PROFILE.classifier, catalog.height, test["path"].to_list())
+        judge_test = float((on_test["judge"] == test["label"].to_numpy()).mean())
         per_class = catalog.with_columns(
             pl.col("label").replace_strict(result.per_class_test_top1, return_dtype=pl.Float64).alias("holdout_web"),
-            pl.col("label").replace_strict(accuracy_by_class(on_test, test["label"]), return_dtype=pl.Float64).alias("test_target"),
+            pl.col("label").replace_strict(accuracy_by_class(on_test["judge"], test["label"]), return_dtype=pl.Float64).alias("test_target"),
         )
         db.replace("judge_accuracy", per_class)
 
         # Domain transfer: the target-trained classifier on the same held-out items, part by part.
-        target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
-        target_on_test = float((classify_paths(target_state, test["path"].to_list(), catalog.height) == test["label"].to_numpy()).mean())
+        target_on_test = float((on_test["target"] == test["label"].to_numpy()).mean())
         source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
         breakdown = transfer_breakdown(holdout, source.pixels, pool, lambda imgs: classify_images(target_state, PROFILE.classifier, catalog.height, imgs))
         transfer = pl.DataFrame(
@@ -169,24 +158,24 @@ def judge_assets() -> list:
         target = splits.filter(pl.col("split") == "target")
         needed = dict(target.group_by("wnid").len().iter_rows())
         image_store.ensure(pl.concat([splits["path"], pool_images["path"]]), context.log.info)
-        labeled = lambda frame: LabeledImages(frame["path"].to_list(), frame["label"].to_list())  # noqa: E731
-        val, test = labeled(splits.filter(pl.col("split") == "val")), labeled(splits.filter(pl.col("split") == "test"))
+        val, test = labeled_images(splits.filter(pl.col("split") == "val")), labeled_images(splits.filter(pl.col("split") == "test"))
         rows = []
         for replicate in range(spec.replicates):
             extra = pool_images.filter(
                 pl.int_range(pl.len()).shuffle(seed=PROFILE.split.seed * 1000 + replicate).over("wnid") < pl.col("wnid").replace_strict(needed, return_dtype=pl.Int64)
             )
             train = pl.concat([target.select("path", "label"), extra.select("path", "label")])
-            result = train_classifier(labeled(train), val, test, catalog.height, spec, seed=PROFILE.split.seed * 1000 + replicate,
+            result = train_classifier(labeled_images(train), val, test, catalog.height, spec, seed=PROFILE.split.seed * 1000 + replicate,
                                       progress=lambda line: context.log.debug(f"domain_oracle {line}"))
             context.log.info(f"domain_oracle[{replicate}]: test top-1 {result.test_top1:.4f} ({train.height} training images)")
             rows.append({"replicate": replicate, "test_top1": result.test_top1, "best_epoch": result.best_epoch,
                          "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "train_images": train.height})
         scores = pl.DataFrame(rows)
         db.replace("domain_oracle", scores)
-        mean, se = float(scores["test_top1"].mean()), float(scores["test_top1"].std(ddof=1) / len(rows) ** 0.5) if len(rows) > 1 else 0.0
+        top1 = scores["test_top1"]
+        se = float(top1.std(ddof=1) / len(top1) ** 0.5) if len(top1) > 1 else 0.0  # as the results table's s.e.
         return dg.MaterializeResult(
-            metadata={"oracle_top1_mean": mean, "oracle_top1_se": se, "runs": len(rows), "runs_table": dg.MetadataValue.md(frame_markdown(scores))}
+            metadata={"oracle_top1_mean": float(top1.mean()), "oracle_top1_se": se, "runs": len(rows), "runs_table": dg.MetadataValue.md(frame_markdown(scores))}
         )
 
     return [judge_images, fidelity_judge, domain_oracle]

@@ -43,7 +43,8 @@ def save_checkpoint(state_dict: dict, path) -> None:
     tmp.replace(path)
 
 
-def _labeled(frame: pl.DataFrame) -> LabeledImages:
+def labeled_images(frame: pl.DataFrame) -> LabeledImages:
+    """A (path, label) frame as the classifier's input."""
     return LabeledImages(paths=frame["path"].to_list(), labels=frame["label"].to_list())
 
 
@@ -77,8 +78,8 @@ def classifier_scores(
     evaluation = db.query("SELECT split, wnid, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item")
     evaluation = evaluation.filter(~pl.col("wnid").is_in(excluded))
     image_store.ensure(evaluation["path"], context.log.info)
-    val = _labeled(evaluation.filter(pl.col("split") == "val"))
-    test = _labeled(evaluation.filter(pl.col("split") == "test"))
+    val = labeled_images(evaluation.filter(pl.col("split") == "val"))
+    test = labeled_images(evaluation.filter(pl.col("split") == "test"))
     rows, started = [], time.perf_counter()
     for key in context.partition_keys:
         method, replicate = key.keys_by_dimension["method"], int(key.keys_by_dimension["replicate"])
@@ -92,7 +93,7 @@ def classifier_scores(
         seed = PROFILE.split.seed * 1000 + replicate
         context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")
         result = train_classifier(
-            _labeled(train), val, test, catalog.height, spec, seed,
+            labeled_images(train), val, test, catalog.height, spec, seed,
             progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
         )
         checkpoint = image_store.path("models", "classifiers", method, f"replicate_{replicate}.safetensors")
@@ -140,8 +141,9 @@ def classifier_scores(
     deps=[dataset_splits],
     kinds={"pytorch"},
     description="A classifier trained on the real target split alone (the protocol's real_p run, seed 0), "
-    "kept to measure the class fidelity of generated images: the share a real-data classifier labels as "
-    "the class they were generated for.",
+    "kept to measure target-domain recognizability: the share of augmentation images a classifier that has "
+    "only seen the target labels as their class, i.e. how target-like they look (class fidelity itself is "
+    "judged by fidelity_judge).",
 )
 def fidelity_classifier(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
@@ -150,7 +152,7 @@ def fidelity_classifier(
     db = warehouse.get()
     classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
     image_store.ensure(db.query("SELECT path FROM dataset_splits")["path"], context.log.info)
-    split = lambda name: _labeled(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
+    split = lambda name: labeled_images(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
     result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=PROFILE.split.seed * 1000,
                               progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
     path = image_store.path("models", "fidelity_classifier.safetensors")

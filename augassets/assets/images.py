@@ -314,10 +314,9 @@ def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     "(web_pool_truth), against which the judge is checked.",
 )
 def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
-    from PIL import Image
     from safetensors.torch import load_file
 
-    from ..core.generation import classify_images
+    from ..core.generation import classify_paths
 
     db = warehouse.get()
     catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
@@ -326,11 +325,7 @@ def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         judges["fidelity"] = load_file(str(image_store.fetch("models", "fidelity_judge.safetensors")))
     manifest = db.query("SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank")
     image_store.ensure(manifest["path"], context.log.info)
-    predictions = {name: [] for name in judges}
-    for start in range(0, manifest.height, 512):
-        images = [Image.open(p).convert("RGB") for p in manifest.slice(start, 512)["path"]]
-        for name, state in judges.items():
-            predictions[name].extend(classify_images(state, PROFILE.classifier, catalog.height, images).tolist())
+    predictions = classify_paths(judges, PROFILE.classifier, catalog.height, manifest["path"].to_list())
     scored = manifest.with_columns(pl.Series(f"by_{name}", values, dtype=pl.Int64) for name, values in predictions.items())
     if PROFILE.world:  # retrieved pool images have a ground truth
         truth = db.query("SELECT pool_id, kind, wnid AS true_wnid FROM web_pool_truth")

@@ -168,3 +168,16 @@ def classify_images(state_dict: dict, spec: ClassifierSpec, num_classes: int, im
         [transform(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)) for image in images]
     )
     return model(batch).argmax(1).numpy()
+
+
+def classify_paths(
+    states: dict[str, dict], spec: ClassifierSpec, num_classes: int, paths: Sequence[str], batch_size: int = 512
+) -> dict[str, np.ndarray]:
+    """Predicted labels of image files under each named checkpoint: every file is decoded once, in
+    batches, whatever the number of checkpoints."""
+    predicted = {name: [] for name in states}
+    for start in range(0, len(paths), batch_size):
+        images = [Image.open(path).convert("RGB") for path in paths[start : start + batch_size]]
+        for name, state in states.items():
+            predicted[name].append(classify_images(state, spec, num_classes, images))
+    return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in predicted.items()}
