@@ -123,7 +123,8 @@ class PoolSpec:
     ``planted_test_duplicates`` test and ``planted_val_duplicates`` val images (ground truth kept).
     Caption noise: ``missing_class_word_rate`` name no class, ``wrong_class_word_rate`` name another
     class, ``hypernym_rate`` of the rest use the hypernym instead of a lemma. ``nsfw_rate``: share of
-    images carrying the planted NSFW marker. ``background_strength`` scales the brightness of the
+    images carrying the planted NSFW marker. The planted duplicates are the test-set copies a crawl may
+    hold, found (or not) by the leak analysis. ``background_strength`` scales the brightness of the
     textured backdrops (1: as bright as the garment's colours can be; lower: closer to the target's
     black) — the lever for the domain transfer ratio.
 
@@ -187,9 +188,14 @@ class DiffusionSpec:
 
 @dataclass(frozen=True)
 class MiniWorldSpec:
+    """The mini world's foundation. ``judge_patience``: (lr-drop, early-stop) patience of the class-fidelity
+    judge, which is the profile's classifier (same architecture and input) with a shorter schedule: an
+    epoch over its ~6,000 images is 20× the evidence of an epoch over the target."""
+
     pool: PoolSpec
     clip: ClipSpec = field(default_factory=ClipSpec)
     diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
+    judge_patience: tuple[int, int] = (5, 10)
 
 
 @dataclass(frozen=True)
@@ -219,22 +225,29 @@ class GenerationSpec:
 
 @dataclass(frozen=True)
 class DuplicateSpec:
-    """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10) are
+    """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10 of 64) are
     near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images.
+    ``hash_size``: pHash side (h² bits; the paper's 8 → 64 bits, as ``imagehash.phash``).
 
     ``calibrate_on_planted`` (the mini world): the threshold is instead chosen from the pool's planted
     duplicates — the strictest one that finds ``target_recall`` of them — and must reach
-    ``min_precision`` there. At 28 px, pHash < 10 pairs most Fashion-MNIST images of a class with each
-    other (precision 0.006 on the planted truth), so the paper's ImageNet-resolution threshold would
-    measure nothing.
+    ``min_precision`` there; the curve covers thresholds 1 … ``max_calibration_threshold``.
+    ``calibration_copies`` more light edits of test/val images, made the same way but kept out of the
+    pool, join the ground truth: the curve gets enough positives while the pool holds test copies at a
+    lower rate (a web crawl holds few copies of any benchmark's test set). At 28 px the
+    64-bit pHash of two Fashion-MNIST images of a class is often within a few bits (< 10: precision
+    0.003 on the planted truth; the best threshold reaching 95 % recall: 0.095), so the mini world hashes
+    with ``hash_size`` 16 (256 bits), where the planted duplicates separate from look-alikes.
     """
 
     hamming_threshold: int = 10
+    hash_size: int = 8
     max_test_leak_rate: float = 0.01
     calibrate_on_planted: bool = False
     target_recall: float = 0.95
     min_precision: float = 0.5
-    max_calibration_threshold: int = 16  # the curve covers thresholds 1 … this
+    max_calibration_threshold: int = 16
+    calibration_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -333,6 +346,9 @@ RESNET50 = ClassifierSpec(
     device="cuda",
 )
 
+# The mini world's leak detector: a 256-bit pHash with the threshold calibrated on the planted duplicates.
+MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_calibration_threshold=40, calibration_copies=200)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -351,7 +367,7 @@ PROFILES: dict[str, Profile] = {
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
-        duplicates=DuplicateSpec(calibrate_on_planted=True),
+        duplicates=replace(MINI_DUPLICATES, calibration_copies=20),
         methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
         max_classes=3,
         torch_threads=1,
@@ -366,12 +382,14 @@ PROFILES: dict[str, Profile] = {
         classifier=SMALL_RESNET,
         methods=("real_p", "real_2p", "simple_prompt", "retrieval"),
         torch_threads=2,
-        world=MiniWorldSpec(pool=PoolSpec(per_class=1000, distractors=1500, planted_test_duplicates=40, planted_val_duplicates=20,
+        # 8 test copies among 11,560 pool images: still far above a web crawl's rate of copies of a benchmark's test set,
+        # low enough that retrieval's leak rate says something; the detector is calibrated on 200 more copies off the pool.
+        world=MiniWorldSpec(pool=PoolSpec(per_class=1000, distractors=1500, planted_test_duplicates=8, planted_val_duplicates=4,
                                           background_strength=0.1)),
         # In the mini CLIP's 64-d space, 0.94 is the 99.9th percentile of random pool pairs: it would
         # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
         retrieval=RetrievalSpec(dedup_threshold=0.97),
-        duplicates=DuplicateSpec(calibrate_on_planted=True),
+        duplicates=MINI_DUPLICATES,
     ),
     "imagenet10": Profile(
         name="imagenet10",

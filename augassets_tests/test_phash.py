@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from augassets.core.duplicates import duplicate_pairs
-from augassets.core.phash import hamming, phash_files, phash_images, to_bytes
+from augassets.core.phash import from_hex, hamming, phash_files, phash_images, to_hex
 
 
 def scene(rng, size) -> Image.Image:
@@ -19,9 +19,9 @@ def scene(rng, size) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(1))
 
 
-def imagehash_int(image_or_path) -> int:
+def imagehash_hex(image_or_path, hash_size: int = 8) -> str:
     image = Image.open(image_or_path) if not isinstance(image_or_path, Image.Image) else image_or_path
-    return int(str(imagehash.phash(image)), 16)
+    return str(imagehash.phash(image, hash_size=hash_size))
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,12 @@ def image_files(tmp_path_factory):
     return paths + [str(root / "broken.jpg")]
 
 
-def test_phash_is_bit_identical_to_imagehash_on_exact_decode(image_files):
-    hashes, ok = phash_files(image_files, batch_size=16, decode="exact")
+@pytest.mark.parametrize("hash_size", [8, 16])
+def test_phash_is_bit_identical_to_imagehash_on_exact_decode(image_files, hash_size):
+    hashes, ok = phash_files(image_files, hash_size, batch_size=16, decode="exact")
     assert ok.tolist() == [True] * 60 + [False]
-    reference = [imagehash_int(p) for p in image_files[:60]]
-    assert [int(h) for h in hashes[:60]] == reference
+    assert hashes.shape == (61, hash_size * hash_size // 8)
+    assert to_hex(hashes[:60]) == [imagehash_hex(p, hash_size) for p in image_files[:60]]
 
 
 def test_phash_with_jpeg_draft_modes_stays_close(image_files):
@@ -57,25 +58,35 @@ def test_phash_with_jpeg_draft_modes_stays_close(image_files):
 
 def test_phash_images_matches_files(image_files):
     images = [Image.open(p) for p in image_files[:10]]
-    assert phash_images(images).tolist() == [imagehash_int(p) for p in image_files[:10]]
+    assert to_hex(phash_images(images)) == [imagehash_hex(p) for p in image_files[:10]]
+    assert to_hex(phash_images(images, 16)) == [imagehash_hex(p, 16) for p in image_files[:10]]
 
 
-def test_to_bytes_and_hamming():
-    a = np.array([0, 0xFFFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0001], dtype=np.uint64)
-    assert to_bytes(a)[2].tolist() == [0x80, 0, 0, 0, 0, 0, 0, 1]
-    assert hamming(a, np.zeros(3, np.uint64)).tolist() == [0, 64, 2]
+def test_hex_codes_and_hamming():
+    codes = from_hex(["0000000000000000", "ffffffffffffffff", "8000000000000001"])
+    assert codes[2].tolist() == [0x80, 0, 0, 0, 0, 0, 0, 1]
+    assert to_hex(codes) == ["0000000000000000", "ffffffffffffffff", "8000000000000001"]
+    assert hamming(codes, np.zeros((3, 8), np.uint8)).tolist() == [0, 64, 2]
+    with pytest.raises(ValueError, match="64 bits, expected 256"):
+        from_hex(["ffffffffffffffff"], hash_size=16)
 
 
-def test_duplicate_pairs_equal_brute_force():
+@pytest.mark.parametrize("bits", [64, 256])
+def test_duplicate_pairs_equal_brute_force(bits):
     rng = np.random.default_rng(1)
-    database = rng.integers(0, 2**63, 3000, dtype=np.uint64)
-    queries = rng.integers(0, 2**63, 500, dtype=np.uint64)
+    database = rng.integers(0, 256, (3000, bits // 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (500, bits // 8), dtype=np.uint8)
+    if bits == 256:  # random 256-bit codes are ~128 bits apart: make a crowd of near ones
+        database[:, 4:] = 0
+        queries[:, 4:] = 0
     # Plant near and far neighbours: flip 0..12 bits of some database codes.
     for q in range(0, 500, 5):
-        flips = rng.choice(64, size=int(rng.integers(0, 13)), replace=False)
-        queries[q] = database[q * 3] ^ np.uint64(sum(1 << int(f) for f in flips))
+        flips = rng.choice(bits, size=int(rng.integers(0, 13)), replace=False)
+        mask = np.zeros(bits, dtype=np.uint8)
+        mask[flips] = 1
+        queries[q] = database[q * 3] ^ np.packbits(mask)
     q_idx, d_idx, dist = duplicate_pairs(queries, database, threshold=10, block=128)
-    brute = hamming(queries[:, None], database[None, :])
+    brute = hamming(queries[:, None, :], database[None, :, :])
     expected = {(int(i), int(j)) for i, j in zip(*np.nonzero(brute < 10))}
     assert set(zip(q_idx.tolist(), d_idx.tolist())) == expected
     assert (dist == brute[q_idx, d_idx]).all() and (dist < 10).all()

@@ -99,7 +99,10 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     instance = dg.DagsterInstance.get()
     summary = instance.get_latest_materialization_event(dg.AssetKey("duplicate_summary")).asset_materialization.metadata
     assert summary["detector_recall"].value >= 0.95 and summary["detector_precision"].value >= 0.5
-    assert summary["threshold_source"].value == "planted" and summary["hamming_threshold"].value < 10
+    assert summary["threshold_source"].value == "planted" and summary["hamming_threshold"].value < profile.duplicates.max_calibration_threshold
+    leak = instance.get_latest_materialization_event(dg.AssetKey("leak_threshold")).asset_materialization.metadata
+    assert leak["calibration_copies"].value == profile.duplicates.calibration_copies > 0
+    assert leak["hash_bits"].value == profile.duplicates.hash_size**2 == 256
     curve = db.query("SELECT * FROM leak_detector_curve ORDER BY threshold")
     assert curve["recall"].is_sorted() and curve.height == profile.duplicates.max_calibration_threshold
     hashes = instance.get_latest_materialization_event(dg.AssetKey("reference_hashes")).asset_materialization.metadata

@@ -116,22 +116,21 @@ def bench_duplicates(n: int = 100_000) -> list[tuple[str, str]]:
     import imagehash
 
     from augassets.core.duplicates import duplicate_pairs
-    from augassets.core.phash import to_bytes
 
     rng = np.random.default_rng(0)
-    queries = rng.integers(0, 2**63, n, dtype=np.uint64)
-    database = rng.integers(0, 2**63, n, dtype=np.uint64)
+    queries = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    database = rng.integers(0, 256, (n, 8), dtype=np.uint8)
     pairs = float(n) * n
     started = time.perf_counter()
     q, _, _ = duplicate_pairs(queries, database)
     ours = pairs / (time.perf_counter() - started)
     index = faiss.IndexBinaryFlat(64)
-    index.add(to_bytes(database))
+    index.add(database)
     started = time.perf_counter()
-    index.range_search(to_bytes(queries), 10)
+    index.range_search(queries, 10)
     reference = pairs / (time.perf_counter() - started)
-    hashes_q = [imagehash.ImageHash(np.unpackbits(to_bytes(queries[i : i + 1])).reshape(8, 8).astype(bool)) for i in range(300)]
-    hashes_d = [imagehash.ImageHash(np.unpackbits(to_bytes(database[i : i + 1])).reshape(8, 8).astype(bool)) for i in range(300)]
+    hashes_q = [imagehash.ImageHash(np.unpackbits(queries[i]).reshape(8, 8).astype(bool)) for i in range(300)]
+    hashes_d = [imagehash.ImageHash(np.unpackbits(database[i]).reshape(8, 8).astype(bool)) for i in range(300)]
     started = time.perf_counter()
     close = sum(1 for a in hashes_q for b in hashes_d if a - b < 10)
     loop = 300 * 300 / (time.perf_counter() - started)
@@ -151,7 +150,7 @@ def bench_phash() -> list[tuple[str, str]]:
     import imagehash
     from PIL import Image, ImageDraw, ImageFilter
 
-    from augassets.core.phash import hamming, phash_files
+    from augassets.core.phash import from_hex, hamming, phash_files
 
     rng = np.random.default_rng(0)
     folder = Path(tempfile.mkdtemp(prefix="augassets-phash-"))
@@ -170,7 +169,7 @@ def bench_phash() -> list[tuple[str, str]]:
     rows = []
     for name, paths in sets.items():
         started = time.perf_counter()
-        reference = np.array([int(str(imagehash.phash(Image.open(p))), 16) for p in paths], dtype=np.uint64)
+        reference = from_hex([str(imagehash.phash(Image.open(p))) for p in paths])
         base = len(paths) / (time.perf_counter() - started)
         for decode in ("exact", "gray", "reduced"):
             started = time.perf_counter()

@@ -75,7 +75,7 @@ def judge_assets() -> list:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", PROFILE.classifier, pool), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", PROFILE.classifier, pool, PROFILE.world.judge_patience), pool="gpu",
         deps=[judge_images, fidelity_classifier, dataset_splits], kinds={"pytorch", "duckdb"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
@@ -85,7 +85,8 @@ def judge_assets() -> list:
     def fidelity_judge(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        spec = replace(PROFILE.classifier, device=compute.device)
+        plateau, early_stop = PROFILE.world.judge_patience
+        spec = replace(PROFILE.classifier, device=compute.device, plateau_patience=plateau, early_stop_patience=early_stop)
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
         images = db.query("SELECT * FROM judge_images ORDER BY split, domain, label, item")

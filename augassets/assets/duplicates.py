@@ -1,5 +1,6 @@
 """Stage: do augmentation images smuggle test, val or unused training images into training?
-pHash (64 bits, Hamming < 10) near-duplicates, as the paper measured them (§4.5)."""
+pHash (64 bits, Hamming < 10) near-duplicates, as the paper measured them (§4.5); the mini world hashes
+with 256 bits (DuplicateSpec.hash_size) and calibrates the threshold on its planted duplicates."""
 
 import time
 
@@ -11,8 +12,9 @@ from PIL import Image
 from ..core.datasets import FashionMnistSource, open_source
 from ..core.duplicates import DuplicateIndex, choose_threshold, detector_curve
 from ..core.images import image_grid, png_data_uri_markdown, save_atomic
-from ..core.phash import phash_files, phash_images
+from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
+from ..core.web_pool import near_duplicate
 from ..partitions import class_method_partitions
 from ..profiles import get_profile
 from ..resources import ImageStoreResource, WarehouseResource
@@ -21,10 +23,11 @@ from .images import augmentation_images, partition
 from .splits import dataset_splits
 
 PROFILE = get_profile()
+SPEC = PROFILE.duplicates
 GROUP = "duplicates"
 REFERENCE_SPLITS = ("test", "val", "unused_train")
 AGREEMENT_SAMPLE = 256
-HASH_SCHEMA = {"split": pl.Utf8, "wnid": pl.Utf8, "item": pl.Utf8, "path": pl.Utf8, "phash": pl.UInt64}
+HASH_SCHEMA = {"split": pl.Utf8, "wnid": pl.Utf8, "item": pl.Utf8, "path": pl.Utf8, "phash": pl.Utf8}  # phash: hex, as imagehash prints it
 THRESHOLD_SCHEMA = {"threshold": pl.Int64, "pairs": pl.Int64, "recall": pl.Float64, "precision": pl.Float64, "source": pl.Utf8}
 PAIR_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "aug_path": pl.Utf8, "ref_split": pl.Utf8, "ref_wnid": pl.Utf8,
@@ -42,35 +45,36 @@ def _unused_train(db, image_store: ImageStoreResource) -> pl.DataFrame:
     for row in catalog.iter_rows(named=True):
         items = [item for item in source.items("train", row["folder"], row["source_label"]) if item not in used]
         if isinstance(source, FashionMnistSource):  # pixels in memory: hash without writing files
-            hashes = phash_images(Image.fromarray(source.pixels(item), "L") for item in items)
-            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": "", "phash": hashes}))
+            hashes = phash_images((Image.fromarray(source.pixels(item), "L") for item in items), SPEC.hash_size)
+            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": "", "phash": to_hex(hashes)}))
         else:
-            hashes, ok = phash_files(items)
-            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": items, "phash": hashes}).filter(pl.Series(ok)))
+            hashes, ok = phash_files(items, SPEC.hash_size)
+            rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": items, "phash": to_hex(hashes)}).filter(pl.Series(ok)))
     return pl.concat(rows).with_columns(pl.lit("unused_train").alias("split"))
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("2"), pool="duckdb", deps=[dataset_splits], kinds={"duckdb"},
-    description="pHashes of every image augmentation must not leak: the test and val splits and the training "
-    "images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
+    group_name=GROUP, code_version=code_version("3", SPEC.hash_size), pool="duckdb", deps=[dataset_splits], kinds={"duckdb"},
+    description="pHashes (DuplicateSpec.hash_size² bits, stored as hex) of every image augmentation must not leak: the "
+    "test and val splits and the training images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
 )
 def reference_hashes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
     started = time.perf_counter()
     db = warehouse.get()
     split_rows = db.query("SELECT split, wnid, item, path FROM dataset_splits WHERE split IN ('test', 'val')")
     image_store.ensure(split_rows["path"], context.log.info)
-    hashes, ok = phash_files(split_rows["path"].to_list())
-    frames = [split_rows.with_columns(pl.Series("phash", hashes)).filter(pl.Series(ok))]
+    hashes, ok = phash_files(split_rows["path"].to_list(), SPEC.hash_size)
+    frames = [split_rows.with_columns(pl.Series("phash", to_hex(hashes))).filter(pl.Series(ok))]
     frames.append(_unused_train(db, image_store))
     table = pl.concat([f.select(list(HASH_SCHEMA)).cast(HASH_SCHEMA) for f in frames])
     db.replace("reference_hashes", table)
     counts = dict(table.group_by("split").len().iter_rows())
     agreement = imagehash_agreement(split_rows["path"].to_list()[:: max(1, split_rows.height // AGREEMENT_SAMPLE)][:AGREEMENT_SAMPLE])
-    context.log.info(f"reference hashes: {counts}; bit-identical to imagehash.phash on {100 * agreement:.1f}% of a sample")
+    context.log.info(f"reference hashes ({SPEC.hash_size ** 2} bits): {counts}; bit-identical to imagehash.phash on {100 * agreement:.1f}% of a sample")
     return dg.MaterializeResult(
         metadata={
             **{f"{k}_images": v for k, v in counts.items()},
+            "hash_bits": SPEC.hash_size**2,
             "undecodable": int((~ok).sum()),
             "imagehash_agreement": agreement,
             "seconds": round(time.perf_counter() - started, 1),
@@ -82,16 +86,13 @@ def imagehash_agreement(paths: list[str]) -> float:
     """Share of ``paths`` whose pHash equals ``imagehash.phash`` bit for bit."""
     import imagehash
 
-    ours, ok = phash_files(paths)
-    reference = [int(str(imagehash.phash(Image.open(p))), 16) if good else -1 for p, good in zip(paths, ok)]
-    return float(np.mean([int(a) == b for a, b, good in zip(ours, reference, ok) if good])) if ok.any() else float("nan")
-
-
-SPEC = PROFILE.duplicates
+    ours, ok = phash_files(paths, SPEC.hash_size)
+    reference = [str(imagehash.phash(Image.open(p), hash_size=SPEC.hash_size)) if good else "" for p, good in zip(paths, ok)]
+    return float(np.mean([a == b for a, b, good in zip(to_hex(ours), reference, ok) if good])) if ok.any() else float("nan")
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("1", SPEC), pool="duckdb",
+    group_name=GROUP, code_version=code_version("2", SPEC), pool="duckdb",
     deps=[reference_hashes] + (["web_pool"] if SPEC.calibrate_on_planted else []), kinds={"faiss", "duckdb"},
     description="The Hamming threshold below which two pHashes are near-duplicates. Real data: the paper's 10. "
     "The mini world: the strictest threshold that finds DuplicateSpec.target_recall of the pool's planted "
@@ -103,16 +104,21 @@ def leak_threshold(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         chosen = {"threshold": SPEC.hamming_threshold, "pairs": None, "recall": None, "precision": None}
         db.replace("leak_threshold", pl.DataFrame([{**chosen, "source": "paper"}], schema=THRESHOLD_SCHEMA))
         return dg.MaterializeResult(metadata={"threshold": SPEC.hamming_threshold, "source": "paper (pHash Hamming < 10)"})
-    # Every pool image against the test and val hashes: the planted duplicates are the ground truth.
+    # Every pool image, and the off-pool calibration copies, against the test and val hashes: the pool's
+    # planted duplicates and the copies are the ground truth; every other pair is a false alarm.
     truth = db.query("SELECT t.pool_id, t.kind, t.source_item, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
     paths = [u.removeprefix("file://") for u in truth["url"]]
     image_store.ensure(paths, context.log.info)
-    hashes, ok = phash_files(paths)
+    hashes, ok = phash_files(paths, SPEC.hash_size)
+    copy_items, copies = calibration_copies(db, image_store, set(truth["source_item"]))
+    query_ids = truth["pool_id"].to_list() + [-(i + 1) for i in range(len(copy_items))]  # copies: negative ids
+    hashes, ok = np.concatenate([hashes, phash_images(copies, SPEC.hash_size)]), np.concatenate([ok, np.ones(len(copies), bool)])
     references = db.query("SELECT item, phash FROM reference_hashes WHERE split IN ('test', 'val')")
-    q, d, dist = DuplicateIndex(references["phash"].to_numpy()).pairs(hashes, SPEC.max_calibration_threshold)
-    pool_ids, items = truth["pool_id"].to_numpy(), references["item"].to_numpy()
-    found = {(int(pool_ids[i]), str(items[j]), int(k)) for i, j, k in zip(q, d, dist) if ok[i]}
+    q, d, dist = DuplicateIndex(from_hex(references["phash"], SPEC.hash_size)).pairs(hashes, SPEC.max_calibration_threshold)
+    items = references["item"].to_numpy()
+    found = {(query_ids[i], str(items[j]), int(k)) for i, j, k in zip(q, d, dist) if ok[i]}
     planted = {(r["pool_id"], r["source_item"]) for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
+    planted |= {(-(i + 1), item) for i, item in enumerate(copy_items)}
     curve = pl.DataFrame(detector_curve(found, planted, range(1, SPEC.max_calibration_threshold + 1)))
     chosen = choose_threshold(curve.to_dicts(), SPEC.target_recall)
     db.replace("leak_detector_curve", curve)
@@ -127,6 +133,9 @@ def leak_threshold(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "threshold": chosen["threshold"],
             "source": "planted duplicates",
             "planted_duplicates": len(planted),
+            "of_which_in_pool": len(planted) - len(copy_items),
+            "calibration_copies": len(copy_items),
+            "hash_bits": SPEC.hash_size**2,
             "detector_recall": chosen["recall"],
             "detector_precision": chosen["precision"],
             "detector_pairs_found": chosen["pairs"],
@@ -134,6 +143,23 @@ def leak_threshold(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "precision_recall_curve": dg.MetadataValue.md(frame_markdown(curve)),
         }
     )
+
+
+def calibration_copies(db, image_store: ImageStoreResource, in_pool: set[str]) -> tuple[list[str], list[Image.Image]]:
+    """``DuplicateSpec.calibration_copies`` light edits of test and val images (as the pool's planted
+    duplicates are made) that are kept out of the pool: ground truth for the detector's curve without
+    planting test images into the pool at a rate no web crawl has. Returns (items, images)."""
+    pool = PROFILE.world.pool
+    rows = db.query("SELECT split, item, path FROM dataset_splits WHERE split IN ('test', 'val') ORDER BY split, item")
+    rows = rows.filter(~pl.col("item").is_in(list(in_pool)))
+    rng = np.random.default_rng([pool.seed, SPEC.calibration_copies, 23])
+    chosen = rows[np.sort(rng.permutation(rows.height)[: SPEC.calibration_copies]).tolist()]
+    image_store.ensure(chosen["path"])
+    images = []
+    for path in chosen["path"]:
+        with Image.open(path) as image:
+            images.append(near_duplicate(np.asarray(image.convert("L")), pool.image_size, rng))
+    return chosen["item"].to_list(), images
 
 
 @dg.asset_check(
@@ -153,7 +179,7 @@ def leak_detector_is_discriminative(warehouse: WarehouseResource) -> dg.AssetChe
 
 
 @dg.asset(
-    group_name=GROUP, code_version=code_version("2"), pool="duckdb",
+    group_name=GROUP, code_version=code_version("3", SPEC.hash_size), pool="duckdb",
     partitions_def=class_method_partitions, backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "duckdb"},
     description="Candidate near-duplicate pairs (pHash Hamming below leak_threshold: the paper's 10 on real "
@@ -163,7 +189,7 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     db = warehouse.get()
     references = db.query("SELECT * FROM reference_hashes")
     threshold = int(db.query("SELECT threshold FROM leak_threshold")["threshold"][0])
-    index = DuplicateIndex(references["phash"].to_numpy())
+    index = DuplicateIndex(from_hex(references["phash"], SPEC.hash_size))
     ref = {column: references[column].to_numpy() for column in ("split", "wnid", "item", "path")}
     totals = {split: 0 for split in REFERENCE_SPLITS}
     images = 0
@@ -171,7 +197,7 @@ def duplicate_report(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         method, wnid = partition(key)
         manifest = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank", [method, wnid])
         image_store.ensure(manifest["path"], context.log.info)
-        hashes, ok = phash_files(manifest["path"].to_list())
+        hashes, ok = phash_files(manifest["path"].to_list(), SPEC.hash_size)
         images += int(ok.sum())
         q, d, dist = index.pairs(hashes[ok], threshold)
         paths = np.array(manifest["path"].to_list(), dtype=object)[ok]

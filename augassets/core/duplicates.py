@@ -1,4 +1,4 @@
-"""All pairs of 64-bit pHashes closer than a Hamming threshold (the paper: < 10).
+"""All pairs of pHash codes closer than a Hamming threshold (the paper: < 10 of 64 bits).
 
 The search runs on faiss's exhaustive binary index (``IndexBinaryFlat.range_search``: XOR + popcount
 over packed codes, SIMD and multithreaded), the database side indexed once and queried in blocks so
@@ -13,19 +13,21 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from .phash import to_bytes
 
 PAPER_THRESHOLD = 10  # pairs with Hamming distance < 10 are near-duplicates
 
 
 class DuplicateIndex:
-    """Reference hashes (e.g. test + val + unused train), indexed once, queried many times."""
+    """Reference hashes (e.g. test + val + unused train), indexed once, queried many times.
+    ``database``: (n, bytes) uint8 codes (core.phash)."""
 
     def __init__(self, database: np.ndarray):
+        if database.ndim != 2 or database.dtype != np.uint8:
+            raise TypeError(f"pHash codes must be a (n, bytes) uint8 array, not {database.dtype} of shape {database.shape}")
         self.size = len(database)
-        self.index = faiss.IndexBinaryFlat(64)
+        self.index = faiss.IndexBinaryFlat(8 * database.shape[1])
         if self.size:
-            self.index.add(to_bytes(database))
+            self.index.add(np.ascontiguousarray(database))
 
     def pairs(
         self, queries: np.ndarray, threshold: int = PAPER_THRESHOLD, block: int = 65_536, progress: Callable[[str], None] | None = None
@@ -33,7 +35,7 @@ class DuplicateIndex:
         """Every (query index, database index, distance) with Hamming distance < ``threshold``."""
         found_q, found_d, found_dist = [], [], []
         for start in range(0, len(queries), block):
-            chunk = to_bytes(queries[start : start + block])
+            chunk = np.ascontiguousarray(queries[start : start + block])
             if not len(chunk) or not self.size:
                 continue
             limits, distances, ids = self.index.range_search(chunk, threshold)
@@ -57,7 +59,7 @@ def duplicate_pairs(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query index, database index, distance) with Hamming distance < ``threshold``;
-    ``queries`` and ``database`` are uint64 pHash arrays."""
+    ``queries`` and ``database`` are (n, bytes) uint8 pHash codes."""
     return DuplicateIndex(database).pairs(queries, threshold, block, progress)
 
 
