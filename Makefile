@@ -1,5 +1,5 @@
 # The two commands of the README, plus the UI and the benchmarks.
-.PHONY: setup run foundation test ui bench
+.PHONY: setup run foundation test lint ui bench
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,9 @@ foundation: setup  ## the mini world's web pool, CLIP, KNN index and Stable Diff
 
 test: setup  ## the test suite (smoke profile, seconds to minutes)
 	.venv/bin/python -m pytest -q
+
+lint: setup  ## ruff (settings in pyproject.toml)
+	.venv/bin/ruff check .
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000
 	.venv/bin/augassets ui

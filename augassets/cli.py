@@ -13,16 +13,15 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
-
-import warnings
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from .core.methods import IMAGES, runnable_methods
+from .build import build_defs
+from .core.methods import IMAGES, RETRIEVAL, runnable_methods
 from .core.report import excluded_note, markdown_table
 from .core.warehouse import Warehouse
 from .profiles import PROFILE_ENV, Profile, get_profile
@@ -31,6 +30,9 @@ from .profiles import PROFILE_ENV, Profile, get_profile
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+# Dagster's documented run tags for a run over a range of partition keys (one run, many partitions).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def ensure_dagster_home(profile: Profile) -> Path:
@@ -88,6 +90,8 @@ def plan(profile: Profile) -> list[Stage]:
     keys = [m.key for m in methods]
     image_methods = [m.key for m in methods if m.extra_images == IMAGES]
     generation = any(m.resample for m in methods)
+    # Retrieval needs the diffusion model too: its safety checker screens retrieved images.
+    needs_diffusion = generation or any(m.builder == RETRIEVAL for m in methods)
     replicates = [str(r) for r in range(profile.classifier.replicates)]
 
     def class_keys(db: Warehouse) -> list[str]:
@@ -101,13 +105,12 @@ def plan(profile: Profile) -> list[Stage]:
     if image_methods:
         if profile.world:
             needed = {"web_pool", "clip_model", "pool_index", "fidelity_classifier", "judge_images", "fidelity_judge"}
-            # Retrieval needs the diffusion model too: its safety checker screens retrieved images.
-            needed |= {"vae", "unet", "diffusion_model"} if generation or "retrieval" in keys else set()
+            needed |= {"vae", "unet", "diffusion_model"} if needs_diffusion else set()
             stages += [s for s in FOUNDATION_STAGES if s.asset_name in needed]
         stages += [
             Stage("augment_classes", "class_prompts", class_keys, ["class_catalog", "clip_model", "dataset_splits"]),
             Stage("augment_classes", "augmentation_images", class_keys,
-                  ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if generation or "retrieval" in keys else [])),
+                  ["class_prompts", "pool_index", "dataset_splits"] + (["diffusion_model"] if needs_diffusion else [])),
             Stage("collect", "excluded_classes", None, ["augmentation_images"]),
         ]
         stages.append(Stage("collect", "class_fidelity", None, ["augmentation_images", "fidelity_classifier"] + (["fidelity_judge"] if profile.world else [])))
@@ -164,7 +167,8 @@ def stage_is_fresh(instance, defs, stage: Stage) -> bool:
 
 
 def run_stage(instance, defs, stage: Stage, say) -> None:
-    """Execute one stage in process: one run per contiguous range of its partitions."""
+    """Execute one stage in process: one run per contiguous range of its partitions, in the order the
+    partitions definition lists its keys (whatever order its dimensions sort in)."""
     job = defs.resolve_job_def(stage.job_name)
     selection = [dg.AssetKey(stage.asset_name)]
     if stage.partition_keys is None:
@@ -172,7 +176,7 @@ def run_stage(instance, defs, stage: Stage, say) -> None:
     else:
         all_keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         runs = [
-            (f"{stage.asset_name} [{start} … {end}]", {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end})
+            (f"{stage.asset_name} [{start} … {end}]", {PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
             for start, end in contiguous_ranges(all_keys, stage.partition_keys)
         ]
     for label, tags in runs:
@@ -188,8 +192,7 @@ def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=
     """Run each stage that is not up to date (a stage is stale when an upstream asset was materialized
     after it, so a rebuilt stage makes its downstream stages rebuild)."""
     ensure_dagster_home(profile)
-    from .definitions import defs  # after the profile is chosen: definitions read it at import
-
+    defs = build_defs(profile)
     instance = dg.DagsterInstance.get()
     say(f"augassets: profile {profile.name}, state in {profile.home}")
     db = Warehouse(profile.home / "catalog.duckdb")

@@ -12,7 +12,7 @@ import torch
 from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
-from .profiles import Profile, get_profile
+from .profiles import Profile
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -223,8 +223,8 @@ class KnnIndexResource(dg.ConfigurableResource):
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 
 
-def default_resources(profile: Profile | None = None) -> dict[str, dg.ConfigurableResource]:
-    profile = profile or get_profile()
+def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
+    """The resources that run ``profile`` on this machine: its home, store, device and weights."""
     store = profile.home / "store"
     models = store / "models"
     device = profile.classifier.device if torch.cuda.is_available() else "cpu"

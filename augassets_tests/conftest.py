@@ -1,7 +1,6 @@
-"""Test settings: the ``smoke`` profile and a throwaway AUGASSETS_HOME / DAGSTER_HOME per session.
-
-The environment is set before any augassets module is imported, because the asset definitions read
-the active profile at import time.
+"""Test settings: a throwaway AUGASSETS_HOME / DAGSTER_HOME per session, and ``smoke`` as the profile
+of anything that reads ``AUGASSETS_PROFILE`` (the CLI's default, subprocesses). Tests build the
+definitions they use with ``build_defs(get_profile("smoke"))``.
 """
 
 import os

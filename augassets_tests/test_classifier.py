@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from augassets.core.classifier import LabeledImages, LrPlateau, SmallResNet, build_model, per_class_accuracy, train_classifier
+from augassets.core.classifier import (
+    LabeledImages,
+    LrPlateau,
+    SmallResNet,
+    build_model,
+    per_class_accuracy,
+    train_classifier,
+)
 from augassets.profiles import SMALL_RESNET
 
 from .conftest import write_image

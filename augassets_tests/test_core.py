@@ -5,6 +5,7 @@ import pytest
 
 from augassets.cli import contiguous_ranges
 from augassets.core.augment import augmented_sets
+from augassets.core import methods as registry
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown, markdown_table, summarize_scores
 from augassets.core.warehouse import Warehouse
@@ -19,6 +20,23 @@ def test_registry_keys_are_partition_safe_and_complete():
     assert [m.key for m in runnable_methods(("retrieval", "real_p"))] == ["real_p", "retrieval"]
     with pytest.raises(ValueError, match="unknown method 'dalle'"):
         get_method("dalle")
+
+
+def test_registry_names_each_methods_builder():
+    """The asset layer dispatches on builders: each implemented method has one, the rest none."""
+    by_builder = {b: registry.keys_with_builder(b) for b in registry.BUILDERS}
+    assert by_builder == {
+        registry.TARGET_ONLY: ("real_p",), registry.REAL_SUBSAMPLE: ("real_2p",), registry.IMG2IMG: ("boomerang",),
+        registry.TXT2IMG: ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts"),
+        registry.RETRIEVAL: ("retrieval",),
+    }
+    personalized = [m.key for m in registry.METHODS if m.family == "personalized"]
+    assert len(personalized) == 5 and not any(get_method(k).implemented for k in personalized)
+    assert [get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "imagic")] == [
+        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, None]
+    assert registry.keys_with_builder(registry.TXT2IMG, ("real_p", "clip_prompts")) == ("clip_prompts",)
+    with pytest.raises(ValueError, match="unknown builder 'gan'"):
+        registry.Method("gan", "GAN", "other", "a builder that does not exist", "gan")
 
 
 def test_augmented_sets_baselines():

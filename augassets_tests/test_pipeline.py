@@ -8,12 +8,13 @@ import polars as pl
 import pytest
 
 from augassets import cli
-from augassets.assets import catalog as catalog_assets
-from augassets.assets import splits as splits_assets
+from augassets.build import build_defs, build_stages
 from augassets.core.warehouse import Warehouse
-from augassets.definitions import defs
 from augassets.profiles import IMAGE_FOLDER, SplitSpec, get_profile
 from augassets.resources import ImageStoreResource, WarehouseResource
+
+SMOKE = get_profile("smoke")
+defs = build_defs(SMOKE)
 
 STAGES = ["class_catalog", "dataset_splits", "augmented_datasets", "classifier_scores", "results_table"]
 RETRIEVAL_LINEAGE = [
@@ -35,9 +36,30 @@ def test_definitions_lineage_and_pools():
         assert node.code_version and node.description, name
 
 
+def test_definitions_come_from_the_profile_passed_and_public_dagster_only():
+    """build_defs reads nothing from the environment; no module reads a profile at import time or
+    imports Dagster's private modules."""
+    package = Path(cli.__file__).parent
+    for path in package.rglob("*.py"):
+        source = path.read_text()
+        assert "dagster._" not in source, f"{path}: private Dagster import"
+        if path.name not in ("profiles.py", "definitions.py", "cli.py"):
+            assert "get_profile(" not in source, f"{path} reads the active profile"
+    mini = build_defs(get_profile("mini"))
+    versions = {
+        name: graph.get(dg.AssetKey("classifier_scores")).code_version
+        for name, graph in (("smoke", defs.resolve_asset_graph()), ("mini", mini.resolve_asset_graph()))
+    }
+    assert versions["smoke"] != versions["mini"], "the classifier settings differ, so must the code versions"
+    replicates = mini.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension("replicate")
+    assert replicates.get_partition_keys() == [str(r) for r in range(get_profile("mini").classifier.replicates)]
+    external = build_defs(get_profile("imagenet10")).resolve_asset_graph()
+    assert not external.get(dg.AssetKey("diffusion_model")).is_materializable, "real profiles: the foundation is external"
+
+
 @pytest.fixture(scope="module")
 def benchmark_run():
-    profile = get_profile()
+    profile = SMOKE
     table = cli.benchmark(profile, say=lambda *_: None)
     return profile, table
 
@@ -182,15 +204,13 @@ def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
 
 def _folder_profile(root):
     dataset = replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
-    return replace(get_profile(), dataset=dataset, split=SplitSpec(train_fraction=0.25, seed=1))
+    return replace(SMOKE, dataset=dataset, split=SplitSpec(train_fraction=0.25, seed=1))
 
 
-def _materialize_prepare(tmp_path, monkeypatch, root, **kwargs):
-    profile = _folder_profile(root)
-    monkeypatch.setattr(catalog_assets, "PROFILE", profile)
-    monkeypatch.setattr(splits_assets, "PROFILE", profile)
+def _materialize_prepare(tmp_path, root, **kwargs):
+    built = build_stages(_folder_profile(root))  # the definitions of another profile, side by side with smoke's
     return dg.materialize(
-        [catalog_assets.class_catalog, splits_assets.dataset_splits],
+        [built.class_catalog, built.dataset_splits],
         resources={
             "warehouse": WarehouseResource(path=str(tmp_path / "c.duckdb")),
             "image_store": ImageStoreResource(root=str(tmp_path / "store")),
@@ -200,8 +220,8 @@ def _materialize_prepare(tmp_path, monkeypatch, root, **kwargs):
     )
 
 
-def test_bad_files_are_counted_in_split_metadata(tmp_path, monkeypatch, image_folder):
-    result = _materialize_prepare(tmp_path, monkeypatch, image_folder)
+def test_bad_files_are_counted_in_split_metadata(tmp_path, image_folder):
+    result = _materialize_prepare(tmp_path, image_folder)
     assert result.success
     metadata = result.asset_materializations_for_node("dataset_splits")[0].metadata
     assert metadata["skipped_files"].value == 6
@@ -210,10 +230,10 @@ def test_bad_files_are_counted_in_split_metadata(tmp_path, monkeypatch, image_fo
     assert skipped.height == 6
 
 
-def test_unknown_wnid_fails_the_catalog_with_its_name(tmp_path, monkeypatch, image_folder):
+def test_unknown_wnid_fails_the_catalog_with_its_name(tmp_path, image_folder):
     (image_folder / "train" / "n99999999").mkdir()
     with pytest.raises(Exception, match=r"n99999999.*WordNet 3.0 noun ids"):
-        _materialize_prepare(tmp_path, monkeypatch, image_folder)
+        _materialize_prepare(tmp_path, image_folder)
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +244,8 @@ def foundation_run(benchmark_run):
 
 
 def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
     import faiss
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
     from transformers import CLIPModel, CLIPProcessor
 
     from augassets.core.clip import encode_texts

@@ -7,11 +7,10 @@ import dagster as dg
 import fsspec
 import pytest
 
-from augassets.assets import catalog as catalog_assets
-from augassets.assets import classifier as classifier_assets
-from augassets.assets import splits as splits_assets
+from augassets.build import build_stages
 from augassets.core.store import MANIFEST_NAME, Store, folder_manifest, redact
-from augassets.resources import ImageStoreResource, WarehouseResource
+from augassets.profiles import get_profile
+from augassets.resources import ComputeResource, ImageStoreResource, WarehouseResource
 
 
 @pytest.fixture
@@ -182,12 +181,13 @@ def test_assets_publish_to_and_fetch_from_a_url_store(tmp_path, url):
     fetches the split images it trains on and publishes its checkpoint."""
     import shutil
 
-    assets = [catalog_assets.class_catalog, splits_assets.dataset_splits, classifier_assets.fidelity_classifier]
+    built = build_stages(get_profile("smoke"))
+    assets = [built.class_catalog, built.dataset_splits, built.fidelity_classifier]
     work = tmp_path / "store"
     resources = {
         "warehouse": WarehouseResource(path=str(tmp_path / "c.duckdb")),
         "image_store": ImageStoreResource(root=url, cache_dir=str(work)),
-        "compute": classifier_assets.ComputeResource(),
+        "compute": ComputeResource(),
     }
     first = dg.materialize(assets[:2], resources=resources, instance=dg.DagsterInstance.ephemeral())
     assert first.success
@@ -198,7 +198,7 @@ def test_assets_publish_to_and_fetch_from_a_url_store(tmp_path, url):
     assert grid_url == f"{url}/reports/dataset_splits_target_grid.png"
 
     shutil.rmtree(work)
-    second = dg.materialize(assets, selection=[classifier_assets.fidelity_classifier], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    second = dg.materialize(assets, selection=[built.fidelity_classifier], resources=resources, instance=dg.DagsterInstance.ephemeral())
     assert second.success
     assert sorted(p.relative_to(work).as_posix() for p in (work / "datasets").rglob("*.png")) == exported
     assert fs.isfile(f"{base}/models/fidelity_classifier.safetensors")

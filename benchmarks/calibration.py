@@ -49,7 +49,7 @@ def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path) -> p
         # The same val set at every p: the curve moves the target only.
         split = replace(profile.split, train_fraction=fraction, val_fraction=val_fraction, real_extra=False)
         frame, _ = make_splits(catalog, profile.dataset, split, workdir / "export", progress=lambda line: None)
-        part = lambda name: frame.filter(pl.col("split") == name)  # noqa: E731
+        part = lambda name, frame=frame: frame.filter(pl.col("split") == name)  # noqa: E731
         labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
         for seed in range(seeds):
             started = time.perf_counter()

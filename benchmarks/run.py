@@ -208,10 +208,10 @@ def bench_store(small: int = 5000, large: int = 16) -> list[tuple[str, str]]:
         size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
         timings = {}
         for label, action in (
-            ("publish", lambda: store.publish("set")),
-            ("publish unchanged", lambda: store.publish("set")),
-            ("fetch into an empty working copy", lambda: Store(url, str(work / "b")).fetch("set")),
-            ("fetch unchanged", lambda: Store(url, str(work / "b")).fetch("set")),
+            ("publish", lambda store=store: store.publish("set")),
+            ("publish unchanged", lambda store=store: store.publish("set")),
+            ("fetch into an empty working copy", lambda url=url: Store(url, str(work / "b")).fetch("set")),
+            ("fetch unchanged", lambda url=url: Store(url, str(work / "b")).fetch("set")),
         ):
             started = time.perf_counter()
             action()

@@ -12,6 +12,7 @@ augmentation): how much of the real_p → real_2p headroom the pool's domain let
 
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
@@ -24,22 +25,23 @@ from ..core.generation import classify_images, classify_paths
 from ..core.images import image_grid, png_data_uri_markdown, save_atomic
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
-from ..profiles import get_profile
+from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .classifier import fidelity_classifier, labeled_images, save_checkpoint
-from .splits import dataset_splits
+from .classifier import labeled_images, save_checkpoint
 
-PROFILE = get_profile()
 GROUP = "foundation"
 JUDGE_CHECKPOINT = "fidelity_judge.safetensors"
 
 
-def judge_assets() -> list:
-    pool = PROFILE.world.pool
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """The mini world's calibration assets (none for an external foundation); ``up``: the earlier stages."""
+    if not profile.world:
+        return {}
+    pool = profile.world.pool
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[dataset_splits, "web_pool"], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[up.dataset_splits, "web_pool"], kinds={"duckdb"},
         description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
         "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
         "train and val also in their target-domain originals).",
@@ -49,7 +51,7 @@ def judge_assets() -> list:
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label, source_label FROM class_catalog ORDER BY label")
         used = set(db.query("SELECT item FROM dataset_splits")["item"]) | set(db.query("SELECT source_item FROM web_pool_truth")["source_item"])
-        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+        source = FashionMnistSource(profile.dataset, image_store.path("datasets", profile.dataset.class_list))
         unused = {
             row["wnid"]: [item for item in source.items("train", row["wnid"], row["source_label"]) if item not in used]
             for row in catalog.iter_rows(named=True)
@@ -61,7 +63,7 @@ def judge_assets() -> list:
         image_store.publish("judge_images")
         db.replace("judge_images", table)
         counts = table.group_by("split", "domain").len().sort("split", "domain")
-        web = table.filter((pl.col("split") == "holdout"))
+        web = table.filter(pl.col("split") == "holdout")
         grid = image_grid([web.filter(pl.col("wnid") == w)["path"].head(12).to_list() for w in catalog["wnid"]])
         save_atomic(grid, image_store.path("reports", "judge_holdout_grid.png"))
         image_store.publish("reports", "judge_holdout_grid.png")
@@ -75,8 +77,8 @@ def judge_assets() -> list:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", PROFILE.classifier, pool, PROFILE.world.judge_patience), pool="gpu",
-        deps=[judge_images, fidelity_classifier, dataset_splits], kinds={"pytorch", "duckdb"},
+        group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), pool="gpu",
+        deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "duckdb"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
         "domain transfer ratio: the target-trained fidelity_classifier's accuracy on the held-out web-domain images ÷ "
@@ -85,8 +87,8 @@ def judge_assets() -> list:
     def fidelity_judge(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        plateau, early_stop = PROFILE.world.judge_patience
-        spec = replace(PROFILE.classifier, device=compute.device, plateau_patience=plateau, early_stop_patience=early_stop)
+        plateau, early_stop = profile.world.judge_patience
+        spec = replace(profile.classifier, device=compute.device, plateau_patience=plateau, early_stop_patience=early_stop)
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
         images = db.query("SELECT * FROM judge_images ORDER BY split, domain, label, item")
@@ -95,7 +97,7 @@ def judge_assets() -> list:
         holdout = images.filter(pl.col("split") == "holdout")
         result = train_classifier(
             labeled_images(images.filter(pl.col("split") == "train")), labeled_images(images.filter(pl.col("split") == "val")), labeled_images(holdout),
-            catalog.height, spec, seed=PROFILE.split.seed * 1000 + 777,
+            catalog.height, spec, seed=profile.split.seed * 1000 + 777,
             progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
         )
         path = image_store.path("models", JUDGE_CHECKPOINT)
@@ -103,7 +105,7 @@ def judge_assets() -> list:
         image_store.publish("models", JUDGE_CHECKPOINT)
         # The judge and the target-trained classifier on the test split, its images decoded once.
         target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
-        on_test = classify_paths({"judge": result.state_dict, "target": target_state}, PROFILE.classifier, catalog.height, test["path"].to_list())
+        on_test = classify_paths({"judge": result.state_dict, "target": target_state}, profile.classifier, catalog.height, test["path"].to_list())
         judge_test = float((on_test["judge"] == test["label"].to_numpy()).mean())
         per_class = catalog.with_columns(
             pl.col("label").replace_strict(result.per_class_test_top1, return_dtype=pl.Float64).alias("holdout_web"),
@@ -113,8 +115,8 @@ def judge_assets() -> list:
 
         # Domain transfer: the target-trained classifier on the same held-out items, part by part.
         target_on_test = float((on_test["target"] == test["label"].to_numpy()).mean())
-        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
-        breakdown = transfer_breakdown(holdout, source.pixels, pool, lambda imgs: classify_images(target_state, PROFILE.classifier, catalog.height, imgs))
+        source = FashionMnistSource(profile.dataset, image_store.path("datasets", profile.dataset.class_list))
+        breakdown = transfer_breakdown(holdout, source.pixels, pool, lambda imgs: classify_images(target_state, profile.classifier, catalog.height, imgs))
         transfer = pl.DataFrame(
             [{"web_transform": name, "target_classifier_top1": acc, "transfer_ratio": acc / target_on_test} for name, acc in breakdown.items()]
         )
@@ -140,8 +142,8 @@ def judge_assets() -> list:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", PROFILE.classifier, PROFILE.split), pool="gpu",
-        deps=["web_pool", dataset_splits], kinds={"pytorch", "duckdb"},
+        group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), pool="gpu",
+        deps=["web_pool", up.dataset_splits], kinds={"pytorch", "duckdb"},
         description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, per class, as "
         "many pool images of that class by ground truth (web_pool_truth) as the target has — a property of the world: "
         "the most a perfectly precise retrieval of pool-domain images could add. Not part of the results table.",
@@ -149,7 +151,7 @@ def judge_assets() -> list:
     def domain_oracle(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        spec = replace(PROFILE.classifier, device=compute.device)
+        spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label FROM class_catalog ORDER BY label")
         splits = db.query("SELECT split, wnid, label, path FROM dataset_splits ORDER BY label, item")
@@ -163,10 +165,10 @@ def judge_assets() -> list:
         rows = []
         for replicate in range(spec.replicates):
             extra = pool_images.filter(
-                pl.int_range(pl.len()).shuffle(seed=PROFILE.split.seed * 1000 + replicate).over("wnid") < pl.col("wnid").replace_strict(needed, return_dtype=pl.Int64)
+                pl.int_range(pl.len()).shuffle(seed=profile.split.seed * 1000 + replicate).over("wnid") < pl.col("wnid").replace_strict(needed, return_dtype=pl.Int64)
             )
             train = pl.concat([target.select("path", "label"), extra.select("path", "label")])
-            result = train_classifier(labeled_images(train), val, test, catalog.height, spec, seed=PROFILE.split.seed * 1000 + replicate,
+            result = train_classifier(labeled_images(train), val, test, catalog.height, spec, seed=profile.split.seed * 1000 + replicate,
                                       progress=lambda line: context.log.debug(f"domain_oracle {line}"))
             context.log.info(f"domain_oracle[{replicate}]: test top-1 {result.test_top1:.4f} ({train.height} training images)")
             rows.append({"replicate": replicate, "test_top1": result.test_top1, "best_epoch": result.best_epoch,
@@ -179,7 +181,4 @@ def judge_assets() -> list:
             metadata={"oracle_top1_mean": float(top1.mean()), "oracle_top1_se": se, "runs": len(rows), "runs_table": dg.MetadataValue.md(frame_markdown(scores))}
         )
 
-    return [judge_images, fidelity_judge, domain_oracle]
-
-
-calibration_assets = judge_assets() if PROFILE.world else []
+    return {"judge_images": judge_images, "fidelity_judge": fidelity_judge, "domain_oracle": domain_oracle}

@@ -7,6 +7,7 @@ the LAION pool, CLIP ViT-L/14, its KNN index and SD v1.4, so the lineage reads t
 """
 
 import time
+from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
@@ -32,13 +33,10 @@ from ..core.images import image_grid, png_data_uri_markdown, save_atomic
 from ..core.knn import build_index, choose_index_factory
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
-from ..profiles import get_profile
+from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .classifier import fidelity_classifier
-from .splits import dataset_splits
 
-PROFILE = get_profile()
 GROUP = "foundation"
 
 
@@ -55,11 +53,11 @@ def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: s
     return dg.MetadataValue.md(png_data_uri_markdown(grid, alt))
 
 
-def mini_world_assets() -> list:
-    world = PROFILE.world
+def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
+    world = profile.world
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", world.pool, PROFILE.split), pool="duckdb", deps=[dataset_splits],
+        group_name=GROUP, code_version=code_version("1", world.pool, profile.split), pool="duckdb", deps=[up.dataset_splits],
         kinds={"parquet", "duckdb"},
         description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
         "web-photo domain, with noisy captions, aesthetic scores, an NSFW marker, distractors and planted "
@@ -70,7 +68,7 @@ def mini_world_assets() -> list:
         db = warehouse.get()
         catalog = db.query("SELECT wnid, source_label, lemmas, hypernym FROM class_catalog ORDER BY label")
         splits = db.query("SELECT split, wnid, item FROM dataset_splits")
-        source = FashionMnistSource(PROFILE.dataset, image_store.path("datasets", PROFILE.dataset.class_list))
+        source = FashionMnistSource(profile.dataset, image_store.path("datasets", profile.dataset.class_list))
         used = set(splits.filter(pl.col("split") != "test")["item"])
         rng = np.random.default_rng([world.pool.seed, 17])
         class_items = {}
@@ -163,8 +161,8 @@ def mini_world_assets() -> list:
         "clip-retrieval back can serve.",
     )
     def pool_index(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
-        from transformers import CLIPModel, CLIPTokenizer
         import faiss
+        from transformers import CLIPModel, CLIPTokenizer
 
         started = time.perf_counter()
         rows, skipped = _pool_rows(warehouse.get())
@@ -285,7 +283,7 @@ def mini_world_assets() -> list:
 
     @dg.asset(
         group_name=GROUP, code_version=code_version("2", world.diffusion.scheduler, world.diffusion.samples_per_class),
-        deps=[vae, unet, clip_model, pool_index, fidelity_classifier, "fidelity_judge"], pool="gpu", kinds={"diffusers"},
+        deps=[vae, unet, clip_model, pool_index, up.fidelity_classifier, "fidelity_judge"], pool="gpu", kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
         "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
         "StableDiffusionImg2ImgPipeline.from_pretrained. Reports the safety checker's precision/recall on the "
@@ -355,8 +353,8 @@ def mini_world_assets() -> list:
         passed = np.array([not flagged for _, flagged in results])
         labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
         kept = [img for (img, _), ok in zip(results, passed) if ok]
-        judged = classify_images(load_file(str(models / "fidelity_judge.safetensors")), PROFILE.classifier, catalog.height, kept)
-        recognized = classify_images(load_file(str(models / "fidelity_classifier.safetensors")), PROFILE.classifier, catalog.height, kept)
+        judged = classify_images(load_file(str(models / "fidelity_judge.safetensors")), profile.classifier, catalog.height, kept)
+        recognized = classify_images(load_file(str(models / "fidelity_classifier.safetensors")), profile.classifier, catalog.height, kept)
         judge_holdout = dict(db.query("SELECT label, holdout_web FROM judge_accuracy").iter_rows())
         share = lambda predicted, c: float((predicted[labels == c] == c).mean()) if (labels == c).any() else float("nan")  # noqa: E731
         fidelity = catalog.with_columns(
@@ -400,14 +398,17 @@ def _to_pil(tensor: torch.Tensor):
     return Image.fromarray(array, "RGB")
 
 
-def external_foundation_assets() -> list[dg.AssetSpec]:
+def external_foundation_assets(profile: Profile) -> list[dg.AssetSpec]:
     """Real scale: the pool, CLIP, its index and SD exist already; these specs keep the lineage."""
     return [
         dg.AssetSpec("web_pool", group_name=GROUP, description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics)."),
-        dg.AssetSpec("clip_model", group_name=GROUP, deps=["web_pool"], description=f"External: CLIP weights {PROFILE.clip_weights}.", metadata={"weights": PROFILE.clip_weights}),
-        dg.AssetSpec("pool_index", group_name=GROUP, deps=["clip_model", "web_pool"], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).", metadata={"index_folder": PROFILE.knn_index_folder, "url": PROFILE.knn_url}),
-        dg.AssetSpec("diffusion_model", group_name=GROUP, deps=["web_pool", "clip_model"], description=f"External: Stable Diffusion weights {PROFILE.sd_weights}.", metadata={"weights": PROFILE.sd_weights}),
+        dg.AssetSpec("clip_model", group_name=GROUP, deps=["web_pool"], description=f"External: CLIP weights {profile.clip_weights}.", metadata={"weights": profile.clip_weights}),
+        dg.AssetSpec("pool_index", group_name=GROUP, deps=["clip_model", "web_pool"], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).", metadata={"index_folder": profile.knn_index_folder, "url": profile.knn_url}),
+        dg.AssetSpec("diffusion_model", group_name=GROUP, deps=["web_pool", "clip_model"], description=f"External: Stable Diffusion weights {profile.sd_weights}.", metadata={"weights": profile.sd_weights}),
     ]
 
 
-foundation_assets = mini_world_assets() if PROFILE.world else external_foundation_assets()
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """The foundation for ``profile``: the mini world's assets, or specs of external weights and index."""
+    assets = mini_world_assets(profile, up) if profile.world else external_foundation_assets(profile)
+    return {a.key.path[-1]: a for a in assets}

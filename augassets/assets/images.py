@@ -4,27 +4,37 @@ classes retrieval cannot fill — excluded from every method (paper §3)."""
 import math
 import shutil
 import time
+from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
 
 from ..core.clip import encode_texts
 from ..core.files import atomic_folder
+from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, inspect_image, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
-from ..core.methods import get_method
-from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
-from ..core.prompts import GENERATION_METHODS, PROMPT_METHODS, ClassNames, build_prompts, fit_to_tokenizer, simple_prompt_nows
+from ..core.methods import IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
+from ..core.prompts import (
+    ClassNames,
+    build_prompts,
+    fit_to_tokenizer,
+    simple_prompt_nows,
+)
 from ..core.report import frame_markdown
 from ..core.retrieval import retrieve
 from ..partitions import class_method_partitions
-from ..profiles import get_profile
-from ..resources import ClipEncoderResource, ComputeResource, DiffusionBackendResource, ImageStoreResource, KnnIndexResource, WarehouseResource
+from ..profiles import Profile
+from ..resources import (
+    ClipEncoderResource,
+    ComputeResource,
+    DiffusionBackendResource,
+    ImageStoreResource,
+    KnnIndexResource,
+    WarehouseResource,
+)
 from ..versions import code_version
-from .catalog import class_catalog
-from .splits import dataset_splits
 
-PROFILE = get_profile()
 GROUP = "images"
 MANIFEST_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8, "family": pl.Utf8,
@@ -41,329 +51,326 @@ def partition(key) -> tuple[str, str]:
     return dims["method"], dims["wnid"]
 
 
-def needed_per_class(db) -> int:
+def needed_per_class(db, profile: Profile) -> int:
     """n: the target's largest per-class count times the profile's augmentation ratio."""
     largest = db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0]
-    return math.ceil(PROFILE.retrieval.ratio * largest)
+    return math.ceil(profile.retrieval.ratio * largest)
 
 
-def images_per_class(db, method: str) -> int:
+def images_per_class(db, method: str, profile: Profile) -> int:
     """Retrieval: n. Generation: ``GenerationSpec.factor`` × the target's largest per-class count."""
-    n = needed_per_class(db)
-    return n if method == "retrieval" else math.ceil(PROFILE.generation.factor * n / PROFILE.retrieval.ratio)
+    n = needed_per_class(db, profile)
+    return n if get_method(method).builder == RETRIEVAL else math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
 
 
-@dg.asset(
-    group_name=GROUP, code_version=code_version("1", PROFILE.generation), pool="duckdb", partitions_def=class_method_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_catalog, "clip_model", dataset_splits], kinds={"duckdb"},
-    description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
-    "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
-    "random Places365 backgrounds); cut to the text encoder's 77 tokens. For retrieval, the KNN query: the "
-    "no-whitespace simple prompt.",
-)
-def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, clip_encoder: ClipEncoderResource) -> dg.MaterializeResult:
-    db = warehouse.get()
-    catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name, hypernym, definition FROM class_catalog").iter_rows(named=True)}
-    tokenizer = clip_encoder.tokenizer()
-    total, truncated, examples = 0, 0, []
-    for key in context.partition_keys:
-        method, wnid = partition(key)
-        if wnid not in catalog:
-            raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
-        row = catalog[wnid]
-        if method == "retrieval":
-            pairs = [("simple_nows", simple_prompt_nows(row["name"]))]
-        else:
-            seed = image_seed(PROFILE.generation.seed, method, wnid, -1)
-            pairs = build_prompts(method, ClassNames(row["name"], row["hypernym"], row["definition"]), images_per_class(db, method), seed)
-        sources = [None] * len(pairs)
-        if method == "boomerang":
-            targets = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item", [wnid])["path"].to_list()
-            if not targets:
-                raise ValueError(f"class {wnid} has no target images for Boomerang to start from (check dataset_splits)")
-            sources = [targets[i % len(targets)] for i in range(len(pairs))]
-        fitted = [(family, *fit_to_tokenizer(prompt, tokenizer, allow_empty=method == "boomerang")) for family, prompt in pairs]
-        frame = pl.DataFrame(
-            [
-                {"method": method, "wnid": wnid, "prompt_index": i, "family": f, "prompt": p, "truncated": cut, "source_image": src}
-                for i, ((f, p, cut), src) in enumerate(zip(fitted, sources))
-            ],
-            schema=PROMPT_SCHEMA,
-        )
-        db.replace("class_prompts", frame, where={"method": method, "wnid": wnid})
-        total += frame.height
-        truncated += int(frame["truncated"].sum())
-        examples.append(f"- `{method}` `{wnid}`: {fitted[0][1] or '(no prompt)'}")
-    return dg.MaterializeResult(
-        metadata={"partitions": len(context.partition_keys), "prompts": total, "truncated_to_77_tokens": truncated,
-                  "examples": dg.MetadataValue.md("\n".join(examples[:12]))}
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", profile.generation), pool="duckdb", partitions_def=class_method_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, "clip_model", up.dataset_splits], kinds={"duckdb"},
+        description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
+        "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
+        "random Places365 backgrounds); cut to the text encoder's 77 tokens. For retrieval, the KNN query: the "
+        "no-whitespace simple prompt.",
     )
-
-
-@dg.asset(
-    group_name=GROUP, code_version=code_version("2", PROFILE.retrieval), pool="gpu", partitions_def=class_method_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", dataset_splits],
-    kinds={"faiss", "parquet"},
-    description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
-    "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
-    "image, resumable after a kill, images the safety checker flags regenerated with new seeds. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
-    "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive.",
-)
-def augmentation_images(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    image_store: ImageStoreResource,
-    clip_encoder: ClipEncoderResource,
-    knn_index: KnnIndexResource,
-    diffusion_backend: DiffusionBackendResource,
-    compute: ComputeResource,  # thread count and deterministic kernels for generation
-) -> dg.MaterializeResult:
-    db = warehouse.get()
-    labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
-    methods = {partition(key)[0] for key in context.partition_keys}
-    if PROFILE.world:  # the mini world's models and pool live in the image store
-        if "retrieval" in methods:
-            for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
-                image_store.fetch(*parts)
-        if methods & set(PROMPT_METHODS) or methods & {"boomerang", "retrieval"}:
-            image_store.fetch("models", "stable_diffusion")
-    # Load each expensive handle once per step, and only when a partition of this run needs it.
-    retriever = (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker()) if "retrieval" in methods else None
-    pipelines = {
-        "txt2img": diffusion_backend.load("txt2img") if methods & set(PROMPT_METHODS) else None,
-        "img2img": diffusion_backend.load("img2img") if "boomerang" in methods else None,
-    }
-    summary, grids, failures, started = [], [], {}, time.perf_counter()
-    for key in context.partition_keys:
-        method, wnid = partition(key)
-        try:
-            if method == "retrieval":
-                row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method), labels[wnid])
-            elif method in GENERATION_METHODS:
-                pipeline = pipelines["img2img" if method == "boomerang" else "txt2img"]
-                row, paths = _generate_partition(context, db, image_store, pipeline, diffusion_backend, method, wnid, labels[wnid])
+    def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, clip_encoder: ClipEncoderResource) -> dg.MaterializeResult:
+        db = warehouse.get()
+        catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name, hypernym, definition FROM class_catalog").iter_rows(named=True)}
+        tokenizer = clip_encoder.tokenizer()
+        total, truncated, examples = 0, 0, []
+        for key in context.partition_keys:
+            method, wnid = partition(key)
+            if wnid not in catalog:
+                raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
+            row = catalog[wnid]
+            builder = get_method(method).builder
+            if builder == RETRIEVAL:
+                pairs = [("simple_nows", simple_prompt_nows(row["name"]))]
             else:
-                raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
-        except (KnnError, GenerationError, ValueError, OSError) as error:
-            # One class failing (a KNN server error, a bad image, a safety checker that rejects every
-            # sample) must not take the others with it.
-            failures[str(key)] = str(error)
-            context.log.error(f"augmentation_images[{key}] failed: {error}")
-            continue
-        summary.append({**row, "key": str(key)})
-        grids.append(paths[:8])
-    if failures:
-        for row in summary:  # record the partitions that did complete before failing the step
-            context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["key"], metadata={"images": row["images"]}))
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(context.partition_keys)} partitions failed ({', '.join(failures)}); the others are materialized",
-            metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
+                seed = image_seed(profile.generation.seed, method, wnid, -1)
+                pairs = build_prompts(method, ClassNames(row["name"], row["hypernym"], row["definition"]), images_per_class(db, method, profile), seed)
+            sources = [None] * len(pairs)
+            if builder == IMG2IMG:
+                targets = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item", [wnid])["path"].to_list()
+                if not targets:
+                    raise ValueError(f"class {wnid} has no target images for Boomerang to start from (check dataset_splits)")
+                sources = [targets[i % len(targets)] for i in range(len(pairs))]
+            fitted = [(family, *fit_to_tokenizer(prompt, tokenizer, allow_empty=builder == IMG2IMG)) for family, prompt in pairs]
+            frame = pl.DataFrame(
+                [
+                    {"method": method, "wnid": wnid, "prompt_index": i, "family": f, "prompt": p, "truncated": cut, "source_image": src}
+                    for i, ((f, p, cut), src) in enumerate(zip(fitted, sources))
+                ],
+                schema=PROMPT_SCHEMA,
+            )
+            db.replace("class_prompts", frame, where={"method": method, "wnid": wnid})
+            total += frame.height
+            truncated += int(frame["truncated"].sum())
+            examples.append(f"- `{method}` `{wnid}`: {fitted[0][1] or '(no prompt)'}")
+        return dg.MaterializeResult(
+            metadata={"partitions": len(context.partition_keys), "prompts": total, "truncated_to_77_tokens": truncated,
+                      "examples": dg.MetadataValue.md("\n".join(examples[:12]))}
         )
-    table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
-    grid = image_grid(grids[:20])
-    return dg.MaterializeResult(
-        metadata={
-            "partitions": len(summary),
-            "images": int(table["images"].sum()),
-            "short_classes": int((table["images"] < table["needed"]).sum()),
-            "regenerated_after_safety_check": int(table["regenerated"].sum()) if "regenerated" in table.columns else 0,
-            "seconds": round(time.perf_counter() - started, 1),
-            "per_class": dg.MetadataValue.md(frame_markdown(table)),
-            "sample_grid": dg.MetadataValue.md("First 8 per partition (rows in partition order):\n\n" + png_data_uri_markdown(grid, "augmentation images")),
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("2", profile.retrieval), pool="gpu", partitions_def=class_method_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", up.dataset_splits],
+        kinds={"faiss", "parquet"},
+        description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
+        "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
+        "image, resumable after a kill, images the safety checker flags regenerated with new seeds. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
+        "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive.",
+    )
+    def augmentation_images(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        clip_encoder: ClipEncoderResource,
+        knn_index: KnnIndexResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,  # thread count and deterministic kernels for generation
+    ) -> dg.MaterializeResult:
+        db = warehouse.get()
+        labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+        builders = {get_method(partition(key)[0]).builder for key in context.partition_keys}
+        if profile.world:  # the mini world's models and pool live in the image store
+            if RETRIEVAL in builders:
+                for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
+                    image_store.fetch(*parts)
+            if builders & {TXT2IMG, IMG2IMG, RETRIEVAL}:  # retrieval: SD's safety checker screens the hits
+                image_store.fetch("models", "stable_diffusion")
+        # Load each expensive handle once per step, and only when a partition of this run needs it.
+        retriever = (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker()) if RETRIEVAL in builders else None
+        pipelines = {builder: diffusion_backend.load(builder) for builder in builders & {TXT2IMG, IMG2IMG}}
+        summary, grids, failures, started = [], [], {}, time.perf_counter()
+        for key in context.partition_keys:
+            method, wnid = partition(key)
+            builder = get_method(method).builder
+            try:
+                if builder == RETRIEVAL:
+                    row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method, profile), labels[wnid])
+                elif builder in pipelines:
+                    row, paths = _generate_partition(context, db, image_store, pipelines[builder], diffusion_backend, method, wnid, labels[wnid])
+                else:
+                    raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
+            except (KnnError, GenerationError, ValueError, OSError) as error:
+                # One class failing (a KNN server error, a bad image, a safety checker that rejects every
+                # sample) must not take the others with it.
+                failures[str(key)] = str(error)
+                context.log.error(f"augmentation_images[{key}] failed: {error}")
+                continue
+            summary.append({**row, "key": str(key)})
+            grids.append(paths[:8])
+        if failures:
+            for row in summary:  # record the partitions that did complete before failing the step
+                context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["key"], metadata={"images": row["images"]}))
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(context.partition_keys)} partitions failed ({', '.join(failures)}); the others are materialized",
+                metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
+            )
+        table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
+        grid = image_grid(grids[:20])
+        return dg.MaterializeResult(
+            metadata={
+                "partitions": len(summary),
+                "images": int(table["images"].sum()),
+                "short_classes": int((table["images"] < table["needed"]).sum()),
+                "regenerated_after_safety_check": int(table["regenerated"].sum()) if "regenerated" in table.columns else 0,
+                "seconds": round(time.perf_counter() - started, 1),
+                "per_class": dg.MetadataValue.md(frame_markdown(table)),
+                "sample_grid": dg.MetadataValue.md("First 8 per partition (rows in partition order):\n\n" + png_data_uri_markdown(grid, "augmentation images")),
+            }
+        )
+
+    def _retrieve_partition(context, db, image_store, model, processor, index, safety_flags, method: str, wnid: str, n: int, label: int) -> tuple[dict, list[str]]:
+        """Retrieve one class's images, copy them into images/<method>/<wnid>/ atomically, record the manifest."""
+        prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
+        if prompt.is_empty():
+            raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
+        query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
+        local = hasattr(index, "embeddings")
+        result = retrieve(
+            search=lambda k: index.search(query, k),
+            embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
+            n=n, min_aesthetic=profile.retrieval.min_aesthetic, dedup_threshold=profile.retrieval.dedup_threshold,
+            is_usable=lambda hit: _local_image_ok(hit, method, wnid),
+            flags_unsafe=(lambda hits: safety_flags([load_rgb(str(h.metadata["url"]).removeprefix("file://")) for h in hits])) if safety_flags else None,
+            progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
+        )
+        final = image_store.path("images", method, wnid)
+        rows = []
+        with atomic_folder(final) as tmp:
+            for rank, hit in enumerate(result.kept):
+                pool_id = int(hit.metadata.get("pool_id", hit.id))
+                name = f"{rank:05d}_{pool_id}.png"
+                shutil.copyfile(str(hit.metadata["url"]).removeprefix("file://"), tmp / name)
+                rows.append({
+                    "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
+                    "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
+                    "prompt": prompt["prompt"][0], "family": "simple_nows",
+                })
+            manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+            manifest.write_parquet(tmp / "manifest.parquet")
+        image_store.publish("images", method, wnid)
+        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        context.log.info(
+            f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
+            f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
+        )
+        row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
+        return row, [r["path"] for r in rows]
+
+    def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
+        """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated)."""
+        prompts = db.query("SELECT prompt, family, source_image FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+        if prompts.is_empty():
+            raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
+        boomerang = get_method(method).builder == IMG2IMG
+        request = GenerationRequest(
+            method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=profile.generation.seed,
+            init_images=prompts["source_image"].to_list() if boomerang else None, strength=profile.generation.boomerang_strength,
+        )
+        if boomerang:
+            image_store.ensure(request.init_images, context.log.info)
+        final = image_store.path("images", method, wnid)
+        records = generate_partition(
+            pipeline, request, final, backend.steps,
+            1.0 if boomerang else backend.guidance_scale,  # Boomerang is unconditioned: no classifier-free guidance
+            backend.batch_size, profile.generation.max_attempts,
+            progress=lambda line: context.log.debug(f"generation {line}"),
+        )
+        manifest = pl.DataFrame(
+            [{"method": method, "wnid": wnid, "rank": r["index"], "path": r["path"], "prompt": r["prompt"], "family": r["family"],
+              "seed": r["seed"], "attempts": r["attempts"]} for r in records],
+            schema=MANIFEST_SCHEMA,
+        )
+        save_parquet_atomic(manifest, final / "manifest.parquet")
+        image_store.publish("images", method, wnid)
+        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        regenerated = int((manifest["attempts"] - 1).sum())
+        context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
+        row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
+        return row, manifest["path"].to_list()
+
+    def save_parquet_atomic(frame: pl.DataFrame, path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        frame.write_parquet(tmp)
+        tmp.replace(path)
+
+    def _local_image_ok(hit, method: str, wnid: str) -> bool:
+        url = str(hit.metadata.get("url", ""))
+        if not url.startswith("file://"):
+            raise ValueError(
+                f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; download the "
+                "pool's images first (e.g. with img2dataset) and index them with file URLs"
+            )
+        return inspect_image(url.removeprefix("file://"), non_rgb="convert").usable
+
+    @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
+    def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:
+        import hashlib
+
+        db = warehouse.get()
+        manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
+        image_store.ensure(manifest["path"])
+        counts = manifest.group_by("method", "wnid").len()
+        needed = {m: images_per_class(db, m, profile) for m in counts["method"].unique()}
+        short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
+        excluded = set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
+        unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
+        nsfw = int(manifest["nsfw"].fill_null(False).sum())
+        digests = manifest.with_columns(pl.col("path").map_elements(lambda p: hashlib.sha1(open(p, "rb").read()).hexdigest(), return_dtype=pl.Utf8).alias("sha1"))
+        exact_duplicates = int(digests.group_by("method", "wnid", "sha1").len().filter(pl.col("len") > 1)["len"].sum() or 0)
+        return dg.AssetCheckResult(
+            passed=nsfw == 0 and exact_duplicates == 0 and unexpected_short.is_empty(),
+            metadata={"partitions": counts.height, "short_partitions": short.height, "short_not_excluded": unexpected_short.height,
+                      "nsfw_images": nsfw, "exact_duplicate_files": exact_duplicates},
+        )
+
+    retrieval_methods = keys_with_builder(RETRIEVAL, profile.methods)
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", retrieval_methods), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
+        description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
+        "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
+    )
+    def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        db = warehouse.get()
+        n = needed_per_class(db, profile)
+        catalog = db.query("SELECT wnid, name FROM class_catalog")
+        counts = db.query(
+            "SELECT wnid, min(images) AS images FROM (SELECT method, wnid, count(*) AS images FROM augmentation_manifest "
+            f"WHERE method IN ({', '.join('?' * len(retrieval_methods)) or 'NULL'}) GROUP BY ALL) GROUP BY wnid", list(retrieval_methods),
+        )
+        if not retrieval_methods:  # the rule is retrieval's: without it no class is excluded
+            counts = catalog.select("wnid").with_columns(pl.lit(n, dtype=pl.Int64).alias("images"))
+        table = catalog.join(counts, on="wnid", how="left").with_columns(pl.col("images").fill_null(0)).filter(pl.col("images") < n).sort("wnid")
+        db.replace("excluded_classes", table)
+        context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
+        return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("2"), pool="gpu",
+        deps=[augmentation_images, "fidelity_classifier"] + (["fidelity_judge"] if profile.world else []), kinds={"pytorch", "duckdb"},
+        description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "
+        "(trained on labelled images of both domains) labels as the class they were made for — and target-domain "
+        "recognizability — the share the classifier trained on the real target alone recognizes, i.e. how target-like "
+        "they look (the paper's domain-gap argument). For retrieval in the mini world, also its precision by ground truth "
+        "(web_pool_truth), against which the judge is checked.",
+    )
+    def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        from safetensors.torch import load_file
+
+        from ..core.generation import classify_paths
+
+        db = warehouse.get()
+        catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
+        judges = {"target_recognizability": load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))}
+        if profile.world:
+            judges["fidelity"] = load_file(str(image_store.fetch("models", "fidelity_judge.safetensors")))
+        manifest = db.query("SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank")
+        image_store.ensure(manifest["path"], context.log.info)
+        predictions = classify_paths(judges, profile.classifier, catalog.height, manifest["path"].to_list())
+        scored = manifest.with_columns(pl.Series(f"by_{name}", values, dtype=pl.Int64) for name, values in predictions.items())
+        if profile.world:  # retrieved pool images have a ground truth
+            truth = db.query("SELECT pool_id, kind, wnid AS true_wnid FROM web_pool_truth")
+            scored = scored.join(truth, on="pool_id", how="left").with_columns(
+                pl.when(pl.col("pool_id").is_null()).then(None).otherwise((pl.col("kind") != "distractor") & (pl.col("true_wnid") == pl.col("wnid"))).alias("truly_of_class")
+            )
+        figures = [(pl.col(f"by_{name}") == pl.col("label")).mean().alias(name) for name in judges]
+        if "truly_of_class" in scored.columns:
+            figures.append(pl.col("truly_of_class").mean().alias("ground_truth_precision"))
+        per_class = scored.group_by("method", "wnid").agg(*figures, pl.len().alias("images")).sort("method", "wnid")
+        per_method = scored.group_by("method").agg(*figures, pl.len().alias("images")).sort("method")
+        db.replace("class_fidelity", per_class)
+        for row in per_method.iter_rows(named=True):
+            context.log.info(f"class fidelity {row['method']}: " + ", ".join(f"{k} {row[k]:.3f}" for k in per_method.columns if k not in ("method", "images") and row[k] is not None) + f" over {row['images']} images")
+        metadata = {
+            "per_method": dg.MetadataValue.md(frame_markdown(per_method)),
+            "per_class": dg.MetadataValue.md(frame_markdown(per_class)),
+            **{f"{name}_{r['method']}": r[name] for r in per_method.iter_rows(named=True) for name in judges},
         }
+        if "ground_truth_precision" in per_method.columns:
+            for row in per_method.filter(pl.col("method").is_in(retrieval_methods)).iter_rows(named=True):
+                metadata[f"{row['method']}_ground_truth_precision"] = row["ground_truth_precision"]
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(
+        asset=class_fidelity,
+        description="The judge is unbiased where the truth is known: on retrieved pool images its class fidelity is within "
+        "0.1 of retrieval's precision by ground truth (mini world; passes trivially where there is no ground truth).",
     )
-
-
-def _retrieve_partition(context, db, image_store, model, processor, index, safety_flags, method: str, wnid: str, n: int, label: int) -> tuple[dict, list[str]]:
-    """Retrieve one class's images, copy them into images/<method>/<wnid>/ atomically, record the manifest."""
-    if get_method(method).key != "retrieval":
-        raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
-    prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
-    if prompt.is_empty():
-        raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
-    query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
-    local = hasattr(index, "embeddings")
-    result = retrieve(
-        search=lambda k: index.search(query, k),
-        embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
-        n=n, min_aesthetic=PROFILE.retrieval.min_aesthetic, dedup_threshold=PROFILE.retrieval.dedup_threshold,
-        is_usable=lambda hit: _local_image_ok(hit, method, wnid),
-        flags_unsafe=(lambda hits: safety_flags([load_rgb(str(h.metadata["url"]).removeprefix("file://")) for h in hits])) if safety_flags else None,
-        progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
-    )
-    final = image_store.path("images", method, wnid)
-    rows = []
-    with atomic_folder(final) as tmp:
-        for rank, hit in enumerate(result.kept):
-            pool_id = int(hit.metadata.get("pool_id", hit.id))
-            name = f"{rank:05d}_{pool_id}.png"
-            shutil.copyfile(str(hit.metadata["url"]).removeprefix("file://"), tmp / name)
-            rows.append({
-                "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
-                "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
-                "prompt": prompt["prompt"][0], "family": "simple_nows",
-            })
-        manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-        manifest.write_parquet(tmp / "manifest.parquet")
-    image_store.publish("images", method, wnid)
-    db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
-    context.log.info(
-        f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
-        f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
-    )
-    row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
-    return row, [r["path"] for r in rows]
-
-
-def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
-    """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated)."""
-    prompts = db.query("SELECT prompt, family, source_image FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
-    if prompts.is_empty():
-        raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
-    boomerang = method == "boomerang"
-    request = GenerationRequest(
-        method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=PROFILE.generation.seed,
-        init_images=prompts["source_image"].to_list() if boomerang else None, strength=PROFILE.generation.boomerang_strength,
-    )
-    if boomerang:
-        image_store.ensure(request.init_images, context.log.info)
-    final = image_store.path("images", method, wnid)
-    records = generate_partition(
-        pipeline, request, final, backend.steps,
-        1.0 if boomerang else backend.guidance_scale,  # Boomerang is unconditioned: no classifier-free guidance
-        backend.batch_size, PROFILE.generation.max_attempts,
-        progress=lambda line: context.log.debug(f"generation {line}"),
-    )
-    manifest = pl.DataFrame(
-        [{"method": method, "wnid": wnid, "rank": r["index"], "path": r["path"], "prompt": r["prompt"], "family": r["family"],
-          "seed": r["seed"], "attempts": r["attempts"]} for r in records],
-        schema=MANIFEST_SCHEMA,
-    )
-    save_parquet_atomic(manifest, final / "manifest.parquet")
-    image_store.publish("images", method, wnid)
-    db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
-    regenerated = int((manifest["attempts"] - 1).sum())
-    context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
-    row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
-    return row, manifest["path"].to_list()
-
-
-def save_parquet_atomic(frame: pl.DataFrame, path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.write_parquet(tmp)
-    tmp.replace(path)
-
-
-def _local_image_ok(hit, method: str, wnid: str) -> bool:
-    url = str(hit.metadata.get("url", ""))
-    if not url.startswith("file://"):
-        raise ValueError(
-            f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; download the "
-            "pool's images first (e.g. with img2dataset) and index them with file URLs"
+    def judge_agrees_with_ground_truth(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        db = warehouse.get()
+        table = db.query("SELECT * FROM class_fidelity WHERE method = 'retrieval'")
+        if "ground_truth_precision" not in table.columns or table.is_empty():
+            return dg.AssetCheckResult(passed=True, metadata={"compared": "nothing: no retrieval images with ground truth"})
+        judged = float((table["fidelity"] * table["images"]).sum() / table["images"].sum())
+        truth = float((table["ground_truth_precision"] * table["images"]).sum() / table["images"].sum())
+        return dg.AssetCheckResult(
+            passed=abs(judged - truth) <= 0.1,
+            metadata={"judge_fidelity": judged, "ground_truth_precision": truth, "difference": judged - truth},
         )
-    return inspect_image(url.removeprefix("file://"), non_rgb="convert").usable
 
-
-@dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
-def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:
-    import hashlib
-
-    db = warehouse.get()
-    manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
-    image_store.ensure(manifest["path"])
-    counts = manifest.group_by("method", "wnid").len()
-    needed = {m: images_per_class(db, m) for m in counts["method"].unique()}
-    short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
-    excluded = set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
-    unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
-    nsfw = int(manifest["nsfw"].fill_null(False).sum())
-    digests = manifest.with_columns(pl.col("path").map_elements(lambda p: hashlib.sha1(open(p, "rb").read()).hexdigest(), return_dtype=pl.Utf8).alias("sha1"))
-    exact_duplicates = int(digests.group_by("method", "wnid", "sha1").len().filter(pl.col("len") > 1)["len"].sum() or 0)
-    return dg.AssetCheckResult(
-        passed=nsfw == 0 and exact_duplicates == 0 and unexpected_short.is_empty(),
-        metadata={"partitions": counts.height, "short_partitions": short.height, "short_not_excluded": unexpected_short.height,
-                  "nsfw_images": nsfw, "exact_duplicate_files": exact_duplicates},
-    )
-
-
-@dg.asset(
-    group_name=GROUP, code_version=code_version("1", "retrieval" in PROFILE.methods), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
-    description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
-    "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
-)
-def excluded_classes(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    db = warehouse.get()
-    n = needed_per_class(db)
-    catalog = db.query("SELECT wnid, name FROM class_catalog")
-    counts = db.query("SELECT wnid, count(*) AS images FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
-    if "retrieval" not in PROFILE.methods:  # the rule is retrieval's: without it no class is excluded
-        counts = catalog.select("wnid").with_columns(pl.lit(n, dtype=pl.Int64).alias("images"))
-    table = catalog.join(counts, on="wnid", how="left").with_columns(pl.col("images").fill_null(0)).filter(pl.col("images") < n).sort("wnid")
-    db.replace("excluded_classes", table)
-    context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
-    return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})
-
-
-@dg.asset(
-    group_name=GROUP, code_version=code_version("2"), pool="gpu",
-    deps=[augmentation_images, "fidelity_classifier"] + (["fidelity_judge"] if PROFILE.world else []), kinds={"pytorch", "duckdb"},
-    description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "
-    "(trained on labelled images of both domains) labels as the class they were made for — and target-domain "
-    "recognizability — the share the classifier trained on the real target alone recognizes, i.e. how target-like "
-    "they look (the paper's domain-gap argument). For retrieval in the mini world, also its precision by ground truth "
-    "(web_pool_truth), against which the judge is checked.",
-)
-def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
-    from safetensors.torch import load_file
-
-    from ..core.generation import classify_paths
-
-    db = warehouse.get()
-    catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
-    judges = {"target_recognizability": load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))}
-    if PROFILE.world:
-        judges["fidelity"] = load_file(str(image_store.fetch("models", "fidelity_judge.safetensors")))
-    manifest = db.query("SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank")
-    image_store.ensure(manifest["path"], context.log.info)
-    predictions = classify_paths(judges, PROFILE.classifier, catalog.height, manifest["path"].to_list())
-    scored = manifest.with_columns(pl.Series(f"by_{name}", values, dtype=pl.Int64) for name, values in predictions.items())
-    if PROFILE.world:  # retrieved pool images have a ground truth
-        truth = db.query("SELECT pool_id, kind, wnid AS true_wnid FROM web_pool_truth")
-        scored = scored.join(truth, on="pool_id", how="left").with_columns(
-            pl.when(pl.col("pool_id").is_null()).then(None).otherwise((pl.col("kind") != "distractor") & (pl.col("true_wnid") == pl.col("wnid"))).alias("truly_of_class")
-        )
-    figures = [(pl.col(f"by_{name}") == pl.col("label")).mean().alias(name) for name in judges]
-    if "truly_of_class" in scored.columns:
-        figures.append(pl.col("truly_of_class").mean().alias("ground_truth_precision"))
-    per_class = scored.group_by("method", "wnid").agg(*figures, pl.len().alias("images")).sort("method", "wnid")
-    per_method = scored.group_by("method").agg(*figures, pl.len().alias("images")).sort("method")
-    db.replace("class_fidelity", per_class)
-    for row in per_method.iter_rows(named=True):
-        context.log.info(f"class fidelity {row['method']}: " + ", ".join(f"{k} {row[k]:.3f}" for k in per_method.columns if k not in ("method", "images") and row[k] is not None) + f" over {row['images']} images")
-    metadata = {
-        "per_method": dg.MetadataValue.md(frame_markdown(per_method)),
-        "per_class": dg.MetadataValue.md(frame_markdown(per_class)),
-        **{f"{name}_{r['method']}": r[name] for r in per_method.iter_rows(named=True) for name in judges},
-    }
-    retrieved = per_method.filter(pl.col("method") == "retrieval")
-    if "ground_truth_precision" in per_method.columns and retrieved.height:
-        metadata["retrieval_ground_truth_precision"] = retrieved["ground_truth_precision"][0]
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset_check(
-    asset=class_fidelity,
-    description="The judge is unbiased where the truth is known: on retrieved pool images its class fidelity is within "
-    "0.1 of retrieval's precision by ground truth (mini world; passes trivially where there is no ground truth).",
-)
-def judge_agrees_with_ground_truth(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    db = warehouse.get()
-    table = db.query("SELECT * FROM class_fidelity WHERE method = 'retrieval'")
-    if "ground_truth_precision" not in table.columns or table.is_empty():
-        return dg.AssetCheckResult(passed=True, metadata={"compared": "nothing: no retrieval images with ground truth"})
-    judged = float((table["fidelity"] * table["images"]).sum() / table["images"].sum())
-    truth = float((table["ground_truth_precision"] * table["images"]).sum() / table["images"].sum())
-    return dg.AssetCheckResult(
-        passed=abs(judged - truth) <= 0.1,
-        metadata={"judge_fidelity": judged, "ground_truth_precision": truth, "difference": judged - truth},
-    )
+    return {"class_prompts": class_prompts, "augmentation_images": augmentation_images, "augmentation_images_are_valid": augmentation_images_are_valid, "excluded_classes": excluded_classes, "class_fidelity": class_fidelity, "judge_agrees_with_ground_truth": judge_agrees_with_ground_truth}

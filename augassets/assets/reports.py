@@ -1,57 +1,61 @@
 """Stage: the results table — the paper's Table 1 for the methods that have run."""
 
 
+from types import SimpleNamespace
+
 import dagster as dg
 import polars as pl
 
 from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
 from ..core.report import excluded_note, markdown_table, summarize_scores
-from ..profiles import get_profile
-from ..versions import code_version
+from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
-from .classifier import classifier_scores
-
-PROFILE = get_profile()
+from ..versions import code_version
 
 
-@dg.asset(
-    group_name="reports",
-    code_version=code_version("1", PROFILE.methods, PROFILE.classifier.replicates),
-    pool="duckdb",
-    deps=[classifier_scores, "excluded_classes"],
-    kinds={"duckdb", "csv"},
-    description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
-    "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown table.",
-)
-def results_table(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
-) -> dg.MaterializeResult:
-    db = warehouse.get()
-    methods = [m.key for m in runnable_methods(PROFILE.methods)]
-    if not db.has_table("classifier_scores"):
-        raise RuntimeError("no classifier scores yet: materialize classifier_scores first")
-    scores = db.query("SELECT * FROM classifier_scores").filter(
-        pl.col("method").is_in(methods) & (pl.col("replicate") < PROFILE.classifier.replicates)
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+
+    @dg.asset(
+        group_name="reports",
+        code_version=code_version("1", profile.methods, profile.classifier.replicates),
+        pool="duckdb",
+        deps=[up.classifier_scores, "excluded_classes"],
+        kinds={"duckdb", "csv"},
+        description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
+        "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown table.",
     )
-    summary = summarize_scores(scores)
-    db.replace("results_table", summary)
-    excluded = db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid") if db.has_table("excluded_classes") else None
-    csv_path = image_store.path("reports", "results_table.csv")
-    write_bytes_atomic(summary.write_csv().encode(), csv_path)
-    image_store.publish("reports", csv_path.name)
-    table = markdown_table(summary)
-    if excluded is not None:
-        table += "\n\n" + excluded_note(excluded)
-    context.log.info("results table:\n" + table)
-    incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < PROFILE.classifier.replicates]
-    return dg.MaterializeResult(
-        metadata={
-            "methods": summary.height,
-            "runs": int(summary["n_runs"].sum()),
-            "incomplete_methods": ", ".join(incomplete) or "none",
-            "excluded_classes": 0 if excluded is None else excluded.height,
-            "results": dg.MetadataValue.md(table),
-            "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
-        }
-    )
+    def results_table(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
+    ) -> dg.MaterializeResult:
+        db = warehouse.get()
+        methods = [m.key for m in runnable_methods(profile.methods)]
+        if not db.has_table("classifier_scores"):
+            raise RuntimeError("no classifier scores yet: materialize classifier_scores first")
+        scores = db.query("SELECT * FROM classifier_scores").filter(
+            pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates)
+        )
+        summary = summarize_scores(scores)
+        db.replace("results_table", summary)
+        excluded = db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid") if db.has_table("excluded_classes") else None
+        csv_path = image_store.path("reports", "results_table.csv")
+        write_bytes_atomic(summary.write_csv().encode(), csv_path)
+        image_store.publish("reports", csv_path.name)
+        table = markdown_table(summary)
+        if excluded is not None:
+            table += "\n\n" + excluded_note(excluded)
+        context.log.info("results table:\n" + table)
+        incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
+        return dg.MaterializeResult(
+            metadata={
+                "methods": summary.height,
+                "runs": int(summary["n_runs"].sum()),
+                "incomplete_methods": ", ".join(incomplete) or "none",
+                "excluded_classes": 0 if excluded is None else excluded.height,
+                "results": dg.MetadataValue.md(table),
+                "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
+            }
+        )
+
+    return {"results_table": results_table}

@@ -15,9 +15,9 @@ from __future__ import annotations
 import gzip
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -65,7 +65,7 @@ class FashionMnistSource:
         self.export_dir = export_dir
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
-        for part, names in self.FILES.items():
+        for names in self.FILES.values():
             for name in names:
                 if not (self.root / name).is_file():
                     raise DatasetError(

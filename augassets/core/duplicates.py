@@ -8,11 +8,10 @@ the result lists stay bounded. A plain loop over ``imagehash`` differences is ~1
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import faiss
 import numpy as np
-
 
 PAPER_THRESHOLD = 10  # pairs with Hamming distance < 10 are near-duplicates
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 
-class ImageStatus(str, Enum):
+class ImageStatus(str, Enum):  # noqa: UP042 (StrEnum would change how members print)
     OK = "ok"
     CONVERTED = "converted"  # a CMYK/RGBA/grayscale/palette file accepted under non_rgb="convert"
     EMPTY = "empty"

@@ -14,8 +14,8 @@ split, overall and with one part of the web transform applied at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import polars as pl

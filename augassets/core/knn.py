@@ -18,9 +18,9 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import faiss
 import numpy as np

@@ -1,8 +1,10 @@
 """The one registry of augmentation methods; every asset, table and plot reads it.
 
-A method is a key (``[a-z0-9_]``, usable as a Dagster partition key), the paper's label, a family and
-a short description. ``extra_images`` says where a method's extra training images come from; methods
-whose builder is not written yet have ``extra_images=None`` and are listed but never faked.
+A method is a key (``[a-z0-9_]``, usable as a Dagster partition key), the paper's label, a family, a
+short description and its *builder*: the kind of code that makes its extra training images. The asset
+layer dispatches on the builder, never on a method's key, so adding a method is one entry here (and,
+for a new kind, one builder). Methods whose builder is not written yet have ``builder=None`` and are
+listed but never faked.
 """
 
 from __future__ import annotations
@@ -10,11 +12,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Builders: how a method's extra images are made.
+TARGET_ONLY = "target_only"  # none: the target alone
+REAL_SUBSAMPLE = "real_subsample"  # the disjoint extra real subsample of the splits
+TXT2IMG = "txt2img"  # the diffusion model from the method's prompts
+IMG2IMG = "img2img"  # the diffusion model from target images (Boomerang)
+RETRIEVAL = "retrieval"  # CLIP KNN over the diffusion model's pre-training pool
+BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL)
+DIFFUSION_BUILDERS = (TXT2IMG, IMG2IMG)
+
 # Where a method's extra images come from. "none": the target alone; "real_extra": the disjoint real
 # subsample of the splits; "images": the method's own augmentation_images partitions.
 NO_EXTRA = "none"
 REAL_EXTRA = "real_extra"
 IMAGES = "images"
+_EXTRA_IMAGES = {TARGET_ONLY: NO_EXTRA, REAL_SUBSAMPLE: REAL_EXTRA, TXT2IMG: IMAGES, IMG2IMG: IMAGES, RETRIEVAL: IMAGES}
 
 
 @dataclass(frozen=True)
@@ -23,34 +35,47 @@ class Method:
     paper_label: str
     family: str
     description: str
-    extra_images: str | None = None
+    builder: str | None = None
     resample: bool = False  # generated pools (3× the need) are resampled into each replicate's set
+
+    def __post_init__(self):
+        if self.builder is not None and self.builder not in BUILDERS:
+            raise ValueError(f"method {self.key!r}: unknown builder {self.builder!r} (one of {', '.join(BUILDERS)})")
 
     @property
     def implemented(self) -> bool:
-        return self.extra_images is not None
+        return self.builder is not None
+
+    @property
+    def extra_images(self) -> str | None:
+        """Where the extra training images come from (``NO_EXTRA``, ``REAL_EXTRA`` or ``IMAGES``)."""
+        return _EXTRA_IMAGES.get(self.builder)
+
+    @property
+    def uses_diffusion(self) -> bool:
+        return self.builder in DIFFUSION_BUILDERS
 
 
 METHODS: tuple[Method, ...] = (
-    Method("real_p", "10% ImageNet", "baseline", "No augmentation: the p% target subsample alone.", NO_EXTRA),
+    Method("real_p", "10% ImageNet", "baseline", "No augmentation: the p% target subsample alone.", TARGET_ONLY),
     Method(
         "real_2p",
         "20% ImageNet",
         "baseline",
         "Upper bound: the target plus a disjoint real subsample of the same per-class size.",
-        REAL_EXTRA,
+        REAL_SUBSAMPLE,
     ),
-    Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img).", IMAGES, True),
-    Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".', IMAGES, True),
-    Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", IMAGES, True),
-    Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", IMAGES, True),
-    Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families.", IMAGES, True),
+    Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img).", IMG2IMG, True),
+    Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".', TXT2IMG, True),
+    Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", TXT2IMG, True),
+    Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", TXT2IMG, True),
+    Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families.", TXT2IMG, True),
     Method("ft_conditioning", "Fine-tuned conditioning ⑤", "personalized", "One text-encoder output per class optimized with the SD loss."),
     Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster."),
     Method("imagic", "Imagic ⑦", "personalized", "Conditioning and UNet fine-tuned jointly."),
     Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates."),
     Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Textual inversion plus UNet fine-tuning."),
-    Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", IMAGES),
+    Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", RETRIEVAL),
 )
 
 _KEY = re.compile(r"^[a-z0-9_]+$")
@@ -77,3 +102,8 @@ def runnable_methods(requested: tuple[str, ...]) -> tuple[Method, ...]:
             "profile's `methods`"
         )
     return tuple(m for m in METHODS if m in methods)
+
+
+def keys_with_builder(builder: str, keys=None) -> tuple[str, ...]:
+    """The registered methods (or those among ``keys``) that ``builder`` makes, in registry order."""
+    return tuple(m.key for m in METHODS if m.builder == builder and (keys is None or m.key in keys))

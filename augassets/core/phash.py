@@ -20,9 +20,9 @@ binary indexes take); tables store them as hex strings, ``str(imagehash.phash(im
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from typing import Iterable, Sequence
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -32,7 +32,7 @@ HIGHFREQ_FACTOR = 4  # imagehash's default: hash an image resized to 4 × hash_s
 DECODE_MODES = ("exact", "gray", "reduced")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dct_matrix(rows: int, n: int) -> np.ndarray:
     """The first ``rows`` rows of scipy's unnormalized DCT-II matrix of size n: 2·cos(πk(2i+1)/2n)."""
     k = np.arange(rows)[:, None]

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
 from .catalog import data_lines, name_without_whitespace
+from .methods import IMG2IMG, TXT2IMG, get_method, keys_with_builder
 
 SIMPLE_TEMPLATE = "A photo of {}."
 SARIYILDIZ_FAMILIES = {
@@ -28,8 +29,6 @@ SARIYILDIZ_FAMILIES = {
     "name_definition": "{c}, {d}",
     "name_hypernym_background": "{c}, {h} inside {b}",
 }
-PROMPT_METHODS = ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts")
-GENERATION_METHODS = ("boomerang", *PROMPT_METHODS)
 
 
 class PromptError(ValueError):
@@ -64,12 +63,12 @@ def load_templates(filename: str) -> tuple[str, ...]:
     return templates
 
 
-@lru_cache(maxsize=None)
+@cache
 def clip_templates() -> tuple[str, ...]:
     return load_templates("clip_imagenet_templates.txt")
 
 
-@lru_cache(maxsize=None)
+@cache
 def places365_backgrounds() -> tuple[str, ...]:
     """Places365 categories as words: ``/a/apartment_building/outdoor 12`` -> "apartment building outdoor"."""
     names = []
@@ -122,9 +121,9 @@ def build_prompts(method: str, names: ClassNames, count: int, seed: int) -> list
         return [("clip", p) for p in clip_prompts(names.name, count, rng)]
     if method == "sariyildiz_prompts":
         return sariyildiz_prompts(names, count, rng)
-    if method == "boomerang":
-        return [("boomerang", "")] * count  # Boomerang adapts no prompt: img2img from the target images
-    raise PromptError(f"method {method!r} has no prompt builder (generation methods: {', '.join(GENERATION_METHODS)})")
+    if get_method(method).builder == IMG2IMG:
+        return [(method, "")] * count  # Boomerang adapts no prompt: img2img from the target images
+    raise PromptError(f"method {method!r} has no prompt builder (prompt methods: {', '.join(keys_with_builder(TXT2IMG))})")
 
 
 def fit_to_tokenizer(prompt: str, tokenizer, allow_empty: bool = False) -> tuple[str, bool]:

@@ -12,8 +12,8 @@ from 1.4·n to 10·1.4·n. Deterministic: ties in similarity are broken by pool 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
