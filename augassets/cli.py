@@ -22,7 +22,7 @@ import dagster as dg
 
 from .build import build_defs
 from .core.methods import IMAGES, RETRIEVAL, runnable_methods
-from .core.report import excluded_note, markdown_table
+from .core.report import results_report
 from .core.warehouse import Warehouse
 from .profiles import PROFILE_ENV, Profile, get_profile
 
@@ -208,39 +208,11 @@ def materialize(profile: Profile, stages: list[Stage], force: bool = False, say=
         say(f"  done in {time.perf_counter() - stage_started:.1f} s")
 
 
-def fidelity_note(per_class) -> str:
-    """Per method: class fidelity by the unbiased judge, target-domain recognizability and, for
-    retrieval in the mini world, its precision by ground truth (image-weighted over classes)."""
-    names = {"fidelity": "class fidelity (judge)", "target_recognizability": "target-domain recognizability",
-             "ground_truth_precision": "precision by ground truth"}
-    columns = [c for c in names if c in per_class.columns]
-    lines = []
-    for method in sorted(per_class["method"].unique()):
-        rows = per_class.filter(per_class["method"] == method)
-        parts = [f"{names[c]} {(rows[c] * rows['images']).sum() / rows['images'].sum():.3f}" for c in columns if rows[c].null_count() == 0]
-        lines.append(f"- {method}: " + ", ".join(parts))
-    return "Share of augmentation images recognized as their class:\n" + "\n".join(lines)
-
-
 def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
     materialize(profile, plan(profile), force, say)
-    db = Warehouse(profile.home / "catalog.duckdb")
-    table = markdown_table(db.query("SELECT * FROM results_table"))
-    if db.has_table("excluded_classes"):
-        table += "\n\n" + excluded_note(db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid"))
-    if db.has_table("class_fidelity"):
-        table += "\n\n" + fidelity_note(db.query("SELECT * FROM class_fidelity"))
-    if db.has_table("duplicate_summary"):
-        detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
-        how = "the paper's threshold" if detector["source"] == "paper" else (
-            f"chosen on the planted duplicates: recall {detector['recall']:.2f}, precision {detector['precision']:.2f}")
-        table += f"\n\npHash near-duplicates (Hamming < {detector['threshold']}, {how}) of augmentation images:\n" + "\n".join(
-            f"- {r['method']}: {r['matched_reference_images']:,} of {r['reference_images']:,} {r['split']} images match "
-            f"{r['leaking_augmentation_images']:,} of {r['augmentation_images']:,} augmentation images"
-            for r in db.query("SELECT * FROM duplicate_summary ORDER BY method, split").iter_rows(named=True)
-        )
+    table = results_report(Warehouse(profile.home / "catalog.duckdb"))
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     return table
 

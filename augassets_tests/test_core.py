@@ -4,8 +4,8 @@ import polars as pl
 import pytest
 
 from augassets.cli import contiguous_ranges
-from augassets.core.augment import augmented_sets
 from augassets.core import methods as registry
+from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown, markdown_table, summarize_scores
 from augassets.core.warehouse import Warehouse

@@ -7,7 +7,8 @@ import pytest
 
 from augassets.core.catalog import build_catalog
 from augassets.core.datasets import DatasetError, make_splits, read_idx
-from augassets.core.images import ImageStatus, inspect_image, save_atomic
+from augassets.core.files import save_image_atomic
+from augassets.core.images import ImageStatus, inspect_image
 from augassets.profiles import FASHION_MNIST, IMAGE_FOLDER, SplitSpec, get_profile
 
 from .conftest import write_image
@@ -130,7 +131,7 @@ def test_atomic_save_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", explode)
     with pytest.raises(OSError, match="disk full"):
-        save_atomic(Image.new("RGB", (4, 4)), target)
+        save_image_atomic(Image.new("RGB", (4, 4)), target)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 

@@ -20,15 +20,15 @@ from safetensors.torch import load_file
 
 from ..core.classifier import train_classifier
 from ..core.datasets import FashionMnistSource
-from ..core.files import atomic_folder
+from ..core.files import atomic_folder, save_image_atomic, save_safetensors_atomic
 from ..core.generation import classify_images, classify_paths
-from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .classifier import labeled_images, save_checkpoint
+from .classifier import labeled_images
 
 GROUP = "foundation"
 JUDGE_CHECKPOINT = "fidelity_judge.safetensors"
@@ -65,7 +65,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         counts = table.group_by("split", "domain").len().sort("split", "domain")
         web = table.filter(pl.col("split") == "holdout")
         grid = image_grid([web.filter(pl.col("wnid") == w)["path"].head(12).to_list() for w in catalog["wnid"]])
-        save_atomic(grid, image_store.path("reports", "judge_holdout_grid.png"))
+        save_image_atomic(grid, image_store.path("reports", "judge_holdout_grid.png"))
         image_store.publish("reports", "judge_holdout_grid.png")
         return dg.MaterializeResult(
             metadata={
@@ -101,7 +101,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
         )
         path = image_store.path("models", JUDGE_CHECKPOINT)
-        save_checkpoint(result.state_dict, path)
+        save_safetensors_atomic(result.state_dict, path)
         image_store.publish("models", JUDGE_CHECKPOINT)
         # The judge and the target-trained classifier on the test split, its images decoded once.
         target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))

@@ -7,15 +7,14 @@ from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
-from safetensors.torch import save_file
 
 from ..core.classifier import LabeledImages, train_classifier
-from ..core.report import frame_markdown
+from ..core.files import save_safetensors_atomic
+from ..core.report import excluded_wnids, frame_markdown
 from ..partitions import method_replicate_partitions
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .datasets import excluded_wnids
 
 SCORE_SCHEMA = {
     "method": pl.Utf8,
@@ -31,14 +30,6 @@ SCORE_SCHEMA = {
     "seed": pl.Int64,
     "checkpoint": pl.Utf8,
 }
-
-
-def save_checkpoint(state_dict: dict, path) -> None:
-    """safetensors, written to a temporary file and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state_dict, str(tmp))
-    tmp.replace(path)
 
 
 def labeled_images(frame: pl.DataFrame) -> LabeledImages:
@@ -98,7 +89,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
             )
             checkpoint = image_store.path("models", "classifiers", method, f"replicate_{replicate}.safetensors")
-            save_checkpoint(result.state_dict, checkpoint)
+            save_safetensors_atomic(result.state_dict, checkpoint)
             image_store.publish("models", "classifiers", method, checkpoint.name)
             context.log.info(
                 f"classifier[{method}, {replicate}]: test top-1 {result.test_top1:.4f} (best val {result.best_val_top1:.4f} "
@@ -162,7 +153,7 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=profile.split.seed * 1000,
                                   progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
         path = image_store.path("models", "fidelity_classifier.safetensors")
-        save_checkpoint(result.state_dict, path)
+        save_safetensors_atomic(result.state_dict, path)
         image_store.publish("models", path.name)
         context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
         return dg.MaterializeResult(

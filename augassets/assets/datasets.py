@@ -8,15 +8,11 @@ import polars as pl
 
 from ..core.augment import augmented_sets
 from ..core.methods import IMAGES, get_method
+from ..core.report import excluded_wnids
 from ..partitions import method_partitions
 from ..profiles import Profile
 from ..resources import WarehouseResource
 from ..versions import code_version
-
-
-def excluded_wnids(db) -> set[str]:
-    """Classes retrieval could not fill; empty before retrieval has run (baseline-only profiles)."""
-    return set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from ..core.datasets import FashionMnistSource, open_source
 from ..core.duplicates import DuplicateIndex, choose_threshold, detector_curve
-from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.files import save_image_atomic
+from ..core.images import image_grid, png_data_uri_markdown
 from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
 from ..core.web_pool import near_duplicate
@@ -103,7 +104,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         if not spec.calibrate_on_planted:
             chosen = {"threshold": spec.hamming_threshold, "pairs": None, "recall": None, "precision": None}
             db.replace("leak_threshold", pl.DataFrame([{**chosen, "source": "paper"}], schema=THRESHOLD_SCHEMA))
-            return dg.MaterializeResult(metadata={"threshold": spec.hamming_threshold, "source": "paper (pHash Hamming < 10)"})
+            return dg.MaterializeResult(metadata={"threshold": spec.hamming_threshold, "source": f"paper (pHash Hamming < {spec.hamming_threshold})"})
         # Every pool image, and the off-pool calibration copies, against the test and val hashes: the pool's
         # planted duplicates and the copies are the ground truth; every other pair is a false alarm.
         truth = db.query("SELECT t.pool_id, t.kind, t.source_item, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
@@ -246,7 +247,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         }
         if gallery_pairs.height:
             grid = image_grid([[r["aug_path"], r["ref_path"]] for r in gallery_pairs.iter_rows(named=True)])
-            save_atomic(grid, image_store.path("reports", "duplicate_gallery.png"))
+            save_image_atomic(grid, image_store.path("reports", "duplicate_gallery.png"))
             image_store.publish("reports", "duplicate_gallery.png")
             metadata["gallery"] = dg.MetadataValue.md("Augmentation image | reference image, closest first:\n\n" + png_data_uri_markdown(grid, "duplicate candidates"))
         detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
@@ -261,7 +262,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(asset=duplicate_summary, description="The share of augmentation images with a test near-duplicate stays under DuplicateSpec.max_test_leak_rate.")
-    def test_leak_rate_is_low(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    def leak_into_test_split_is_rare(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         summary = warehouse.get().query("SELECT method, leak_rate FROM duplicate_summary WHERE split = 'test'")
         worst = float(summary["leak_rate"].max() or 0.0)
         return dg.AssetCheckResult(
@@ -270,4 +271,4 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                       "per_method": dg.MetadataValue.md(frame_markdown(summary))},
         )
 
-    return {"reference_hashes": reference_hashes, "leak_threshold": leak_threshold, "leak_detector_is_discriminative": leak_detector_is_discriminative, "duplicate_report": duplicate_report, "duplicate_summary": duplicate_summary, "test_leak_rate_is_low": test_leak_rate_is_low}
+    return {"reference_hashes": reference_hashes, "leak_threshold": leak_threshold, "leak_detector_is_discriminative": leak_detector_is_discriminative, "duplicate_report": duplicate_report, "duplicate_summary": duplicate_summary, "leak_into_test_split_is_rare": leak_into_test_split_is_rare}

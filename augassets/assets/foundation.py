@@ -27,10 +27,11 @@ from ..core.diffusion import (
     train_unet,
     train_vae,
 )
-from ..core.files import atomic_folder
+from ..core.files import atomic_folder, save_image_atomic
 from ..core.generation import classify_images, generate
-from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.images import image_grid, png_data_uri_markdown
 from ..core.knn import build_index, choose_index_factory
+from ..core.prompts import simple_prompt
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
 from ..profiles import Profile
@@ -48,7 +49,7 @@ def _pool_rows(db, min_aesthetic: float | None = None) -> tuple[pl.DataFrame, di
 
 def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: str) -> dg.MetadataValue:
     grid = image_grid(rows)
-    save_atomic(grid, store.path("reports", f"{name}.png"))
+    save_image_atomic(grid, store.path("reports", f"{name}.png"))
     store.publish("reports", f"{name}.png")
     return dg.MetadataValue.md(png_data_uri_markdown(grid, alt))
 
@@ -133,7 +134,7 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
         image_store.publish("models", "clip")
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
-        prompts = [f"A photo of {name}." for name in catalog["name"]]
+        prompts = [simple_prompt(name) for name in catalog["name"]]
         image_store.ensure(test["path"], context.log.info)
         accuracy, per_class = zero_shot_accuracy(result.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, world.pool.image_size)
         table = catalog.with_columns(pl.col("label").replace_strict(per_class, return_dtype=pl.Float64).alias("zero_shot_top1"))
@@ -228,7 +229,7 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             row = []
             for i, tensor in enumerate(batch):
                 path = recon_dir / f"{name}_{i:02d}.png"
-                save_atomic(_to_pil(tensor), path)
+                save_image_atomic(_to_pil(tensor), path)
                 row.append(str(path))
             rows.append(row)
         image_store.publish("reports", "vae_reconstructions")
@@ -333,7 +334,7 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
         pipeline = diffusion_backend.load("txt2img")
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         n = world.diffusion.samples_per_class
-        prompts = [f"A photo of {name}." for name in catalog["name"] for _ in range(n)]
+        prompts = [simple_prompt(name) for name in catalog["name"] for _ in range(n)]
         seeds = list(range(len(prompts)))
         started = time.perf_counter()
         results = generate(pipeline, prompts, seeds, diffusion_backend.steps, diffusion_backend.guidance_scale, diffusion_backend.batch_size)
@@ -344,7 +345,7 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             row = []
             for j in range(n):
                 path = sample_dir / f"{catalog['wnid'][c]}_{j:02d}.png"
-                save_atomic(results[c * n + j][0], path)
+                save_image_atomic(results[c * n + j][0], path)
                 row.append(str(path))
             rows.append(row)
         image_store.publish("reports", "diffusion_samples")

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from ..core.clip import encode_texts
-from ..core.files import atomic_folder
+from ..core.files import atomic_folder, write_parquet_atomic
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, inspect_image, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
@@ -21,7 +21,7 @@ from ..core.prompts import (
     fit_to_tokenizer,
     simple_prompt_nows,
 )
-from ..core.report import frame_markdown
+from ..core.report import excluded_wnids, frame_markdown
 from ..core.retrieval import retrieve
 from ..partitions import class_method_partitions
 from ..profiles import Profile
@@ -245,18 +245,13 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
               "seed": r["seed"], "attempts": r["attempts"]} for r in records],
             schema=MANIFEST_SCHEMA,
         )
-        save_parquet_atomic(manifest, final / "manifest.parquet")
+        write_parquet_atomic(manifest, final / "manifest.parquet")
         image_store.publish("images", method, wnid)
         db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
         regenerated = int((manifest["attempts"] - 1).sum())
         context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
         row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
         return row, manifest["path"].to_list()
-
-    def save_parquet_atomic(frame: pl.DataFrame, path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        frame.write_parquet(tmp)
-        tmp.replace(path)
 
     def _local_image_ok(hit, method: str, wnid: str) -> bool:
         url = str(hit.metadata.get("url", ""))
@@ -277,7 +272,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         counts = manifest.group_by("method", "wnid").len()
         needed = {m: images_per_class(db, m, profile) for m in counts["method"].unique()}
         short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
-        excluded = set(db.query("SELECT wnid FROM excluded_classes")["wnid"]) if db.has_table("excluded_classes") else set()
+        excluded = excluded_wnids(db)
         unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
         nsfw = int(manifest["nsfw"].fill_null(False).sum())
         digests = manifest.with_columns(pl.col("path").map_elements(lambda p: hashlib.sha1(open(p, "rb").read()).hexdigest(), return_dtype=pl.Utf8).alias("sha1"))

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
-from ..core.report import excluded_note, markdown_table, summarize_scores
+from ..core.report import read_excluded, results_report, summarize_scores
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -24,7 +24,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         deps=[up.classifier_scores, "excluded_classes"],
         kinds={"duckdb", "csv"},
         description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
-        "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown table.",
+        "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown report (with the excluded classes, and "
+        "class fidelity and near-duplicate counts where those tables exist).",
     )
     def results_table(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
@@ -38,13 +39,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
         summary = summarize_scores(scores)
         db.replace("results_table", summary)
-        excluded = db.query("SELECT wnid, name FROM excluded_classes ORDER BY wnid") if db.has_table("excluded_classes") else None
+        excluded = read_excluded(db)
         csv_path = image_store.path("reports", "results_table.csv")
         write_bytes_atomic(summary.write_csv().encode(), csv_path)
         image_store.publish("reports", csv_path.name)
-        table = markdown_table(summary)
-        if excluded is not None:
-            table += "\n\n" + excluded_note(excluded)
+        table = results_report(db)  # the main command prints the same report
         context.log.info("results table:\n" + table)
         incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
         return dg.MaterializeResult(

@@ -8,7 +8,8 @@ import dagster as dg
 import polars as pl
 
 from ..core.datasets import make_splits
-from ..core.images import image_grid, png_data_uri_markdown, save_atomic
+from ..core.files import save_image_atomic
+from ..core.images import image_grid, png_data_uri_markdown
 from ..core.report import frame_markdown
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
@@ -55,7 +56,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             ]
         )
         grid_path = image_store.path("reports", "dataset_splits_target_grid.png")
-        save_atomic(grid, grid_path)
+        save_image_atomic(grid, grid_path)
         image_store.publish("reports", grid_path.name)
         if image_store.path("datasets", profile.dataset.class_list).exists():  # exported images (Fashion-MNIST)
             image_store.publish("datasets", profile.dataset.class_list)

@@ -24,7 +24,8 @@ import polars as pl
 from PIL import Image
 
 from ..profiles import DatasetSpec, SplitSpec
-from .images import ImageStatus, inspect_image, save_atomic
+from .files import save_image_atomic
+from .images import ImageStatus, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class FashionMnistSource:
         part, index = item.split("/")
         path = self.export_dir / part / wnid / f"{int(index):05d}.png"
         if not path.exists():
-            save_atomic(Image.fromarray(self.pixels(item), mode="L"), path)
+            save_image_atomic(Image.fromarray(self.pixels(item), mode="L"), path)
         return str(path), ImageStatus.OK
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..profiles import ClassifierSpec
 from .classifier import build_model, eval_transform
-from .images import save_atomic
+from .files import save_image_atomic
 
 
 class GenerationError(RuntimeError):
@@ -112,7 +112,7 @@ def generate_partition(
         records = []
         for i in indices:
             path = staging / f"{i:05d}.png"
-            save_atomic(images[i], path)
+            save_image_atomic(images[i], path)
             records.append({
                 "index": i, "file": path.name, "prompt": request.prompts[i], "family": request.families[i],
                 "seed": image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]), "attempts": attempts[i] + 1,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-import tempfile
 from enum import Enum
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -53,19 +51,6 @@ def inspect_image(path: str | os.PathLike, non_rgb: str = "skip") -> ImageStatus
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
-
-
-def save_atomic(image: Image.Image, path: Path) -> None:
-    """Write ``image`` so that ``path`` is either absent or complete, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_grid(rows: list[list[str | os.PathLike]], cell: int = 32, pad: int = 2) -> Image.Image:

@@ -22,7 +22,7 @@ import polars as pl
 from PIL import Image
 
 from ..profiles import PoolSpec
-from .images import save_atomic
+from .files import save_image_atomic
 from .web_pool import WEB_TRANSFORM_PARTS, to_web_domain
 
 JUDGE_SPLITS = ("train", "val", "holdout")
@@ -71,7 +71,7 @@ def write_judge_images(
                     renderings.append(("target", Image.fromarray(pixels(item), "L").convert("RGB")))
                 for domain, image in renderings:
                     relpath = Path(split) / domain / wnid / f"{name}.png"
-                    save_atomic(image, folder / relpath)
+                    save_image_atomic(image, folder / relpath)
                     rows.append({"split": split, "domain": domain, "wnid": wnid, "label": labels[wnid], "item": item, "path": str(final / relpath)})
     return pl.DataFrame(rows, schema=JUDGE_SCHEMA)
 

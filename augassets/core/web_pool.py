@@ -26,7 +26,8 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from ..profiles import PoolSpec
-from .images import inspect_image, save_atomic
+from .files import save_image_atomic
+from .images import inspect_image
 
 CAPTION_TEMPLATES = (
     "a photo of a {w}",
@@ -285,7 +286,7 @@ def write_pool(
     metadata, truth = [], []
     for pool_id, item in enumerate(items):
         relpath = image_relpath(pool_id)
-        save_atomic(item.image, folder / relpath)
+        save_image_atomic(item.image, folder / relpath)
         metadata.append(
             {
                 "key": f"{pool_id:09d}", "url": (final_folder / relpath).as_uri(), "caption": item.caption,
