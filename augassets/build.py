@@ -1,5 +1,6 @@
-"""``build_defs(profile)``: the study's Dagster definitions — assets, checks, jobs and resources — for one
-profile. Nothing here reads the environment: the caller passes the profile."""
+"""``build_defs(profile)``: the study's Dagster definitions — assets (each with the automation condition
+``automation.STALE``), checks, jobs and resources — for one profile. Nothing here reads the
+environment: the caller passes the profile."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import dagster as dg
 
 from .assets import calibration, catalog, classifier, datasets, duplicates, foundation, images, reports, splits
+from .automation import with_automation
 from .profiles import Profile
 from .resources import default_resources
 
@@ -55,5 +57,6 @@ def build_defs(profile: Profile) -> dg.Definitions:
     items = list(vars(built).values())
     checks = [item for item in items if isinstance(item, dg.AssetChecksDefinition)]
     assets = [item for item in items if not isinstance(item, dg.AssetChecksDefinition)]
+    assets = [with_automation(a) if isinstance(a, dg.AssetsDefinition) and a.is_executable else a for a in assets]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=_jobs(built), resources=default_resources(profile))
 

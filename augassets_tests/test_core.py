@@ -3,7 +3,7 @@ import math
 import polars as pl
 import pytest
 
-from augassets.cli import contiguous_ranges
+from augassets.automation import contiguous_ranges
 from augassets.core import methods as registry
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods

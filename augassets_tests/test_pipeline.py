@@ -7,7 +7,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from augassets import cli
+from augassets import automation, cli
+from augassets.automation import ASSETS_TAG
 from augassets.build import build_defs, build_stages
 from augassets.core.warehouse import Warehouse
 from augassets.profiles import IMAGE_FOLDER, SplitSpec, get_profile
@@ -98,11 +99,13 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
     assert "real_2p" in results_event.asset_materialization.metadata["results"].value
     assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
-    # One run per contiguous range of partition keys (registry order): baselines to the prompt methods,
-    # then retrieval (the personalization methods between them are not in the profile).
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name="train_classifiers"))
-    assert len(runs) == 2
-    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"))) == 3 * 2  # prompts, images, duplicates
+    # Assets requested together over the same partitions run together: the profile's partitions are
+    # exactly its grid, so each partitioned stage is one run over all of its partitions.
+    for assets, partitions in (("class_prompts,augmentation_images,duplicate_report", 6 * 3), ("augmented_datasets", 8 * 5), ("classifier_scores", 8 * 5)):
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: assets}))
+        assert len(runs) == 1, assets
+        materialized = instance.get_records_for_run(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        assert len(materialized) == partitions * len(assets.split(",")), assets
 
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):
@@ -218,7 +221,48 @@ def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
     again = cli.benchmark(profile, say=lines.append)
     assert again == table
     assert len(instance.get_runs()) == runs_before
-    assert sum("up to date" in line for line in lines) == len(cli.plan(profile))
+    assert sum("up to date" in line for line in lines) == len(cli.benchmark_keys(defs))
+
+
+@pytest.fixture
+def private_state(benchmark_run, tmp_path, monkeypatch):
+    """The benchmark's state and Dagster instance (run history, automation cursor) copied to fresh
+    homes: what a test changes there leaves the module's shared run as it was."""
+    import os
+    import shutil
+
+    profile, _ = benchmark_run
+    shutil.copytree(profile.home, tmp_path / "home" / profile.name)
+    shutil.copytree(os.environ["DAGSTER_HOME"], tmp_path / "dagster")
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return profile
+
+
+def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_state):
+    """One notion of stale: the automation conditions name the asset whose code version changed, the
+    CLI runs exactly it and then its downstream, and a rerun with nothing changed launches nothing."""
+    import os
+
+    changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
+    changed_defs = build_defs(changed)
+    instance = dg.DagsterInstance.get()
+    cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
+    requested, _ = automation.evaluate(changed_defs, instance, cli.benchmark_keys(changed_defs), cursor)
+    assert requested == {dg.AssetKey("leak_threshold"): {None}}
+
+    before = {run.run_id for run in instance.get_runs()}
+    cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
+    launched = [run for run in instance.get_runs() if run.run_id not in before]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary", "results_table"]
+    recall = Warehouse(changed.home / "catalog.duckdb").query("SELECT recall FROM leak_threshold")["recall"][0]
+    assert recall >= 0.9
+
+    runs = len(instance.get_runs())
+    lines = []
+    cli.materialize(changed, cli.benchmark_keys, say=lines.append)
+    assert len(instance.get_runs()) == runs
+    assert sum("up to date" in line for line in lines) == len(cli.benchmark_keys(changed_defs))
 
 
 def _folder_profile(root):
@@ -370,10 +414,11 @@ def test_one_failing_class_does_not_fail_the_others(private_copy):
     db = Warehouse(profile.home / "catalog.duckdb")
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))
-    stage = cli.Stage("augment_classes", "augmentation_images", [f"retrieval|{w}" for w in wnids], [])
-    with pytest.raises(SystemExit, match="failed"):
-        cli.run_stage(instance, private_defs, stage, lambda *_: None)
-    run = instance.get_runs(filters=dg.RunsFilter(job_name="augment_classes"), limit=1)[0]
+    keys = frozenset(dg.MultiPartitionKey({"method": "retrieval", "wnid": w}) for w in wnids)
+    group = automation.RunGroup((dg.AssetKey("augmentation_images"),), keys)
+    with pytest.raises(automation.RunFailed, match="failed"):
+        automation.execute(private_defs, instance, group, lambda *_: None)
+    run = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: "augmentation_images"}), limit=1)[0]
     keys = {
         r.event_log_entry.dagster_event.partition
         for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records

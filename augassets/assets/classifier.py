@@ -44,13 +44,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         group_name="classifier",
         code_version=code_version("1", profile.classifier, profile.split.seed),
         pool="gpu",
-        deps=[
-            dg.AssetDep(
-                up.augmented_datasets,
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"),
-            )
-        ],
-        partitions_def=method_replicate_partitions(profile.classifier.replicates),
+        deps=[up.augmented_datasets],  # the same method × replicate partitions: one set per classifier
+        partitions_def=method_replicate_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"pytorch", "duckdb"},
         description="Top-1 test accuracy (overall and per class) of a ResNet trained on one augmented set: "
@@ -80,7 +75,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 [method, replicate],
             )
             if train.is_empty():
-                raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{method}] first")
+                raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{key}] first")
             image_store.ensure(train["path"], context.log.info)
             seed = profile.split.seed * 1000 + replicate
             context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")

@@ -9,7 +9,7 @@ import polars as pl
 from ..core.augment import augmented_sets
 from ..core.methods import IMAGES, get_method
 from ..core.report import excluded_wnids
-from ..partitions import method_partitions
+from ..partitions import image_method_keys, method_replicate_partitions
 from ..profiles import Profile
 from ..resources import WarehouseResource
 from ..versions import code_version
@@ -17,43 +17,50 @@ from ..versions import code_version
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+    image_methods = image_method_keys(profile)
+    # A method's sets read every class partition of that method's images (baselines read none).
+    by_method = dg.MultiPartitionMapping(
+        {"method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in image_methods}))}
+    )
+    image_deps = [dg.AssetDep(up.augmentation_images, partition_mapping=by_method), up.excluded_classes] if image_methods else []
 
     @dg.asset(
         group_name="datasets",
-        code_version=code_version("1", profile.classifier.replicates, profile.generation.seed),
+        code_version=code_version("2", profile.classifier.replicates, profile.generation.seed),
         pool="duckdb",
-        deps=[
-            up.dataset_splits,
-            dg.AssetDep("augmentation_images", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
-            "excluded_classes",
-        ],
-        partitions_def=method_partitions,
+        deps=[up.dataset_splits] + image_deps,
+        partitions_def=method_replicate_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"duckdb"},
-        description="For each method, the training set of every classifier replicate: the target images plus the "
-        "method's extra images with exactly the target's per-class counts (paper section 3).",
+        description="Per method and classifier replicate, its training set: the target images plus the method's extra "
+        "images with exactly the target's per-class counts (paper section 3).",
     )
     def augmented_datasets(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         db = warehouse.get()
         splits = db.query("SELECT * FROM dataset_splits")
         excluded = excluded_wnids(db)
         metadata = {"excluded_classes": len(excluded)}
+        sets_by_method = {}
         for key in context.partition_keys:
-            method = get_method(key)
-            images = None
-            if method.extra_images == IMAGES:
-                images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key])
-            sets = augmented_sets(method, splits, profile.classifier.replicates, images=images, excluded=excluded, seed=profile.generation.seed)
+            key_method, replicate = key.keys_by_dimension["method"], int(key.keys_by_dimension["replicate"])
+            if key_method not in sets_by_method:  # every replicate's set of a method is drawn at once, seeded
+                method = get_method(key_method)
+                images = None
+                if method.extra_images == IMAGES:
+                    images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key_method])
+                sets_by_method[key_method] = augmented_sets(
+                    method, splits, profile.classifier.replicates, images=images, excluded=excluded, seed=profile.generation.seed
+                )
+            sets = sets_by_method[key_method].filter(pl.col("replicate") == replicate)
             if sets.is_empty():
                 raise RuntimeError(
                     f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval could not fill "
                     "them; see the excluded_classes asset) — check the pool index and RetrievalSpec settings"
                 )
-            db.replace("augmented_datasets", sets, where={"method": key})
-            per_set = sets.filter(pl.col("replicate") == 0)
-            context.log.info(f"augmented_datasets[{key}]: {profile.classifier.replicates} sets of {per_set.height} images")
-            metadata[f"{key}_images_per_set"] = per_set.height
-            metadata[f"{key}_extra_images_per_set"] = per_set.filter(pl.col("origin") != "target").height
-        return dg.MaterializeResult(metadata={"replicates": profile.classifier.replicates, **metadata})
+            db.replace("augmented_datasets", sets, where={"method": key_method, "replicate": replicate})
+            metadata[f"{key_method}_images_per_set"] = sets.height
+            metadata[f"{key_method}_extra_images_per_set"] = sets.filter(pl.col("origin") != "target").height
+        context.log.info(f"augmented_datasets: {len(context.partition_keys)} sets of {len(sets_by_method)} methods")
+        return dg.MaterializeResult(metadata={"sets": len(context.partition_keys), **metadata})
 
     return {"augmented_datasets": augmented_datasets}

@@ -17,7 +17,7 @@ from ..core.images import image_grid, png_data_uri_markdown
 from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
 from ..core.web_pool import near_duplicate
-from ..partitions import class_method_partitions
+from ..partitions import class_method_partitions, image_method_keys
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -54,6 +54,8 @@ def _unused_train(db, image_store: ImageStoreResource, profile: Profile) -> pl.D
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+    if not image_method_keys(profile):  # baselines only: no augmentation images to check
+        return {}
 
     spec = profile.duplicates
     @dg.asset(
@@ -178,7 +180,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         group_name=GROUP, code_version=code_version("3", spec.hash_size), pool="duckdb",
-        partitions_def=class_method_partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        partitions_def=class_method_partitions(profile), backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "duckdb"},
         description="Candidate near-duplicate pairs (pHash Hamming below leak_threshold: the paper's 10 on real "
         "data) between a partition's augmentation images and the test, val and unused training images.",

@@ -23,7 +23,7 @@ from ..core.prompts import (
 )
 from ..core.report import excluded_wnids, frame_markdown
 from ..core.retrieval import retrieve
-from ..partitions import class_method_partitions
+from ..partitions import class_method_partitions, image_method_keys
 from ..profiles import Profile
 from ..resources import (
     ClipEncoderResource,
@@ -66,9 +66,11 @@ def images_per_class(db, method: str, profile: Profile) -> int:
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+    if not image_method_keys(profile):  # baselines only: no images, nothing to exclude
+        return {}
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", profile.generation), pool="duckdb", partitions_def=class_method_partitions,
+        group_name=GROUP, code_version=code_version("1", profile.generation), pool="duckdb", partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, "clip_model", up.dataset_splits], kinds={"duckdb"},
         description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
         "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
@@ -115,7 +117,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("2", profile.retrieval), pool="gpu", partitions_def=class_method_partitions,
+        group_name=GROUP, code_version=code_version("2", profile.retrieval), pool="gpu", partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", up.dataset_splits],
         kinds={"faiss", "parquet"},
         description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
@@ -287,7 +289,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     retrieval_methods = keys_with_builder(RETRIEVAL, profile.methods)
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", retrieval_methods), pool="duckdb", deps=[augmentation_images], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("1", retrieval_methods), pool="duckdb",
+        deps=[augmentation_images, up.dataset_splits, up.class_catalog], kinds={"duckdb"},
         description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
         "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
     )

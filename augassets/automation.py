@@ -1,0 +1,134 @@
+"""One notion of stale, Dagster's own: every asset carries the automation condition ``STALE``, and the
+headless command decides what to run by evaluating those conditions through Dagster's public API
+(``dg.evaluate_automation_conditions``) — the same conditions the daemon's automation sensor
+evaluates for a UI user.
+
+``STALE`` is true for a partition that is missing, whose code version changed, or whose upstream was
+updated since it last ran (Dagster's ``eager``), unless it is running or an upstream is missing or
+running. The evaluation keeps a cursor (what it saw last time), stored beside the Dagster instance,
+so "changed since" means since the last evaluation of that home.
+
+Requested partitions become runs: assets requested together with the same partitions run together
+(one run over many partitions, as the backfill policies allow), in the graph's order; an asset whose
+upstream is requested in another group waits for the next evaluation, which requests it again
+because its upstream was updated — so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+
+STALE = (
+    AC.eager()
+    | ((AC.missing() | AC.code_version_changed()) & ~AC.in_progress() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress())
+).with_label("missing, code version changed or upstream updated")
+
+# Dagster's documented run tags for a run over a range of partition keys (one run, many partitions).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+ASSETS_TAG = "augassets/assets"  # which assets a headless run materialized
+CURSOR_FILE = "automation_cursor.json"
+
+
+def with_automation(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``asset`` with ``STALE`` as its automation condition."""
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=STALE), [asset])[0]
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Assets requested together over the same partitions (``None``: unpartitioned)."""
+
+    keys: tuple[dg.AssetKey, ...]
+    partitions: frozenset | None
+
+    @property
+    def names(self) -> list[str]:
+        return [key.to_user_string() for key in self.keys]
+
+
+def load_cursor(folder: Path):
+    path = folder / CURSOR_FILE
+    return dg.deserialize_value(path.read_text()) if path.is_file() else None
+
+
+def save_cursor(folder: Path, cursor) -> None:
+    from .core.files import write_bytes_atomic
+
+    write_bytes_atomic(dg.serialize_value(cursor).encode(), folder / CURSOR_FILE)
+
+
+def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], cursor=None):
+    """The conditions of ``keys`` evaluated now: ({key: requested partitions}, new cursor)."""
+    keys = list(keys)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*keys), cursor=cursor)
+    requested = {key: set(result.get_requested_partitions(key)) for key in keys if result.get_num_requested(key)}
+    return requested, result.cursor
+
+
+def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[RunGroup]:
+    """The runs of one evaluation, in the graph's order: requested assets grouped by partitions
+    definition and requested partitions. An asset with an upstream requested in another group waits
+    for the next evaluation (the topologically first requested asset never waits, so each evaluation
+    makes progress)."""
+    graph = defs.resolve_asset_graph()
+    order = {key: i for i, key in enumerate(graph.toposorted_asset_keys)}
+
+    def signature(key):
+        partitions_def = graph.get(key).partitions_def
+        return (repr(partitions_def), frozenset(str(p) for p in requested[key]) if partitions_def is not None else None)
+
+    groups: dict[tuple, list[dg.AssetKey]] = {}
+    for key in sorted(requested, key=order.__getitem__):
+        if not any(signature(up) != signature(key) for up in graph.get_ancestor_asset_keys(key) & set(requested)):
+            groups.setdefault(signature(key), []).append(key)
+    return [RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None) for sig, keys in groups.items()]
+
+
+def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
+    """Group ``wanted`` into runs of consecutive keys of ``all_keys`` (one run per range)."""
+    index = {key: i for i, key in enumerate(all_keys)}
+    positions = sorted(index[k] for k in wanted)
+    ranges, start = [], None
+    for i, pos in enumerate(positions):
+        if start is None:
+            start = pos
+        if i + 1 == len(positions) or positions[i + 1] != pos + 1:
+            ranges.append((all_keys[start], all_keys[pos]))
+            start = None
+    return ranges
+
+
+class RunFailed(RuntimeError):
+    """A headless run failed; the message carries the failing steps' own errors."""
+
+
+def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]) -> list[str]:
+    """Materialize ``group`` in process: one run per contiguous range of its partitions, in the order
+    the partitions definition lists its keys (whatever order its dimensions sort in). Returns run ids."""
+    job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
+    base_tags = {ASSETS_TAG: ",".join(group.names)}
+    if group.partitions is None:
+        runs = [(", ".join(group.names), base_tags)]
+    else:
+        partitions_def = defs.resolve_asset_graph().get(group.keys[0]).partitions_def
+        all_keys = [str(k) for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)]
+        runs = [
+            (f"{', '.join(group.names)} [{start} … {end}]", {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
+            for start, end in contiguous_ranges(all_keys, (str(p) for p in group.partitions))
+        ]
+    run_ids = []
+    for label, tags in runs:
+        say(f"  {label}")
+        result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
+        run_ids.append(result.run_id)
+        if not result.success:
+            errors = [event.step_failure_data.error.message.strip() for event in result.all_events if event.is_step_failure]
+            raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")
+    return run_ids
