@@ -9,9 +9,9 @@ running. The evaluation keeps a cursor (what it saw last time), stored beside th
 so "changed since" means since the last evaluation of that home.
 
 Requested partitions become runs: assets requested together with the same partitions run together
-(one run over many partitions, as the backfill policies allow), in the graph's order; an asset whose
-upstream is requested in another group waits for the next evaluation, which requests it again
-because its upstream was updated — so nothing runs twice.
+(one run over many partitions, as the backfill policies allow), in the graph's order; an asset with
+an upstream that this round will change outside its run waits for the next evaluation, which
+requests it again because its upstream was updated — so nothing runs twice.
 """
 
 from __future__ import annotations
@@ -74,11 +74,14 @@ def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Iterable[
 
 def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[RunGroup]:
     """The runs of one evaluation, in the graph's order: requested assets grouped by partitions
-    definition and requested partitions. An asset with an upstream requested in another group waits
-    for the next evaluation (the topologically first requested asset never waits, so each evaluation
-    makes progress)."""
+    definition and requested partitions. An asset waits for a later evaluation when one of its
+    upstream assets outside its group is, or lies downstream of, a requested asset: that upstream
+    will change in this round, and the asset is requested again once it has (so nothing runs twice
+    and nothing reads inputs about to change). The topologically first requested asset never
+    waits, so every evaluation makes progress."""
     graph = defs.resolve_asset_graph()
     order = {key: i for i, key in enumerate(graph.toposorted_asset_keys)}
+    changing = dg.AssetSelection.assets(*requested).downstream().resolve(graph)  # requested and all below them
 
     def signature(key):
         partitions_def = graph.get(key).partitions_def
@@ -86,7 +89,8 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
 
     groups: dict[tuple, list[dg.AssetKey]] = {}
     for key in sorted(requested, key=order.__getitem__):
-        if not any(signature(up) != signature(key) for up in graph.get_ancestor_asset_keys(key) & set(requested)):
+        upstream_changing = graph.get_ancestor_asset_keys(key) & changing
+        if all(up in requested and signature(up) == signature(key) for up in upstream_changing):
             groups.setdefault(signature(key), []).append(key)
     return [RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None) for sig, keys in groups.items()]
 
