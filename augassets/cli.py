@@ -43,6 +43,7 @@ def ensure_dagster_home(profile: Profile) -> Path:
     return home
 
 
+MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
 CALIBRATION_ONLY = ("domain_oracle",)  # a property of the world, not an input of any method: `foundation` builds it
 
 
@@ -92,15 +93,16 @@ def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.Ass
     keys = select(defs)
     say(f"augassets: profile {profile.name}, state in {profile.home}")
     report_external_assets(defs, instance)
+    ran: set[dg.AssetKey] = set()
     catalog = dg.AssetKey("class_catalog")
     if catalog in keys and not instance.get_dynamic_partitions(CLASS_PARTITIONS_NAME):
         # The class partitions are the catalog's rows: until it exists, "every partition" means none.
         say("- class_catalog: materializing (it defines the class partitions)")
         automation.execute(defs, instance, automation.RunGroup((catalog,), None), say)
+        ran.add(catalog)
     cursor = automation.load_cursor(dagster_home)
-    ran: set[dg.AssetKey] = set()
     force_pending = force
-    while True:
+    for _ in range(MAX_ROUNDS):
         requested, cursor = automation.evaluate(defs, instance, keys, cursor)
         automation.save_cursor(dagster_home, cursor)
         if force_pending:  # the first evaluation after --force: every partition that exists, stale or not
@@ -117,6 +119,10 @@ def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.Ass
                 raise SystemExit(str(error)) from None
             ran.update(group.keys)
             say(f"  done in {time.perf_counter() - started:.1f} s")
+    else:
+        names = ", ".join(key.to_user_string() for key in requested)
+        raise SystemExit(f"still requested after {MAX_ROUNDS} rounds: {names} — a run succeeded without materializing what "
+                         "its automation condition asks for; see the latest runs in the UI (`augassets ui`)")
     for key in keys:
         if key not in ran:
             say(f"- {key.to_user_string()}: up to date")
