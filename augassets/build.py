@@ -30,21 +30,27 @@ def build_stages(profile: Profile) -> SimpleNamespace:
 
 
 def _jobs(d: SimpleNamespace) -> list:
-    return [
+    """One job per stage, for launching a stage from the UI (the CLI and the daemon go by automation)."""
+    jobs = [
         dg.define_asset_job("prepare_data", selection=[d.class_catalog, d.dataset_splits], description="Class catalog and splits."),
         dg.define_asset_job(
             "build_foundation",
             selection=dg.AssetSelection.groups("foundation") | dg.AssetSelection.assets(d.fidelity_classifier),
             description="The mini world's web pool, CLIP, KNN index and Stable Diffusion (with the fidelity classifier).",
         ),
-        dg.define_asset_job(
-            "augment_classes", selection=[d.class_prompts, d.augmentation_images, d.duplicate_report],
-            description="Per class × method: prompts, augmentation images and their duplicate report.",
-        ),
-        dg.define_asset_job(
-            "collect", selection=[d.excluded_classes, d.class_fidelity, d.reference_hashes, d.leak_threshold, d.duplicate_summary],
-            description="Across classes: excluded classes, class fidelity, reference pHashes, the leak threshold and the duplicate summary.",
-        ),
+    ]
+    if hasattr(d, "augmentation_images"):  # a profile with image-making methods
+        jobs += [
+            dg.define_asset_job(
+                "augment_classes", selection=[d.class_prompts, d.augmentation_images, d.duplicate_report],
+                description="Per class × method: prompts, augmentation images and their duplicate report.",
+            ),
+            dg.define_asset_job(
+                "collect", selection=[d.excluded_classes, d.class_fidelity, d.reference_hashes, d.leak_threshold, d.duplicate_summary],
+                description="Across classes: excluded classes, class fidelity, reference pHashes, the leak threshold and the duplicate summary.",
+            ),
+        ]
+    return jobs + [
         dg.define_asset_job("build_augmented_datasets", selection=[d.augmented_datasets]),
         dg.define_asset_job("train_classifiers", selection=[d.classifier_scores]),
         dg.define_asset_job("report", selection=[d.results_table]),

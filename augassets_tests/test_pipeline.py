@@ -56,6 +56,11 @@ def test_definitions_come_from_the_profile_passed_and_public_dagster_only():
     assert replicates.get_partition_keys() == [str(r) for r in range(get_profile("mini").classifier.replicates)]
     external = build_defs(get_profile("imagenet10")).resolve_asset_graph()
     assert not external.get(dg.AssetKey("diffusion_model")).is_materializable, "real profiles: the foundation is external"
+    baselines = build_defs(replace(SMOKE, methods=("real_p", "real_2p")))
+    keys = {key.to_user_string() for key in baselines.resolve_asset_graph().get_all_asset_keys()}
+    assert {"augmented_datasets", "classifier_scores", "results_table"} <= keys and not keys & {"augmentation_images", "excluded_classes"}
+    assert baselines.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension("method").get_partition_keys() == [
+        "real_p", "real_2p"]
 
 
 @pytest.fixture(scope="module")
