@@ -22,6 +22,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from .core.files import write_bytes_atomic
+
 AC = dg.AutomationCondition
 
 STALE = (
@@ -59,8 +61,6 @@ def load_cursor(folder: Path):
 
 
 def save_cursor(folder: Path, cursor) -> None:
-    from .core.files import write_bytes_atomic
-
     write_bytes_atomic(dg.serialize_value(cursor).encode(), folder / CURSOR_FILE)
 
 

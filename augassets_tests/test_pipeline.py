@@ -374,28 +374,10 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     assert isinstance(StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder), StableDiffusionImg2ImgPipeline)
 
 
-@pytest.fixture
-def private_copy(foundation_run, tmp_path, monkeypatch):
-    """The benchmark's state copied to a fresh home, with definitions and an ephemeral instance of its
-    own: a test that damages state damages only its copy, never the module's shared run."""
-    import shutil
-
-    profile, _ = foundation_run
-    home = tmp_path / "home"
-    (home / profile.name).mkdir(parents=True)
-    shutil.copy(profile.home / "catalog.duckdb", home / profile.name / "catalog.duckdb")
-    shutil.copytree(profile.home / "store", home / profile.name / "store")
-    monkeypatch.setenv("AUGASSETS_HOME", str(home))
-    assert profile.home == home / profile.name
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("class", dg.DagsterInstance.get().get_dynamic_partitions("class"))
-    return profile, build_defs(profile), instance
-
-
-def test_corrupt_pool_rows_are_skipped_and_counted(private_copy, tmp_path):
+def test_corrupt_pool_rows_are_skipped_and_counted(private_state, tmp_path):
     """A pool image that no longer decodes and a row without a caption are skipped by CLIP training
     and the index (and counted in their metadata), not fatal."""
-    profile, private_defs, instance = private_copy
+    profile, private_defs, instance = private_state, build_defs(private_state), dg.DagsterInstance.get()
     db = Warehouse(profile.home / "catalog.duckdb")
     pool = db.query("SELECT pool_id, url FROM web_pool ORDER BY pool_id")
     broken = tmp_path / "broken.png"
@@ -416,10 +398,10 @@ def test_corrupt_pool_rows_are_skipped_and_counted(private_copy, tmp_path):
     assert 3 not in index_meta["pool_id"].to_list() and 5 not in index_meta["pool_id"].to_list()
 
 
-def test_one_failing_class_does_not_fail_the_others(private_copy):
+def test_one_failing_class_does_not_fail_the_others(private_state):
     """A class without its prompt fails with a message naming it; the other classes of the same run
     are materialized."""
-    profile, private_defs, instance = private_copy
+    profile, private_defs, instance = private_state, build_defs(private_state), dg.DagsterInstance.get()
     db = Warehouse(profile.home / "catalog.duckdb")
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))

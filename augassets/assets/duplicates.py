@@ -98,8 +98,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         group_name=GROUP, code_version=code_version("2", spec), pool="duckdb",
         deps=[reference_hashes] + (["web_pool"] if spec.calibrate_on_planted else []), kinds={"faiss", "duckdb"},
         description="The Hamming threshold below which two pHashes are near-duplicates. Real data: the paper's 10. "
-        "The mini world: the strictest threshold that finds DuplicateSpec.target_recall of the pool's planted "
-        "test/val duplicates, with the detector's precision–recall curve on that ground truth.",
+        "The mini world: the strictest threshold that finds DuplicateSpec.target_recall of the known test/val copies "
+        "(the pool's planted ones and DuplicateSpec.calibration_copies more kept off the pool), with the detector's "
+        "precision–recall curve on that ground truth.",
     )
     def leak_threshold(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         db = warehouse.get()

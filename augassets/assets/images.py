@@ -14,7 +14,7 @@ from ..core.files import atomic_folder, write_parquet_atomic
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, inspect_image, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
-from ..core.methods import IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
+from ..core.methods import DIFFUSION_BUILDERS, IMG2IMG, RETRIEVAL, get_method, keys_with_builder
 from ..core.prompts import (
     ClassNames,
     build_prompts,
@@ -141,11 +141,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             if RETRIEVAL in builders:
                 for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
                     image_store.fetch(*parts)
-            if builders & {TXT2IMG, IMG2IMG, RETRIEVAL}:  # retrieval: SD's safety checker screens the hits
+            if builders & (DIFFUSION_BUILDERS | {RETRIEVAL}):  # retrieval: SD's safety checker screens the hits
                 image_store.fetch("models", "stable_diffusion")
         # Load each expensive handle once per step, and only when a partition of this run needs it.
         retriever = (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker()) if RETRIEVAL in builders else None
-        pipelines = {builder: diffusion_backend.load(builder) for builder in builders & {TXT2IMG, IMG2IMG}}
+        pipelines = {builder: diffusion_backend.load(builder) for builder in builders & DIFFUSION_BUILDERS}
         summary, grids, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
             method, wnid = partition(key)

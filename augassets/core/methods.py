@@ -19,7 +19,7 @@ TXT2IMG = "txt2img"  # the diffusion model from the method's prompts
 IMG2IMG = "img2img"  # the diffusion model from target images (Boomerang)
 RETRIEVAL = "retrieval"  # CLIP KNN over the diffusion model's pre-training pool
 BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL)
-DIFFUSION_BUILDERS = (TXT2IMG, IMG2IMG)
+DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG})  # the builders that sample the diffusion model
 
 # Where a method's extra images come from. "none": the target alone; "real_extra": the disjoint real
 # subsample of the splits; "images": the method's own augmentation_images partitions.
@@ -50,10 +50,6 @@ class Method:
     def extra_images(self) -> str | None:
         """Where the extra training images come from (``NO_EXTRA``, ``REAL_EXTRA`` or ``IMAGES``)."""
         return _EXTRA_IMAGES.get(self.builder)
-
-    @property
-    def uses_diffusion(self) -> bool:
-        return self.builder in DIFFUSION_BUILDERS
 
 
 METHODS: tuple[Method, ...] = (
