@@ -1,12 +1,14 @@
-"""One notion of stale, Dagster's own: every asset carries the automation condition ``STALE``, and the
-headless command decides what to run by evaluating those conditions through Dagster's public API
-(``dg.evaluate_automation_conditions``) — the same conditions the daemon's automation sensor
-evaluates for a UI user.
+"""One notion of stale, Dagster's own: every asset carries an automation condition built by
+``stale_condition``, and the headless command decides what to run by evaluating those conditions
+through Dagster's public API (``dg.evaluate_automation_conditions``) — the same conditions the
+daemon's ``scheduled_backfill`` sensor evaluates (sensors.py).
 
-``STALE`` is true for a partition that is missing, whose code version changed, or whose upstream was
-updated since it last ran (Dagster's ``eager``), unless it is running or an upstream is missing or
-running. The evaluation keeps a cursor (what it saw last time), stored beside the Dagster instance,
-so "changed since" means since the last evaluation of that home.
+The condition is true for a partition that is missing, whose code version changed, or one of whose
+upstream assets was updated since it last ran, unless it is running (alone or in a backfill) or an
+upstream is missing or running. In the daemon's definitions new work (missing, code version changed)
+also waits for the profile's cron tick. The headless evaluation keeps a cursor (what it saw last
+time), stored beside the Dagster instance, so "changed since" means since the last evaluation of
+that home.
 
 Requested partitions become runs: assets requested together with the same partitions run together
 (one run over many partitions, as the backfill policies allow), in the graph's order; an asset with
@@ -16,7 +18,7 @@ requests it again because its upstream was updated — so nothing runs twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +28,30 @@ from .core.files import write_bytes_atomic
 
 AC = dg.AutomationCondition
 
-STALE = (
-    AC.eager()
-    | ((AC.missing() | AC.code_version_changed()) & ~AC.in_progress() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress())
-).with_label("missing, code version changed or upstream updated")
+
+def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None, cron_timezone: str = "UTC") -> dg.AutomationCondition:
+    """True for a partition that is missing, whose code version changed, or one of whose upstream
+    assets was updated since it last ran — unless it is running (alone or in a backfill) or an
+    upstream is missing or running.
+
+    ``ignore``: upstream assets whose updates do not make this asset stale (a per-class asset and
+    the catalog that gained a class: the class's own rows did not change). ``cron``: new work
+    (missing, code version changed) waits for the cron's next tick; updates of an upstream are
+    still followed at once, so a backfill's downstream does not wait a whole period."""
+    ready = ~AC.in_progress() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()
+    deps_updated = AC.any_deps_updated()
+    if ignore:
+        deps_updated = deps_updated.ignore(dg.AssetSelection.assets(*ignore))
+    upstream_updated = deps_updated.since_last_handled() & ready
+    new_work = (AC.missing() | AC.code_version_changed().since_last_handled()) & ready
+    label = "missing, code version changed or upstream updated"
+    if cron:
+        new_work = new_work & AC.cron_tick_passed(cron, cron_timezone).since_last_handled()
+        label = f"upstream updated, or (missing or code version changed) since the tick of {cron} ({cron_timezone})"
+    return (upstream_updated | new_work).with_label(label)
+
+
+STALE = stale_condition()
 
 # Dagster's documented run tags for a run over a range of partition keys (one run, many partitions).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -38,9 +60,9 @@ ASSETS_TAG = "augassets/assets"  # which assets a headless run materialized
 CURSOR_FILE = "automation_cursor.json"
 
 
-def with_automation(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    """``asset`` with ``STALE`` as its automation condition."""
-    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=STALE), [asset])[0]
+def with_automation(asset: dg.AssetsDefinition, condition: dg.AutomationCondition = STALE) -> dg.AssetsDefinition:
+    """``asset`` with ``condition`` as its automation condition."""
+    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [asset])[0]
 
 
 @dataclass(frozen=True)

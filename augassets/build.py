@@ -1,5 +1,5 @@
-"""``build_defs(profile)``: the study's Dagster definitions — assets (each with the automation condition
-``automation.STALE``), checks, jobs and resources — for one profile. Nothing here reads the
+"""``build_defs(profile)``: the study's Dagster definitions — assets (each with its automation
+condition), checks, jobs, sensors and resources — for one profile. Nothing here reads the
 environment: the caller passes the profile."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import dagster as dg
 
+from . import sensors
 from .assets import calibration, catalog, classifier, datasets, duplicates, foundation, images, reports, splits
-from .automation import with_automation
+from .automation import stale_condition, with_automation
 from .profiles import Profile
 from .resources import default_resources
 
@@ -18,6 +19,14 @@ BUILDERS = (
     catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, images.build,
     duplicates.build, datasets.build, classifier.build, reports.build,
 )
+
+
+# Built by `augassets foundation`, never by the benchmark: a property of the world, no method's input.
+CALIBRATION_ONLY = ("domain_oracle",)
+# Per class × method assets: the catalog and splits gaining a class does not change a class's own
+# rows (its split draws are seeded by the class, and the settings that shape them are in these
+# assets' code versions), so those updates leave the existing partitions alone.
+PER_CLASS_IGNORES = {"class_prompts": ("class_catalog", "dataset_splits"), "augmentation_images": ("class_catalog", "dataset_splits")}
 
 
 def build_stages(profile: Profile) -> SimpleNamespace:
@@ -57,12 +66,41 @@ def _jobs(d: SimpleNamespace) -> list:
     ]
 
 
-def build_defs(profile: Profile) -> dg.Definitions:
-    """Assets, checks, jobs and resources of ``profile``."""
+def condition_for(profile: Profile, key: dg.AssetKey, daemon: bool) -> dg.AutomationCondition:
+    """``key``'s automation condition. ``daemon``: new work waits for the profile's cron tick (the
+    definitions the UI and the daemon load); the headless command evaluates them without that wait."""
+    ignore = [dg.AssetKey(name) for name in PER_CLASS_IGNORES.get(key.to_user_string(), ())]
+    spec = profile.automation
+    return stale_condition(ignore, spec.cron if daemon else None, spec.cron_timezone)
+
+
+def benchmark_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
+    """Every materializable asset of ``defs`` but the calibration-only ones, in the graph's order."""
+    graph = defs.resolve_asset_graph()
+    return [key for key in graph.toposorted_asset_keys if graph.get(key).is_executable and key.to_user_string() not in CALIBRATION_ONLY]
+
+
+def build_defs(profile: Profile, daemon: bool = True) -> dg.Definitions:
+    """Assets, checks, jobs, sensors and resources of ``profile``. ``daemon=False``: the conditions
+    without the cron wait, as the headless command evaluates them."""
     built = build_stages(profile)
     items = list(vars(built).values())
     checks = [item for item in items if isinstance(item, dg.AssetChecksDefinition)]
     assets = [item for item in items if not isinstance(item, dg.AssetChecksDefinition)]
-    assets = [with_automation(a) if isinstance(a, dg.AssetsDefinition) and a.is_executable else a for a in assets]
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=_jobs(built), resources=default_resources(profile))
-
+    # The daemon never builds the calibration-only assets (`augassets foundation` does, headless).
+    automated = [
+        isinstance(a, dg.AssetsDefinition) and a.is_executable and not (daemon and a.key.to_user_string() in CALIBRATION_ONLY)
+        for a in assets
+    ]
+    assets = [with_automation(a, condition_for(profile, a.key, daemon)) if auto else a for a, auto in zip(assets, automated)]
+    targets = [
+        key for a in assets if isinstance(a, dg.AssetsDefinition) and a.is_executable
+        for key in a.keys if key.to_user_string() not in CALIBRATION_ONLY
+    ]
+    automation_sensors = [sensors.scheduled_backfill(profile, targets), sensors.new_classes(profile, [built.class_catalog, built.dataset_splits])]
+    # A run's steps execute one after another in the run's own process: on this study's graph the pools
+    # serialize the heavy steps anyway, and a process per step would import torch once more per step.
+    return dg.Definitions(
+        assets=assets, asset_checks=checks, jobs=_jobs(built), sensors=automation_sensors, resources=default_resources(profile),
+        executor=dg.in_process_executor,
+    )

@@ -3,7 +3,8 @@
 ``augassets benchmark`` materializes every asset of the profile's definitions that is stale by the
 assets' own automation conditions (missing, code version changed, upstream updated — the conditions
 the Dagster daemon evaluates too) and prints the results report. A rerun with nothing changed
-launches no run and takes seconds.
+launches no run and takes seconds. ``augassets ui`` opens the Dagster UI and ``augassets daemon``
+runs the daemon (the ``scheduled_backfill`` and ``new_classes`` sensors) on the same instance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import dagster as dg
 
 from . import automation
-from .build import build_defs
+from .build import benchmark_keys, build_defs
 from .core.report import results_report
 from .core.warehouse import Warehouse
 from .partitions import CLASS_PARTITIONS_NAME
@@ -44,15 +45,6 @@ def ensure_dagster_home(profile: Profile) -> Path:
 
 
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
-CALIBRATION_ONLY = ("domain_oracle",)  # a property of the world, not an input of any method: `foundation` builds it
-
-
-def benchmark_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
-    """Every materializable asset of the profile's definitions but the calibration-only ones."""
-    graph = defs.resolve_asset_graph()
-    return [key for key in graph.toposorted_asset_keys if graph.get(key).is_executable and key.to_user_string() not in CALIBRATION_ONLY]
-
-
 def foundation_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     """The mini world's foundation (group ``foundation`` and the fidelity classifier) and what it reads."""
     graph = defs.resolve_asset_graph()
@@ -88,7 +80,7 @@ def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.Ass
     run what they request, and evaluate again until nothing is requested (automation.py). ``force``:
     every partition of every selected asset is requested on the first evaluation."""
     dagster_home = ensure_dagster_home(profile)
-    defs = build_defs(profile)
+    defs = build_defs(profile, daemon=False)
     instance = dg.DagsterInstance.get()
     keys = select(defs)
     say(f"augassets: profile {profile.name}, state in {profile.home}")
@@ -137,13 +129,36 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     return table
 
 
+def _dagster_command(name: str) -> str:
+    """``dagster`` / ``dagster-daemon`` of the environment running this command (no activated venv needed)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else name
+
+
+def _workspace_args() -> list[str]:
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    return ["-w", str(workspace)] if workspace.is_file() else ["-m", "augassets.definitions"]
+
+
 def ui(profile: Profile, port: int, host: str) -> int:
     home = ensure_dagster_home(profile)
-    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    command = ["dagster", "dev", "-h", host, "-p", str(port)]
-    command += ["-w", str(workspace)] if workspace.is_file() else ["-m", "augassets.definitions"]
+    os.environ[PROFILE_ENV] = profile.name
     print(f"Dagster UI for profile {profile.name} on http://{host}:{port} (DAGSTER_HOME={home})")
-    return subprocess.call(command)
+    return subprocess.call([_dagster_command("dagster"), "dev", "-h", host, "-p", str(port), *_workspace_args()])
+
+
+SENSORS = ("scheduled_backfill", "new_classes")
+
+
+def daemon(profile: Profile, start: list[str]) -> int:
+    """``dagster-daemon run`` on the profile's instance, after starting the sensors named in ``start``."""
+    home = ensure_dagster_home(profile)
+    os.environ[PROFILE_ENV] = profile.name
+    for name in start:
+        subprocess.run([_dagster_command("dagster"), "sensor", "start", name, *_workspace_args()], check=True)
+    spec = profile.automation
+    print(f"Dagster daemon for profile {profile.name} (DAGSTER_HOME={home}); backfills at {spec.cron} ({spec.cron_timezone})")
+    return subprocess.call([_dagster_command("dagster-daemon"), "run", *_workspace_args()])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ui_parser = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this profile's instance")
     ui_parser.add_argument("--port", type=int, default=3000)
     ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    daemon_parser = sub.add_parser("daemon", help="run the Dagster daemon (sensors, backfills, run queue) on this profile's instance")
+    daemon_parser.add_argument("--start", nargs="*", choices=SENSORS, default=[], metavar="SENSOR",
+                               help=f"start these sensors first ({', '.join(SENSORS)}); they stay started")
     args = parser.parse_args(argv)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -177,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         materialize(profile, foundation_keys, force=args.force)
         print(f"foundation ready in {time.perf_counter() - started:.0f} s: {profile.home / 'store' / 'models'}")
         return 0
+    if args.command == "daemon":
+        return daemon(profile, args.start)
     return ui(profile, args.port, args.host)
 
 

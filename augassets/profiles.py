@@ -251,6 +251,27 @@ class DuplicateSpec:
 
 
 @dataclass(frozen=True)
+class AutomationSpec:
+    """What the Dagster daemon does for this profile (the headless command ignores it).
+
+    The assets' automation condition is one notion of stale: missing, code version changed, or an
+    upstream updated. ``cron`` (``cron_timezone``) is when the daemon starts new work: at each tick,
+    every partition that is missing or whose code version changed is requested, as one backfill;
+    what lies downstream (datasets, scores, the report) follows as soon as its upstream is updated,
+    without waiting for the next tick. ``backfill_on`` / ``new_classes_on``: whether the
+    ``scheduled_backfill`` and ``new_classes`` sensors run by default (both can be started and
+    stopped in the UI's Automation page or with ``dagster sensor start|stop``). ``interval_s``: how
+    often the daemon evaluates them.
+    """
+
+    cron: str = "0 2 * * *"
+    cron_timezone: str = "UTC"
+    backfill_on: bool = True
+    new_classes_on: bool = True
+    interval_s: int = 30
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -262,6 +283,7 @@ class Profile:
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     duplicates: DuplicateSpec = field(default_factory=DuplicateSpec)
+    automation: AutomationSpec = field(default_factory=AutomationSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
     sd_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4"))
@@ -371,6 +393,8 @@ PROFILES: dict[str, Profile] = {
         methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
         max_classes=3,
         torch_threads=1,
+        # Off until a test starts them; every minute, so that a daemon test sees a tick soon.
+        automation=AutomationSpec(cron="* * * * *", backfill_on=False, new_classes_on=False, interval_s=5),
     ),
     "mini": Profile(
         name="mini",
@@ -390,6 +414,8 @@ PROFILES: dict[str, Profile] = {
         # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
         retrieval=RetrievalSpec(dedup_threshold=0.97),
         duplicates=MINI_DUPLICATES,
+        # The demo runs headless (`augassets benchmark`); the daemon's sensors are there to start from the UI.
+        automation=AutomationSpec(backfill_on=False, new_classes_on=False),
     ),
     "imagenet10": Profile(
         name="imagenet10",

@@ -1,4 +1,4 @@
-"""The UI: `dagster dev` on a free localhost port, the lineage page in headless Chromium."""
+"""The UI: `dagster dev` on a free localhost port, the lineage and automation pages in headless Chromium."""
 
 import os
 import shutil
@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 STAGES = ["class_catalog", "dataset_splits", "augmented_datasets", "classifier_scores", "results_table"]
+AUTOMATION = ["scheduled_backfill", "new_classes"]
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
@@ -77,14 +78,24 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_lineage_page_shows_catalog_to_results_table(dagster_ui, browser, tmp_path):
+def test_lineage_and_automation_pages(dagster_ui, browser, tmp_path):
+    """The lineage of the results table back to the catalog, and the daemon's two sensors on the
+    Automation page (one UI start for both: it takes most of the test's time)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{dagster_ui}/assets/results_table?view=lineage&lineageScope=upstream&lineageDepth=10")
     wait = WebDriverWait(browser, 60)
-    for name in STAGES:
+
+    def shown(name: str, page: str):
         node = wait.until(ec.presence_of_element_located((By.XPATH, f"//*[normalize-space(text())='{name}']")))
-        assert node.is_displayed(), f"{name} is in the page but not shown"
+        assert node.is_displayed(), f"{name} is in the {page} page but not shown"
+
+    browser.get(f"{dagster_ui}/assets/results_table?view=lineage&lineageScope=upstream&lineageDepth=10")
+    for name in STAGES:
+        shown(name, "lineage")
     browser.save_screenshot(str(tmp_path / "lineage.png"))
+    browser.get(f"{dagster_ui}/automation")
+    for name in AUTOMATION:
+        shown(name, "automation")
+    browser.save_screenshot(str(tmp_path / "automation.png"))

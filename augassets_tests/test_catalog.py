@@ -46,18 +46,24 @@ def test_name_without_whitespace_handles_unicode_whitespace():
     assert name_without_whitespace("tiger shark,\u00a0Galeocerdo  cuvieri") == "tigershark,Galeocerdocuvieri"
 
 
-def test_unknown_wnid_in_a_class_folder_is_a_clear_error(tmp_path):
-    (tmp_path / "train" / "n03595614").mkdir(parents=True)
-    (tmp_path / "train" / "n99999999").mkdir(parents=True)
+def test_class_folders_that_are_not_wordnet_ids_are_skipped_with_their_reason(tmp_path):
+    for folder in ("n03595614", "n99999999", "cats"):
+        (tmp_path / "train" / folder).mkdir(parents=True)
     dataset = replace(IMAGE_FOLDER, default_root=str(tmp_path), root_env="AUGASSETS_TEST_UNSET_DIR")
-    with pytest.raises(WordNetError, match=r"n99999999.*WordNet 3.0 noun ids"):
-        build_catalog(dataset)
+    skipped = []
+    catalog = build_catalog(dataset, skipped=skipped)
+    assert catalog["wnid"].to_list() == ["n03595614"]
+    assert catalog["source_label"].to_list() == [3595614], "a folder class is numbered by its WordNet offset"
+    reasons = {item.folder: item.reason for item in skipped}
+    assert set(reasons) == {"n99999999", "cats"}
+    assert reasons["n99999999"].startswith("unknown wnid 'n99999999'") and reasons["n99999999"].endswith("WordNet 3.0 noun ids")
+    assert reasons["cats"].startswith("'cats' is not a WordNet noun id")
 
 
-def test_folder_names_that_are_not_wnids_are_rejected(tmp_path):
+def test_a_folder_dataset_without_any_wordnet_class_is_a_clear_error(tmp_path):
     (tmp_path / "train" / "cats").mkdir(parents=True)
     dataset = replace(IMAGE_FOLDER, default_root=str(tmp_path), root_env="AUGASSETS_TEST_UNSET_DIR")
-    with pytest.raises(WordNetError, match="'cats' is not a WordNet noun id"):
+    with pytest.raises(ValueError, match="no usable class in class list 'folders' \\(1 folders skipped: 'cats': 'cats' is not"):
         build_catalog(dataset)
 
 

@@ -177,3 +177,27 @@ def test_a_profile_cannot_ask_for_real_2p_without_the_extra_real_subsample():
         profile = get_profile(name)
         assert "real_2p" not in profile.methods and not profile.split.real_extra
         assert {"real_p", "retrieval", "clip_prompts"} <= set(profile.methods)
+
+
+def test_a_class_keeps_its_split_when_another_class_folder_is_added(tmp_path):
+    """Folder classes are numbered by their WordNet offset, not their sorted position: a new folder
+    sorting before the others changes none of their draws."""
+    from augassets.core.datasets import class_rates
+
+    root = tmp_path / "folders"
+    for wnid, color in (("n03595614", (200, 30, 30)), ("n04489008", (30, 30, 200))):
+        for i in range(10):
+            write_image(root / "train" / wnid / f"{i}.png", color=color, fmt="PNG")
+        for i in range(2):
+            write_image(root / "test" / wnid / f"{i}.png", color=color, fmt="PNG")
+    dataset = replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
+    split = SplitSpec(train_fraction=0.3, class_rate_spread=0.5, seed=3)
+    before, _ = make_splits(build_catalog(dataset), dataset, split, tmp_path / "x")
+    for i in range(10):
+        write_image(root / "train" / "n02774152" / f"{i}.png", fmt="PNG")  # bag: sorts first
+    write_image(root / "test" / "n02774152" / "0.png", fmt="PNG")
+    after, _ = make_splits(build_catalog(dataset), dataset, split, tmp_path / "x")
+    columns = ["split", "wnid", "item", "path"]
+    assert after.filter(pl.col("wnid") != "n02774152").select(columns).equals(before.select(columns))
+    # A packaged list keeps its stream indexed by label: a prefix of classes draws what it drew before.
+    assert class_rates(split, [0, 1, 2]).tolist() == class_rates(split, list(range(10)))[:3].tolist()

@@ -1,5 +1,5 @@
-"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation] [generation] [store]``
-(default: all) prints a table.
+"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation] [generation] [store] [daemon]``
+(default: all but daemon) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
             its peak resident memory, and the share of wall time spent outside asset bodies
@@ -14,6 +14,10 @@ generation  the profile's SD pipeline: batched seeded generation vs one image pe
 store       the image store on an fsspec URL (memory://, so the figures are the store layer's own cost
             without a network): publish and fetch of 5,000 mini-sized PNGs and 16 MB files, first and
             unchanged, vs a plain recursive fsspec put/get of the same folder.
+daemon      a real `dagster-daemon` on a benchmarked home (of `main`, or $AUGASSETS_HOME) of a profile whose
+            backfill cron ticks every minute (smoke): the duplicate reports are wiped, the `scheduled_backfill`
+            sensor started; time to the tick's backfill, the backfill's runs (wall time vs step time), the
+            downstream report, and what the next tick requests (nothing, if all is well).
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
@@ -315,9 +319,70 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     return rows
 
 
+def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
+    """The scheduled backfill through a real daemon, timed from the instance's own records."""
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    if profile.automation.cron != "* * * * *":
+        raise SystemExit(f"daemon: profile {profile_name}'s backfill cron is {profile.automation.cron!r}; use a profile that ticks every minute (smoke)")
+    env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_HOME": str(home), "DAGSTER_HOME": str(home / profile_name / "dagster")}
+    if not (home / profile_name / "catalog.duckdb").exists():
+        subprocess.run([str(Path(sys.executable).with_name("augassets")), "benchmark"], env={**env, "DAGSTER_HOME": ""}, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    report, table = dg.AssetKey("duplicate_report"), dg.AssetKey("results_table")
+    instance.wipe_assets([report])
+    table_before = instance.get_latest_materialization_event(table).timestamp
+    workspace = ["-w", str(REPO / "workspace.yaml")]
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "dagster"), "sensor", "start", "scheduled_backfill", *workspace], env=env, cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.time()
+    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", *workspace], env=env, cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(predicate, timeout=600):
+        deadline = time.time() + timeout
+        while not (value := predicate()):
+            if time.time() > deadline or daemon.poll() is not None:
+                raise SystemExit("daemon: gave up waiting (see the instance's runs in the UI)")
+            time.sleep(1)
+        return value
+
+    try:
+        backfill = wait(lambda: instance.get_backfills())[0]
+        done = wait(lambda: (b := instance.get_backfill(backfill.backfill_id)).status.value.startswith("COMPLETED") and b)
+        done_at = time.time()
+        if done.status.value != "COMPLETED_SUCCESS":
+            raise SystemExit(f"daemon: backfill {done.backfill_id} ended {done.status.value}")
+        wait(lambda: instance.get_latest_materialization_event(table).timestamp > table_before)
+        table_at = time.time()
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+        records = [instance.get_run_record_by_id(run.run_id) for run in runs]
+        wall = sum(r.end_time - r.start_time for r in records)
+        steps = sum((s.end_time or 0) - (s.start_time or 0) for run in runs for s in instance.get_run_step_stats(run.run_id))
+        before = (len(instance.get_runs()), len(instance.get_backfills()))
+        time.sleep(60 - time.time() % 60 + 3 * profile.automation.interval_s + 5)
+        after = (len(instance.get_runs()), len(instance.get_backfills()))
+    finally:
+        os.killpg(daemon.pid, 15)
+        daemon.wait(timeout=60)
+    return [
+        (f"daemon ({profile_name}): start to the cron tick's backfill", f"{backfill.backfill_timestamp - started:.1f} s"),
+        ("  backfill created to completed (as the backfill daemon saw it)", f"{done_at - backfill.backfill_timestamp:.1f} s"),
+        ("  its runs: wall time (queue to end) / asset steps", f"{len(runs)} runs, {wall:.1f} s / {steps:.1f} s"),
+        ("  backfill completed to the results table rematerialized", f"{table_at - done_at:.1f} s"),
+        ("  runs and backfills requested by the next tick", f"{after[0] - before[0]} runs, {after[1] - before[1]} backfills"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "store", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "store", "daemon", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
@@ -340,6 +405,8 @@ def main() -> None:
         rows += bench_generation(args.profile)
     if "store" in chosen:
         rows += bench_store()
+    if "daemon" in chosen:
+        rows += bench_daemon(args.profile, Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve())
     width = max(len(r[0]) for r in rows)
     print(f"\nmachine: {machine()}\n")
     for name, value in rows:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import dagster as dg
 
-from ..core.catalog import build_catalog
+from ..core.catalog import SkippedClass, build_catalog
 from ..core.report import frame_markdown
 from ..partitions import CLASS_PARTITIONS_NAME
 from ..profiles import Profile
@@ -22,10 +22,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         pool="duckdb",
         kinds={"duckdb", "python"},
         description="One row per class: wnid, label, WordNet lemmas, name (lemmas joined by ', '), name without "
-        "whitespace, first hypernym and definition. Fills the dynamic `class` partitions with the wnids.",
+        "whitespace, first hypernym and definition. Fills the dynamic `class` partitions with the wnids. Class folders "
+        "whose names are not WordNet noun ids are skipped and listed.",
     )
     def class_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        catalog = build_catalog(profile.dataset, profile.max_classes)
+        skipped: list[SkippedClass] = []
+        catalog = build_catalog(profile.dataset, profile.max_classes, skipped=skipped)
+        for item in skipped:
+            context.log.warning(f"class folder {item.folder!r} skipped: {item.reason}")
         warehouse.get().replace("class_catalog", catalog)
         known = set(context.instance.get_dynamic_partitions(CLASS_PARTITIONS_NAME))
         new_keys = [wnid for wnid in catalog["wnid"].to_list() if wnid not in known]
@@ -38,6 +42,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "profile": profile.name,
                 "classes": catalog.height,
                 "new_class_partitions": len(new_keys),
+                "skipped_class_folders": len(skipped),
+                "skipped_class_folder_reasons": dg.MetadataValue.json({item.folder: item.reason for item in skipped}),
                 "preview": dg.MetadataValue.md(frame_markdown(preview)),
             }
         )

@@ -70,7 +70,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         return {}
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", profile.generation), pool="duckdb", partitions_def=class_method_partitions(profile),
+        group_name=GROUP, code_version=code_version("1", profile.generation, profile.dataset, profile.split), pool="duckdb",
+        partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, "clip_model", up.dataset_splits], kinds={"duckdb"},
         description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
         "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
@@ -117,7 +118,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("2", profile.retrieval), pool="gpu", partitions_def=class_method_partitions(profile),
+        group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), pool="gpu",
+        partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", up.dataset_splits],
         kinds={"faiss", "parquet"},
         description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "

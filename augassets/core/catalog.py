@@ -33,7 +33,16 @@ CATALOG_SCHEMA = {
 class ClassEntry:
     key: str  # wnid, or c### for Caltech256
     folder: str  # the class folder name in an ImageFolder dataset
-    source_label: int  # the class index in the source dataset (Fashion-MNIST label, ImageNet index)
+    # The class's stable number: its index in the source's class list (Fashion-MNIST label, ImageNet
+    # index), or for a folder dataset its WordNet offset. Seeds its split draws, so a class keeps
+    # its images when other classes are added.
+    source_label: int
+
+
+@dataclass(frozen=True)
+class SkippedClass:
+    folder: str
+    reason: str
 
 
 def data_lines(filename: str) -> list[str]:
@@ -65,8 +74,32 @@ def class_entries(dataset: DatasetSpec) -> list[ClassEntry]:
                 f"class folder root {dataset.class_root} does not exist (setting {dataset.root_env}): {dataset.install_hint}"
             )
         folders = sorted(p.name for p in dataset.class_root.iterdir() if p.is_dir())
-        return [ClassEntry(key=folder, folder=folder, source_label=i) for i, folder in enumerate(folders)]
+        return [ClassEntry(key=folder, folder=folder, source_label=wordnet_offset(folder)) for folder in folders]
     raise ValueError(f"unknown class list {class_list!r} (profile setting dataset.class_list)")
+
+
+def wordnet_offset(folder: str) -> int:
+    """``n03595614`` -> 3595614; -1 for a name that is not a WordNet noun id."""
+    return int(folder[1:]) if re.fullmatch(r"n\d{8}", folder) else -1
+
+
+def usable_classes(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None) -> tuple[list[ClassEntry], list[SkippedClass]]:
+    """The first ``max_classes`` classes (0: all) of the dataset's class list, and the class folders
+    skipped with their reason: in a folder dataset, a folder whose name is not a WordNet 3.0 noun id
+    is skipped, not fatal (the packaged lists hold only valid ids)."""
+    entries, skipped = class_entries(dataset), []
+    if dataset.class_list == "folders":
+        wordnet = wordnet or WordNet()
+        usable = []
+        for entry in entries:
+            try:
+                wordnet.synset(entry.key)
+            except WordNetError as error:
+                skipped.append(SkippedClass(entry.folder, f"{error}; class folders must be named by WordNet 3.0 noun ids"))
+            else:
+                usable.append(entry)
+        entries = usable
+    return (entries[:max_classes] if max_classes else entries), skipped
 
 
 def name_without_whitespace(name: str) -> str:
@@ -81,19 +114,24 @@ def caltech_name(folder: str) -> str:
     return name.replace("-", " ").replace("_", " ")
 
 
-def build_catalog(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None) -> pl.DataFrame:
+def build_catalog(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None,
+                  skipped: list[SkippedClass] | None = None) -> pl.DataFrame:
     """One row per class: key, contiguous label, lemmas, name (lemmas joined by ", "), no-ws name,
-    first hypernym and definition. Raises on an unknown wnid, naming it."""
+    first hypernym and definition. Class folders that are not WordNet ids are left out and appended
+    to ``skipped``; an unknown wnid in a packaged class list raises, naming it."""
     class_list = dataset.class_list
-    entries = class_entries(dataset)
-    if max_classes:
-        entries = entries[:max_classes]
+    wordnet = wordnet or (WordNet() if class_list != "caltech256" else None)
+    entries, skipped_here = usable_classes(dataset, max_classes, wordnet)
+    if skipped is not None:
+        skipped.extend(skipped_here)
+    if not entries:
+        reasons = "; ".join(f"{s.folder!r}: {s.reason}" for s in skipped_here[:3])
+        raise ValueError(f"no usable class in class list {class_list!r} ({len(skipped_here)} folders skipped: {reasons})")
     rows = []
     for label, entry in enumerate(entries):
         if class_list == "caltech256":
             lemmas, hypernym, definition = [caltech_name(entry.folder)], "", ""
         else:
-            wordnet = wordnet or WordNet()
             try:
                 synset = wordnet.synset(entry.key)
                 hypernym = wordnet.first_hypernym_name(entry.key)

@@ -145,10 +145,18 @@ class SplitReport:
         return dict(Counter(row["reason"] for row in self.skipped))
 
 
-def class_rates(split: SplitSpec, n_classes: int) -> np.ndarray:
-    """Per-class keep rates: ``train_fraction`` scaled by a seeded uniform draw in [1 - spread, 1]."""
+def class_rates(split: SplitSpec, source_labels: list[int], per_class_streams: bool = False) -> np.ndarray:
+    """Per-class keep rates: ``train_fraction`` scaled by a seeded uniform draw in [1 - spread, 1].
+
+    Each class's draw is fixed by its ``source_label`` (catalog.ClassEntry), so adding classes never
+    changes another class's rate: one seeded stream indexed by the label for a packaged class list,
+    one seeded stream per class (keyed by its WordNet offset) for a folder dataset."""
+    low = 1.0 - split.class_rate_spread
+    if per_class_streams:
+        draws = [np.random.default_rng([split.seed, 7919, key]).uniform(low, 1.0) for key in source_labels]
+        return split.train_fraction * np.asarray(draws)
     rng = np.random.default_rng([split.seed, 7919])
-    return split.train_fraction * rng.uniform(1.0 - split.class_rate_spread, 1.0, size=n_classes)
+    return split.train_fraction * rng.uniform(low, 1.0, size=max(source_labels) + 1)[source_labels]
 
 
 def _take(stream: Iterator[str], n: int | None, wnid: str, source, split: SplitSpec, report: SplitReport, what: str) -> list[tuple[str, str]]:
@@ -184,14 +192,14 @@ def make_splits(
     """Draw target / val / real_extra / test for every catalog class; deterministic for a given seed."""
     say = progress or log.info
     source = open_source(dataset, export_dir)
-    rates = class_rates(split, catalog.height)
+    rates = class_rates(split, catalog["source_label"].to_list(), per_class_streams=dataset.class_list == "folders")
     report, rows = SplitReport(), []
     for row, rate in zip(catalog.iter_rows(named=True), rates):
         wnid, label = row["wnid"], row["label"]
         train_items = source.items("train", row["folder"], row["source_label"])
         if not train_items:
             raise DatasetError(f"class {wnid}: no images in its training folder {row['folder']!r}")
-        order = np.random.default_rng([split.seed, label]).permutation(len(train_items))
+        order = np.random.default_rng([split.seed, row["source_label"]]).permutation(len(train_items))
         stream = (train_items[i] for i in order)
         n = len(train_items)
         drawn: dict[str, list[tuple[str, str]]] = {}
