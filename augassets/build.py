@@ -16,8 +16,8 @@ from .resources import default_resources
 
 # Data-flow order: each builder may refer to the definitions of the builders before it.
 BUILDERS = (
-    catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, images.build,
-    duplicates.build, datasets.build, classifier.build, reports.build,
+    catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, foundation.build_fidelity,
+    images.build, duplicates.build, datasets.build, classifier.build, reports.build,
 )
 
 

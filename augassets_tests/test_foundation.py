@@ -189,3 +189,37 @@ def test_boomerang_generates_from_target_images(tiny_models, tmp_path):
     records = generate_partition(pipeline, request, tmp_path / "boomerang" / "n1", steps=4, guidance_scale=1.0, batch_size=2)
     assert len(records) == 3
     assert all(Image.open(r["path"]).size == (32, 32) for r in records)
+
+
+def test_safety_checker_fit_finds_a_planted_direction_on_the_held_out_half():
+    """Flagged embeddings carry a shift along one direction: the fitted concept points along it, and
+    the held-out (odd) rows are told apart perfectly."""
+    from augassets.core.diffusion import fit_safety_checker
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(400, 16)).astype(np.float32)
+    flags = np.zeros(400, dtype=bool)
+    flags[::10] = flags[1::10] = True  # flagged rows in both halves
+    embeddings[flags, 3] += 30.0
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    safety = fit_safety_checker(embeddings, flags)
+    assert int(np.argmax(np.abs(safety.concept))) == 3
+    assert (safety.precision, safety.recall) == (1.0, 1.0)
+
+
+def test_sample_fidelity_counts_per_class_and_relative_to_the_judge():
+    import polars as pl
+
+    from augassets.core.judge import sample_fidelity
+
+    catalog = pl.DataFrame({"label": [0, 1], "wnid": ["n1", "n2"]})
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    judged = np.array([0, 0, 0, 1, 1, 0])  # class 0: 3/4, class 1: 1/2
+    recognized = np.array([0, 1, 1, 1, 1, 1])  # class 0: 1/4, class 1: 2/2
+    score = sample_fidelity(catalog, labels, judged, recognized, {0: 0.8, 1: 0.6})
+    assert score.per_class["class_fidelity"].to_list() == [0.75, 0.5]
+    assert score.per_class["target_recognizability"].to_list() == [0.25, 1.0]
+    assert score.per_class["samples"].to_list() == [4, 2]
+    assert score.per_class["relative_fidelity"].to_list() == pytest.approx([0.75 / 0.8, 0.5 / 0.6])
+    assert score.class_fidelity == pytest.approx(4 / 6) and score.judge_accuracy == pytest.approx(0.7)
+    assert score.relative == pytest.approx((4 / 6) / 0.7) and score.target_recognizability == pytest.approx(3 / 6)

@@ -351,8 +351,11 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     hits = LocalKnnIndex(store / "pool_index").search(query, k=5)
     assert len(hits) == 5 and {"url", "caption", "aesthetic", "nsfw"} <= set(hits[0].metadata)
 
-    sd_meta = result.asset_materializations_for_node("diffusion_model")[0].metadata
-    for key in ("safety_precision_held_out", "safety_recall_held_out", "class_fidelity", "target_recognizability", "judge_top1_holdout_web"):
+    safety_meta = result.asset_materializations_for_node("diffusion_model")[0].metadata
+    for key in ("safety_precision_held_out", "safety_recall_held_out"):
+        assert 0.0 <= safety_meta[key].value <= 1.0, key
+    sd_meta = result.asset_materializations_for_node("diffusion_fidelity")[0].metadata
+    for key in ("class_fidelity", "target_recognizability", "judge_top1_holdout_web"):
         assert 0.0 <= sd_meta[key].value <= 1.0, key
     assert sd_meta["relative_class_fidelity"].value == pytest.approx(sd_meta["class_fidelity"].value / sd_meta["judge_top1_holdout_web"].value)
 
@@ -522,6 +525,8 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
         assert done.status.value == "COMPLETED_SUCCESS", (tmp_path / "daemon2.log").read_text()[-3000:]
         assert dg.AssetKey("duplicate_report") in done.asset_selection
         assert instance.get_materialized_partitions(report) == all_reports
+        # Sensor ticks (and, as its runs queue behind the duckdb pool, usually a cron tick) came while it ran: no second backfill.
+        assert [b.backfill_id for b in instance.get_backfills()] == [backfill.backfill_id]
         backfill_runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": done.backfill_id}))
         assert {key.to_user_string() for run in backfill_runs for key in run.asset_selection} == {"duplicate_report"}
         for key in (dg.AssetKey("duplicate_summary"), table):  # downstream follows the update, before the next tick

@@ -123,7 +123,7 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
                      + ", ".join(f"{w} {p:.2f}" for w, p in zip(retrieval["wnid"], retrieval["ground_truth_precision"]))))
         judged = float((retrieval["fidelity"] * retrieval["images"]).sum() / retrieval["images"].sum())
         rows.append(("judge's class fidelity on retrieved images (must be within 0.1 of the above)", f"{judged:.3f}"))
-    sd = meta("diffusion_model")
+    sd = meta("diffusion_fidelity")
     rows.append(("simple-prompt class fidelity by the judge / judge's held-out pool accuracy (target ≥ 0.6)",
                  f"{sd['relative_class_fidelity'].value:.3f} ({sd['class_fidelity'].value:.3f} / {sd['judge_top1_holdout_web'].value:.3f})"))
     rows.append(("judge top-1: real test split / held-out web-domain images",

@@ -78,12 +78,13 @@ def bench_main(profile: str, home: Path) -> list[tuple[str, str]]:
     return rows
 
 
-FOUNDATION_ASSETS = ["fidelity_classifier", "web_pool", "clip_model", "pool_index", "vae", "unet", "diffusion_model"]
+FOUNDATION_ASSETS = ["fidelity_classifier", "web_pool", "clip_model", "pool_index", "vae", "unet", "diffusion_model", "diffusion_fidelity"]
 QUALITY = {
     "clip_model": ["zero_shot_top1", "chance", "final_contrastive_loss"],
     "vae": ["reconstruction_mse"],
     "unet": ["training_images"],
-    "diffusion_model": ["safety_precision_held_out", "safety_recall_held_out", "class_fidelity", "samples_per_second"],
+    "diffusion_model": ["safety_precision_held_out", "safety_recall_held_out"],
+    "diffusion_fidelity": ["class_fidelity", "relative_class_fidelity", "samples_per_second"],
     "fidelity_classifier": ["test_top1"],
     "web_pool": ["images", "nsfw_flagged", "aesthetic_below_5", "planted_duplicates"],
 }

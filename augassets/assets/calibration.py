@@ -41,7 +41,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     pool = profile.world.pool
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[up.dataset_splits, "web_pool"], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[up.dataset_splits, up.web_pool], kinds={"duckdb"},
         description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
         "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
         "train and val also in their target-domain originals).",
@@ -143,7 +143,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), pool="gpu",
-        deps=["web_pool", up.dataset_splits], kinds={"pytorch", "duckdb"},
+        deps=[up.web_pool, up.dataset_splits], kinds={"pytorch", "duckdb"},
         description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, per class, as "
         "many pool images of that class by ground truth (web_pool_truth) as the target has — a property of the world: "
         "the most a perfectly precise retrieval of pool-domain images could add. Not part of the results table.",

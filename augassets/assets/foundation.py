@@ -2,8 +2,11 @@
 pipeline trained on it — the three things the paper's question is about (DESIGN §2).
 
 In the mini world these are materialized here: pool → CLIP → index and pool → VAE/UNet → diffusion
-model. With real data (a profile without a mini world) the same keys are external assets standing for
-the LAION pool, CLIP ViT-L/14, its KNN index and SD v1.4, so the lineage reads the same in both worlds.
+model, one builder function per asset, each given the earlier definitions (``up``) to depend on by
+object; ``diffusion_fidelity`` (sampling the model and scoring its samples with the fidelity judge)
+comes after the calibration stage. With real data (a profile without a mini world) the same keys are
+external assets standing for the LAION pool, CLIP ViT-L/14, its KNN index and SD v1.4, so the
+lineage reads the same in both worlds.
 """
 
 import time
@@ -19,7 +22,7 @@ from ..core.clip import build_processor, encode_image_batches, encode_texts, tra
 from ..core.datasets import FashionMnistSource
 from ..core.diffusion import (
     assemble_pipeline,
-    fit_concept,
+    fit_safety_checker,
     make_safety_checker,
     pixel_batch,
     save_pipeline,
@@ -30,6 +33,7 @@ from ..core.diffusion import (
 from ..core.files import atomic_folder, save_image_atomic
 from ..core.generation import classify_images, generate
 from ..core.images import image_grid, png_data_uri_markdown
+from ..core.judge import sample_fidelity
 from ..core.knn import build_index, choose_index_factory
 from ..core.prompts import simple_prompt
 from ..core.report import frame_markdown
@@ -54,7 +58,7 @@ def _grid_md(rows: list[list[str]], alt: str, store: ImageStoreResource, name: s
     return dg.MetadataValue.md(png_data_uri_markdown(grid, alt))
 
 
-def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
+def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
     @dg.asset(
@@ -112,8 +116,14 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             }
         )
 
+    return web_pool
+
+
+def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[web_pool], pool="gpu",
+        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[up.web_pool], pool="gpu",
         kinds={"pytorch", "transformers"},
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
         "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
@@ -155,8 +165,14 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             }
         )
 
+    return clip_model
+
+
+def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1"), deps=[clip_model, web_pool], kinds={"faiss", "numpy"},
+        group_name=GROUP, code_version=code_version("1"), deps=[up.clip_model, up.web_pool], kinds={"faiss", "numpy"},
         description="CLIP image and text embeddings of the pool (img_emb/, text_emb/ numpy shards) and faiss "
         "inner-product indexes over them (image.index, text.index) next to the metadata parquet: a folder a "
         "clip-retrieval back can serve.",
@@ -201,10 +217,16 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             }
         )
 
+    return pool_index
+
+
+def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
     @dg.asset(
         group_name=GROUP, code_version=code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels,
         world.diffusion.vae_epochs, world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size),
-        deps=[web_pool], pool="gpu", kinds={"pytorch", "diffusers"},
+        deps=[up.web_pool], pool="gpu", kinds={"pytorch", "diffusers"},
         description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
     )
@@ -247,8 +269,14 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             }
         )
 
+    return vae
+
+
+def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[vae, clip_model, web_pool],
+        group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[up.vae, up.clip_model, up.web_pool],
         pool="gpu", kinds={"pytorch", "diffusers"},
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
         "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
@@ -282,62 +310,81 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
             }
         )
 
+    return unet
+
+
+def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
     @dg.asset(
-        group_name=GROUP, code_version=code_version("2", world.diffusion.scheduler, world.diffusion.samples_per_class),
-        deps=[vae, unet, clip_model, pool_index, up.fidelity_classifier, "fidelity_judge"], pool="gpu", kinds={"diffusers"},
+        group_name=GROUP, code_version=code_version("3", world.diffusion.scheduler),
+        deps=[up.vae, up.unet, up.clip_model, up.pool_index], pool="gpu", kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
         "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
-        "StableDiffusionImg2ImgPipeline.from_pretrained. Reports the safety checker's precision/recall on the "
-        "pool and the class fidelity of simple-prompt generations by the unbiased judge (relative to the judge's "
-        "own accuracy on held-out web-domain images), beside their target-domain recognizability.",
+        "StableDiffusionImg2ImgPipeline.from_pretrained. The safety checker's NSFW concept and threshold are "
+        "fitted on half of the pool's CLIP image embeddings; its precision and recall on the other half are reported.",
     )
-    def diffusion_model(
+    def diffusion_model(context: dg.AssetExecutionContext, image_store: ImageStoreResource, compute: ComputeResource) -> dg.MaterializeResult:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPModel, CLIPProcessor
+
+        models = image_store.path("models")
+        for part in ("clip", "vae", "unet"):
+            image_store.fetch("models", part)
+        image_store.fetch("pool_index")
+        clip = CLIPModel.from_pretrained(models / "clip").eval()
+        processor = CLIPProcessor.from_pretrained(models / "clip")
+        embeddings = np.concatenate([np.load(p) for p in sorted(image_store.path("pool_index", "img_emb").glob("*.npy"))])
+        flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
+        safety = fit_safety_checker(embeddings, flags)
+        context.log.info(f"safety checker: threshold {safety.threshold:.3f}, held-out precision {safety.precision:.3f} recall {safety.recall:.3f}")
+        pipeline = assemble_pipeline(
+            AutoencoderKL.from_pretrained(models / "vae"), UNet2DConditionModel.from_pretrained(models / "unet"),
+            text_tower(clip), processor.tokenizer, make_safety_checker(clip, safety.concept, safety.threshold),
+            processor.image_processor, world.diffusion.scheduler,
+        )
+        save_pipeline(pipeline, models / "stable_diffusion")
+        image_store.publish("models", "stable_diffusion")
+        return dg.MaterializeResult(
+            metadata={
+                "folder": dg.MetadataValue.path(image_store.url("models", "stable_diffusion")),
+                "safety_threshold": safety.threshold,
+                "safety_precision_held_out": safety.precision,
+                "safety_recall_held_out": safety.recall,
+            }
+        )
+
+    return diffusion_model
+
+
+def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
+    world = profile.world
+
+    @dg.asset(
+        group_name=GROUP, code_version=code_version("1", world.diffusion.samples_per_class),
+        deps=[up.diffusion_model, up.fidelity_judge, up.fidelity_classifier], pool="gpu", kinds={"diffusers", "pytorch"},
+        description="Simple-prompt samples of the mini Stable Diffusion (a grid, one row per class), loaded the way "
+        "every generation stage loads it, and their class fidelity by the unbiased judge (relative to the judge's own "
+        "accuracy on held-out web-domain images) beside their target-domain recognizability.",
+    )
+    def diffusion_fidelity(
         context: dg.AssetExecutionContext,
         warehouse: WarehouseResource,
         image_store: ImageStoreResource,
         diffusion_backend: DiffusionBackendResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPModel, CLIPProcessor
-
         db = warehouse.get()
         models = image_store.path("models")
-        for part in ("clip", "vae", "unet", "fidelity_classifier.safetensors", "fidelity_judge.safetensors"):
+        for part in ("fidelity_classifier.safetensors", "fidelity_judge.safetensors"):
             image_store.fetch("models", part)
-        image_store.fetch("pool_index")
-        clip = CLIPModel.from_pretrained(models / "clip").eval()
-        processor = CLIPProcessor.from_pretrained(models / "clip")
-
-        # Safety checker: the NSFW concept and threshold are fitted on the CLIP embeddings of even index
-        # rows and evaluated on odd ones.
-        embeddings = np.concatenate([np.load(p) for p in sorted(image_store.path("pool_index", "img_emb").glob("*.npy"))])
-        flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
-        fit, held_out = np.arange(len(flags)) % 2 == 0, np.arange(len(flags)) % 2 == 1
-        concept, threshold = fit_concept(embeddings[fit], flags[fit])
-        predicted = embeddings[held_out] @ concept > threshold
-        truth = flags[held_out]
-        precision = float((predicted & truth).sum() / max(1, predicted.sum()))
-        recall = float((predicted & truth).sum() / max(1, truth.sum()))
-        context.log.info(f"safety checker: threshold {threshold:.3f}, held-out precision {precision:.3f} recall {recall:.3f}")
-
-        pipeline = assemble_pipeline(
-            AutoencoderKL.from_pretrained(models / "vae"), UNet2DConditionModel.from_pretrained(models / "unet"),
-            text_tower(clip), processor.tokenizer, make_safety_checker(clip, concept, threshold),
-            processor.image_processor, world.diffusion.scheduler,
-        )
-        final = models / "stable_diffusion"
-        save_pipeline(pipeline, final)
-        image_store.publish("models", "stable_diffusion")
-
-        # Sample grid and class fidelity, through the same loader every generation stage uses.
         pipeline = diffusion_backend.load("txt2img")
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         n = world.diffusion.samples_per_class
         prompts = [simple_prompt(name) for name in catalog["name"] for _ in range(n)]
-        seeds = list(range(len(prompts)))
         started = time.perf_counter()
-        results = generate(pipeline, prompts, seeds, diffusion_backend.steps, diffusion_backend.guidance_scale, diffusion_backend.batch_size)
+        results = generate(pipeline, prompts, list(range(len(prompts))), diffusion_backend.steps, diffusion_backend.guidance_scale,
+                           diffusion_backend.batch_size)
         seconds = time.perf_counter() - started
         sample_dir = image_store.path("reports", "diffusion_samples")
         rows = []
@@ -349,47 +396,36 @@ def mini_world_assets(profile: Profile, up: SimpleNamespace) -> list:
                 row.append(str(path))
             rows.append(row)
         image_store.publish("reports", "diffusion_samples")
-        # Class fidelity over the samples the safety checker passed (flagged ones come back black): by the
-        # judge, relative to its own accuracy on held-out web-domain images, and as target-domain recognizability.
+        # Scored over the samples the safety checker passed (flagged ones come back black).
         passed = np.array([not flagged for _, flagged in results])
         labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
-        kept = [img for (img, _), ok in zip(results, passed) if ok]
+        kept = [image for (image, _), ok in zip(results, passed) if ok]
         judged = classify_images(load_file(str(models / "fidelity_judge.safetensors")), profile.classifier, catalog.height, kept)
         recognized = classify_images(load_file(str(models / "fidelity_classifier.safetensors")), profile.classifier, catalog.height, kept)
         judge_holdout = dict(db.query("SELECT label, holdout_web FROM judge_accuracy").iter_rows())
-        share = lambda predicted, c: float((predicted[labels == c] == c).mean()) if (labels == c).any() else float("nan")  # noqa: E731
-        fidelity = catalog.with_columns(
-            pl.Series("class_fidelity", [share(judged, c) for c in catalog["label"]]),
-            pl.Series("judge_holdout_web", [judge_holdout[c] for c in catalog["label"]]),
-            pl.Series("target_recognizability", [share(recognized, c) for c in catalog["label"]]),
-            pl.Series("samples", [int((labels == c).sum()) for c in catalog["label"]]),
-        ).with_columns((pl.col("class_fidelity") / pl.col("judge_holdout_web")).alias("relative_fidelity"))
-        overall = float((judged == labels).mean()) if len(labels) else float("nan")
-        judge_accuracy = float(np.mean(list(judge_holdout.values())))
+        score = sample_fidelity(catalog, labels, judged, recognized, judge_holdout)
         context.log.info(
-            f"diffusion_model: class fidelity {overall:.3f} by the judge ({overall / judge_accuracy:.2f} of its own "
-            f"{judge_accuracy:.3f} on held-out web-domain images), target-domain recognizability "
-            f"{float((recognized == labels).mean()):.3f}, over {len(labels)} unflagged simple-prompt samples"
+            f"diffusion_fidelity: class fidelity {score.class_fidelity:.3f} by the judge ({score.relative:.2f} of its own "
+            f"{score.judge_accuracy:.3f} on held-out web-domain images), target-domain recognizability "
+            f"{score.target_recognizability:.3f}, over {len(labels)} unflagged simple-prompt samples"
         )
         return dg.MaterializeResult(
             metadata={
-                "folder": dg.MetadataValue.path(image_store.url("models", "stable_diffusion")),
-                "safety_threshold": threshold,
-                "safety_precision_held_out": precision,
-                "safety_recall_held_out": recall,
-                "safety_flagged_samples": sum(flag for _, flag in results),
-                "class_fidelity": overall,
-                "judge_top1_holdout_web": judge_accuracy,
-                "relative_class_fidelity": overall / judge_accuracy,
-                "target_recognizability": float((recognized == labels).mean()) if len(labels) else float("nan"),
-                "class_fidelity_per_class": dg.MetadataValue.md(frame_markdown(fidelity)),
+                "safety_flagged_samples": int((~passed).sum()),
+                "class_fidelity": score.class_fidelity,
+                "judge_top1_holdout_web": score.judge_accuracy,
+                "relative_class_fidelity": score.relative,
+                "target_recognizability": score.target_recognizability,
+                "class_fidelity_per_class": dg.MetadataValue.md(frame_markdown(score.per_class)),
                 "sample_seconds": round(seconds, 2),
                 "samples_per_second": round(len(results) / seconds, 2),
                 "samples": _grid_md(rows, "simple-prompt samples, one row per class", image_store, "diffusion_samples"),
             }
         )
 
-    return [web_pool, clip_model, pool_index, vae, unet, diffusion_model]
+    return diffusion_fidelity
+
+
 
 
 def _to_pil(tensor: torch.Tensor):
@@ -401,15 +437,31 @@ def _to_pil(tensor: torch.Tensor):
 
 def external_foundation_assets(profile: Profile) -> list[dg.AssetSpec]:
     """Real scale: the pool, CLIP, its index and SD exist already; these specs keep the lineage."""
-    return [
-        dg.AssetSpec("web_pool", group_name=GROUP, description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics)."),
-        dg.AssetSpec("clip_model", group_name=GROUP, deps=["web_pool"], description=f"External: CLIP weights {profile.clip_weights}.", metadata={"weights": profile.clip_weights}),
-        dg.AssetSpec("pool_index", group_name=GROUP, deps=["clip_model", "web_pool"], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).", metadata={"index_folder": profile.knn_index_folder, "url": profile.knn_url}),
-        dg.AssetSpec("diffusion_model", group_name=GROUP, deps=["web_pool", "clip_model"], description=f"External: Stable Diffusion weights {profile.sd_weights}.", metadata={"weights": profile.sd_weights}),
-    ]
+    pool = dg.AssetSpec("web_pool", group_name=GROUP, description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics).")
+    clip = dg.AssetSpec("clip_model", group_name=GROUP, deps=[pool], description=f"External: CLIP weights {profile.clip_weights}.",
+                        metadata={"weights": profile.clip_weights})
+    index = dg.AssetSpec("pool_index", group_name=GROUP, deps=[clip, pool], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).",
+                         metadata={"index_folder": profile.knn_index_folder, "url": profile.knn_url})
+    sd = dg.AssetSpec("diffusion_model", group_name=GROUP, deps=[pool, clip], description=f"External: Stable Diffusion weights {profile.sd_weights}.",
+                      metadata={"weights": profile.sd_weights})
+    return [pool, clip, index, sd]
+
+
+MINI_WORLD = (web_pool_asset, clip_model_asset, pool_index_asset, vae_asset, unet_asset, diffusion_model_asset)
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
-    """The foundation for ``profile``: the mini world's assets, or specs of external weights and index."""
-    assets = mini_world_assets(profile, up) if profile.world else external_foundation_assets(profile)
-    return {a.key.path[-1]: a for a in assets}
+    """The foundation for ``profile``: the mini world's assets (each builder sees the ones before it),
+    or specs of external weights and index."""
+    if not profile.world:
+        return {spec.key.path[-1]: spec for spec in external_foundation_assets(profile)}
+    built = {}
+    for builder in MINI_WORLD:
+        asset = builder(profile, SimpleNamespace(**vars(up), **built))
+        built[asset.key.path[-1]] = asset
+    return built
+
+
+def build_fidelity(profile: Profile, up: SimpleNamespace) -> dict:
+    """After the calibration stage (it needs the fidelity judge): the mini model's sample fidelity."""
+    return {"diffusion_fidelity": diffusion_fidelity_asset(profile, up)} if profile.world else {}

@@ -72,7 +72,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         group_name=GROUP, code_version=code_version("1", profile.generation, profile.dataset, profile.split), pool="duckdb",
         partitions_def=class_method_partitions(profile),
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, "clip_model", up.dataset_splits], kinds={"duckdb"},
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, up.clip_model, up.dataset_splits], kinds={"duckdb"},
         description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
         "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
         "random Places365 backgrounds); cut to the text encoder's 77 tokens. For retrieval, the KNN query: the "
@@ -120,7 +120,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), pool="gpu",
         partitions_def=class_method_partitions(profile),
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, "pool_index", "clip_model", "diffusion_model", up.dataset_splits],
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits],
         kinds={"faiss", "parquet"},
         description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
         "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
@@ -313,7 +313,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         group_name=GROUP, code_version=code_version("2"), pool="gpu",
-        deps=[augmentation_images, "fidelity_classifier"] + (["fidelity_judge"] if profile.world else []), kinds={"pytorch", "duckdb"},
+        deps=[augmentation_images, up.fidelity_classifier] + ([up.fidelity_judge] if profile.world else []), kinds={"pytorch", "duckdb"},
         description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "
         "(trained on labelled images of both domains) labels as the class they were made for — and target-domain "
         "recognizability — the share the classifier trained on the real target alone recognizes, i.e. how target-like "

@@ -15,6 +15,7 @@ split, overall and with one part of the web transform applied at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,39 @@ def transfer_breakdown(
 def accuracy_by_class(predicted: Iterable[int], labels: Iterable[int]) -> dict[int, float]:
     predicted, labels = np.asarray(list(predicted)), np.asarray(list(labels))
     return {int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}
+
+
+@dataclass(frozen=True)
+class SampleFidelity:
+    """How recognizable a model's samples are: by the judge (overall and relative to its own accuracy
+    on held-out web-domain images) and by a target-domain classifier, overall and per class."""
+
+    per_class: pl.DataFrame
+    class_fidelity: float
+    judge_accuracy: float
+    target_recognizability: float
+
+    @property
+    def relative(self) -> float:
+        return self.class_fidelity / self.judge_accuracy
+
+
+def sample_fidelity(
+    catalog: pl.DataFrame, labels: np.ndarray, judged: np.ndarray, recognized: np.ndarray, judge_holdout: dict[int, float]
+) -> SampleFidelity:
+    """``labels``: the class each sample was made for; ``judged`` / ``recognized``: the judge's and the
+    target classifier's predictions for them; ``judge_holdout``: the judge's per-class accuracy on
+    held-out web-domain images. ``catalog`` has ``label`` (and whatever else the table should show)."""
+
+    def share(predicted: np.ndarray, c: int) -> float:
+        return float((predicted[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+
+    per_class = catalog.with_columns(
+        pl.Series("class_fidelity", [share(judged, c) for c in catalog["label"]]),
+        pl.Series("judge_holdout_web", [judge_holdout[c] for c in catalog["label"]]),
+        pl.Series("target_recognizability", [share(recognized, c) for c in catalog["label"]]),
+        pl.Series("samples", [int((labels == c).sum()) for c in catalog["label"]]),
+    ).with_columns((pl.col("class_fidelity") / pl.col("judge_holdout_web")).alias("relative_fidelity"))
+    overall = float((judged == labels).mean()) if len(labels) else float("nan")
+    recognizable = float((recognized == labels).mean()) if len(labels) else float("nan")
+    return SampleFidelity(per_class, overall, float(np.mean(list(judge_holdout.values()))), recognizable)
