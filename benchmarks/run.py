@@ -375,7 +375,7 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
     return [
         (f"daemon ({profile_name}): start to the cron tick's backfill", f"{backfill.backfill_timestamp - started:.1f} s"),
         ("  backfill created to completed (as the backfill daemon saw it)", f"{done_at - backfill.backfill_timestamp:.1f} s"),
-        ("  its runs: wall time (queue to end) / asset steps", f"{len(runs)} runs, {wall:.1f} s / {steps:.1f} s"),
+        ("  its runs: run process started to ended / inside asset steps", f"{len(runs)} runs, {wall:.1f} s / {steps:.1f} s"),
         ("  backfill completed to the results table rematerialized", f"{table_at - done_at:.1f} s"),
         ("  runs and backfills requested by the next tick", f"{after[0] - before[0]} runs, {after[1] - before[1]} backfills"),
     ]
