@@ -131,6 +131,14 @@ def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[
     return ranges
 
 
+def root_cause(error) -> str:
+    """The innermost error of a step failure (the asset's own exception, with its message), not
+    Dagster's "Error occurred while executing op" wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 class RunFailed(RuntimeError):
     """A headless run failed; the message carries the failing steps' own errors."""
 
@@ -155,6 +163,6 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
         result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
         run_ids.append(result.run_id)
         if not result.success:
-            errors = [event.step_failure_data.error.message.strip() for event in result.all_events if event.is_step_failure]
+            errors = [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
             raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")
     return run_ids

@@ -10,13 +10,15 @@ runs the daemon (the ``scheduled_backfill`` and ``new_classes`` sensors) on the 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -75,15 +77,77 @@ def report_external_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -
             instance.report_runless_asset_event(dg.AssetMaterialization(key, description="external: as configured by the profile"))
 
 
+LOCK_FILE = "augassets.lock"
+
+
+@contextmanager
+def home_lock(profile: Profile) -> Iterator[None]:
+    """One headless command at a time per profile home: a second one stops at once, naming the first
+    (two would race on the DuckDB catalog and the Dagster instance's first migration). The lock is
+    the kernel's (``flock``), so it dies with its process: a killed command never blocks the next."""
+    profile.home.mkdir(parents=True, exist_ok=True)
+    handle = open(profile.home / LOCK_FILE, "a+")  # noqa: SIM115 - held until the with block ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process"
+        handle.close()
+        raise SystemExit(
+            f"another augassets command is running on {profile.home} ({holder}); wait for it to finish, or set "
+            "AUGASSETS_HOME to another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+IN_PROGRESS = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
+
+
+def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
+    """Runs of a headless command that died (kill -9, power loss) stay "in progress" and keep their
+    concurrency-pool slots, so every later step of that pool would wait forever. Called under the home
+    lock, when no other headless command is alive: such runs are marked failed, and the slots of
+    every finished run are freed. Runs the daemon or the UI launched are left to them."""
+    released = []
+    storage = instance.event_log_storage
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))):
+        if automation.ASSETS_TAG in run.tags:
+            instance.report_run_failed(run, "its headless command died; marked failed by the next command on this home")
+            released.append(run.run_id)
+    for run_id in storage.get_concurrency_run_ids():
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            if run_id not in released:
+                released.append(run_id)
+    for run_id in released:
+        say(f"- released run {run_id}: it ended without finishing (its process died); its pool slots are free")
+    return released
+
+
 def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool = False, say=print) -> None:
     """Materialize what is stale among ``select(defs)``: evaluate the assets' automation conditions,
     run what they request, and evaluate again until nothing is requested (automation.py). ``force``:
     every partition of every selected asset is requested on the first evaluation."""
+    with home_lock(profile):
+        _materialize(profile, select, force, say)
+
+
+def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool, say) -> None:
     dagster_home = ensure_dagster_home(profile)
     defs = build_defs(profile, daemon=False)
     instance = dg.DagsterInstance.get()
     keys = select(defs)
     say(f"augassets: profile {profile.name}, state in {profile.home}")
+    release_dead_runs(instance, say)
     report_external_assets(defs, instance)
     ran: set[dg.AssetKey] = set()
     catalog = dg.AssetKey("class_catalog")

@@ -77,7 +77,10 @@ class ComputeResource(dg.ConfigurableResource):
         if self.deterministic:
             use_deterministic_kernels()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"ComputeResource.device is {self.device!r} but no CUDA device is visible; set it to 'cpu'")
+            raise RuntimeError(
+                f"ComputeResource.device is {self.device!r} (the profile's classifier.device) but no CUDA device is visible; "
+                "set AUGASSETS_DEVICE=cpu to run on the CPU, or make a GPU visible"
+            )
 
 
 def _offline() -> bool:
@@ -221,13 +224,16 @@ class KnnIndexResource(dg.ConfigurableResource):
 
 
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
+DEVICE_ENV = "AUGASSETS_DEVICE"  # overrides the profile's device (e.g. cpu, to try a cuda profile without a GPU)
 
 
 def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     """The resources that run ``profile`` on this machine: its home, store, device and weights."""
     store = profile.home / "store"
     models = store / "models"
-    device = profile.classifier.device if torch.cuda.is_available() else "cpu"
+    # The profile's device, or AUGASSETS_DEVICE: a cuda profile on a machine without a GPU fails in
+    # ComputeResource's setup, naming the setting, rather than training on the CPU unnoticed.
+    device = os.environ.get(DEVICE_ENV) or profile.classifier.device
     return {
         "warehouse": WarehouseResource(path=str(profile.home / "catalog.duckdb")),
         "image_store": ImageStoreResource(root=os.environ.get(STORE_URL_ENV) or str(store), cache_dir=str(store)),

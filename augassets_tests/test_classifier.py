@@ -112,3 +112,21 @@ def test_batched_evaluation_and_normalization_equal_the_per_image_transforms(col
     images = torch.randint(0, 256, (7, 3, 28, 28), dtype=torch.uint8)
     reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     assert torch.equal(normalize_batch(images), torch.stack([reference(image) for image in images]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_cuda_profile_without_a_gpu_stops_with_the_setting_to_change(monkeypatch):
+    """The ResNet-50 profiles ask for cuda: without a GPU their steps stop, naming the override,
+    instead of training on the CPU unnoticed."""
+    import dagster as dg
+
+    from augassets.profiles import get_profile
+    from augassets.resources import DEVICE_ENV, default_resources
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    compute = default_resources(get_profile("imagenet10"))["compute"]
+    assert compute.device == "cuda"
+    with pytest.raises(RuntimeError, match="no CUDA device is visible; set AUGASSETS_DEVICE=cpu"):
+        compute.setup_for_execution(dg.build_init_resource_context())
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert default_resources(get_profile("imagenet10"))["compute"].device == "cpu"

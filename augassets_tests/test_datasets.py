@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from augassets.core.catalog import build_catalog
-from augassets.core.datasets import DatasetError, make_splits, read_idx
+from augassets.core.datasets import DatasetError, FashionMnistSource, make_splits, read_idx
 from augassets.core.files import save_image_atomic
 from augassets.core.images import ImageStatus, inspect_image
 from augassets.profiles import FASHION_MNIST, IMAGE_FOLDER, SplitSpec, get_profile
@@ -111,6 +111,29 @@ def test_truncated_idx_file_is_reported(tmp_path):
     good = tmp_path / "good-idx1-ubyte.gz"
     good.write_bytes(gzip.compress(header + bytes(range(100))))
     assert read_idx(good).tolist() == list(range(100))
+
+
+def test_truncated_or_corrupted_gzip_names_the_file_and_the_setting(tmp_path):
+    """A download cut short (gzip EOF) or damaged (bad deflate data, bad magic) is a DatasetError
+    naming the file and what to do, not a bare EOFError or zlib.error."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    header = bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big")
+    good = gzip.compress(header + bytes(range(100)))
+    corrupted = bytearray(good)
+    corrupted[20:30] = b"\xff" * 10
+    damaged = {"cut": good[: len(good) // 2], "corrupted": bytes(corrupted), "not_gzip": b"plain bytes, no gzip header"}
+    dataset = replace(FASHION_MNIST, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
+    for kind, payload in damaged.items():
+        for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            (root / name).write_bytes(good)
+        (root / "train-labels-idx1-ubyte.gz").write_bytes(payload)
+        source = FashionMnistSource(dataset, tmp_path / "export")
+        with pytest.raises(DatasetError) as error:
+            source.items("train", "n03595614", 0)
+        message = str(error.value)
+        assert message.startswith(f"{root / 'train-labels-idx1-ubyte.gz'} cannot be read ("), kind
+        assert "truncated or corrupted: download it again, or point AUGASSETS_TEST_UNSET_DIR at a good copy" in message, kind
 
 
 def test_inspect_image_statuses(tmp_path):

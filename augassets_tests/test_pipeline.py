@@ -412,8 +412,13 @@ def test_one_failing_class_does_not_fail_the_others(private_state):
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))
     keys = frozenset(dg.MultiPartitionKey({"method": "retrieval", "wnid": w}) for w in wnids)
     group = automation.RunGroup((dg.AssetKey("augmentation_images"),), keys)
-    with pytest.raises(automation.RunFailed, match="failed"):
+    with pytest.raises(automation.RunFailed) as failed:
         automation.execute(private_defs, instance, group, lambda *_: None)
+    # The message a user sees is the asset's own, naming the partition and what to do, not Dagster's wrapper.
+    message = str(failed.value)
+    assert f"1 of 3 partitions failed, the others are materialized: retrieval|{wnids[1]}: no prompt for retrieval/{wnids[1]}: " \
+           "materialize class_prompts for this partition first" in message
+    assert "DagsterExecutionStepExecutionError" not in message and "Error occurred while executing" not in message
     run = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: "augmentation_images"}), limit=1)[0]
     keys = {
         r.event_log_entry.dagster_event.partition
@@ -545,3 +550,67 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
                     daemon.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def _augassets_command(*args: str) -> list[str]:
+    import sys
+
+    return [str(Path(sys.executable).with_name("augassets")), *args]
+
+
+def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state):
+    """Two commands on one home would race on the catalog and on the instance's first migration: the
+    second stops at once, and its last line names the first and the setting to change."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}  # the private copy's AUGASSETS_HOME and DAGSTER_HOME
+    hold = "import time\nfrom augassets.cli import home_lock\nfrom augassets.profiles import get_profile\n" \
+           "with home_lock(get_profile('smoke')):\n    print('locked', flush=True)\n    time.sleep(300)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode != 0
+    last = (second.stdout + second.stderr).strip().splitlines()[-1]
+    assert last.startswith(f"another augassets command is running on {private_state.home} (pid {holder.pid}, started ")
+    assert last.endswith("wait for it to finish, or set AUGASSETS_HOME to another folder")
+
+
+def test_a_killed_command_leaves_nothing_that_blocks_the_next(private_state):
+    """kill -9 while a run of the command holds the duckdb pool's only slot. The dead run stayed "in
+    progress": the next command called its asset up to date though its partitions were missing, and any
+    other step of the pool waited for the slot forever. Now the next command marks that run failed,
+    frees its slot (saying so), and rebuilds what the dead run left missing."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}
+    instance = dg.DagsterInstance.get()
+    report = dg.AssetKey("duplicate_report")
+    all_reports = instance.get_materialized_partitions(report)
+    instance.wipe_assets([report])
+    storage = instance.event_log_storage
+    first = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not storage.get_concurrency_run_ids():
+        assert first.poll() is None and time.time() < deadline, "the command ended before it held a pool slot"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    held = storage.get_concurrency_run_ids()
+    assert held, "the killed command's run still holds its slot"
+
+    second = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    for run_id in held:
+        assert f"- released run {run_id}: it ended without finishing (its process died); its pool slots are free" in second.stdout
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not storage.get_concurrency_run_ids()
+    assert instance.get_materialized_partitions(report) == all_reports

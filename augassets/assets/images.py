@@ -171,7 +171,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             for row in summary:  # record the partitions that did complete before failing the step
                 context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["key"], metadata={"images": row["images"]}))
             raise dg.Failure(
-                description=f"{len(failures)} of {len(context.partition_keys)} partitions failed ({', '.join(failures)}); the others are materialized",
+                description=f"{len(failures)} of {len(context.partition_keys)} partitions failed, the others are materialized: "
+                + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]) + (" …" if len(failures) > 3 else ""),
                 metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
             )
         table = pl.DataFrame(summary, infer_schema_length=None).drop("key")

@@ -252,7 +252,9 @@ def train_classifier(
     say = progress or log.info
     torch.manual_seed(seed)
     np.random.seed(seed)
-    device = torch.device(spec.device if spec.device != "cuda" or torch.cuda.is_available() else "cpu")
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"classifier device {spec.device!r} but no CUDA device is visible (set AUGASSETS_DEVICE=cpu to train on the CPU)")
+    device = torch.device(spec.device)
     model = build_model(spec, num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     train_loader = _loader(train, train_transform(spec), spec, shuffle=True, seed=seed)

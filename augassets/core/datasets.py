@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,18 +39,22 @@ class DatasetError(RuntimeError):
     pass
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), the format Fashion-MNIST ships in."""
+def read_idx(path: Path, remedy: str = "replace the file") -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format Fashion-MNIST ships in. A file that cannot be
+    read is a ``DatasetError`` naming it and ``remedy`` (what to do: the setting, the install command)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, zlib.error, OSError) as error:  # truncated or corrupted gzip, unreadable file
+        raise DatasetError(f"{path} cannot be read ({type(error).__name__}: {error}); it is truncated or corrupted: {remedy}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file: {remedy}")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise DatasetError(f"{path} is truncated: header says {shape}, found {array.size} values")
+        raise DatasetError(f"{path} is truncated: header says {shape}, found {array.size} values: {remedy}")
     return array.reshape(shape)
 
 
@@ -64,6 +69,7 @@ class FashionMnistSource:
     def __init__(self, spec: DatasetSpec, export_dir: Path):
         self.root = spec.root
         self.export_dir = export_dir
+        self.remedy = f"download it again, or point {spec.root_env} at a good copy ({spec.install_hint})"
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
         for names in self.FILES.values():
@@ -77,8 +83,8 @@ class FashionMnistSource:
     def _part(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         if part not in self._labels:
             images_name, labels_name = self.FILES[part]
-            self._labels[part] = read_idx(self.root / labels_name)
-            self._images[part] = read_idx(self.root / images_name)
+            self._labels[part] = read_idx(self.root / labels_name, self.remedy)
+            self._images[part] = read_idx(self.root / images_name, self.remedy)
         return self._images[part], self._labels[part]
 
     def pixels(self, item: str) -> np.ndarray:
