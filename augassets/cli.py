@@ -13,6 +13,7 @@ import argparse
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -204,11 +205,24 @@ def _workspace_args() -> list[str]:
     return ["-w", str(workspace)] if workspace.is_file() else ["-m", "augassets.definitions"]
 
 
+def run_in_foreground(command: list[str]) -> int:
+    """Run ``command`` until it ends, passing SIGINT and SIGTERM on to it, so that stopping this
+    process stops what it started (``dagster dev`` then stops its webserver, daemon and code server)."""
+    process = subprocess.Popen(command)
+
+    def forward(signum, _frame):
+        process.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return process.wait()
+
+
 def ui(profile: Profile, port: int, host: str) -> int:
     home = ensure_dagster_home(profile)
     os.environ[PROFILE_ENV] = profile.name
-    print(f"Dagster UI for profile {profile.name} on http://{host}:{port} (DAGSTER_HOME={home})")
-    return subprocess.call([_dagster_command("dagster"), "dev", "-h", host, "-p", str(port), *_workspace_args()])
+    print(f"Dagster UI for profile {profile.name} on http://{host}:{port} (DAGSTER_HOME={home})", flush=True)
+    return run_in_foreground([_dagster_command("dagster"), "dev", "-h", host, "-p", str(port), *_workspace_args()])
 
 
 SENSORS = ("scheduled_backfill", "new_classes")
@@ -221,8 +235,8 @@ def daemon(profile: Profile, start: list[str]) -> int:
     for name in start:
         subprocess.run([_dagster_command("dagster"), "sensor", "start", name, *_workspace_args()], check=True)
     spec = profile.automation
-    print(f"Dagster daemon for profile {profile.name} (DAGSTER_HOME={home}); backfills at {spec.cron} ({spec.cron_timezone})")
-    return subprocess.call([_dagster_command("dagster-daemon"), "run", *_workspace_args()])
+    print(f"Dagster daemon for profile {profile.name} (DAGSTER_HOME={home}); backfills at {spec.cron} ({spec.cron_timezone})", flush=True)
+    return run_in_foreground([_dagster_command("dagster-daemon"), "run", *_workspace_args()])
 
 
 def main(argv: list[str] | None = None) -> int:

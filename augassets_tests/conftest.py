@@ -4,6 +4,7 @@ definitions they use with ``build_defs(get_profile("smoke"))``.
 """
 
 import os
+import socket
 import tempfile
 import zlib
 from pathlib import Path
@@ -17,6 +18,13 @@ os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,51 @@
+"""The command's own process handling: what `augassets ui` leaves behind when it is stopped."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port
+
+
+def test_stopping_augassets_ui_stops_the_server_it_started(tmp_path):
+    """SIGTERM to `augassets ui` (as a service manager or `kill` sends it) stops `dagster dev` and its
+    webserver too: the port closes and no process of the group is left."""
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": "", "AUGASSETS_HOME": str(tmp_path / "home")}
+    augassets = Path(sys.executable).with_name("augassets")
+    process = subprocess.Popen([str(augassets), "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/server_info"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.time() < deadline, "augassets ui did not come up"
+                time.sleep(0.5)
+        process.send_signal(15)  # the augassets process only, not its group
+        assert process.wait(timeout=60) is not None
+        deadline = time.time() + 30
+        while time.time() < deadline and _group_alive(process.pid):
+            time.sleep(0.5)
+        assert not _group_alive(process.pid), "processes of `augassets ui` outlived it"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=2)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, 9)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
