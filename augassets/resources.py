@@ -202,7 +202,9 @@ class ClipEncoderResource(dg.ConfigurableResource):
 class KnnIndexResource(dg.ConfigurableResource):
     """The KNN index of the pool. ``backend="local"``: ``index_folder`` in clip-retrieval's layout
     (``image.index`` + ``metadata/*.parquet``). ``backend="remote"``: a ``clip-retrieval back`` at
-    ``url`` serving ``indice_name``, queried with ``timeout_s`` and ``retries``."""
+    ``url`` serving ``indice_name``, queried with ``timeout_s`` per request, ``retries`` and
+    ``deadline_s`` per query (all attempts); once the server stops answering (timeouts, refused
+    connections), the step's later queries fail at once, each class counted as failed."""
 
     backend: str = "local"
     index_folder: str = ""
@@ -210,6 +212,7 @@ class KnnIndexResource(dg.ConfigurableResource):
     indice_name: str = ""
     timeout_s: float = 30.0
     retries: int = 3
+    deadline_s: float = 120.0
 
     def get(self):
         from .core.knn import LocalKnnIndex, RemoteKnnIndex
@@ -219,7 +222,7 @@ class KnnIndexResource(dg.ConfigurableResource):
         if self.backend == "remote":
             if not self.url or not self.indice_name:
                 raise ValueError("KnnIndexResource backend 'remote' needs url and indice_name")
-            return RemoteKnnIndex(self.url, self.indice_name, self.timeout_s, self.retries)
+            return RemoteKnnIndex(self.url, self.indice_name, self.timeout_s, self.retries, deadline_s=self.deadline_s)
         raise ValueError(f"unknown KNN backend {self.backend!r} (setting KnnIndexResource.backend: local or remote)")
 
 

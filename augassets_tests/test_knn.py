@@ -126,3 +126,25 @@ def test_remote_index_fails_clearly_after_retries(script, message):
 def test_remote_index_unreachable():
     with pytest.raises(KnnError, match="KnnIndexResource.url"):
         RemoteKnnIndex("http://127.0.0.1:9", "x", timeout_s=0.2, retries=2, backoff_s=0.01).search(np.zeros(2, np.float32), 1)
+
+
+def test_a_hanging_server_costs_one_deadline_then_later_queries_fail_at_once():
+    """Each query has a deadline over all its attempts; once the server has stopped answering, the
+    next query (the next class) fails at once, without a request, instead of waiting out its own."""
+    with FakeClipBack(["sleep"] * 10) as server:
+        knn = remote(server, timeout_s=0.3, retries=5, deadline_s=0.7)
+        with pytest.raises(KnnError, match=r"failed [1-4] times in .* \(deadline 0.7 s\), last: .*(timed out|TimeoutError).*deadline_s\)"):
+            knn.search(np.zeros(2, np.float32), k=1)
+        asked = len(server.requests)
+        assert asked < 5, "the deadline, not the retry count, ended the query"
+        with pytest.raises(KnnError, match=r"is not answering \(.*\); not asked again"):
+            knn.search(np.zeros(2, np.float32), k=1)
+        assert len(server.requests) == asked
+
+
+def test_a_server_error_does_not_stop_later_queries():
+    with FakeClipBack(["500"] * 3 + ["ok"]) as server:
+        knn = remote(server)
+        with pytest.raises(KnnError, match="failed 3 times"):
+            knn.search(np.zeros(2, np.float32), k=1)
+        assert [h.id for h in knn.search(np.zeros(2, np.float32), k=1)] == [3]

@@ -100,13 +100,18 @@ class LocalKnnIndex:
 class RemoteKnnIndex:
     """A ``clip-retrieval back`` server: POST ``{url}/knn-service`` with its JSON request."""
 
-    def __init__(self, url: str, indice_name: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0, deduplicate: bool = True):
+    def __init__(self, url: str, indice_name: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0, deduplicate: bool = True,
+                 deadline_s: float = 120.0):
         self.deduplicate = deduplicate  # clip-retrieval's own near-duplicate filter, server side
         self.url = url.rstrip("/")
         self.indice_name = indice_name
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # one request
         self.retries = retries
         self.backoff_s = backoff_s
+        self.deadline_s = deadline_s  # one query, all its attempts together
+        # Why the server stopped answering (timeouts, refused connections): later queries through this
+        # object fail at once instead of each waiting out its own deadline, class after class.
+        self.down: str | None = None
 
     def request_body(self, k: int, text: str | None = None, embedding: np.ndarray | None = None, use_safety_model: bool = False) -> dict:
         body = {
@@ -128,30 +133,40 @@ class RemoteKnnIndex:
         return body
 
     def post(self, body: dict) -> list[dict]:
+        settings = "settings KnnIndexResource.url, indice_name, timeout_s, retries, deadline_s"
+        if self.down:
+            raise KnnError(f"knn-service at {self.url} is not answering ({self.down}); not asked again ({settings})")
         data = json.dumps(body).encode()
-        last_error = ""
-        for attempt in range(1, self.retries + 1):
+        last_error, unreachable, attempt = "", False, 0
+        started = time.monotonic()
+        while attempt < self.retries:
+            remaining = self.deadline_s - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            attempt += 1
             request = urllib.request.Request(f"{self.url}/knn-service", data=data, headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=min(self.timeout_s, remaining)) as response:
                     payload = json.loads(response.read().decode())
                 if not isinstance(payload, list):
                     raise ValueError(f"expected a JSON list of results, got {type(payload).__name__}")
                 return payload
             except urllib.error.HTTPError as error:
-                last_error = f"HTTP {error.code}"
+                last_error, unreachable = f"HTTP {error.code}", False
                 if error.code == 500:
                     last_error += f" (clip-retrieval answers 500 for an unknown indice_name; is {self.indice_name!r} served?)"
             except (urllib.error.URLError, TimeoutError, OSError) as error:
-                last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+                last_error, unreachable = f"{type(error).__name__}: {getattr(error, 'reason', error)}", True
             except ValueError as error:
-                last_error = f"malformed response: {error}"
+                last_error, unreachable = f"malformed response: {error}", False
             log.warning(f"knn-service attempt {attempt}/{self.retries} failed: {last_error}")
             if attempt < self.retries:
-                time.sleep(self.backoff_s * attempt)
+                time.sleep(min(self.backoff_s * attempt, max(0.0, self.deadline_s - (time.monotonic() - started))))
+        if unreachable:
+            self.down = last_error
         raise KnnError(
-            f"knn-service at {self.url} failed {self.retries} times, last: {last_error} "
-            "(settings KnnIndexResource.url, indice_name, timeout_s, retries)"
+            f"knn-service at {self.url} failed {attempt} times in {time.monotonic() - started:.1f} s (deadline {self.deadline_s:g} s), "
+            f"last: {last_error} ({settings})"
         )
 
     def _hits(self, results: list[dict]) -> list[KnnHit]:
