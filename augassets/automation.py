@@ -51,8 +51,6 @@ def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None,
     return (upstream_updated | new_work).with_label(label)
 
 
-STALE = stale_condition()
-
 # Dagster's documented run tags for a run over a range of partition keys (one run, many partitions).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -60,7 +58,7 @@ ASSETS_TAG = "augassets/assets"  # which assets a headless run materialized
 CURSOR_FILE = "automation_cursor.json"
 
 
-def with_automation(asset: dg.AssetsDefinition, condition: dg.AutomationCondition = STALE) -> dg.AssetsDefinition:
+def with_automation(asset: dg.AssetsDefinition, condition: dg.AutomationCondition) -> dg.AssetsDefinition:
     """``asset`` with ``condition`` as its automation condition."""
     return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [asset])[0]
 
