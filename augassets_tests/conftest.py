@@ -3,6 +3,8 @@ of anything that reads ``AUGASSETS_PROFILE`` (the CLI's default, subprocesses). 
 definitions they use with ``build_defs(get_profile("smoke"))``.
 """
 
+import functools
+import io
 import os
 import socket
 import tempfile
@@ -42,6 +44,15 @@ def write_image(path: Path, mode: str = "RGB", color=(200, 30, 30), size: int = 
     return path
 
 
+@functools.cache
+def oversized_png() -> bytes:
+    """A real PNG of 13,500 × 13,500 black pixels (22 kB on disk): over PIL's decompression-bomb limit
+    of 2 × ``Image.MAX_IMAGE_PIXELS``, so opening it raises ``DecompressionBombError``."""
+    buffer = io.BytesIO()
+    Image.new("1", (13_500, 13_500)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path):
     """An ImageFolder with train/ and test/ folders for two real wnids, one good image set per class
@@ -61,4 +72,5 @@ def image_folder(tmp_path: Path):
     write_image(bad / "cmyk.jpg", mode="CMYK", fmt="JPEG")
     write_image(bad / "rgba.png", mode="RGBA", fmt="PNG")
     write_image(bad / "gray.png", mode="L", fmt="PNG")
+    (bad / "huge.png").write_bytes(oversized_png())
     return root

@@ -11,7 +11,7 @@ from augassets.core.files import save_image_atomic
 from augassets.core.images import ImageStatus, inspect_image
 from augassets.profiles import FASHION_MNIST, IMAGE_FOLDER, SplitSpec, get_profile
 
-from .conftest import write_image
+from .conftest import oversized_png, write_image
 
 
 def folder_dataset(root: Path):
@@ -44,11 +44,12 @@ def test_fashion_mnist_splits_are_disjoint_imbalanced_and_deterministic(tmp_path
 def test_image_folder_bad_files_are_skipped_and_counted(image_folder):
     dataset = folder_dataset(image_folder)
     catalog = build_catalog(dataset)
-    split = SplitSpec(train_fraction=0.25, seed=1)
+    split = SplitSpec(train_fraction=0.2, seed=4)
     splits, report = make_splits(catalog, dataset, split, image_folder / "unused")
-    # Every bad file of the class is drawn (the split needs 3 x 4 good images of 18 files).
-    assert report.skipped_by_reason() == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3}
-    assert {Path(r["item"]).name for r in report.skipped} == {"empty.jpg", "corrupt.jpg", "truncated.jpg", "cmyk.jpg", "rgba.png", "gray.png"}
+    # Every bad file of the class is drawn: the split needs all 3 x 4 good images of its 19 files, and
+    # seed 4 puts a good one last.
+    assert report.skipped_by_reason() == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3, "too_large": 1}
+    assert {Path(r["item"]).name for r in report.skipped} == {"empty.jpg", "corrupt.jpg", "truncated.jpg", "cmyk.jpg", "rgba.png", "gray.png", "huge.png"}
     assert not splits["path"].str.contains("empty|corrupt|truncated|cmyk|rgba|gray").any()
     assert splits.filter(pl.col("split") == "test").height == 8
 
@@ -142,6 +143,9 @@ def test_inspect_image_statuses(tmp_path):
     assert inspect_image(write_image(tmp_path / "g2.png", mode="L"), non_rgb="convert") == ImageStatus.CONVERTED
     (tmp_path / "e.jpg").write_bytes(b"")
     assert inspect_image(tmp_path / "e.jpg") == ImageStatus.EMPTY
+    assert inspect_image(tmp_path / "gone.png") == ImageStatus.MISSING
+    (tmp_path / "huge.png").write_bytes(oversized_png())
+    assert inspect_image(tmp_path / "huge.png") == ImageStatus.TOO_LARGE
 
 
 def test_atomic_save_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):

@@ -10,8 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from augassets.core.knn import KnnError, LocalKnnIndex, RemoteKnnIndex, build_index, choose_index_factory
+from augassets.core.knn import KnnError, KnnHit, LocalKnnIndex, RemoteKnnIndex, build_index, choose_index_factory
+from augassets.core.retrieval import local_image_problem, retrieve
 from augassets.resources import KnnIndexResource
+
+from .conftest import write_image
 
 
 def test_local_index_returns_nearest_first_with_metadata(tmp_path):
@@ -42,8 +45,12 @@ def test_index_choice_and_missing_folder(tmp_path):
 class FakeClipBack:
     """Answers POST /knn-service in clip-retrieval's JSON; `script` says how to answer each call."""
 
-    def __init__(self, script):
+    def __init__(self, script, results=None):
         self.script = list(script)
+        results = results or [
+            {"id": 3, "similarity": 0.5, "url": "file:///3.png", "caption": "b"},
+            {"id": 9, "similarity": 0.9, "url": "file:///9.png", "caption": "a", "aesthetic": 6.1},
+        ]
         self.requests = []
         outer = self
 
@@ -61,12 +68,7 @@ class FakeClipBack:
                     self.send_response(500)
                     self.end_headers()
                     return
-                payload = b"{not json" if action == "garbage" else json.dumps(
-                    [
-                        {"id": 3, "similarity": 0.5, "url": "file:///3.png", "caption": "b"},
-                        {"id": 9, "similarity": 0.9, "url": "file:///9.png", "caption": "a", "aesthetic": 6.1},
-                    ][: body["num_images"]]
-                ).encode()
+                payload = b"{not json" if action == "garbage" else json.dumps(results[: body["num_images"]]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -148,3 +150,27 @@ def test_a_server_error_does_not_stop_later_queries():
         with pytest.raises(KnnError, match="failed 3 times"):
             knn.search(np.zeros(2, np.float32), k=1)
         assert [h.id for h in knn.search(np.zeros(2, np.float32), k=1)] == [3]
+
+
+def test_hits_whose_files_are_missing_or_broken_are_dropped_and_counted(tmp_path):
+    """A server whose index was built elsewhere answers with files this machine does not have: those
+    hits are rejected as ``missing`` (a broken file as ``undecodable``) and retrieval goes on with the rest."""
+    good = [write_image(tmp_path / f"good_{i}.png") for i in range(4)]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files = [good[0], tmp_path / "gone_1.png", good[1], broken, tmp_path / "gone_2.png", good[2], good[3]]
+    results = [
+        {"id": i, "similarity": 1.0 - i / 10, "url": path.as_uri(), "caption": f"c{i}", "aesthetic": 6.0}
+        for i, path in enumerate(files)
+    ]
+    with FakeClipBack([], results=results) as server:
+        index = remote(server)
+        result = retrieve(lambda k: index.search(np.ones(2, np.float32), k), None, n=3, image_problem=local_image_problem)
+    assert [h.id for h in result.kept] == [0, 2, 5]
+    assert result.enough and result.rejected["missing"] == 2 and result.rejected["undecodable"] == 1
+
+
+def test_a_hit_with_a_web_url_names_what_to_do():
+    hit = KnnHit(7, 0.9, {"url": "https://example.org/7.jpg"})
+    with pytest.raises(ValueError, match=r"pool item 7 has a non-local url .*img2dataset"):
+        local_image_problem(hit)

@@ -276,7 +276,7 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
 
 def _folder_profile(root):
     dataset = replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
-    return replace(SMOKE, dataset=dataset, split=SplitSpec(train_fraction=0.25, seed=1))
+    return replace(SMOKE, dataset=dataset, split=SplitSpec(train_fraction=0.2, seed=4))
 
 
 def _materialize_prepare(tmp_path, root, **kwargs):
@@ -296,10 +296,10 @@ def test_bad_files_are_counted_in_split_metadata(tmp_path, image_folder):
     result = _materialize_prepare(tmp_path, image_folder)
     assert result.success
     metadata = result.asset_materializations_for_node("dataset_splits")[0].metadata
-    assert metadata["skipped_files"].value == 6
-    assert metadata["skipped_by_reason"].value == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3}
+    assert metadata["skipped_files"].value == 7
+    assert metadata["skipped_by_reason"].value == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3, "too_large": 1}
     skipped = Warehouse(tmp_path / "c.duckdb").query("SELECT * FROM split_skipped_files")
-    assert skipped.height == 6
+    assert skipped.height == 7
 
 
 def test_a_class_folder_that_is_not_a_wnid_is_skipped_and_listed(tmp_path, image_folder):

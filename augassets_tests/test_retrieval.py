@@ -39,7 +39,7 @@ def test_filters_and_growth():
 
 def test_undecodable_images_are_rejected_and_counted():
     hits, embeddings = pool(100, np.random.default_rng(1))
-    result = retrieve(lambda k: hits[:k], None, n=10, is_usable=lambda h: h.id != 1)
+    result = retrieve(lambda k: hits[:k], None, n=10, image_problem=lambda h: "undecodable" if h.id == 1 else None)
     assert 1 not in [h.id for h in result.kept]
     assert result.rejected["undecodable"] == 1
 

@@ -12,7 +12,7 @@ import polars as pl
 from ..core.clip import encode_texts
 from ..core.files import atomic_folder, write_parquet_atomic
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
-from ..core.images import image_grid, inspect_image, load_rgb, png_data_uri_markdown
+from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.methods import DIFFUSION_BUILDERS, IMG2IMG, RETRIEVAL, get_method, keys_with_builder
 from ..core.prompts import (
@@ -22,7 +22,7 @@ from ..core.prompts import (
     simple_prompt_nows,
 )
 from ..core.report import excluded_wnids, frame_markdown
-from ..core.retrieval import retrieve
+from ..core.retrieval import local_image_problem, retrieve
 from ..partitions import class_method_partitions, image_method_keys
 from ..profiles import Profile
 from ..resources import (
@@ -200,7 +200,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             search=lambda k: index.search(query, k),
             embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
             n=n, min_aesthetic=profile.retrieval.min_aesthetic, dedup_threshold=profile.retrieval.dedup_threshold,
-            is_usable=lambda hit: _local_image_ok(hit, method, wnid),
+            image_problem=local_image_problem,
             flags_unsafe=(lambda hits: safety_flags([load_rgb(str(h.metadata["url"]).removeprefix("file://")) for h in hits])) if safety_flags else None,
             progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
         )
@@ -258,15 +258,6 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
         row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
         return row, manifest["path"].to_list()
-
-    def _local_image_ok(hit, method: str, wnid: str) -> bool:
-        url = str(hit.metadata.get("url", ""))
-        if not url.startswith("file://"):
-            raise ValueError(
-                f"augmentation_images[{method}, {wnid}]: pool item {hit.id} has a non-local url {url[:80]!r}; download the "
-                "pool's images first (e.g. with img2dataset) and index them with file URLs"
-            )
-        return inspect_image(url.removeprefix("file://"), non_rgb="convert").usable
 
     @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
     def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:

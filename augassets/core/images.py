@@ -17,6 +17,8 @@ class ImageStatus(str, Enum):  # noqa: UP042 (StrEnum would change how members p
     CORRUPT = "corrupt"
     TRUNCATED = "truncated"
     NON_RGB = "non_rgb"  # skipped under non_rgb="skip"
+    MISSING = "missing"  # no file at the path (a moved pool image, a KNN hit from another machine)
+    TOO_LARGE = "too_large"  # more pixels than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 
     @property
     def usable(self) -> bool:
@@ -28,14 +30,21 @@ def inspect_image(path: str | os.PathLike, non_rgb: str = "skip") -> ImageStatus
 
     A full decode is what catches truncated files (``Image.verify`` does not). ``non_rgb`` is the
     profile's ``split.non_rgb`` setting: ``skip`` rejects CMYK/RGBA/grayscale/palette files, ``convert``
-    accepts them (the loader converts to RGB).
+    accepts them (the loader converts to RGB). A missing file and an image over PIL's pixel limit
+    (a decompression bomb, or a huge scan: decoding it would exhaust memory) are statuses too, never
+    exceptions, so one bad file is skipped and counted instead of failing its whole partition.
     """
-    if os.path.getsize(path) == 0:
-        return ImageStatus.EMPTY
+    try:
+        if os.path.getsize(path) == 0:
+            return ImageStatus.EMPTY
+    except FileNotFoundError:
+        return ImageStatus.MISSING
     try:
         with Image.open(path) as image:
             image.load()
             mode = image.mode
+    except Image.DecompressionBombError:
+        return ImageStatus.TOO_LARGE
     except UnidentifiedImageError:
         return ImageStatus.CORRUPT
     except OSError as error:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .images import ImageStatus, inspect_image
 from .knn import KnnHit
 
 DEDUP_THRESHOLD = 0.94  # clip-retrieval's deduplication threshold on inner product
@@ -58,14 +59,15 @@ def retrieve(
     n: int,
     min_aesthetic: float = 5.0,
     dedup_threshold: float = DEDUP_THRESHOLD,
-    is_usable: Callable[[KnnHit], bool] | None = None,
+    image_problem: Callable[[KnnHit], str | None] | None = None,
     flags_unsafe: Callable[[list[KnnHit]], list[bool]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrievalResult:
     """Grow k until n hits pass the filters. ``search(k)`` returns the k nearest pool items with their
     metadata (``aesthetic``, ``nsfw``); ``embeddings_of(hits)`` gives their image embeddings for the
-    duplicate rule (None: the back end already deduplicated); ``is_usable(hit)`` says whether its image
-    can be read (an undecodable pool image is rejected and counted, like a dead LAION URL);
+    duplicate rule (None: the back end already deduplicated); ``image_problem(hit)`` says why its image
+    cannot be used, or None (a missing or undecodable pool image is rejected and counted under its
+    reason, like a dead LAION URL);
     ``flags_unsafe(hits)`` runs the safety checker on their images (True: discard). A hit is checked
     once, however often k grows."""
     verdicts: dict[int, bool] = {}
@@ -73,7 +75,7 @@ def retrieve(
     for growth in range(1, MAX_GROWTH + 1):
         k = math.ceil(K_FACTOR * n * growth)
         hits = sorted(search(k), key=lambda h: (-h.similarity, h.id))
-        rejected = {"aesthetic": 0, "nsfw": 0, "undecodable": 0, "safety_checker": 0, "near_duplicate": 0}
+        rejected = {"aesthetic": 0, "nsfw": 0, "missing": 0, "undecodable": 0, "safety_checker": 0, "near_duplicate": 0}
         candidates = []
         for hit in hits:
             aesthetic = hit.metadata.get("aesthetic")
@@ -81,8 +83,8 @@ def retrieve(
                 rejected["aesthetic"] += 1
             elif hit.metadata.get("nsfw"):
                 rejected["nsfw"] += 1
-            elif is_usable is not None and not is_usable(hit):
-                rejected["undecodable"] += 1
+            elif image_problem is not None and (problem := image_problem(hit)) is not None:
+                rejected[problem] += 1
             else:
                 candidates.append(hit)
         if flags_unsafe is not None and candidates:
@@ -101,3 +103,20 @@ def retrieve(
         if result.enough or len(hits) < k:  # enough, or the pool has no more items
             break
     return result
+
+
+def local_image_problem(hit: KnnHit) -> str | None:
+    """``image_problem`` for a pool indexed with ``file://`` URLs: ``missing`` when the file is not
+    there (an index built on another machine, a moved pool), ``undecodable`` when it does not decode,
+    None when it can be used. A non-file URL is an error naming what to do: retrieval reads images
+    from disk and does not download them."""
+    url = str(hit.metadata.get("url", ""))
+    if not url.startswith("file://"):
+        raise ValueError(
+            f"pool item {hit.id} has a non-local url {url[:80]!r}; download the pool's images first "
+            "(e.g. with img2dataset) and index them with file URLs"
+        )
+    status = inspect_image(url.removeprefix("file://"), non_rgb="convert")
+    if status.usable:
+        return None
+    return "missing" if status == ImageStatus.MISSING else "undecodable"
