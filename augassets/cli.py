@@ -24,12 +24,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from . import automation
+from . import automation, integrity
 from .build import benchmark_keys, build_defs
 from .core.report import results_report
 from .core.warehouse import Warehouse
 from .partitions import CLASS_PARTITIONS_NAME
 from .profiles import PROFILE_ENV, Profile, get_profile
+from .resources import default_resources
 
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -157,14 +158,18 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
         say("- class_catalog: materializing (it defines the class partitions)")
         automation.execute(defs, instance, automation.RunGroup((catalog,), None), say)
         ran.add(catalog)
+    # Partitions to run whatever their conditions say, kept until they have run (an asset that waits
+    # for its upstream in one round is requested again in the next): with --force every partition,
+    # and always those whose outputs are missing on disk (integrity.py).
+    pending = all_partitions(defs, instance, keys) if force else {}
+    for key, partitions in integrity.damaged_partitions(defs, instance, keys, default_resources(profile), say).items():
+        pending[key] = pending.get(key, set()) | partitions
     cursor = automation.load_cursor(dagster_home)
-    force_pending = force
     for _ in range(MAX_ROUNDS):
         requested, cursor = automation.evaluate(defs, instance, keys, cursor)
         automation.save_cursor(dagster_home, cursor)
-        if force_pending:  # the first evaluation after --force: every partition that exists, stale or not
-            requested = {**all_partitions(defs, instance, keys), **requested}
-            force_pending = False
+        for key, partitions in pending.items():
+            requested[key] = requested.get(key, set()) | partitions
         if not requested:
             break
         for group in automation.plan_runs(defs, requested):
@@ -175,6 +180,8 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             except automation.RunFailed as error:
                 raise SystemExit(str(error)) from None
             ran.update(group.keys)
+            for key in group.keys:
+                pending.pop(key, None)
             say(f"  done in {time.perf_counter() - started:.1f} s")
     else:
         names = ", ".join(key.to_user_string() for key in requested)

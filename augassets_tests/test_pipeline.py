@@ -237,9 +237,17 @@ def private_state(benchmark_run, tmp_path, monkeypatch):
     import os
     import shutil
 
+    import duckdb
+
     profile, _ = benchmark_run
-    shutil.copytree(profile.home, tmp_path / "home" / profile.name)
+    copy = tmp_path / "home" / profile.name
+    shutil.copytree(profile.home, copy)
     shutil.copytree(os.environ["DAGSTER_HOME"], tmp_path / "dagster")
+    # Tables name files by absolute path: point the copy's at the copy's files.
+    with duckdb.connect(str(copy / "catalog.duckdb")) as con:
+        columns = con.execute("SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'VARCHAR'").fetchall()
+        for table, column in columns:
+            con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?)', [str(profile.home), str(copy)])
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     return profile
@@ -581,31 +589,91 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
     assert last.endswith("wait for it to finish, or set AUGASSETS_HOME to another folder")
 
 
-def test_a_killed_command_leaves_nothing_that_blocks_the_next(private_state):
-    """kill -9 while a run of the command holds the duckdb pool's only slot. The dead run stayed "in
-    progress": the next command called its asset up to date though its partitions were missing, and any
-    other step of the pool waited for the slot forever. Now the next command marks that run failed,
-    frees its slot (saying so), and rebuilds what the dead run left missing."""
+def test_damaged_state_on_disk_is_found_and_named(private_state):
+    """Freshness includes the files: a deleted augmentation image, a deleted classifier checkpoint and a
+    partition's prompts deleted from their table make exactly those partitions stale, each with a line
+    naming what is missing; a truncated catalog.duckdb is moved aside (named) and every asset whose
+    tables it held is stale."""
+    from augassets import integrity
+    from augassets.resources import default_resources
+
+    profile, defs, instance = private_state, build_defs(private_state, daemon=False), dg.DagsterInstance.get()
+    keys, resources, lines = cli.benchmark_keys(defs), default_resources(private_state), []
+    assert integrity.damaged_partitions(defs, instance, keys, resources, lines.append) == {} and lines == []
+
+    db, store = Warehouse(profile.home / "catalog.duckdb"), profile.home / "store"
+    wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
+    image = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"][3]
+    Path(image).unlink()
+    (store / "models" / "classifiers" / "retrieval" / "replicate_2.safetensors").unlink()
+    db.replace("class_prompts", db.query("SELECT * FROM class_prompts LIMIT 0"), where={"method": "clip_prompts", "wnid": wnids[1]})
+
+    damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
+    as_text = {key.to_user_string(): {str(p) for p in partitions} for key, partitions in damaged.items()}
+    assert as_text == {
+        "augmentation_images": {f"simple_prompt|{wnids[0]}"},
+        "classifier_scores": {"retrieval|2"},
+        "class_prompts": {f"clip_prompts|{wnids[1]}"},
+    }
+    assert f"- augmentation_images: outputs missing on disk, rebuilding 1 partition — simple_prompt|{wnids[0]}: 1 of 72 files in " \
+           f"augmentation_manifest.path are missing ({Path(image).name})" in lines
+    assert "- classifier_scores: outputs missing on disk, rebuilding 1 partition — retrieval|2: " \
+           "models/classifiers/retrieval/replicate_2.safetensors is missing from the image store" in lines
+    assert f"- class_prompts: outputs missing on disk, rebuilding 1 partition — clip_prompts|{wnids[1]}: table class_prompts has no rows for it" in lines
+
+    catalog = profile.home / "catalog.duckdb"
+    catalog.write_bytes(catalog.read_bytes()[:5000])
+    lines.clear()
+    damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
+    assert lines[0].startswith(f"- damaged catalog: {catalog} could not be opened (") and lines[0].endswith("moved to catalog.duckdb.damaged, a new catalog is created")
+    assert (profile.home / "catalog.duckdb.damaged").stat().st_size == 5000 and not catalog.exists()
+    with_tables = {"class_catalog", "dataset_splits", "web_pool", "judge_images", "fidelity_judge", "domain_oracle", "class_prompts",
+                   "augmentation_images", "excluded_classes", "class_fidelity", "reference_hashes", "leak_threshold",
+                   "duplicate_report", "duplicate_summary", "augmented_datasets", "classifier_scores", "results_table"}
+    assert {key.to_user_string() for key in damaged} == with_tables & {key.to_user_string() for key in keys}
+    assert "- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog is not in catalog.duckdb" in lines
+    assert damaged[dg.AssetKey("classifier_scores")] == set(defs.resolve_asset_graph().get(dg.AssetKey("classifier_scores")).partitions_def.get_partition_keys())
+
+
+def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_state):
+    """A generated partition deleted from disk is rebuilt. kill -9 while it is being generated (one
+    chunk done): the dead run stayed "in progress" and held the gpu pool's only slot, so any later step
+    of the pool waited forever. Now the next command marks that run failed and frees its slot (saying
+    so), resumes the partition from its finished chunk, and ends with the very images and tables the
+    clean run made."""
+    import hashlib
     import os
+    import shutil
     import signal
     import subprocess
     import time
 
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}
     instance = dg.DagsterInstance.get()
-    report = dg.AssetKey("duplicate_report")
-    all_reports = instance.get_materialized_partitions(report)
-    instance.wipe_assets([report])
+    db = Warehouse(private_state.home / "catalog.duckdb")
+    wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    folder = private_state.home / "store" / "images" / "simple_prompt" / wnid
+    clean_images = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}
+    tables = {
+        "augmentation_manifest": "SELECT * FROM augmentation_manifest ORDER BY method, wnid, rank",
+        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores ORDER BY method, replicate",  # timings aside
+        "per_class_scores": "SELECT * FROM per_class_scores ORDER BY method, replicate, label",
+    }
+    clean_tables = {name: db.query(sql) for name, sql in tables.items()}
+    shutil.rmtree(folder)
+    progress = folder.with_name(folder.name + ".partial") / "manifest.jsonl"
+
     storage = instance.event_log_storage
     first = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not storage.get_concurrency_run_ids():
-        assert first.poll() is None and time.time() < deadline, "the command ended before it held a pool slot"
-        time.sleep(0.05)
+    while not progress.exists():  # the first chunk of the partition is recorded
+        assert first.poll() is None and time.time() < deadline, "the command ended before it generated a chunk"
+        time.sleep(0.02)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     held = storage.get_concurrency_run_ids()
     assert held, "the killed command's run still holds its slot"
+    assert not folder.exists() and len(progress.read_text().splitlines()) == 1, "killed mid-partition: one chunk done, not published"
 
     second = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
@@ -613,4 +681,6 @@ def test_a_killed_command_leaves_nothing_that_blocks_the_next(private_state):
         assert f"- released run {run_id}: it ended without finishing (its process died); its pool slots are free" in second.stdout
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not storage.get_concurrency_run_ids()
-    assert instance.get_materialized_partitions(report) == all_reports
+    assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")} == clean_images
+    for name, sql in tables.items():
+        assert db.query(sql).equals(clean_tables[name]), name

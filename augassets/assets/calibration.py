@@ -25,6 +25,7 @@ from ..core.generation import classify_images, classify_paths
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
+from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -41,6 +42,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     pool = profile.world.pool
 
     @dg.asset(
+        metadata=outputs(tables=("judge_images",), paths={"judge_images": "path"}),
         group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[up.dataset_splits, up.web_pool], kinds={"duckdb"},
         description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
         "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
@@ -77,6 +79,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
+        metadata=outputs(tables=("judge_accuracy", "domain_transfer"), files=(f"models/{JUDGE_CHECKPOINT}",)),
         group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), pool="gpu",
         deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "duckdb"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
@@ -142,6 +145,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
+        metadata=outputs(tables=("domain_oracle",)),
         group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), pool="gpu",
         deps=[up.web_pool, up.dataset_splits], kinds={"pytorch", "duckdb"},
         description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, per class, as "

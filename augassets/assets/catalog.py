@@ -7,6 +7,7 @@ import dagster as dg
 
 from ..core.catalog import SkippedClass, build_catalog
 from ..core.report import frame_markdown
+from ..integrity import outputs
 from ..partitions import CLASS_PARTITIONS_NAME
 from ..profiles import Profile
 from ..resources import WarehouseResource
@@ -17,6 +18,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
 
     @dg.asset(
+        metadata=outputs(tables=("class_catalog",)),
         group_name="catalog",
         code_version=code_version("1", profile.dataset, profile.max_classes),
         pool="duckdb",

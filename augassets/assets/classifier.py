@@ -11,6 +11,7 @@ import polars as pl
 from ..core.classifier import LabeledImages, train_classifier
 from ..core.files import save_safetensors_atomic
 from ..core.report import excluded_wnids, frame_markdown
+from ..integrity import outputs
 from ..partitions import method_replicate_partitions
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
@@ -41,6 +42,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     """The classifier runs of ``profile``; ``up``: the earlier stages' definitions by name."""
 
     @dg.asset(
+        metadata=outputs(rows="classifier_scores", files=("models/classifiers/{method}/replicate_{replicate}.safetensors",)),
         group_name="classifier",
         code_version=code_version("1", profile.classifier, profile.split.seed),
         pool="gpu",
@@ -127,6 +129,7 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
     """The target-only classifier the foundation and the fidelity figures use (built before the foundation)."""
 
     @dg.asset(
+        metadata=outputs(files=("models/fidelity_classifier.safetensors",)),
         group_name="classifier",
         code_version=code_version("1", profile.classifier, profile.split.seed),
         pool="gpu",

@@ -9,6 +9,7 @@ import polars as pl
 from ..core.augment import augmented_sets
 from ..core.methods import IMAGES, get_method
 from ..core.report import excluded_wnids
+from ..integrity import outputs
 from ..partitions import image_method_keys, method_replicate_partitions
 from ..profiles import Profile
 from ..resources import WarehouseResource
@@ -25,6 +26,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     image_deps = [dg.AssetDep(up.augmentation_images, partition_mapping=by_method), up.excluded_classes] if image_methods else []
 
     @dg.asset(
+        metadata=outputs(rows="augmented_datasets"),
         group_name="datasets",
         code_version=code_version("2", profile.classifier.replicates, profile.generation.seed),
         pool="duckdb",

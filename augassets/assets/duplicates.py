@@ -17,6 +17,7 @@ from ..core.images import image_grid, png_data_uri_markdown
 from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
 from ..core.web_pool import near_duplicate
+from ..integrity import outputs
 from ..partitions import class_method_partitions, image_method_keys
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
@@ -59,6 +60,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     spec = profile.duplicates
     @dg.asset(
+        metadata=outputs(tables=("reference_hashes",)),
         group_name=GROUP, code_version=code_version("3", spec.hash_size), pool="duckdb", deps=[up.dataset_splits], kinds={"duckdb"},
         description="pHashes (DuplicateSpec.hash_size² bits, stored as hex) of every image augmentation must not leak: the "
         "test and val splits and the training images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
@@ -95,6 +97,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         return float(np.mean([a == b for a, b, good in zip(to_hex(ours), reference, ok) if good])) if ok.any() else float("nan")
 
     @dg.asset(
+        metadata=outputs(tables=("leak_threshold",)),
         group_name=GROUP, code_version=code_version("2", spec), pool="duckdb",
         deps=[reference_hashes] + (["web_pool"] if spec.calibrate_on_planted else []), kinds={"faiss", "duckdb"},
         description="The Hamming threshold below which two pHashes are near-duplicates. Real data: the paper's 10. "
@@ -180,6 +183,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
+        metadata=outputs(tables=("duplicate_pairs",), rows="duplicate_hashed"),
         group_name=GROUP, code_version=code_version("3", spec.hash_size), pool="duckdb",
         partitions_def=class_method_partitions(profile), backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "duckdb"},
@@ -218,6 +222,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                                               **{f"pairs_{k}": v for k, v in totals.items()}})
 
     @dg.asset(
+        metadata=outputs(tables=("duplicate_summary",)),
         group_name=GROUP, code_version=code_version("2"), pool="duckdb", deps=[duplicate_report, leak_threshold], kinds={"duckdb"},
         description="Leak rates per method and split (augmentation images with a pHash near-duplicate among the test, "
         "val or unused training images), a gallery of candidate pairs, the threshold used and — in the mini world — "

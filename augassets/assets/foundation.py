@@ -38,6 +38,7 @@ from ..core.knn import build_index, choose_index_factory
 from ..core.prompts import simple_prompt
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
+from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -62,6 +63,7 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(tables=("web_pool", "web_pool_truth"), files=("web_pool",)),
         group_name=GROUP, code_version=code_version("1", world.pool, profile.split), pool="duckdb", deps=[up.dataset_splits],
         kinds={"parquet", "duckdb"},
         description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
@@ -123,6 +125,7 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(files=("models/clip",)),
         group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[up.web_pool], pool="gpu",
         kinds={"pytorch", "transformers"},
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
@@ -172,6 +175,7 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(files=("pool_index",)),
         group_name=GROUP, code_version=code_version("1"), deps=[up.clip_model, up.web_pool], kinds={"faiss", "numpy"},
         description="CLIP image and text embeddings of the pool (img_emb/, text_emb/ numpy shards) and faiss "
         "inner-product indexes over them (image.index, text.index) next to the metadata parquet: a folder a "
@@ -224,6 +228,7 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(files=("models/vae",)),
         group_name=GROUP, code_version=code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels,
         world.diffusion.vae_epochs, world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size),
         deps=[up.web_pool], pool="gpu", kinds={"pytorch", "diffusers"},
@@ -276,6 +281,7 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(files=("models/unet",)),
         group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[up.vae, up.clip_model, up.web_pool],
         pool="gpu", kinds={"pytorch", "diffusers"},
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
@@ -317,6 +323,7 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
     world = profile.world
 
     @dg.asset(
+        metadata=outputs(files=("models/stable_diffusion",)),
         group_name=GROUP, code_version=code_version("3", world.diffusion.scheduler),
         deps=[up.vae, up.unet, up.clip_model, up.pool_index], pool="gpu", kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "

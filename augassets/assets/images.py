@@ -23,6 +23,7 @@ from ..core.prompts import (
 )
 from ..core.report import excluded_wnids, frame_markdown
 from ..core.retrieval import local_image_problem, retrieve
+from ..integrity import outputs
 from ..partitions import class_method_partitions, image_method_keys
 from ..profiles import Profile
 from ..resources import (
@@ -70,6 +71,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         return {}
 
     @dg.asset(
+        metadata=outputs(rows="class_prompts"),
         group_name=GROUP, code_version=code_version("1", profile.generation, profile.dataset, profile.split), pool="duckdb",
         partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, up.clip_model, up.dataset_splits], kinds={"duckdb"},
@@ -118,6 +120,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     @dg.asset(
+        metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
         group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), pool="gpu",
         partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits],
@@ -283,6 +286,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     retrieval_methods = keys_with_builder(RETRIEVAL, profile.methods)
 
     @dg.asset(
+        metadata=outputs(tables=("excluded_classes",)),
         group_name=GROUP, code_version=code_version("1", retrieval_methods), pool="duckdb",
         deps=[augmentation_images, up.dataset_splits, up.class_catalog], kinds={"duckdb"},
         description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
@@ -304,6 +308,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})
 
     @dg.asset(
+        metadata=outputs(tables=("class_fidelity",)),
         group_name=GROUP, code_version=code_version("2"), pool="gpu",
         deps=[augmentation_images, up.fidelity_classifier] + ([up.fidelity_judge] if profile.world else []), kinds={"pytorch", "duckdb"},
         description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "

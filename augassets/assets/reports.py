@@ -9,6 +9,7 @@ import polars as pl
 from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
 from ..core.report import read_excluded, results_report, summarize_scores
+from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -18,6 +19,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
 
     @dg.asset(
+        metadata=outputs(tables=("results_table",)),
         group_name="reports",
         code_version=code_version("1", profile.methods, profile.classifier.replicates),
         pool="duckdb",

@@ -11,6 +11,7 @@ from ..core.datasets import make_splits
 from ..core.files import save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.report import frame_markdown
+from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -22,6 +23,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
 
     @dg.asset(
+        metadata=outputs(tables=("dataset_splits", "split_skipped_files"), paths={"dataset_splits": "path"}),
         group_name="splits",
         code_version=code_version("1", profile.dataset, profile.split, profile.max_classes),
         pool="duckdb",

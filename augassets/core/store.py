@@ -121,6 +121,12 @@ class Store:
         except ValueError:
             return None
 
+    def exists(self, *parts: str) -> bool:
+        """Whether ``parts`` was written: the local path, or the published key of a URL store."""
+        if not self.remote:
+            return self.path(*parts).exists()
+        return bool(self.fs.exists(self.key(*parts)))
+
     def _local_manifest(self, parts: tuple[str, ...]) -> Path:
         return self.local_root / MANIFESTS / Path(*parts).with_name(Path(*parts).name + ".json")
 

@@ -1,0 +1,187 @@
+"""Freshness that includes the state on disk.
+
+Dagster judges an asset partition by its run history: once materialized, it stays materialized. The
+files a partition wrote can still go away — an augmentation image deleted by hand, a split export
+cleaned up, ``catalog.duckdb`` truncated by a full disk or deleted. Each asset declares what it
+writes (:func:`outputs`, stored in the asset's metadata, so the UI shows it too); :func:`find_damage`
+checks those outputs for every partition Dagster calls materialized, and :func:`damaged_partitions`
+names them, one line per asset. ``augassets benchmark`` requests them with what the automation
+conditions request, until they have run; their downstream follows as after any update.
+
+A catalog database that DuckDB cannot open is moved aside (``catalog.duckdb.damaged``) so a new one is
+created; every table in it is then missing and the assets that write them are rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from .core.store import Store
+from .core.warehouse import Warehouse
+
+OUTPUTS_KEY = "augassets/outputs"
+MAX_LISTED = 3  # missing files named per partition in a reason; the rest are counted
+
+
+def outputs(
+    tables: tuple[str, ...] = (),
+    rows: str | None = None,
+    paths: dict[str, str] | None = None,
+    files: tuple[str, ...] = (),
+) -> dict:
+    """The metadata entry declaring what an asset writes, checked by :func:`find_damage`.
+
+    ``tables``: catalog tables that must exist once the asset is materialized. ``rows``: a table that
+    has at least one row per materialized partition, matched on columns named like the partition
+    dimensions (``method``, ``wnid``, ``replicate``). ``paths``: table → column of file paths that
+    must exist (the rows of the materialized partitions). ``files``: files or folders in the image
+    store, relative to its root, with ``{dimension}`` placeholders for partitioned assets.
+    """
+    spec = {"tables": list(tables), "rows": rows, "paths": dict(paths or {}), "files": list(files)}
+    return {OUTPUTS_KEY: dg.MetadataValue.json(spec)}
+
+
+@dataclass(frozen=True)
+class Damage:
+    asset: dg.AssetKey
+    partition: str | dg.MultiPartitionKey | None  # None: the whole (unpartitioned) asset
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason if self.partition is None else f"{self.partition}: {self.reason}"
+
+
+def check_catalog(path: Path) -> str | None:
+    """Open the catalog read-only; if DuckDB cannot, move it aside and say why (None: it is fine or absent)."""
+    if not path.exists():
+        return None
+    try:
+        connection = duckdb.connect(str(path), read_only=True)
+        try:
+            connection.execute("SELECT count(*) FROM information_schema.tables").fetchone()
+        finally:
+            connection.close()
+    except duckdb.Error as error:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        wal = path.with_name(path.name + ".wal")
+        if wal.exists():
+            os.replace(wal, aside.with_name(aside.name + ".wal"))
+        return f"{path} could not be opened ({str(error).splitlines()[0][:160]}); moved to {aside.name}, a new catalog is created"
+    return None
+
+
+def _spec(graph, key: dg.AssetKey) -> dict | None:
+    value = graph.get(key).metadata.get(OUTPUTS_KEY)
+    return None if value is None else value.value
+
+
+def _materialized(instance: dg.DagsterInstance, key: dg.AssetKey, partitions_def) -> list:
+    """The partition keys Dagster records as materialized (``[None]`` for an unpartitioned asset that is)."""
+    if partitions_def is None:
+        return [None] if instance.get_latest_materialization_event(key) is not None else []
+    keys = instance.get_materialized_partitions(key)
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return [partitions_def.get_partition_key_from_str(k) for k in sorted(keys)]
+    return sorted(keys)
+
+
+def _dimensions(partition) -> dict[str, str]:
+    if partition is None:
+        return {}
+    if isinstance(partition, dg.MultiPartitionKey):
+        return dict(partition.keys_by_dimension)
+    return {"partition": str(partition)}
+
+
+def _table_rows(db: Warehouse, table: str, columns: list[str]) -> set[tuple] | None:
+    """The distinct values of ``columns`` in ``table`` (None: no such table)."""
+    if not db.has_table(table):
+        return None
+    listed = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in columns)
+    return set(db.query(f'SELECT DISTINCT {listed} FROM "{table}"').iter_rows())
+
+
+def _missing_paths(db: Warehouse, table: str, column: str, where: dict[str, str]) -> tuple[int, list[str]]:
+    clause = " AND ".join(f'CAST("{c}" AS VARCHAR) = ?' for c in where) or "true"
+    paths = db.query(f'SELECT "{column}" AS p FROM "{table}" WHERE {clause}', list(where.values()))["p"].to_list()
+    missing = [p for p in paths if p and not os.path.exists(p)]
+    return len(paths), missing
+
+
+def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, catalog: Path, store: Store) -> list[Damage]:
+    """Every materialized partition among ``keys`` whose declared outputs are gone, with the reason."""
+    graph = defs.resolve_asset_graph()
+    db = Warehouse(catalog)
+    catalog_exists = catalog.exists()
+    damage: list[Damage] = []
+    for key in keys:
+        spec = _spec(graph, key)
+        if spec is None or not graph.has(key) or not graph.get(key).is_materializable:
+            continue
+        partitions = _materialized(instance, key, graph.get(key).partitions_def)
+        if not partitions:
+            continue
+        tables = {*spec["tables"], *([spec["rows"]] if spec["rows"] else []), *spec["paths"]}
+        absent = sorted(t for t in tables if not catalog_exists or not db.has_table(t))
+        if absent:
+            reason = f"table {', '.join(absent)} is not in {catalog.name}"
+            damage.extend(Damage(key, p, reason) for p in partitions)
+            continue
+        present = None
+        if spec["rows"] and partitions[0] is not None:
+            columns = sorted(_dimensions(partitions[0]))
+            present = _table_rows(db, spec["rows"], columns)
+        for partition in partitions:
+            dims = _dimensions(partition)
+            if present is not None and tuple(dims[c] for c in sorted(dims)) not in present:
+                damage.append(Damage(key, partition, f"table {spec['rows']} has no rows for it"))
+                continue
+            reason = _missing_files(spec, dims, db, store)
+            if reason:
+                damage.append(Damage(key, partition, reason))
+    return damage
+
+
+def _missing_files(spec: dict, dims: dict[str, str], db: Warehouse, store: Store) -> str | None:
+    for pattern in spec["files"]:
+        fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name}
+        if not fields <= set(dims):
+            continue
+        relative = pattern.format(**dims)
+        if not store.exists(*relative.split("/")):
+            return f"{relative} is missing from the image store"
+    if store.remote:  # table paths name the local working copy; a URL store is checked by its folders above
+        return None
+    for table, column in spec["paths"].items():
+        where = {c: v for c, v in dims.items() if c != "partition"}
+        total, missing = _missing_paths(db, table, column, where)
+        if missing:
+            named = ", ".join(Path(p).name for p in missing[:MAX_LISTED])
+            more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+            return f"{len(missing)} of {total} files in {table}.{column} are missing ({named}{more})"
+    return None
+
+
+def damaged_partitions(defs: dg.Definitions, instance: dg.DagsterInstance, keys, resources: dict, say=print) -> dict[dg.AssetKey, set]:
+    """The partitions among ``keys`` whose outputs are damaged, as {key: partitions} ({None} for an
+    unpartitioned asset), saying what is missing, one line per asset. ``resources``: the definitions'
+    resources (``warehouse`` and ``image_store`` are read)."""
+    catalog, store = Path(resources["warehouse"].path), resources["image_store"].store()
+    moved = check_catalog(catalog)
+    if moved:
+        say(f"- damaged catalog: {moved}")
+    found: dict[dg.AssetKey, list[Damage]] = {}
+    for item in find_damage(defs, instance, keys, catalog, store):
+        found.setdefault(item.asset, []).append(item)
+    for key, items in found.items():
+        shown = "; ".join(str(d) for d in items[:MAX_LISTED]) + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+        count = "the asset" if items[0].partition is None else f"{len(items)} partition{'s' * (len(items) != 1)}"
+        say(f"- {key.to_user_string()}: outputs missing on disk, rebuilding {count} — {shown}")
+    return {key: {d.partition for d in items} for key, items in found.items()}
