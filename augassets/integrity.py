@@ -22,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from .core.files import safetensors_problem
 from .core.store import Store
 from .core.warehouse import Warehouse
 
@@ -157,6 +158,10 @@ def _missing_files(spec: dict, dims: dict[str, str], db: Warehouse, store: Store
         relative = pattern.format(**dims)
         if not store.exists(*relative.split("/")):
             return f"{relative} is missing from the image store"
+        if relative.endswith(".safetensors") and not store.remote:
+            problem = safetensors_problem(store.path(*relative.split("/")))
+            if problem:
+                return f"{relative} is damaged ({problem})"
     if store.remote:  # table paths name the local working copy; a URL store is checked by its folders above
         return None
     for table, column in spec["paths"].items():

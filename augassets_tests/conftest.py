@@ -7,6 +7,7 @@ import functools
 import io
 import os
 import socket
+import subprocess
 import tempfile
 import zlib
 from pathlib import Path
@@ -74,3 +75,24 @@ def image_folder(tmp_path: Path):
     write_image(bad / "gray.png", mode="L", fmt="PNG")
     (bad / "huge.png").write_bytes(oversized_png())
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real tmpfs of 100 kB mounted at a fresh folder (a full disk, for real), and a function that
+    resizes it (``resize("4m")``); unmounted at the end. Mounting needs root, as CI runs here."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    started = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if started.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {started.stderr.strip()}")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
+
+    try:
+        yield mount, resize
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)

@@ -595,6 +595,7 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     naming what is missing; a truncated catalog.duckdb is moved aside (named) and every asset whose
     tables it held is stale."""
     from augassets import integrity
+    from augassets.core.files import load_checkpoint
     from augassets.resources import default_resources
 
     profile, defs, instance = private_state, build_defs(private_state, daemon=False), dg.DagsterInstance.get()
@@ -606,15 +607,22 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     image = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"][3]
     Path(image).unlink()
     (store / "models" / "classifiers" / "retrieval" / "replicate_2.safetensors").unlink()
+    checkpoint = store / "models" / "fidelity_classifier.safetensors"  # truncated before class_fidelity scores with it
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match=rf"checkpoint {checkpoint} is damaged, truncated: \d+ bytes of \d+: rematerialize fidelity_classifier"):
+        load_checkpoint(checkpoint, "fidelity_classifier")
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts LIMIT 0"), where={"method": "clip_prompts", "wnid": wnids[1]})
 
     damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
-    as_text = {key.to_user_string(): {str(p) for p in partitions} for key, partitions in damaged.items()}
+    as_text = {key.to_user_string(): {p if p is None else str(p) for p in partitions} for key, partitions in damaged.items()}
     assert as_text == {
         "augmentation_images": {f"simple_prompt|{wnids[0]}"},
         "classifier_scores": {"retrieval|2"},
         "class_prompts": {f"clip_prompts|{wnids[1]}"},
+        "fidelity_classifier": {None},
     }
+    assert "- fidelity_classifier: outputs missing on disk, rebuilding the asset — models/fidelity_classifier.safetensors is damaged " \
+           f"(truncated: {checkpoint.stat().st_size} bytes of {checkpoint.stat().st_size + 1000})" in lines
     assert f"- augmentation_images: outputs missing on disk, rebuilding 1 partition — simple_prompt|{wnids[0]}: 1 of 72 files in " \
            f"augmentation_manifest.path are missing ({Path(image).name})" in lines
     assert "- classifier_scores: outputs missing on disk, rebuilding 1 partition — retrieval|2: " \
@@ -630,9 +638,50 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     with_tables = {"class_catalog", "dataset_splits", "web_pool", "judge_images", "fidelity_judge", "domain_oracle", "class_prompts",
                    "augmentation_images", "excluded_classes", "class_fidelity", "reference_hashes", "leak_threshold",
                    "duplicate_report", "duplicate_summary", "augmented_datasets", "classifier_scores", "results_table"}
-    assert {key.to_user_string() for key in damaged} == with_tables & {key.to_user_string() for key in keys}
+    still_truncated = {"fidelity_classifier"}
+    assert {key.to_user_string() for key in damaged} == (with_tables & {key.to_user_string() for key in keys}) | still_truncated
     assert "- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog is not in catalog.duckdb" in lines
     assert damaged[dg.AssetKey("classifier_scores")] == set(defs.resolve_asset_graph().get(dg.AssetKey("classifier_scores")).partitions_def.get_partition_keys())
+
+
+def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark_run, small_disk):
+    """Disk full while writing generated images (a real 100 kB tmpfs): the error names the file's disk
+    and the settings to change; no half-written file or temporary survives; once there is space, the
+    rerun completes the partition with the same images as the clean run."""
+    import hashlib
+
+    from augassets.core.files import DiskFullError
+    from augassets.core.generation import GenerationRequest, generate_partition
+    from augassets.core.images import ImageStatus, inspect_image
+    from augassets.resources import default_resources
+
+    profile, _ = benchmark_run
+    disk, resize = small_disk
+    backend = default_resources(profile)["diffusion_backend"]
+    pipeline = backend.load()
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = 'simple_prompt' AND wnid = ? ORDER BY prompt_index", [wnid])
+    request = GenerationRequest("simple_prompt", wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=profile.generation.seed)
+    final = disk / "images" / "simple_prompt" / wnid
+
+    def run():
+        return generate_partition(pipeline, request, final, backend.steps, backend.guidance_scale, backend.batch_size, profile.generation.max_attempts)
+
+    with pytest.raises(DiskFullError, match=r"no space left on the disk of .*small_disk/images/simple_prompt/.* free space there, "
+                                            r"or move the home \(AUGASSETS_HOME\) or the image store \(AUGASSETS_STORE_URL\)"):
+        run()
+    written = [p for p in disk.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if p.name.endswith(".tmp")], "no temporary file survives"
+    assert all(inspect_image(p) == ImageStatus.OK for p in written if p.suffix == ".png"), "every file left is whole"
+    assert not final.exists(), "the partition is not published half-done"
+
+    resize("4m")
+    records = run()
+    assert len(records) == prompts.height
+    clean = profile.home / "store" / "images" / "simple_prompt" / wnid
+    digest = lambda folder: {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}  # noqa: E731
+    assert digest(final) == digest(clean)
 
 
 def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_state):

@@ -16,11 +16,10 @@ from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
-from safetensors.torch import load_file
 
 from ..core.classifier import train_classifier
 from ..core.datasets import FashionMnistSource
-from ..core.files import atomic_folder, save_image_atomic, save_safetensors_atomic
+from ..core.files import atomic_folder, load_checkpoint, save_image_atomic, save_safetensors_atomic
 from ..core.generation import classify_images, classify_paths
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
@@ -107,7 +106,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         save_safetensors_atomic(result.state_dict, path)
         image_store.publish("models", JUDGE_CHECKPOINT)
         # The judge and the target-trained classifier on the test split, its images decoded once.
-        target_state = load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))
+        target_state = load_checkpoint(image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier")
         on_test = classify_paths({"judge": result.state_dict, "target": target_state}, profile.classifier, catalog.height, test["path"].to_list())
         judge_test = float((on_test["judge"] == test["label"].to_numpy()).mean())
         per_class = catalog.with_columns(

@@ -16,7 +16,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file
 
 from ..core.clip import build_processor, encode_image_batches, encode_texts, train_clip, zero_shot_accuracy
 from ..core.datasets import FashionMnistSource
@@ -30,7 +29,7 @@ from ..core.diffusion import (
     train_unet,
     train_vae,
 )
-from ..core.files import atomic_folder, save_image_atomic
+from ..core.files import atomic_folder, load_checkpoint, save_image_atomic
 from ..core.generation import classify_images, generate
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import sample_fidelity
@@ -407,8 +406,8 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
         passed = np.array([not flagged for _, flagged in results])
         labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
         kept = [image for (image, _), ok in zip(results, passed) if ok]
-        judged = classify_images(load_file(str(models / "fidelity_judge.safetensors")), profile.classifier, catalog.height, kept)
-        recognized = classify_images(load_file(str(models / "fidelity_classifier.safetensors")), profile.classifier, catalog.height, kept)
+        judged = classify_images(load_checkpoint(models / "fidelity_judge.safetensors", "fidelity_judge"), profile.classifier, catalog.height, kept)
+        recognized = classify_images(load_checkpoint(models / "fidelity_classifier.safetensors", "fidelity_classifier"), profile.classifier, catalog.height, kept)
         judge_holdout = dict(db.query("SELECT label, holdout_web FROM judge_accuracy").iter_rows())
         score = sample_fidelity(catalog, labels, judged, recognized, judge_holdout)
         context.log.info(

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from ..core.clip import encode_texts
-from ..core.files import atomic_folder, write_parquet_atomic
+from ..core.files import atomic_folder, load_checkpoint, write_parquet_atomic
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
@@ -318,15 +318,13 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "(web_pool_truth), against which the judge is checked.",
     )
     def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
-        from safetensors.torch import load_file
-
         from ..core.generation import classify_paths
 
         db = warehouse.get()
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
-        judges = {"target_recognizability": load_file(str(image_store.fetch("models", "fidelity_classifier.safetensors")))}
+        judges = {"target_recognizability": load_checkpoint(image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier")}
         if profile.world:
-            judges["fidelity"] = load_file(str(image_store.fetch("models", "fidelity_judge.safetensors")))
+            judges["fidelity"] = load_checkpoint(image_store.fetch("models", "fidelity_judge.safetensors"), "fidelity_judge")
         manifest = db.query("SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank")
         image_store.ensure(manifest["path"], context.log.info)
         predictions = classify_paths(judges, profile.classifier, catalog.height, manifest["path"].to_list())

@@ -4,6 +4,7 @@ through here: bytes, PNG images, Parquet tables, safetensors checkpoints and who
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -17,17 +18,39 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+class DiskFullError(OSError):
+    """No space left where a file was being written; the message names the place and what to do."""
+
+
+def disk_full(path: Path, error: OSError) -> OSError:
+    """``error`` as a :class:`DiskFullError` naming ``path`` when it is ENOSPC/EDQUOT, else ``error``."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(error, DiskFullError):
+        return error
+    return DiskFullError(
+        error.errno,
+        f"no space left on the disk of {path} ({os.strerror(error.errno)}): free space there, or move the home "
+        "(AUGASSETS_HOME) or the image store (AUGASSETS_STORE_URL) to a larger disk, and rerun; what was written "
+        "completely is kept and the rest is resumed",
+    )
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``. A full disk
+    raises :class:`DiskFullError` naming ``path``, with the temporary file removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise disk_full(path, error) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise disk_full(path, error) from error
         raise
 
 
@@ -53,6 +76,41 @@ def save_safetensors_atomic(tensors: dict, path: Path) -> None:
     write_bytes_atomic(save(tensors), path)
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file at ``path`` cannot be whole (None: its header parses and its size is
+    what the header says). Reads the header only: cheap enough to run on every checkpoint each time."""
+    import json
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                return f"truncated: {size} bytes, its header alone says {length + 8}"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return "missing"
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return "not a safetensors file (its header does not parse)"
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    if size != 8 + length + end:
+        return f"truncated: {size} bytes of {8 + length + end}"
+    return None
+
+
+def load_checkpoint(path: str | Path, written_by: str) -> dict:
+    """A safetensors state dict; a missing or damaged file is an error naming it and the asset that
+    writes it (``augassets benchmark`` rebuilds a damaged checkpoint: integrity.py)."""
+    from safetensors.torch import load_file
+
+    problem = safetensors_problem(Path(path))
+    if problem:
+        raise ValueError(f"checkpoint {path} is {problem if problem == 'missing' else 'damaged, ' + problem}: "
+                         f"rematerialize {written_by} (augassets benchmark rebuilds it)")
+    return load_file(str(path))
+
+
 @contextmanager
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``final``; on success it replaces ``final`` whole, on
@@ -63,8 +121,10 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise disk_full(final, error) from error
         raise
     if final.exists():
         old = final.with_name(final.name + ".old")

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..profiles import ClassifierSpec
 from .classifier import build_model, eval_transform
-from .files import save_image_atomic
+from .files import disk_full, save_image_atomic
 
 
 class GenerationError(RuntimeError):
@@ -52,9 +52,16 @@ class GenerationRequest:
 
 
 def _finished_chunks(manifest: Path) -> dict[int, list[dict]]:
+    """The chunks ``manifest`` records as finished. A last line torn by a kill or a full disk is cut
+    off, so the next record starts on a line of its own."""
     chunks: dict[int, list[dict]] = {}
     if manifest.exists():
-        for line in manifest.read_text().splitlines():
+        text = manifest.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            with open(manifest, "r+") as handle:
+                handle.truncate(len(text.encode()))
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line torn by a kill
@@ -117,10 +124,13 @@ def generate_partition(
                 "index": i, "file": path.name, "prompt": request.prompts[i], "family": request.families[i],
                 "seed": image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]), "attempts": attempts[i] + 1,
             })
-        with open(manifest, "a") as handle:
-            handle.write(json.dumps({"chunk": chunk, "images": records}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(manifest, "a") as handle:
+                handle.write(json.dumps({"chunk": chunk, "images": records}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise disk_full(manifest, error) from error
         done[chunk] = records
         if progress:
             progress(f"{request.method}/{request.wnid}: {min(start + batch_size, n)}/{n} images")
