@@ -129,11 +129,19 @@ def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[
     return ranges
 
 
+INTERRUPTED = (
+    "interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command "
+    "to resume (finished partitions and chunks are kept)"
+)
+
+
 def root_cause(error) -> str:
     """The innermost error of a step failure (the asset's own exception, with its message), not
-    Dagster's "Error occurred while executing op" wrapper around it."""
+    Dagster's "Error occurred while executing op" wrapper around it. A stop by signal says so."""
     while error.cause is not None:
         error = error.cause
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return INTERRUPTED
     return error.message.strip()
 
 

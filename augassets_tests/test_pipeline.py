@@ -644,6 +644,38 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     assert damaged[dg.AssetKey("classifier_scores")] == set(defs.resolve_asset_graph().get(dg.AssetKey("classifier_scores")).partitions_def.get_partition_keys())
 
 
+def test_sigterm_stops_the_command_gracefully(private_state):
+    """SIGTERM while a run holds the gpu pool's slot: the command stops within seconds, its run is
+    marked failed, the slot is free without help from a later command, and the last line says what
+    happened and what to do."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}
+    instance = dg.DagsterInstance.get()
+    wnid = Warehouse(private_state.home / "catalog.duckdb").query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    shutil.rmtree(private_state.home / "store" / "images" / "simple_prompt" / wnid)  # something to rebuild
+    storage = instance.event_log_storage
+    command = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not storage.get_concurrency_run_ids():
+        assert command.poll() is None and time.time() < deadline, "the command ended before it held a pool slot"
+        time.sleep(0.05)
+    held = storage.get_concurrency_run_ids()
+    command.send_signal(signal.SIGTERM)
+    output, _ = command.communicate(timeout=60)
+    assert command.returncode != 0
+    for run_id in held:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not storage.get_concurrency_run_ids()
+    last = output.strip().splitlines()[-1]
+    assert "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command to resume" in last
+    assert any(run_id in last for run_id in held)
+
+
 def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark_run, small_disk):
     """Disk full while writing generated images (a real 100 kB tmpfs): the error names the file's disk
     and the settings to change; no half-written file or temporary survives; once there is space, the
