@@ -107,6 +107,51 @@ def test_warehouse_partition_rewrite_accepts_a_new_column(tmp_path):
     assert db.query("SELECT * FROM prompts ORDER BY method").rows() == [("a", "x2", "img.png"), ("b", "y", None)]
 
 
+_WRITER = """
+import sys
+import polars as pl
+from augassets.core.warehouse import Warehouse
+db = Warehouse(sys.argv[1])
+for i in range(40):
+    db.replace("t", pl.DataFrame({"who": [sys.argv[2]], "i": [i]}), where={"who": sys.argv[2], "i": i})
+    db.query("SELECT count(*) FROM t")
+"""
+
+
+def test_processes_writing_one_catalog_at_once_wait_for_each_other(tmp_path):
+    """DuckDB lets one process open the file at a time: three processes writing partitions of one table
+    at once used to fail with "Could not set lock on file"; now each waits its turn and every row lands."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.duckdb"
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), who], stderr=subprocess.PIPE, text=True) for who in "abc"]
+    for writer in writers:
+        _, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err[-2000:]
+    rows = Warehouse(path).query("SELECT who, count(*) AS n FROM t GROUP BY who ORDER BY who")
+    assert rows.rows() == [("a", 40), ("b", 40), ("c", 40)]
+
+
+def test_a_catalog_locked_too_long_names_the_lock(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.duckdb"
+    Warehouse(path).replace("t", pl.DataFrame({"x": [1]}))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(TimeoutError, match=rf"{path} stayed locked by another process for 1 s .*stop the other augassets/dagster process"):
+            Warehouse(path, lock_wait_s=1).query("SELECT * FROM t")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_contiguous_ranges():
     keys = ["a", "b", "c", "d", "e"]
     assert contiguous_ranges(keys, ["a", "b", "d"]) == [("a", "b"), ("d", "d")]

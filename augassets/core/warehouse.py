@@ -1,12 +1,16 @@
 """The DuckDB catalog every table of the study lives in, read and written through polars.
 
-DuckDB allows one writer process at a time, so the Dagster layer puts every writer in the ``duckdb``
-concurrency pool (limit 1). Each write replaces the rows of one partition inside a transaction: a
-crash leaves the previous rows, never half of the new ones.
+DuckDB lets one process open the file at a time, so the Dagster layer puts every writer in the
+``duckdb`` concurrency pool (limit 1), and a connection that finds the file locked by another process
+(a step of another pool, the daemon's run beside a headless command, a reader) waits for it. Each
+write replaces the rows of one partition inside a transaction: a crash leaves the previous rows,
+never half of the new ones.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,17 +19,39 @@ from typing import Any
 import duckdb
 import polars as pl
 
+LOCK_WAIT_S = 300.0  # how long a connection waits for another process's lock on the file
+
 
 class Warehouse:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, lock_wait_s: float = LOCK_WAIT_S):
         self.path = Path(path)
+        self.lock_wait_s = lock_wait_s
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Connect, waiting while another process holds the file (DuckDB lets one process in at a
+        time; each connection here lasts one read or one write, so waits are short). A lock held
+        longer than ``lock_wait_s`` is an error naming the holder."""
+        deadline, pause = time.monotonic() + self.lock_wait_s, 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{self.path} stayed locked by another process for {self.lock_wait_s:.0f} s ({str(error).splitlines()[0]}): "
+                        "stop the other augassets/dagster process writing this home, or wait for it"
+                    ) from error
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 1.0)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog database at {self.path}: materialize class_catalog first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = duckdb.connect(str(self.path), read_only=read_only)
+        connection = self._open(read_only)
         try:
             yield connection
         finally:
