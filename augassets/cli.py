@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from . import automation, integrity
 from .build import benchmark_keys, build_defs
 from .core.report import results_report
 from .core.warehouse import Warehouse
+from .instance import ensure_dagster_home
 from .partitions import CLASS_PARTITIONS_NAME
 from .profiles import PROFILE_ENV, Profile, get_profile
 from .resources import default_resources
@@ -35,17 +35,6 @@ from .resources import default_resources
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
-
-
-def ensure_dagster_home(profile: Profile) -> Path:
-    """The profile's Dagster home, holding a copy of the repository's ``dagster.yaml``."""
-    home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
-    home.mkdir(parents=True, exist_ok=True)
-    if REPO_DAGSTER_YAML.is_file() and not (home / "dagster.yaml").exists():
-        shutil.copyfile(REPO_DAGSTER_YAML, home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop

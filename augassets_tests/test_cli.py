@@ -49,3 +49,23 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_processes_started_together_on_a_fresh_home_create_its_storage_once(tmp_path):
+    """A command, `augassets ui` and the daemon started at once on a fresh home used to create the
+    Dagster instance's SQLite tables side by side: "table runs already exists" in one, two rows in
+    `alembic_version` in another, and every later start crashed. Now one creates them, the others wait."""
+    import sqlite3
+
+    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    code = "from augassets.instance import ensure_dagster_home; from augassets.profiles import get_profile; ensure_dagster_home(get_profile('smoke'))"
+    starts = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for start in starts:
+        _, err = start.communicate(timeout=120)
+        assert start.returncode == 0, err[-2000:]
+    databases = sorted((tmp_path / "dagster").rglob("*.db"))
+    assert databases
+    for database in databases:
+        with sqlite3.connect(database) as con:
+            if con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0]:
+                assert con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1, database
