@@ -87,10 +87,10 @@ def _materialized(instance: dg.DagsterInstance, key: dg.AssetKey, partitions_def
     """The partition keys Dagster records as materialized (``[None]`` for an unpartitioned asset that is)."""
     if partitions_def is None:
         return [None] if instance.get_latest_materialization_event(key) is not None else []
-    keys = instance.get_materialized_partitions(key)
-    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-        return [partitions_def.get_partition_key_from_str(k) for k in sorted(keys)]
-    return sorted(keys)
+    # Only the partitions the definition has now: records of removed classes or methods, or of an
+    # older partitioning, are history, not outputs to keep.
+    current = {str(k): k for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)}
+    return [current[k] for k in sorted(instance.get_materialized_partitions(key)) if k in current]
 
 
 def _dimensions(partition) -> dict[str, str]:
