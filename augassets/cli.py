@@ -35,9 +35,9 @@ from .resources import default_resources
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-
-
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
+
+
 def foundation_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     """The mini world's foundation (group ``foundation`` and the fidelity classifier) and what it reads."""
     graph = defs.resolve_asset_graph()

@@ -63,7 +63,7 @@ def check_catalog(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        connection = duckdb.connect(str(path), read_only=True)
+        connection = Warehouse(path).open_connection(read_only=True)  # waits while another process holds the file
         try:
             connection.execute("SELECT count(*) FROM information_schema.tables").fetchone()
         finally:

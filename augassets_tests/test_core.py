@@ -172,3 +172,27 @@ def test_generated_pools_are_resampled_per_replicate():
     draws = {r: tuple(extra.filter(pl.col("replicate") == r)["path"]) for r in range(5)}
     assert len(set(draws.values())) > 1, "replicates draw different samples"
     assert augmented_sets(get_method("simple_prompt"), splits, 5, images=pool, seed=1).equals(sets), "seeded"
+
+
+def test_a_catalog_held_by_another_process_is_not_taken_for_a_damaged_one(tmp_path):
+    """The freshness check opens the catalog to see whether it is damaged; a lock held by a running
+    writer is not damage: the check waits for it and leaves the file where it is."""
+    import subprocess
+    import sys
+
+    from augassets.integrity import check_catalog
+
+    path = tmp_path / "c.duckdb"
+    Warehouse(path).replace("t", pl.DataFrame({"x": [1]}))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(2)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert check_catalog(path) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.exists() and not path.with_name("c.duckdb.damaged").exists()
+    assert Warehouse(path).query("SELECT x FROM t")["x"].to_list() == [1]

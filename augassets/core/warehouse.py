@@ -22,12 +22,18 @@ import polars as pl
 LOCK_WAIT_S = 300.0  # how long a connection waits for another process's lock on the file
 
 
+def is_lock_conflict(error: Exception) -> bool:
+    """Whether DuckDB refused to open a file because another process holds it (not a damaged file)."""
+    message = str(error).lower()
+    return "could not set lock" in message or "conflicting lock" in message
+
+
 class Warehouse:
     def __init__(self, path: str | Path, lock_wait_s: float = LOCK_WAIT_S):
         self.path = Path(path)
         self.lock_wait_s = lock_wait_s
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def open_connection(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """Connect, waiting while another process holds the file (DuckDB lets one process in at a
         time; each connection here lasts one read or one write, so waits are short). A lock held
         longer than ``lock_wait_s`` is an error naming the holder."""
@@ -36,7 +42,7 @@ class Warehouse:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
+                if not is_lock_conflict(error):
                     raise
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
@@ -51,7 +57,7 @@ class Warehouse:
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog database at {self.path}: materialize class_catalog first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = self._open(read_only)
+        connection = self.open_connection(read_only)
         try:
             yield connection
         finally:
