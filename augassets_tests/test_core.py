@@ -1,4 +1,7 @@
+import contextlib
 import math
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -121,9 +124,6 @@ for i in range(40):
 def test_processes_writing_one_catalog_at_once_wait_for_each_other(tmp_path):
     """DuckDB lets one process open the file at a time: three processes writing partitions of one table
     at once used to fail with "Could not set lock on file"; now each waits its turn and every row lands."""
-    import subprocess
-    import sys
-
     path = tmp_path / "c.duckdb"
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), who], stderr=subprocess.PIPE, text=True) for who in "abc"]
     for writer in writers:
@@ -133,23 +133,25 @@ def test_processes_writing_one_catalog_at_once_wait_for_each_other(tmp_path):
     assert rows.rows() == [("a", 40), ("b", 40), ("c", 40)]
 
 
-def test_a_catalog_locked_too_long_names_the_lock(tmp_path):
-    import subprocess
-    import sys
-
-    path = tmp_path / "c.duckdb"
+@contextlib.contextmanager
+def _catalog_held_by_another_process(path, seconds: float):
+    """A catalog with one row, held open by another process for ``seconds`` (or until the block ends)."""
     Warehouse(path).replace("t", pl.DataFrame({"x": [1]}))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    code = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep({seconds})"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(TimeoutError, match=rf"{path} stayed locked by another process for 1 s .*stop the other augassets/dagster process"):
-            Warehouse(path, lock_wait_s=1).query("SELECT * FROM t")
+        yield
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_catalog_locked_too_long_names_the_lock(tmp_path):
+    path = tmp_path / "c.duckdb"
+    with _catalog_held_by_another_process(path, 60):
+        with pytest.raises(TimeoutError, match=rf"{path} stayed locked by another process for 1 s .*stop the other augassets/dagster process"):
+            Warehouse(path, lock_wait_s=1).query("SELECT * FROM t")
 
 
 def test_contiguous_ranges():
@@ -177,22 +179,10 @@ def test_generated_pools_are_resampled_per_replicate():
 def test_a_catalog_held_by_another_process_is_not_taken_for_a_damaged_one(tmp_path):
     """The freshness check opens the catalog to see whether it is damaged; a lock held by a running
     writer is not damage: the check waits for it and leaves the file where it is."""
-    import subprocess
-    import sys
-
     from augassets.integrity import check_catalog
 
     path = tmp_path / "c.duckdb"
-    Warehouse(path).replace("t", pl.DataFrame({"x": [1]}))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(2)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "open"
+    with _catalog_held_by_another_process(path, 2):
         assert check_catalog(path) is None
-    finally:
-        holder.kill()
-        holder.wait()
     assert path.exists() and not path.with_name("c.duckdb.damaged").exists()
     assert Warehouse(path).query("SELECT x FROM t")["x"].to_list() == [1]
