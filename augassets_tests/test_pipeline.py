@@ -765,3 +765,83 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")} == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name
+
+
+_FINETUNE_SCRIPT = """
+import sys
+from pathlib import Path
+import augassets
+import torch
+from diffusers import StableDiffusionPipeline
+from augassets.core.finetune import FinetuneSpec, finetune_conditioning
+torch.set_num_threads(1)
+sd, folder, wnid, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3], FinetuneSpec(**eval(sys.argv[4]))
+train, val = sys.argv[5].split(","), sys.argv[6].split(",")
+pipeline = StableDiffusionPipeline.from_pretrained(sd)
+finetune_conditioning(pipeline, sys.argv[7], train, val, 32, spec, folder, {"method": "ft_conditioning", "wnid": wnid})
+"""
+
+
+def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run, tmp_path):
+    """⑤ on one smoke class: the conditioning's val loss falls below the encoded prompt's; the candidate
+    checkpoints (best train, best val, epochs 1–3) are kept and the rest removed; kill -9 of a real
+    training process after its second epoch, then a resume, ends with exactly the parameters and
+    losses of an uninterrupted run; a resume state of another run is refused, a NaN loss names its
+    step; the saved conditioning drives the pipeline through ``prompt_embeds``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from augassets.core.finetune import FinetuneError, FinetuneSpec, finetune_conditioning
+
+    profile, _ = benchmark_run
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    options = {"max_epochs": 6, "patience": 10, "lr": 5e-3, "val_draws": 4}
+    spec, signature, prompt = FinetuneSpec(**options), {"method": "ft_conditioning", "wnid": wnid}, name.replace(" ", "")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(sd)
+        pipeline.set_progress_bar_config(disable=True)
+        clean = finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, tmp_path / "clean", signature)
+        assert [h["epoch"] for h in clean.history] == list(range(1, 7))
+        best = clean.candidates["best_val"]
+        assert clean.history[best - 1]["val_loss"] < clean.extra["initial_val_loss"]
+        kept = {int(p.stem.removeprefix("epoch_")) for p in (tmp_path / "clean").glob("epoch_*.safetensors")}
+        assert kept == set(clean.candidates.values()) and {1, 2, 3} <= kept
+
+        folder = tmp_path / "killed"
+        command = [sys.executable, "-c", _FINETUNE_SCRIPT, str(sd), str(folder), wnid, repr(options), ",".join(paths["target"]), ",".join(paths["val"]), prompt]
+        child = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (folder / "epoch_002.safetensors").exists():
+            assert child.poll() is None and time.time() < deadline, "the training process ended before its second epoch"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        resumed = finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, folder, signature)
+        assert 2 <= resumed.resumed_from < 6
+        assert torch.equal(resumed.params["prompt_embeds"], clean.params["prompt_embeds"])
+        strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+        assert strip(resumed.history) == strip(clean.history)
+
+        with pytest.raises(FinetuneError, match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other"):
+            finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, folder, {**signature, "wnid": "other"})
+        nan = torch.full_like(clean.params["prompt_embeds"], float("nan"))
+        with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; the last good checkpoint is epoch 0"):
+            finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, tmp_path / "nan", signature, initial=nan)
+
+        embeds = load_file(str(tmp_path / "clean" / f"epoch_{best:03d}.safetensors"))["prompt_embeds"]
+        image = pipeline(prompt_embeds=embeds, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert image.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
+    finally:
+        torch.set_num_threads(threads)

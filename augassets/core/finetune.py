@@ -1,0 +1,235 @@
+"""Fine-tuning Stable Diffusion on one class's images: the loop the personalized methods share
+(paper §3.1, "Fine-tuning the diffusion model"), and ⑤ fine-tuned conditioning. Dagster-free.
+
+The objective is SD's own: noise is added to a VAE latent of a training image at a random timestep of
+the pipeline's noise schedule, and the UNet, conditioned on text-encoder states, predicts it (mean
+squared error). What is trained differs per method; for ⑤ it is one conditioning per class — the
+text encoder's output for the class, initialized by encoding its no-whitespace simple prompt — with
+the diffusion model frozen.
+
+The loop validates after each epoch on the class's val images with fixed (latent, noise, timestep)
+draws, so the val loss is a deterministic estimate, and stops when it has not improved for
+``patience`` epochs or at ``max_epochs`` (the paper: 40). The learning rate is given for
+``reference_batch_size`` and scaled by the square root of the batch-size ratio (the paper's rule).
+
+Every epoch writes its parameters (``epoch_<n>.safetensors``) and a resume state, both atomically. A
+run killed mid-epoch resumes from the last finished epoch and ends with the same parameters as an
+uninterrupted run: each epoch's shuffling and noise come from a generator seeded by (seed, epoch).
+A resume state written for another run (another class, method or setting) is refused, naming both.
+At the end only the candidate checkpoints are kept: best train loss, best val loss, and the first
+``early_epochs`` epochs (the paper keeps 1–3; Imagic 1–8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+from .diffusion import encode_latent_distribution, encode_prompts
+from .files import save_safetensors_atomic, write_atomic
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.pt"
+
+
+class FinetuneError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """How one personalization run trains (see the module docstring)."""
+
+    max_epochs: int = 40
+    patience: int = 3  # epochs without a better val loss before stopping
+    batch_size: int = 8
+    reference_batch_size: int = 8  # the batch size ``lr`` is given for
+    lr: float = 1e-3
+    val_draws: int = 8  # fixed (latent, noise, timestep) draws per val image
+    early_epochs: int = 3  # epochs 1..early_epochs are checkpoint candidates (Imagic: 8)
+    seed: int = 0
+
+    @property
+    def scaled_lr(self) -> float:
+        return self.lr * math.sqrt(self.batch_size / self.reference_batch_size)
+
+
+@dataclass
+class FinetuneResult:
+    params: dict[str, torch.Tensor]  # after the last epoch run
+    history: list[dict]  # per epoch: epoch, train_loss, val_loss, seconds
+    candidates: dict[str, int]  # best_train, best_val, epoch_1 … → epoch number
+    folder: Path
+    seconds: float
+    images_per_second: float
+    resumed_from: int = 0  # the last finished epoch found on disk (0: a fresh run)
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class SdObjective:
+    """SD's noise-prediction loss on one class's train and val images, with the pipeline's own noise
+    schedule (its scheduler's betas and timesteps, as DDPM training used them)."""
+
+    def __init__(self, pipeline: StableDiffusionPipeline, train_paths: Sequence[str], val_paths: Sequence[str], image_size: int, spec: FinetuneSpec):
+        if not train_paths or not val_paths:
+            raise FinetuneError(f"fine-tuning needs train and val images (got {len(train_paths)} and {len(val_paths)})")
+        self.unet, self.scale = pipeline.unet, pipeline.vae.config.scaling_factor
+        self.noise = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.timesteps = self.noise.config.num_train_timesteps
+        self.train_mean, self.train_std = encode_latent_distribution(pipeline.vae, train_paths, image_size)
+        self.val_mean, self.val_std = encode_latent_distribution(pipeline.vae, val_paths, image_size)
+        draws = torch.Generator().manual_seed(spec.seed * 7919 + 1)
+        index = torch.arange(len(val_paths)).repeat(spec.val_draws)
+        shape = (len(index), *self.val_mean.shape[1:])
+        self.val_draws = (index, torch.randn(shape, generator=draws), torch.randn(shape, generator=draws),
+                          torch.randint(0, self.timesteps, (len(index),), generator=draws))
+
+    def loss(self, states: torch.Tensor, mean, std, eps, noise, timesteps, unet=None) -> torch.Tensor:
+        latents = (mean + std * eps) * self.scale
+        noisy = self.noise.add_noise(latents, noise, timesteps)
+        states = states.expand(len(timesteps), -1, -1) if states.shape[0] == 1 else states
+        return F.mse_loss((unet or self.unet)(noisy, timesteps, encoder_hidden_states=states).sample, noise)
+
+    def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
+        mean, std = self.train_mean[index], self.train_std[index]
+        eps, noise = torch.randn(mean.shape, generator=generator), torch.randn(mean.shape, generator=generator)
+        return mean, std, eps, noise, torch.randint(0, self.timesteps, (len(index),), generator=generator)
+
+    @torch.no_grad()
+    def val_loss(self, states: torch.Tensor, unet=None, batch_size: int = 64) -> float:
+        index, eps, noise, timesteps = self.val_draws
+        total = 0.0
+        for start in range(0, len(index), batch_size):
+            part = slice(start, start + batch_size)
+            i = index[part]
+            total += self.loss(states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
+        return total / len(index)
+
+
+def candidate_epochs(history: Sequence[dict], early_epochs: int) -> dict[str, int]:
+    """The checkpoints kept for selection: best train loss, best val loss, epochs 1..early_epochs."""
+    chosen = {
+        "best_train": min(history, key=lambda h: (h["train_loss"], h["epoch"]))["epoch"],
+        "best_val": min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"],
+    }
+    chosen.update({f"epoch_{e}": e for e in range(1, early_epochs + 1) if e <= len(history)})
+    return chosen
+
+
+def finetune(
+    params: dict[str, torch.Tensor],
+    batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    val_loss: Callable[[], float],
+    n_train: int,
+    spec: FinetuneSpec,
+    folder: Path,
+    signature: dict,
+    progress: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Train ``params`` (leaf tensors) on ``batch_loss(index, generator)`` over ``n_train`` images,
+    validating with ``val_loss()`` after each epoch; checkpoints and the resume state live in
+    ``folder``. ``signature`` says what this run is; a resume state with another one is refused."""
+    say = progress or log.info
+    folder.mkdir(parents=True, exist_ok=True)
+    for tensor in params.values():
+        tensor.requires_grad_(True)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=spec.scaled_lr, weight_decay=0.0)
+    history, start_epoch = [], 1
+    resume = folder / RESUME_FILE
+    if resume.exists():
+        state = torch.load(resume, weights_only=True)
+        written = json.loads(state["signature"])
+        if written != signature:
+            raise FinetuneError(
+                f"refusing to resume from {resume}: it was written for {written}, this run is {signature}; "
+                "delete the folder to start this run over"
+            )
+        with torch.no_grad():
+            for name, tensor in params.items():
+                tensor.copy_(state["params"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+        start_epoch = len(history) + 1
+        say(f"resuming after epoch {len(history)} from {resume}")
+    resumed_from, seen, started = start_epoch - 1, 0, time.perf_counter()
+    best_val_epoch = min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"] if history else 0
+    for epoch in range(start_epoch, spec.max_epochs + 1):
+        if history and epoch - 1 - best_val_epoch >= spec.patience:
+            break
+        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
+        order = torch.randperm(n_train, generator=generator)
+        epoch_started, total, steps = time.perf_counter(), 0.0, 0
+        for start in range(0, n_train, spec.batch_size):
+            loss = batch_loss(order[start : start + spec.batch_size], generator)
+            steps += 1
+            if not torch.isfinite(loss):
+                raise FinetuneError(
+                    f"the loss became {loss.item()} at step {steps} of epoch {epoch}; the last good checkpoint is "
+                    f"epoch {epoch - 1} in {folder} (lower the learning rate)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            seen += len(order[start : start + spec.batch_size])
+        validation = val_loss()
+        history.append({"epoch": epoch, "train_loss": total / steps, "val_loss": validation,
+                        "seconds": time.perf_counter() - epoch_started})
+        earlier = [h["val_loss"] for h in history[:-1]]
+        if not earlier or validation < min(earlier):
+            best_val_epoch = epoch
+        snapshot = {name: tensor.detach().clone().contiguous() for name, tensor in params.items()}
+        save_safetensors_atomic(snapshot, folder / f"epoch_{epoch:03d}.safetensors")
+        state = {"params": snapshot, "optimizer": optimizer.state_dict(), "history": json.dumps(history), "signature": json.dumps(signature)}
+        write_atomic(resume, lambda handle, s=state: torch.save(s, handle))
+        say(f"epoch {epoch}/{spec.max_epochs}: train loss {total / steps:.5f}, val loss {validation:.5f} (best val @ {best_val_epoch})")
+    stopped_early = len(history) < spec.max_epochs
+    candidates = candidate_epochs(history, spec.early_epochs)
+    for path in folder.glob("epoch_*.safetensors"):
+        if int(path.stem.removeprefix("epoch_")) not in candidates.values():
+            path.unlink()
+    seconds = time.perf_counter() - started
+    return FinetuneResult(
+        params={name: tensor.detach() for name, tensor in params.items()}, history=history, candidates=candidates, folder=folder,
+        seconds=seconds, images_per_second=seen / seconds if seconds else 0.0, resumed_from=resumed_from, stopped_early=stopped_early,
+    )
+
+
+def finetune_conditioning(
+    pipeline: StableDiffusionPipeline,
+    prompt: str,
+    train_paths: Sequence[str],
+    val_paths: Sequence[str],
+    image_size: int,
+    spec: FinetuneSpec,
+    folder: Path,
+    signature: dict,
+    initial: torch.Tensor | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """⑤: one conditioning (the text encoder's output, 1 × 77 × dim) optimized with the diffusion
+    model frozen, initialized by encoding ``prompt`` (the class's no-whitespace simple prompt)."""
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.requires_grad_(False)
+    objective = SdObjective(pipeline, train_paths, val_paths, image_size, spec)
+    start = encode_prompts(pipeline.text_encoder, pipeline.tokenizer, [prompt]) if initial is None else initial
+    params = {"prompt_embeds": start.detach().clone()}
+    result = finetune(
+        params,
+        lambda index, generator: objective.loss(params["prompt_embeds"], *objective.train_batch(index, generator)),
+        lambda: objective.val_loss(params["prompt_embeds"]),
+        len(train_paths), spec, folder, signature, progress,
+    )
+    result.extra["initial_val_loss"] = objective.val_loss(start)
+    return result
