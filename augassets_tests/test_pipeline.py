@@ -845,3 +845,50 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
         assert image.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
     finally:
         torch.set_num_threads(threads)
+
+
+def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, tmp_path):
+    """⑧ on one smoke class: the pseudo-word starts at the embedding of the final word of the class's
+    first lemma, only its row trains (the caller's tokenizer and text encoder stay as they were), a
+    word the tokenizer already has is replaced by the next free one, and every kept checkpoint loads
+    into a fresh pipeline with diffusers' own ``load_textual_inversion`` and is used in a prompt."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from augassets.core.finetune import FinetuneSpec, finetune_textual_inversion, pseudo_word
+    from augassets.core.prompts import load_templates
+
+    profile, _ = benchmark_run
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, lemmas = db.query("SELECT wnid, lemmas FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    pipeline = StableDiffusionPipeline.from_pretrained(sd)
+    vocabulary, weights = len(pipeline.tokenizer), pipeline.text_encoder.get_input_embeddings().weight.detach().clone()
+    templates = load_templates("textual_inversion_templates.txt")
+    result = finetune_textual_inversion(pipeline, wnid, lemmas[0], templates, paths["target"], paths["val"], 32,
+                                        FinetuneSpec(max_epochs=3, patience=10, lr=5e-3, val_draws=4), tmp_path / "ti",
+                                        {"method": "textual_inversion", "wnid": wnid})
+    word = result.extra["word"]
+    assert word == f"<{wnid}>" and len(pipeline.tokenizer) == vocabulary
+    assert torch.equal(pipeline.text_encoder.get_input_embeddings().weight, weights)
+    final = lemmas[0].split()[-1]
+    assert torch.allclose(result.extra["initial"][0], weights[pipeline.tokenizer(final, add_special_tokens=False).input_ids].mean(0))
+    assert not torch.equal(result.params[word], result.extra["initial"]), "the word's embedding trained"
+
+    assert sorted(set(result.candidates.values())) == [1, 2, 3]
+    for epoch in (1, 2, 3):
+        checkpoint = tmp_path / "ti" / f"epoch_{epoch:03d}.safetensors"
+        fresh = StableDiffusionPipeline.from_pretrained(sd)
+        fresh.set_progress_bar_config(disable=True)
+        fresh.load_textual_inversion(str(checkpoint))
+        row = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer.convert_tokens_to_ids(word)]
+        assert torch.equal(row, load_file(str(checkpoint))[word][0])
+    assert torch.equal(row, result.params[word][0]), "the last epoch's checkpoint is the trained embedding"
+    image = fresh(f"a photo of a {word}", num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+    lines = []
+    assert pseudo_word(fresh.tokenizer, wnid, lines.append) == f"<{wnid}-1>"
+    assert lines == [f"pseudo-word <{wnid}> is already a token of the tokenizer: using <{wnid}-1>"]

@@ -1,11 +1,13 @@
 """Fine-tuning Stable Diffusion on one class's images: the loop the personalized methods share
-(paper §3.1, "Fine-tuning the diffusion model"), and ⑤ fine-tuned conditioning. Dagster-free.
+(paper §3.1, "Fine-tuning the diffusion model"), ⑤ fine-tuned conditioning and ⑧ textual inversion.
+Dagster-free.
 
 The objective is SD's own: noise is added to a VAE latent of a training image at a random timestep of
 the pipeline's noise schedule, and the UNet, conditioned on text-encoder states, predicts it (mean
-squared error). What is trained differs per method; for ⑤ it is one conditioning per class — the
-text encoder's output for the class, initialized by encoding its no-whitespace simple prompt — with
-the diffusion model frozen.
+squared error). What is trained differs per method. ⑤: one conditioning per class — the text
+encoder's output for the class, initialized by encoding its no-whitespace simple prompt. ⑧: the
+embedding of a new pseudo-word, in prompts drawn from the textual-inversion templates. Both keep the
+diffusion model frozen.
 
 The loop validates after each epoch on the class's val images with fixed (latent, noise, timestep)
 draws, so the val loss is a deterministic estimate, and stops when it has not improved for
@@ -106,14 +108,21 @@ class SdObjective:
         eps, noise = torch.randn(mean.shape, generator=generator), torch.randn(mean.shape, generator=generator)
         return mean, std, eps, noise, torch.randint(0, self.timesteps, (len(index),), generator=generator)
 
+    @property
+    def val_count(self) -> int:
+        return len(self.val_draws[0])
+
     @torch.no_grad()
     def val_loss(self, states: torch.Tensor, unet=None, batch_size: int = 64) -> float:
+        """The mean loss over the fixed val draws; ``states`` is one conditioning (1 × 77 × dim) or
+        one per draw (``val_count`` × 77 × dim)."""
         index, eps, noise, timesteps = self.val_draws
         total = 0.0
         for start in range(0, len(index), batch_size):
             part = slice(start, start + batch_size)
             i = index[part]
-            total += self.loss(states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
+            batch_states = states if states.shape[0] == 1 else states[part]
+            total += self.loss(batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
         return total / len(index)
 
 
@@ -232,4 +241,86 @@ def finetune_conditioning(
         len(train_paths), spec, folder, signature, progress,
     )
     result.extra["initial_val_loss"] = objective.val_loss(start)
+    return result
+
+
+def pseudo_word(tokenizer, wnid: str, say: Callable[[str], None] = log.info) -> str:
+    """The class's new token, ``<wnid>``; if the tokenizer already has it, ``<wnid-1>``, ``<wnid-2>`` …"""
+    word, n = f"<{wnid}>", 0
+    while word in tokenizer.get_vocab():
+        n += 1
+        word = f"<{wnid}-{n}>"
+    if n:
+        say(f"pseudo-word <{wnid}> is already a token of the tokenizer: using {word}")
+    return word
+
+
+def initial_word_embedding(pipeline: StableDiffusionPipeline, lemma: str) -> torch.Tensor:
+    """Textual inversion's initialization: the embedding of the final word of the class's first lemma
+    ("tiger shark" → "shark"), the mean of its tokens' embeddings where it is several (1 × dim)."""
+    word = lemma.replace("_", " ").split()[-1]
+    ids = pipeline.tokenizer(word, add_special_tokens=False).input_ids
+    if not ids:
+        raise FinetuneError(f"lemma {lemma!r}: its final word {word!r} has no tokens to initialize a pseudo-word from")
+    weight = pipeline.text_encoder.get_input_embeddings().weight.detach()
+    return weight[ids].mean(0, keepdim=True).clone()
+
+
+def finetune_textual_inversion(
+    pipeline: StableDiffusionPipeline,
+    wnid: str,
+    lemma: str,
+    templates: Sequence[str],
+    train_paths: Sequence[str],
+    val_paths: Sequence[str],
+    image_size: int,
+    spec: FinetuneSpec,
+    folder: Path,
+    signature: dict,
+    progress: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """⑧: a new pseudo-word for the class whose embedding row alone is trained, with prompts drawn
+    from the textual-inversion templates; the diffusion model and every other embedding frozen.
+
+    The tokenizer and text encoder of ``pipeline`` are left as they are: the word is added to a copy
+    of the tokenizer, and the text encoder runs with its embedding matrix plus the trained row
+    (``torch.func.functional_call``). Checkpoints hold ``{word: embedding (1 × dim)}``, the format
+    diffusers' ``load_textual_inversion`` reads."""
+    import copy
+
+    say = progress or log.info
+    for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        module.requires_grad_(False)
+    objective = SdObjective(pipeline, train_paths, val_paths, image_size, spec)
+    tokenizer = copy.deepcopy(pipeline.tokenizer)
+    word = pseudo_word(tokenizer, wnid, say)
+    tokenizer.add_tokens([word])
+    embedding = pipeline.text_encoder.get_input_embeddings().weight
+    name = next(n for n, tensor in pipeline.text_encoder.named_parameters() if tensor is embedding)  # its name differs across versions
+    weight = embedding.detach()
+    if tokenizer.convert_tokens_to_ids(word) != len(weight):
+        raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {tokenizer.convert_tokens_to_ids(word)}, the text encoder has {len(weight)} rows")
+    initial = initial_word_embedding(pipeline, lemma)
+    params = {word: initial.clone()}
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        extended = torch.cat([weight, params[word]])
+        return torch.func.functional_call(pipeline.text_encoder, {name: extended}, (ids,))[0]
+
+    def prompts_for(count: int, generator: torch.Generator) -> list[str]:
+        return [templates[int(i)].format(word) for i in torch.randint(len(templates), (count,), generator=generator)]
+
+    val_prompts = prompts_for(objective.val_count, torch.Generator().manual_seed(spec.seed * 7919 + 2))
+
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        states = encode(prompts_for(len(index), generator))
+        return objective.loss(states, *objective.train_batch(index, generator))
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return objective.val_loss(encode(val_prompts))
+
+    result = finetune(params, batch_loss, val_loss, len(train_paths), spec, folder, {**signature, "word": word}, progress)
+    result.extra.update(word=word, initial=initial)
     return result
