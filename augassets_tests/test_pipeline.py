@@ -773,12 +773,12 @@ from pathlib import Path
 import augassets
 import torch
 from diffusers import StableDiffusionPipeline
-from augassets.core.finetune import FinetuneSpec, finetune_conditioning
+from augassets.core.finetune import ClassImages, FinetuneSpec, finetune_conditioning
 torch.set_num_threads(1)
 sd, folder, wnid, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3], FinetuneSpec(**eval(sys.argv[4]))
 train, val = sys.argv[5].split(","), sys.argv[6].split(",")
 pipeline = StableDiffusionPipeline.from_pretrained(sd)
-finetune_conditioning(pipeline, sys.argv[7], train, val, 32, spec, folder, {"method": "ft_conditioning", "wnid": wnid})
+finetune_conditioning(pipeline, sys.argv[7], ClassImages(train, val, 32), spec, folder, {"method": "ft_conditioning", "wnid": wnid})
 """
 
 
@@ -798,7 +798,7 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
-    from augassets.core.finetune import FinetuneError, FinetuneSpec, finetune_conditioning
+    from augassets.core.finetune import ClassImages, FinetuneError, FinetuneSpec, finetune_conditioning
 
     profile, _ = benchmark_run
     sd = profile.home / "store" / "models" / "stable_diffusion"
@@ -807,12 +807,13 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
     paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
     options = {"max_epochs": 6, "patience": 10, "lr": 5e-3, "val_draws": 4}
     spec, signature, prompt = FinetuneSpec(**options), {"method": "ft_conditioning", "wnid": wnid}, name.replace(" ", "")
+    images = ClassImages(paths["target"], paths["val"], 32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         pipeline = StableDiffusionPipeline.from_pretrained(sd)
         pipeline.set_progress_bar_config(disable=True)
-        clean = finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, tmp_path / "clean", signature)
+        clean = finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "clean", signature)
         assert [h["epoch"] for h in clean.history] == list(range(1, 7))
         best = clean.candidates["best_val"]
         assert clean.history[best - 1]["val_loss"] < clean.extra["initial_val_loss"]
@@ -828,17 +829,17 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
             time.sleep(0.02)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-        resumed = finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, folder, signature)
+        resumed = finetune_conditioning(pipeline, prompt, images, spec, folder, signature)
         assert 2 <= resumed.resumed_from < 6
         assert torch.equal(resumed.params["prompt_embeds"], clean.params["prompt_embeds"])
         strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
         assert strip(resumed.history) == strip(clean.history)
 
         with pytest.raises(FinetuneError, match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other"):
-            finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, folder, {**signature, "wnid": "other"})
+            finetune_conditioning(pipeline, prompt, images, spec, folder, {**signature, "wnid": "other"})
         nan = torch.full_like(clean.params["prompt_embeds"], float("nan"))
         with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; the last good checkpoint is epoch 0"):
-            finetune_conditioning(pipeline, prompt, paths["target"], paths["val"], 32, spec, tmp_path / "nan", signature, initial=nan)
+            finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "nan", signature, initial=nan)
 
         embeds = load_file(str(tmp_path / "clean" / f"epoch_{best:03d}.safetensors"))["prompt_embeds"]
         image = pipeline(prompt_embeds=embeds, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -856,7 +857,7 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
-    from augassets.core.finetune import FinetuneSpec, finetune_textual_inversion, pseudo_word
+    from augassets.core.finetune import ClassImages, FinetuneSpec, finetune_textual_inversion, pseudo_word
     from augassets.core.prompts import load_templates
 
     profile, _ = benchmark_run
@@ -867,7 +868,7 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
     pipeline = StableDiffusionPipeline.from_pretrained(sd)
     vocabulary, weights = len(pipeline.tokenizer), pipeline.text_encoder.get_input_embeddings().weight.detach().clone()
     templates = load_templates("textual_inversion_templates.txt")
-    result = finetune_textual_inversion(pipeline, wnid, lemmas[0], templates, paths["target"], paths["val"], 32,
+    result = finetune_textual_inversion(pipeline, wnid, lemmas[0], templates, ClassImages(paths["target"], paths["val"], 32),
                                         FinetuneSpec(max_epochs=3, patience=10, lr=5e-3, val_draws=4), tmp_path / "ti",
                                         {"method": "textual_inversion", "wnid": wnid})
     word = result.extra["word"]

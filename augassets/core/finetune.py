@@ -66,6 +66,15 @@ class FinetuneSpec:
         return self.lr * math.sqrt(self.batch_size / self.reference_batch_size)
 
 
+@dataclass(frozen=True)
+class ClassImages:
+    """One class's fine-tuning data: its target images (train), its val images, and the model's image size."""
+
+    train: Sequence[str]
+    val: Sequence[str]
+    image_size: int
+
+
 @dataclass
 class FinetuneResult:
     params: dict[str, torch.Tensor]  # after the last epoch run
@@ -83,7 +92,8 @@ class SdObjective:
     """SD's noise-prediction loss on one class's train and val images, with the pipeline's own noise
     schedule (its scheduler's betas and timesteps, as DDPM training used them)."""
 
-    def __init__(self, pipeline: StableDiffusionPipeline, train_paths: Sequence[str], val_paths: Sequence[str], image_size: int, spec: FinetuneSpec):
+    def __init__(self, pipeline: StableDiffusionPipeline, images: ClassImages, spec: FinetuneSpec):
+        train_paths, val_paths, image_size = images.train, images.val, images.image_size
         if not train_paths or not val_paths:
             raise FinetuneError(f"fine-tuning needs train and val images (got {len(train_paths)} and {len(val_paths)})")
         self.unet, self.scale = pipeline.unet, pipeline.vae.config.scaling_factor
@@ -218,9 +228,7 @@ def finetune(
 def finetune_conditioning(
     pipeline: StableDiffusionPipeline,
     prompt: str,
-    train_paths: Sequence[str],
-    val_paths: Sequence[str],
-    image_size: int,
+    images: ClassImages,
     spec: FinetuneSpec,
     folder: Path,
     signature: dict,
@@ -231,14 +239,14 @@ def finetune_conditioning(
     model frozen, initialized by encoding ``prompt`` (the class's no-whitespace simple prompt)."""
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
-    objective = SdObjective(pipeline, train_paths, val_paths, image_size, spec)
+    objective = SdObjective(pipeline, images, spec)
     start = encode_prompts(pipeline.text_encoder, pipeline.tokenizer, [prompt]) if initial is None else initial
     params = {"prompt_embeds": start.detach().clone()}
     result = finetune(
         params,
         lambda index, generator: objective.loss(params["prompt_embeds"], *objective.train_batch(index, generator)),
         lambda: objective.val_loss(params["prompt_embeds"]),
-        len(train_paths), spec, folder, signature, progress,
+        len(images.train), spec, folder, signature, progress,
     )
     result.extra["initial_val_loss"] = objective.val_loss(start)
     return result
@@ -271,9 +279,7 @@ def finetune_textual_inversion(
     wnid: str,
     lemma: str,
     templates: Sequence[str],
-    train_paths: Sequence[str],
-    val_paths: Sequence[str],
-    image_size: int,
+    images: ClassImages,
     spec: FinetuneSpec,
     folder: Path,
     signature: dict,
@@ -291,7 +297,7 @@ def finetune_textual_inversion(
     say = progress or log.info
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
-    objective = SdObjective(pipeline, train_paths, val_paths, image_size, spec)
+    objective = SdObjective(pipeline, images, spec)
     tokenizer = copy.deepcopy(pipeline.tokenizer)
     word = pseudo_word(tokenizer, wnid, say)
     tokenizer.add_tokens([word])
@@ -321,6 +327,6 @@ def finetune_textual_inversion(
         with torch.no_grad():
             return objective.val_loss(encode(val_prompts))
 
-    result = finetune(params, batch_loss, val_loss, len(train_paths), spec, folder, {**signature, "word": word}, progress)
+    result = finetune(params, batch_loss, val_loss, len(images.train), spec, folder, {**signature, "word": word}, progress)
     result.extra.update(word=word, initial=initial)
     return result
