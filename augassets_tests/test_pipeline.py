@@ -838,7 +838,7 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
         with pytest.raises(FinetuneError, match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other"):
             finetune_conditioning(pipeline, prompt, images, spec, folder, {**signature, "wnid": "other"})
         nan = torch.full_like(clean.params["prompt_embeds"], float("nan"))
-        with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; the last good checkpoint is epoch 0"):
+        with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; no epoch finished \(lower the learning rate\)"):
             finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "nan", signature, initial=nan)
 
         embeds = load_file(str(tmp_path / "clean" / f"epoch_{best:03d}.safetensors"))["prompt_embeds"]
@@ -893,3 +893,48 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
     lines = []
     assert pseudo_word(fresh.tokenizer, wnid, lines.append) == f"<{wnid}-1>"
     assert lines == [f"pseudo-word <{wnid}> is already a token of the tokenizer: using <{wnid}-1>"]
+
+
+def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run, tmp_path):
+    """⑥ on one smoke class, embedded by the mini CLIP's image tower: k-means splits its target images
+    into k clusters, each trains its own conditioning on its own images (checkpoints per cluster); a
+    class with fewer images than k gets fewer clusters and says so; generation draws clusters in
+    proportion to their sizes."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    from augassets.core.clip import encode_image_batches
+    from augassets.core.finetune import (
+        ClassImages,
+        FinetuneSpec,
+        cluster_images,
+        draw_clusters,
+        finetune_cluster_conditionings,
+    )
+
+    profile, _ = benchmark_run
+    store = profile.home / "store"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    clip = CLIPModel.from_pretrained(store / "models" / "clip")
+    embed = lambda files: np.concatenate(list(encode_image_batches(clip, files, profile.world.pool.image_size)))  # noqa: E731
+    pipeline = StableDiffusionPipeline.from_pretrained(store / "models" / "stable_diffusion")
+    lines = []
+    results = finetune_cluster_conditionings(
+        pipeline, name.replace(" ", ""), ClassImages(paths["target"], paths["val"], 32), embed(paths["target"]), embed(paths["val"]), 3,
+        FinetuneSpec(max_epochs=2, patience=10, lr=5e-3, val_draws=2), tmp_path / "ft", {"method": "ft_cluster_conditioning", "wnid": wnid}, lines.append,
+    )
+    assert len(results) == 3 and sum(r.extra["size"] for r in results) == len(paths["target"])
+    assert all(r.extra["size"] >= 1 and len(r.history) == 2 for r in results)
+    for cluster, result in enumerate(results):
+        assert (tmp_path / "ft" / f"cluster_{cluster}" / "epoch_001.safetensors").is_file()
+        assert result.params["prompt_embeds"].shape == (1, 77, pipeline.text_encoder.config.hidden_size)
+    assert not torch.equal(results[0].params["prompt_embeds"], results[1].params["prompt_embeds"])
+
+    labels, centroids = cluster_images(np.eye(2, 4, dtype=np.float32), 5, 0, lines.append)
+    assert len(centroids) == 2 and sorted(labels) == [0, 1] and lines[-1] == "only 2 training images for k=5 clusters: using 2 clusters"
+    assert draw_clusters([5, 3, 2], 7) == [0, 0, 0, 0, 1, 1, 2]
+    assert draw_clusters([1, 1, 1], 3) == [0, 1, 2]

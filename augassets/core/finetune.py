@@ -1,13 +1,14 @@
 """Fine-tuning Stable Diffusion on one class's images: the loop the personalized methods share
-(paper §3.1, "Fine-tuning the diffusion model"), ⑤ fine-tuned conditioning and ⑧ textual inversion.
-Dagster-free.
+(paper §3.1, "Fine-tuning the diffusion model"), ⑤ fine-tuned conditioning, ⑥ cluster conditioning
+and ⑧ textual inversion. Dagster-free.
 
 The objective is SD's own: noise is added to a VAE latent of a training image at a random timestep of
 the pipeline's noise schedule, and the UNet, conditioned on text-encoder states, predicts it (mean
 squared error). What is trained differs per method. ⑤: one conditioning per class — the text
-encoder's output for the class, initialized by encoding its no-whitespace simple prompt. ⑧: the
-embedding of a new pseudo-word, in prompts drawn from the textual-inversion templates. Both keep the
-diffusion model frozen.
+encoder's output for the class, initialized by encoding its no-whitespace simple prompt. ⑥: one such
+conditioning per k-means cluster of the class's image embeddings. ⑧: the embedding of a new
+pseudo-word, in prompts drawn from the textual-inversion templates. All three keep the diffusion
+model frozen.
 
 The loop validates after each epoch on the class's val images with fixed (latent, noise, timestep)
 draws, so the val loss is a deterministic estimate, and stops when it has not improved for
@@ -32,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -169,7 +171,7 @@ def finetune(
     if resume.exists():
         state = torch.load(resume, weights_only=True)
         written = json.loads(state["signature"])
-        if written != signature:
+        if written != json.loads(json.dumps(signature)):  # compared as stored (tuples become lists)
             raise FinetuneError(
                 f"refusing to resume from {resume}: it was written for {written}, this run is {signature}; "
                 "delete the folder to start this run over"
@@ -193,10 +195,8 @@ def finetune(
             loss = batch_loss(order[start : start + spec.batch_size], generator)
             steps += 1
             if not torch.isfinite(loss):
-                raise FinetuneError(
-                    f"the loss became {loss.item()} at step {steps} of epoch {epoch}; the last good checkpoint is "
-                    f"epoch {epoch - 1} in {folder} (lower the learning rate)"
-                )
+                kept = f"the last good checkpoint is epoch {epoch - 1} in {folder}" if epoch > 1 else "no epoch finished"
+                raise FinetuneError(f"the loss became {loss.item()} at step {steps} of epoch {epoch}; {kept} (lower the learning rate)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -330,3 +330,77 @@ def finetune_textual_inversion(
     result = finetune(params, batch_loss, val_loss, len(images.train), spec, folder, {**signature, "word": word}, progress)
     result.extra.update(word=word, initial=initial)
     return result
+
+
+def cluster_images(embeddings: np.ndarray, k: int, seed: int, say: Callable[[str], None] = log.info) -> tuple[np.ndarray, np.ndarray]:
+    """⑥'s clusters: k-means (faiss, seeded) over a class's training-image embeddings, as (label per
+    image, centroids). A class with fewer images than ``k`` gets as many clusters as it has images, and
+    the run says so."""
+    import faiss
+
+    n = len(embeddings)
+    if n == 0:
+        raise FinetuneError("cluster conditioning needs at least one training image")
+    if n < k:
+        say(f"only {n} training images for k={k} clusters: using {n} clusters")
+        k = n
+    data = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if k == 1:
+        return np.zeros(n, dtype=np.int64), data.mean(0, keepdims=True)
+    kmeans = faiss.Kmeans(data.shape[1], k, niter=25, seed=seed, min_points_per_centroid=1, max_points_per_centroid=1_000_000)
+    kmeans.train(data)
+    _, labels = kmeans.index.search(data, 1)
+    return labels[:, 0].astype(np.int64), kmeans.centroids
+
+
+def nearest_cluster(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The cluster of each embedding (by squared distance to the centroids)."""
+    distances = ((embeddings[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+    return distances.argmin(1)
+
+
+def draw_clusters(sizes: Sequence[int], count: int) -> list[int]:
+    """Which cluster each of ``count`` generated images comes from: in proportion to the clusters'
+    sizes (largest remainders get the rounding), in cluster order."""
+    total = sum(sizes)
+    shares = [count * size / total for size in sizes]
+    counts = [int(share) for share in shares]
+    for i in sorted(range(len(sizes)), key=lambda i: (counts[i] - shares[i], i))[: count - sum(counts)]:
+        counts[i] += 1
+    return [cluster for cluster, n in enumerate(counts) for _ in range(n)]
+
+
+def finetune_cluster_conditionings(
+    pipeline: StableDiffusionPipeline,
+    prompt: str,
+    images: ClassImages,
+    train_embeddings: np.ndarray,
+    val_embeddings: np.ndarray,
+    k: int,
+    spec: FinetuneSpec,
+    folder: Path,
+    signature: dict,
+    progress: Callable[[str], None] | None = None,
+) -> list[FinetuneResult]:
+    """⑥: the class's training images clustered by k-means on their embeddings; one conditioning per
+    cluster, initialized like ⑤ and trained on that cluster's images (validated on the val images
+    nearest its centroid, or on all of them when none is). Results in cluster order, each with its
+    ``size`` (training images) in ``extra``; generation draws clusters with :func:`draw_clusters`."""
+    say = progress or log.info
+    labels, centroids = cluster_images(train_embeddings, k, spec.seed, say)
+    val_labels = nearest_cluster(np.asarray(val_embeddings, dtype=np.float32), centroids)
+    results = []
+    for cluster in range(len(centroids)):
+        train = [p for p, label in zip(images.train, labels) if label == cluster]
+        val = [p for p, label in zip(images.val, val_labels) if label == cluster]
+        if not val:
+            say(f"cluster {cluster}: no val image is nearest its centroid; validating on all {len(images.val)}")
+            val = list(images.val)
+        say(f"cluster {cluster}: {len(train)} training images, {len(val)} val images")
+        result = finetune_conditioning(
+            pipeline, prompt, ClassImages(train, val, images.image_size), spec, folder / f"cluster_{cluster}",
+            {**signature, "cluster": cluster, "of": len(centroids)}, progress=lambda line, c=cluster: say(f"cluster {c}: {line}"),
+        )
+        result.extra["size"] = len(train)
+        results.append(result)
+    return results
