@@ -34,6 +34,14 @@ def disk_full(path: Path, error: OSError) -> OSError:
     )
 
 
+def _raise_named(path: Path, error: OSError) -> None:
+    """Raise ``error`` as :func:`disk_full` words it (chained to it), or unchanged when it is not a full disk."""
+    named = disk_full(path, error)
+    if named is error:
+        raise error
+    raise named from error
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``. A full disk
     raises :class:`DiskFullError` naming ``path``, with the temporary file removed."""
@@ -42,7 +50,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise disk_full(path, error) from error
+        _raise_named(path, error)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -50,7 +58,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise disk_full(path, error) from error
+            _raise_named(path, error)
         raise
 
 
@@ -124,7 +132,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError):
-            raise disk_full(final, error) from error
+            _raise_named(final, error)
         raise
     if final.exists():
         old = final.with_name(final.name + ".old")

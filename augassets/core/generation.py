@@ -130,7 +130,10 @@ def generate_partition(
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
-            raise disk_full(manifest, error) from error
+            named = disk_full(manifest, error)
+            if named is error:
+                raise
+            raise named from error
         done[chunk] = records
         if progress:
             progress(f"{request.method}/{request.wnid}: {min(start + batch_size, n)}/{n} images")
