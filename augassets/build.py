@@ -9,7 +9,18 @@ from types import SimpleNamespace
 import dagster as dg
 
 from . import sensors
-from .assets import calibration, catalog, classifier, datasets, duplicates, foundation, images, reports, splits
+from .assets import (
+    calibration,
+    catalog,
+    classifier,
+    datasets,
+    duplicates,
+    foundation,
+    images,
+    personalized,
+    reports,
+    splits,
+)
 from .automation import stale_condition, with_automation
 from .profiles import Profile
 from .resources import default_resources
@@ -17,7 +28,7 @@ from .resources import default_resources
 # Data-flow order: each builder may refer to the definitions of the builders before it.
 BUILDERS = (
     catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, foundation.build_fidelity,
-    images.build, duplicates.build, datasets.build, classifier.build, reports.build,
+    images.build_class_prompts, personalized.build, images.build, duplicates.build, datasets.build, classifier.build, reports.build,
 )
 
 
@@ -26,7 +37,9 @@ CALIBRATION_ONLY = ("domain_oracle",)
 # Per class × method assets: the catalog and splits gaining a class does not change a class's own
 # rows (its split draws are seeded by the class, and the settings that shape them are in these
 # assets' code versions), so those updates leave the existing partitions alone.
-PER_CLASS_IGNORES = {"class_prompts": ("class_catalog", "dataset_splits"), "augmentation_images": ("class_catalog", "dataset_splits")}
+PER_CLASS_IGNORES = {
+    name: ("class_catalog", "dataset_splits") for name in ("class_prompts", "augmentation_images", "personalized_models", "candidate_images")
+}
 
 
 def build_stages(profile: Profile) -> SimpleNamespace:
@@ -59,6 +72,11 @@ def _jobs(d: SimpleNamespace) -> list:
                 description="Across classes: excluded classes, class fidelity, reference pHashes, the leak threshold and the duplicate summary.",
             ),
         ]
+    if hasattr(d, "personalized_models"):  # a profile with personalized methods
+        jobs.append(dg.define_asset_job(
+            "personalize", selection=[d.personalized_models, d.candidate_images, d.checkpoint_selection],
+            description="Per class × personalized method: fine-tuning, each checkpoint candidate's images, and the checkpoint selection.",
+        ))
     return jobs + [
         dg.define_asset_job("build_augmented_datasets", selection=[d.augmented_datasets]),
         dg.define_asset_job("train_classifiers", selection=[d.classifier_scores]),

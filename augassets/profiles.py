@@ -224,6 +224,39 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class PersonalizationSpec:
+    """The personalized methods (paper §3.1, "Fine-tuning the diffusion model"): ⑤ fine-tuned
+    conditioning, ⑥ cluster conditioning and ⑧ textual inversion, each trained per class on the
+    class's target images with SD's own noise-prediction loss, the diffusion model frozen.
+
+    Training stops when the val loss (on the class's val images, ``val_draws`` fixed noise draws per
+    image) has not improved for ``patience`` epochs, at most ``max_epochs`` (the paper: 40). Learning
+    rates are given for ``reference_batch_size`` and scaled by √(``batch_size`` / reference), the
+    paper's rule for larger batches: ``conditioning_lr`` for ⑤ ⑥, ``word_lr`` for ⑧ (textual
+    inversion's own base rate, 0.005). Checkpoint candidates: best train loss, best val loss and
+    epochs 1 … ``early_epochs``; each candidate's images train one classifier, and the best val
+    accuracy chooses the checkpoint whose images the method uses.
+
+    ⑥: ``clusters`` k-means clusters (the paper's k = 5; ``cluster_ablation`` lists the k of the
+    ablation) of the class's target images embedded by the CLIP image tower of the profile's CLIP
+    (the mini world's own; at scale the configured CLIP weights); generation draws clusters in
+    proportion to their sizes.
+    """
+
+    max_epochs: int = 40
+    patience: int = 3
+    batch_size: int = 8
+    reference_batch_size: int = 8
+    conditioning_lr: float = 1e-2
+    word_lr: float = 5e-3
+    val_draws: int = 8
+    early_epochs: int = 3
+    clusters: int = 5
+    cluster_ablation: tuple[int, ...] = (1, 5, 10, 15)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DuplicateSpec:
     """pHash duplicate analysis: pairs closer than ``hamming_threshold`` bits (the paper: 10 of 64) are
     near-duplicates; the summary's check fails above ``max_test_leak_rate`` of augmentation images.
@@ -283,6 +316,7 @@ class Profile:
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     duplicates: DuplicateSpec = field(default_factory=DuplicateSpec)
+    personalization: PersonalizationSpec = field(default_factory=PersonalizationSpec)
     automation: AutomationSpec = field(default_factory=AutomationSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
@@ -374,10 +408,11 @@ MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_cal
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        description="Tests: 3 Fashion-MNIST classes, a few dozen images each, 3 epochs. Seconds.",
+        description="Tests: 3 Fashion-MNIST classes, a few dozen images each, 3 epochs, 3 replicates. Seconds.",
         dataset=FASHION_MNIST,
         split=SplitSpec(train_fraction=0.004, class_rate_spread=0.4, max_test_per_class=40, seed=0),
-        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4, min_steps_per_epoch=0),
+        # Three replicates, not five: enough for a standard error and for resampled sets to differ, at 60 % of the cost.
+        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4, min_steps_per_epoch=0, replicates=3),
         world=MiniWorldSpec(
             pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2, judge_per_class=(24, 8, 8)),
             clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
@@ -390,7 +425,9 @@ PROFILES: dict[str, Profile] = {
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
         duplicates=replace(MINI_DUPLICATES, calibration_copies=20),
-        methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts", "retrieval"),
+        methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
+                 "ft_conditioning", "ft_cluster_conditioning", "textual_inversion", "retrieval"),
+        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, clusters=2),
         max_classes=3,
         torch_threads=1,
         # Off until a test starts them; every minute, so that a daemon test sees a tick soon.

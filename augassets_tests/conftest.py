@@ -96,3 +96,37 @@ def small_disk(tmp_path: Path):
         yield mount, resize
     finally:
         subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def benchmark_run():
+    """The main command on smoke, once per session: (profile, results table)."""
+    from augassets import cli
+    from augassets.profiles import get_profile
+
+    profile = get_profile("smoke")
+    table = cli.benchmark(profile, say=lambda *_: None)
+    return profile, table
+
+
+@pytest.fixture
+def private_state(benchmark_run, tmp_path, monkeypatch):
+    """The benchmark's state and Dagster instance (run history, automation cursor) copied to fresh
+    homes: what a test changes there leaves the module's shared run as it was."""
+    import os
+    import shutil
+
+    import duckdb
+
+    profile, _ = benchmark_run
+    copy = tmp_path / "home" / profile.name
+    shutil.copytree(profile.home, copy)
+    shutil.copytree(os.environ["DAGSTER_HOME"], tmp_path / "dagster")
+    # Tables name files by absolute path: point the copy's at the copy's files.
+    with duckdb.connect(str(copy / "catalog.duckdb")) as con:
+        columns = con.execute("SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'VARCHAR'").fetchall()
+        for table, column in columns:
+            con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?)', [str(profile.home), str(copy)])
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return profile

@@ -2,8 +2,10 @@
 classes retrieval cannot fill — excluded from every method (paper §3)."""
 
 import math
+import os
 import shutil
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
@@ -14,7 +16,7 @@ from ..core.files import atomic_folder, load_checkpoint, write_parquet_atomic
 from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
-from ..core.methods import DIFFUSION_BUILDERS, IMG2IMG, RETRIEVAL, get_method, keys_with_builder
+from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
 from ..core.prompts import (
     ClassNames,
     build_prompts,
@@ -37,10 +39,12 @@ from ..resources import (
 from ..versions import code_version
 
 GROUP = "images"
+SAMPLED_HERE = frozenset({TXT2IMG, IMG2IMG})  # builders whose images this stage samples (fine-tuned ones: candidate_images)
 JUDGE_TOLERANCE = 0.1  # the judge's fidelity on retrieved images may differ this much from their ground-truth precision
 MANIFEST_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8, "family": pl.Utf8,
     "seed": pl.Int64, "attempts": pl.Int64, "pool_id": pl.Int64, "caption": pl.Utf8, "similarity": pl.Float64, "aesthetic": pl.Float64,
+    "candidate": pl.Utf8, "checkpoint": pl.Utf8,  # fine-tuned methods: the chosen checkpoint candidate (label) and file(s)
 }
 PROMPT_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "family": pl.Utf8, "prompt": pl.Utf8, "truncated": pl.Boolean,
@@ -65,8 +69,8 @@ def images_per_class(db, method: str, profile: Profile) -> int:
     return n if get_method(method).builder == RETRIEVAL else math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
 
 
-def build(profile: Profile, up: SimpleNamespace) -> dict:
-    """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+def build_class_prompts(profile: Profile, up: SimpleNamespace) -> dict:
+    """The prompts of every class × image method (before the personalized stage, which reads them)."""
     if not image_method_keys(profile):  # baselines only: no images, nothing to exclude
         return {}
 
@@ -119,11 +123,27 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                       "examples": dg.MetadataValue.md("\n".join(examples[:12]))}
         )
 
+    return {"class_prompts": class_prompts}
+
+
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+    if not image_method_keys(profile):  # baselines only: no images, nothing to exclude
+        return {}
+    class_prompts = up.class_prompts
+    finetuned = keys_with_builder(FINETUNE_BUILDERS, profile.methods)
+    # A fine-tuned method's images are the chosen checkpoint's (checkpoint_selection, same class); other methods read none.
+    selection_deps = [dg.AssetDep(up.checkpoint_selection, partition_mapping=dg.MultiPartitionMapping({
+        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in finetuned})),
+        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
+    }))] if finetuned else []
+
     @dg.asset(
         metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
         group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), pool="gpu",
         partitions_def=class_method_partitions(profile),
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits, *selection_deps],
         kinds={"faiss", "parquet"},
         description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
         "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
@@ -146,11 +166,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             if RETRIEVAL in builders:
                 for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
                     image_store.fetch(*parts)
-            if builders & (DIFFUSION_BUILDERS | {RETRIEVAL}):  # retrieval: SD's safety checker screens the hits
+            if builders & (SAMPLED_HERE | {RETRIEVAL}):  # retrieval: SD's safety checker screens the hits
                 image_store.fetch("models", "stable_diffusion")
         # Load each expensive handle once per step, and only when a partition of this run needs it.
         retriever = (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker()) if RETRIEVAL in builders else None
-        pipelines = {builder: diffusion_backend.load(builder) for builder in builders & DIFFUSION_BUILDERS}
+        pipelines = {builder: diffusion_backend.load(builder) for builder in builders & SAMPLED_HERE}
         summary, grids, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
             method, wnid = partition(key)
@@ -158,6 +178,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             try:
                 if builder == RETRIEVAL:
                     row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method, profile), labels[wnid])
+                elif builder in FINETUNE_BUILDERS:
+                    row, paths = _selected_partition(context, db, image_store, method, wnid, labels[wnid])
                 elif builder in pipelines:
                     row, paths = _generate_partition(context, db, image_store, pipelines[builder], diffusion_backend, method, wnid, labels[wnid])
                 else:
@@ -261,6 +283,30 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
         row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
         return row, manifest["path"].to_list()
+
+    def _selected_partition(context, db, image_store, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
+        """A fine-tuned method: the images of the checkpoint candidate checkpoint_selection chose, linked
+        (or copied) from candidates/ into images/<method>/<wnid>/ with their manifest."""
+        chosen = db.query("SELECT DISTINCT candidate FROM checkpoint_selection WHERE method = ? AND wnid = ?", [method, wnid])
+        if chosen.is_empty():
+            raise ValueError(f"no checkpoint chosen for {method}/{wnid}: materialize checkpoint_selection for this partition first")
+        candidate = chosen["candidate"][0]
+        rows = db.query("SELECT * FROM candidate_manifest WHERE method = ? AND wnid = ? AND candidate = ? ORDER BY rank", [method, wnid, candidate])
+        image_store.ensure(rows["path"], context.log.info)
+        final = image_store.path("images", method, wnid)
+        with atomic_folder(final) as tmp:
+            for source in rows["path"]:
+                try:
+                    os.link(source, tmp / Path(source).name)
+                except OSError:  # another file system
+                    shutil.copyfile(source, tmp / Path(source).name)
+            linked = rows.with_columns(pl.col("path").map_elements(lambda p: str(final / Path(p).name), return_dtype=pl.Utf8))
+            manifest = linked.select([pl.col(c).cast(t) if c in linked.columns else pl.lit(None, dtype=t).alias(c) for c, t in MANIFEST_SCHEMA.items()])
+            manifest.write_parquet(tmp / "manifest.parquet")
+        image_store.publish("images", method, wnid)
+        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images of the chosen checkpoint candidate {candidate}")
+        return {"wnid": wnid, "method": method, "images": manifest.height, "needed": manifest.height, "candidate": candidate}, manifest["path"].to_list()
 
     @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
     def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:
@@ -369,4 +415,4 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             metadata={"judge_fidelity": judged, "ground_truth_precision": truth, "difference": judged - truth},
         )
 
-    return {"class_prompts": class_prompts, "augmentation_images": augmentation_images, "augmentation_images_are_valid": augmentation_images_are_valid, "excluded_classes": excluded_classes, "class_fidelity": class_fidelity, "judge_agrees_with_ground_truth": judge_agrees_with_ground_truth}
+    return {"augmentation_images": augmentation_images, "augmentation_images_are_valid": augmentation_images_are_valid, "excluded_classes": excluded_classes, "class_fidelity": class_fidelity, "judge_agrees_with_ground_truth": judge_agrees_with_ground_truth}

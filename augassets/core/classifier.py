@@ -240,15 +240,16 @@ def per_class_accuracy(predictions: np.ndarray, targets: np.ndarray) -> dict[int
 def train_classifier(
     train: LabeledImages,
     val: LabeledImages,
-    test: LabeledImages,
+    test: LabeledImages | None,
     num_classes: int,
     spec: ClassifierSpec,
     seed: int,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train one classifier with the paper's protocol and score its best-val checkpoint on test."""
-    if not len(train) or not len(val) or not len(test):
-        raise ValueError(f"empty split: train={len(train)} val={len(val)} test={len(test)}")
+    """Train one classifier with the paper's protocol and score its best-val checkpoint on test.
+    ``test=None``: no test scoring (``test_top1`` is NaN) — a model-selection run that may look at val only."""
+    if not len(train) or not len(val) or (test is not None and not len(test)):
+        raise ValueError(f"empty split: train={len(train)} val={len(val)} test={0 if test is None else len(test)}")
     say = progress or log.info
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -294,10 +295,12 @@ def train_classifier(
     if not stopped_early:
         say(f"stopped at the epoch cap ({spec.max_epochs}) while val was still improving (best at {best_epoch})")
     model.load_state_dict(best_state)
-    test_loader = _loader(test, None, spec, shuffle=False, seed=seed)
-    predictions, targets = predict(model, test_loader, device)
+    if test is None:
+        predictions = targets = np.zeros(0, dtype=np.int64)
+    else:
+        predictions, targets = predict(model, _loader(test, None, spec, shuffle=False, seed=seed), device)
     return TrainResult(
-        test_top1=float((predictions == targets).mean()),
+        test_top1=float((predictions == targets).mean()) if len(targets) else float("nan"),
         best_val_top1=best_val,
         best_epoch=best_epoch,
         epochs_run=len(history),

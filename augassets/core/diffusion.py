@@ -134,9 +134,9 @@ def encode_latent_distribution(vae: AutoencoderKL, paths: Sequence[str], image_s
     samples latents from it each step instead of re-running the encoder."""
     means, stds = [], []
     for start in range(0, len(paths), batch_size):
-        posterior = vae.encode(pixel_batch(paths[start : start + batch_size], image_size)).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = vae.encode(pixel_batch(paths[start : start + batch_size], image_size).to(vae.device, vae.dtype)).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -150,7 +150,7 @@ def text_tower(clip: CLIPModel) -> CLIPTextModel:
 @torch.no_grad()
 def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> torch.Tensor:
     tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return text_encoder(tokens.input_ids)[0]
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
 def train_unet(

@@ -103,22 +103,29 @@ class SdObjective:
         self.timesteps = self.noise.config.num_train_timesteps
         self.train_mean, self.train_std = encode_latent_distribution(pipeline.vae, train_paths, image_size)
         self.val_mean, self.val_std = encode_latent_distribution(pipeline.vae, val_paths, image_size)
-        draws = torch.Generator().manual_seed(spec.seed * 7919 + 1)
+        self.device = self.unet.device
+        draws = torch.Generator().manual_seed(spec.seed * 7919 + 1)  # drawn on the CPU: the same on any device
         index = torch.arange(len(val_paths)).repeat(spec.val_draws)
         shape = (len(index), *self.val_mean.shape[1:])
-        self.val_draws = (index, torch.randn(shape, generator=draws), torch.randn(shape, generator=draws),
-                          torch.randint(0, self.timesteps, (len(index),), generator=draws))
+        self.val_draws = (index, torch.randn(shape, generator=draws).to(self.device), torch.randn(shape, generator=draws).to(self.device),
+                          torch.randint(0, self.timesteps, (len(index),), generator=draws).to(self.device))
 
     def loss(self, states: torch.Tensor, mean, std, eps, noise, timesteps, unet=None) -> torch.Tensor:
         latents = (mean + std * eps) * self.scale
         noisy = self.noise.add_noise(latents, noise, timesteps)
         states = states.expand(len(timesteps), -1, -1) if states.shape[0] == 1 else states
-        return F.mse_loss((unet or self.unet)(noisy, timesteps, encoder_hidden_states=states).sample, noise)
+        # On CUDA the forward runs in bfloat16 autocast (mixed precision); the loss and the trained tensors stay float32.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            predicted = (unet or self.unet)(noisy, timesteps, encoder_hidden_states=states).sample
+        return F.mse_loss(predicted.float(), noise)
 
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
-        mean, std = self.train_mean[index], self.train_std[index]
-        eps, noise = torch.randn(mean.shape, generator=generator), torch.randn(mean.shape, generator=generator)
-        return mean, std, eps, noise, torch.randint(0, self.timesteps, (len(index),), generator=generator)
+        """One batch's latents (as posterior mean, std and the standard-normal draw), noise and
+        timesteps; the random draws come from ``generator`` on the CPU, so they do not depend on the device."""
+        mean, std = self.train_mean[index.to(self.train_mean.device)], self.train_std[index.to(self.train_std.device)]
+        draws = [torch.randn(mean.shape, generator=generator), torch.randn(mean.shape, generator=generator),
+                 torch.randint(0, self.timesteps, (len(index),), generator=generator)]
+        return (mean, std, *(draw.to(self.device) for draw in draws))
 
     @property
     def val_count(self) -> int:
@@ -132,7 +139,7 @@ class SdObjective:
         total = 0.0
         for start in range(0, len(index), batch_size):
             part = slice(start, start + batch_size)
-            i = index[part]
+            i = index[part].to(self.val_mean.device)
             batch_states = states if states.shape[0] == 1 else states[part]
             total += self.loss(batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
         return total / len(index)
@@ -183,6 +190,9 @@ def finetune(
         history = json.loads(state["history"])
         start_epoch = len(history) + 1
         say(f"resuming after epoch {len(history)} from {resume}")
+    else:  # a fresh run: checkpoints of an earlier, finished run in this folder are not this run's
+        for stale in folder.glob("epoch_*.safetensors"):
+            stale.unlink()
     resumed_from, seen, started = start_epoch - 1, 0, time.perf_counter()
     best_val_epoch = min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"] if history else 0
     for epoch in range(start_epoch, spec.max_epochs + 1):
@@ -274,6 +284,33 @@ def initial_word_embedding(pipeline: StableDiffusionPipeline, lemma: str) -> tor
     return weight[ids].mean(0, keepdim=True).clone()
 
 
+class WordEncoder:
+    """The pipeline's text encoder with one more token, ``word``, whose embedding row is passed per
+    call (trained, or loaded from a checkpoint). The word is added to a copy of the tokenizer and the
+    encoder runs with its embedding matrix plus that row (``torch.func.functional_call``), so the
+    pipeline's own tokenizer and text encoder are left as they are."""
+
+    def __init__(self, pipeline: StableDiffusionPipeline, word: str):
+        import copy
+
+        self.text_encoder, self.word = pipeline.text_encoder, word
+        self.tokenizer = copy.deepcopy(pipeline.tokenizer)
+        self.tokenizer.add_tokens([word])
+        embedding = self.text_encoder.get_input_embeddings().weight
+        self.name = next(n for n, tensor in self.text_encoder.named_parameters() if tensor is embedding)  # its name differs across versions
+        self.weight = embedding.detach()
+        if self.tokenizer.convert_tokens_to_ids(word) != len(self.weight):
+            raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {self.tokenizer.convert_tokens_to_ids(word)}, "
+                                f"the text encoder has {len(self.weight)} rows")
+
+    def __call__(self, prompts: Sequence[str], row: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states (len(prompts) × 77 × dim) of ``prompts`` with the word's embedding ``row`` (1 × dim)."""
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids.to(self.weight.device)
+        extended = torch.cat([self.weight, row.to(self.weight.device, self.weight.dtype)])
+        return torch.func.functional_call(self.text_encoder, {self.name: extended}, (ids,))[0]
+
+
 def finetune_textual_inversion(
     pipeline: StableDiffusionPipeline,
     wnid: str,
@@ -288,31 +325,20 @@ def finetune_textual_inversion(
     """⑧: a new pseudo-word for the class whose embedding row alone is trained, with prompts drawn
     from the textual-inversion templates; the diffusion model and every other embedding frozen.
 
-    The tokenizer and text encoder of ``pipeline`` are left as they are: the word is added to a copy
-    of the tokenizer, and the text encoder runs with its embedding matrix plus the trained row
-    (``torch.func.functional_call``). Checkpoints hold ``{word: embedding (1 × dim)}``, the format
+    The tokenizer and text encoder of ``pipeline`` are left as they are (:class:`WordEncoder`).
+    Checkpoints hold ``{word: embedding (1 × dim)}``, the format
     diffusers' ``load_textual_inversion`` reads."""
-    import copy
-
     say = progress or log.info
     for module in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
         module.requires_grad_(False)
     objective = SdObjective(pipeline, images, spec)
-    tokenizer = copy.deepcopy(pipeline.tokenizer)
-    word = pseudo_word(tokenizer, wnid, say)
-    tokenizer.add_tokens([word])
-    embedding = pipeline.text_encoder.get_input_embeddings().weight
-    name = next(n for n, tensor in pipeline.text_encoder.named_parameters() if tensor is embedding)  # its name differs across versions
-    weight = embedding.detach()
-    if tokenizer.convert_tokens_to_ids(word) != len(weight):
-        raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {tokenizer.convert_tokens_to_ids(word)}, the text encoder has {len(weight)} rows")
+    word = pseudo_word(pipeline.tokenizer, wnid, say)
+    encoder = WordEncoder(pipeline, word)
     initial = initial_word_embedding(pipeline, lemma)
     params = {word: initial.clone()}
 
     def encode(prompts: list[str]) -> torch.Tensor:
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        extended = torch.cat([weight, params[word]])
-        return torch.func.functional_call(pipeline.text_encoder, {name: extended}, (ids,))[0]
+        return encoder(prompts, params[word])
 
     def prompts_for(count: int, generator: torch.Generator) -> list[str]:
         return [templates[int(i)].format(word) for i in torch.randint(len(templates), (count,), generator=generator)]

@@ -49,6 +49,9 @@ class GenerationRequest:
     base_seed: int = 0
     init_images: Sequence[str] | None = None  # img2img (Boomerang): the image each output starts from
     strength: float = 0.5
+    # Personalized methods: image i's text-encoder states (1 × 77 × dim), passed as ``prompt_embeds``;
+    # ``prompts`` then only records what each conditioning stands for.
+    conditionings: Sequence[torch.Tensor] | None = None
 
 
 def _finished_chunks(manifest: Path) -> dict[int, list[dict]]:
@@ -100,8 +103,9 @@ def generate_partition(
             if request.init_images is not None:
                 size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
                 inits = [Image.open(request.init_images[i]).convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for i in pending]
+            states = None if request.conditionings is None else [request.conditionings[i] for i in pending]
             results = generate(
-                pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending), inits, request.strength
+                pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending), inits, request.strength, states
             )
             flagged = []
             for i, (image, nsfw) in zip(pending, results):
@@ -153,17 +157,24 @@ def generate(
     batch_size: int,
     init_images: Sequence[Image.Image] | None = None,
     strength: float = 0.5,
+    conditionings: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[Image.Image, bool]]:
     """One image per (prompt, seed), in order, with the safety checker's verdict. Each image has its
     own generator, so an image depends only on its prompt and seed, not on its batch. With
-    ``init_images`` the pipeline is an img2img one: each image is noised to ``strength`` and denoised."""
+    ``init_images`` the pipeline is an img2img one: each image is noised to ``strength`` and denoised.
+    With ``conditionings`` (one 1 × 77 × dim tensor per image) they are the text-encoder states, in
+    place of encoding the prompts (the unconditional half of guidance still encodes "")."""
     results = []
     for start in range(0, len(prompts), batch_size):
-        batch_prompts = list(prompts[start : start + batch_size])
-        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + batch_size]]
-        extra = {} if init_images is None else {"image": list(init_images[start : start + batch_size]), "strength": strength}
+        batch = slice(start, start + batch_size)
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[batch]]
+        extra = {} if init_images is None else {"image": list(init_images[batch]), "strength": strength}
+        if conditionings is None:
+            extra["prompt"] = list(prompts[batch])
+        else:
+            extra["prompt_embeds"] = torch.cat(list(conditionings[batch])).to(pipeline.device, pipeline.unet.dtype)
         output = pipeline(
-            batch_prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="pil", **extra
+            num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="pil", **extra
         )
         flags = output.nsfw_content_detected or [False] * len(output.images)
         results.extend(zip(output.images, (bool(f) for f in flags)))

@@ -18,15 +18,20 @@ REAL_SUBSAMPLE = "real_subsample"  # the disjoint extra real subsample of the sp
 TXT2IMG = "txt2img"  # the diffusion model from the method's prompts
 IMG2IMG = "img2img"  # the diffusion model from target images (Boomerang)
 RETRIEVAL = "retrieval"  # CLIP KNN over the diffusion model's pre-training pool
-BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL)
-DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG})  # the builders that sample the diffusion model
+# Personalization with the diffusion model frozen, trained per class (paper §3.1): what is trained.
+CONDITIONING = "conditioning"  # ⑤ one text-encoder output per class
+CLUSTER_CONDITIONING = "cluster_conditioning"  # ⑥ one per k-means cluster of the class's images
+PSEUDO_WORD = "pseudo_word"  # ⑧ a new token's embedding, in textual-inversion templates
+BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL, CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD)
+FINETUNE_BUILDERS = frozenset({CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD})  # fine-tuned per class, then sampled
+DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG}) | FINETUNE_BUILDERS  # the builders that sample the diffusion model
 
 # Where a method's extra images come from. "none": the target alone; "real_extra": the disjoint real
 # subsample of the splits; "images": the method's own augmentation_images partitions.
 NO_EXTRA = "none"
 REAL_EXTRA = "real_extra"
 IMAGES = "images"
-_EXTRA_IMAGES = {TARGET_ONLY: NO_EXTRA, REAL_SUBSAMPLE: REAL_EXTRA, TXT2IMG: IMAGES, IMG2IMG: IMAGES, RETRIEVAL: IMAGES}
+_EXTRA_IMAGES = {TARGET_ONLY: NO_EXTRA, REAL_SUBSAMPLE: REAL_EXTRA, RETRIEVAL: IMAGES, **dict.fromkeys(DIFFUSION_BUILDERS, IMAGES)}
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,13 @@ METHODS: tuple[Method, ...] = (
     Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", TXT2IMG, True),
     Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", TXT2IMG, True),
     Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families.", TXT2IMG, True),
-    Method("ft_conditioning", "Fine-tuned conditioning ⑤", "personalized", "One text-encoder output per class optimized with the SD loss."),
-    Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster."),
+    Method("ft_conditioning", "Fine-tuned conditioning ⑤", "personalized", "One text-encoder output per class optimized with the SD loss.",
+           CONDITIONING, True),
+    Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster.",
+           CLUSTER_CONDITIONING, True),
     Method("imagic", "Imagic ⑦", "personalized", "Conditioning and UNet fine-tuned jointly."),
-    Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates."),
+    Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates.",
+           PSEUDO_WORD, True),
     Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Textual inversion plus UNet fine-tuning."),
     Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", RETRIEVAL),
 )
@@ -100,6 +108,8 @@ def runnable_methods(requested: tuple[str, ...]) -> tuple[Method, ...]:
     return tuple(m for m in METHODS if m in methods)
 
 
-def keys_with_builder(builder: str, keys=None) -> tuple[str, ...]:
-    """The registered methods (or those among ``keys``) that ``builder`` makes, in registry order."""
-    return tuple(m.key for m in METHODS if m.builder == builder and (keys is None or m.key in keys))
+def keys_with_builder(builder: str | frozenset, keys=None) -> tuple[str, ...]:
+    """The registered methods (or those among ``keys``) that ``builder`` (or any of a set of builders)
+    makes, in registry order."""
+    builders = {builder} if isinstance(builder, str) else builder
+    return tuple(m.key for m in METHODS if m.builder in builders and (keys is None or m.key in keys))

@@ -1,0 +1,413 @@
+"""Stage: the personalized methods that keep the diffusion model frozen — ⑤ fine-tuned conditioning,
+⑥ cluster conditioning, ⑧ textual inversion (paper §3.1).
+
+Per class × method: a fine-tuning run and its checkpoint candidates (``personalized_models``), then
+each candidate's images (``candidate_images``). Per method, across its classes: one classifier per
+candidate label on target ∪ that candidate's images, and the best val accuracy chooses the label
+(``checkpoint_selection``); ``augmentation_images`` then takes the chosen candidate's images, so
+everything downstream (duplicates, fidelity, datasets, classifiers) sees one set per method.
+"""
+
+
+import shutil
+import time
+from dataclasses import asdict, replace
+from types import SimpleNamespace
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from ..core.augment import augmented_sets
+from ..core.files import write_parquet_atomic
+from ..core.images import image_grid, png_data_uri_markdown
+from ..core.methods import (
+    CLUSTER_CONDITIONING,
+    CONDITIONING,
+    FINETUNE_BUILDERS,
+    PSEUDO_WORD,
+    get_method,
+    keys_with_builder,
+)
+from ..core.prompts import simple_prompt_nows
+from ..core.report import frame_markdown
+from ..integrity import outputs
+from ..partitions import class_partitions, method_keys
+from ..profiles import PersonalizationSpec, Profile
+from ..resources import (
+    ClipEncoderResource,
+    ComputeResource,
+    DiffusionBackendResource,
+    ImageStoreResource,
+    WarehouseResource,
+)
+from ..versions import code_version
+
+GROUP = "personalized"
+# The order candidates are listed (and ties of val accuracy broken) in.
+CANDIDATE_ORDER = ("best_val", "best_train", "epoch_1", "epoch_2", "epoch_3", "epoch_4", "epoch_5", "epoch_6", "epoch_7", "epoch_8")
+CHECKPOINT_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "cluster_size": pl.Int64, "candidate": pl.Utf8, "epoch": pl.Int64,
+    "checkpoint": pl.Utf8, "word": pl.Utf8, "train_loss": pl.Float64, "val_loss": pl.Float64, "initial_val_loss": pl.Float64,
+}
+HISTORY_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "epoch": pl.Int64, "train_loss": pl.Float64, "val_loss": pl.Float64,
+    "seconds": pl.Float64,
+}
+CANDIDATE_MANIFEST_SCHEMA = {
+    "method": pl.Utf8, "wnid": pl.Utf8, "candidate": pl.Utf8, "epochs": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8,
+    "family": pl.Utf8, "cluster": pl.Int64, "seed": pl.Int64, "attempts": pl.Int64, "checkpoint": pl.Utf8,
+}
+SELECTION_SCHEMA = {
+    "method": pl.Utf8, "candidate": pl.Utf8, "val_top1": pl.Float64, "best_epoch": pl.Int64, "epochs_run": pl.Int64,
+    "train_images": pl.Int64, "train_seconds": pl.Float64, "chosen": pl.Boolean,
+}
+
+
+def finetune_spec(spec: PersonalizationSpec, builder: str):
+    """The core loop's settings for one method."""
+    from ..core.finetune import FinetuneSpec
+
+    lr = spec.word_lr if builder == PSEUDO_WORD else spec.conditioning_lr
+    return FinetuneSpec(max_epochs=spec.max_epochs, patience=spec.patience, batch_size=spec.batch_size,
+                        reference_batch_size=spec.reference_batch_size, lr=lr, val_draws=spec.val_draws,
+                        early_epochs=spec.early_epochs, seed=spec.seed)
+
+
+def finetuned_method_keys(profile: Profile) -> list[str]:
+    return list(keys_with_builder(FINETUNE_BUILDERS, method_keys(profile)))
+
+
+def partition(key) -> tuple[str, str]:
+    dims = key.keys_by_dimension
+    return dims["method"], dims["wnid"]
+
+
+def candidate_rank(label: str) -> int:
+    return CANDIDATE_ORDER.index(label) if label in CANDIDATE_ORDER else len(CANDIDATE_ORDER)
+
+
+def build(profile: Profile, up: SimpleNamespace) -> dict:
+    """This stage's assets for ``profile``; ``up``: the earlier stages' definitions by name."""
+    keys = finetuned_method_keys(profile)
+    if not keys:
+        return {}
+    spec = profile.personalization
+    partitions = dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(keys), "wnid": class_partitions})
+    same_class = dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping())
+    # From the class × image-method assets (prompts), only these methods' partitions of the same class.
+    these_methods = dg.MultiPartitionMapping(
+        {"method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})), "wnid": same_class}
+    )
+
+    @dg.asset(
+        metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
+        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), pool="gpu",
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model, up.clip_model], kinds={"pytorch", "safetensors"},
+        description="Per class × personalized method, the fine-tuned conditioning(s) or pseudo-word, trained with SD's "
+        "noise-prediction loss on the class's target images (val loss on its val images; stop when it stagnates, at most "
+        "max_epochs), the diffusion model frozen. ⑤ one text-encoder output initialized from the no-whitespace simple "
+        "prompt; ⑥ one per k-means cluster of the target's CLIP image embeddings; ⑧ a pseudo-word's embedding in "
+        "textual-inversion templates, initialized from the final word of the first lemma. Kept: the checkpoints with the "
+        "best train and val loss and after the first epochs (safetensors; ⑧ loads with diffusers' load_textual_inversion). "
+        "Resumes from its last finished epoch after a kill.",
+    )
+    def personalized_models(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+        clip_encoder: ClipEncoderResource,
+        compute: ComputeResource,  # thread count and deterministic kernels
+    ) -> dg.MaterializeResult:
+        from ..core.figures import loss_curves
+        from ..core.finetune import ClassImages, FinetuneError
+
+        db = warehouse.get()
+        catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name, lemmas FROM class_catalog").iter_rows(named=True)}
+        if profile.world:
+            image_store.fetch("models", "stable_diffusion")
+            image_store.fetch("models", "clip")
+        pipeline = diffusion_backend.load("txt2img")
+        image_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        clip = None
+        histories, summary, failures, started = [], [], {}, time.perf_counter()
+        for key in context.partition_keys:
+            method, wnid = partition(key)
+            builder = get_method(method).builder
+            if wnid not in catalog:
+                raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
+            split = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list()
+                     for s in ("target", "val")}
+            image_store.ensure(split["target"] + split["val"], context.log.info)
+            images = ClassImages(split["target"], split["val"], image_size)
+            run_spec = finetune_spec(spec, builder)
+            folder = image_store.path("personalized", method, wnid)
+            signature = {"method": method, "wnid": wnid, "spec": asdict(run_spec), "train": len(images.train), "val": len(images.val),
+                         "weights": diffusion_backend.weights}
+            say = lambda line, k=key: context.log.info(f"personalized_models[{k}] {line}")  # noqa: E731
+            if builder == CLUSTER_CONDITIONING and clip is None:
+                clip = clip_encoder.load()[0]
+            try:
+                runs = _finetune(builder, pipeline, catalog[wnid], images, run_spec, folder, signature, clip, say)
+            except (FinetuneError, ValueError, OSError) as error:
+                failures[str(key)] = str(error)
+                context.log.error(f"personalized_models[{key}] failed: {error}")
+                continue
+            rows, history = [], []
+            for cluster, (result, size) in enumerate(runs):
+                by_epoch = {h["epoch"]: h for h in result.history}
+                for label, epoch in sorted(result.candidates.items(), key=lambda item: candidate_rank(item[0])):
+                    rows.append({
+                        "method": method, "wnid": wnid, "cluster": cluster, "cluster_size": size, "candidate": label, "epoch": epoch,
+                        "checkpoint": str(result.folder / f"epoch_{epoch:03d}.safetensors"), "word": result.extra.get("word"),
+                        "train_loss": by_epoch[epoch]["train_loss"], "val_loss": by_epoch[epoch]["val_loss"],
+                        "initial_val_loss": result.extra.get("initial_val_loss"),
+                    })
+                history += [{"method": method, "wnid": wnid, "cluster": cluster, **h} for h in result.history]
+            db.replace("finetune_checkpoints", pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA), where={"method": method, "wnid": wnid})
+            db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method, "wnid": wnid})
+            for result, _ in runs:  # recorded: a later materialization starts over instead of resuming this finished run
+                (result.folder / "resume.pt").unlink(missing_ok=True)
+            histories += history
+            seconds = sum(r.seconds for r, _ in runs)
+            summary.append({
+                "method": method, "wnid": wnid, "runs": len(runs), "epochs": sum(len(r.history) for r, _ in runs),
+                "stopped_early": all(r.stopped_early for r, _ in runs), "best_val_epoch": ",".join(str(r.candidates["best_val"]) for r, _ in runs),
+                "seconds": round(seconds, 1),
+                "images_per_second": round(sum(r.images_per_second * r.seconds for r, _ in runs) / seconds, 1) if seconds else 0.0,
+                "resumed_from_epoch": max(r.resumed_from for r, _ in runs),
+            })
+            context.log.info(f"personalized_models[{key}]: {summary[-1]['epochs']} epochs in {seconds:.1f} s, best val at epoch(s) "
+                             f"{summary[-1]['best_val_epoch']}")
+        if failures:
+            for row in summary:
+                context.log_event(dg.AssetMaterialization(context.asset_key, partition=dg.MultiPartitionKey({"method": row["method"], "wnid": row["wnid"]})))
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(context.partition_keys)} fine-tuning runs failed, the others are materialized: "
+                + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]),
+                metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
+            )
+        table = pl.DataFrame(summary)
+        metadata = {
+            "runs": table.height,
+            "seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": float(table["seconds"].sum()),
+            "device": diffusion_backend.device,
+            "per_run": dg.MetadataValue.md(frame_markdown(table)),
+        }
+        try:
+            curves = pl.DataFrame(histories, schema=HISTORY_SCHEMA).with_columns(
+                pl.format("{} {} c{}", "method", "wnid", "cluster").alias("run"))
+            metadata["loss_curves"] = dg.MetadataValue.md(png_data_uri_markdown(loss_curves(curves, "personalization: SD loss per epoch"), "loss curves"))
+        except Exception as error:  # a figure is an extra: the runs are recorded either way
+            context.log.warning(f"personalized_models: the loss-curve figure failed to draw: {error}")
+        return dg.MaterializeResult(metadata=metadata)
+
+    def _finetune(builder, pipeline, row, images, run_spec, folder, signature, clip, say) -> list[tuple]:
+        """One class's fine-tuning for ``builder``: [(result, training images)] per run (⑥: per cluster)."""
+        from ..core import finetune as ft
+        from ..core.clip import encode_image_batches
+        from ..core.prompts import load_templates
+
+        prompt = simple_prompt_nows(row["name"])
+        if builder == CONDITIONING:
+            result = ft.finetune_conditioning(pipeline, prompt, images, run_spec, folder, signature, progress=say)
+            return [(result, len(images.train))]
+        if builder == CLUSTER_CONDITIONING:
+            size = clip.config.vision_config.image_size
+
+            def embed(paths):
+                return np.concatenate(list(encode_image_batches(clip, paths, size)))
+
+            results = ft.finetune_cluster_conditionings(
+                pipeline, prompt, images, embed(images.train), embed(images.val), spec.clusters, run_spec, folder,
+                {**signature, "k": spec.clusters}, progress=say,
+            )
+            return [(r, r.extra["size"]) for r in results]
+        if builder == PSEUDO_WORD:
+            templates = load_templates("textual_inversion_templates.txt")
+            result = ft.finetune_textual_inversion(pipeline, row["wnid"], row["lemmas"][0], templates, images, run_spec, folder, signature, progress=say)
+            return [(result, len(images.train))]
+        raise ValueError(f"no fine-tuning for builder {builder!r}")
+
+    @dg.asset(
+        metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
+        group_name=GROUP, code_version=code_version("1", profile.generation), pool="gpu",
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=these_methods)], kinds={"pytorch", "parquet"},
+        description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
+        "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
+        "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by their "
+        "checkpoint); ⑥ draws clusters in proportion to their sizes. Seeded, resumable, safety-checked like the prompt "
+        "methods; candidates that share checkpoints share their images.",
+    )
+    def candidate_images(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,
+    ) -> dg.MaterializeResult:
+        from ..core.generation import GenerationRequest, generate_partition
+
+        db = warehouse.get()
+        if profile.world:
+            image_store.fetch("models", "stable_diffusion")
+        pipeline = diffusion_backend.load("txt2img")
+        summary, grids, started = [], [], time.perf_counter()
+        for key in context.partition_keys:
+            method, wnid = partition(key)
+            checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
+            prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+            if checkpoints.is_empty() or prompts.is_empty():
+                raise ValueError(f"candidate_images[{key}]: no checkpoints or prompts: materialize personalized_models and class_prompts for it first")
+            image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
+            sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
+            clusters = _draw_clusters(sizes, prompts.height)
+            # Candidates whose checkpoints coincide (e.g. best val = epoch 3) share one image set.
+            groups: dict[tuple, list[str]] = {}
+            for label in sorted(checkpoints["candidate"].unique().to_list(), key=candidate_rank):
+                epochs = tuple(checkpoints.filter(pl.col("candidate") == label).sort("cluster")["epoch"].to_list())
+                groups.setdefault(epochs, []).append(label)
+            root = image_store.path("candidates", method, wnid)
+            rows = []
+            for epochs, labels in groups.items():
+                folder_name = "epochs_" + "-".join(f"{e:03d}" for e in epochs)
+                chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
+                texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
+                request = GenerationRequest(method, wnid, texts, prompts["family"].to_list(), base_seed=profile.generation.seed, conditionings=states)
+                records = generate_partition(
+                    pipeline, request, root / folder_name, diffusion_backend.steps, diffusion_backend.guidance_scale,
+                    diffusion_backend.batch_size, profile.generation.max_attempts,
+                    progress=lambda line, f=folder_name: context.log.debug(f"candidate {f} {line}"),
+                )
+                for label in labels:
+                    rows += [{
+                        "method": method, "wnid": wnid, "candidate": label, "epochs": ",".join(map(str, epochs)), "rank": r["index"],
+                        "path": r["path"], "prompt": r["prompt"], "family": r["family"], "cluster": clusters[r["index"]],
+                        "seed": r["seed"], "attempts": r["attempts"], "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
+                    } for r in records]
+                grids.append([r["path"] for r in records[:8]])
+                context.log.info(f"candidate_images[{key}]: {len(records)} images for {', '.join(labels)} (epoch {'/'.join(map(str, epochs))})")
+            manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
+            in_use = {f"epochs_{'-'.join(f'{e:03d}' for e in epochs)}" for epochs in groups}
+            for old in root.iterdir():  # sets of an earlier materialization's candidates
+                if old.is_dir() and old.name not in in_use and not old.name.endswith(".partial"):
+                    shutil.rmtree(old)
+            write_parquet_atomic(manifest, root / "manifest.parquet")
+            image_store.publish("candidates", method, wnid)
+            db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
+            summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
+                            "images": sum(1 for _ in manifest.unique("path").iter_rows()),
+                            "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})
+        table = pl.DataFrame(summary)
+        return dg.MaterializeResult(metadata={
+            "partitions": table.height, "images_generated": int(table["images"].sum()), "seconds": round(time.perf_counter() - started, 1),
+            "per_partition": dg.MetadataValue.md(frame_markdown(table)),
+            "sample_grid": dg.MetadataValue.md("First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")),
+        })
+
+    @dg.asset(
+        metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
+        group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split.seed, profile.generation.seed), pool="gpu",
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[dg.AssetDep(candidate_images, partition_mapping=dg.MultiPartitionMapping({
+            "method": dg.DimensionPartitionMapping("method", dg.IdentityPartitionMapping()),
+            "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
+        })), up.dataset_splits],
+        kinds={"pytorch", "duckdb"},
+        description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier per candidate "
+        "label (best val, best train, first epochs) trained on the target plus that candidate's images of every class, "
+        "drawn like the method's replicate sets; the label with the highest VALIDATION top-1 is chosen (ties: the order "
+        "listed); only the chosen one's images go on to the test-scored classifiers. Per class × method, the chosen "
+        "checkpoint(s); the candidates' val accuracies are the checkpoint_scores table. (Classes retrieval cannot fill "
+        "are still in these selection runs: the exclusion is decided downstream of the images.)",
+    )
+    def checkpoint_selection(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
+        from ..core.classifier import LabeledImages, train_classifier
+
+        db = warehouse.get()
+        classifier_spec = replace(profile.classifier, device=compute.device)
+        classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
+        splits = db.query("SELECT * FROM dataset_splits")
+        val = splits.filter(pl.col("split") == "val").sort("label", "item")
+        image_store.ensure(val["path"], context.log.info)
+        val_images = LabeledImages(val["path"].to_list(), val["label"].to_list())
+        labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+        scores_all, lines = [], []
+        for method in sorted({partition(k)[0] for k in context.partition_keys}, key=keys.index):
+            manifest = db.query("SELECT * FROM candidate_manifest WHERE method = ?", [method]).with_columns(
+                pl.col("wnid").replace_strict(labels, return_dtype=pl.Int64).alias("label"))
+            image_store.ensure(manifest["path"].unique(), context.log.info)
+            rows = []
+            for label in sorted(manifest["candidate"].unique().to_list(), key=candidate_rank):
+                images = manifest.filter(pl.col("candidate") == label).select("wnid", "label", "path", "rank")
+                train = augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed)
+                result = train_classifier(
+                    LabeledImages(train["path"].to_list(), train["label"].to_list()), val_images, None, classes, classifier_spec,
+                    seed=profile.split.seed * 1000, progress=lambda line, m=method, c=label: context.log.debug(f"selection[{m}, {c}] {line}"),
+                )
+                rows.append({"method": method, "candidate": label, "val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
+                             "epochs_run": result.epochs_run, "train_images": result.train_images, "train_seconds": result.train_seconds})
+                context.log.info(f"checkpoint_selection[{method}]: candidate {label}: val top-1 {result.best_val_top1:.4f}")
+            best = max(rows, key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
+            scores = pl.DataFrame([{**r, "chosen": r is best} for r in rows], schema=SELECTION_SCHEMA)
+            db.replace("checkpoint_scores", scores, where={"method": method})
+            scores_all.append(scores)
+            chosen = manifest.filter(pl.col("candidate") == best["candidate"])
+            lines.append(f"- `{method}`: **{best['candidate']}** (val top-1 {best['val_top1']:.4f} of {len(rows)} candidates)")
+            for key in context.partition_keys:
+                key_method, wnid = partition(key)
+                if key_method != method:
+                    continue
+                part = chosen.filter(pl.col("wnid") == wnid)
+                if part.is_empty():
+                    raise ValueError(f"checkpoint_selection[{key}]: candidate {best['candidate']} has no images of class {wnid}: "
+                                     "rematerialize candidate_images for it")
+                checkpoints = part.group_by("cluster").agg(pl.col("checkpoint").first(), pl.col("epochs").first()).sort("cluster")
+                db.replace("checkpoint_selection", pl.DataFrame({
+                    "method": [method] * checkpoints.height, "wnid": [wnid] * checkpoints.height, "candidate": [best["candidate"]] * checkpoints.height,
+                    "cluster": checkpoints["cluster"], "checkpoint": checkpoints["checkpoint"], "val_top1": [best["val_top1"]] * checkpoints.height,
+                }), where={"method": method, "wnid": wnid})
+        table = pl.concat(scores_all)
+        return dg.MaterializeResult(metadata={
+            "chosen": dg.MetadataValue.md("\n".join(lines)),
+            "candidates": dg.MetadataValue.md(frame_markdown(table)),
+            "classifiers_trained": table.height,
+            "train_seconds": float(table["train_seconds"].sum()),
+        })
+
+    return {"personalized_models": personalized_models, "candidate_images": candidate_images, "checkpoint_selection": checkpoint_selection}
+
+
+def _draw_clusters(sizes: list[int], count: int) -> list[int]:
+    from ..core.finetune import draw_clusters
+
+    return draw_clusters(sizes, count)
+
+
+def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):
+    """Per image: what its conditioning stands for (recorded as its prompt) and its text-encoder
+    states, from one candidate's checkpoint(s) (``checkpoints``: one row per cluster)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..core.finetune import WordEncoder
+
+    builder = get_method(method).builder
+    loaded = [load_file(path) for path in checkpoints["checkpoint"]]
+    if builder in (CONDITIONING, CLUSTER_CONDITIONING):
+        states = [loaded[c]["prompt_embeds"] for c in clusters]
+        what = [f"[fine-tuned conditioning{f' {c}' if builder == CLUSTER_CONDITIONING else ''} from] {p}" for c, p in zip(clusters, prompts["prompt"])]
+        return what, states
+    word = checkpoints["word"][0]
+    encoder = WordEncoder(pipeline, word)
+    texts = [template.format(word) for template in prompts["prompt"]]
+    with torch.no_grad():
+        encoded = torch.cat([encoder(texts[i : i + 64], loaded[0][word]) for i in range(0, len(texts), 64)])
+    return texts, list(encoded.split(1))
+

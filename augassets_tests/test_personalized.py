@@ -1,0 +1,279 @@
+"""The personalized methods (⑤ ⑥ ⑧): the fine-tuning core on one smoke class (kill and resume, NaN,
+foreign resume state, diffusers' own loaders), and the Dagster chain on the smoke benchmark —
+fine-tuning, candidates' images, checkpoint selection by val accuracy, the chosen images downstream."""
+
+from pathlib import Path
+
+import pytest
+
+from augassets.core.warehouse import Warehouse
+
+_FINETUNE_SCRIPT = """
+import sys
+from pathlib import Path
+import augassets
+import torch
+from diffusers import StableDiffusionPipeline
+from augassets.core.finetune import ClassImages, FinetuneSpec, finetune_conditioning
+torch.set_num_threads(1)
+sd, folder, wnid, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3], FinetuneSpec(**eval(sys.argv[4]))
+train, val = sys.argv[5].split(","), sys.argv[6].split(",")
+pipeline = StableDiffusionPipeline.from_pretrained(sd)
+finetune_conditioning(pipeline, sys.argv[7], ClassImages(train, val, 32), spec, folder, {"method": "ft_conditioning", "wnid": wnid})
+"""
+
+
+def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run, tmp_path):
+    """⑤ on one smoke class: the conditioning's val loss falls below the encoded prompt's; the candidate
+    checkpoints (best train, best val, epochs 1–3) are kept and the rest removed; kill -9 of a real
+    training process after its second epoch, then a resume, ends with exactly the parameters and
+    losses of an uninterrupted run; a resume state of another run is refused, a NaN loss names its
+    step; the saved conditioning drives the pipeline through ``prompt_embeds``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from augassets.core.finetune import ClassImages, FinetuneError, FinetuneSpec, finetune_conditioning
+
+    profile, _ = benchmark_run
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    options = {"max_epochs": 6, "patience": 10, "lr": 5e-3, "val_draws": 4}
+    spec, signature, prompt = FinetuneSpec(**options), {"method": "ft_conditioning", "wnid": wnid}, name.replace(" ", "")
+    images = ClassImages(paths["target"], paths["val"], 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(sd)
+        pipeline.set_progress_bar_config(disable=True)
+        clean = finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "clean", signature)
+        assert [h["epoch"] for h in clean.history] == list(range(1, 7))
+        best = clean.candidates["best_val"]
+        assert clean.history[best - 1]["val_loss"] < clean.extra["initial_val_loss"]
+        kept = {int(p.stem.removeprefix("epoch_")) for p in (tmp_path / "clean").glob("epoch_*.safetensors")}
+        assert kept == set(clean.candidates.values()) and {1, 2, 3} <= kept
+
+        folder = tmp_path / "killed"
+        command = [sys.executable, "-c", _FINETUNE_SCRIPT, str(sd), str(folder), wnid, repr(options), ",".join(paths["target"]), ",".join(paths["val"]), prompt]
+        child = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (folder / "epoch_002.safetensors").exists():
+            assert child.poll() is None and time.time() < deadline, "the training process ended before its second epoch"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        resumed = finetune_conditioning(pipeline, prompt, images, spec, folder, signature)
+        assert 2 <= resumed.resumed_from < 6
+        assert torch.equal(resumed.params["prompt_embeds"], clean.params["prompt_embeds"])
+        strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+        assert strip(resumed.history) == strip(clean.history)
+
+        with pytest.raises(FinetuneError, match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other"):
+            finetune_conditioning(pipeline, prompt, images, spec, folder, {**signature, "wnid": "other"})
+        nan = torch.full_like(clean.params["prompt_embeds"], float("nan"))
+        with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; no epoch finished \(lower the learning rate\)"):
+            finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "nan", signature, initial=nan)
+
+        embeds = load_file(str(tmp_path / "clean" / f"epoch_{best:03d}.safetensors"))["prompt_embeds"]
+        image = pipeline(prompt_embeds=embeds, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert image.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, tmp_path):
+    """⑧ on one smoke class: the pseudo-word starts at the embedding of the final word of the class's
+    first lemma, only its row trains (the caller's tokenizer and text encoder stay as they were), a
+    word the tokenizer already has is replaced by the next free one, and every kept checkpoint loads
+    into a fresh pipeline with diffusers' own ``load_textual_inversion`` and is used in a prompt."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from augassets.core.finetune import ClassImages, FinetuneSpec, finetune_textual_inversion, pseudo_word
+    from augassets.core.prompts import load_templates
+
+    profile, _ = benchmark_run
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, lemmas = db.query("SELECT wnid, lemmas FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    pipeline = StableDiffusionPipeline.from_pretrained(sd)
+    vocabulary, weights = len(pipeline.tokenizer), pipeline.text_encoder.get_input_embeddings().weight.detach().clone()
+    templates = load_templates("textual_inversion_templates.txt")
+    result = finetune_textual_inversion(pipeline, wnid, lemmas[0], templates, ClassImages(paths["target"], paths["val"], 32),
+                                        FinetuneSpec(max_epochs=3, patience=10, lr=5e-3, val_draws=4), tmp_path / "ti",
+                                        {"method": "textual_inversion", "wnid": wnid})
+    word = result.extra["word"]
+    assert word == f"<{wnid}>" and len(pipeline.tokenizer) == vocabulary
+    assert torch.equal(pipeline.text_encoder.get_input_embeddings().weight, weights)
+    final = lemmas[0].split()[-1]
+    assert torch.allclose(result.extra["initial"][0], weights[pipeline.tokenizer(final, add_special_tokens=False).input_ids].mean(0))
+    assert not torch.equal(result.params[word], result.extra["initial"]), "the word's embedding trained"
+
+    assert sorted(set(result.candidates.values())) == [1, 2, 3]
+    for epoch in (1, 2, 3):
+        checkpoint = tmp_path / "ti" / f"epoch_{epoch:03d}.safetensors"
+        fresh = StableDiffusionPipeline.from_pretrained(sd)
+        fresh.set_progress_bar_config(disable=True)
+        fresh.load_textual_inversion(str(checkpoint))
+        row = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer.convert_tokens_to_ids(word)]
+        assert torch.equal(row, load_file(str(checkpoint))[word][0])
+    assert torch.equal(row, result.params[word][0]), "the last epoch's checkpoint is the trained embedding"
+    image = fresh(f"a photo of a {word}", num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+    lines = []
+    assert pseudo_word(fresh.tokenizer, wnid, lines.append) == f"<{wnid}-1>"
+    assert lines == [f"pseudo-word <{wnid}> is already a token of the tokenizer: using <{wnid}-1>"]
+
+
+def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run, tmp_path):
+    """⑥ on one smoke class, embedded by the mini CLIP's image tower: k-means splits its target images
+    into k clusters, each trains its own conditioning on its own images (checkpoints per cluster); a
+    class with fewer images than k gets fewer clusters and says so; generation draws clusters in
+    proportion to their sizes."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    from augassets.core.clip import encode_image_batches
+    from augassets.core.finetune import (
+        ClassImages,
+        FinetuneSpec,
+        cluster_images,
+        draw_clusters,
+        finetune_cluster_conditionings,
+    )
+
+    profile, _ = benchmark_run
+    store = profile.home / "store"
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
+    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    clip = CLIPModel.from_pretrained(store / "models" / "clip")
+    embed = lambda files: np.concatenate(list(encode_image_batches(clip, files, profile.world.pool.image_size)))  # noqa: E731
+    pipeline = StableDiffusionPipeline.from_pretrained(store / "models" / "stable_diffusion")
+    lines = []
+    results = finetune_cluster_conditionings(
+        pipeline, name.replace(" ", ""), ClassImages(paths["target"], paths["val"], 32), embed(paths["target"]), embed(paths["val"]), 3,
+        FinetuneSpec(max_epochs=2, patience=10, lr=5e-3, val_draws=2), tmp_path / "ft", {"method": "ft_cluster_conditioning", "wnid": wnid}, lines.append,
+    )
+    assert len(results) == 3 and sum(r.extra["size"] for r in results) == len(paths["target"])
+    assert all(r.extra["size"] >= 1 and len(r.history) == 2 for r in results)
+    for cluster, result in enumerate(results):
+        assert (tmp_path / "ft" / f"cluster_{cluster}" / "epoch_001.safetensors").is_file()
+        assert result.params["prompt_embeds"].shape == (1, 77, pipeline.text_encoder.config.hidden_size)
+    assert not torch.equal(results[0].params["prompt_embeds"], results[1].params["prompt_embeds"])
+
+    labels, centroids = cluster_images(np.eye(2, 4, dtype=np.float32), 5, 0, lines.append)
+    assert len(centroids) == 2 and sorted(labels) == [0, 1] and lines[-1] == "only 2 training images for k=5 clusters: using 2 clusters"
+    assert draw_clusters([5, 3, 2], 7) == [0, 0, 0, 0, 1, 1, 2]
+    assert draw_clusters([1, 1, 1], 3) == [0, 1, 2]
+
+
+FINETUNED = ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+
+
+def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_feed_the_table(benchmark_run):
+    """The smoke benchmark's ⑤ ⑥ ⑧: a fine-tuning run per class (⑥: per cluster, sizes summing to the
+    target) keeping the best-val, best-train and first-epoch checkpoints; every candidate's images made
+    with the same seeds, candidates on the same checkpoint sharing files; one val-only classifier per
+    candidate label and the highest val accuracy chosen; the chosen candidate's images are the method's
+    augmentation images, whose rows name the checkpoint; the three methods are rows of the results table."""
+    import hashlib
+
+    import dagster as dg
+    import polars as pl
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from augassets.assets.personalized import candidate_rank
+
+    profile, _ = benchmark_run
+    spec = profile.personalization
+    db = Warehouse(profile.home / "catalog.duckdb")
+    wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
+    targets = dict(db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
+    checkpoints, history = db.query("SELECT * FROM finetune_checkpoints"), db.query("SELECT * FROM finetune_history")
+    expected_labels = {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, spec.early_epochs + 1))}
+    for method in FINETUNED:
+        for wnid in wnids:
+            runs = checkpoints.filter((pl.col("method") == method) & (pl.col("wnid") == wnid))
+            assert runs["cluster"].n_unique() == (spec.clusters if method == "ft_cluster_conditioning" else 1), (method, wnid)
+            assert runs.unique("cluster")["cluster_size"].sum() == targets[wnid]
+            for cluster in runs["cluster"].unique():
+                rows = runs.filter(pl.col("cluster") == cluster)
+                epochs = history.filter((pl.col("method") == method) & (pl.col("wnid") == wnid) & (pl.col("cluster") == cluster))
+                assert set(rows["candidate"]) == expected_labels and 1 <= epochs.height <= spec.max_epochs
+                best = dict(rows.select("candidate", "epoch").iter_rows())
+                assert best["best_val"] == epochs.sort("val_loss", "epoch")["epoch"][0]
+                assert best["best_train"] == epochs.sort("train_loss", "epoch")["epoch"][0]
+                for path in rows["checkpoint"]:
+                    assert Path(path).is_file(), path
+
+    candidates = db.query("SELECT * FROM candidate_manifest")
+    n = profile.generation.factor * max(targets.values())
+    per_set = candidates.group_by("method", "wnid", "candidate").agg(pl.len().alias("images"), pl.col("seed").sort_by("rank"), pl.col("epochs").first())
+    assert per_set.height == len(FINETUNED) * len(wnids) * len(expected_labels) and (per_set["images"] == n).all()
+    for (method, wnid), sets in per_set.group_by("method", "wnid"):
+        assert sets["seed"].n_unique() == 1, f"{method}/{wnid}: every candidate is sampled with the same seeds"
+        files = candidates.filter((pl.col("method") == method) & (pl.col("wnid") == wnid)).group_by("candidate").agg(pl.col("path").sort())
+        by_label = dict(zip(files["candidate"], files["path"].to_list()))
+        epochs = dict(sets.select("candidate", "epochs").iter_rows())
+        for a in by_label:
+            for b in by_label:
+                assert (by_label[a] == by_label[b]) == (epochs[a] == epochs[b]), "candidates share images exactly when they share checkpoints"
+
+    scores = db.query("SELECT * FROM checkpoint_scores")
+    assert "test_top1" not in scores.columns, "selection looks at val only"
+    for method in FINETUNED:
+        rows = scores.filter(pl.col("method") == method)
+        assert set(rows["candidate"]) == expected_labels and rows["chosen"].sum() == 1
+        best = max(rows.iter_rows(named=True), key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
+        assert rows.filter(pl.col("chosen"))["candidate"][0] == best["candidate"]
+        chosen = db.query("SELECT * FROM checkpoint_selection WHERE method = ?", [method])
+        assert set(chosen["wnid"]) == set(wnids) and set(chosen["candidate"]) == {best["candidate"]}
+        manifest = db.query("SELECT * FROM augmentation_manifest WHERE method = ? ORDER BY wnid, rank", [method])
+        assert manifest.height == n * len(wnids) and set(manifest["candidate"]) == {best["candidate"]}
+        made = candidates.filter((pl.col("method") == method) & (pl.col("candidate") == best["candidate"])).sort("wnid", "rank")
+        digest = lambda paths: [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]  # noqa: E731
+        assert digest(manifest["path"]) == digest(made["path"]), "the method's images are its chosen candidate's"
+        assert manifest["checkpoint"].to_list() == made["checkpoint"].to_list()
+        assert set(manifest["checkpoint"]) <= set(checkpoints.filter(pl.col("candidate") == best["candidate"])["checkpoint"])
+    results = db.query("SELECT * FROM results_table")
+    runs = dict(results.select("method", "n_runs").iter_rows())
+    assert all(runs[m] == profile.classifier.replicates for m in FINETUNED)
+
+    # The artifacts load with diffusers' own loaders: ⑧'s chosen pseudo-word, ⑤'s conditioning as prompt_embeds.
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    pipeline = StableDiffusionPipeline.from_pretrained(sd)
+    pipeline.set_progress_bar_config(disable=True)
+    word_checkpoint = db.query("SELECT checkpoint FROM checkpoint_selection WHERE method = 'textual_inversion' ORDER BY wnid")["checkpoint"][0]
+    word = next(iter(load_file(word_checkpoint)))
+    pipeline.load_textual_inversion(word_checkpoint)
+    assert word == f"<{wnids[0]}>" and word in pipeline.tokenizer.get_vocab()
+    conditioning = load_file(db.query("SELECT checkpoint FROM checkpoint_selection WHERE method = 'ft_conditioning' ORDER BY wnid")["checkpoint"][0])
+    for prompt in ({"prompt": f"a photo of a {word}"}, {"prompt_embeds": conditioning["prompt_embeds"]}):
+        image = pipeline(**prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert image.shape == (1, 32, 32, 3)
+
+    from augassets.build import build_defs
+
+    graph = build_defs(profile).resolve_asset_graph()
+    parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
+    assert "checkpoint_selection" in parents("augmentation_images") and "candidate_images" in parents("checkpoint_selection")
+    assert "personalized_models" in parents("candidate_images")
+    metadata = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("personalized_models")).asset_materialization.metadata
+    assert "loss_curves" in metadata and metadata["loss_curves"].value.startswith("![loss curves](data:image/png;base64,")
+    assert metadata["runs"].value >= 1
