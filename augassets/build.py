@@ -14,6 +14,7 @@ from .assets import (
     catalog,
     classifier,
     datasets,
+    domain,
     duplicates,
     foundation,
     images,
@@ -28,7 +29,7 @@ from .resources import default_resources
 # Data-flow order: each builder may refer to the definitions of the builders before it.
 BUILDERS = (
     catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, foundation.build_fidelity,
-    images.build_class_prompts, personalized.build, images.build, duplicates.build, datasets.build, classifier.build, reports.build,
+    images.build_class_prompts, personalized.build, images.build, domain.build, duplicates.build, datasets.build, classifier.build, reports.build,
 )
 
 
@@ -68,8 +69,8 @@ def _jobs(d: SimpleNamespace) -> list:
                 description="Per class × method: prompts, augmentation images and their duplicate report.",
             ),
             dg.define_asset_job(
-                "collect", selection=[d.excluded_classes, d.class_fidelity, d.reference_hashes, d.leak_threshold, d.duplicate_summary],
-                description="Across classes: excluded classes, class fidelity, reference pHashes, the leak threshold and the duplicate summary.",
+                "collect", selection=[d.excluded_classes, d.class_fidelity, d.domain_match, d.reference_hashes, d.leak_threshold, d.duplicate_summary],
+                description="Across classes: excluded classes, class fidelity, domain match, reference pHashes, the leak threshold and the duplicate summary.",
             ),
         ]
     if hasattr(d, "personalized_models"):  # a profile with personalized methods

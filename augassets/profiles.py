@@ -16,6 +16,9 @@ environment variables, so the same profile runs on any machine:
 ``AUGASSETS_WORDNET_DIR``      WordNet 3.0 dict folder (default ``/usr/share/wordnet``)
 ``AUGASSETS_STORE_URL``        an fsspec URL (``s3://bucket/prefix`` …) for the image store;
                                the local store folder becomes its working copy
+``AUGASSETS_METHODS``          comma-separated method keys: run exactly these instead of the
+                               profile's ``methods`` (any registered, implemented method; same
+                               home, so results of earlier method sets stay in the tables)
 =============================  ==========================================================
 """
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROFILE_ENV = "AUGASSETS_PROFILE"
+METHODS_ENV = "AUGASSETS_METHODS"
 HOME_ENV = "AUGASSETS_HOME"
 DEFAULT_PROFILE = "mini"
 
@@ -502,9 +506,20 @@ PROFILES["mini_all"] = replace(
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``."""
+    """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``; with ``AUGASSETS_METHODS``
+    set, running exactly those methods (in registry order)."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r} (set {PROFILE_ENV} to one of {', '.join(PROFILES)})") from None
+    chosen = [key.strip() for key in os.environ.get(METHODS_ENV, "").split(",") if key.strip()]
+    if chosen:
+        from .core.methods import runnable_methods
+
+        try:
+            methods = tuple(m.key for m in runnable_methods(tuple(chosen)))
+        except ValueError as error:
+            raise ValueError(f"{METHODS_ENV}={','.join(chosen)}: {error}") from None
+        profile = replace(profile, methods=methods)
+    return profile

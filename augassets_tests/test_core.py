@@ -31,12 +31,14 @@ def test_registry_names_each_methods_builder():
     assert by_builder == {
         registry.TARGET_ONLY: ("real_p",), registry.REAL_SUBSAMPLE: ("real_2p",), registry.IMG2IMG: ("boomerang",),
         registry.TXT2IMG: ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts"),
-        registry.RETRIEVAL: ("retrieval",),
+        registry.RETRIEVAL: ("retrieval",), registry.CONDITIONING: ("ft_conditioning",),
+        registry.CLUSTER_CONDITIONING: ("ft_cluster_conditioning",), registry.PSEUDO_WORD: ("textual_inversion",),
     }
     personalized = [m.key for m in registry.METHODS if m.family == "personalized"]
-    assert len(personalized) == 5 and not any(get_method(k).implemented for k in personalized)
-    assert [get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "imagic")] == [
-        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, None]
+    assert len(personalized) == 5 and [k for k in personalized if not get_method(k).implemented] == ["imagic", "pseudoword_dm"]
+    assert [get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "ft_conditioning", "imagic")] == [
+        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, registry.IMAGES, None]
+    assert registry.keys_with_builder(registry.FINETUNE_BUILDERS) == ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
     assert registry.keys_with_builder(registry.TXT2IMG, ("real_p", "clip_prompts")) == ("clip_prompts",)
     with pytest.raises(ValueError, match="unknown builder 'gan'"):
         registry.Method("gan", "GAN", "other", "a builder that does not exist", "gan")
@@ -186,3 +188,29 @@ def test_a_catalog_held_by_another_process_is_not_taken_for_a_damaged_one(tmp_pa
         assert check_catalog(path) is None
     assert path.exists() and not path.with_name("c.duckdb.damaged").exists()
     assert Warehouse(path).query("SELECT x FROM t")["x"].to_list() == [1]
+
+
+def test_domain_separability_tells_shifted_sets_apart_and_not_equal_ones():
+    """The domain-match figure: a linear two-sample test on embeddings, balanced per class. Two draws
+    of one distribution sit near 0.5; a shifted one is told apart; a difference in class make-up alone
+    is balanced away."""
+    import numpy as np
+
+    from augassets.core.domain import balanced_pairs, domain_separability
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    centres = rng.normal(size=(4, 16)) * 3
+    draw = lambda shift=0.0: centres[labels] + rng.normal(size=(len(labels), 16)) + shift  # noqa: E731
+    same, n = domain_separability(draw(), labels, draw(), labels)
+    assert n == 200 and 0.35 <= same <= 0.65
+    shifted, _ = domain_separability(draw(), labels, draw(shift=1.5), labels)
+    assert shifted >= 0.95
+    # Class make-up: the method has only classes 0 and 1, three times over; pairs keep 50 + 50 per side.
+    skewed = np.repeat([0, 1], 150)
+    t, m = balanced_pairs(labels, skewed, seed=0)
+    assert len(t) == len(m) == 100 and set(labels[t]) == set(skewed[m]) == {0, 1}
+    method = centres[skewed] + rng.normal(size=(len(skewed), 16))
+    balanced, _ = domain_separability(draw(), labels, method, skewed)
+    assert 0.3 <= balanced <= 0.7, "the same domain with another class make-up is not told apart"
+    assert np.isnan(domain_separability(draw()[:3], labels[:3], draw()[:3], labels[:3])[0])

@@ -67,6 +67,13 @@ def fidelity_note(per_class: pl.DataFrame) -> str:
     return "Share of augmentation images recognized as their class:\n" + "\n".join(lines)
 
 
+def domain_note(table: pl.DataFrame) -> str:
+    """Per method: the domain-match figure (a linear classifier's held-out accuracy at telling target-domain
+    images from the method's by CLIP image embedding; 0.5: indistinguishable)."""
+    lines = [f"- {r['method']}: {r['separability']:.3f} ({r['images_per_side']:,} images per side)" for r in table.iter_rows(named=True)]
+    return "Domain match (accuracy of telling the method's images from the target's; 0.5: indistinguishable, 1.0: always told apart):\n" + "\n".join(lines)
+
+
 def duplicates_note(detector: dict, summary: pl.DataFrame) -> str:
     """pHash near-duplicate counts per method and reference split, with the threshold and where it came from."""
     how = "the paper's threshold" if detector["source"] == "paper" else (
@@ -87,6 +94,8 @@ def results_report(db) -> str:
         parts.append(excluded_note(excluded))
     if db.has_table("class_fidelity"):
         parts.append(fidelity_note(db.query("SELECT * FROM class_fidelity")))
+    if db.has_table("domain_match"):
+        parts.append(domain_note(db.query("SELECT * FROM domain_match")))
     if db.has_table("duplicate_summary") and db.has_table("leak_threshold"):
         parts.append(duplicates_note(db.query("SELECT * FROM leak_threshold").row(0, named=True), db.query("SELECT * FROM duplicate_summary")))
     return "\n\n".join(parts)
