@@ -241,10 +241,9 @@ class PersonalizationSpec:
     epochs 1 … ``early_epochs``; each candidate's images train one classifier, and the best val
     accuracy chooses the checkpoint whose images the method uses.
 
-    ⑥: ``clusters`` k-means clusters (the paper's k = 5; ``cluster_ablation`` lists the k of the
-    ablation) of the class's target images embedded by the CLIP image tower of the profile's CLIP
-    (the mini world's own; at scale the configured CLIP weights); generation draws clusters in
-    proportion to their sizes.
+    ⑥: ``clusters`` k-means clusters (the paper's k = 5) of the class's target images embedded by the
+    CLIP image tower of the profile's CLIP (the mini world's own; at scale the configured CLIP
+    weights); generation draws clusters in proportion to their sizes.
     """
 
     max_epochs: int = 40
@@ -256,7 +255,6 @@ class PersonalizationSpec:
     val_draws: int = 8
     early_epochs: int = 3
     clusters: int = 5
-    cluster_ablation: tuple[int, ...] = (1, 5, 10, 15)
     seed: int = 0
 
 
