@@ -24,7 +24,7 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
     from diffusers import StableDiffusionPipeline
 
     from augassets.core.finetune import ClassImages, FinetuneSpec, finetune_conditioning, finetune_textual_inversion
-    from augassets.core.prompts import load_templates, simple_prompt_nows
+    from augassets.core.prompts import simple_prompt_nows, textual_inversion_templates
     from augassets.core.warehouse import Warehouse
     from augassets.profiles import get_profile
 
@@ -52,7 +52,7 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
                 result = finetune_conditioning(pipeline, simple_prompt_nows(name), images, run, folder, {"lr": rate}, progress=lambda *_: None)
                 start = f"{result.extra['initial_val_loss']:.5f} → "
             elif method == "textual_inversion":
-                result = finetune_textual_inversion(pipeline, wnid, lemmas[0], load_templates("textual_inversion_templates.txt"), images, run,
+                result = finetune_textual_inversion(pipeline, wnid, lemmas[0], textual_inversion_templates(), images, run,
                                                     folder, {"lr": rate}, progress=lambda *_: None)
                 start = ""
             else:

@@ -1,5 +1,6 @@
-"""Stage: per class and method, the prompts and the augmentation images (retrieval so far), and the
-classes retrieval cannot fill — excluded from every method (paper §3)."""
+"""Stage: per class and method, the prompts and the augmentation images (retrieved, generated, or — for
+the personalized methods — the chosen checkpoint candidate's), class fidelity, and the classes
+retrieval cannot fill — excluded from every method (paper §3)."""
 
 import math
 import os
@@ -148,7 +149,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         description="The augmentation images of a class for a method, as files under images/<method>/<wnid>/ with a "
         "manifest. Prompt methods: one image per prompt from the diffusion backend, batched, one recorded seed per "
         "image, resumable after a kill, images the safety checker flags regenerated with new seeds. Retrieval: KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
-        "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive.",
+        "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive. "
+        "Personalized methods: the images of the checkpoint candidate checkpoint_selection chose, linked from candidates/, "
+        "their manifest naming the candidate and checkpoint.",
     )
     def augmentation_images(
         context: dg.AssetExecutionContext,

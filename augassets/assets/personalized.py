@@ -44,8 +44,6 @@ from ..resources import (
 from ..versions import code_version
 
 GROUP = "personalized"
-# The order candidates are listed (and ties of val accuracy broken) in.
-CANDIDATE_ORDER = ("best_val", "best_train", "epoch_1", "epoch_2", "epoch_3", "epoch_4", "epoch_5", "epoch_6", "epoch_7", "epoch_8")
 CHECKPOINT_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "cluster_size": pl.Int64, "candidate": pl.Utf8, "epoch": pl.Int64,
     "checkpoint": pl.Utf8, "word": pl.Utf8, "train_loss": pl.Float64, "val_loss": pl.Float64, "initial_val_loss": pl.Float64,
@@ -84,7 +82,14 @@ def partition(key) -> tuple[str, str]:
 
 
 def candidate_rank(label: str) -> int:
-    return CANDIDATE_ORDER.index(label) if label in CANDIDATE_ORDER else len(CANDIDATE_ORDER)
+    """The order candidates are listed (and ties of val accuracy broken) in: best val, best train, epoch 1, 2 …"""
+    ranks = {"best_val": 0, "best_train": 1}
+    return ranks[label] if label in ranks else 1 + int(label.removeprefix("epoch_"))
+
+
+def _set_folder(epochs: tuple[int, ...]) -> str:
+    """The folder of one candidate image set: its checkpoint epoch (one per cluster)."""
+    return "epochs_" + "-".join(f"{e:03d}" for e in epochs)
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
@@ -209,7 +214,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         """One class's fine-tuning for ``builder``: [(result, training images)] per run (⑥: per cluster)."""
         from ..core import finetune as ft
         from ..core.clip import encode_image_batches
-        from ..core.prompts import load_templates
+        from ..core.prompts import textual_inversion_templates
 
         prompt = simple_prompt_nows(row["name"])
         if builder == CONDITIONING:
@@ -227,8 +232,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             )
             return [(r, r.extra["size"]) for r in results]
         if builder == PSEUDO_WORD:
-            templates = load_templates("textual_inversion_templates.txt")
-            result = ft.finetune_textual_inversion(pipeline, row["wnid"], row["lemmas"][0], templates, images, run_spec, folder, signature, progress=say)
+            result = ft.finetune_textual_inversion(pipeline, row["wnid"], row["lemmas"][0], textual_inversion_templates(), images, run_spec, folder, signature, progress=say)
             return [(result, len(images.train))]
         raise ValueError(f"no fine-tuning for builder {builder!r}")
 
@@ -250,6 +254,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         diffusion_backend: DiffusionBackendResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
+        from ..core.finetune import draw_clusters
         from ..core.generation import GenerationRequest, generate_partition
 
         db = warehouse.get()
@@ -265,7 +270,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 raise ValueError(f"candidate_images[{key}]: no checkpoints or prompts: materialize personalized_models and class_prompts for it first")
             image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
             sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
-            clusters = _draw_clusters(sizes, prompts.height)
+            clusters = draw_clusters(sizes, prompts.height)
             # Candidates whose checkpoints coincide (e.g. best val = epoch 3) share one image set.
             groups: dict[tuple, list[str]] = {}
             for label in sorted(checkpoints["candidate"].unique().to_list(), key=candidate_rank):
@@ -274,7 +279,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             root = image_store.path("candidates", method, wnid)
             rows = []
             for epochs, labels in groups.items():
-                folder_name = "epochs_" + "-".join(f"{e:03d}" for e in epochs)
+                folder_name = _set_folder(epochs)
                 chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
                 texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
                 request = GenerationRequest(method, wnid, texts, prompts["family"].to_list(), base_seed=profile.generation.seed, conditionings=states)
@@ -292,7 +297,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 grids.append([r["path"] for r in records[:8]])
                 context.log.info(f"candidate_images[{key}]: {len(records)} images for {', '.join(labels)} (epoch {'/'.join(map(str, epochs))})")
             manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
-            in_use = {f"epochs_{'-'.join(f'{e:03d}' for e in epochs)}" for epochs in groups}
+            in_use = {_set_folder(epochs) for epochs in groups}
             for old in root.iterdir():  # sets of an earlier materialization's candidates
                 if old.is_dir() and old.name not in in_use and not old.name.endswith(".partial"):
                     shutil.rmtree(old)
@@ -300,7 +305,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             image_store.publish("candidates", method, wnid)
             db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
             summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
-                            "images": sum(1 for _ in manifest.unique("path").iter_rows()),
+                            "images": manifest["path"].n_unique(),
                             "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})
         table = pl.DataFrame(summary)
         return dg.MaterializeResult(metadata={
@@ -388,12 +393,6 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         })
 
     return {"personalized_models": personalized_models, "candidate_images": candidate_images, "checkpoint_selection": checkpoint_selection}
-
-
-def _draw_clusters(sizes: list[int], count: int) -> list[int]:
-    from ..core.finetune import draw_clusters
-
-    return draw_clusters(sizes, count)
 
 
 def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):

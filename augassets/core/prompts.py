@@ -73,6 +73,11 @@ def clip_templates() -> tuple[str, ...]:
 
 
 @cache
+def textual_inversion_templates() -> tuple[str, ...]:
+    return load_templates("textual_inversion_templates.txt")
+
+
+@cache
 def places365_backgrounds() -> tuple[str, ...]:
     """Places365 categories as words: ``/a/apartment_building/outdoor 12`` -> "apartment building outdoor"."""
     names = []
@@ -129,7 +134,7 @@ def build_prompts(method: str, names: ClassNames, count: int, seed: int) -> list
     if builder in (CONDITIONING, CLUSTER_CONDITIONING):
         return [("conditioning_init", simple_prompt_nows(names.name))] * count
     if builder == PSEUDO_WORD:
-        templates = load_templates("textual_inversion_templates.txt")
+        templates = textual_inversion_templates()
         return [("textual_inversion", templates[i]) for i in rng.integers(len(templates), size=count)]
     if builder == IMG2IMG:
         return [(method, "")] * count  # Boomerang adapts no prompt: img2img from the target images
