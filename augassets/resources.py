@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import torch
 
 from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
@@ -72,6 +71,8 @@ class ComputeResource(dg.ConfigurableResource):
     deterministic: bool = True  # deterministic kernels (see augassets/core/determinism.py)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        import torch
+
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         if self.deterministic:
@@ -116,6 +117,7 @@ class DiffusionBackendResource(dg.ConfigurableResource):
     cache_dir: str = ""  # Hugging Face cache for hub ids ("" = the default, HF_HOME/hub)
 
     def load(self, kind: str = "txt2img"):
+        import torch
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
         from .core.diffusion import SCHEDULERS
@@ -145,6 +147,7 @@ class DiffusionBackendResource(dg.ConfigurableResource):
         None when ``safety_checker`` is off."""
         if not self.safety_checker:
             return None
+        import torch
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 

@@ -69,3 +69,13 @@ def test_processes_started_together_on_a_fresh_home_create_its_storage_once(tmp_
         with sqlite3.connect(database) as con:
             if con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0]:
                 assert con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1, database
+
+
+def test_loading_the_definitions_does_not_import_the_model_libraries():
+    """Every Dagster process (the UI's code server, the daemon, each launched run, `dagster` commands)
+    loads the definitions first; torch, torchvision, diffusers and transformers take seconds to import, so
+    the definitions import them only inside the steps that compute."""
+    heavy = ("torch", "torchvision", "diffusers", "transformers")
+    code = "import sys\nimport augassets.cli, augassets.definitions\nprint(' '.join(m for m in %r if m in sys.modules))" % (heavy,)
+    loaded = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == "", f"importing augassets.definitions imported {loaded.stdout.strip()}"

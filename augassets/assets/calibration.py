@@ -17,10 +17,8 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
-from ..core.classifier import train_classifier
 from ..core.datasets import FashionMnistSource
 from ..core.files import atomic_folder, load_checkpoint, save_image_atomic, save_safetensors_atomic
-from ..core.generation import classify_images, classify_paths
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
@@ -89,6 +87,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     def fidelity_judge(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        from ..core.classifier import train_classifier
+        from ..core.generation import classify_images, classify_paths
+
         plateau, early_stop = profile.world.judge_patience
         spec = replace(profile.classifier, device=compute.device, plateau_patience=plateau, early_stop_patience=early_stop)
         db = warehouse.get()
@@ -154,6 +155,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     def domain_oracle(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        from ..core.classifier import train_classifier
+
         spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label FROM class_catalog ORDER BY label")

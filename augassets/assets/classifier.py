@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
-from ..core.classifier import LabeledImages, train_classifier
 from ..core.files import save_safetensors_atomic
 from ..core.report import excluded_wnids, frame_markdown
 from ..integrity import outputs
@@ -33,8 +32,10 @@ SCORE_SCHEMA = {
 }
 
 
-def labeled_images(frame: pl.DataFrame) -> LabeledImages:
-    """A (path, label) frame as the classifier's input."""
+def labeled_images(frame: pl.DataFrame):
+    """A (path, label) frame as the classifier's input (``core.classifier.LabeledImages``)."""
+    from ..core.classifier import LabeledImages
+
     return LabeledImages(paths=frame["path"].to_list(), labels=frame["label"].to_list())
 
 
@@ -60,6 +61,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         image_store: ImageStoreResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
+        from ..core.classifier import train_classifier
+
         spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
@@ -143,6 +146,8 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
     def fidelity_classifier(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        from ..core.classifier import train_classifier
+
         spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
         classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]

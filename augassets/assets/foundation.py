@@ -11,26 +11,14 @@ lineage reads the same in both worlds.
 
 import time
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
 import polars as pl
-import torch
 
-from ..core.clip import build_processor, encode_image_batches, encode_texts, train_clip, zero_shot_accuracy
 from ..core.datasets import FashionMnistSource
-from ..core.diffusion import (
-    assemble_pipeline,
-    fit_safety_checker,
-    make_safety_checker,
-    pixel_batch,
-    save_pipeline,
-    text_tower,
-    train_unet,
-    train_vae,
-)
 from ..core.files import atomic_folder, load_checkpoint, save_image_atomic
-from ..core.generation import classify_images, generate
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import sample_fidelity
 from ..core.knn import build_index, choose_index_factory
@@ -41,6 +29,9 @@ from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
+
+if TYPE_CHECKING:
+    import torch
 
 GROUP = "foundation"
 
@@ -133,6 +124,8 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
     def clip_model(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        from ..core.clip import build_processor, train_clip, zero_shot_accuracy
+
         db = warehouse.get()
         rows, skipped = _pool_rows(db)
         paths, captions = rows["path"].to_list(), rows["caption"].to_list()
@@ -183,6 +176,8 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
     def pool_index(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         import faiss
         from transformers import CLIPModel, CLIPTokenizer
+
+        from ..core.clip import encode_image_batches, encode_texts
 
         started = time.perf_counter()
         rows, skipped = _pool_rows(warehouse.get())
@@ -237,6 +232,10 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     def vae(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        import torch
+
+        from ..core.diffusion import pixel_batch, train_vae
+
         rows, skipped = _pool_rows(warehouse.get())
         paths = rows["path"].to_list()
         image_store.ensure(paths, context.log.info)
@@ -292,6 +291,8 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
         from diffusers import AutoencoderKL
         from transformers import CLIPModel, CLIPTokenizer
 
+        from ..core.diffusion import text_tower, train_unet
+
         pool, skipped = _pool_rows(warehouse.get(), min_aesthetic=world.diffusion.train_aesthetic_min)
         vae_model = AutoencoderKL.from_pretrained(image_store.fetch("models", "vae")).eval()
         clip_folder = image_store.fetch("models", "clip")
@@ -333,6 +334,14 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
     def diffusion_model(context: dg.AssetExecutionContext, image_store: ImageStoreResource, compute: ComputeResource) -> dg.MaterializeResult:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel, CLIPProcessor
+
+        from ..core.diffusion import (
+            assemble_pipeline,
+            fit_safety_checker,
+            make_safety_checker,
+            save_pipeline,
+            text_tower,
+        )
 
         models = image_store.path("models")
         for part in ("clip", "vae", "unet"):
@@ -380,6 +389,8 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
         diffusion_backend: DiffusionBackendResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
+        from ..core.generation import classify_images, generate
+
         db = warehouse.get()
         models = image_store.path("models")
         for part in ("fidelity_classifier.safetensors", "fidelity_judge.safetensors"):
@@ -434,7 +445,7 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
 
 
 
-def _to_pil(tensor: torch.Tensor):
+def _to_pil(tensor: "torch.Tensor"):
     from PIL import Image
 
     array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()

@@ -12,9 +12,7 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
-from ..core.clip import encode_texts
 from ..core.files import atomic_folder, load_checkpoint, write_parquet_atomic
-from ..core.generation import GenerationError, GenerationRequest, generate_partition, image_seed
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
@@ -86,6 +84,8 @@ def build_class_prompts(profile: Profile, up: SimpleNamespace) -> dict:
         "no-whitespace simple prompt.",
     )
     def class_prompts(context: dg.AssetExecutionContext, warehouse: WarehouseResource, clip_encoder: ClipEncoderResource) -> dg.MaterializeResult:
+        from ..core.generation import image_seed
+
         db = warehouse.get()
         catalog = {r["wnid"]: r for r in db.query("SELECT wnid, name, hypernym, definition FROM class_catalog").iter_rows(named=True)}
         tokenizer = clip_encoder.tokenizer()
@@ -162,6 +162,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         diffusion_backend: DiffusionBackendResource,
         compute: ComputeResource,  # thread count and deterministic kernels for generation
     ) -> dg.MaterializeResult:
+        from ..core.generation import GenerationError
+
         db = warehouse.get()
         labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
         builders = {get_method(partition(key)[0]).builder for key in context.partition_keys}
@@ -219,6 +221,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     def _retrieve_partition(context, db, image_store, model, processor, index, safety_flags, method: str, wnid: str, n: int, label: int) -> tuple[dict, list[str]]:
         """Retrieve one class's images, copy them into images/<method>/<wnid>/ atomically, record the manifest."""
+        from ..core.clip import encode_texts
+
         prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
         if prompt.is_empty():
             raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
@@ -257,6 +261,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
         """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated)."""
+        from ..core.generation import GenerationRequest, generate_partition
+
         prompts = db.query("SELECT prompt, family, source_image FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
         if prompts.is_empty():
             raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
