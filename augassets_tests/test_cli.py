@@ -76,6 +76,6 @@ def test_loading_the_definitions_does_not_import_the_model_libraries():
     loads the definitions first; torch, torchvision, diffusers and transformers take seconds to import, so
     the definitions import them only inside the steps that compute."""
     heavy = ("torch", "torchvision", "diffusers", "transformers")
-    code = "import sys\nimport augassets.cli, augassets.definitions\nprint(' '.join(m for m in %r if m in sys.modules))" % (heavy,)
+    code = f"import sys\nimport augassets.cli, augassets.definitions\nprint(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert loaded.stdout.strip() == "", f"importing augassets.definitions imported {loaded.stdout.strip()}"
