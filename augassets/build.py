@@ -39,7 +39,7 @@ CALIBRATION_ONLY = ("domain_oracle",)
 # rows (its split draws are seeded by the class, and the settings that shape them are in these
 # assets' code versions), so those updates leave the existing partitions alone.
 PER_CLASS_IGNORES = {
-    name: ("class_catalog", "dataset_splits") for name in ("class_prompts", "augmentation_images", "personalized_models", "candidate_images")
+    name: ("class_catalog", "dataset_splits") for name in ("class_prompts", "augmentation_images", "personalized_models", "candidate_images", "unet_candidate_images")
 }
 
 
@@ -73,10 +73,13 @@ def _jobs(d: SimpleNamespace) -> list:
                 description="Across classes: excluded classes, class fidelity, domain match, reference pHashes, the leak threshold and the duplicate summary.",
             ),
         ]
-    if hasattr(d, "personalized_models"):  # a profile with personalized methods
+    if hasattr(d, "checkpoint_selection"):  # a profile with personalized methods
+        stage = [getattr(d, name) for name in ("personalized_models", "candidate_images", "personalized_unets", "unet_candidate_images",
+                                               "checkpoint_selection") if hasattr(d, name)]
         jobs.append(dg.define_asset_job(
-            "personalize", selection=[d.personalized_models, d.candidate_images, d.checkpoint_selection],
-            description="Per class × personalized method: fine-tuning, each checkpoint candidate's images, and the checkpoint selection.",
+            "personalize", selection=stage,
+            description="The personalized methods: fine-tuning (per class × method; ⑦ ⑨ per method), each checkpoint candidate's "
+            "images, and the checkpoint selection.",
         ))
     return jobs + [
         dg.define_asset_job("build_augmented_datasets", selection=[d.augmented_datasets]),

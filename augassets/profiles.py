@@ -28,6 +28,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .core.methods import METHODS
+
 PROFILE_ENV = "AUGASSETS_PROFILE"
 METHODS_ENV = "AUGASSETS_METHODS"
 HOME_ENV = "AUGASSETS_HOME"
@@ -231,15 +233,19 @@ class GenerationSpec:
 class PersonalizationSpec:
     """The personalized methods (paper §3.1, "Fine-tuning the diffusion model"): ⑤ fine-tuned
     conditioning, ⑥ cluster conditioning and ⑧ textual inversion, each trained per class on the
-    class's target images with SD's own noise-prediction loss, the diffusion model frozen.
+    class's target images with SD's own noise-prediction loss, the diffusion model frozen; ⑦
+    Imagic-style (⑤'s conditionings) and ⑨ pseudo-word + DM (⑧'s words) trained together with the
+    UNet, one run over all classes' target images (the UNet is shared), the UNet at ``unet_lr``.
 
     Training stops when the val loss (on the class's val images, ``val_draws`` fixed noise draws per
     image) has not improved for ``patience`` epochs, at most ``max_epochs`` (the paper: 40). Learning
     rates are given for ``reference_batch_size`` and scaled by √(``batch_size`` / reference), the
     paper's rule for larger batches: ``conditioning_lr`` for ⑤ ⑥, ``word_lr`` for ⑧ (textual
-    inversion's own base rate, 0.005). Checkpoint candidates: best train loss, best val loss and
-    epochs 1 … ``early_epochs``; each candidate's images train one classifier, and the best val
-    accuracy chooses the checkpoint whose images the method uses.
+    inversion's own base rate, 0.005), ``unet_lr`` for the UNet of ⑦ ⑨ (5e-6, DreamBooth's rate
+    for SD's UNet). Checkpoint candidates: best train loss, best val loss and epochs 1 …
+    ``early_epochs`` (⑦: 1 … ``imagic_early_epochs``, the paper's 8, after which its images degrade);
+    each candidate's images train one classifier, and the best val accuracy chooses the checkpoint
+    whose images the method uses.
 
     ⑥: ``clusters`` k-means clusters (the paper's k = 5) of the class's target images embedded by the
     CLIP image tower of the profile's CLIP (the mini world's own; at scale the configured CLIP
@@ -252,8 +258,10 @@ class PersonalizationSpec:
     reference_batch_size: int = 8
     conditioning_lr: float = 1e-2
     word_lr: float = 5e-3
+    unet_lr: float = 5e-6
     val_draws: int = 8
     early_epochs: int = 3
+    imagic_early_epochs: int = 8
     clusters: int = 5
     seed: int = 0
 
@@ -434,8 +442,11 @@ PROFILES: dict[str, Profile] = {
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
         duplicates=replace(MINI_DUPLICATES, calibration_copies=20),
         methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
-                 "ft_conditioning", "ft_cluster_conditioning", "textual_inversion", "retrieval"),
-        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, clusters=2),
+                 "ft_conditioning", "ft_cluster_conditioning", "imagic", "textual_inversion", "pseudoword_dm", "retrieval"),
+        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, imagic_early_epochs=2, clusters=2,
+                                            unet_lr=1e-4),
+        # Pools of 2× the need (the paper: 3×) still resample into different sets per replicate, at two thirds of the images.
+        generation=GenerationSpec(factor=2),
         max_classes=3,
         torch_threads=1,
         # Off until a test starts them; every minute, so that a daemon test sees a tick soon.
@@ -503,10 +514,9 @@ PROFILES: dict[str, Profile] = {
 PROFILES["mini_all"] = replace(
     PROFILES["mini"],
     name="mini_all",
-    description="The mini world with every implemented method: the baselines, Boomerang, the four prompt "
-    "methods, the three personalized methods that keep SD frozen (⑤ ⑥ ⑧) and retrieval; DDIM with 10 steps.",
-    methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
-             "ft_conditioning", "ft_cluster_conditioning", "textual_inversion", "retrieval"),
+    description="The mini world with all thirteen methods: the baselines, Boomerang, the four prompt methods, the "
+    "five personalized methods (⑤ ⑥ ⑧ with SD frozen, ⑦ ⑨ with its UNet fine-tuned) and retrieval; DDIM with 10 steps.",
+    methods=tuple(m.key for m in METHODS),
     world=replace(PROFILES["mini"].world, diffusion=replace(DiffusionSpec(), steps=10)),
 )
 

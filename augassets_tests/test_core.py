@@ -14,12 +14,15 @@ from augassets.core.report import frame_markdown, markdown_table, summarize_scor
 from augassets.core.warehouse import Warehouse
 
 
-def test_registry_keys_are_partition_safe_and_complete():
+def test_registry_keys_are_partition_safe_and_complete(monkeypatch):
     assert len(METHOD_KEYS) == 13 and len(set(METHOD_KEYS)) == 13
     assert {"real_p", "real_2p", "retrieval", "boomerang", "textual_inversion"} <= set(METHOD_KEYS)
     assert [m.key for m in runnable_methods(("real_2p", "real_p"))] == ["real_p", "real_2p"]
-    with pytest.raises(ValueError, match="not implemented yet"):
-        runnable_methods(("real_p", "imagic"))
+    assert all(m.implemented for m in registry.METHODS)
+    # A method registered before its builder exists is listed, never run.
+    monkeypatch.setitem(registry.BY_KEY, "future", registry.Method("future", "Future", "other", "no builder yet"))
+    with pytest.raises(ValueError, match=r"method\(s\) future are registered but not implemented yet"):
+        runnable_methods(("real_p", "future"))
     assert [m.key for m in runnable_methods(("retrieval", "real_p"))] == ["real_p", "retrieval"]
     with pytest.raises(ValueError, match="unknown method 'dalle'"):
         get_method("dalle")
@@ -33,12 +36,14 @@ def test_registry_names_each_methods_builder():
         registry.TXT2IMG: ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts"),
         registry.RETRIEVAL: ("retrieval",), registry.CONDITIONING: ("ft_conditioning",),
         registry.CLUSTER_CONDITIONING: ("ft_cluster_conditioning",), registry.PSEUDO_WORD: ("textual_inversion",),
+        registry.CONDITIONING_UNET: ("imagic",), registry.PSEUDO_WORD_UNET: ("pseudoword_dm",),
     }
     personalized = [m.key for m in registry.METHODS if m.family == "personalized"]
-    assert len(personalized) == 5 and [k for k in personalized if not get_method(k).implemented] == ["imagic", "pseudoword_dm"]
+    assert personalized == list(registry.keys_with_builder(registry.FINETUNE_BUILDERS))
+    assert registry.keys_with_builder(registry.PER_CLASS_FINETUNE_BUILDERS) == ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+    assert registry.keys_with_builder(registry.JOINT_FINETUNE_BUILDERS) == ("imagic", "pseudoword_dm")
     assert [get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "ft_conditioning", "imagic")] == [
-        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, registry.IMAGES, None]
-    assert registry.keys_with_builder(registry.FINETUNE_BUILDERS) == ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, registry.IMAGES, registry.IMAGES]
     assert registry.keys_with_builder(registry.TXT2IMG, ("real_p", "clip_prompts")) == ("clip_prompts",)
     with pytest.raises(ValueError, match="unknown builder 'gan'"):
         registry.Method("gan", "GAN", "other", "a builder that does not exist", "gan")
@@ -60,7 +65,7 @@ def test_augmented_sets_baselines():
     assert real_2p.filter(pl.col("replicate") == 3)["path"].to_list() == ["t1", "t2", "x1", "x2"]
     assert set(real_2p["origin"]) == {"target", "real_2p"}
     with pytest.raises(ValueError, match="no image builder"):
-        augmented_sets(get_method("imagic"), splits, 5)
+        augmented_sets(registry.Method("future", "Future", "other", "no builder yet"), splits, 5)
     with pytest.raises(ValueError, match="needs its augmentation images"):
         augmented_sets(get_method("retrieval"), splits, 5)
     images = pl.DataFrame({"wnid": ["a", "a", "b", "b"], "label": [0, 0, 1, 1], "path": ["r_a1", "r_a0", "r_b0", "r_b1"], "rank": [1, 0, 0, 1]})

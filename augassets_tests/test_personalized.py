@@ -181,21 +181,26 @@ def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run,
     assert draw_clusters([1, 1, 1], 3) == [0, 1, 2]
 
 
-FINETUNED = ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+PER_CLASS = ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+JOINT = ("imagic", "pseudoword_dm")  # the UNet fine-tuned, one run over all classes
+FINETUNED = PER_CLASS + JOINT
 
 
 def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_feed_the_table(benchmark_run):
-    """The smoke benchmark's ⑤ ⑥ ⑧: a fine-tuning run per class (⑥: per cluster, sizes summing to the
-    target) keeping the best-val, best-train and first-epoch checkpoints; every candidate's images made
-    with the same seeds, candidates on the same checkpoint sharing files; one val-only classifier per
-    candidate label and the highest val accuracy chosen; the chosen candidate's images are the method's
-    augmentation images, whose rows name the checkpoint; the three methods are rows of the results table."""
+    """The smoke benchmark's five personalized methods. ⑤ ⑥ ⑧: a fine-tuning run per class (⑥: per
+    cluster, sizes summing to the target); ⑦ ⑨: one run per method over all classes, whose kept epochs
+    hold a fine-tuned UNet (save_pretrained) and each class's conditioning or word. Each keeps the
+    best-val, best-train and first-epoch checkpoints (⑦: its own number of first epochs); every
+    candidate's images made with the same seeds, candidates on the same checkpoint sharing files; one
+    val-only classifier per candidate label and the highest val accuracy chosen; the chosen candidate's
+    images are the method's augmentation images, whose rows name the checkpoint; all five are rows of
+    the results table, and their artifacts load with diffusers' own loaders."""
     import hashlib
 
     import dagster as dg
     import polars as pl
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import load_file
 
     from augassets.assets.personalized import candidate_rank
@@ -206,7 +211,11 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     targets = dict(db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
     checkpoints, history = db.query("SELECT * FROM finetune_checkpoints"), db.query("SELECT * FROM finetune_history")
-    expected_labels = {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, spec.early_epochs + 1))}
+    labels_of = {m: {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, (spec.imagic_early_epochs if m == "imagic" else spec.early_epochs) + 1))}
+                 for m in FINETUNED}
+    assert labels_of["imagic"] != labels_of["pseudoword_dm"], "⑦ keeps more first epochs"
+    sd = profile.home / "store" / "models" / "stable_diffusion"
+    base_unet = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
     for method in FINETUNED:
         for wnid in wnids:
             runs = checkpoints.filter((pl.col("method") == method) & (pl.col("wnid") == wnid))
@@ -214,18 +223,26 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
             assert runs.unique("cluster")["cluster_size"].sum() == targets[wnid]
             for cluster in runs["cluster"].unique():
                 rows = runs.filter(pl.col("cluster") == cluster)
-                epochs = history.filter((pl.col("method") == method) & (pl.col("wnid") == wnid) & (pl.col("cluster") == cluster))
-                assert set(rows["candidate"]) == expected_labels and 1 <= epochs.height <= spec.max_epochs
+                run_of = (pl.col("method") == method) & (pl.col("wnid").is_null() if method in JOINT else pl.col("wnid") == wnid)
+                epochs = history.filter(run_of & (pl.col("cluster") == cluster))
+                assert set(rows["candidate"]) == labels_of[method] and 1 <= epochs.height <= spec.max_epochs
+                assert rows["unet"].is_null().all() == (method in PER_CLASS)
                 best = dict(rows.select("candidate", "epoch").iter_rows())
                 assert best["best_val"] == epochs.sort("val_loss", "epoch")["epoch"][0]
                 assert best["best_train"] == epochs.sort("train_loss", "epoch")["epoch"][0]
                 for path in rows["checkpoint"]:
                     assert Path(path).is_file(), path
+        if method in JOINT:  # one UNet per kept epoch, shared by the classes, fine-tuned away from SD's
+            unets = checkpoints.filter(pl.col("method") == method).group_by("epoch").agg(pl.col("unet").n_unique())
+            assert (unets["unet"] == 1).all()
+            for folder in checkpoints.filter(pl.col("method") == method)["unet"].unique():
+                tuned = UNet2DConditionModel.from_pretrained(folder).state_dict()
+                assert tuned.keys() == base_unet.keys() and any(not torch.equal(tuned[k], base_unet[k]) for k in tuned), folder
 
     candidates = db.query("SELECT * FROM candidate_manifest")
     n = profile.generation.factor * max(targets.values())
     per_set = candidates.group_by("method", "wnid", "candidate").agg(pl.len().alias("images"), pl.col("seed").sort_by("rank"), pl.col("epochs").first())
-    assert per_set.height == len(FINETUNED) * len(wnids) * len(expected_labels) and (per_set["images"] == n).all()
+    assert per_set.height == sum(len(labels_of[m]) for m in FINETUNED) * len(wnids) and (per_set["images"] == n).all()
     for (method, wnid), sets in per_set.group_by("method", "wnid"):
         assert sets["seed"].n_unique() == 1, f"{method}/{wnid}: every candidate is sampled with the same seeds"
         files = candidates.filter((pl.col("method") == method) & (pl.col("wnid") == wnid)).group_by("candidate").agg(pl.col("path").sort())
@@ -239,7 +256,7 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     assert "test_top1" not in scores.columns, "selection looks at val only"
     for method in FINETUNED:
         rows = scores.filter(pl.col("method") == method)
-        assert set(rows["candidate"]) == expected_labels and rows["chosen"].sum() == 1
+        assert set(rows["candidate"]) == labels_of[method] and rows["chosen"].sum() == 1
         best = max(rows.iter_rows(named=True), key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
         assert rows.filter(pl.col("chosen"))["candidate"][0] == best["candidate"]
         chosen = db.query("SELECT * FROM checkpoint_selection WHERE method = ?", [method])
@@ -255,25 +272,35 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     runs = dict(results.select("method", "n_runs").iter_rows())
     assert all(runs[m] == profile.classifier.replicates for m in FINETUNED)
 
-    # The artifacts load with diffusers' own loaders: ⑧'s chosen pseudo-word, ⑤'s conditioning as prompt_embeds.
-    sd = profile.home / "store" / "models" / "stable_diffusion"
-    pipeline = StableDiffusionPipeline.from_pretrained(sd)
-    pipeline.set_progress_bar_config(disable=True)
-    word_checkpoint = db.query("SELECT checkpoint FROM checkpoint_selection WHERE method = 'textual_inversion' ORDER BY wnid")["checkpoint"][0]
-    word = next(iter(load_file(word_checkpoint)))
-    pipeline.load_textual_inversion(word_checkpoint)
-    assert word == f"<{wnids[0]}>" and word in pipeline.tokenizer.get_vocab()
-    conditioning = load_file(db.query("SELECT checkpoint FROM checkpoint_selection WHERE method = 'ft_conditioning' ORDER BY wnid")["checkpoint"][0])
-    for prompt in ({"prompt": f"a photo of a {word}"}, {"prompt_embeds": conditioning["prompt_embeds"]}):
+    # The artifacts load with diffusers' own loaders: ⑧ ⑨'s chosen pseudo-words, ⑤ ⑦'s conditionings as
+    # prompt_embeds, ⑦ ⑨'s UNets with from_pretrained in place of SD's.
+    def chosen(method: str) -> dict:
+        return db.query("SELECT c.checkpoint, c.unet FROM checkpoint_selection s JOIN finetune_checkpoints c USING (method, wnid, candidate) "
+                        "WHERE method = ? ORDER BY wnid", [method]).row(0, named=True)
+
+    for method, unet in (("textual_inversion", None), ("ft_conditioning", None), ("pseudoword_dm", "unet"), ("imagic", "unet")):
+        pipeline = StableDiffusionPipeline.from_pretrained(sd)
+        pipeline.set_progress_bar_config(disable=True)
+        row = chosen(method)
+        if unet:
+            pipeline.unet = UNet2DConditionModel.from_pretrained(row["unet"])
+        if method in ("textual_inversion", "pseudoword_dm"):
+            word = next(iter(load_file(row["checkpoint"])))
+            pipeline.load_textual_inversion(row["checkpoint"])
+            assert word == f"<{wnids[0]}>" and word in pipeline.tokenizer.get_vocab()
+            prompt = {"prompt": f"a photo of a {word}"}
+        else:
+            prompt = {"prompt_embeds": load_file(row["checkpoint"])["prompt_embeds"]}
         image = pipeline(**prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
-        assert image.shape == (1, 32, 32, 3)
+        assert image.shape == (1, 32, 32, 3), method
 
     from augassets.build import build_defs
 
     graph = build_defs(profile).resolve_asset_graph()
     parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
     assert "checkpoint_selection" in parents("augmentation_images") and "candidate_images" in parents("checkpoint_selection")
-    assert "personalized_models" in parents("candidate_images")
+    assert "personalized_models" in parents("candidate_images") and "personalized_unets" in parents("unet_candidate_images")
+    assert "unet_candidate_images" in parents("checkpoint_selection")
     metadata = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("personalized_models")).asset_materialization.metadata
     assert "loss_curves" in metadata and metadata["loss_curves"].value.startswith("![loss curves](data:image/png;base64,")
     assert metadata["runs"].value >= 1

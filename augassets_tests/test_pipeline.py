@@ -70,10 +70,10 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     results = db.query("SELECT * FROM results_table")
     assert results["method"].to_list() == [
         "real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
-        "ft_conditioning", "ft_cluster_conditioning", "textual_inversion", "retrieval",
+        "ft_conditioning", "ft_cluster_conditioning", "imagic", "textual_inversion", "pseudoword_dm", "retrieval",
     ]
     replicates = profile.classifier.replicates
-    assert results["n_runs"].to_list() == [replicates] * 11
+    assert results["n_runs"].to_list() == [replicates] * 13
     scores = db.query("SELECT method, test_top1 FROM classifier_scores")
     for row in results.iter_rows(named=True):
         runs = scores.filter(pl.col("method") == row["method"])["test_top1"]
@@ -85,12 +85,12 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     assert "Domain match (accuracy of telling the method's images from the target's" in table
 
     scores = db.query("SELECT * FROM classifier_scores")
-    assert scores.height == 11 * replicates
+    assert scores.height == 13 * replicates
     assert scores.filter(pl.col("method") == "real_2p")["train_images"].unique().to_list() == [
         2 * scores.filter(pl.col("method") == "real_p")["train_images"][0]
     ]
     per_class = db.query("SELECT * FROM per_class_scores")
-    assert per_class.height == 11 * replicates * 3
+    assert per_class.height == 13 * replicates * 3
     for checkpoint in scores["checkpoint"]:
         assert (profile.home / "store").as_posix() in checkpoint
 
@@ -106,8 +106,9 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     # Assets requested together over the same partitions run together: the profile's partitions are
     # exactly its grid, so each partitioned stage is one run over all of its partitions.
     # A classifier's training set and its run share one partition (method × replicate): one run for both.
-    stages = (("class_prompts", 9 * 3), ("personalized_models", 3 * 3), ("candidate_images", 3 * 3), ("checkpoint_selection", 3 * 3),
-              ("augmentation_images,duplicate_report", 9 * 3), ("augmented_datasets,classifier_scores", 11 * replicates))
+    stages = (("class_prompts", 11 * 3), ("personalized_models", 3 * 3), ("candidate_images", 3 * 3), ("personalized_unets", 2),
+              ("unet_candidate_images", 2 * 3), ("checkpoint_selection", 5 * 3), ("augmentation_images,duplicate_report", 11 * 3),
+              ("augmented_datasets,classifier_scores", 13 * replicates))
     for assets, partitions in stages:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: assets}))
         assert len(runs) == 1, assets
@@ -202,7 +203,7 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     target_total = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
     assert all(len(d) == target_total for d in draws.values())
     fidelity = db.query("SELECT * FROM class_fidelity")
-    assert fidelity.height == 9 * 3
+    assert fidelity.height == 11 * 3
     assert fidelity["fidelity"].is_between(0, 1).all() and fidelity["target_recognizability"].is_between(0, 1).all()
     retrieved = fidelity.filter(pl.col("method") == "retrieval")
     assert retrieved["ground_truth_precision"].is_between(0, 1).all(), "retrieval reports its precision by ground truth"

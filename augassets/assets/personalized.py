@@ -1,9 +1,12 @@
-"""Stage: the personalized methods that keep the diffusion model frozen — ⑤ fine-tuned conditioning,
-⑥ cluster conditioning, ⑧ textual inversion (paper §3.1).
+"""Stage: the personalized methods (paper §3.1) — ⑤ fine-tuned conditioning, ⑥ cluster conditioning
+and ⑧ textual inversion, which keep the diffusion model frozen, and ⑦ Imagic-style and ⑨ pseudo-word
++ DM, which fine-tune its UNet too.
 
-Per class × method: a fine-tuning run and its checkpoint candidates (``personalized_models``), then
-each candidate's images (``candidate_images``). Per method, across its classes: one classifier per
-candidate label on target ∪ that candidate's images, and the best val accuracy chooses the label
+⑤ ⑥ ⑧, per class × method: a fine-tuning run and its checkpoint candidates (``personalized_models``),
+then each candidate's images (``candidate_images``). ⑦ ⑨, per method: one run over all classes, since
+the UNet is shared (``personalized_unets``), then per class × method each candidate's images
+(``unet_candidate_images``). Per method, across its classes: one classifier per candidate label on
+target ∪ that candidate's images, and the best val accuracy chooses the label
 (``checkpoint_selection``); ``augmentation_images`` then takes the chosen candidate's images, so
 everything downstream (duplicates, fidelity, datasets, classifiers) sees one set per method.
 """
@@ -24,8 +27,12 @@ from ..core.images import image_grid, png_data_uri_markdown
 from ..core.methods import (
     CLUSTER_CONDITIONING,
     CONDITIONING,
+    CONDITIONING_UNET,
     FINETUNE_BUILDERS,
+    JOINT_FINETUNE_BUILDERS,
+    PER_CLASS_FINETUNE_BUILDERS,
     PSEUDO_WORD,
+    WORD_BUILDERS,
     get_method,
     keys_with_builder,
 )
@@ -47,6 +54,7 @@ GROUP = "personalized"
 CHECKPOINT_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "cluster_size": pl.Int64, "candidate": pl.Utf8, "epoch": pl.Int64,
     "checkpoint": pl.Utf8, "word": pl.Utf8, "train_loss": pl.Float64, "val_loss": pl.Float64, "initial_val_loss": pl.Float64,
+    "unet": pl.Utf8,  # ⑦ ⑨: the candidate's fine-tuned UNet (a save_pretrained folder); ⑤ ⑥ ⑧: none
 }
 HISTORY_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "epoch": pl.Int64, "train_loss": pl.Float64, "val_loss": pl.Float64,
@@ -66,14 +74,15 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
     """The core loop's settings for one method."""
     from ..core.finetune import FinetuneSpec
 
-    lr = spec.word_lr if builder == PSEUDO_WORD else spec.conditioning_lr
+    lr = spec.word_lr if builder in WORD_BUILDERS else spec.conditioning_lr
+    early = spec.imagic_early_epochs if builder == CONDITIONING_UNET else spec.early_epochs
     return FinetuneSpec(max_epochs=spec.max_epochs, patience=spec.patience, batch_size=spec.batch_size,
                         reference_batch_size=spec.reference_batch_size, lr=lr, val_draws=spec.val_draws,
-                        early_epochs=spec.early_epochs, seed=spec.seed)
+                        early_epochs=early, seed=spec.seed)
 
 
-def finetuned_method_keys(profile: Profile) -> list[str]:
-    return list(keys_with_builder(FINETUNE_BUILDERS, method_keys(profile)))
+def finetuned_method_keys(profile: Profile, builders: frozenset = FINETUNE_BUILDERS) -> list[str]:
+    return list(keys_with_builder(builders, method_keys(profile)))
 
 
 def partition(key) -> tuple[str, str]:
@@ -97,13 +106,35 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     keys = finetuned_method_keys(profile)
     if not keys:
         return {}
+    per_class_keys = finetuned_method_keys(profile, PER_CLASS_FINETUNE_BUILDERS)
+    joint_keys = finetuned_method_keys(profile, JOINT_FINETUNE_BUILDERS)
+    assets = {}
+    if per_class_keys:
+        assets.update(_per_class_assets(profile, up, per_class_keys))
+    if joint_keys:
+        assets.update(_joint_assets(profile, up, joint_keys))
+    candidates = [(assets[name], names) for name, names in (("candidate_images", per_class_keys), ("unet_candidate_images", joint_keys)) if names]
+    assets["checkpoint_selection"] = _selection_asset(profile, up, keys, candidates)
+    return assets
+
+
+def _multi(keys: list[str]) -> dg.MultiPartitionsDefinition:
+    """Class × method partitions for ``keys``."""
+    return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(keys), "wnid": class_partitions})
+
+
+def _prompts_of(keys: list[str]) -> dg.MultiPartitionMapping:
+    """From the class × image-method assets (prompts), only these methods' partitions of the same class."""
+    return dg.MultiPartitionMapping({
+        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})),
+        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
+    })
+
+
+def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
+    """⑤ ⑥ ⑧: fine-tuning and candidates per class × method."""
     spec = profile.personalization
-    partitions = dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(keys), "wnid": class_partitions})
-    same_class = dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping())
-    # From the class × image-method assets (prompts), only these methods' partitions of the same class.
-    these_methods = dg.MultiPartitionMapping(
-        {"method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})), "wnid": same_class}
-    )
+    partitions = _multi(keys)
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
@@ -240,7 +271,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
         group_name=GROUP, code_version=code_version("1", profile.generation), pool="gpu",
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=these_methods)], kinds={"pytorch", "parquet"},
+        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))], kinds={"pytorch", "parquet"},
         description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
         "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
         "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by their "
@@ -254,74 +285,147 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         diffusion_backend: DiffusionBackendResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        from ..core.finetune import draw_clusters
-        from ..core.generation import GenerationRequest, generate_partition
+        return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
+
+    return {"personalized_models": personalized_models, "candidate_images": candidate_images}
+
+
+def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
+    """⑦ ⑨: one fine-tuning run per method over all classes (the UNet is shared), candidates per class × method."""
+    spec = profile.personalization
+    methods = dg.StaticPartitionsDefinition(keys)
+    partitions = dg.MultiPartitionsDefinition({"method": methods, "wnid": class_partitions})
+
+    @dg.asset(
+        metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
+        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), pool="gpu",
+        partitions_def=methods, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model], kinds={"pytorch", "diffusers", "safetensors"},
+        description="Per personalized method that fine-tunes the diffusion model, one run over every class's target images "
+        "(SD's noise-prediction loss; val loss on the val images; stop when it stagnates, at most max_epochs), training the "
+        "UNet, which all classes share, together with ⑦ one conditioning per class (initialized from its no-whitespace simple "
+        "prompt) or ⑨ one pseudo-word per class in textual-inversion templates. Kept: best train, best val and the first "
+        "epochs (⑦: imagic_early_epochs), each as epoch_<n>/unet (save_pretrained) and epoch_<n>/<wnid>.safetensors "
+        "(⑦ prompt_embeds; ⑨ loads with diffusers' load_textual_inversion). A new class retrains it. Resumes after a kill.",
+    )
+    def personalized_unets(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,  # thread count and deterministic kernels
+    ) -> dg.MaterializeResult:
+        from ..core import finetune as ft
+        from ..core.figures import loss_curves
+        from ..core.prompts import textual_inversion_templates
 
         db = warehouse.get()
+        catalog = db.query("SELECT wnid, name, lemmas FROM class_catalog ORDER BY label")
         if profile.world:
             image_store.fetch("models", "stable_diffusion")
-        pipeline = diffusion_backend.load("txt2img")
-        summary, grids, started = [], [], time.perf_counter()
-        for key in context.partition_keys:
-            method, wnid = partition(key)
-            checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
-            prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
-            if checkpoints.is_empty() or prompts.is_empty():
-                raise ValueError(f"candidate_images[{key}]: no checkpoints or prompts: materialize personalized_models and class_prompts for it first")
-            image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
-            sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
-            clusters = draw_clusters(sizes, prompts.height)
-            # Candidates whose checkpoints coincide (e.g. best val = epoch 3) share one image set.
-            groups: dict[tuple, list[str]] = {}
-            for label in sorted(checkpoints["candidate"].unique().to_list(), key=candidate_rank):
-                epochs = tuple(checkpoints.filter(pl.col("candidate") == label).sort("cluster")["epoch"].to_list())
-                groups.setdefault(epochs, []).append(label)
-            root = image_store.path("candidates", method, wnid)
-            rows = []
-            for epochs, labels in groups.items():
-                folder_name = _set_folder(epochs)
-                chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
-                texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
-                request = GenerationRequest(method, wnid, texts, prompts["family"].to_list(), base_seed=profile.generation.seed, conditionings=states)
-                records = generate_partition(
-                    pipeline, request, root / folder_name, diffusion_backend.steps, diffusion_backend.guidance_scale,
-                    diffusion_backend.batch_size, profile.generation.max_attempts,
-                    progress=lambda line, f=folder_name: context.log.debug(f"candidate {f} {line}"),
-                )
-                for label in labels:
-                    rows += [{
-                        "method": method, "wnid": wnid, "candidate": label, "epochs": ",".join(map(str, epochs)), "rank": r["index"],
-                        "path": r["path"], "prompt": r["prompt"], "family": r["family"], "cluster": clusters[r["index"]],
-                        "seed": r["seed"], "attempts": r["attempts"], "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
-                    } for r in records]
-                grids.append([r["path"] for r in records[:8]])
-                context.log.info(f"candidate_images[{key}]: {len(records)} images for {', '.join(labels)} (epoch {'/'.join(map(str, epochs))})")
-            manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
-            in_use = {_set_folder(epochs) for epochs in groups}
-            for old in root.iterdir():  # sets of an earlier materialization's candidates
-                if old.is_dir() and old.name not in in_use and not old.name.endswith(".partial"):
-                    shutil.rmtree(old)
-            write_parquet_atomic(manifest, root / "manifest.parquet")
-            image_store.publish("candidates", method, wnid)
-            db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
-            summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
-                            "images": manifest["path"].n_unique(),
-                            "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})
+        histories, summary, failures, started = [], [], {}, time.perf_counter()
+        for method in context.partition_keys:
+            builder = get_method(method).builder
+            pipeline = diffusion_backend.load("txt2img")  # a fresh one per method: the run trains its UNet in place
+            image_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+            classes = []
+            for row in catalog.iter_rows(named=True):
+                split = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, row["wnid"]])["path"].to_list()
+                         for s in ("target", "val")}
+                image_store.ensure(split["target"] + split["val"], context.log.info)
+                classes.append(ft.JointClass(row["wnid"], simple_prompt_nows(row["name"]), row["lemmas"][0],
+                                             ft.ClassImages(split["target"], split["val"], image_size)))
+            run_spec = finetune_spec(spec, builder)
+            folder = image_store.path("personalized", method)
+            signature = {"method": method, "classes": [c.wnid for c in classes], "spec": asdict(run_spec), "unet_lr": spec.unet_lr,
+                         "train": sum(len(c.images.train) for c in classes), "val": sum(len(c.images.val) for c in classes),
+                         "weights": diffusion_backend.weights}
+            templates = textual_inversion_templates() if builder in WORD_BUILDERS else None
+            say = lambda line, m=method: context.log.info(f"personalized_unets[{m}] {line}")  # noqa: E731
+            try:
+                result = ft.finetune_jointly(pipeline, classes, run_spec, spec.unet_lr, folder, signature, templates, progress=say)
+                exported = ft.export_joint_checkpoints(result, pipeline, [c.wnid for c in classes])
+            except (ft.FinetuneError, ValueError, OSError) as error:
+                failures[method] = str(error)
+                context.log.error(f"personalized_unets[{method}] failed: {error}")
+                continue
+            by_epoch, words = {h["epoch"]: h for h in result.history}, result.extra["words"]
+            rows = [{
+                "method": method, "wnid": c.wnid, "cluster": 0, "cluster_size": len(c.images.train), "candidate": label, "epoch": epoch,
+                "checkpoint": str(exported[epoch] / f"{c.wnid}.safetensors"), "word": words.get(c.wnid),
+                "train_loss": by_epoch[epoch]["train_loss"], "val_loss": by_epoch[epoch]["val_loss"], "initial_val_loss": None,
+                "unet": str(exported[epoch] / "unet"),
+            } for c in classes for label, epoch in sorted(result.candidates.items(), key=lambda item: candidate_rank(item[0]))]
+            history = [{"method": method, "wnid": None, "cluster": 0, **h} for h in result.history]
+            db.replace("finetune_checkpoints", pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA), where={"method": method})
+            db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method})
+            (folder / ft.RESUME_FILE).unlink(missing_ok=True)  # recorded: a later materialization starts over
+            image_store.publish("personalized", method)
+            histories += history
+            summary.append({
+                "method": method, "classes": len(classes), "epochs": len(result.history), "stopped_early": result.stopped_early,
+                "best_val_epoch": result.candidates["best_val"], "kept_epochs": ",".join(map(str, sorted(exported))),
+                "seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
+                "resumed_from_epoch": result.resumed_from,
+                "unet_parameters": sum(t.numel() for t in pipeline.unet.parameters()),
+            })
+            context.log.info(f"personalized_unets[{method}]: {len(result.history)} epochs over {len(classes)} classes in "
+                             f"{result.seconds:.1f} s, best val at epoch {result.candidates['best_val']}")
+        if failures:
+            for row in summary:
+                context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["method"]))
+            raise dg.Failure(
+                description=f"{len(failures)} of {len(context.partition_keys)} fine-tuning runs failed, the others are materialized: "
+                + "; ".join(f"{k}: {v}" for k, v in failures.items()),
+            )
         table = pl.DataFrame(summary)
-        return dg.MaterializeResult(metadata={
-            "partitions": table.height, "images_generated": int(table["images"].sum()), "seconds": round(time.perf_counter() - started, 1),
-            "per_partition": dg.MetadataValue.md(frame_markdown(table)),
-            "sample_grid": dg.MetadataValue.md("First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")),
-        })
+        metadata = {
+            "runs": table.height, "seconds": round(time.perf_counter() - started, 1), "train_seconds": float(table["seconds"].sum()),
+            "device": diffusion_backend.device, "per_run": dg.MetadataValue.md(frame_markdown(table)),
+        }
+        try:
+            curves = pl.DataFrame(histories, schema=HISTORY_SCHEMA).with_columns(pl.col("method").alias("run"))
+            metadata["loss_curves"] = dg.MetadataValue.md(png_data_uri_markdown(loss_curves(curves, "UNet fine-tuning: SD loss per epoch"), "loss curves"))
+        except Exception as error:  # a figure is an extra: the runs are recorded either way
+            context.log.warning(f"personalized_unets: the loss-curve figure failed to draw: {error}")
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
+        group_name=GROUP, code_version=code_version("1", profile.generation), pool="gpu",
+        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[dg.AssetDep(personalized_unets, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
+              dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))],
+        kinds={"pytorch", "parquet"},
+        description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's fine-tuned UNet: the "
+        "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or pseudo-word in "
+        "its templates (⑨), with the same seeds for every candidate. Seeded, resumable, safety-checked like the prompt "
+        "methods; candidates that share a checkpoint share their images.",
+    )
+    def unet_candidate_images(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,
+    ) -> dg.MaterializeResult:
+        return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
+
+    return {"personalized_unets": personalized_unets, "unet_candidate_images": unet_candidate_images}
+
+
+def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], candidates: list[tuple]) -> dg.AssetsDefinition:
+    """Checkpoint selection over every fine-tuned method's candidates (``candidates``: (asset, its methods))."""
+    partitions = _multi(keys)
 
     @dg.asset(
         metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
         group_name=GROUP, code_version=code_version("2", profile.classifier, profile.split.seed, profile.generation.seed), pool="gpu",
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[dg.AssetDep(candidate_images, partition_mapping=dg.MultiPartitionMapping({
-            "method": dg.DimensionPartitionMapping("method", dg.IdentityPartitionMapping()),
+        deps=[*(dg.AssetDep(asset, partition_mapping=dg.MultiPartitionMapping({
+            "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in methods})),
             "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
-        })), up.dataset_splits],
+        })) for asset, methods in candidates), up.dataset_splits],
         kinds={"pytorch", "duckdb"},
         description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier per candidate "
         "label (best val, best train, first epochs) trained on the target plus that candidate's images of every class, "
@@ -392,7 +496,87 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             "train_seconds": float(table.filter(pl.col("same_images_as") == pl.col("candidate"))["train_seconds"].sum()),
         })
 
-    return {"personalized_models": personalized_models, "candidate_images": candidate_images, "checkpoint_selection": checkpoint_selection}
+    return checkpoint_selection
+
+
+def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource,
+                     diffusion_backend: DiffusionBackendResource) -> dg.MaterializeResult:
+    """Each checkpoint candidate's images for the run's class × method partitions (candidate_images,
+    unet_candidate_images): the same seeds for every candidate, one image set per distinct checkpoint."""
+    from ..core.finetune import draw_clusters
+    from ..core.generation import GenerationRequest, generate_partition
+
+    db = warehouse.get()
+    if profile.world:
+        image_store.fetch("models", "stable_diffusion")
+    pipeline = diffusion_backend.load("txt2img")
+    summary, grids, started = [], [], time.perf_counter()
+    for key in context.partition_keys:
+        method, wnid = partition(key)
+        checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
+        prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+        if checkpoints.is_empty() or prompts.is_empty():
+            trained_by = "personalized_unets" if get_method(method).builder in JOINT_FINETUNE_BUILDERS else "personalized_models"
+            raise ValueError(f"{context.asset_key.to_user_string()}[{key}]: no checkpoints or prompts: materialize {trained_by} and "
+                             "class_prompts for it first")
+        image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
+        sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
+        clusters = draw_clusters(sizes, prompts.height)
+        # Candidates whose checkpoints coincide (e.g. best val = epoch 3) share one image set.
+        groups: dict[tuple, list[str]] = {}
+        for label in sorted(checkpoints["candidate"].unique().to_list(), key=candidate_rank):
+            epochs = tuple(checkpoints.filter(pl.col("candidate") == label).sort("cluster")["epoch"].to_list())
+            groups.setdefault(epochs, []).append(label)
+        root = image_store.path("candidates", method, wnid)
+        rows = []
+        for epochs, labels in groups.items():
+            folder_name = _set_folder(epochs)
+            chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
+            if chosen["unet"][0] is not None:  # ⑦ ⑨: this candidate's fine-tuned UNet
+                pipeline.unet = _load_unet(image_store, chosen["unet"][0], pipeline)
+            texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
+            request = GenerationRequest(method, wnid, texts, prompts["family"].to_list(), base_seed=profile.generation.seed, conditionings=states)
+            records = generate_partition(
+                pipeline, request, root / folder_name, diffusion_backend.steps, diffusion_backend.guidance_scale,
+                diffusion_backend.batch_size, profile.generation.max_attempts,
+                progress=lambda line, f=folder_name: context.log.debug(f"candidate {f} {line}"),
+            )
+            for label in labels:
+                rows += [{
+                    "method": method, "wnid": wnid, "candidate": label, "epochs": ",".join(map(str, epochs)), "rank": r["index"],
+                    "path": r["path"], "prompt": r["prompt"], "family": r["family"], "cluster": clusters[r["index"]],
+                    "seed": r["seed"], "attempts": r["attempts"], "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
+                } for r in records]
+            grids.append([r["path"] for r in records[:8]])
+            context.log.info(f"{context.asset_key.to_user_string()}[{key}]: {len(records)} images for {', '.join(labels)} (epoch {'/'.join(map(str, epochs))})")
+        manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
+        in_use = {_set_folder(epochs) for epochs in groups}
+        for old in root.iterdir():  # sets of an earlier materialization's candidates
+            if old.is_dir() and old.name not in in_use and not old.name.endswith(".partial"):
+                shutil.rmtree(old)
+        write_parquet_atomic(manifest, root / "manifest.parquet")
+        image_store.publish("candidates", method, wnid)
+        db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
+        summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
+                        "images": manifest["path"].n_unique(),
+                        "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})
+    table = pl.DataFrame(summary)
+    return dg.MaterializeResult(metadata={
+        "partitions": table.height, "images_generated": int(table["images"].sum()), "seconds": round(time.perf_counter() - started, 1),
+        "per_partition": dg.MetadataValue.md(frame_markdown(table)),
+        "sample_grid": dg.MetadataValue.md("First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")),
+    })
+
+
+def _load_unet(image_store: ImageStoreResource, folder: str, pipeline):
+    """A fine-tuned UNet (``save_pretrained`` folder in the image store), on the pipeline's device and dtype."""
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+
+    path = Path(folder)
+    image_store.fetch(*path.relative_to(image_store.path()).parts)
+    return UNet2DConditionModel.from_pretrained(path).to(pipeline.device, pipeline.unet.dtype).eval()
 
 
 def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):
@@ -405,7 +589,7 @@ def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl
 
     builder = get_method(method).builder
     loaded = [load_file(path) for path in checkpoints["checkpoint"]]
-    if builder in (CONDITIONING, CLUSTER_CONDITIONING):
+    if builder in (CONDITIONING, CLUSTER_CONDITIONING, CONDITIONING_UNET):
         states = [loaded[c]["prompt_embeds"] for c in clusters]
         what = [f"[fine-tuned conditioning{f' {c}' if builder == CLUSTER_CONDITIONING else ''} from] {p}" for c, p in zip(clusters, prompts["prompt"])]
         return what, states

@@ -1,6 +1,7 @@
-"""Fine-tuning Stable Diffusion on one class's images: the loop the personalized methods share
-(paper §3.1, "Fine-tuning the diffusion model"), ⑤ fine-tuned conditioning, ⑥ cluster conditioning
-and ⑧ textual inversion. Dagster-free.
+"""Fine-tuning Stable Diffusion on a class's images: the loop the personalized methods share
+(paper §3.1, "Fine-tuning the diffusion model"), ⑤ fine-tuned conditioning, ⑥ cluster conditioning,
+⑧ textual inversion, and ⑦ Imagic-style and ⑨ pseudo-word + DM, which also fine-tune the UNet.
+Dagster-free.
 
 The objective is SD's own: noise is added to a VAE latent of a training image at a random timestep of
 the pipeline's noise schedule, and the UNet, conditioned on text-encoder states, predicts it (mean
@@ -8,7 +9,8 @@ squared error). What is trained differs per method. ⑤: one conditioning per cl
 encoder's output for the class, initialized by encoding its no-whitespace simple prompt. ⑥: one such
 conditioning per k-means cluster of the class's image embeddings. ⑧: the embedding of a new
 pseudo-word, in prompts drawn from the textual-inversion templates. All three keep the diffusion
-model frozen.
+model frozen. ⑦ and ⑨ train ⑤'s conditionings or ⑧'s pseudo-words of every class together with the
+UNet, which all classes share: one run over all classes' images (:func:`finetune_jointly`).
 
 The loop validates after each epoch on the class's val images with fixed (latent, noise, timestep)
 draws, so the val loss is a deterministic estimate, and stops when it has not improved for
@@ -28,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -132,15 +136,16 @@ class SdObjective:
         return len(self.val_draws[0])
 
     @torch.no_grad()
-    def val_loss(self, states: torch.Tensor, unet=None, batch_size: int = 64) -> float:
-        """The mean loss over the fixed val draws; ``states`` is one conditioning (1 × 77 × dim) or
-        one per draw (``val_count`` × 77 × dim)."""
+    def val_loss(self, states, unet=None, batch_size: int = 64) -> float:
+        """The mean loss over the fixed val draws; ``states`` is one conditioning (1 × 77 × dim), one
+        per draw (``val_count`` × 77 × dim), or a function giving a slice of the draws' states (for
+        many classes, whose states need not all be held at once)."""
         index, eps, noise, timesteps = self.val_draws
         total = 0.0
         for start in range(0, len(index), batch_size):
             part = slice(start, start + batch_size)
             i = index[part].to(self.val_mean.device)
-            batch_states = states if states.shape[0] == 1 else states[part]
+            batch_states = states(part) if callable(states) else states if states.shape[0] == 1 else states[part]
             total += self.loss(batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
         return total / len(index)
 
@@ -164,15 +169,22 @@ def finetune(
     folder: Path,
     signature: dict,
     progress: Callable[[str], None] | None = None,
+    lrs: dict[str, float] | None = None,
 ) -> FinetuneResult:
     """Train ``params`` (leaf tensors) on ``batch_loss(index, generator)`` over ``n_train`` images,
     validating with ``val_loss()`` after each epoch; checkpoints and the resume state live in
-    ``folder``. ``signature`` says what this run is; a resume state with another one is refused."""
+    ``folder``. ``signature`` says what this run is; a resume state with another one is refused.
+    ``lrs``: a base learning rate per parameter name (default ``spec.lr`` for all), each scaled by the
+    batch-size rule."""
     say = progress or log.info
     folder.mkdir(parents=True, exist_ok=True)
     for tensor in params.values():
         tensor.requires_grad_(True)
-    optimizer = torch.optim.AdamW(list(params.values()), lr=spec.scaled_lr, weight_decay=0.0)
+    scale = spec.scaled_lr / spec.lr
+    by_lr: dict[float, list[torch.Tensor]] = {}
+    for name, tensor in params.items():
+        by_lr.setdefault((lrs or {}).get(name, spec.lr), []).append(tensor)
+    optimizer = torch.optim.AdamW([{"params": group, "lr": lr * scale} for lr, group in by_lr.items()], weight_decay=0.0)
     history, start_epoch = [], 1
     resume = folder / RESUME_FILE
     if resume.exists():
@@ -285,29 +297,32 @@ def initial_word_embedding(pipeline: StableDiffusionPipeline, lemma: str) -> tor
 
 
 class WordEncoder:
-    """The pipeline's text encoder with one more token, ``word``, whose embedding row is passed per
-    call (trained, or loaded from a checkpoint). The word is added to a copy of the tokenizer and the
-    encoder runs with its embedding matrix plus that row (``torch.func.functional_call``), so the
-    pipeline's own tokenizer and text encoder are left as they are."""
+    """The pipeline's text encoder with new tokens, ``words`` (one pseudo-word, or one per class),
+    whose embedding rows are passed per call (trained, or loaded from checkpoints). The words are added
+    to a copy of the tokenizer and the encoder runs with its embedding matrix plus those rows
+    (``torch.func.functional_call``), so the pipeline's own tokenizer and text encoder are left as they are."""
 
-    def __init__(self, pipeline: StableDiffusionPipeline, word: str):
+    def __init__(self, pipeline: StableDiffusionPipeline, words: str | Sequence[str]):
         import copy
 
-        self.text_encoder, self.word = pipeline.text_encoder, word
+        words = [words] if isinstance(words, str) else list(words)
+        self.text_encoder, self.words = pipeline.text_encoder, words
         self.tokenizer = copy.deepcopy(pipeline.tokenizer)
-        self.tokenizer.add_tokens([word])
+        self.tokenizer.add_tokens(words)
         embedding = self.text_encoder.get_input_embeddings().weight
         self.name = next(n for n, tensor in self.text_encoder.named_parameters() if tensor is embedding)  # its name differs across versions
         self.weight = embedding.detach()
-        if self.tokenizer.convert_tokens_to_ids(word) != len(self.weight):
-            raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {self.tokenizer.convert_tokens_to_ids(word)}, "
-                                f"the text encoder has {len(self.weight)} rows")
+        for offset, word in enumerate(words):
+            if self.tokenizer.convert_tokens_to_ids(word) != len(self.weight) + offset:
+                raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {self.tokenizer.convert_tokens_to_ids(word)}, "
+                                    f"expected {len(self.weight) + offset} after the text encoder's {len(self.weight)} rows")
 
-    def __call__(self, prompts: Sequence[str], row: torch.Tensor) -> torch.Tensor:
-        """Text-encoder states (len(prompts) × 77 × dim) of ``prompts`` with the word's embedding ``row`` (1 × dim)."""
+    def __call__(self, prompts: Sequence[str], rows: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states (len(prompts) × 77 × dim) of ``prompts`` with the words' embeddings
+        ``rows`` (len(words) × dim, in the order the words were given)."""
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt").input_ids.to(self.weight.device)
-        extended = torch.cat([self.weight, row.to(self.weight.device, self.weight.dtype)])
+        extended = torch.cat([self.weight, rows.to(self.weight.device, self.weight.dtype)])
         return torch.func.functional_call(self.text_encoder, {self.name: extended}, (ids,))[0]
 
 
@@ -430,3 +445,123 @@ def finetune_cluster_conditionings(
         result.extra["size"] = len(train)
         results.append(result)
     return results
+
+
+@dataclass(frozen=True)
+class JointClass:
+    """One class in a jointly fine-tuned model (⑦ ⑨): its key, the prompt its conditioning starts from
+    (⑦), the lemma its pseudo-word starts from (⑨), and its images."""
+
+    wnid: str
+    prompt: str
+    lemma: str
+    images: ClassImages
+
+
+UNET_PREFIX = "unet."
+
+
+def finetune_jointly(
+    pipeline: StableDiffusionPipeline,
+    classes: Sequence[JointClass],
+    spec: FinetuneSpec,
+    unet_lr: float,
+    folder: Path,
+    signature: dict,
+    templates: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """⑦ (``templates`` None): one conditioning per class and the UNet, fine-tuned jointly; ⑨
+    (``templates`` given): one pseudo-word per class, in prompts drawn from ``templates``, and the UNet.
+    One run over every class's images (the UNet is shared; each image is conditioned on its own class's
+    conditioning or word); the VAE and text encoder stay frozen. The UNet trains at ``unet_lr``, the
+    per-class tensors at ``spec.lr`` (both scaled by the batch-size rule).
+
+    Checkpoints (``epoch_<n>.safetensors``) hold every trained tensor; :func:`export_joint_checkpoints`
+    turns the kept ones into the formats users load."""
+    say = progress or log.info
+    pipeline.vae.requires_grad_(False)
+    pipeline.text_encoder.requires_grad_(False)
+    if not classes:
+        raise FinetuneError("joint fine-tuning needs at least one class")
+    train = [path for c in classes for path in c.images.train]
+    val = [path for c in classes for path in c.images.val]
+    train_class = torch.tensor([i for i, c in enumerate(classes) for _ in c.images.train])
+    val_class = torch.tensor([i for i, c in enumerate(classes) for _ in c.images.val])
+    objective = SdObjective(pipeline, ClassImages(train, val, classes[0].images.image_size), spec)
+    val_draw_class = val_class[objective.val_draws[0]]
+    params: dict[str, torch.Tensor] = {}
+    if templates is None:
+        names = [f"conditioning.{c.wnid}" for c in classes]
+        for name, c in zip(names, classes):
+            params[name] = encode_prompts(pipeline.text_encoder, pipeline.tokenizer, [c.prompt]).detach().clone()
+
+        def states_of(class_index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+            return torch.cat([params[names[int(i)]] for i in class_index])
+    else:
+        words = [pseudo_word(pipeline.tokenizer, c.wnid, say) for c in classes]
+        encoder = WordEncoder(pipeline, words)
+        for word, c in zip(words, classes):
+            params[word] = initial_word_embedding(pipeline, c.lemma)
+        val_generator = torch.Generator().manual_seed(spec.seed * 7919 + 2)
+        val_templates = torch.randint(len(templates), (objective.val_count,), generator=val_generator)
+
+        def states_of(class_index: torch.Tensor, generator: torch.Generator | None, chosen: torch.Tensor | None = None) -> torch.Tensor:
+            picks = torch.randint(len(templates), (len(class_index),), generator=generator) if chosen is None else chosen
+            prompts = [templates[int(t)].format(words[int(i)]) for t, i in zip(picks, class_index)]
+            return encoder(prompts, torch.cat([params[w] for w in words]))
+    for name, tensor in pipeline.unet.named_parameters():
+        params[UNET_PREFIX + name] = tensor
+    lrs = {name: (unet_lr if name.startswith(UNET_PREFIX) else spec.lr) for name in params}
+    pipeline.unet.train()
+
+    def batch_loss(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return objective.loss(states_of(train_class[index], generator), *objective.train_batch(index, generator))
+
+    def val_loss() -> float:
+        pipeline.unet.eval()
+        try:
+            with torch.no_grad():
+                if templates is None:
+                    return objective.val_loss(lambda part: states_of(val_draw_class[part], None))
+                return objective.val_loss(lambda part: states_of(val_draw_class[part], None, val_templates[part]))
+        finally:
+            pipeline.unet.train()
+
+    result = finetune(params, batch_loss, val_loss, len(train), spec, folder, signature, progress, lrs=lrs)
+    pipeline.unet.eval()
+    result.extra["words"] = dict(zip([c.wnid for c in classes], words)) if templates is not None else {}
+    return result
+
+
+def export_joint_checkpoints(result: FinetuneResult, pipeline: StableDiffusionPipeline, wnids: Sequence[str]) -> dict[int, Path]:
+    """Each kept epoch of a joint run as ``epoch_<n>/``: ``unet/`` (``save_pretrained``, loadable with
+    ``UNet2DConditionModel.from_pretrained``) and per class ``<wnid>.safetensors`` — ⑦: its conditioning
+    (``prompt_embeds``, 1 × 77 × dim), ⑨: ``{word: embedding}`` as diffusers' ``load_textual_inversion``
+    reads it. Written atomically; the combined epoch files and folders of epochs no longer kept go."""
+    from safetensors.torch import load_file
+
+    from .files import atomic_folder
+
+    words = result.extra.get("words", {})
+    exported = {}
+    for epoch in sorted(set(result.candidates.values())):
+        combined, final = result.folder / f"epoch_{epoch:03d}.safetensors", result.folder / f"epoch_{epoch:03d}"
+        if not combined.exists() and final.is_dir():  # exported by an earlier, interrupted call
+            exported[epoch] = final
+            continue
+        tensors = load_file(combined)
+        unet_state = {name.removeprefix(UNET_PREFIX): t for name, t in tensors.items() if name.startswith(UNET_PREFIX)}
+        with atomic_folder(final) as tmp:
+            pipeline.unet.load_state_dict(unet_state)
+            pipeline.unet.save_pretrained(tmp / "unet")
+            for wnid in wnids:
+                own = {words[wnid]: tensors[words[wnid]]} if words else {"prompt_embeds": tensors[f"conditioning.{wnid}"]}
+                save_safetensors_atomic({k: v.contiguous() for k, v in own.items()}, tmp / f"{wnid}.safetensors")
+        combined.unlink()
+        exported[epoch] = final
+    for stale in result.folder.iterdir():  # an earlier run's epochs (and a killed export's leftovers)
+        match = re.fullmatch(r"epoch_(\d+)(\.tmp|\.old)?", stale.name)
+        if stale.is_dir() and match and (match.group(2) or int(match.group(1)) not in exported):
+            shutil.rmtree(stale)
+    return exported

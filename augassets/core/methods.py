@@ -22,8 +22,15 @@ RETRIEVAL = "retrieval"  # CLIP KNN over the diffusion model's pre-training pool
 CONDITIONING = "conditioning"  # ⑤ one text-encoder output per class
 CLUSTER_CONDITIONING = "cluster_conditioning"  # ⑥ one per k-means cluster of the class's images
 PSEUDO_WORD = "pseudo_word"  # ⑧ a new token's embedding, in textual-inversion templates
-BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL, CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD)
-FINETUNE_BUILDERS = frozenset({CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD})  # fine-tuned per class, then sampled
+# Personalization that also fine-tunes the UNet, which every class shares: one run over all classes.
+CONDITIONING_UNET = "conditioning_unet"  # ⑦ Imagic-style: ⑤'s conditionings and the UNet, jointly
+PSEUDO_WORD_UNET = "pseudo_word_unet"  # ⑨ ⑧'s pseudo-words and the UNet
+BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL, CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD,
+            CONDITIONING_UNET, PSEUDO_WORD_UNET)
+PER_CLASS_FINETUNE_BUILDERS = frozenset({CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD})  # the diffusion model frozen
+JOINT_FINETUNE_BUILDERS = frozenset({CONDITIONING_UNET, PSEUDO_WORD_UNET})  # the UNet fine-tuned on all classes at once
+FINETUNE_BUILDERS = PER_CLASS_FINETUNE_BUILDERS | JOINT_FINETUNE_BUILDERS  # fine-tuned, then sampled per checkpoint candidate
+WORD_BUILDERS = frozenset({PSEUDO_WORD, PSEUDO_WORD_UNET})  # conditioned through a pseudo-word in templates
 DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG}) | FINETUNE_BUILDERS  # the builders that sample the diffusion model
 
 # Where a method's extra images come from. "none": the target alone; "real_extra": the disjoint real
@@ -75,10 +82,11 @@ METHODS: tuple[Method, ...] = (
            CONDITIONING, True),
     Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster.",
            CLUSTER_CONDITIONING, True),
-    Method("imagic", "Imagic ⑦", "personalized", "Conditioning and UNet fine-tuned jointly."),
+    Method("imagic", "Imagic ⑦", "personalized", "Per-class conditionings and the UNet fine-tuned jointly.", CONDITIONING_UNET, True),
     Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates.",
            PSEUDO_WORD, True),
-    Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Textual inversion plus UNet fine-tuning."),
+    Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Per-class pseudo-words and the UNet fine-tuned jointly.",
+           PSEUDO_WORD_UNET, True),
     Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", RETRIEVAL),
 )
 

@@ -6,10 +6,10 @@
 ④ sariyildiz_prompts   six template families with equal counts, a random Places365 background per
                        image for the background family — our documented reconstruction of Sariyildiz
                        et al.'s families (``data/sariyildiz_prompts.md``: the paper gives no strings)
-⑤ ⑥ ft_(cluster_)conditioning  the no-ws simple prompt, whose encoding initializes the conditioning
-                       that is then fine-tuned (generation uses the fine-tuned one)
-⑧ textual_inversion    the textual-inversion templates, sampled with replacement, with the ``{}``
-                       left for the class's pseudo-word (known once it is trained)
+⑤ ⑥ ⑦ ft_(cluster_)conditioning, imagic  the no-ws simple prompt, whose encoding initializes the
+                       conditioning that is then fine-tuned (generation uses the fine-tuned one)
+⑧ ⑨ textual_inversion, pseudoword_dm  the textual-inversion templates, sampled with replacement, with
+                       the ``{}`` left for the class's pseudo-word (known once it is trained)
 ⑩ boomerang            no prompt: img2img from the target images, unconditioned
 """
 
@@ -22,7 +22,7 @@ from functools import cache
 import numpy as np
 
 from .catalog import data_lines, name_without_whitespace
-from .methods import CLUSTER_CONDITIONING, CONDITIONING, IMG2IMG, PSEUDO_WORD, TXT2IMG, get_method, keys_with_builder
+from .methods import CLUSTER_CONDITIONING, CONDITIONING, CONDITIONING_UNET, IMG2IMG, TXT2IMG, WORD_BUILDERS, get_method, keys_with_builder
 
 SIMPLE_TEMPLATE = "A photo of {}."
 SARIYILDIZ_FAMILIES = {
@@ -131,9 +131,9 @@ def build_prompts(method: str, names: ClassNames, count: int, seed: int) -> list
     if method == "sariyildiz_prompts":
         return sariyildiz_prompts(names, count, rng)
     builder = get_method(method).builder
-    if builder in (CONDITIONING, CLUSTER_CONDITIONING):
+    if builder in (CONDITIONING, CLUSTER_CONDITIONING, CONDITIONING_UNET):
         return [("conditioning_init", simple_prompt_nows(names.name))] * count
-    if builder == PSEUDO_WORD:
+    if builder in WORD_BUILDERS:
         templates = textual_inversion_templates()
         return [("textual_inversion", templates[i]) for i in rng.integers(len(templates), size=count)]
     if builder == IMG2IMG:
