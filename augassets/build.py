@@ -73,13 +73,23 @@ def _jobs(d: SimpleNamespace) -> list:
                 description="Across classes: excluded classes, class fidelity, domain match, reference pHashes, the leak threshold and the duplicate summary.",
             ),
         ]
-    if hasattr(d, "checkpoint_selection"):  # a profile with personalized methods
-        stage = [getattr(d, name) for name in ("personalized_models", "candidate_images", "personalized_unets", "unet_candidate_images",
-                                               "checkpoint_selection") if hasattr(d, name)]
+    # The personalized stage: one job per partitioning (a job's assets share one partitions definition).
+    if hasattr(d, "personalized_models"):
         jobs.append(dg.define_asset_job(
-            "personalize", selection=stage,
-            description="The personalized methods: fine-tuning (per class × method; ⑦ ⑨ per method), each checkpoint candidate's "
-            "images, and the checkpoint selection.",
+            "personalize", selection=[d.personalized_models, d.candidate_images],
+            description="Per class × method (⑤ ⑥ ⑧): fine-tuning with SD frozen and each checkpoint candidate's images.",
+        ))
+    if hasattr(d, "personalized_unets"):
+        jobs += [
+            dg.define_asset_job("personalize_unets", selection=[d.personalized_unets],
+                                description="Per method (⑦ ⑨): the UNet with every class's conditioning or pseudo-word, one run over all classes."),
+            dg.define_asset_job("unet_candidates", selection=[d.unet_candidate_images],
+                                description="Per class × method (⑦ ⑨): each checkpoint candidate's images."),
+        ]
+    if hasattr(d, "checkpoint_selection"):
+        jobs.append(dg.define_asset_job(
+            "select_checkpoints", selection=[d.checkpoint_selection],
+            description="Per personalized method: one val-scored classifier per checkpoint candidate, the best one chosen.",
         ))
     return jobs + [
         dg.define_asset_job("build_augmented_datasets", selection=[d.augmented_datasets]),

@@ -190,6 +190,7 @@ class DiffusionSpec:
     steps: int = 25
     guidance_scale: float = 4.0
     samples_per_class: int = 8
+    sample_batch_size: int = 64  # images per sampling batch (a resumable chunk of a partition)
 
 
 @dataclass(frozen=True)
@@ -424,17 +425,17 @@ MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_cal
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        description="Tests: 3 Fashion-MNIST classes, a few dozen images each, 3 epochs, 3 replicates. Seconds.",
+        description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates. Seconds.",
         dataset=FASHION_MNIST,
-        split=SplitSpec(train_fraction=0.004, class_rate_spread=0.4, max_test_per_class=40, seed=0),
-        # Three replicates, not five: enough for a standard error and for resampled sets to differ, at 60 % of the cost.
-        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4, min_steps_per_epoch=0, replicates=3),
+        split=SplitSpec(train_fraction=0.002, class_rate_spread=0.4, max_test_per_class=40, seed=0),
+        # Two replicates, not five: enough for a standard error and for resampled sets to differ, at 40 % of the cost.
+        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4, min_steps_per_epoch=0, replicates=2),
         world=MiniWorldSpec(
             pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2, judge_per_class=(24, 8, 8)),
             clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
             diffusion=DiffusionSpec(
                 vae_channels=(8, 16, 16), vae_epochs=1, unet_channels=(16, 32), unet_epochs=1,
-                unet_batch_size=64, steps=4, samples_per_class=2,
+                unet_batch_size=64, steps=4, samples_per_class=2, sample_batch_size=16,
             ),
         ),
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact

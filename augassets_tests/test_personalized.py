@@ -65,8 +65,8 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
         command = [sys.executable, "-c", _FINETUNE_SCRIPT, str(sd), str(folder), wnid, repr(options), ",".join(paths["target"]), ",".join(paths["val"]), prompt]
         child = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while not (folder / "epoch_002.safetensors").exists():
-            assert child.poll() is None and time.time() < deadline, "the training process ended before its second epoch"
+        while not (folder / "epoch_003.safetensors").exists():  # written after epoch 2's resume state
+            assert child.poll() is None and time.time() < deadline, "the training process ended before its third epoch"
             time.sleep(0.02)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()

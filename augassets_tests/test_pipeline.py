@@ -11,7 +11,7 @@ from augassets import automation, cli
 from augassets.automation import ASSETS_TAG
 from augassets.build import build_defs, build_stages
 from augassets.core.warehouse import Warehouse
-from augassets.profiles import IMAGE_FOLDER, SplitSpec, get_profile
+from augassets.profiles import IMAGE_FOLDER, PROFILES, SplitSpec, get_profile
 from augassets.resources import ImageStoreResource, WarehouseResource
 
 SMOKE = get_profile("smoke")
@@ -56,6 +56,9 @@ def test_definitions_come_from_the_profile_passed_and_public_dagster_only():
     assert replicates.get_partition_keys() == [str(r) for r in range(get_profile("mini").classifier.replicates)]
     external = build_defs(get_profile("imagenet10")).resolve_asset_graph()
     assert not external.get(dg.AssetKey("diffusion_model")).is_materializable, "real profiles: the foundation is external"
+    for name in PROFILES:  # what a code server does on load: every job resolves (one partitions definition per job)
+        jobs = {job.name for job in build_defs(get_profile(name)).resolve_all_job_defs()}
+        assert {"report", "train_classifiers"} <= jobs, name
     baselines = build_defs(replace(SMOKE, methods=("real_p", "real_2p")))
     keys = {key.to_user_string() for key in baselines.resolve_asset_graph().get_all_asset_keys()}
     assert {"augmented_datasets", "classifier_scores", "results_table"} <= keys and not keys & {"augmentation_images", "excluded_classes"}
@@ -189,7 +192,7 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     n = int(db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0])
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method != 'retrieval'")
     per_partition = manifest.group_by("method", "wnid").agg(pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds"))
-    assert per_partition.height == 8 * 3  # Boomerang, the four prompt methods and the three personalized ones
+    assert per_partition.height == 10 * 3  # Boomerang, the four prompt methods and the five personalized ones
     assert (per_partition["images"] == profile.generation.factor * n).all(), "3× the largest class per class"
     assert (per_partition["seeds"] == per_partition["images"]).all(), "one recorded seed per image"
     assert all(Path(p).is_file() for p in manifest["path"])
@@ -534,7 +537,7 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
         # requests nothing once everything is materialized is the headless rerun test's claim: the tick only
         # gates missing and code-changed partitions, and there are none.)
         runs, backfills = len(instance.get_runs()), len(instance.get_backfills())
-        time.sleep(3 * private_state.automation.interval_s + 5)
+        time.sleep(2 * private_state.automation.interval_s + 2)
         assert (len(instance.get_runs()), len(instance.get_backfills())) == (runs, backfills)
     finally:
         for daemon in daemons:
@@ -560,7 +563,7 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
     import sys
 
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}  # the private copy's AUGASSETS_HOME and DAGSTER_HOME
-    hold = "import time\nfrom augassets.cli import home_lock\nfrom augassets.profiles import get_profile\n" \
+    hold = "import time\nfrom augassets.cli import home_lock\nfrom augassets.profiles import PROFILES, get_profile\n" \
            "with home_lock(get_profile('smoke')):\n    print('locked', flush=True)\n    time.sleep(300)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -590,9 +593,11 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
 
     db, store = Warehouse(profile.home / "catalog.duckdb"), profile.home / "store"
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
-    image = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"][3]
+    generated = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"]
+    image = generated[3]
+    generated = len(generated)
     Path(image).unlink()
-    (store / "models" / "classifiers" / "retrieval" / "replicate_2.safetensors").unlink()
+    (store / "models" / "classifiers" / "retrieval" / "replicate_1.safetensors").unlink()
     checkpoint = store / "models" / "fidelity_classifier.safetensors"  # truncated before class_fidelity scores with it
     checkpoint.write_bytes(checkpoint.read_bytes()[:-1000])
     with pytest.raises(ValueError, match=rf"checkpoint {checkpoint} is damaged, truncated: \d+ bytes of \d+: rematerialize fidelity_classifier"):
@@ -603,16 +608,16 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     as_text = {key.to_user_string(): {p if p is None else str(p) for p in partitions} for key, partitions in damaged.items()}
     assert as_text == {
         "augmentation_images": {f"simple_prompt|{wnids[0]}"},
-        "classifier_scores": {"retrieval|2"},
+        "classifier_scores": {"retrieval|1"},
         "class_prompts": {f"clip_prompts|{wnids[1]}"},
         "fidelity_classifier": {None},
     }
     assert "- fidelity_classifier: outputs missing on disk, rebuilding the asset — models/fidelity_classifier.safetensors is damaged " \
            f"(truncated: {checkpoint.stat().st_size} bytes of {checkpoint.stat().st_size + 1000})" in lines
-    assert f"- augmentation_images: outputs missing on disk, rebuilding 1 partition — simple_prompt|{wnids[0]}: 1 of 72 files in " \
+    assert f"- augmentation_images: outputs missing on disk, rebuilding 1 partition — simple_prompt|{wnids[0]}: 1 of {generated} files in " \
            f"augmentation_manifest.path are missing ({Path(image).name})" in lines
-    assert "- classifier_scores: outputs missing on disk, rebuilding 1 partition — retrieval|2: " \
-           "models/classifiers/retrieval/replicate_2.safetensors is missing from the image store" in lines
+    assert "- classifier_scores: outputs missing on disk, rebuilding 1 partition — retrieval|1: " \
+           "models/classifiers/retrieval/replicate_1.safetensors is missing from the image store" in lines
     assert f"- class_prompts: outputs missing on disk, rebuilding 1 partition — clip_prompts|{wnids[1]}: table class_prompts has no rows for it" in lines
 
     catalog = profile.home / "catalog.duckdb"
@@ -624,7 +629,8 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     with_tables = {"class_catalog", "dataset_splits", "web_pool", "judge_images", "fidelity_judge", "domain_oracle", "class_prompts",
                    "augmentation_images", "excluded_classes", "class_fidelity", "reference_hashes", "leak_threshold",
                    "duplicate_report", "duplicate_summary", "augmented_datasets", "classifier_scores", "results_table",
-                   "personalized_models", "candidate_images", "checkpoint_selection", "domain_match"}
+                   "personalized_models", "candidate_images", "personalized_unets", "unet_candidate_images", "checkpoint_selection",
+                   "domain_match"}
     still_truncated = {"fidelity_classifier"}
     assert {key.to_user_string() for key in damaged} == (with_tables & {key.to_user_string() for key in keys}) | still_truncated
     assert "- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog is not in catalog.duckdb" in lines
@@ -676,6 +682,7 @@ def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark
 
     profile, _ = benchmark_run
     disk, resize = small_disk
+    resize("32k")  # eight pages: full partway through the partition's images
     backend = default_resources(profile)["diffusion_backend"]
     pipeline = backend.load()
     db = Warehouse(profile.home / "catalog.duckdb")

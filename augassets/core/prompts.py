@@ -22,7 +22,16 @@ from functools import cache
 import numpy as np
 
 from .catalog import data_lines, name_without_whitespace
-from .methods import CLUSTER_CONDITIONING, CONDITIONING, CONDITIONING_UNET, IMG2IMG, TXT2IMG, WORD_BUILDERS, get_method, keys_with_builder
+from .methods import (
+    CLUSTER_CONDITIONING,
+    CONDITIONING,
+    CONDITIONING_UNET,
+    IMG2IMG,
+    TXT2IMG,
+    WORD_BUILDERS,
+    get_method,
+    keys_with_builder,
+)
 
 SIMPLE_TEMPLATE = "A photo of {}."
 SARIYILDIZ_FAMILIES = {
