@@ -416,8 +416,10 @@ RESNET50 = ClassifierSpec(
 # Learning rates from the val-loss curves of the mini SD (`python -m benchmarks.personalization`, BENCHMARKS.md):
 # at 0.01 (⑤) and 0.005 (⑧, textual inversion's own rate) the val loss is still falling after 12 epochs
 # (⑤: after 37); at 0.1 and 0.05 it reaches that level in about five and then stagnates, so early stopping,
-# not the cap, ends the runs; at 0.5 (⑤) it never gets below its start.
-MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05)
+# not the cap, ends the runs; at 0.5 (⑤) it never gets below its start. The UNet of ⑦ ⑨ (`--method imagic`, all
+# classes, 4 epochs): at 5e-6 the val loss stops falling after epoch 3, at 5e-5 it is lowest and still falling,
+# at 5e-4 (the rate the mini UNet was trained at) it rises 10 % above the others.
+MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05, unet_lr=5e-5)
 
 # The mini world's leak detector: a 256-bit pHash with the threshold calibrated on the planted duplicates.
 MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_calibration_threshold=40, calibration_copies=200)
