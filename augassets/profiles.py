@@ -190,7 +190,6 @@ class DiffusionSpec:
     steps: int = 25
     guidance_scale: float = 4.0
     samples_per_class: int = 8
-    sample_batch_size: int = 64  # images per sampling batch (a resumable chunk of a partition)
 
 
 @dataclass(frozen=True)
@@ -338,6 +337,9 @@ class Profile:
     knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
     max_classes: int = 0  # 0: every class of the class list
     torch_threads: int = 0  # 0: leave torch's default
+    # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).
+    # Like torch_threads, how the work is cut, not what it computes: no code version covers it.
+    sample_batch_size: int = 0
 
     def __post_init__(self):
         if "real_2p" in self.methods and not self.split.real_extra:
@@ -437,7 +439,7 @@ PROFILES: dict[str, Profile] = {
             clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
             diffusion=DiffusionSpec(
                 vae_channels=(8, 16, 16), vae_epochs=1, unet_channels=(16, 32), unet_epochs=1,
-                unet_batch_size=64, steps=4, samples_per_class=2, sample_batch_size=16,
+                unet_batch_size=64, steps=4, samples_per_class=2,
             ),
         ),
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
@@ -452,6 +454,7 @@ PROFILES: dict[str, Profile] = {
         generation=GenerationSpec(factor=2),
         max_classes=3,
         torch_threads=1,
+        sample_batch_size=16,  # partitions of ~24 images generate in two chunks, as a resumed rebuild needs
         # Off until a test starts them; every minute, so that a daemon test sees a tick soon.
         automation=AutomationSpec(cron="* * * * *", backfill_on=False, new_classes_on=False, interval_s=5),
     ),

@@ -250,7 +250,7 @@ def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
             scheduler=profile.world.diffusion.scheduler if profile.world else "ddim",
             steps=profile.world.diffusion.steps if profile.world else 50,
             guidance_scale=profile.world.diffusion.guidance_scale if profile.world else 7.5,
-            batch_size=profile.world.diffusion.sample_batch_size if profile.world else 16,
+            batch_size=profile.sample_batch_size or (64 if profile.world else 16),
         ),
         "clip_encoder": ClipEncoderResource(model=str(models / "clip") if profile.world else profile.clip_weights, device=device),
         "knn_index": KnnIndexResource(
