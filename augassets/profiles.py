@@ -19,6 +19,8 @@ environment variables, so the same profile runs on any machine:
 ``AUGASSETS_METHODS``          comma-separated method keys: run exactly these instead of the
                                profile's ``methods`` (any registered, implemented method; same
                                home, so results of earlier method sets stay in the tables)
+``AUGASSETS_CLUSTERS``         ⑥'s k-means clusters per class instead of the profile's
+                               ``personalization.clusters`` (the paper's ablation: 1, 5, 10, 15)
 =============================  ==========================================================
 """
 
@@ -32,6 +34,7 @@ from .core.methods import METHODS
 
 PROFILE_ENV = "AUGASSETS_PROFILE"
 METHODS_ENV = "AUGASSETS_METHODS"
+CLUSTERS_ENV = "AUGASSETS_CLUSTERS"
 HOME_ENV = "AUGASSETS_HOME"
 DEFAULT_PROFILE = "mini"
 
@@ -529,7 +532,8 @@ PROFILES["mini_all"] = replace(
 
 def get_profile(name: str | None = None) -> Profile:
     """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``; with ``AUGASSETS_METHODS``
-    set, running exactly those methods (in registry order)."""
+    set, running exactly those methods (in registry order); with ``AUGASSETS_CLUSTERS`` set, ⑥ with
+    that many clusters."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
         profile = PROFILES[name]
@@ -544,4 +548,9 @@ def get_profile(name: str | None = None) -> Profile:
         except ValueError as error:
             raise ValueError(f"{METHODS_ENV}={','.join(chosen)}: {error}") from None
         profile = replace(profile, methods=methods)
+    clusters = os.environ.get(CLUSTERS_ENV, "").strip()
+    if clusters:
+        if not clusters.isdigit() or int(clusters) < 1:
+            raise ValueError(f"{CLUSTERS_ENV}={clusters!r}: ⑥'s cluster count must be a whole number ≥ 1 (the paper's ablation: 1, 5, 10, 15)")
+        profile = replace(profile, personalization=replace(profile.personalization, clusters=int(clusters)))
     return profile

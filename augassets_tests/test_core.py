@@ -28,6 +28,22 @@ def test_registry_keys_are_partition_safe_and_complete(monkeypatch):
         get_method("dalle")
 
 
+def test_the_environment_chooses_methods_and_cluster_count(monkeypatch):
+    from augassets.profiles import get_profile
+
+    monkeypatch.setenv("AUGASSETS_METHODS", "retrieval,real_p")
+    monkeypatch.setenv("AUGASSETS_CLUSTERS", "15")
+    profile = get_profile("mini")
+    assert profile.methods == ("real_p", "retrieval") and profile.personalization.clusters == 15
+    assert get_profile("smoke").personalization.clusters == 15
+    monkeypatch.delenv("AUGASSETS_CLUSTERS")
+    assert get_profile("mini").personalization.clusters == 5
+    for bad in ("0", "five", "-1"):
+        monkeypatch.setenv("AUGASSETS_CLUSTERS", bad)
+        with pytest.raises(ValueError, match="AUGASSETS_CLUSTERS=.*whole number"):
+            get_profile("mini")
+
+
 def test_registry_names_each_methods_builder():
     """The asset layer dispatches on builders: each implemented method has one, the rest none."""
     by_builder = {b: registry.keys_with_builder(b) for b in registry.BUILDERS}

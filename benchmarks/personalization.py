@@ -1,4 +1,4 @@
-"""Learning-rate probe for the personalized methods: ``python -m benchmarks.personalization``.
+"""Learning-rate probe and ⑥'s cluster ablation for the personalized methods: ``python -m benchmarks.personalization``.
 
 On a materialized home of the profile (``$AUGASSETS_HOME``, after ``augassets benchmark``), fine-tunes
 one class's conditioning (⑤) or pseudo-word (⑧) at each learning rate — or, for ⑦ ``imagic`` and ⑨
@@ -7,6 +7,13 @@ per-class tensors at the profile's rate) — for a fixed number of epochs, with 
 prints the val loss after every epoch (and ⑤'s before the first) with the seconds per epoch. ``PersonalizationSpec``'s rates are chosen from these curves: the rate at which
 the val loss reaches its plateau well inside ``max_epochs`` without rising — a property of the
 fine-tuning, not of which method wins.
+
+``--cluster-ks 1,10,15``: the paper's ablation of ⑥'s k. For each k, ``augassets benchmark`` runs
+``real_p`` and ⑥ with ``AUGASSETS_CLUSTERS=k`` on the same home (the whole protocol: fine-tuning,
+candidates, selection by val accuracy, five classifiers), then one table row is read from the
+catalog: clusters per class, fine-tuning seconds, chosen checkpoint, top-1, class fidelity, domain
+match. The home keeps the last k's ⑥; the next plain ``augassets benchmark`` retrains it at the
+profile's k. Each run's log goes to ``reports/cluster_k_<k>.log`` in the profile's home.
 """
 
 from __future__ import annotations
@@ -90,6 +97,50 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
     return lines
 
 
+def cluster_ablation(profile_name: str, ks: list[int]) -> list[str]:
+    """One row per k of ⑥'s cluster count, each from a full ``augassets benchmark`` run."""
+    import os
+    import subprocess
+    import sys
+
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    home = get_profile(profile_name).home
+    (home / "reports").mkdir(parents=True, exist_ok=True)
+    method = "ft_cluster_conditioning"
+    lines = [f"⑥ cluster ablation on {profile_name} ({home}); {machine()}", "",
+             "| k | clusters per class (min–max) | fine-tuning s | chosen checkpoint (val top-1 of the candidates) | top-1 (%) mean ± s.e. "
+             "| real_p top-1 (%) | class fidelity | domain match | run s |",
+             "| ---: | --- | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    print("\n".join(lines), flush=True)
+    for k in ks:
+        log_path = home / "reports" / f"cluster_k_{k}.log"
+        env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_METHODS": f"real_p,{method}", "AUGASSETS_CLUSTERS": str(k)}
+        started = time.perf_counter()
+        with log_path.open("w") as log:
+            code = subprocess.run([sys.executable, "-m", "augassets.cli", "benchmark"], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - started
+        if code:
+            raise SystemExit(f"k={k}: augassets benchmark exited {code}; its log: {log_path}")
+        db = Warehouse(home / "catalog.duckdb")
+        counts = db.query("SELECT wnid, count(DISTINCT cluster) AS n FROM finetune_checkpoints WHERE method = ? GROUP BY wnid", [method])["n"]
+        tuned = db.query("SELECT sum(seconds) AS s FROM finetune_history WHERE method = ?", [method])["s"][0]
+        scores = db.query("SELECT candidate, val_top1, chosen FROM checkpoint_scores WHERE method = ?", [method])
+        chosen = scores.filter(scores["chosen"])["candidate"][0]
+        table = {r["method"]: r for r in db.query("SELECT method, top1_mean, top1_se FROM results_table").iter_rows(named=True)}
+        fidelity = db.query("SELECT avg(fidelity) AS f FROM class_fidelity WHERE method = ?", [method])["f"][0]
+        match = db.query("SELECT separability FROM domain_match WHERE method = ?", [method])["separability"][0]
+        row = table[method]
+        line = (f"| {k} | {counts.min()}–{counts.max()} | {tuned:.0f} | {chosen.replace('_', ' ')} ("
+                + " / ".join(f"{r['candidate'].replace('_', ' ')} {100 * r['val_top1']:.2f}" for r in scores.iter_rows(named=True))
+                + f") | {100 * row['top1_mean']:.2f} ± {100 * row['top1_se']:.2f} | {100 * table['real_p']['top1_mean']:.2f} "
+                f"| {fidelity:.3f} | {match:.3f} | {seconds:.0f} |")
+        print(line, flush=True)
+        lines.append(line)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="mini")
@@ -97,7 +148,11 @@ def main() -> None:
     parser.add_argument("--label", type=int, default=0, help="the class (catalog label) to fine-tune on")
     parser.add_argument("--rates", default="0.01,0.1,0.5")
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--cluster-ks", default="", help="instead of the probe: ⑥'s cluster ablation at these k, e.g. 1,10,15")
     args = parser.parse_args()
+    if args.cluster_ks:
+        cluster_ablation(args.profile, [int(k) for k in args.cluster_ks.split(",")])
+        return
     for line in probe(args.profile, args.method, args.label, [float(r) for r in args.rates.split(",")], args.epochs):
         print(line, flush=True)
 
