@@ -26,7 +26,7 @@ import dagster as dg
 from . import automation, integrity
 from .build import benchmark_keys, build_defs
 from .core.report import results_report
-from .core.warehouse import Warehouse
+from .core.warehouse import Warehouse, migrate_catalog
 from .instance import ensure_dagster_home
 from .partitions import CLASS_PARTITIONS_NAME
 from .profiles import PROFILE_ENV, Profile, get_profile
@@ -74,7 +74,7 @@ LOCK_FILE = "augassets.lock"
 @contextmanager
 def home_lock(profile: Profile) -> Iterator[None]:
     """One headless command at a time per profile home: a second one stops at once, naming the first
-    (two would race on the DuckDB catalog and the Dagster instance's first migration). The lock is
+    (two would race on the same partitions and on the Dagster instance's first migration). The lock is
     the kernel's (``flock``), so it dies with its process: a killed command never blocks the next."""
     profile.home.mkdir(parents=True, exist_ok=True)
     handle = open(profile.home / LOCK_FILE, "a+")  # noqa: SIM115 - held until the with block ends
@@ -129,7 +129,36 @@ def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.Ass
     run what they request, and evaluate again until nothing is requested (automation.py). ``force``:
     every partition of every selected asset is requested on the first evaluation."""
     with home_lock(profile):
-        _materialize(profile, select, force, say)
+        try:
+            _materialize(profile, select, force, say)
+        finally:
+            write_catalog_views(profile, say)
+
+
+def write_catalog_views(profile: Profile, say=print) -> None:
+    """``catalog.duckdb``: a view per table over its Parquet files, for ``duckdb catalog.duckdb``.
+    Rebuilt after every command; an extra, so a failure to write it is said, not raised."""
+    try:
+        Warehouse(profile.tables).write_views(profile.catalog)
+    except Exception as error:  # noqa: BLE001 - the tables are the state; the views file is a convenience
+        say(f"- {profile.catalog.name}: the views could not be written ({error}); the tables in {profile.tables} are unaffected")
+
+
+def migrate_old_catalog(profile: Profile, say=print) -> None:
+    """A home written by versions that kept every table in ``catalog.duckdb``: its tables become
+    Parquet files (split by partition), so nothing is recomputed; a file DuckDB cannot open is moved
+    aside and what it held is rebuilt."""
+    import duckdb
+
+    try:
+        moved = migrate_catalog(profile.catalog, Warehouse(profile.tables))
+    except duckdb.Error as error:
+        aside = profile.catalog.with_name(profile.catalog.name + ".damaged")
+        os.replace(profile.catalog, aside)
+        say(f"- {profile.catalog.name} could not be opened ({str(error).splitlines()[0][:160]}); moved to {aside.name}: what it held is rebuilt")
+        return
+    if moved:
+        say(f"- {profile.catalog.name}: {len(moved)} tables of an earlier version moved to Parquet files in {profile.tables}")
 
 
 def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool, say) -> None:
@@ -139,6 +168,7 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
     keys = select(defs)
     say(f"augassets: profile {profile.name}, state in {profile.home}")
     release_dead_runs(instance, say)
+    migrate_old_catalog(profile, say)
     report_external_assets(defs, instance)
     ran: set[dg.AssetKey] = set()
     catalog = dg.AssetKey("class_catalog")
@@ -185,7 +215,7 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
     materialize(profile, benchmark_keys, force, say)
-    table = results_report(Warehouse(profile.home / "catalog.duckdb"))
+    table = results_report(Warehouse(profile.tables))
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     return table
 

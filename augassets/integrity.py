@@ -2,14 +2,14 @@
 
 Dagster judges an asset partition by its run history: once materialized, it stays materialized. The
 files a partition wrote can still go away — an augmentation image deleted by hand, a split export
-cleaned up, ``catalog.duckdb`` truncated by a full disk or deleted. Each asset declares what it
+cleaned up, a table's Parquet file truncated by a full disk or deleted. Each asset declares what it
 writes (:func:`outputs`, stored in the asset's metadata, so the UI shows it too); :func:`find_damage`
 checks those outputs for every partition Dagster calls materialized, and :func:`damaged_partitions`
 names them, one line per asset. ``augassets benchmark`` requests them with what the automation
 conditions request, until they have run; their downstream follows as after any update.
 
-A catalog database that DuckDB cannot open is moved aside (``catalog.duckdb.damaged``) so a new one is
-created; every table in it is then missing and the assets that write them are rebuilt.
+A table file that is not whole Parquet is moved aside (``part.parquet.damaged``); its partition's rows
+are then missing and the partitions of the asset that wrote them are rebuilt.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from .core.files import safetensors_problem
 from .core.store import Store
@@ -56,26 +55,6 @@ class Damage:
 
     def __str__(self) -> str:
         return self.reason if self.partition is None else f"{self.partition}: {self.reason}"
-
-
-def check_catalog(path: Path) -> str | None:
-    """Open the catalog read-only; if DuckDB cannot, move it aside and say why (None: it is fine or absent)."""
-    if not path.exists():
-        return None
-    try:
-        connection = Warehouse(path).open_connection(read_only=True)  # waits while another process holds the file
-        try:
-            connection.execute("SELECT count(*) FROM information_schema.tables").fetchone()
-        finally:
-            connection.close()
-    except duckdb.Error as error:
-        aside = path.with_name(path.name + ".damaged")
-        os.replace(path, aside)
-        wal = path.with_name(path.name + ".wal")
-        if wal.exists():
-            os.replace(wal, aside.with_name(aside.name + ".wal"))
-        return f"{path} could not be opened ({str(error).splitlines()[0][:160]}); moved to {aside.name}, a new catalog is created"
-    return None
 
 
 def _spec(graph, key: dg.AssetKey) -> dict | None:
@@ -134,11 +113,9 @@ def _missing_paths(db: Warehouse, table: str, column: str, dimensions: list[str]
     return found
 
 
-def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, catalog: Path, store: Store) -> list[Damage]:
+def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, db: Warehouse, store: Store) -> list[Damage]:
     """Every materialized partition among ``keys`` whose declared outputs are gone, with the reason."""
     graph = defs.resolve_asset_graph()
-    db = Warehouse(catalog)
-    catalog_exists = catalog.exists()
     damage: list[Damage] = []
     for key in keys:
         spec = _spec(graph, key)
@@ -148,9 +125,9 @@ def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, catalo
         if not partitions:
             continue
         tables = {*spec["tables"], *([spec["rows"]] if spec["rows"] else []), *spec["paths"]}
-        absent = sorted(t for t in tables if not catalog_exists or not db.has_table(t))
+        absent = sorted(t for t in tables if not db.has_table(t))
         if absent:
-            reason = f"table {', '.join(absent)} is not in {catalog.name}"
+            reason = f"table {', '.join(absent)} has no files in {db.url(db.root)}"
             damage.extend(Damage(key, p, reason) for p in partitions)
             continue
         columns = sorted(d for d in _dimensions(partitions[0]) if d != "partition")
@@ -198,12 +175,11 @@ def damaged_partitions(defs: dg.Definitions, instance: dg.DagsterInstance, keys,
     """The partitions among ``keys`` whose outputs are damaged, as {key: partitions} ({None} for an
     unpartitioned asset), saying what is missing, one line per asset. ``resources``: the definitions'
     resources (``warehouse`` and ``image_store`` are read)."""
-    catalog, store = Path(resources["warehouse"].path), resources["image_store"].store()
-    moved = check_catalog(catalog)
-    if moved:
-        say(f"- damaged catalog: {moved}")
+    db, store = resources["warehouse"].get(), resources["image_store"].store()
+    for moved in db.check_files():
+        say(f"- damaged table file: {moved}")
     found: dict[dg.AssetKey, list[Damage]] = {}
-    for item in find_damage(defs, instance, keys, catalog, store):
+    for item in find_damage(defs, instance, keys, db, store):
         found.setdefault(item.asset, []).append(item)
     for key, items in found.items():
         shown = "; ".join(str(d) for d in items[:MAX_LISTED]) + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")

@@ -36,6 +36,7 @@ PROFILE_ENV = "AUGASSETS_PROFILE"
 METHODS_ENV = "AUGASSETS_METHODS"
 CLUSTERS_ENV = "AUGASSETS_CLUSTERS"
 HOME_ENV = "AUGASSETS_HOME"
+STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
 
 
@@ -352,6 +353,22 @@ class Profile:
     def home(self) -> Path:
         """This profile's state: ``$AUGASSETS_HOME/<profile>`` (profiles never share tables)."""
         return Path(os.environ.get(HOME_ENV, "augassets_home")).resolve() / self.name
+
+    @property
+    def store_root(self) -> str:
+        """The image store: ``$AUGASSETS_STORE_URL``, or the home's ``store`` folder."""
+        return os.environ.get(STORE_URL_ENV) or str(self.home / "store")
+
+    @property
+    def tables(self) -> str:
+        """Where the study's tables live: ``tables/`` in the image store (one Parquet file per
+        partition; ``augassets.core.warehouse``)."""
+        return self.store_root.rstrip("/") + "/tables"
+
+    @property
+    def catalog(self) -> Path:
+        """``catalog.duckdb``: DuckDB views over the tables, rebuilt after every command."""
+        return self.home / "catalog.duckdb"
 
 
 FASHION_MNIST = DatasetSpec(

@@ -15,12 +15,13 @@ from .profiles import Profile
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The study's DuckDB file. Writers run in the ``duckdb`` concurrency pool (limit 1)."""
+    """The study's tables: one Parquet file per partition under ``root`` (a folder or fsspec URL),
+    queried with DuckDB. Any number of steps, processes or machines write at once."""
 
-    path: str
+    root: str
 
     def get(self) -> Warehouse:
-        return Warehouse(self.path)
+        return Warehouse(self.root)
 
 
 class ImageStoreResource(dg.ConfigurableResource):
@@ -229,7 +230,6 @@ class KnnIndexResource(dg.ConfigurableResource):
         raise ValueError(f"unknown KNN backend {self.backend!r} (setting KnnIndexResource.backend: local or remote)")
 
 
-STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEVICE_ENV = "AUGASSETS_DEVICE"  # overrides the profile's device (e.g. cpu, to try a cuda profile without a GPU)
 
 
@@ -241,8 +241,8 @@ def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     # ComputeResource's setup, naming the setting, rather than training on the CPU unnoticed.
     device = os.environ.get(DEVICE_ENV) or profile.classifier.device
     return {
-        "warehouse": WarehouseResource(path=str(profile.home / "catalog.duckdb")),
-        "image_store": ImageStoreResource(root=os.environ.get(STORE_URL_ENV) or str(store), cache_dir=str(store)),
+        "warehouse": WarehouseResource(root=profile.tables),
+        "image_store": ImageStoreResource(root=profile.store_root, cache_dir=str(store)),
         "compute": ComputeResource(device=device, torch_threads=profile.torch_threads),
         "diffusion_backend": DiffusionBackendResource(
             weights=str(models / "stable_diffusion") if profile.world else profile.sd_weights,

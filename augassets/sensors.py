@@ -2,7 +2,7 @@
 
 - ``scheduled_backfill``: Dagster's automation-condition sensor over the benchmark's assets. Each
   evaluation requests what the assets' conditions request (automation.py) and launches it as one
-  backfill, through the run queue and the ``gpu``/``duckdb`` pools. New work (missing partitions,
+  backfill, through the run queue and the ``gpu`` pool. New work (missing partitions,
   changed code versions) waits for the profile's cron tick; what an update makes stale downstream
   follows at once. Nothing is requested for a partition that is running, alone or in a backfill.
 - ``new_classes``: registers the classes the dataset gained (a new class folder, a raised

@@ -116,17 +116,17 @@ def private_state(benchmark_run, tmp_path, monkeypatch):
     import os
     import shutil
 
-    import duckdb
+    import polars as pl
 
     profile, _ = benchmark_run
     copy = tmp_path / "home" / profile.name
     shutil.copytree(profile.home, copy)
     shutil.copytree(os.environ["DAGSTER_HOME"], tmp_path / "dagster")
     # Tables name files by absolute path: point the copy's at the copy's files.
-    with duckdb.connect(str(copy / "catalog.duckdb")) as con:
-        columns = con.execute("SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'VARCHAR'").fetchall()
-        for table, column in columns:
-            con.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?)', [str(profile.home), str(copy)])
+    for part in (copy / "store" / "tables").rglob("*.parquet"):
+        frame = pl.read_parquet(part)
+        text = [c for c, dtype in frame.schema.items() if dtype == pl.Utf8]
+        frame.with_columns(pl.col(c).str.replace_all(str(profile.home), str(copy), literal=True) for c in text).write_parquet(part)
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     return profile

@@ -1,7 +1,4 @@
-import contextlib
 import math
-import subprocess
-import sys
 
 import polars as pl
 import pytest
@@ -11,7 +8,6 @@ from augassets.core import methods as registry
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown, markdown_table, summarize_scores
-from augassets.core.warehouse import Warehouse
 
 
 def test_registry_keys_are_partition_safe_and_complete(monkeypatch):
@@ -115,68 +111,6 @@ def test_frame_markdown_escapes_pipes():
     assert "a\\|b" in text and "0.5000" in text
 
 
-def test_warehouse_replaces_one_partition_and_rolls_back_on_error(tmp_path):
-    db = Warehouse(tmp_path / "c.duckdb")
-    db.replace("scores", pl.DataFrame({"method": ["a", "b"], "v": [1.0, 2.0]}))
-    db.replace("scores", pl.DataFrame({"method": ["a"], "v": [3.0]}), where={"method": "a"})
-    assert db.query("SELECT * FROM scores ORDER BY method").rows() == [("a", 3.0), ("b", 2.0)]
-    with pytest.raises(Exception, match="not a number"):  # a value that cannot be stored: nothing changes
-        db.replace("scores", pl.DataFrame({"method": ["a"], "v": ["not a number"], "extra": [1]}), where={"method": "a"})
-    assert db.query("SELECT * FROM scores ORDER BY method").rows() == [("a", 3.0), ("b", 2.0)], "rolled back, no new column"
-    assert db.has_table("scores") and not db.has_table("other")
-
-
-def test_warehouse_partition_rewrite_accepts_a_new_column(tmp_path):
-    db = Warehouse(tmp_path / "c.duckdb")
-    db.replace("prompts", pl.DataFrame({"method": ["a", "b"], "prompt": ["x", "y"]}))
-    db.replace("prompts", pl.DataFrame({"method": ["a"], "prompt": ["x2"], "source": ["img.png"]}), where={"method": "a"})
-    assert db.query("SELECT * FROM prompts ORDER BY method").rows() == [("a", "x2", "img.png"), ("b", "y", None)]
-
-
-_WRITER = """
-import sys
-import polars as pl
-from augassets.core.warehouse import Warehouse
-db = Warehouse(sys.argv[1])
-for i in range(40):
-    db.replace("t", pl.DataFrame({"who": [sys.argv[2]], "i": [i]}), where={"who": sys.argv[2], "i": i})
-    db.query("SELECT count(*) FROM t")
-"""
-
-
-def test_processes_writing_one_catalog_at_once_wait_for_each_other(tmp_path):
-    """DuckDB lets one process open the file at a time: three processes writing partitions of one table
-    at once used to fail with "Could not set lock on file"; now each waits its turn and every row lands."""
-    path = tmp_path / "c.duckdb"
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), who], stderr=subprocess.PIPE, text=True) for who in "abc"]
-    for writer in writers:
-        _, err = writer.communicate(timeout=120)
-        assert writer.returncode == 0, err[-2000:]
-    rows = Warehouse(path).query("SELECT who, count(*) AS n FROM t GROUP BY who ORDER BY who")
-    assert rows.rows() == [("a", 40), ("b", 40), ("c", 40)]
-
-
-@contextlib.contextmanager
-def _catalog_held_by_another_process(path, seconds: float):
-    """A catalog with one row, held open by another process for ``seconds`` (or until the block ends)."""
-    Warehouse(path).replace("t", pl.DataFrame({"x": [1]}))
-    code = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep({seconds})"
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "open"
-        yield
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_catalog_locked_too_long_names_the_lock(tmp_path):
-    path = tmp_path / "c.duckdb"
-    with _catalog_held_by_another_process(path, 60):
-        with pytest.raises(TimeoutError, match=rf"{path} stayed locked by another process for 1 s .*stop the other augassets/dagster process"):
-            Warehouse(path, lock_wait_s=1).query("SELECT * FROM t")
-
-
 def test_contiguous_ranges():
     keys = ["a", "b", "c", "d", "e"]
     assert contiguous_ranges(keys, ["a", "b", "d"]) == [("a", "b"), ("d", "d")]
@@ -197,18 +131,6 @@ def test_generated_pools_are_resampled_per_replicate():
     draws = {r: tuple(extra.filter(pl.col("replicate") == r)["path"]) for r in range(5)}
     assert len(set(draws.values())) > 1, "replicates draw different samples"
     assert augmented_sets(get_method("simple_prompt"), splits, 5, images=pool, seed=1).equals(sets), "seeded"
-
-
-def test_a_catalog_held_by_another_process_is_not_taken_for_a_damaged_one(tmp_path):
-    """The freshness check opens the catalog to see whether it is damaged; a lock held by a running
-    writer is not damage: the check waits for it and leaves the file where it is."""
-    from augassets.integrity import check_catalog
-
-    path = tmp_path / "c.duckdb"
-    with _catalog_held_by_another_process(path, 2):
-        assert check_catalog(path) is None
-    assert path.exists() and not path.with_name("c.duckdb.damaged").exists()
-    assert Warehouse(path).query("SELECT x FROM t")["x"].to_list() == [1]
 
 
 def test_domain_separability_tells_shifted_sets_apart_and_not_equal_ones():

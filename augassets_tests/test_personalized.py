@@ -43,7 +43,7 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
 
     profile, _ = benchmark_run
     sd = profile.home / "store" / "models" / "stable_diffusion"
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
     paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
     options = {"max_epochs": 6, "patience": 10, "lr": 5e-3, "val_draws": 4}
@@ -103,7 +103,7 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
 
     profile, _ = benchmark_run
     sd = profile.home / "store" / "models" / "stable_diffusion"
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnid, lemmas = db.query("SELECT wnid, lemmas FROM class_catalog ORDER BY label").row(0)
     paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
     pipeline = StableDiffusionPipeline.from_pretrained(sd)
@@ -157,7 +157,7 @@ def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run,
 
     profile, _ = benchmark_run
     store = profile.home / "store"
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
     paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
     clip = CLIPModel.from_pretrained(store / "models" / "clip")
@@ -207,7 +207,7 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
 
     profile, _ = benchmark_run
     spec = profile.personalization
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     targets = dict(db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
     checkpoints, history = db.query("SELECT * FROM finetune_checkpoints"), db.query("SELECT * FROM finetune_history")

@@ -31,7 +31,9 @@ def test_definitions_lineage_and_pools():
         assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys, (upstream, downstream)
     pools = {key.path[-1]: graph.get(key).pools for key in graph.get_all_asset_keys()}
     assert pools["classifier_scores"] == {"gpu"}
-    assert pools["dataset_splits"] == pools["class_catalog"] == {"duckdb"}
+    # Table writers need no pool: each partition is its own Parquet file (core/warehouse.py).
+    assert set().union(*pools.values()) == {"gpu"}, pools
+    assert not pools["dataset_splits"] and not pools["class_catalog"]
     for name in STAGES:
         node = graph.get(dg.AssetKey(name))
         assert node.code_version and node.description, name
@@ -69,7 +71,7 @@ def test_definitions_come_from_the_profile_passed_and_public_dagster_only():
 def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     profile, table = benchmark_run
     assert profile.name == "smoke"
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     results = db.query("SELECT * FROM results_table")
     assert results["method"].to_list() == [
         "real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
@@ -121,7 +123,7 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     profile, _ = benchmark_run
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method = 'retrieval'")
     target = db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid")
     n = int(target["n"].max())
@@ -175,7 +177,7 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
 def test_judge_check_compares_with_ground_truth_precision(tmp_path, judged, passes):
     """The check weighs classes by their image counts: ground truth 0.6 overall (0.5 on 100 images, 0.8
     on 50); the judge passes within 0.1 of it and fails beyond."""
-    warehouse = WarehouseResource(path=str(tmp_path / "c.duckdb"))
+    warehouse = WarehouseResource(root=str(tmp_path / "tables"))
     warehouse.get().replace("class_fidelity", pl.DataFrame({
         "method": ["retrieval", "retrieval", "simple_prompt"], "wnid": ["a", "b", "a"], "fidelity": [judged, judged, 0.0],
         "target_recognizability": [0.1, 0.1, 0.1], "ground_truth_precision": [0.5, 0.8, None], "images": [100, 50, 30],
@@ -188,7 +190,7 @@ def test_judge_check_compares_with_ground_truth_precision(tmp_path, judged, pass
 
 def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     profile, _ = benchmark_run
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     n = int(db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0])
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method != 'retrieval'")
     per_partition = manifest.group_by("method", "wnid").agg(pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds"))
@@ -255,7 +257,7 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
     launched = [run for run in instance.get_runs() if run.run_id not in before]
     assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table"]
-    recall = Warehouse(changed.home / "catalog.duckdb").query("SELECT recall FROM leak_threshold")["recall"][0]
+    recall = Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0]
     assert recall >= 0.9
 
     runs = len(instance.get_runs())
@@ -275,7 +277,7 @@ def _materialize_prepare(tmp_path, root, **kwargs):
     return dg.materialize(
         [built.class_catalog, built.dataset_splits],
         resources={
-            "warehouse": WarehouseResource(path=str(tmp_path / "c.duckdb")),
+            "warehouse": WarehouseResource(root=str(tmp_path / "tables")),
             "image_store": ImageStoreResource(root=str(tmp_path / "store")),
         },
         instance=dg.DagsterInstance.ephemeral(),
@@ -289,7 +291,7 @@ def test_bad_files_are_counted_in_split_metadata(tmp_path, image_folder):
     metadata = result.asset_materializations_for_node("dataset_splits")[0].metadata
     assert metadata["skipped_files"].value == 7
     assert metadata["skipped_by_reason"].value == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3, "too_large": 1}
-    skipped = Warehouse(tmp_path / "c.duckdb").query("SELECT * FROM split_skipped_files")
+    skipped = Warehouse(tmp_path / "tables").query("SELECT * FROM split_skipped_files")
     assert skipped.height == 7
 
 
@@ -319,7 +321,7 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     profile, result = foundation_run
     assert result.success
     store = profile.home / "store"
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
 
     pool = db.query("SELECT * FROM web_pool")
     truth = db.query("SELECT kind, duplicate_of_split, count(*) AS n FROM web_pool_truth GROUP BY ALL")
@@ -374,7 +376,7 @@ def test_corrupt_pool_rows_are_skipped_and_counted(private_state, tmp_path):
     """A pool image that no longer decodes and a row without a caption are skipped by CLIP training
     and the index (and counted in their metadata), not fatal."""
     profile, private_defs, instance = private_state, build_defs(private_state), dg.DagsterInstance.get()
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     pool = db.query("SELECT pool_id, url FROM web_pool ORDER BY pool_id")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -398,7 +400,7 @@ def test_one_failing_class_does_not_fail_the_others(private_state):
     """A class without its prompt fails with a message naming it; the other classes of the same run
     are materialized."""
     profile, private_defs, instance = private_state, build_defs(private_state), dg.DagsterInstance.get()
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))
     keys = frozenset(dg.MultiPartitionKey({"method": "retrieval", "wnid": w}) for w in wnids)
@@ -581,8 +583,8 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
 def test_damaged_state_on_disk_is_found_and_named(private_state):
     """Freshness includes the files: a deleted augmentation image, a deleted classifier checkpoint and a
     partition's prompts deleted from their table make exactly those partitions stale, each with a line
-    naming what is missing; a truncated catalog.duckdb is moved aside (named) and every asset whose
-    tables it held is stale."""
+    naming what is missing; a truncated table file is moved aside (named) and the partitions whose rows
+    it held are stale."""
     from augassets import integrity
     from augassets.core.files import load_checkpoint
     from augassets.resources import default_resources
@@ -591,7 +593,7 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
     keys, resources, lines = cli.benchmark_keys(defs), default_resources(private_state), []
     assert integrity.damaged_partitions(defs, instance, keys, resources, lines.append) == {} and lines == []
 
-    db, store = Warehouse(profile.home / "catalog.duckdb"), profile.home / "store"
+    db, store = Warehouse(profile.tables), profile.home / "store"
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     generated = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"]
     image = generated[3]
@@ -620,21 +622,21 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
            "models/classifiers/retrieval/replicate_1.safetensors is missing from the image store" in lines
     assert f"- class_prompts: outputs missing on disk, rebuilding 1 partition — clip_prompts|{wnids[1]}: table class_prompts has no rows for it" in lines
 
-    catalog = profile.home / "catalog.duckdb"
-    catalog.write_bytes(catalog.read_bytes()[:5000])
+    # A table file cut short (a full disk under an older writer, a hand edit): named, moved aside, and
+    # exactly the partitions whose rows it held are rebuilt.
+    scores = Path(db.folder("classifier_scores", {"method": "real_p", "replicate": 1})) / "part.parquet"
+    whole = Path(db.folder("class_catalog")) / "part.parquet"
+    for part in (scores, whole):
+        part.write_bytes(part.read_bytes()[:100])
     lines.clear()
     damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
-    assert lines[0].startswith(f"- damaged catalog: {catalog} could not be opened (") and lines[0].endswith("moved to catalog.duckdb.damaged, a new catalog is created")
-    assert (profile.home / "catalog.duckdb.damaged").stat().st_size == 5000 and not catalog.exists()
-    with_tables = {"class_catalog", "dataset_splits", "web_pool", "judge_images", "fidelity_judge", "domain_oracle", "class_prompts",
-                   "augmentation_images", "excluded_classes", "class_fidelity", "reference_hashes", "leak_threshold",
-                   "duplicate_report", "duplicate_summary", "augmented_datasets", "classifier_scores", "results_table",
-                   "personalized_models", "candidate_images", "personalized_unets", "unet_candidate_images", "checkpoint_selection",
-                   "domain_match"}
-    still_truncated = {"fidelity_classifier"}
-    assert {key.to_user_string() for key in damaged} == (with_tables & {key.to_user_string() for key in keys}) | still_truncated
-    assert "- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog is not in catalog.duckdb" in lines
-    assert damaged[dg.AssetKey("classifier_scores")] == set(defs.resolve_asset_graph().get(dg.AssetKey("classifier_scores")).partitions_def.get_partition_keys())
+    assert sorted(lines[:2]) == [f"- damaged table file: {part} (no Parquet magic bytes: truncated or not Parquet); moved to part.parquet.damaged"
+                                 for part in sorted((scores, whole))]
+    assert not scores.exists() and scores.with_name("part.parquet.damaged").stat().st_size == 100
+    assert {str(p) for p in damaged[dg.AssetKey("classifier_scores")]} == {"real_p|1", "retrieval|1"}
+    assert damaged[dg.AssetKey("class_catalog")] == {None}
+    assert f"- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog has no files in {profile.tables}" in lines
+    assert "real_p|1: table classifier_scores has no rows for it" in next(line for line in lines if line.startswith("- classifier_scores:"))
 
 
 def test_sigterm_stops_the_command_gracefully(private_state):
@@ -649,7 +651,7 @@ def test_sigterm_stops_the_command_gracefully(private_state):
 
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}
     instance = dg.DagsterInstance.get()
-    wnid = Warehouse(private_state.home / "catalog.duckdb").query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    wnid = Warehouse(private_state.tables).query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     shutil.rmtree(private_state.home / "store" / "images" / "simple_prompt" / wnid)  # something to rebuild
     storage = instance.event_log_storage
     command = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -685,7 +687,7 @@ def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark
     resize("32k")  # eight pages: full partway through the partition's images
     backend = default_resources(profile)["diffusion_backend"]
     pipeline = backend.load()
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = 'simple_prompt' AND wnid = ? ORDER BY prompt_index", [wnid])
     request = GenerationRequest("simple_prompt", wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=profile.generation.seed)
@@ -726,7 +728,7 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     # The rebuild retrains what reads the rebuilt partition; three methods keep that short (the others' tables are compared too).
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,simple_prompt,retrieval"}
     instance = dg.DagsterInstance.get()
-    db = Warehouse(private_state.home / "catalog.duckdb")
+    db = Warehouse(private_state.tables)
     wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     folder = private_state.home / "store" / "images" / "simple_prompt" / wnid
     clean_images = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}

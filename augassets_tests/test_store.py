@@ -185,7 +185,7 @@ def test_assets_publish_to_and_fetch_from_a_url_store(tmp_path, url):
     assets = [built.class_catalog, built.dataset_splits, built.fidelity_classifier]
     work = tmp_path / "store"
     resources = {
-        "warehouse": WarehouseResource(path=str(tmp_path / "c.duckdb")),
+        "warehouse": WarehouseResource(root=str(tmp_path / "tables")),
         "image_store": ImageStoreResource(root=url, cache_dir=str(work)),
         "compute": ComputeResource(),
     }

@@ -92,7 +92,7 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
     from augassets.profiles import get_profile
 
     profile = get_profile(profile_name)
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     os.environ.setdefault("DAGSTER_HOME", str(profile.home / "dagster"))
     instance = dg.DagsterInstance.get()
     meta = lambda asset: instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata  # noqa: E731

@@ -47,7 +47,7 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
     profile = get_profile(profile_name)
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
-    db = Warehouse(profile.home / "catalog.duckdb")
+    db = Warehouse(profile.tables)
     wnid, name, lemmas = db.query("SELECT wnid, name, lemmas FROM class_catalog ORDER BY label").row(label)
     paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list()
              for s in ("target", "val")}
@@ -106,7 +106,8 @@ def cluster_ablation(profile_name: str, ks: list[int]) -> list[str]:
     from augassets.core.warehouse import Warehouse
     from augassets.profiles import get_profile
 
-    home = get_profile(profile_name).home
+    profile = get_profile(profile_name)
+    home = profile.home
     (home / "reports").mkdir(parents=True, exist_ok=True)
     method = "ft_cluster_conditioning"
     lines = [f"⑥ cluster ablation on {profile_name} ({home}); {machine()}", "",
@@ -123,7 +124,7 @@ def cluster_ablation(profile_name: str, ks: list[int]) -> list[str]:
         seconds = time.perf_counter() - started
         if code:
             raise SystemExit(f"k={k}: augassets benchmark exited {code}; its log: {log_path}")
-        db = Warehouse(home / "catalog.duckdb")
+        db = Warehouse(profile.tables)
         counts = db.query("SELECT wnid, count(DISTINCT cluster) AS n FROM finetune_checkpoints WHERE method = ? GROUP BY wnid", [method])["n"]
         tuned = db.query("SELECT sum(seconds) AS s FROM finetune_history WHERE method = ?", [method])["s"][0]
         scores = db.query("SELECT candidate, val_top1, chosen FROM checkpoint_scores WHERE method = ?", [method])

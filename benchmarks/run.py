@@ -282,10 +282,9 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from augassets.profiles import get_profile
 
     profile = get_profile(profile_name)
-    db_path = profile.home / "catalog.duckdb"
-    if not db_path.exists():
-        raise SystemExit(f"no splits at {db_path}: run `augassets benchmark` on {profile_name} first")
-    db = Warehouse(db_path)
+    db = Warehouse(profile.tables)
+    if not db.has_table("dataset_splits"):
+        raise SystemExit(f"no splits in {profile.tables}: run `augassets benchmark` on {profile_name} first")
     frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ?", [split])  # noqa: E731
     target, val = frame("target"), frame("val")
     labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
@@ -328,7 +327,7 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
     if profile.automation.cron != "* * * * *":
         raise SystemExit(f"daemon: profile {profile_name}'s backfill cron is {profile.automation.cron!r}; use a profile that ticks every minute (smoke)")
     env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_HOME": str(home), "DAGSTER_HOME": str(home / profile_name / "dagster")}
-    if not (home / profile_name / "catalog.duckdb").exists():
+    if not (home / profile_name / "store" / "tables" / "results_table").exists():
         subprocess.run([str(Path(sys.executable).with_name("augassets")), "benchmark"], env={**env, "DAGSTER_HOME": ""}, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]

@@ -40,7 +40,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("judge_images",), paths={"judge_images": "path"}),
-        group_name=GROUP, code_version=code_version("1", pool), pool="duckdb", deps=[up.dataset_splits, up.web_pool], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("1", pool), deps=[up.dataset_splits, up.web_pool], kinds={"parquet"},
         description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
         "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
         "train and val also in their target-domain originals).",
@@ -78,7 +78,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(tables=("judge_accuracy", "domain_transfer"), files=(f"models/{JUDGE_CHECKPOINT}",)),
         group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), pool="gpu",
-        deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "duckdb"},
+        deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "parquet"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
         "domain transfer ratio: the target-trained fidelity_classifier's accuracy on the held-out web-domain images ÷ "
@@ -147,7 +147,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(tables=("domain_oracle",)),
         group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), pool="gpu",
-        deps=[up.web_pool, up.dataset_splits], kinds={"pytorch", "duckdb"},
+        deps=[up.web_pool, up.dataset_splits], kinds={"pytorch", "parquet"},
         description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, per class, as "
         "many pool images of that class by ground truth (web_pool_truth) as the target has — a property of the world: "
         "the most a perfectly precise retrieval of pool-domain images could add. Not part of the results table.",

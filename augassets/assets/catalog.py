@@ -21,8 +21,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(tables=("class_catalog",)),
         group_name="catalog",
         code_version=code_version("1", profile.dataset, profile.max_classes),
-        pool="duckdb",
-        kinds={"duckdb", "python"},
+        kinds={"parquet", "python"},
         description="One row per class: wnid, label, WordNet lemmas, name (lemmas joined by ', '), name without "
         "whitespace, first hypernym and definition. Fills the dynamic `class` partitions with the wnids. Class folders "
         "whose names are not WordNet noun ids are skipped and listed.",

@@ -50,7 +50,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         deps=[up.augmented_datasets],  # the same method × replicate partitions: one set per classifier
         partitions_def=method_replicate_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        kinds={"pytorch", "duckdb"},
+        kinds={"pytorch", "parquet"},
         description="Top-1 test accuracy (overall and per class) of a ResNet trained on one augmented set: "
         "RandomResizedCrop + flip, SGD, lr ÷10 after a val plateau, early stopping, best-val checkpoint scored "
         "on test. The checkpoint is kept as safetensors.",

@@ -29,11 +29,10 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(rows="augmented_datasets"),
         group_name="datasets",
         code_version=code_version("2", profile.classifier.replicates, profile.generation.seed),
-        pool="duckdb",
         deps=[up.dataset_splits] + image_deps,
         partitions_def=method_replicate_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        kinds={"duckdb"},
+        kinds={"parquet"},
         description="Per method and classifier replicate, its training set: the target images plus the method's extra "
         "images with exactly the target's per-class counts (paper section 3).",
     )

@@ -29,7 +29,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(tables=("domain_match",)),
         group_name="images", code_version=code_version("1", profile.split.seed), pool="gpu",
-        deps=[up.augmentation_images, up.dataset_splits, up.clip_model], kinds={"pytorch", "duckdb"},
+        deps=[up.augmentation_images, up.dataset_splits, up.clip_model], kinds={"pytorch", "parquet"},
         description="Domain match per method, one figure that does not depend on the method: the held-out accuracy "
         "of a linear classifier telling the target domain's images (target and val splits) from the method's "
         "augmentation images by their CLIP image embeddings, per-class balanced, 5-fold (0.5: indistinguishable, "

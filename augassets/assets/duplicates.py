@@ -61,7 +61,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     spec = profile.duplicates
     @dg.asset(
         metadata=outputs(tables=("reference_hashes",)),
-        group_name=GROUP, code_version=code_version("3", spec.hash_size), pool="duckdb", deps=[up.dataset_splits], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("3", spec.hash_size), deps=[up.dataset_splits], kinds={"parquet"},
         description="pHashes (DuplicateSpec.hash_size² bits, stored as hex) of every image augmentation must not leak: the "
         "test and val splits and the training images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
     )
@@ -98,8 +98,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("leak_threshold",)),
-        group_name=GROUP, code_version=code_version("2", spec), pool="duckdb",
-        deps=[reference_hashes] + (["web_pool"] if spec.calibrate_on_planted else []), kinds={"faiss", "duckdb"},
+        group_name=GROUP, code_version=code_version("2", spec),
+        deps=[reference_hashes] + (["web_pool"] if spec.calibrate_on_planted else []), kinds={"faiss", "parquet"},
         description="The Hamming threshold below which two pHashes are near-duplicates. Real data: the paper's 10. "
         "The mini world: the strictest threshold that finds DuplicateSpec.target_recall of the known test/val copies "
         "(the pool's planted ones and DuplicateSpec.calibration_copies more kept off the pool), with the detector's "
@@ -184,9 +184,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("duplicate_pairs",), rows="duplicate_hashed"),
-        group_name=GROUP, code_version=code_version("3", spec.hash_size), pool="duckdb",
+        group_name=GROUP, code_version=code_version("3", spec.hash_size),
         partitions_def=class_method_partitions(profile), backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[up.augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "duckdb"},
+        deps=[up.augmentation_images, reference_hashes, leak_threshold], kinds={"faiss", "parquet"},
         description="Candidate near-duplicate pairs (pHash Hamming below leak_threshold: the paper's 10 on real "
         "data) between a partition's augmentation images and the test, val and unused training images.",
     )
@@ -223,7 +223,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("duplicate_summary",)),
-        group_name=GROUP, code_version=code_version("2"), pool="duckdb", deps=[duplicate_report, leak_threshold], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("2"), deps=[duplicate_report, leak_threshold], kinds={"parquet"},
         description="Leak rates per method and split (augmentation images with a pHash near-duplicate among the test, "
         "val or unused training images), a gallery of candidate pairs, the threshold used and — in the mini world — "
         "the detector's recall and precision on the planted duplicates at that threshold.",

@@ -54,8 +54,8 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
 
     @dg.asset(
         metadata=outputs(tables=("web_pool", "web_pool_truth"), files=("web_pool",)),
-        group_name=GROUP, code_version=code_version("1", world.pool, profile.split), pool="duckdb", deps=[up.dataset_splits],
-        kinds={"parquet", "duckdb"},
+        group_name=GROUP, code_version=code_version("1", world.pool, profile.split), deps=[up.dataset_splits],
+        kinds={"parquet"},
         description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
         "web-photo domain, with noisy captions, aesthetic scores, an NSFW marker, distractors and planted "
         "near-duplicates of test/val images (ground truth in `web_pool_truth`). clip-retrieval layout.",

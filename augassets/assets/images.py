@@ -75,9 +75,9 @@ def build_class_prompts(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(rows="class_prompts"),
-        group_name=GROUP, code_version=code_version("1", profile.generation, profile.dataset, profile.split), pool="duckdb",
+        group_name=GROUP, code_version=code_version("1", profile.generation, profile.dataset, profile.split),
         partitions_def=class_method_partitions(profile),
-        backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, up.clip_model, up.dataset_splits], kinds={"duckdb"},
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[up.class_catalog, up.clip_model, up.dataset_splits], kinds={"parquet"},
         description="The prompts of a class for a method, one per image to generate (3× the target's largest class): "
         "simple, no-whitespace simple, CLIP templates (sampled with replacement) or Sariyildiz families (equal counts, "
         "random Places365 backgrounds); cut to the text encoder's 77 tokens. For retrieval, the KNN query: the "
@@ -342,8 +342,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("excluded_classes",)),
-        group_name=GROUP, code_version=code_version("1", retrieval_methods), pool="duckdb",
-        deps=[augmentation_images, up.dataset_splits, up.class_catalog], kinds={"duckdb"},
+        group_name=GROUP, code_version=code_version("1", retrieval_methods),
+        deps=[augmentation_images, up.dataset_splits, up.class_catalog], kinds={"parquet"},
         description="Classes for which retrieval could not find n images that pass the filters. The paper excludes "
         "them from augmentation, training and evaluation for every method (10 ImageNet classes, 5 Caltech256).",
     )
@@ -365,7 +365,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(tables=("class_fidelity",)),
         group_name=GROUP, code_version=code_version("2"), pool="gpu",
-        deps=[augmentation_images, up.fidelity_classifier] + ([up.fidelity_judge] if profile.world else []), kinds={"pytorch", "duckdb"},
+        deps=[augmentation_images, up.fidelity_classifier] + ([up.fidelity_judge] if profile.world else []), kinds={"pytorch", "parquet"},
         description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "
         "(trained on labelled images of both domains) labels as the class they were made for — and target-domain "
         "recognizability — the share the classifier trained on the real target alone recognizes, i.e. how target-like "

@@ -426,7 +426,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
             "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in methods})),
             "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
         })) for asset, methods in candidates), up.dataset_splits],
-        kinds={"pytorch", "duckdb"},
+        kinds={"pytorch", "parquet"},
         description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier per candidate "
         "label (best val, best train, first epochs) trained on the target plus that candidate's images of every class, "
         "drawn like the method's replicate sets; the label with the highest VALIDATION top-1 is chosen (ties: the order "

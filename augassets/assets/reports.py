@@ -22,10 +22,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(tables=("results_table",)),
         group_name="reports",
         code_version=code_version("1", profile.methods, profile.classifier.replicates),
-        pool="duckdb",
         # The report also shows the excluded classes, class fidelity and near-duplicates where the profile has them.
         deps=[up.classifier_scores] + [getattr(up, name) for name in ("excluded_classes", "class_fidelity", "domain_match", "duplicate_summary") if hasattr(up, name)],
-        kinds={"duckdb", "csv"},
+        kinds={"parquet", "csv"},
         description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
         "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown report (with the excluded classes, and "
         "class fidelity, domain match and near-duplicate counts where those tables exist).",

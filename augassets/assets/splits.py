@@ -26,9 +26,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(tables=("dataset_splits", "split_skipped_files"), paths={"dataset_splits": "path"}),
         group_name="splits",
         code_version=code_version("1", profile.dataset, profile.split, profile.max_classes),
-        pool="duckdb",
         deps=[up.class_catalog],
-        kinds={"duckdb", "python"},
+        kinds={"parquet", "python"},
         description="Per class, a seeded draw of the target subsample (p%, class imbalance kept), a disjoint val "
         "subsample of the same size, a disjoint extra real subsample (real_2p) and the test split. Files that "
         "fail to decode are skipped and counted by reason.",
