@@ -266,11 +266,9 @@ def migrate_catalog(catalog: Path, warehouse: Warehouse) -> list[str]:
                 continue
             frame = pl.from_arrow(connection.sql(f'SELECT * FROM "{table}"').to_arrow_table())
             columns = [c for c in MIGRATION_COLUMNS if c in frame.columns]
-            if not columns or frame.is_empty():
-                warehouse.replace(table, frame)
-            else:
-                for values, part in frame.group_by(columns, maintain_order=True):
-                    warehouse.replace(table, part, dict(zip(columns, values)))
+            parts = frame.group_by(columns, maintain_order=True) if columns and not frame.is_empty() else [((), frame)]
+            for values, part in parts:  # the table has no files yet: each partition's file is simply written
+                warehouse._write(part, f"{warehouse.folder(table, dict(zip(columns, values)))}/{PART}")
             moved.append(table)
     if tables:
         warehouse.write_views(catalog)
