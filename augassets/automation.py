@@ -29,19 +29,24 @@ from .core.files import write_bytes_atomic
 AC = dg.AutomationCondition
 
 
-def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None, cron_timezone: str = "UTC") -> dg.AutomationCondition:
+def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None, cron_timezone: str = "UTC",
+                    by_data_version: Sequence[dg.AssetKey] = ()) -> dg.AutomationCondition:
     """True for a partition that is missing, whose code version changed, or one of whose upstream
     assets was updated since it last ran — unless it is running (alone or in a backfill) or an
     upstream is missing or running.
 
     ``ignore``: upstream assets whose updates do not make this asset stale (a per-class asset and
-    the catalog that gained a class: the class's own rows did not change). ``cron``: new work
-    (missing, code version changed) waits for the cron's next tick; updates of an upstream are
-    still followed at once, so a backfill's downstream does not wait a whole period."""
+    the catalog that gained a class: the class's own rows did not change). ``by_data_version``:
+    upstream assets that count as updated only when their data version changed (they return one
+    computed from their rows: a small table rewritten with the same rows changes nothing below).
+    ``cron``: new work (missing, code version changed) waits for the cron's next tick; updates of an
+    upstream are still followed at once, so a backfill's downstream does not wait a whole period."""
     ready = ~AC.in_progress() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()
     deps_updated = AC.any_deps_updated()
-    if ignore:
-        deps_updated = deps_updated.ignore(dg.AssetSelection.assets(*ignore))
+    if ignore or by_data_version:
+        deps_updated = deps_updated.ignore(dg.AssetSelection.assets(*ignore, *by_data_version))
+    if by_data_version:
+        deps_updated = deps_updated | AC.any_deps_match(AC.data_version_changed()).allow(dg.AssetSelection.assets(*by_data_version))
     upstream_updated = deps_updated.since_last_handled() & ready
     new_work = (AC.missing() | AC.code_version_changed().since_last_handled()) & ready
     label = "missing, code version changed or upstream updated"

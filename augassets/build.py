@@ -42,6 +42,11 @@ PER_CLASS_IGNORES = {
     name: ("class_catalog", "dataset_splits") for name in ("class_prompts", "augmentation_images", "personalized_models", "candidate_images", "unet_candidate_images")
 }
 
+# Upstreams that make their downstream stale only when their rows change (they return a data version
+# computed from them): excluded_classes is rewritten whenever any method's images are, and every
+# augmented set and classifier reads it, but its rows change only when a class is excluded or let back.
+BY_DATA_VERSION = ("excluded_classes",)
+
 
 def build_stages(profile: Profile) -> SimpleNamespace:
     """Every asset and check of ``profile``, by name."""
@@ -103,7 +108,7 @@ def condition_for(profile: Profile, key: dg.AssetKey, daemon: bool) -> dg.Automa
     definitions the UI and the daemon load); the headless command evaluates them without that wait."""
     ignore = [dg.AssetKey(name) for name in PER_CLASS_IGNORES.get(key.to_user_string(), ())]
     spec = profile.automation
-    return stale_condition(ignore, spec.cron if daemon else None, spec.cron_timezone)
+    return stale_condition(ignore, spec.cron if daemon else None, spec.cron_timezone, [dg.AssetKey(name) for name in BY_DATA_VERSION])
 
 
 def benchmark_keys(defs: dg.Definitions) -> list[dg.AssetKey]:

@@ -464,6 +464,34 @@ def test_a_new_class_leaves_the_existing_class_partitions_alone(private_state):
     assert {"web_pool", "excluded_classes", "augmented_datasets"} <= names
 
 
+def test_excluded_classes_rewritten_with_the_same_rows_leaves_every_set_and_classifier_alone(private_state):
+    """excluded_classes is rewritten whenever any method's images are (a method added to a home), and
+    every augmented set reads it: only a change of its rows (its data version) makes them stale."""
+    import os
+
+    profile, instance = private_state, dg.DagsterInstance.get()
+    cli_defs = build_defs(profile, daemon=False)
+    keys = cli.benchmark_keys(cli_defs)
+    cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
+    _, cursor = automation.evaluate(cli_defs, instance, keys, cursor)
+    excluded = automation.RunGroup((dg.AssetKey("excluded_classes"),), None)
+    automation.execute(cli_defs, instance, excluded, lambda *_: None)
+    requested, cursor = automation.evaluate(cli_defs, instance, keys, cursor)
+    assert not {key.to_user_string() for key in requested} & {"augmented_datasets", "classifier_scores", "results_table"}, requested
+
+    # One class's retrieval rows cut below the need: that class is now excluded, and every set follows.
+    db = Warehouse(profile.tables)
+    wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    rows = db.query("SELECT * FROM augmentation_manifest WHERE method = 'retrieval' AND wnid = ?", [wnid])
+    db.replace("augmentation_manifest", rows.head(1), where={"method": "retrieval", "wnid": wnid})
+    automation.execute(cli_defs, instance, excluded, lambda *_: None)
+    assert db.query("SELECT wnid FROM excluded_classes")["wnid"].to_list() == [wnid]
+    requested, _ = automation.evaluate(cli_defs, instance, keys, cursor)
+    graph = cli_defs.resolve_asset_graph()
+    every_set = set(graph.get(dg.AssetKey("augmented_datasets")).partitions_def.get_partition_keys())
+    assert {str(p) for p in requested.get(dg.AssetKey("augmented_datasets"), set())} == {str(p) for p in every_set}
+
+
 def _dagster_cli(*args: str) -> list[str]:
     import sys
 

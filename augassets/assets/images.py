@@ -2,6 +2,7 @@
 the personalized methods — the chosen checkpoint candidate's), class fidelity, and the classes
 retrieval cannot fill — excluded from every method (paper §3)."""
 
+import hashlib
 import math
 import os
 import shutil
@@ -319,8 +320,6 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset_check(asset=augmentation_images, description="Every materialized partition has n images, none NSFW-flagged in the pool, and no two identical files.")
     def augmentation_images_are_valid(warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.AssetCheckResult:
-        import hashlib
-
         db = warehouse.get()
         manifest = db.query("SELECT m.*, p.nsfw FROM augmentation_manifest m LEFT JOIN web_pool p USING (pool_id)") if db.has_table("web_pool") else db.query("SELECT *, false AS nsfw FROM augmentation_manifest")
         image_store.ensure(manifest["path"])
@@ -360,7 +359,12 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         table = catalog.join(counts, on="wnid", how="left").with_columns(pl.col("images").fill_null(0)).filter(pl.col("images") < n).sort("wnid")
         db.replace("excluded_classes", table)
         context.log.info(f"excluded classes: {table.height} ({', '.join(table['wnid']) or 'none'})")
-        return dg.MaterializeResult(metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"})
+        # The data version is the excluded wnids: what reads this table is stale only when they change.
+        version = hashlib.sha1(",".join(table["wnid"].to_list()).encode()).hexdigest()[:16]
+        return dg.MaterializeResult(
+            metadata={"excluded": table.height, "needed_per_class": n, "classes": dg.MetadataValue.md(frame_markdown(table)) if table.height else "none"},
+            data_version=dg.DataVersion(version),
+        )
 
     @dg.asset(
         metadata=outputs(tables=("class_fidelity",)),
