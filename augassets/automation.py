@@ -120,6 +120,16 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
     return [RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None) for sig, keys in groups.items()]
 
 
+def deferred(requested: dict[dg.AssetKey, set], groups: list[RunGroup]) -> dict[dg.AssetKey, set]:
+    """The requested partitions that ``groups`` (one evaluation's runs) leave for a later round."""
+    planned: dict[dg.AssetKey, set] = {}
+    for group in groups:
+        for key in group.keys:
+            planned.setdefault(key, set()).update({None} if group.partitions is None else group.partitions)
+    left = {key: set(partitions) - planned.get(key, set()) for key, partitions in requested.items()}
+    return {key: partitions for key, partitions in left.items() if partitions}
+
+
 def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
     """Group ``wanted`` into runs of consecutive keys of ``all_keys`` (one run per range)."""
     index = {key: i for i, key in enumerate(all_keys)}

@@ -191,7 +191,12 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             requested[key] = requested.get(key, set()) | partitions
         if not requested:
             break
-        for group in automation.plan_runs(defs, requested):
+        groups = automation.plan_runs(defs, requested)
+        # Requested partitions that wait for an upstream changing in this round stay pending: Dagster
+        # counts them as handled once requested, so the next evaluation alone may not ask for them again.
+        for key, partitions in automation.deferred(requested, groups).items():
+            pending[key] = pending.get(key, set()) | partitions
+        for group in groups:
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
             try:
@@ -200,7 +205,11 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
                 raise SystemExit(str(error)) from None
             ran.update(group.keys)
             for key in group.keys:
-                pending.pop(key, None)
+                left = pending.get(key, set()) - ({None} if group.partitions is None else set(group.partitions))
+                if left:
+                    pending[key] = left
+                else:
+                    pending.pop(key, None)
             say(f"  done in {time.perf_counter() - started:.1f} s")
     else:
         names = ", ".join(key.to_user_string() for key in requested)

@@ -13,20 +13,66 @@ from .core.files import write_bytes_atomic
 from .profiles import Profile
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+POSTGRES_ENV = "AUGASSETS_POSTGRES_URL"
+# Appended to the home's dagster.yaml while AUGASSETS_POSTGRES_URL is set: runs, event log and schedules
+# in Postgres. Dagster reads the URL from the environment when it opens the instance, so no password
+# is written to disk.
+POSTGRES_STORAGE = f"""
+# augassets: instance storage on Postgres ({POSTGRES_ENV} is set)
+storage:
+  postgres:
+    postgres_url:
+      env: {POSTGRES_ENV}
+"""
+
+
+class InstanceUnreachable(SystemExit):
+    """The instance's database did not answer; the message (a command's last line) names the setting."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    scheme, _, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else rest
+    return f"{scheme}://{rest}" if scheme else url
+
+
+def instance_yaml() -> bytes:
+    """The ``dagster.yaml`` a profile's Dagster home holds: the repository's, plus Postgres storage
+    when ``AUGASSETS_POSTGRES_URL`` is set."""
+    text = REPO_DAGSTER_YAML.read_text() if REPO_DAGSTER_YAML.is_file() else ""
+    return (text + POSTGRES_STORAGE if os.environ.get(POSTGRES_ENV) else text).encode()
 
 
 def ensure_dagster_home(profile: Profile) -> Path:
-    """The profile's Dagster home, holding a copy of the repository's ``dagster.yaml``, with its
-    storage created. Processes started together on a fresh home (a command, ``augassets ui``, the
-    daemon) would each create the SQLite tables and stamp their schema version, leaving tables
-    half-made or two version rows that break every later start; the first to take the home's
-    ``instance.lock`` creates them, the others wait and find them made."""
+    """The profile's Dagster home, holding the repository's ``dagster.yaml`` (with Postgres storage
+    while ``AUGASSETS_POSTGRES_URL`` is set), with its storage created. Processes started together on
+    a fresh home (a command, ``augassets ui``, the daemon) would each create the SQLite tables and
+    stamp their schema version, leaving tables half-made or two version rows that break every later
+    start; the first to take the home's ``instance.lock`` creates them, the others wait and find them
+    made. A ``dagster.yaml`` edited by hand is kept (only the repository's own versions are rewritten)."""
     home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
     home.mkdir(parents=True, exist_ok=True)
-    if REPO_DAGSTER_YAML.is_file() and not (home / "dagster.yaml").exists():
-        write_bytes_atomic(REPO_DAGSTER_YAML.read_bytes(), home / "dagster.yaml")
+    config, wanted = home / "dagster.yaml", instance_yaml()
+    ours = {REPO_DAGSTER_YAML.read_bytes() if REPO_DAGSTER_YAML.is_file() else b"", wanted}
+    if REPO_DAGSTER_YAML.is_file():
+        ours.add(REPO_DAGSTER_YAML.read_bytes() + POSTGRES_STORAGE.encode())
+    if not config.exists() or (config.read_bytes() in ours and config.read_bytes() != wanted):
+        write_bytes_atomic(wanted, config)
     os.environ["DAGSTER_HOME"] = str(home)
     with open(home / "instance.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        dg.DagsterInstance.get().get_runs(limit=1)  # opening the storage creates or migrates it
+        try:
+            dg.DagsterInstance.get().get_runs(limit=1)  # opening the storage creates or migrates it
+        except Exception as error:
+            url = os.environ.get(POSTGRES_ENV)
+            if not url:
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InstanceUnreachable(
+                f"the Dagster instance's Postgres at {POSTGRES_ENV}={redacted(url)} did not answer ({first}): start it, fix "
+                f"the URL, or unset {POSTGRES_ENV} to use the embedded SQLite instance"
+            ) from None
     return home

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from augassets import automation, cli
-from augassets.automation import ASSETS_TAG
+from augassets.automation import ASSETS_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from augassets.build import build_defs, build_stages
 from augassets.core.warehouse import Warehouse
 from augassets.profiles import IMAGE_FOLDER, PROFILES, SplitSpec, get_profile
@@ -490,6 +490,27 @@ def test_excluded_classes_rewritten_with_the_same_rows_leaves_every_set_and_clas
     graph = cli_defs.resolve_asset_graph()
     every_set = set(graph.get(dg.AssetKey("augmented_datasets")).partitions_def.get_partition_keys())
     assert {str(p) for p in requested.get(dg.AssetKey("augmented_datasets"), set())} == {str(p) for p in every_set}
+
+
+def test_one_methods_new_images_retrain_that_methods_classifiers_only(private_state):
+    """One method's images rebuilt (a partition deleted): its sets and classifiers retrain, even though
+    they wait a round for excluded_classes, which the new images rewrite; the other methods' do not,
+    since the excluded classes stay the same. Before, the waiting partitions were dropped and the
+    method kept its old scores."""
+    import shutil
+
+    profile = replace(private_state, methods=("real_p", "simple_prompt", "retrieval"))
+    instance = dg.DagsterInstance.get()
+    wnid = Warehouse(profile.tables).query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
+    shutil.rmtree(profile.home / "store" / "images" / "simple_prompt" / wnid)
+    before = {run.run_id for run in instance.get_runs()}
+    lines = []
+    cli.materialize(profile, cli.benchmark_keys, say=lines.append)
+    launched = [run for run in reversed(instance.get_runs()) if run.run_id not in before]
+    trained = [(run.tags.get(PARTITION_RANGE_START_TAG), run.tags.get(PARTITION_RANGE_END_TAG)) for run in launched
+               if "classifier_scores" in run.tags[ASSETS_TAG].split(",")]
+    assert trained == [("simple_prompt|0", "simple_prompt|1")], ("\n".join(lines), trained)
+    assert any(run.tags[ASSETS_TAG] == "excluded_classes" or "excluded_classes" in run.tags[ASSETS_TAG].split(",") for run in launched)
 
 
 def _dagster_cli(*args: str) -> list[str]:

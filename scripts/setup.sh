@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES="dataset-fashion-mnist wordnet-base chromium chromium-driver"
+DEBIAN_PACKAGES="dataset-fashion-mnist wordnet-base chromium chromium-driver postgresql"
 
 missing=""
 for package in $DEBIAN_PACKAGES; do
@@ -23,6 +23,7 @@ if [ -n "$missing" ]; then
     echo "  Fashion-MNIST: put the four *-ubyte.gz files in a folder and set AUGASSETS_FASHION_MNIST_DIR" >&2
     echo "  WordNet 3.0:   put its dict folder (data.noun, index.noun …) somewhere and set AUGASSETS_WORDNET_DIR" >&2
     echo "  Chromium:      only the browser test needs it; it is skipped without it" >&2
+    echo "  PostgreSQL:    the scale tests start a throwaway server from its binaries (/usr/lib/postgresql/<major>/bin)" >&2
   fi
 fi
 

@@ -1,0 +1,78 @@
+"""Real services for the scale tests: Debian's PostgreSQL on 127.0.0.1, on a free port, with a throwaway
+data folder, stopped and removed at the end, also when the test fails. ``scripts/setup.sh`` installs
+the Debian package; PostgreSQL refuses to run as root, so as root its commands run as the package's
+``postgres`` user."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def postgres_bin() -> Path:
+    """The newest PostgreSQL server's ``bin`` folder (Debian: ``/usr/lib/postgresql/<major>/bin``)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        raise ServiceError("PostgreSQL is not installed: run scripts/setup.sh (it installs Debian's postgresql)")
+    return Path(found[-1]).parent
+
+
+def _as_service_user() -> dict:
+    """Popen arguments that run a command as ``postgres`` when this process is root (the server
+    process itself, not a wrapper, so a signal to it reaches PostgreSQL)."""
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A running PostgreSQL with one database, ``augassets``: yields its URL."""
+    bin_dir, port = postgres_bin(), free_port()
+    folder = Path(tempfile.mkdtemp(prefix="augassets-postgres-"))
+    data, log = folder / "data", folder / "server.log"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    server = None
+    try:
+        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, text=True, cwd=folder, **_as_service_user())
+        with open(log, "w") as handle:
+            if os.geteuid() == 0:
+                shutil.chown(log, "postgres", "postgres")
+            # fsync off: a throwaway cluster; the socket directory is the data folder (not /run/postgresql).
+            server = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data), "-F"],
+                                      stdout=handle, stderr=subprocess.STDOUT, cwd=folder, **_as_service_user())
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"PostgreSQL did not start on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "augassets"], check=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/augassets"
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)  # "fast" shutdown: ends the sessions, then stops
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
