@@ -501,6 +501,8 @@ def test_one_methods_new_images_retrain_that_methods_classifiers_only(private_st
 
     profile = replace(private_state, methods=("real_p", "simple_prompt", "retrieval"))
     instance = dg.DagsterInstance.get()
+    # First whatever earlier tests of this module left stale (they rebuild the foundation in the shared state).
+    cli.materialize(profile, cli.benchmark_keys, say=lambda *_: None)
     wnid = Warehouse(profile.tables).query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     shutil.rmtree(profile.home / "store" / "images" / "simple_prompt" / wnid)
     before = {run.run_id for run in instance.get_runs()}
