@@ -12,8 +12,9 @@ that home.
 
 Requested partitions become runs: assets requested together with the same partitions run together
 (one run over many partitions, as the backfill policies allow), in the graph's order; an asset with
-an upstream that this round will change outside its run waits for the next evaluation, which
-requests it again because its upstream was updated — so nothing runs twice.
+an upstream that this round will change outside its run waits for a later round, and the command
+keeps it pending until it has run (Dagster counts a requested partition as handled, so a later
+evaluation need not ask for it again) — so nothing runs twice and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
     """The runs of one evaluation, in the graph's order: requested assets grouped by partitions
     definition and requested partitions. An asset waits for a later evaluation when one of its
     upstream assets outside its group is, or lies downstream of, a requested asset: that upstream
-    will change in this round, and the asset is requested again once it has (so nothing runs twice
-    and nothing reads inputs about to change). The topologically first requested asset never
-    waits, so every evaluation makes progress."""
+    will change in this round; the caller keeps the asset's partitions pending (:func:`deferred`)
+    and runs them in a later round (so nothing runs twice and nothing reads inputs about to
+    change). The topologically first requested asset never waits, so every evaluation makes
+    progress."""
     graph = defs.resolve_asset_graph()
     order = {key: i for i, key in enumerate(graph.toposorted_asset_keys)}
     changing = dg.AssetSelection.assets(*requested).downstream().resolve(graph)  # requested and all below them
