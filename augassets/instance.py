@@ -56,9 +56,8 @@ def ensure_dagster_home(profile: Profile) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     config, wanted = home / "dagster.yaml", instance_yaml()
-    ours = {REPO_DAGSTER_YAML.read_bytes() if REPO_DAGSTER_YAML.is_file() else b"", wanted}
-    if REPO_DAGSTER_YAML.is_file():
-        ours.add(REPO_DAGSTER_YAML.read_bytes() + POSTGRES_STORAGE.encode())
+    repo = REPO_DAGSTER_YAML.read_bytes() if REPO_DAGSTER_YAML.is_file() else b""
+    ours = {repo, repo + POSTGRES_STORAGE.encode()}  # the two versions this function writes
     if not config.exists() or (config.read_bytes() in ours and config.read_bytes() != wanted):
         write_bytes_atomic(wanted, config)
     os.environ["DAGSTER_HOME"] = str(home)

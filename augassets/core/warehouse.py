@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -190,10 +189,6 @@ class Warehouse:
             raise OSError(f"{first}: a table file is missing or damaged; `augassets benchmark` moves it aside and rebuilds what wrote it") from error
         finally:
             connection.close()
-
-    def rows(self, table: str) -> Iterator[pl.DataFrame]:
-        for path in self.files(table):
-            yield self._read(path)
 
     def write_views(self, path: str | Path) -> Path:
         """``path`` (``catalog.duckdb``): a DuckDB file of one view per table, for the DuckDB CLI
