@@ -14,11 +14,15 @@ Requested partitions become runs: assets requested together with the same partit
 (one run over many partitions, as the backfill policies allow), in the graph's order; an asset with
 an upstream that this round will change outside its run waits for a later round, and the command
 keeps it pending until it has run (Dagster counts a requested partition as handled, so a later
-evaluation need not ask for it again) — so nothing runs twice and nothing is dropped.
+evaluation need not ask for it again) — so nothing runs twice and nothing is dropped. The pending
+partitions are written beside the cursor before anything runs and rewritten as runs finish: a
+command that is killed or fails leaves them for the next command, which runs them whatever the
+conditions say (the cursor already holds the change that requested them).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,7 @@ PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 ASSETS_TAG = "augassets/assets"  # which assets a headless run materialized
 CURSOR_FILE = "automation_cursor.json"
+PENDING_FILE = "automation_pending.json"  # requested partitions not yet run: {asset key: [partition key or null]}
 
 
 def with_automation(asset: dg.AssetsDefinition, condition: dg.AutomationCondition) -> dg.AssetsDefinition:
@@ -90,6 +95,40 @@ def save_cursor(folder: Path, cursor) -> None:
     write_bytes_atomic(dg.serialize_value(cursor).encode(), folder / CURSOR_FILE)
 
 
+def load_pending(folder: Path, current: dict[dg.AssetKey, set]) -> tuple[dict[dg.AssetKey, set], dict[str, list]]:
+    """What an earlier command requested and did not run: (those of the partitions in ``current``
+    — every partition of the selected assets, {None} when unpartitioned — and the rest as stored,
+    for a later command whose selection or methods include them)."""
+    path = folder / PENDING_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    usable: dict[dg.AssetKey, set] = {}
+    aside: dict[str, list] = {}
+    for name, partitions in stored.items():
+        key = dg.AssetKey.from_user_string(name)
+        by_name = {None if p is None else str(p): p for p in current.get(key, ())}
+        found = {by_name[p] for p in partitions if p in by_name}
+        if found:
+            usable[key] = found
+        rest = [p for p in partitions if p not in by_name]
+        if rest:
+            aside[name] = rest
+    return usable, aside
+
+
+def save_pending(folder: Path, pending: dict[dg.AssetKey, set], aside: dict[str, list]) -> None:
+    """Write ``pending`` and ``aside`` (see :func:`load_pending`) atomically; nothing left: the file goes."""
+    stored = {name: list(partitions) for name, partitions in aside.items()}
+    for key, partitions in pending.items():
+        names = {None if p is None else str(p) for p in partitions} | set(stored.get(key.to_user_string(), ()))
+        if names:
+            stored[key.to_user_string()] = sorted(names, key=lambda p: p or "")
+    path = folder / PENDING_FILE
+    if stored:
+        write_bytes_atomic(json.dumps(stored, indent=1).encode(), path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], cursor=None):
     """The conditions of ``keys`` evaluated now: ({key: requested partitions}, new cursor)."""
     keys = list(keys)
@@ -102,8 +141,7 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
     """The runs of one evaluation, in the graph's order: requested assets grouped by partitions
     definition and requested partitions. An asset waits for a later evaluation when one of its
     upstream assets outside its group is, or lies downstream of, a requested asset: that upstream
-    will change in this round; the caller keeps the asset's partitions pending (:func:`deferred`)
-    and runs them in a later round (so nothing runs twice and nothing reads inputs about to
+    will change in this round; the caller keeps the asset's partitions pending and runs them in a later round (so nothing runs twice and nothing reads inputs about to
     change). The topologically first requested asset never waits, so every evaluation makes
     progress."""
     graph = defs.resolve_asset_graph()
@@ -120,16 +158,6 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
         if all(up in requested and signature(up) == signature(key) for up in upstream_changing):
             groups.setdefault(signature(key), []).append(key)
     return [RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None) for sig, keys in groups.items()]
-
-
-def deferred(requested: dict[dg.AssetKey, set], groups: list[RunGroup]) -> dict[dg.AssetKey, set]:
-    """The requested partitions that ``groups`` (one evaluation's runs) leave for a later round."""
-    planned: dict[dg.AssetKey, set] = {}
-    for group in groups:
-        for key in group.keys:
-            planned.setdefault(key, set()).update({None} if group.partitions is None else group.partitions)
-    left = {key: set(partitions) - planned.get(key, set()) for key, partitions in requested.items()}
-    return {key: partitions for key, partitions in left.items() if partitions}
 
 
 def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:

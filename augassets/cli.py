@@ -177,26 +177,31 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
         say("- class_catalog: materializing (it defines the class partitions)")
         automation.execute(defs, instance, automation.RunGroup((catalog,), None), say)
         ran.add(catalog)
-    # Partitions to run whatever their conditions say, kept until they have run (an asset that waits
-    # for its upstream in one round is requested again in the next): with --force every partition,
-    # and always those whose outputs are missing on disk (integrity.py).
-    pending = all_partitions(defs, instance, keys) if force else {}
+    # Partitions to run whatever their conditions say, kept until they have run: what an earlier
+    # command requested and did not run (it was killed or failed), with --force every partition, always
+    # those whose outputs are missing on disk (integrity.py), and what each evaluation requests (an
+    # asset that waits for its upstream in one round runs in a later one). Written before anything runs.
+    current = all_partitions(defs, instance, keys)
+    pending, aside = automation.load_pending(dagster_home, current)
+    if pending:
+        say("- resuming what an earlier command requested and did not finish: "
+            + ", ".join(f"{key.to_user_string()} ({len(p)})" for key, p in pending.items()))
+    if force:
+        for key, partitions in current.items():
+            pending[key] = pending.get(key, set()) | partitions
     for key, partitions in integrity.damaged_partitions(defs, instance, keys, default_resources(profile), say).items():
         pending[key] = pending.get(key, set()) | partitions
     cursor = automation.load_cursor(dagster_home)
     for _ in range(MAX_ROUNDS):
         requested, cursor = automation.evaluate(defs, instance, keys, cursor)
-        automation.save_cursor(dagster_home, cursor)
-        for key, partitions in pending.items():
-            requested[key] = requested.get(key, set()) | partitions
-        if not requested:
-            break
-        groups = automation.plan_runs(defs, requested)
-        # Requested partitions that wait for an upstream changing in this round stay pending: Dagster
-        # counts them as handled once requested, so the next evaluation alone may not ask for them again.
-        for key, partitions in automation.deferred(requested, groups).items():
+        for key, partitions in requested.items():
             pending[key] = pending.get(key, set()) | partitions
-        for group in groups:
+        automation.save_pending(dagster_home, pending, aside)  # before the cursor: a kill between them loses nothing
+        automation.save_cursor(dagster_home, cursor)
+        if not pending:
+            break
+        requested = {key: set(partitions) for key, partitions in pending.items()}
+        for group in automation.plan_runs(defs, requested):
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
             try:
@@ -210,6 +215,7 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
                     pending[key] = left
                 else:
                     pending.pop(key, None)
+            automation.save_pending(dagster_home, pending, aside)
             say(f"  done in {time.perf_counter() - started:.1f} s")
     else:
         names = ", ".join(key.to_user_string() for key in requested)

@@ -267,6 +267,36 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     assert sum("up to date" in line for line in lines) == len(cli.benchmark_keys(changed_defs))
 
 
+def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_next(private_state, monkeypatch):
+    """Dagster counts a requested partition as handled, and the cursor already holds the change that
+    requested it: a command that dies before its runs finish must not turn that work into "up to
+    date". The pending partitions are on disk before anything runs; the next command runs them."""
+    import os
+
+    changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
+    home = Path(os.environ["DAGSTER_HOME"])
+    real_execute = automation.execute
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies as the first run starts
+
+    monkeypatch.setattr(automation, "execute", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
+    assert (home / automation.PENDING_FILE).is_file()
+    monkeypatch.setattr(automation, "execute", real_execute)
+
+    instance = dg.DagsterInstance.get()
+    before = {run.run_id for run in instance.get_runs()}
+    lines = []
+    cli.materialize(changed, cli.benchmark_keys, say=lines.append)
+    assert any(line.startswith("- resuming what an earlier command requested and did not finish: leak_threshold (1)") for line in lines), lines
+    launched = [run for run in instance.get_runs() if run.run_id not in before]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table"]
+    assert Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0] >= 0.9
+    assert not (home / automation.PENDING_FILE).exists(), "nothing is left pending once it has run"
+
+
 def _folder_profile(root):
     dataset = replace(IMAGE_FOLDER, default_root=str(root), root_env="AUGASSETS_TEST_UNSET_DIR")
     return replace(SMOKE, dataset=dataset, split=SplitSpec(train_fraction=0.2, seed=4))
