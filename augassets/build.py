@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import dagster as dg
 
-from . import sensors
+from . import scale, sensors
 from .assets import (
     calibration,
     catalog,
@@ -135,9 +135,7 @@ def build_defs(profile: Profile, daemon: bool = True) -> dg.Definitions:
         for key in a.keys if key.to_user_string() not in CALIBRATION_ONLY
     ]
     automation_sensors = [sensors.scheduled_backfill(profile, targets), sensors.new_classes(profile, [built.class_catalog, built.dataset_splits])]
-    # A run's steps execute one after another in the run's own process: on this study's graph the pools
-    # serialize the heavy steps anyway, and a process per step would import torch once more per step.
     return dg.Definitions(
         assets=assets, asset_checks=checks, jobs=_jobs(built), sensors=automation_sensors, resources=default_resources(profile),
-        executor=dg.in_process_executor,
+        executor=scale.executor(),  # in the run's process, or Celery workers with AUGASSETS_CELERY_BROKER set
     )

@@ -25,6 +25,7 @@ import dagster as dg
 
 from . import automation, integrity
 from .build import benchmark_keys, build_defs
+from .core.files import write_bytes_atomic
 from .core.report import results_report
 from .core.warehouse import Warehouse, migrate_catalog
 from .instance import ensure_dagster_home
@@ -280,6 +281,29 @@ def daemon(profile: Profile, start: list[str]) -> int:
     return run_in_foreground([_dagster_command("dagster-daemon"), "run", *_workspace_args()])
 
 
+def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> int:
+    """A Celery worker serving ``queue`` (``gpu`` or ``dagster``) for the runs of this profile's
+    instance: ``dagster-celery worker start`` with the executor's own configuration (scale.py). One per
+    GPU on the ``gpu`` queue with concurrency 1, its device chosen by ``CUDA_VISIBLE_DEVICES``."""
+    from . import scale
+
+    broker = scale.celery_broker()
+    if not broker:
+        raise SystemExit(f"augassets worker: set {scale.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. redis://127.0.0.1:6379/0); "
+                         "the webserver and the daemon need the same setting")
+    scale.check_broker(broker)
+    home = ensure_dagster_home(profile)
+    os.environ[PROFILE_ENV] = profile.name
+    config = home / "celery_worker.yaml"
+    write_bytes_atomic(scale.worker_yaml().encode(), config)
+    name = name or f"{queue}-{os.getpid()}"
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    print(f"Celery worker {name} on queue {queue} (concurrency {concurrency}, CUDA_VISIBLE_DEVICES={devices}) for profile "
+          f"{profile.name}; broker {scale.redacted(broker)}", flush=True)
+    return run_in_foreground([_dagster_command("dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
+                              "-q", queue, "-n", name, "--", f"--concurrency={concurrency}", "--pool=prefork"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="augassets", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", help=f"profile name (default: ${PROFILE_ENV} or mini)")
@@ -294,7 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     daemon_parser = sub.add_parser("daemon", help="run the Dagster daemon (sensors, backfills, run queue) on this profile's instance")
     daemon_parser.add_argument("--start", nargs="*", choices=SENSORS, default=[], metavar="SENSOR",
                                help=f"start these sensors first ({', '.join(SENSORS)}); they stay started")
+    worker_parser = sub.add_parser("worker", help="run a Celery worker for the steps of launched runs (AUGASSETS_CELERY_BROKER)")
+    worker_parser.add_argument("--queue", default="gpu", choices=["gpu", "dagster"],
+                               help="gpu: training, fine-tuning, generation (one worker per GPU); dagster: every other step")
+    worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
+    worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")
     args = parser.parse_args(argv)
+    if args.command == "worker":  # before the model libraries: a worker imports them per task
+        if args.profile:
+            os.environ[PROFILE_ENV] = args.profile
+        return worker(get_profile(), args.queue, args.concurrency, args.name)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -26,6 +26,18 @@ storage:
 """
 
 
+CELERY_ENV = "AUGASSETS_CELERY_BROKER"  # scale.CELERY_BROKER_ENV (scale.py imports this module)
+# Appended while AUGASSETS_CELERY_BROKER is set: a run that fails because a Celery worker died (not
+# because a step raised) is re-executed from its failure, at most twice, by the daemon.
+RUN_RETRIES = f"""
+# augassets: runs whose worker died are retried ({CELERY_ENV} is set)
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
+"""
+
+
 class InstanceUnreachable(SystemExit):
     """The instance's database did not answer; the message (a command's last line) names the setting."""
 
@@ -39,16 +51,19 @@ def redacted(url: str) -> str:
     return f"{scheme}://{rest}" if scheme else url
 
 
-def instance_yaml() -> bytes:
+def instance_yaml(postgres: bool | None = None, celery: bool | None = None) -> bytes:
     """The ``dagster.yaml`` a profile's Dagster home holds: the repository's, plus Postgres storage
-    when ``AUGASSETS_POSTGRES_URL`` is set."""
+    when ``AUGASSETS_POSTGRES_URL`` is set and run retries when ``AUGASSETS_CELERY_BROKER`` is
+    (``postgres``, ``celery``: instead of the environment)."""
+    postgres = bool(os.environ.get(POSTGRES_ENV)) if postgres is None else postgres
+    celery = bool(os.environ.get(CELERY_ENV)) if celery is None else celery
     text = REPO_DAGSTER_YAML.read_text() if REPO_DAGSTER_YAML.is_file() else ""
-    return (text + POSTGRES_STORAGE if os.environ.get(POSTGRES_ENV) else text).encode()
+    return (text + (POSTGRES_STORAGE if postgres else "") + (RUN_RETRIES if celery else "")).encode()
 
 
 def ensure_dagster_home(profile: Profile) -> Path:
     """The profile's Dagster home, holding the repository's ``dagster.yaml`` (with Postgres storage
-    while ``AUGASSETS_POSTGRES_URL`` is set), with its storage created. Processes started together on
+    and run retries as the environment asks, :func:`instance_yaml`), with its storage created. Processes started together on
     a fresh home (a command, ``augassets ui``, the daemon) would each create the SQLite tables and
     stamp their schema version, leaving tables half-made or two version rows that break every later
     start; the first to take the home's ``instance.lock`` creates them, the others wait and find them
@@ -56,8 +71,7 @@ def ensure_dagster_home(profile: Profile) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     config, wanted = home / "dagster.yaml", instance_yaml()
-    repo = REPO_DAGSTER_YAML.read_bytes() if REPO_DAGSTER_YAML.is_file() else b""
-    ours = {repo, repo + POSTGRES_STORAGE.encode()}  # the two versions this function writes
+    ours = {instance_yaml(postgres, celery) for postgres in (False, True) for celery in (False, True)}  # the versions written here
     if not config.exists() or (config.read_bytes() in ours and config.read_bytes() != wanted):
         write_bytes_atomic(wanted, config)
     os.environ["DAGSTER_HOME"] = str(home)

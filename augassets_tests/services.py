@@ -1,5 +1,5 @@
-"""Real services for the scale tests: Debian's PostgreSQL on 127.0.0.1, on a free port, with a throwaway
-data folder, stopped and removed at the end, also when the test fails. ``scripts/setup.sh`` installs
+"""Real services for the scale tests: Debian's PostgreSQL and Redis on 127.0.0.1, each on a free port
+with a throwaway data folder, stopped and removed at the end, also when the test fails. ``scripts/setup.sh`` installs
 the Debian package; PostgreSQL refuses to run as root, so as root its commands run as the package's
 ``postgres`` user."""
 
@@ -70,6 +70,46 @@ def postgres() -> Iterator[str]:
     finally:
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGINT)  # "fast" shutdown: ends the sessions, then stops
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis() -> Iterator[str]:
+    """A running Redis (no persistence): yields its URL (database 0)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceError("Redis is not installed: run scripts/setup.sh (it installs Debian's redis-server)")
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="augassets-redis-"))
+    log = folder / "server.log"
+    server = None
+    try:
+        with open(log, "w") as handle:
+            server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
+                                       "--appendonly", "no", "--protected-mode", "yes"], stdout=handle, stderr=subprocess.STDOUT, cwd=folder)
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                probe.settimeout(0.5)
+                try:
+                    probe.connect(("127.0.0.1", port))
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(16).startswith(b"+PONG"):
+                        break
+                except OSError:
+                    pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"Redis did not start on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:

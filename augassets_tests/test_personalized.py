@@ -304,3 +304,25 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     metadata = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("personalized_models")).asset_materialization.metadata
     assert "loss_curves" in metadata and metadata["loss_curves"].value.startswith("![loss curves](data:image/png;base64,")
     assert metadata["runs"].value >= 1
+
+
+def test_a_run_with_other_settings_has_its_own_folder_and_the_recorded_one_is_replaced_only_when_done(tmp_path):
+    """⑥ at k = 15 killed part-way, then k = 1: before, both used the class's one folder, so the k = 1
+    run refused the k = 15 resume state (or deleted the checkpoints the recorded rows point at). Each
+    setting now has its own run folder; once a run is recorded, the finished runs beside it go, and an
+    unfinished run of other settings (it has a resume state) stays to resume."""
+    from augassets.assets.personalized import drop_other_runs, run_folder
+
+    signature = {"method": "ft_cluster_conditioning", "wnid": "n01440764", "spec": {"lr": 0.01}, "weights": "tiny"}
+    k1, k15, k5 = (run_folder(tmp_path, {**signature, "k": k}) for k in (1, 15, 5))
+    assert len({k1, k15, k5}) == 3 and k1 == run_folder(tmp_path, {**signature, "k": 1})
+    (k15 / "cluster_3").mkdir(parents=True)
+    (k15 / "cluster_3" / "resume.pt").write_bytes(b"state")  # killed part-way
+    (k5 / "cluster_0").mkdir(parents=True)
+    (k5 / "cluster_0" / "epoch_002.safetensors").write_bytes(b"weights")  # the earlier recorded run
+    (tmp_path / "epoch_001.safetensors").write_bytes(b"weights")  # an earlier version's layout: no run folder
+    k1.mkdir()
+    said = []
+    drop_other_runs(k1, said.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([k1.name, k15.name])
+    assert len(said) == 2 and all("no longer recorded" in line for line in said)

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-DEBIAN_PACKAGES="dataset-fashion-mnist wordnet-base chromium chromium-driver postgresql"
+DEBIAN_PACKAGES="dataset-fashion-mnist wordnet-base chromium chromium-driver postgresql redis-server"
 
 missing=""
 for package in $DEBIAN_PACKAGES; do
@@ -24,6 +24,7 @@ if [ -n "$missing" ]; then
     echo "  WordNet 3.0:   put its dict folder (data.noun, index.noun …) somewhere and set AUGASSETS_WORDNET_DIR" >&2
     echo "  Chromium:      only the browser test needs it; it is skipped without it" >&2
     echo "  PostgreSQL:    the scale tests start a throwaway server from its binaries (/usr/lib/postgresql/<major>/bin)" >&2
+    echo "  Redis:         the Celery scale test starts a throwaway redis-server (on PATH)" >&2
   fi
 fi
 

@@ -25,6 +25,7 @@ from ..core.report import frame_markdown
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
+from ..scale import ON_GPU
 from ..versions import code_version
 from .classifier import labeled_images
 
@@ -77,7 +78,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("judge_accuracy", "domain_transfer"), files=(f"models/{JUDGE_CHECKPOINT}",)),
-        group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), **ON_GPU,
         deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "parquet"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
@@ -146,7 +147,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("domain_oracle",)),
-        group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", profile.classifier, profile.split), **ON_GPU,
         deps=[up.web_pool, up.dataset_splits], kinds={"pytorch", "parquet"},
         description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, per class, as "
         "many pool images of that class by ground truth (web_pool_truth) as the target has — a property of the world: "

@@ -14,6 +14,7 @@ from ..integrity import outputs
 from ..partitions import method_replicate_partitions
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
+from ..scale import ON_GPU
 from ..versions import code_version
 
 SCORE_SCHEMA = {
@@ -46,7 +47,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(rows="classifier_scores", files=("models/classifiers/{method}/replicate_{replicate}.safetensors",)),
         group_name="classifier",
         code_version=code_version("1", profile.classifier, profile.split.seed),
-        pool="gpu",
+        **ON_GPU,
         deps=[up.augmented_datasets],  # the same method × replicate partitions: one set per classifier
         partitions_def=method_replicate_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -135,7 +136,7 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(files=("models/fidelity_classifier.safetensors",)),
         group_name="classifier",
         code_version=code_version("1", profile.classifier, profile.split.seed),
-        pool="gpu",
+        **ON_GPU,
         deps=[up.dataset_splits],
         kinds={"pytorch"},
         description="A classifier trained on the real target split alone (the protocol's real_p run, seed 0), "

@@ -15,6 +15,7 @@ from ..integrity import outputs
 from ..partitions import image_method_keys
 from ..profiles import Profile
 from ..resources import ClipEncoderResource, ImageStoreResource, WarehouseResource
+from ..scale import ON_GPU
 from ..versions import code_version
 
 REFERENCE = "real_extra (reference)"
@@ -28,7 +29,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("domain_match",)),
-        group_name="images", code_version=code_version("1", profile.split.seed), pool="gpu",
+        group_name="images", code_version=code_version("1", profile.split.seed), **ON_GPU,
         deps=[up.augmentation_images, up.dataset_splits, up.clip_model], kinds={"pytorch", "parquet"},
         description="Domain match per method, one figure that does not depend on the method: the held-out accuracy "
         "of a linear classifier telling the target domain's images (target and val splits) from the method's "

@@ -28,6 +28,7 @@ from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
+from ..scale import ON_GPU
 from ..versions import code_version
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
 
     @dg.asset(
         metadata=outputs(files=("models/clip",)),
-        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[up.web_pool], pool="gpu",
+        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[up.web_pool], **ON_GPU,
         kinds={"pytorch", "transformers"},
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
         "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
@@ -225,7 +226,7 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
         metadata=outputs(files=("models/vae",)),
         group_name=GROUP, code_version=code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels,
         world.diffusion.vae_epochs, world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size),
-        deps=[up.web_pool], pool="gpu", kinds={"pytorch", "diffusers"},
+        deps=[up.web_pool], **ON_GPU, kinds={"pytorch", "diffusers"},
         description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
     )
@@ -281,7 +282,7 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     @dg.asset(
         metadata=outputs(files=("models/unet",)),
         group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[up.vae, up.clip_model, up.web_pool],
-        pool="gpu", kinds={"pytorch", "diffusers"},
+        **ON_GPU, kinds={"pytorch", "diffusers"},
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
         "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
     )
@@ -325,7 +326,7 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
     @dg.asset(
         metadata=outputs(files=("models/stable_diffusion",)),
         group_name=GROUP, code_version=code_version("3", world.diffusion.scheduler),
-        deps=[up.vae, up.unet, up.clip_model, up.pool_index], pool="gpu", kinds={"diffusers"},
+        deps=[up.vae, up.unet, up.clip_model, up.pool_index], **ON_GPU, kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
         "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
         "StableDiffusionImg2ImgPipeline.from_pretrained. The safety checker's NSFW concept and threshold are "
@@ -377,7 +378,7 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
 
     @dg.asset(
         group_name=GROUP, code_version=code_version("1", world.diffusion.samples_per_class),
-        deps=[up.diffusion_model, up.fidelity_judge, up.fidelity_classifier], pool="gpu", kinds={"diffusers", "pytorch"},
+        deps=[up.diffusion_model, up.fidelity_judge, up.fidelity_classifier], **ON_GPU, kinds={"diffusers", "pytorch"},
         description="Simple-prompt samples of the mini Stable Diffusion (a grid, one row per class), loaded the way "
         "every generation stage loads it, and their class fidelity by the unbiased judge (relative to the judge's own "
         "accuracy on held-out web-domain images) beside their target-domain recognizability.",

@@ -36,6 +36,7 @@ from ..resources import (
     KnnIndexResource,
     WarehouseResource,
 )
+from ..scale import ON_GPU
 from ..versions import code_version
 
 GROUP = "images"
@@ -142,7 +143,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
-        group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), pool="gpu",
+        group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), **ON_GPU,
         partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits, *selection_deps],
@@ -368,7 +369,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("class_fidelity",)),
-        group_name=GROUP, code_version=code_version("2"), pool="gpu",
+        group_name=GROUP, code_version=code_version("2"), **ON_GPU,
         deps=[augmentation_images, up.fidelity_classifier] + ([up.fidelity_judge] if profile.world else []), kinds={"pytorch", "parquet"},
         description="Per method and class: class fidelity — the share of a method's augmentation images the unbiased judge "
         "(trained on labelled images of both domains) labels as the class they were made for — and target-domain "

@@ -12,9 +12,12 @@ everything downstream (duplicates, fidelity, datasets, classifiers) sees one set
 """
 
 
+import hashlib
+import json
 import shutil
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
@@ -48,6 +51,7 @@ from ..resources import (
     ImageStoreResource,
     WarehouseResource,
 )
+from ..scale import ON_GPU
 from ..versions import code_version
 
 GROUP = "personalized"
@@ -96,6 +100,23 @@ def candidate_rank(label: str) -> int:
     return ranks[label] if label in ranks else 1 + int(label.removeprefix("epoch_"))
 
 
+def run_folder(parent: Path, signature: dict) -> Path:
+    """A fine-tuning run's folder under ``parent`` (a class's or a method's): named by its settings, so
+    a run with other settings (another k, learning rate, weights) never touches the checkpoints that
+    the recorded rows point at, and its own resume state waits for it in its own folder."""
+    digest = hashlib.sha1(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return parent / f"run_{digest}"
+
+
+def drop_other_runs(folder: Path, say) -> None:
+    """Once ``folder``'s run is recorded: delete the other runs beside it (their rows are replaced),
+    except those with a resume state (a run of other settings, stopped part-way, can still resume)."""
+    for other in folder.parent.iterdir():
+        if other != folder and not any(other.rglob("resume.pt")):
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+            say(f"deleted {other.name}: checkpoints of an earlier run, no longer recorded")
+
+
 def _set_folder(epochs: tuple[int, ...]) -> str:
     """The folder of one candidate image set: its checkpoint epoch (one per cluster)."""
     return "epochs_" + "-".join(f"{e:03d}" for e in epochs)
@@ -138,7 +159,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
-        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.class_catalog, up.dataset_splits, up.diffusion_model, up.clip_model], kinds={"pytorch", "safetensors"},
         description="Per class × personalized method, the fine-tuned conditioning(s) or pseudo-word, trained with SD's "
@@ -179,9 +200,10 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             image_store.ensure(split["target"] + split["val"], context.log.info)
             images = ClassImages(split["target"], split["val"], image_size)
             run_spec = finetune_spec(spec, builder)
-            folder = image_store.path("personalized", method, wnid)
             signature = {"method": method, "wnid": wnid, "spec": asdict(run_spec), "train": len(images.train), "val": len(images.val),
                          "weights": diffusion_backend.weights}
+            folder = run_folder(image_store.path("personalized", method, wnid),
+                                {**signature, "k": spec.clusters} if builder == CLUSTER_CONDITIONING else signature)
             say = lambda line, k=key: context.log.info(f"personalized_models[{k}] {line}")  # noqa: E731
             if builder == CLUSTER_CONDITIONING and clip is None:
                 clip = clip_encoder.load()[0]
@@ -206,6 +228,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method, "wnid": wnid})
             for result, _ in runs:  # recorded: a later materialization starts over instead of resuming this finished run
                 (result.folder / "resume.pt").unlink(missing_ok=True)
+            drop_other_runs(folder, say)
             histories += history
             seconds = sum(r.seconds for r, _ in runs)
             summary.append({
@@ -269,7 +292,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
 
     @dg.asset(
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP, code_version=code_version("1", profile.generation), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))], kinds={"pytorch", "parquet"},
         description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
@@ -298,7 +321,7 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
-        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), **ON_GPU,
         partitions_def=methods, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.class_catalog, up.dataset_splits, up.diffusion_model], kinds={"pytorch", "diffusers", "safetensors"},
         description="Per personalized method that fine-tunes the diffusion model, one run over every class's target images "
@@ -336,10 +359,10 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
                 classes.append(ft.JointClass(row["wnid"], simple_prompt_nows(row["name"]), row["lemmas"][0],
                                              ft.ClassImages(split["target"], split["val"], image_size)))
             run_spec = finetune_spec(spec, builder)
-            folder = image_store.path("personalized", method)
             signature = {"method": method, "classes": [c.wnid for c in classes], "spec": asdict(run_spec), "unet_lr": spec.unet_lr,
                          "train": sum(len(c.images.train) for c in classes), "val": sum(len(c.images.val) for c in classes),
                          "weights": diffusion_backend.weights}
+            folder = run_folder(image_store.path("personalized", method), signature)
             templates = textual_inversion_templates() if builder in WORD_BUILDERS else None
             say = lambda line, m=method: context.log.info(f"personalized_unets[{m}] {line}")  # noqa: E731
             try:
@@ -360,6 +383,7 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             db.replace("finetune_checkpoints", pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA), where={"method": method})
             db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method})
             (folder / ft.RESUME_FILE).unlink(missing_ok=True)  # recorded: a later materialization starts over
+            drop_other_runs(folder, say)
             image_store.publish("personalized", method)
             histories += history
             summary.append({
@@ -392,7 +416,7 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
 
     @dg.asset(
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP, code_version=code_version("1", profile.generation), pool="gpu",
+        group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[dg.AssetDep(personalized_unets, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
               dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))],
@@ -420,7 +444,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
 
     @dg.asset(
         metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
-        group_name=GROUP, code_version=code_version("2", profile.classifier, profile.split.seed, profile.generation.seed), pool="gpu",
+        group_name=GROUP, code_version=code_version("2", profile.classifier, profile.split.seed, profile.generation.seed), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[*(dg.AssetDep(asset, partition_mapping=dg.MultiPartitionMapping({
             "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in methods})),

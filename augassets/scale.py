@@ -1,0 +1,88 @@
+"""Where steps execute: in their run's process (the default), or as Celery tasks on workers.
+
+With ``AUGASSETS_CELERY_BROKER`` set (a Redis URL, ``redis://host:6379/0``), the definitions use
+dagster-celery's executor: every step of a run that the daemon or the UI launches is a Celery task.
+Steps of the ``gpu`` pool (training, fine-tuning, generation, embedding) carry the tag
+``dagster-celery/queue: gpu`` and go to the ``gpu`` queue, served by one worker per GPU with
+concurrency 1 (``augassets worker --queue gpu``); the other steps go to dagster-celery's default
+queue, ``dagster``. The headless command (``augassets benchmark``) always runs in its own process.
+
+Celery settings (``CELERY_SETTINGS``): a task is acknowledged when it ends, not when a worker takes
+it, and each worker takes one task at a time, so a worker that dies mid-step loses nothing that
+another task could have run; the step itself fails with the worker's error (``WorkerLostError``),
+and the run fails naming it. Dagster's run retries (``run_retries`` in the instance's
+``dagster.yaml``, written there while the broker is set: instance.py) re-execute the failed steps in a new run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from .instance import CELERY_ENV, redacted
+
+CELERY_BROKER_ENV = CELERY_ENV  # Redis URL of the Celery broker; unset: steps run in process
+CELERY_BACKEND_ENV = "AUGASSETS_CELERY_BACKEND"  # Celery result backend; unset: the broker's URL
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "dagster"  # dagster-celery's own default queue
+QUEUE_TAG = "dagster-celery/queue"
+
+# The asset keyword arguments of a step that needs the accelerator: the gpu pool (one at a time per
+# GPU, enforced by Dagster) and, under Celery, the gpu queue.
+ON_GPU = {"pool": "gpu", "op_tags": {QUEUE_TAG: GPU_QUEUE}}
+
+CELERY_SETTINGS = {
+    "task_acks_late": True,  # acknowledged when done: a task taken by a worker that dies is not lost
+    "worker_prefetch_multiplier": 1,  # a worker holds one task at a time
+    "task_track_started": True,
+    "broker_connection_retry_on_startup": True,
+    "broker_connection_max_retries": 3,  # an unreachable broker fails the run in seconds, not hours
+    "result_expires": 86400,
+}
+
+
+class BrokerUnreachable(SystemExit):
+    """The Celery broker cannot be reached: one line naming the setting."""
+
+
+def celery_broker() -> str | None:
+    return os.environ.get(CELERY_BROKER_ENV, "").strip() or None
+
+
+def executor_config() -> dict:
+    """dagster-celery's executor configuration: broker and backend read from the environment (so the
+    URLs, passwords included, stay out of run configs and the UI)."""
+    backend_env = CELERY_BACKEND_ENV if os.environ.get(CELERY_BACKEND_ENV, "").strip() else CELERY_BROKER_ENV
+    return {"broker": {"env": CELERY_BROKER_ENV}, "backend": {"env": backend_env}, "config_source": dict(CELERY_SETTINGS)}
+
+
+def executor() -> dg.ExecutorDefinition:
+    """The definitions' executor: Celery when ``AUGASSETS_CELERY_BROKER`` is set, else in process (a
+    run's steps one after another in its own process: the pools serialize the heavy steps anyway, and
+    a process per step would import torch once more per step)."""
+    if not celery_broker():
+        return dg.in_process_executor
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(executor_config(), name="celery")
+
+
+def worker_yaml() -> str:
+    """The ``-y`` file of ``dagster-celery worker start``: the same executor configuration the runs use."""
+    import yaml
+
+    return yaml.safe_dump({"execution": {"config": executor_config()}}, sort_keys=False)
+
+
+def check_broker(url: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`BrokerUnreachable` unless a Redis server answers at ``url``."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
+    except (redis.exceptions.RedisError, ValueError, OSError) as error:
+        raise BrokerUnreachable(
+            f"the Celery broker at {CELERY_BROKER_ENV}={redacted(url)} does not answer ({str(error).splitlines()[0][:160]}): "
+            f"start Redis there, fix the URL, or unset {CELERY_BROKER_ENV} to run steps in process"
+        ) from None
