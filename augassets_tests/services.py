@@ -42,6 +42,18 @@ def _as_service_user() -> dict:
     return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
 
 
+def _stop(server: subprocess.Popen | None, how: int) -> None:
+    """Stop ``server`` with the signal ``how``; SIGKILL after 20 s."""
+    if server is None or server.poll() is not None:
+        return
+    server.send_signal(how)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A running PostgreSQL with one database, ``augassets``: yields its URL."""
@@ -68,13 +80,7 @@ def postgres() -> Iterator[str]:
         subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "augassets"], check=True)
         yield f"postgresql://postgres@127.0.0.1:{port}/augassets"
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)  # "fast" shutdown: ends the sessions, then stops
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        _stop(server, signal.SIGINT)  # PostgreSQL's "fast" shutdown: ends the sessions, then stops
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -108,11 +114,5 @@ def redis() -> Iterator[str]:
             time.sleep(0.1)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        _stop(server, signal.SIGTERM)
         shutil.rmtree(folder, ignore_errors=True)
