@@ -296,6 +296,8 @@ def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> 
     os.environ[PROFILE_ENV] = profile.name
     config = home / "celery_worker.yaml"
     write_bytes_atomic(scale.worker_yaml().encode(), config)
+    # dagster-celery starts `celery` from PATH: this environment's, activated or not.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     name = name or f"{queue}-{os.getpid()}"
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     print(f"Celery worker {name} on queue {queue} (concurrency {concurrency}, CUDA_VISIBLE_DEVICES={devices}) for profile "

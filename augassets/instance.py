@@ -28,13 +28,18 @@ storage:
 
 CELERY_ENV = "AUGASSETS_CELERY_BROKER"  # scale.CELERY_BROKER_ENV (scale.py imports this module)
 # Appended while AUGASSETS_CELERY_BROKER is set: a run that fails because a Celery worker died (not
-# because a step raised) is re-executed from its failure, at most twice, by the daemon.
+# because a step raised) is re-executed from its failure, at most twice, by the daemon; the pool
+# slots of the dead step (it never reported its end) are freed 5 s after its run ended.
 RUN_RETRIES = f"""
-# augassets: runs whose worker died are retried ({CELERY_ENV} is set)
+# augassets: runs whose worker died are retried, their pool slots freed ({CELERY_ENV} is set)
 run_retries:
   enabled: true
   max_retries: 2
   retry_on_asset_or_op_failure: false
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 5
+  free_slots_after_run_end_seconds: 5
 """
 
 

@@ -97,7 +97,8 @@ def redis() -> Iterator[str]:
     try:
         with open(log, "w") as handle:
             server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
-                                       "--appendonly", "no", "--protected-mode", "yes"], stdout=handle, stderr=subprocess.STDOUT, cwd=folder)
+                                       "--appendonly", "no", "--protected-mode", "yes",
+                                       "--proc-title-template", "{title} {listen-addr} augassets-redis"], stdout=handle, stderr=subprocess.STDOUT, cwd=folder)
         deadline = time.monotonic() + 30
         while True:
             with socket.socket() as probe:

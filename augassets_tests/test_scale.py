@@ -1,5 +1,6 @@
-"""Scale-out on real services: the Dagster instance on a real PostgreSQL (Debian's, started here on
-127.0.0.1 with a throwaway data folder and stopped at the end)."""
+"""Scale-out on real services: the Dagster instance on a real PostgreSQL and steps on Celery workers
+with a real Redis as broker (Debian's, started here on 127.0.0.1 with throwaway data folders and
+stopped at the end, also on failure)."""
 
 import os
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 
 from augassets.core.warehouse import Warehouse
 
-from .services import free_port, postgres
+from .services import free_port, postgres, redis
 
 SCORES = "SELECT method, replicate, test_top1, best_epoch FROM classifier_scores WHERE method IN ('real_p', 'real_2p') ORDER BY method, replicate"
 
@@ -60,9 +61,108 @@ def test_an_unreachable_instance_database_is_one_line_naming_the_setting(tmp_pat
     assert "secret" not in done.stdout + done.stderr
 
 
+def _wait_for(predicate, what: str, timeout: float, logs: Path):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    tails = "\n".join(f"== {log.name}\n{log.read_text()[-1500:]}" for log in sorted(logs.glob("*.log")))
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def _pool_process(worker_group: int) -> int:
+    """The pid of the process running a Celery worker's task: the child of the worker's main
+    process (``celery … worker``) in the process group ``worker_group``."""
+    for pid in subprocess.run(["pgrep", "-g", str(worker_group)], capture_output=True, text=True).stdout.split():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if len(argv) > 2 and argv[1].endswith(b"/celery") and b"worker" in argv:
+            children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+            if children:
+                return int(children[0])
+    raise AssertionError(f"no Celery pool process in process group {worker_group}")
+
+
+def test_steps_run_on_celery_workers_and_a_worker_killed_mid_step_is_retried(benchmark_run, tmp_path, monkeypatch):
+    """The smoke benchmark (real_p, real_2p) through the daemon, the run queue and two Celery workers
+    (``gpu`` queue, concurrency 1; default queue): gpu-pool steps go to the gpu worker, the others to
+    the default one. The gpu worker's process is killed (-9) while it trains a classifier: that run
+    fails with the worker's error, the daemon frees its pool slot and retries it from the failure,
+    the retry succeeds, and the scores equal the in-process run's, with no half-written table file."""
+    import os
+    import signal
+
+    import dagster as dg
+
+    profile, _ = benchmark_run
+    home, logs = tmp_path / "home", tmp_path / "logs"
+    logs.mkdir()
+    processes = []
+    with postgres() as url, redis() as broker:
+        env = {**os.environ, "AUGASSETS_HOME": str(home), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,real_2p",
+               "AUGASSETS_POSTGRES_URL": url, "AUGASSETS_CELERY_BROKER": broker}
+        env.pop("DAGSTER_HOME", None)
+
+        def start(name: str, *args: str):
+            log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            processes.append(subprocess.Popen(_augassets(*args), env=env, stdout=log, stderr=log, start_new_session=True))
+            return processes[-1]
+
+        try:
+            gpu = start("gpu_worker", "worker", "--queue", "gpu", "--concurrency", "1", "--name", "gpu0")
+            start("default_worker", "worker", "--queue", "dagster", "--concurrency", "1", "--name", "cpu0")
+            start("daemon", "daemon", "--start", "scheduled_backfill")
+            dagster_home = home / "smoke" / "dagster"
+            _wait_for(lambda: (dagster_home / "dagster.yaml").is_file(), "the Dagster home", 120, logs)
+            monkeypatch.setenv("AUGASSETS_POSTGRES_URL", url)
+            instance = dg.DagsterInstance.from_config(str(dagster_home))
+            gpu_log = logs / "gpu_worker.log"
+            _wait_for(lambda: "classifier_scores - STEP_START" in gpu_log.read_text(), "a classifier step on the gpu worker", 600, logs)
+            os.kill(_pool_process(gpu.pid), signal.SIGKILL)
+
+            def finished():
+                runs = instance.get_runs()
+                done = instance.get_latest_materialization_event(dg.AssetKey("results_table")) is not None
+                return done and runs and all(run.is_finished for run in runs) and runs
+
+            runs = _wait_for(finished, "the results table and every run to finish", 600, logs)
+            failed = [run for run in runs if run.status == dg.DagsterRunStatus.FAILURE]
+            assert len(failed) == 1, [(run.run_id, run.status) for run in runs]
+            retries = [run for run in runs if run.tags.get("dagster/parent_run_id") == failed[0].run_id]
+            assert [run.status for run in retries] == [dg.DagsterRunStatus.SUCCESS]
+            messages = " ".join(str(record.event_log_entry.message) + str(record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.message)
+                                for record in instance.get_records_for_run(failed[0].run_id, limit=10_000).records)
+            assert "WorkerLostError" in messages and "signal 9" in messages
+            submitted = " ".join(str(record.event_log_entry.dagster_event.message) for run in runs
+                                 for record in instance.get_records_for_run(run.run_id, limit=10_000).records
+                                 if record.event_log_entry.dagster_event is not None)
+            assert 'Submitting celery task for step "classifier_scores" to queue "gpu"' in submitted
+            assert 'Submitting celery task for step "dataset_splits" to queue "dagster"' in submitted
+            assert not instance.event_log_storage.get_concurrency_run_ids(), "no pool slot stays held"
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+    tables = home / "smoke" / "store" / "tables"
+    assert not [p for p in tables.rglob("*") if p.is_file() and p.suffix != ".parquet"], "no temporary or partial table file"
+    expected = Warehouse(profile.tables).query(SCORES)
+    got = Warehouse(tables).query(SCORES)
+    assert got.height == 4 and got.equals(expected)
+
+
 @pytest.fixture(autouse=True)
 def _no_postgres_left_behind():
-    """Every test here stops its server: no PostgreSQL of ours survives a test, failed or not."""
+    """Every test here stops what it started: no PostgreSQL, Redis or Celery worker of ours survives a test, failed or not."""
     yield
-    left = subprocess.run(["pgrep", "-f", "bin/postgres -D .*augassets-postgres-"], capture_output=True, text=True).stdout.split()
-    assert not left, f"PostgreSQL processes left running: {left}"
+    left = subprocess.run(["pgrep", "-f", "bin/postgres -D .*augassets-postgres-|redis-server .*augassets-redis|celery -A dagster_celery.app"],
+                          capture_output=True, text=True).stdout.split()
+    assert not left, f"service processes left running: {left}"
