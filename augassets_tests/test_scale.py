@@ -61,6 +61,18 @@ def test_an_unreachable_instance_database_is_one_line_naming_the_setting(tmp_pat
     assert "secret" not in done.stdout + done.stderr
 
 
+def test_a_worker_whose_broker_is_unreachable_is_one_line_naming_the_setting(tmp_path):
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_CELERY_BROKER": url}
+    env.pop("DAGSTER_HOME", None)
+    done = subprocess.run(_augassets("worker", "--queue", "gpu"), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert last.startswith("the Celery broker at AUGASSETS_CELERY_BROKER=redis://:***@127.0.0.1:"), last
+    assert last.endswith("start Redis there, fix the URL, or unset AUGASSETS_CELERY_BROKER to run steps in process")
+    assert "secret" not in done.stdout + done.stderr
+
+
 def _wait_for(predicate, what: str, timeout: float, logs: Path):
     import time
 
@@ -72,6 +84,20 @@ def _wait_for(predicate, what: str, timeout: float, logs: Path):
         time.sleep(1)
     tails = "\n".join(f"== {log.name}\n{log.read_text()[-1500:]}" for log in sorted(logs.glob("*.log")))
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def _run_text(instance, run_id: str) -> str:
+    """Every message and error of a run's event log, as text."""
+    texts = []
+    for record in instance.get_records_for_run(run_id, limit=10_000).records:
+        entry = record.event_log_entry
+        texts.append(entry.user_message or "")
+        if entry.dagster_event is not None:
+            texts.append(entry.dagster_event.message or "")
+            error = getattr(entry.dagster_event.event_specific_data, "error", None)
+            if error is not None:
+                texts.append(error.to_string())
+    return "\n".join(texts)
 
 
 def _pool_process(worker_group: int) -> int:
@@ -133,12 +159,9 @@ def test_steps_run_on_celery_workers_and_a_worker_killed_mid_step_is_retried(ben
             assert len(failed) == 1, [(run.run_id, run.status) for run in runs]
             retries = [run for run in runs if run.tags.get("dagster/parent_run_id") == failed[0].run_id]
             assert [run.status for run in retries] == [dg.DagsterRunStatus.SUCCESS]
-            messages = " ".join(str(record.event_log_entry.message) + str(record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.message)
-                                for record in instance.get_records_for_run(failed[0].run_id, limit=10_000).records)
-            assert "WorkerLostError" in messages and "signal 9" in messages
-            submitted = " ".join(str(record.event_log_entry.dagster_event.message) for run in runs
-                                 for record in instance.get_records_for_run(run.run_id, limit=10_000).records
-                                 if record.event_log_entry.dagster_event is not None)
+            failure = _run_text(instance, failed[0].run_id)
+            assert "WorkerLostError" in failure and "signal 9" in failure, failure[-3000:]
+            submitted = "\n".join(_run_text(instance, run.run_id) for run in runs)
             assert 'Submitting celery task for step "classifier_scores" to queue "gpu"' in submitted
             assert 'Submitting celery task for step "dataset_splits" to queue "dagster"' in submitted
             assert not instance.event_log_storage.get_concurrency_run_ids(), "no pool slot stays held"
