@@ -1,4 +1,5 @@
-"""Where steps execute: in their run's process (the default), or as Celery tasks on workers.
+"""Where steps execute: in their run's process (the default), as Celery tasks on workers, or as
+Kubernetes Jobs (``AUGASSETS_EXECUTOR=k8s``, dagster-k8s; configuration in ``deploy/k8s/``).
 
 With ``AUGASSETS_CELERY_BROKER`` set (a Redis URL, ``redis://host:6379/0``), the definitions use
 dagster-celery's executor: every step of a run that the daemon or the UI launches is a Celery task.
@@ -24,13 +25,17 @@ from .instance import CELERY_ENV, redacted
 
 CELERY_BROKER_ENV = CELERY_ENV  # Redis URL of the Celery broker; unset: steps run in process
 CELERY_BACKEND_ENV = "AUGASSETS_CELERY_BACKEND"  # Celery result backend; unset: the broker's URL
+EXECUTOR_ENV = "AUGASSETS_EXECUTOR"  # k8s: steps as Kubernetes Jobs; unset: Celery with a broker, else in process
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"  # dagster-celery's own default queue
 QUEUE_TAG = "dagster-celery/queue"
 
+# Under the k8s_job_executor: a step of the gpu pool is a pod with one GPU.
+K8S_GPU = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}
+
 # The asset keyword arguments of a step that needs the accelerator: the gpu pool (one at a time per
-# GPU, enforced by Dagster) and, under Celery, the gpu queue.
-ON_GPU = {"pool": "gpu", "op_tags": {QUEUE_TAG: GPU_QUEUE}}
+# GPU, enforced by Dagster), under Celery the gpu queue, under Kubernetes a GPU for its pod.
+ON_GPU = {"pool": "gpu", "op_tags": {QUEUE_TAG: GPU_QUEUE, "dagster-k8s/config": K8S_GPU}}
 
 CELERY_SETTINGS = {
     "task_acks_late": True,  # acknowledged when done: a task taken by a worker that dies is not lost
@@ -58,9 +63,17 @@ def executor_config() -> dict:
 
 
 def executor() -> dg.ExecutorDefinition:
-    """The definitions' executor: Celery when ``AUGASSETS_CELERY_BROKER`` is set, else in process (a
-    run's steps one after another in its own process: the pools serialize the heavy steps anyway, and
-    a process per step would import torch once more per step)."""
+    """The definitions' executor: Kubernetes Jobs with ``AUGASSETS_EXECUTOR=k8s`` (configured by the
+    run config, deploy/k8s/run_config.yaml), Celery when ``AUGASSETS_CELERY_BROKER`` is set, else in
+    process (a run's steps one after another in its own process: the pools serialize the heavy steps
+    anyway, and a process per step would import torch once more per step)."""
+    chosen = os.environ.get(EXECUTOR_ENV, "").strip()
+    if chosen not in ("", "k8s"):
+        raise ValueError(f"{EXECUTOR_ENV}={chosen!r}: the only value is k8s (unset: Celery with {CELERY_BROKER_ENV}, else in process)")
+    if chosen == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
     if not celery_broker():
         return dg.in_process_executor
     from dagster_celery import celery_executor

@@ -73,6 +73,56 @@ def test_a_worker_whose_broker_is_unreachable_is_one_line_naming_the_setting(tmp
     assert "secret" not in done.stdout + done.stderr
 
 
+def test_the_kubernetes_configuration_loads(monkeypatch):
+    """deploy/k8s: the instance (Postgres storage, K8sRunLauncher, run retries) passes Dagster's
+    instance schema and the launcher's own; with AUGASSETS_EXECUTOR=k8s the definitions use the
+    k8s_job_executor and run_config.yaml validates against a real job; every gpu-pool step asks its
+    pod for one GPU. Not run: there is no cluster here."""
+    import json
+
+    import dagster as dg
+    import yaml
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster_k8s import K8sRunLauncher
+
+    from augassets.build import build_defs
+    from augassets.profiles import get_profile
+
+    folder = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+    monkeypatch.setenv("AUGASSETS_POSTGRES_URL", "postgresql://augassets:secret@db:5432/augassets")
+    instance_config, _ = dagster_instance_config(str(folder))
+    launcher = instance_config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    checked = process_config(K8sRunLauncher.config_type(), launcher["config"])
+    assert checked.success, checked.errors
+    assert "AUGASSETS_EXECUTOR=k8s" in checked.value["env_vars"]
+    assert instance_config["run_retries"]["enabled"] and "postgres" in instance_config["storage"]
+
+    monkeypatch.setenv("AUGASSETS_EXECUTOR", "k8s")
+    defs = build_defs(get_profile("smoke"))
+    job = defs.resolve_job_def("report")
+    assert job.executor_def.name == "k8s"
+    run_config = yaml.safe_load((folder / "run_config.yaml").read_text())
+    dg.validate_run_config(job, run_config)  # raises on any error
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, {"execution": {"config": {"max_concurrent": "many"}}})
+
+    graph = defs.resolve_asset_graph()
+    gpu_steps = [graph.get(key) for key in graph.get_all_asset_keys() if graph.get(key).pools == {"gpu"}]
+    assert len(gpu_steps) >= 10
+    for node in gpu_steps:
+        tags = node.assets_def.op.tags
+        requested = tags["dagster-k8s/config"]
+        requested = json.loads(requested) if isinstance(requested, str) else requested
+        assert requested["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1, node.key
+        assert tags["dagster-celery/queue"] == "gpu"
+
+    monkeypatch.setenv("AUGASSETS_EXECUTOR", "slurm")
+    with pytest.raises(ValueError, match="AUGASSETS_EXECUTOR='slurm': the only value is k8s"):
+        build_defs(get_profile("smoke"))
+
+
 def _wait_for(predicate, what: str, timeout: float, logs: Path):
     import time
 
