@@ -5,7 +5,7 @@ to run. Select one with ``AUGASSETS_PROFILE`` (default ``mini``). Paths to real 
 environment variables, so the same profile runs on any machine:
 
 =============================  ==========================================================
-``AUGASSETS_HOME``             all state: DuckDB catalog, image store, models, reports
+``AUGASSETS_HOME``             all state: Parquet tables, image store, models, reports
                                (default ``./augassets_home``)
 ``AUGASSETS_FASHION_MNIST_DIR`` Fashion-MNIST IDX files (default
                                ``/usr/share/datasets/fashion-mnist``, Debian

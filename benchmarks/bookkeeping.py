@@ -6,8 +6,9 @@ work (each writes one row to its own Parquet table file, as the real assets do),
 asset over them, through the same path as ``augassets benchmark``: the assets' automation condition
 (``augassets.automation.stale_condition``) evaluated with Dagster's public API, the requests grouped
 into runs (``plan_runs``; single-run backfill policies), each run executed in process against a
-Dagster instance in a throwaway ``DAGSTER_HOME`` (SQLite, Dagster's default; ``--postgres-url`` for
-Postgres once the instance supports it).
+Dagster instance in a throwaway ``DAGSTER_HOME`` (SQLite, Dagster's default; ``--postgres`` for a
+throwaway local PostgreSQL, started and stopped as the scale tests do, or ``--postgres-url`` for a
+running one).
 
 Printed: wall time, the part spent inside the assets' bodies (the "work"), partitions per second, runs
 launched, event-log rows, the orchestration share (everything but the work), and the orchestration
@@ -117,8 +118,16 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--methods", type=int, default=14)
     parser.add_argument("--postgres-url", default="", help="a Postgres URL for the instance's storage (default: SQLite)")
+    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL on 127.0.0.1 for the instance")
     args = parser.parse_args()
-    for line in measure(args.classes, args.methods, args.postgres_url):
+    if args.postgres:
+        from augassets_tests.services import postgres
+
+        with postgres() as url:
+            lines = measure(args.classes, args.methods, url)
+    else:
+        lines = measure(args.classes, args.methods, args.postgres_url)
+    for line in lines:
         print(line, flush=True)
 
 
