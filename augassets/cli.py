@@ -23,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from . import automation, integrity
+from . import automation, integrity, scale
 from .build import benchmark_keys, build_defs
 from .core.files import write_bytes_atomic
 from .core.report import results_report
@@ -285,8 +285,6 @@ def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> 
     """A Celery worker serving ``queue`` (``gpu`` or ``dagster``) for the runs of this profile's
     instance: ``dagster-celery worker start`` with the executor's own configuration (scale.py). One per
     GPU on the ``gpu`` queue with concurrency 1, its device chosen by ``CUDA_VISIBLE_DEVICES``."""
-    from . import scale
-
     broker = scale.celery_broker()
     if not broker:
         raise SystemExit(f"augassets worker: set {scale.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. redis://127.0.0.1:6379/0); "
@@ -321,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon_parser.add_argument("--start", nargs="*", choices=SENSORS, default=[], metavar="SENSOR",
                                help=f"start these sensors first ({', '.join(SENSORS)}); they stay started")
     worker_parser = sub.add_parser("worker", help="run a Celery worker for the steps of launched runs (AUGASSETS_CELERY_BROKER)")
-    worker_parser.add_argument("--queue", default="gpu", choices=["gpu", "dagster"],
+    worker_parser.add_argument("--queue", default=scale.GPU_QUEUE, choices=[scale.GPU_QUEUE, scale.DEFAULT_QUEUE],
                                help="gpu: training, fine-tuning, generation (one worker per GPU); dagster: every other step")
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
     worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")

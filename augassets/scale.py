@@ -9,10 +9,10 @@ concurrency 1 (``augassets worker --queue gpu``); the other steps go to dagster-
 queue, ``dagster``. The headless command (``augassets benchmark``) always runs in its own process.
 
 Celery settings (``CELERY_SETTINGS``): a task is acknowledged when it ends, not when a worker takes
-it, and each worker takes one task at a time, so a worker that dies mid-step loses nothing that
-another task could have run; the step itself fails with the worker's error (``WorkerLostError``),
-and the run fails naming it. Dagster's run retries (``run_retries`` in the instance's
-``dagster.yaml``, written there while the broker is set: instance.py) re-execute the failed steps in a new run.
+it, and each worker takes one task at a time, so a worker that dies mid-step holds no other
+step's task; the step fails with the worker's error (``WorkerLostError``) and the run fails naming
+it. Dagster's run retries (``run_retries`` in the instance's ``dagster.yaml``, written there while
+the broker is set: instance.py) re-execute the failed steps in a new run.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CELERY_SETTINGS = {
     "worker_prefetch_multiplier": 1,  # a worker holds one task at a time
     "task_track_started": True,
     "broker_connection_retry_on_startup": True,
-    "broker_connection_max_retries": 3,  # an unreachable broker fails the run in seconds, not hours
+    "broker_connection_max_retries": 3,  # a broker gone mid-run: give up after 3 reconnections (Celery's default: 100)
     "result_expires": 86400,
 }
 
