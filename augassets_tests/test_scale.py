@@ -49,27 +49,22 @@ def test_the_instance_on_postgres_holds_the_runs_and_the_results_equal_sqlites(b
     assert got.height == 4 and got.equals(expected)
 
 
-def test_an_unreachable_instance_database_is_one_line_naming_the_setting(tmp_path):
-    url = f"postgresql://augassets:secret@127.0.0.1:{free_port()}/augassets"
-    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_POSTGRES_URL": url}
+@pytest.mark.parametrize(("setting", "url", "command", "said", "advice"), [
+    ("AUGASSETS_POSTGRES_URL", "postgresql://augassets:secret@127.0.0.1:{port}/augassets", ("benchmark",),
+     "the Dagster instance's Postgres at AUGASSETS_POSTGRES_URL=postgresql://augassets:***@127.0.0.1:",
+     "start it, fix the URL, or unset AUGASSETS_POSTGRES_URL to use the embedded SQLite instance"),
+    ("AUGASSETS_CELERY_BROKER", "redis://:secret@127.0.0.1:{port}/0", ("worker", "--queue", "gpu"),
+     "the Celery broker at AUGASSETS_CELERY_BROKER=redis://:***@127.0.0.1:",
+     "start Redis there, fix the URL, or unset AUGASSETS_CELERY_BROKER to run steps in process"),
+], ids=["instance database", "celery broker"])
+def test_an_unreachable_service_is_one_line_naming_the_setting(tmp_path, setting, url, command, said, advice):
+    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "AUGASSETS_PROFILE": "smoke", setting: url.format(port=free_port())}
     env.pop("DAGSTER_HOME", None)
-    done = subprocess.run(_augassets("benchmark"), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_augassets(*command), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     last = (done.stdout + done.stderr).strip().splitlines()[-1]
-    assert last.startswith("the Dagster instance's Postgres at AUGASSETS_POSTGRES_URL=postgresql://augassets:***@127.0.0.1:"), last
-    assert last.endswith("start it, fix the URL, or unset AUGASSETS_POSTGRES_URL to use the embedded SQLite instance")
-    assert "secret" not in done.stdout + done.stderr
-
-
-def test_a_worker_whose_broker_is_unreachable_is_one_line_naming_the_setting(tmp_path):
-    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
-    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_CELERY_BROKER": url}
-    env.pop("DAGSTER_HOME", None)
-    done = subprocess.run(_augassets("worker", "--queue", "gpu"), env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    last = (done.stdout + done.stderr).strip().splitlines()[-1]
-    assert last.startswith("the Celery broker at AUGASSETS_CELERY_BROKER=redis://:***@127.0.0.1:"), last
-    assert last.endswith("start Redis there, fix the URL, or unset AUGASSETS_CELERY_BROKER to run steps in process")
+    assert last.startswith(said), last
+    assert last.endswith(advice)
     assert "secret" not in done.stdout + done.stderr
 
 
