@@ -141,9 +141,9 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
     """The runs of one evaluation, in the graph's order: requested assets grouped by partitions
     definition and requested partitions. An asset waits for a later evaluation when one of its
     upstream assets outside its group is, or lies downstream of, a requested asset: that upstream
-    will change in this round; the caller keeps the asset's partitions pending and runs them in a later round (so nothing runs twice and nothing reads inputs about to
-    change). The topologically first requested asset never waits, so every evaluation makes
-    progress."""
+    will change in this round; the caller keeps the asset's partitions pending and runs them in a
+    later round (so nothing runs twice and nothing reads inputs about to change). The topologically
+    first requested asset never waits, so every evaluation makes progress."""
     graph = defs.resolve_asset_graph()
     order = {key: i for i, key in enumerate(graph.toposorted_asset_keys)}
     changing = dg.AssetSelection.assets(*requested).downstream().resolve(graph)  # requested and all below them

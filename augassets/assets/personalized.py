@@ -113,7 +113,10 @@ def drop_other_runs(folder: Path, say) -> None:
     except those with a resume state (a run of other settings, stopped part-way, can still resume)."""
     for other in folder.parent.iterdir():
         if other != folder and not any(other.rglob("resume.pt")):
-            shutil.rmtree(other) if other.is_dir() else other.unlink()
+            if other.is_dir():
+                shutil.rmtree(other)
+            else:
+                other.unlink()
             say(f"deleted {other.name}: checkpoints of an earlier run, no longer recorded")
 
 
