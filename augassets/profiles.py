@@ -340,6 +340,9 @@ class Profile:
     knn_url: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_URL", ""))
     knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
     max_classes: int = 0  # 0: every class of the class list
+    # Which of the paper's reported results the results table sets beside this profile's
+    # (augassets/data/paper_results.tsv): imagenet_10pct (Table 1), imagenet_full or caltech256.
+    paper_reference: str = "imagenet_10pct"
     torch_threads: int = 0  # 0: leave torch's default
     # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).
     # Like torch_threads, how the work is cut, not what it computes: no code version covers it.
@@ -516,6 +519,7 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0, real_extra=False),
         classifier=RESNET50,
         methods=("real_p", "clip_prompts", "retrieval"),
+        paper_reference="imagenet_full",
     ),
     "caltech256": Profile(
         name="caltech256",
@@ -525,6 +529,7 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.80, seed=0, real_extra=False),
         classifier=replace(RESNET50, batch_size=1024, lr=0.003),
         methods=("real_p", "clip_prompts", "retrieval"),
+        paper_reference="caltech256",
     ),
     "imagefolder": Profile(
         name="imagefolder",

@@ -5,9 +5,10 @@ import pytest
 
 from augassets.automation import contiguous_ranges
 from augassets.core import methods as registry
+from augassets.core.analysis import markdown_table, per_class_gains, summarize_scores
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
-from augassets.core.report import frame_markdown, markdown_table, summarize_scores
+from augassets.core.report import frame_markdown
 
 
 def test_registry_keys_are_partition_safe_and_complete(monkeypatch):
@@ -87,23 +88,62 @@ def test_augmented_sets_baselines():
     assert set(without_b["wnid"]) == {"a"}
 
 
-def test_summary_is_mean_and_standard_error():
+def test_summary_is_mean_and_standard_error_beside_the_papers_table_1():
     scores = pl.DataFrame(
         {
-            "method": ["real_2p"] * 3 + ["real_p"] * 2,
-            "replicate": [0, 1, 2, 0, 1],
-            "test_top1": [0.8, 0.82, 0.84, 0.7, 0.74],
-            "train_images": [20, 20, 20, 10, 10],
+            "method": ["real_2p"] * 3 + ["real_p"] * 2 + ["retrieval"] * 3 + ["simple_prompt"],
+            "replicate": [0, 1, 2, 0, 1, 0, 1, 2, 0],
+            "test_top1": [0.8, 0.82, 0.84, 0.7, 0.74, 0.76, 0.78, 0.77, 0.75],
+            "train_images": [20, 20, 20, 10, 10, 15, 15, 15, 15],
         }
     )
-    summary = summarize_scores(scores)
-    assert summary["method"].to_list() == ["real_p", "real_2p"]  # registry order
-    real_2p = summary.row(1, named=True)
+    summary = summarize_scores(scores, "imagenet_10pct")
+    assert summary["method"].to_list() == ["real_p", "real_2p", "simple_prompt", "retrieval"]  # registry order
+    rows = {r["method"]: r for r in summary.iter_rows(named=True)}
+    real_2p = rows["real_2p"]
     assert real_2p["top1_mean"] == pytest.approx(0.82)
     assert real_2p["top1_se"] == pytest.approx(0.02 / math.sqrt(3))
-    assert real_2p["n_runs"] == 3
+    assert real_2p["top1_ci95"] == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)  # t(0.975, 2)
+    assert real_2p["n_runs"] == 3 and real_2p["gap_share"] == pytest.approx(1.0)
+    retrieval = rows["retrieval"]
+    assert retrieval["gain"] == pytest.approx(0.77 - 0.72)
+    assert retrieval["gap_share"] == pytest.approx(0.05 / 0.10)
+    se_r, se_p = 0.01 / math.sqrt(3), 0.02  # s.d. 0.01 over 3 runs; s.d. 0.0283 over 2 runs
+    welch_df = (se_r**2 + se_p**2) ** 2 / (se_r**4 / 2 + se_p**4 / 1)
+    from scipy import stats
+    assert retrieval["gain_ci95"] == pytest.approx(stats.t.ppf(0.975, welch_df) * math.sqrt(se_r**2 + se_p**2))
+    # The paper's Table 1 beside it: retrieval 62.6 ± 0.1 against real_p 57.2 and real_2p 70.2.
+    assert retrieval["paper_top1"] == pytest.approx(0.626) and retrieval["paper_se"] == pytest.approx(0.001)
+    assert retrieval["paper_gain"] == pytest.approx(0.054)
+    assert retrieval["paper_gap_share"] == pytest.approx(5.4 / 13.0)
+    # One run: no standard error, no interval — missing, not zero.
+    single = rows["simple_prompt"]
+    assert single["n_runs"] == 1 and single["top1_se"] is None and single["top1_ci95"] is None and single["gain_ci95"] is None
+    assert single["gain"] == pytest.approx(0.03)
     table = markdown_table(summary)
-    assert "| real_2p | 20% ImageNet | 82.00 ± 1.15 | 3 | 20 |" in table
+    assert "| real_2p | 20% ImageNet | 82.00 ± 1.15 | 77.03–86.97 | +10.00 ± 11.95 | 100 % | 3 | 20 | 70.2 ± 0.3 | +13.0 | 100 % |" in table
+    assert "| simple_prompt | Simple prompt ① | 75.00 ± – | – | +3.00 | 30 % | 1 | 15 | 60.1 ± 0.2 | +2.9 | 22 % |" in table
+    # The full-ImageNet baseline has no reported error; real_2p is not in that setting.
+    full = {r["method"]: r for r in summarize_scores(scores, "imagenet_full").iter_rows(named=True)}
+    assert full["real_p"]["paper_top1"] == pytest.approx(0.761) and full["real_p"]["paper_se"] is None
+    assert full["real_2p"]["paper_top1"] is None and full["retrieval"]["paper_gap_share"] is None
+    with pytest.raises(ValueError, match="paper_reference 'cifar10'"):
+        summarize_scores(scores, "cifar10")
+
+
+def test_per_class_gains_are_against_real_p_on_the_same_class():
+    rows = []
+    for method, accs in {"real_p": [(0.5, 0.9), (0.7, 0.9)], "retrieval": [(0.8, 0.8), (0.9, 0.8)], "simple_prompt": [(0.6, 1.0)]}.items():
+        for replicate, (a, b) in enumerate(accs):
+            rows += [{"method": method, "replicate": replicate, "wnid": "n1", "name": "one", "test_top1": a},
+                     {"method": method, "replicate": replicate, "wnid": "n2", "name": "two", "test_top1": b}]
+    gains = per_class_gains(pl.DataFrame(rows))
+    got = {(r["method"], r["wnid"]): r for r in gains.iter_rows(named=True)}
+    assert set(got) == {("retrieval", "n1"), ("retrieval", "n2"), ("simple_prompt", "n1"), ("simple_prompt", "n2")}
+    assert got["retrieval", "n1"]["gain"] == pytest.approx(0.85 - 0.6)
+    assert got["retrieval", "n1"]["gain_se"] == pytest.approx(math.sqrt(0.005 / 2 + 0.02 / 2))
+    assert got["retrieval", "n2"]["gain"] == pytest.approx(-0.1)
+    assert got["simple_prompt", "n2"]["gain_se"] is None  # one run
 
 
 def test_frame_markdown_escapes_pipes():

@@ -4,8 +4,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
+from PIL import Image
 
 from augassets import automation, cli
 from augassets.automation import ASSETS_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
@@ -119,6 +121,52 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
         assert len(runs) == 1, assets
         materialized = instance.get_records_for_run(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
         assert len(materialized) == partitions * len(assets.split(",")), assets
+
+
+def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figures(benchmark_run):
+    """Table 1 side by side (the paper's figures, gains over real_p with 95 % intervals, shares of the
+    real_p → real_2p gap), per-class gains with their correlations, the sample grid and report.html."""
+    profile, table = benchmark_run
+    db = Warehouse(profile.tables)
+    results = {r["method"]: r for r in db.query("SELECT * FROM results_table").iter_rows(named=True)}
+    assert results["retrieval"]["paper_top1"] == pytest.approx(0.626) and results["real_p"]["paper_top1"] == pytest.approx(0.572)
+    base, upper = results["real_p"], results["real_2p"]
+    for method, row in results.items():
+        assert row["gain"] == pytest.approx(row["top1_mean"] - base["top1_mean"])
+        if upper["top1_mean"] != base["top1_mean"]:
+            assert row["gap_share"] == pytest.approx(row["gain"] / (upper["top1_mean"] - base["top1_mean"]))
+        assert row["top1_ci95"] is not None and row["top1_ci95"] >= 0  # smoke has two replicates
+        assert (row["gain_ci95"] is None) == (method == "real_p")
+    assert "| paper top-1 (imagenet_10pct) |" in table and "| retrieval | Retrieval |" in table
+
+    gains = db.query("SELECT * FROM per_class_gains")
+    per_class = db.query("SELECT method, wnid, avg(test_top1) AS mean FROM per_class_scores GROUP BY method, wnid")
+    means = {(r["method"], r["wnid"]): r["mean"] for r in per_class.iter_rows(named=True)}
+    assert gains.height == 12 * 3 and set(gains["method"]) == set(results) - {"real_p"}
+    for row in gains.iter_rows(named=True):
+        assert row["gain"] == pytest.approx(means[row["method"], row["wnid"]] - means["real_p", row["wnid"]])
+    correlations = db.query("SELECT * FROM gain_correlations")
+    assert set(correlations["method"]) == set(gains["method"]) and (correlations["classes"] == 3).all()
+    similarity = db.query("SELECT wnid, avg(similarity) AS similarity FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
+    joined = gains.filter(pl.col("method") == "retrieval").join(similarity, on="wnid")
+    with np.errstate(all="ignore"):
+        expected = np.corrcoef(joined["gain"].to_numpy(), joined["similarity"].to_numpy())[0, 1]
+    got = correlations.filter(pl.col("method") == "retrieval")["r_gain_retrieval_similarity"][0]
+    assert (got is None) if np.isnan(expected) else got == pytest.approx(expected)
+    versus = db.query("SELECT * FROM retrieval_vs_diffusion")
+    assert versus.height == 3 and versus["diffusion_method"].n_unique() == 1
+
+    reports = profile.home / "store" / "reports"
+    for name in ("table1.png", "per_class_gains.png", "method_samples.png"):
+        with Image.open(reports / name) as image:
+            assert image.width > 300 and image.height > 200, name
+    page = (reports / "report.html").read_text()
+    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', "<table>", "retrieval", "paper top-1"):
+        assert needed in page, needed
+    instance = dg.DagsterInstance.get()
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("per_class_gains")).asset_materialization.metadata
+    assert "data:image/png;base64," in metadata["per_class_gains"].value
+    assert metadata["retrieval_beats_best_diffusion_on"].value.endswith("of 3 classes")
 
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):

@@ -1,37 +1,74 @@
-"""Stage: the results table — the paper's Table 1 for the methods that have run."""
+"""Stage: the paper's analyses — Table 1 beside the paper's (``results_table``), per-class gains
+(``per_class_gains``, Fig. 5A), a sample grid of every method's images (``method_samples``) and the
+report a person opens without the UI (``analysis_report``: ``reports/report.html`` with the figures).
 
+Every figure is a PNG in the store's ``reports/`` folder and inline in the asset's metadata. A figure
+that fails to draw does not fail the asset's data: its reason is logged and shown in the metadata.
+"""
 
+import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import dagster as dg
 import polars as pl
 
+from ..core import analysis
 from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
-from ..core.report import read_excluded, results_report, summarize_scores
+from ..core.report import frame_markdown, read_excluded, results_report
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
 
+GROUP = "reports"
+SAMPLE_CLASSES = 10  # columns of the sample grid
+
+
+def save_figure(context, image_store: ImageStoreResource, name: str, draw: Callable) -> dict:
+    """Draw a figure into ``reports/<name>`` and return its metadata entries (the PNG inline and its
+    path); a figure that fails to draw is logged and reported in the metadata, not raised."""
+    import io
+
+    from ..core.images import png_data_uri_markdown
+
+    try:
+        image = draw()
+    except Exception as error:  # a figure is an extra: the asset's data stands without it
+        context.log.warning(f"figure {name} was not drawn: {type(error).__name__}: {error}")
+        return {f"figure_{name.removesuffix('.png')}": f"not drawn: {type(error).__name__}: {error}"}
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path = image_store.path("reports", name)
+    write_bytes_atomic(buffer.getvalue(), path)
+    image_store.publish("reports", name)
+    stem = name.removesuffix(".png")
+    return {stem: dg.MetadataValue.md(png_data_uri_markdown(image, stem)), f"{stem}_file": dg.MetadataValue.path(image_store.url("reports", name))}
+
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
+    paper = profile.paper_reference
+    augmenting = hasattr(up, "augmentation_images")
 
     @dg.asset(
         metadata=outputs(tables=("results_table",)),
-        group_name="reports",
-        code_version=code_version("1", profile.methods, profile.classifier.replicates),
+        group_name=GROUP,
+        code_version=code_version("2", profile.methods, profile.classifier.replicates, paper),
         # The report also shows the excluded classes, class fidelity and near-duplicates where the profile has them.
         deps=[up.classifier_scores] + [getattr(up, name) for name in ("excluded_classes", "class_fidelity", "domain_match", "duplicate_summary") if hasattr(up, name)],
         kinds={"parquet", "csv"},
-        description="Top-1 test accuracy mean ± standard error over the classifier replicates, per method "
-        "(the paper's Table 1), as a DuckDB table, a CSV file and a markdown report (with the excluded classes, and "
-        "class fidelity, domain match and near-duplicate counts where those tables exist).",
+        description="The paper's Table 1 side by side: top-1 test accuracy per method, mean ± standard error and 95 % "
+        "interval over the classifier replicates, the gain over real_p with its 95 % interval (Welch) and the share of the "
+        f"real_p → real_2p gap it closes; beside them the paper's reported figures ({paper}, packaged as "
+        "data/paper_results.tsv). A DuckDB table, a CSV file, a bar chart (reports/table1.png) and the markdown report.",
     )
     def results_table(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
     ) -> dg.MaterializeResult:
+        from ..core.figures import table1_figure
+
         db = warehouse.get()
         methods = [m.key for m in runnable_methods(profile.methods)]
         if not db.has_table("classifier_scores"):
@@ -39,13 +76,13 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         scores = db.query("SELECT * FROM classifier_scores").filter(
             pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates)
         )
-        summary = summarize_scores(scores)
+        summary = analysis.summarize_scores(scores, paper)
         db.replace("results_table", summary)
         excluded = read_excluded(db)
         csv_path = image_store.path("reports", "results_table.csv")
         write_bytes_atomic(summary.write_csv().encode(), csv_path)
         image_store.publish("reports", csv_path.name)
-        table = results_report(db)  # the main command prints the same report
+        table = results_report(db, paper)  # the main command prints the same report
         context.log.info("results table:\n" + table)
         incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
         return dg.MaterializeResult(
@@ -54,9 +91,140 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "runs": int(summary["n_runs"].sum()),
                 "incomplete_methods": ", ".join(incomplete) or "none",
                 "excluded_classes": 0 if excluded is None else excluded.height,
+                "paper_reference": paper,
                 "results": dg.MetadataValue.md(table),
                 "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
+                **save_figure(context, image_store, "table1.png", lambda: table1_figure(summary, paper)),
             }
         )
 
-    return {"results_table": results_table}
+    assets = {"results_table": results_table}
+
+    @dg.asset(
+        metadata=outputs(tables=("per_class_gains", "gain_correlations")),
+        group_name=GROUP,
+        code_version=code_version("1", profile.methods, profile.classifier.replicates),
+        deps=[up.classifier_scores] + ([up.class_fidelity, up.augmentation_images] if augmenting else []),
+        kinds={"parquet"},
+        description="Per-class gains (the paper's Fig. 5A): per method and class, test accuracy mean over the replicates "
+        "minus real_p's on that class, with its standard error; the classes where retrieval beats the best diffusion "
+        "method and where it loses; Pearson's r over classes between a method's gain and its class fidelity, and, for "
+        "retrieval, the mean CLIP similarity of the retrieved images. Figure: reports/per_class_gains.png.",
+    )
+    def per_class_gains(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        from ..core.figures import per_class_gain_figure
+
+        db = warehouse.get()
+        methods = [m.key for m in runnable_methods(profile.methods)]
+        per_class = db.query("SELECT method, replicate, wnid, name, test_top1 FROM per_class_scores").filter(
+            pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates))
+        gains = analysis.per_class_gains(per_class)
+        fidelity = similarity = None
+        if db.has_table("class_fidelity"):
+            table = db.query("SELECT * FROM class_fidelity")
+            column = "fidelity" if "fidelity" in table.columns else "target_recognizability"
+            fidelity = table.select("method", "wnid", pl.col(column).alias("fidelity"))
+        if db.has_table("augmentation_manifest"):
+            similarity = (db.query("SELECT method, wnid, similarity FROM augmentation_manifest WHERE similarity IS NOT NULL")
+                          .group_by("method", "wnid").agg(pl.col("similarity").mean()))
+        correlations = analysis.gain_correlations(gains, fidelity, similarity)
+        db.replace("per_class_gains", gains)
+        db.replace("gain_correlations", correlations)
+        metadata = {
+            "classes": gains["wnid"].n_unique(),
+            "methods": gains["method"].n_unique(),
+            "classes_gaining": dg.MetadataValue.md(frame_markdown(
+                gains.group_by("method", maintain_order=True).agg((pl.col("gain") > 0).sum().alias("classes_gaining"), pl.len().alias("classes"),
+                                                                   pl.col("gain").mean().alias("mean_gain")))),
+            "correlations": dg.MetadataValue.md(frame_markdown(correlations, "{:.3f}")),
+        }
+        summary = analysis.summarize_scores(db.query("SELECT * FROM classifier_scores").filter(pl.col("method").is_in(methods)), None)
+        diffusion = analysis.best_diffusion_method(summary)
+        if diffusion and "retrieval" in methods:
+            versus = analysis.retrieval_versus_diffusion(gains, diffusion)
+            db.replace("retrieval_vs_diffusion", versus)
+            wins = versus.filter(pl.col("retrieval_minus_diffusion") > 0)
+            losses = versus.filter(pl.col("retrieval_minus_diffusion") < 0)
+            context.log.info(f"per-class gains: retrieval beats {diffusion} on {wins.height} of {versus.height} classes, loses on {losses.height}")
+            metadata["best_diffusion_method"] = diffusion
+            metadata["retrieval_beats_best_diffusion_on"] = f"{wins.height} of {versus.height} classes"
+            metadata["retrieval_vs_diffusion"] = dg.MetadataValue.md(frame_markdown(versus, "{:+.4f}"))
+        metadata.update(save_figure(context, image_store, "per_class_gains.png", lambda: per_class_gain_figure(gains)))
+        return dg.MaterializeResult(metadata=metadata)
+
+    assets["per_class_gains"] = per_class_gains
+
+    if augmenting:
+        @dg.asset(
+            group_name=GROUP,
+            code_version=code_version("1", profile.methods),
+            deps=[up.augmentation_images, up.dataset_splits],
+            kinds={"png"},
+            description="The picture before any number: for up to ten classes, a real target image and the first image of "
+            "every method's augmentation set (retrieved images included), one row per method. reports/method_samples.png.",
+        )
+        def method_samples(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+            from ..core.figures import sample_figure
+
+            db = warehouse.get()
+            catalog = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").head(SAMPLE_CLASSES)
+            wnids = catalog["wnid"].to_list()
+            target = db.query("SELECT wnid, path FROM dataset_splits WHERE split = 'target' ORDER BY wnid, item")
+            manifest = db.query("SELECT method, wnid, path FROM augmentation_manifest WHERE rank = 0")
+            first = {(r["method"], r["wnid"]): r["path"] for r in manifest.iter_rows(named=True)}
+            firsts = {w: target.filter(pl.col("wnid") == w)["path"].head(1).to_list() for w in wnids}
+            rows = [("real target", [firsts[w][0] if firsts[w] else None for w in wnids])]
+            for method in runnable_methods(profile.methods):
+                if method.family != "baseline":
+                    rows.append((method.key, [first.get((method.key, w)) for w in wnids]))
+            image_store.ensure([p for _, paths in rows for p in paths if p], context.log.info)
+            shown = sum(p is not None for _, paths in rows for p in paths)
+            return dg.MaterializeResult(metadata={
+                "rows": len(rows), "classes": len(wnids), "images": shown,
+                **save_figure(context, image_store, "method_samples.png", lambda: sample_figure(rows, catalog["name"].to_list())),
+            })
+
+        assets["method_samples"] = method_samples
+
+    report_deps = [results_table, per_class_gains] + ([assets["method_samples"]] if augmenting else [])
+
+    @dg.asset(
+        group_name=GROUP,
+        code_version=code_version("1", paper),
+        deps=report_deps,
+        kinds={"html"},
+        description="reports/report.html: the results table beside the paper's, the notes (excluded classes, class "
+        "fidelity, domain match, near-duplicates), per-class gains and every figure, in one page to open without the UI.",
+    )
+    def analysis_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        db = warehouse.get()
+        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples")}
+        image = lambda name, alt: f"![{alt}]({name}.png)" if figures[name] else f"(figure {name}.png was not drawn: see its asset's log)"  # noqa: E731
+        sections = [("Results", results_report(db, paper) + "\n\n" + image("table1", "Table 1 as bars"))]
+        if augmenting:
+            sections.insert(0, ("What each method adds", image("method_samples", "one image per method and class")))
+        gains = [image("per_class_gains", "per-class gains")]
+        if db.has_table("gain_correlations"):
+            gains.append("Pearson's r over classes between a method's gain and its class fidelity / retrieval similarity:\n\n"
+                         + frame_markdown(db.query("SELECT * FROM gain_correlations"), "{:.3f}"))
+        if db.has_table("retrieval_vs_diffusion"):
+            versus = db.query("SELECT * FROM retrieval_vs_diffusion")
+            gains.append(f"Retrieval against the best diffusion method ({versus['diffusion_method'][0]}), per class (gains in fractions):\n\n"
+                         + frame_markdown(versus.drop("diffusion_method"), "{:+.4f}"))
+        sections.append(("Per-class gains over real_p", "\n\n".join(gains)))
+        from ..core.html_report import report_html
+
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        text = report_html(f"augassets — profile {profile.name}", f"{profile.description} Written {stamp}.", sections)
+        path = image_store.path("reports", "report.html")
+        write_bytes_atomic(text.encode(), path)
+        image_store.publish("reports", "report.html")
+        context.log.info(f"report: {image_store.url('reports', 'report.html')}")
+        return dg.MaterializeResult(metadata={
+            "report": dg.MetadataValue.path(image_store.url("reports", "report.html")),
+            "figures": ", ".join(name for name, drawn in figures.items() if drawn) or "none",
+            "bytes": len(text.encode()),
+        })
+
+    assets["analysis_report"] = analysis_report
+    return assets

@@ -45,3 +45,82 @@ def loss_curves(history: pl.DataFrame, title: str) -> Image.Image:
     if history["run"].n_unique() <= 12:
         axes.legend(fontsize=7, ncols=2)
     return _to_image(plt, figure)
+
+
+def table1_figure(summary: pl.DataFrame, paper_dataset: str) -> Image.Image:
+    """Table 1 as bars. Left: our top-1 per method with its 95 % interval (the baselines shaded).
+    Right: the gain over real_p in percentage points, ours (with its 95 % interval) beside the
+    paper's — the comparable quantity, since the paper's dataset is not ours."""
+    plt, figure = _figure(11, 0.45 * summary.height + 1.6)
+    left, right = figure.subplots(1, 2, sharey=True)
+    labels = summary["method"].to_list()
+    y = list(range(len(labels)))
+    means = [100 * v for v in summary["top1_mean"].to_list()]
+    errors = [0 if v is None else 100 * v for v in summary["top1_ci95"].to_list()]
+    colours = ["#999999" if m in ("real_p", "real_2p") else "#4878a8" for m in labels]
+    left.barh(y, means, xerr=errors, color=colours, capsize=3)
+    low = min(means) - max(errors + [0]) - 2
+    left.set_xlim(max(0, low), max(m + e for m, e in zip(means, errors)) + 1)
+    left.set_yticks(y, labels)
+    left.invert_yaxis()
+    left.set_xlabel("top-1 (%), ours, 95 % CI")
+    gains = [None if v is None else 100 * v for v in summary["gain"].to_list()]
+    gain_errors = [0 if v is None else 100 * v for v in summary["gain_ci95"].to_list()]
+    paper = [None if v is None else 100 * v for v in summary["paper_gain"].to_list()]
+    height = 0.38
+    right.barh([i - height / 2 for i in y], [g or 0 for g in gains], height, xerr=gain_errors, color="#4878a8", capsize=2, label="ours")
+    right.barh([i + height / 2 for i in y], [p or 0 for p in paper], height, color="#e0a040", label=f"paper ({paper_dataset})")
+    for i, (g, p) in enumerate(zip(gains, paper)):
+        if p is None:
+            right.text(0, i + height / 2, " not reported", va="center", fontsize=7, color="#a06000")
+        if g is None:
+            right.text(0, i - height / 2, " no baseline", va="center", fontsize=7)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.set_xlabel("gain over real_p (percentage points)")
+    right.legend(fontsize=8, loc="lower right")
+    figure.suptitle("Table 1: top-1 per augmentation method, and its gain beside the paper's", fontsize=10)
+    figure.tight_layout()
+    return _to_image(plt, figure)
+
+
+def per_class_gain_figure(gains: pl.DataFrame) -> Image.Image:
+    """Per-class gain over real_p (the paper's Fig. 5A), one line per method: each method's classes
+    sorted from its worst to its best gain, so the curves show how many classes gain and by how much."""
+    plt, figure = _figure(7.5, 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, method in enumerate(gains["method"].unique(maintain_order=True)):
+        values = sorted(100 * v for v in gains.filter(pl.col("method") == method)["gain"].to_list())
+        style = "-" if method in ("retrieval", "real_2p") else "--"
+        width = 2.2 if method == "retrieval" else 1.2
+        axes.plot(range(1, len(values) + 1), values, style, color=colours[number % len(colours)], linewidth=width, marker=".", label=method)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_xlabel("classes, sorted by gain (per method)")
+    axes.set_ylabel("per-class test accuracy gain over real_p (pp)")
+    axes.set_title("Per-class gains (paper Fig. 5A)")
+    axes.legend(fontsize=7, ncols=2)
+    return _to_image(plt, figure)
+
+
+def sample_figure(rows: list[tuple[str, list[str | None]]], columns: list[str], cell: float = 0.9) -> Image.Image:
+    """A labelled grid of images: one row per (label, paths) — the real target, each method's images,
+    the retrieved ones — and one column per class (``columns``); a missing image is a blank cell."""
+    plt, figure = _figure(1.6 + cell * len(columns), 0.3 + cell * len(rows))
+    grid = figure.subplots(len(rows), len(columns), squeeze=False)
+    for r, (label, paths) in enumerate(rows):
+        for c, path in enumerate(paths):
+            axes = grid[r][c]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set_visible(False)
+            if path is not None:
+                with Image.open(path) as image:
+                    axes.imshow(image.convert("RGB"))
+            if c == 0:
+                axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+            if r == 0:
+                axes.set_title(columns[c], fontsize=8)
+    figure.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _to_image(plt, figure)

@@ -1,45 +1,11 @@
-"""The results table: top-1 accuracy mean ± standard error over the classifier replicates per method."""
+"""The main command's report: the results table (Table 1 beside the paper's, core/analysis.py) and the
+notes on excluded classes, class fidelity, domain match and near-duplicates."""
 
 from __future__ import annotations
 
 import polars as pl
 
-from .methods import METHOD_KEYS, get_method
-
-
-def summarize_scores(scores: pl.DataFrame) -> pl.DataFrame:
-    """``scores`` has one row per (method, replicate) with ``test_top1``; the standard error is the
-    sample standard deviation over replicates divided by sqrt(n), as the paper reports it."""
-    order = {key: i for i, key in enumerate(METHOD_KEYS)}
-    summary = (
-        scores.group_by("method")
-        .agg(
-            pl.col("test_top1").mean().alias("top1_mean"),
-            (pl.col("test_top1").std(ddof=1) / pl.len().sqrt()).fill_null(0.0).alias("top1_se"),
-            pl.len().alias("n_runs"),
-            pl.col("train_images").mean().alias("train_images"),
-        )
-        .with_columns(
-            pl.col("method").replace_strict(order, return_dtype=pl.Int64).alias("_order"),
-            pl.col("method").map_elements(lambda k: get_method(k).paper_label, return_dtype=pl.Utf8).alias("paper_label"),
-        )
-        .sort("_order")
-        .drop("_order")
-    )
-    return summary.select("method", "paper_label", "top1_mean", "top1_se", "n_runs", "train_images")
-
-
-def markdown_table(summary: pl.DataFrame) -> str:
-    lines = [
-        "| method | paper | top-1 (%) mean ± s.e. | runs | train images |",
-        "| --- | --- | --- | ---: | ---: |",
-    ]
-    for row in summary.iter_rows(named=True):
-        lines.append(
-            f"| {row['method']} | {row['paper_label']} | {100 * row['top1_mean']:.2f} ± {100 * row['top1_se']:.2f} "
-            f"| {row['n_runs']} | {row['train_images']:.0f} |"
-        )
-    return "\n".join(lines)
+from .analysis import markdown_table
 
 
 def read_excluded(db) -> pl.DataFrame | None:
@@ -85,10 +51,11 @@ def duplicates_note(detector: dict, summary: pl.DataFrame) -> str:
     )
 
 
-def results_report(db) -> str:
-    """The main command's report, from the tables: the results table, excluded classes, class fidelity
-    and near-duplicates (each part once its table exists)."""
-    parts = [markdown_table(db.query("SELECT * FROM results_table"))]
+def results_report(db, paper_dataset: str = "imagenet_10pct") -> str:
+    """The main command's report, from the tables: the results table beside the paper's
+    ``paper_dataset`` figures, excluded classes, class fidelity and near-duplicates (each part once
+    its table exists)."""
+    parts = [markdown_table(db.query("SELECT * FROM results_table"), paper_dataset)]
     excluded = read_excluded(db)
     if excluded is not None:
         parts.append(excluded_note(excluded))

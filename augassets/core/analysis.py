@@ -1,0 +1,227 @@
+"""The paper's analyses over the study's tables (Dagster-free): Table 1 beside the paper's reported
+numbers, per-class gains over the no-augmentation baseline (the paper's Fig. 5A) and what they
+correlate with.
+
+Accuracies are fractions (0–1) throughout; the markdown and the figures show percentages. An
+interval needs at least two finished replicates: with fewer it is missing (null), never zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from importlib import resources
+
+import polars as pl
+
+from .methods import METHOD_KEYS, get_method
+
+BASELINE, UPPER = "real_p", "real_2p"  # the gap the paper reads each method against
+DIFFUSION_FAMILIES = ("unconditioned", "prompt", "personalized")
+PAPER_DATASETS = ("imagenet_10pct", "imagenet_full", "caltech256")
+
+
+def paper_results(dataset: str) -> pl.DataFrame:
+    """The paper's reported top-1 (fraction) and standard error per method for ``dataset`` (one of
+    ``PAPER_DATASETS``), from the packaged ``data/paper_results.tsv``; ``paper_se`` is null where the
+    paper gives none."""
+    if dataset not in PAPER_DATASETS:
+        raise ValueError(f"paper_reference {dataset!r}: the paper reports {', '.join(PAPER_DATASETS)}")
+    text = resources.files("augassets.data").joinpath("paper_results.tsv").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    rows = [row for row in csv.DictReader(lines, delimiter="\t") if row["dataset"] == dataset]
+    return pl.DataFrame(
+        {
+            "method": [row["method"] for row in rows],
+            "paper_top1": [float(row["top1"]) / 100 for row in rows],
+            "paper_se": [float(row["se"]) / 100 if row["se"] else None for row in rows],
+        },
+        schema={"method": pl.Utf8, "paper_top1": pl.Float64, "paper_se": pl.Float64},
+    )
+
+
+def t_quantile(df: float) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def mean_interval(se: float | None, n: int) -> float | None:
+    """Half-width of the 95 % interval of a mean of ``n`` runs with standard error ``se``."""
+    if se is None or n < 2:
+        return None
+    return t_quantile(n - 1) * se
+
+
+def difference_interval(se_a: float | None, n_a: int, se_b: float | None, n_b: int) -> float | None:
+    """Half-width of the 95 % interval of a difference of two independent means (Welch: the runs of
+    two methods are separate trainings on separate sets)."""
+    if se_a is None or se_b is None or n_a < 2 or n_b < 2:
+        return None
+    var = se_a**2 + se_b**2
+    if var == 0:
+        return 0.0
+    df = var**2 / (se_a**4 / (n_a - 1) + se_b**4 / (n_b - 1))
+    return t_quantile(df) * math.sqrt(var)
+
+
+def summarize_scores(scores: pl.DataFrame, paper_dataset: str | None = "imagenet_10pct") -> pl.DataFrame:
+    """Table 1 from ``scores`` (one row per method × replicate with ``test_top1`` and
+    ``train_images``): mean, standard error (sample standard deviation / √n, as the paper reports
+    it) and 95 % interval per method; the gain over ``real_p`` with its 95 % interval and the share of
+    the ``real_p`` → ``real_2p`` gap it closes; beside them the paper's figures for ``paper_dataset``
+    (None: no paper columns' values)."""
+    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    summary = (
+        scores.group_by("method")
+        .agg(
+            pl.col("test_top1").mean().alias("top1_mean"),
+            (pl.col("test_top1").std(ddof=1) / pl.len().sqrt()).alias("top1_se"),  # null for one run
+            pl.len().alias("n_runs"),
+            pl.col("train_images").mean().alias("train_images"),
+        )
+        .with_columns(pl.col("method").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+        .sort("_order")
+        .drop("_order")
+    )
+    paper = paper_results(paper_dataset) if paper_dataset else pl.DataFrame(schema={"method": pl.Utf8, "paper_top1": pl.Float64, "paper_se": pl.Float64})
+    rows = {r["method"]: r for r in summary.iter_rows(named=True)}
+    papers = {r["method"]: r for r in paper.iter_rows(named=True)}
+    base, upper = rows.get(BASELINE), rows.get(UPPER)
+    paper_base, paper_upper = papers.get(BASELINE), papers.get(UPPER)
+    out = []
+    for method, row in rows.items():
+        mine = papers.get(method, {})
+        gain = row["top1_mean"] - base["top1_mean"] if base else None
+        gap = upper["top1_mean"] - base["top1_mean"] if base and upper else None
+        paper_gain = mine["paper_top1"] - paper_base["paper_top1"] if mine and paper_base else None
+        paper_gap = paper_upper["paper_top1"] - paper_base["paper_top1"] if paper_base and paper_upper else None
+        out.append({
+            "method": method,
+            "paper_label": get_method(method).paper_label,
+            "top1_mean": row["top1_mean"],
+            "top1_se": row["top1_se"],
+            "top1_ci95": mean_interval(row["top1_se"], row["n_runs"]),
+            "n_runs": row["n_runs"],
+            "train_images": row["train_images"],
+            "gain": gain,
+            "gain_ci95": None if method == BASELINE or not base else difference_interval(row["top1_se"], row["n_runs"], base["top1_se"], base["n_runs"]),
+            "gap_share": gain / gap if gain is not None and gap else None,
+            "paper_top1": mine.get("paper_top1"),
+            "paper_se": mine.get("paper_se"),
+            "paper_gain": paper_gain,
+            "paper_gap_share": paper_gain / paper_gap if paper_gain is not None and paper_gap else None,
+        })
+    return pl.DataFrame(out, schema=TABLE1_SCHEMA)
+
+
+TABLE1_SCHEMA = {
+    "method": pl.Utf8, "paper_label": pl.Utf8, "top1_mean": pl.Float64, "top1_se": pl.Float64, "top1_ci95": pl.Float64,
+    "n_runs": pl.Int64, "train_images": pl.Float64, "gain": pl.Float64, "gain_ci95": pl.Float64, "gap_share": pl.Float64,
+    "paper_top1": pl.Float64, "paper_se": pl.Float64, "paper_gain": pl.Float64, "paper_gap_share": pl.Float64,
+}
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{100 * value:+.{digits}f}"
+
+
+def markdown_table(summary: pl.DataFrame, paper_dataset: str = "imagenet_10pct") -> str:
+    """Table 1 side by side: ours (mean ± s.e., 95 % interval, gain over real_p with its 95 %
+    interval, share of the real_p → real_2p gap) and the paper's (``paper_dataset``). "–": missing
+    (fewer than two runs, no baseline, or not reported by the paper)."""
+    lines = [
+        f"| method | paper label | top-1 (%) ± s.e. | 95 % CI | gain vs real_p (pp) | share of gap | runs | train images "
+        f"| paper top-1 ({paper_dataset}) | paper gain (pp) | paper share of gap |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for row in summary.iter_rows(named=True):
+        interval = "–" if row["top1_ci95"] is None else f"{_pct(row['top1_mean'] - row['top1_ci95'])}–{_pct(row['top1_mean'] + row['top1_ci95'])}"
+        gain = _signed(row["gain"]) + ("" if row["gain_ci95"] is None else f" ± {_pct(row['gain_ci95'])}")
+        paper = "–" if row["paper_top1"] is None else _pct(row["paper_top1"], 1) + ("" if row["paper_se"] is None else f" ± {_pct(row['paper_se'], 1)}")
+        lines.append(
+            f"| {row['method']} | {row['paper_label']} | {_pct(row['top1_mean'])} ± {_pct(row['top1_se'])} | {interval} | {gain} "
+            f"| {_pct(row['gap_share'], 0)}{'' if row['gap_share'] is None else ' %'} | {row['n_runs']} | {row['train_images']:.0f} "
+            f"| {paper} | {_signed(row['paper_gain'], 1)} | {_pct(row['paper_gap_share'], 0)}{'' if row['paper_gap_share'] is None else ' %'} |"
+        )
+    return "\n".join(lines)
+
+
+def per_class_gains(per_class: pl.DataFrame) -> pl.DataFrame:
+    """Per method (other than real_p) and class: the class's test accuracy mean over replicates,
+    its gain over real_p's mean on that class, and the gain's standard error (null with fewer than two
+    runs on either side). ``per_class``: method, replicate, wnid, name, test_top1."""
+    stats = per_class.group_by("method", "wnid", "name").agg(
+        pl.col("test_top1").mean().alias("top1_mean"), pl.col("test_top1").var(ddof=1).alias("_var"), pl.len().alias("n_runs"),
+    )
+    base = stats.filter(pl.col("method") == BASELINE).select(
+        "wnid", pl.col("top1_mean").alias("_base_mean"), pl.col("_var").alias("_base_var"), pl.col("n_runs").alias("_base_n"))
+    if base.is_empty():
+        raise ValueError(f"per-class gains need {BASELINE}'s per-class scores")
+    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    return (
+        stats.filter(pl.col("method") != BASELINE)
+        .join(base, on="wnid")
+        .with_columns(
+            (pl.col("top1_mean") - pl.col("_base_mean")).alias("gain"),
+            pl.when((pl.col("n_runs") >= 2) & (pl.col("_base_n") >= 2))
+            .then((pl.col("_var") / pl.col("n_runs") + pl.col("_base_var") / pl.col("_base_n")).sqrt())
+            .alias("gain_se"),
+            pl.col("method").replace_strict(order, return_dtype=pl.Int64).alias("_order"),
+        )
+        .sort("_order", "wnid")
+        .select("method", "wnid", "name", "top1_mean", pl.col("_base_mean").alias("real_p_top1"), "gain", "gain_se", "n_runs")
+    )
+
+
+def best_diffusion_method(summary: pl.DataFrame) -> str | None:
+    """The diffusion-based method (Boomerang, prompts, personalized) with the highest mean top-1."""
+    diffusion = summary.filter(pl.col("method").map_elements(lambda k: get_method(k).family in DIFFUSION_FAMILIES, return_dtype=pl.Boolean))
+    return None if diffusion.is_empty() else diffusion.sort("top1_mean", descending=True)["method"][0]
+
+
+def retrieval_versus_diffusion(gains: pl.DataFrame, diffusion: str, retrieval: str = "retrieval") -> pl.DataFrame:
+    """Per class: retrieval's and ``diffusion``'s gain and their difference (positive: retrieval
+    better), sorted from retrieval's largest advantage to diffusion's."""
+    pick = lambda method, name: gains.filter(pl.col("method") == method).select("wnid", "name", pl.col("gain").alias(name))  # noqa: E731
+    return (
+        pick(retrieval, "retrieval_gain").join(pick(diffusion, "diffusion_gain").drop("name"), on="wnid")
+        .with_columns((pl.col("retrieval_gain") - pl.col("diffusion_gain")).alias("retrieval_minus_diffusion"), pl.lit(diffusion).alias("diffusion_method"))
+        .sort("retrieval_minus_diffusion", descending=True)
+    )
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    """Pearson's r, or None with fewer than three pairs or no spread."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return None
+    mx, my = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+    sxy = sum((a - mx) * (b - my) for a, b in pairs)
+    sxx, syy = sum((a - mx) ** 2 for a, _ in pairs), sum((b - my) ** 2 for _, b in pairs)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def gain_correlations(gains: pl.DataFrame, fidelity: pl.DataFrame | None, similarity: pl.DataFrame | None) -> pl.DataFrame:
+    """Per method: Pearson's r over classes between the class's gain and (a) the class fidelity of
+    the method's images for that class (``fidelity``: method, wnid, fidelity), (b) the mean CLIP
+    similarity of the retrieved images for that class to its query (``similarity``: method, wnid,
+    similarity; retrieval methods only). Null where a figure is missing or there are < 3 classes."""
+    rows = []
+    for method in gains["method"].unique(maintain_order=True):
+        part = gains.filter(pl.col("method") == method)
+        row = {"method": method, "classes": part.height, "r_gain_fidelity": None, "r_gain_retrieval_similarity": None}
+        if fidelity is not None:
+            joined = part.join(fidelity.filter(pl.col("method") == method).select("wnid", "fidelity"), on="wnid")
+            row["r_gain_fidelity"] = pearson(joined["gain"].to_list(), joined["fidelity"].to_list())
+        if similarity is not None:
+            joined = part.join(similarity.filter(pl.col("method") == method).select("wnid", "similarity"), on="wnid")
+            if joined.height:
+                row["r_gain_retrieval_similarity"] = pearson(joined["gain"].to_list(), joined["similarity"].to_list())
+        rows.append(row)
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "classes": pl.Int64, "r_gain_fidelity": pl.Float64, "r_gain_retrieval_similarity": pl.Float64})
