@@ -156,12 +156,28 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     versus = db.query("SELECT * FROM retrieval_vs_diffusion")
     assert versus.height == 3 and versus["diffusion_method"].n_unique() == 1
 
+    # Compute accounting: every classifier run's row matches what the run itself reports.
+    log = db.query("SELECT * FROM compute_log")
+    runs = db.query("SELECT method, replicate, train_images, epochs_run, train_seconds FROM classifier_scores")
+    trained = log.filter(pl.col("stage") == "train classifier").with_columns(
+        pl.col("partition").str.extract(r"^([a-z0-9_]+)\|", 1).alias("method"), pl.col("partition").str.extract(r"\|(\d+)$", 1).cast(pl.Int64).alias("replicate"))
+    joined = trained.join(runs, on=["method", "replicate"])
+    assert joined.height == runs.height == 13 * profile.classifier.replicates
+    assert (joined["images"] == joined["train_images"] * joined["epochs_run"]).all()
+    assert (joined["seconds"] >= joined["train_seconds"]).all() and (joined["device"] == "cpu").all()
+    assert {"generate", "retrieve", "fine-tune", "generate candidates", "select checkpoint", "embed pool", "judge", "embed"} <= set(log["stage"])
+    extrapolated = {(r["stage"], r["method"]): r for r in db.query("SELECT * FROM compute_extrapolation").iter_rows(named=True)}
+    generate = extrapolated["generate", "simple_prompt"]
+    assert generate["paper_scale_images"] == 390_000 and generate["paper_hours"] == 867.0
+    assert generate["extrapolated_hours"] == pytest.approx(390_000 * generate["measured_seconds_per_image"] / 3600)
+
     reports = profile.home / "store" / "reports"
-    for name in ("table1.png", "per_class_gains.png", "method_samples.png"):
+    for name in ("table1.png", "per_class_gains.png", "method_samples.png", "compute.png"):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
     page = (reports / "report.html").read_text()
-    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', "<table>", "retrieval", "paper top-1"):
+    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', 'src="compute.png"', "<table>",
+                   "paper top-1", "Extrapolated to the paper"):
         assert needed in page, needed
     instance = dg.DagsterInstance.get()
     metadata = instance.get_latest_materialization_event(dg.AssetKey("per_class_gains")).asset_materialization.metadata

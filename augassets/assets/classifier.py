@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
+from ..core.compute import Meter
+from ..core.compute import record as record_compute
 from ..core.files import save_safetensors_atomic
 from ..core.report import excluded_wnids, frame_markdown
 from ..integrity import outputs
@@ -85,10 +87,13 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             image_store.ensure(train["path"], context.log.info)
             seed = profile.split.seed * 1000 + replicate
             context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")
-            result = train_classifier(
-                labeled_images(train), val, test, catalog.height, spec, seed,
-                progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
-            )
+            with Meter("classifier_scores", str(key), "train classifier", method, spec.device) as meter:
+                result = train_classifier(
+                    labeled_images(train), val, test, catalog.height, spec, seed,
+                    progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
+                )
+            meter.images = result.train_images * result.epochs_run
+            record_compute(db, [meter])
             checkpoint = image_store.path("models", "classifiers", method, f"replicate_{replicate}.safetensors")
             save_safetensors_atomic(result.state_dict, checkpoint)
             image_store.publish("models", "classifiers", method, checkpoint.name)

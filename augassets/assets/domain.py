@@ -10,6 +10,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from ..core.compute import record as record_compute
+from ..core.compute import timed
 from ..core.report import frame_markdown
 from ..integrity import outputs
 from ..partitions import image_method_keys
@@ -69,6 +71,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             context.log.info(f"domain match {method}: separability {separability:.3f} ({n} images per side)")
         table = pl.DataFrame(rows, schema=SCHEMA)
         db.replace("domain_match", table)
+        embedded = domain.height + sum(part.height for part in sets.values())
+        record_compute(db, [timed("domain_match", "", "embed", None, clip_encoder.device, time.perf_counter() - started, embedded)])
         return dg.MaterializeResult(metadata={
             "per_method": dg.MetadataValue.md(frame_markdown(table)),
             **{f"separability_{r['method'].split()[0]}": r["separability"] for r in rows if r["separability"] == r["separability"]},

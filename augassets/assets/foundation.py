@@ -17,6 +17,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from ..core.compute import record as record_compute
+from ..core.compute import timed
 from ..core.datasets import FashionMnistSource
 from ..core.files import atomic_folder, load_checkpoint, save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
@@ -205,6 +207,8 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
             # Row order = index order; pool_id maps an index id back to the pool (skipped rows leave gaps).
             rows.drop("path").write_parquet(tmp / "metadata" / "metadata_0.parquet")
         image_store.publish("pool_index")
+        db = warehouse.get()
+        record_compute(db, [timed("pool_index", "", "embed pool", None, str(model.device), time.perf_counter() - started, len(paths) + len(captions))])
         return dg.MaterializeResult(
             metadata={
                 "vectors": image_index.ntotal,

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
+from ..core.compute import Meter, timed
+from ..core.compute import record as record_compute
 from ..core.files import atomic_folder, load_checkpoint, write_parquet_atomic
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
@@ -182,13 +184,16 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         for key in context.partition_keys:
             method, wnid = partition(key)
             builder = get_method(method).builder
+            meter = Meter("augmentation_images", str(key), "retrieve" if builder == RETRIEVAL else "generate", method, diffusion_backend.device)
             try:
                 if builder == RETRIEVAL:
-                    row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method, profile), labels[wnid])
+                    with meter:
+                        row, paths = _retrieve_partition(context, db, image_store, *retriever, method, wnid, images_per_class(db, method, profile), labels[wnid])
                 elif builder in FINETUNE_BUILDERS:
                     row, paths = _selected_partition(context, db, image_store, method, wnid, labels[wnid])
                 elif builder in pipelines:
-                    row, paths = _generate_partition(context, db, image_store, pipelines[builder], diffusion_backend, method, wnid, labels[wnid])
+                    with meter:
+                        row, paths = _generate_partition(context, db, image_store, pipelines[builder], diffusion_backend, method, wnid, labels[wnid])
                 else:
                     raise ValueError(f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet")
             except (KnnError, GenerationError, ValueError, OSError) as error:
@@ -197,6 +202,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 failures[str(key)] = str(error)
                 context.log.error(f"augmentation_images[{key}] failed: {error}")
                 continue
+            if builder not in FINETUNE_BUILDERS:  # those images were made (and counted) by candidate_images
+                meter.images = row["images"]
+                record_compute(db, [meter])
             summary.append({**row, "key": str(key)})
             grids.append(paths[:8])
         if failures:
@@ -387,6 +395,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             judges["fidelity"] = load_checkpoint(image_store.fetch("models", "fidelity_judge.safetensors"), "fidelity_judge")
         manifest = db.query("SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank")
         image_store.ensure(manifest["path"], context.log.info)
+        judging = time.perf_counter()
         predictions = classify_paths(judges, profile.classifier, catalog.height, manifest["path"].to_list())
         scored = manifest.with_columns(pl.Series(f"by_{name}", values, dtype=pl.Int64) for name, values in predictions.items())
         if profile.world:  # retrieved pool images have a ground truth
@@ -400,6 +409,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         per_class = scored.group_by("method", "wnid").agg(*figures, pl.len().alias("images")).sort("method", "wnid")
         per_method = scored.group_by("method").agg(*figures, pl.len().alias("images")).sort("method")
         db.replace("class_fidelity", per_class)
+        record_compute(db, [timed("class_fidelity", "", "judge", None, profile.classifier.device, time.perf_counter() - judging, manifest.height)])
         for row in per_method.iter_rows(named=True):
             context.log.info(f"class fidelity {row['method']}: " + ", ".join(f"{k} {row[k]:.3f}" for k in per_method.columns if k not in ("method", "images") and row[k] is not None) + f" over {row['images']} images")
         metadata = {

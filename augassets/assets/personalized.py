@@ -25,6 +25,8 @@ import numpy as np
 import polars as pl
 
 from ..core.augment import augmented_sets
+from ..core.compute import Meter, timed
+from ..core.compute import record as record_compute
 from ..core.files import write_parquet_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.methods import (
@@ -234,6 +236,8 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             drop_other_runs(folder, say)
             histories += history
             seconds = sum(r.seconds for r, _ in runs)
+            record_compute(db, [timed("personalized_models", str(key), "fine-tune", method, diffusion_backend.device, seconds,
+                                      sum(r.images_per_second * r.seconds for r, _ in runs))])
             summary.append({
                 "method": method, "wnid": wnid, "runs": len(runs), "epochs": sum(len(r.history) for r, _ in runs),
                 "stopped_early": all(r.stopped_early for r, _ in runs), "best_val_epoch": ",".join(str(r.candidates["best_val"]) for r, _ in runs),
@@ -389,6 +393,8 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             drop_other_runs(folder, say)
             image_store.publish("personalized", method)
             histories += history
+            record_compute(db, [timed("personalized_unets", method, "fine-tune", method, diffusion_backend.device, result.seconds,
+                                      result.images_per_second * result.seconds)])
             summary.append({
                 "method": method, "classes": len(classes), "epochs": len(result.history), "stopped_early": result.stopped_early,
                 "best_val_epoch": result.candidates["best_val"], "kept_epochs": ",".join(map(str, sorted(exported))),
@@ -496,6 +502,9 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
                 rows.append({"method": method, "candidate": label, **run})
                 shared = "" if run["same_images_as"] == label else f" (the images of {run['same_images_as']}: one run)"
                 context.log.info(f"checkpoint_selection[{method}]: candidate {label}: val top-1 {run['val_top1']:.4f}{shared}")
+            record_compute(db, [timed("checkpoint_selection", method, "select checkpoint", method, compute.device,
+                                      sum(r["train_seconds"] for r in trained.values()),
+                                      sum(r["train_images"] * r["epochs_run"] for r in trained.values()))])
             best = max(rows, key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
             scores = pl.DataFrame([{**r, "chosen": r is best} for r in rows], schema=SELECTION_SCHEMA)
             db.replace("checkpoint_scores", scores, where={"method": method})
@@ -540,6 +549,7 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
     summary, grids, started = [], [], time.perf_counter()
     for key in context.partition_keys:
         method, wnid = partition(key)
+        meter = Meter(context.asset_key.to_user_string(), str(key), "generate candidates", method, diffusion_backend.device).start()
         checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
         prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
         if checkpoints.is_empty() or prompts.is_empty():
@@ -584,6 +594,9 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
         write_parquet_atomic(manifest, root / "manifest.parquet")
         image_store.publish("candidates", method, wnid)
         db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
+        meter.stop()
+        meter.images = manifest["path"].n_unique()
+        record_compute(db, [meter])
         summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
                         "images": manifest["path"].n_unique(),
                         "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})

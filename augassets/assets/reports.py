@@ -1,5 +1,6 @@
 """Stage: the paper's analyses — Table 1 beside the paper's (``results_table``), per-class gains
-(``per_class_gains``, Fig. 5A), a sample grid of every method's images (``method_samples``) and the
+(``per_class_gains``, Fig. 5A), a sample grid of every method's images (``method_samples``), compute
+per method and stage with its extrapolation to the paper's scale (``compute_report``, §4.4) and the
 report a person opens without the UI (``analysis_report``: ``reports/report.html`` with the figures).
 
 Every figure is a PNG in the store's ``reports/`` folder and inline in the asset's metadata. A figure
@@ -186,7 +187,62 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
         assets["method_samples"] = method_samples
 
-    report_deps = [results_table, per_class_gains] + ([assets["method_samples"]] if augmenting else [])
+    @dg.asset(
+        metadata=outputs(tables=("compute_report",)),
+        group_name=GROUP,
+        code_version=code_version("1"),
+        deps=[results_table],  # after every step that records its compute (all are upstream of the results)
+        kinds={"parquet"},
+        description="Compute accounting (the paper's §4.4): the wall seconds, images and images/s that every training, "
+        "fine-tuning, generation, embedding and retrieval step recorded (compute_log), summed per method and stage; "
+        "the measured seconds per image times the images each stage handles at the paper's scale (ImageNet-10 %: 1,000 "
+        "classes, 128,116 target images, 390 generated or 130 retrieved per class) as extrapolated hours on the "
+        "measuring device, beside the paper's reported hours. Figure: reports/compute.png.",
+    )
+    def compute_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+        from ..core.compute import COMPUTE_SCHEMA, compute_summary, extrapolate
+        from ..core.figures import compute_figure
+
+        db = warehouse.get()
+        # Steps materialized before compute accounting existed have no rows until they run again.
+        log = db.query("SELECT * FROM compute_log") if db.has_table("compute_log") else pl.DataFrame(schema=COMPUTE_SCHEMA)
+        if log.is_empty():
+            context.log.warning("compute_log is empty: no step has recorded its compute yet (steps record it when they run)")
+        summary = compute_summary(log)
+        epochs = {}
+        if db.has_table("classifier_scores"):
+            for row in db.query("SELECT method, avg(epochs_run) AS e FROM classifier_scores GROUP BY method").iter_rows(named=True):
+                epochs["train classifier", row["method"]] = row["e"]
+        if db.has_table("checkpoint_scores"):
+            for row in db.query("SELECT method, avg(epochs_run) AS e FROM checkpoint_scores GROUP BY method").iter_rows(named=True):
+                epochs["select checkpoint", row["method"]] = row["e"]
+        if db.has_table("finetune_history"):
+            runs = db.query("SELECT method, wnid, cluster, count(*) AS e FROM finetune_history GROUP BY method, wnid, cluster")
+            for row in runs.group_by("method").agg(pl.col("e").mean()).iter_rows(named=True):
+                epochs["fine-tune", row["method"]] = row["e"]
+        if db.has_table("candidate_manifest"):
+            sets = db.query("SELECT method, wnid, count(DISTINCT epochs) AS sets FROM candidate_manifest GROUP BY method, wnid")
+            for row in sets.group_by("method").agg(pl.col("sets").mean()).iter_rows(named=True):
+                epochs["generate candidates", row["method"]] = row["sets"]
+        scaled = extrapolate(summary, epochs)
+        db.replace("compute_report", summary)
+        db.replace("compute_extrapolation", scaled)
+        total = float(log["seconds"].sum())
+        context.log.info(f"compute: {total:.0f} s measured over {log.height} partitions; per stage: "
+                         + ", ".join(f"{r['stage']} {r['seconds']:.0f} s" for r in summary.group_by("stage").agg(pl.col("seconds").sum()).iter_rows(named=True)))
+        return dg.MaterializeResult(metadata={
+            "measured_seconds": round(total, 1),
+            "partitions_measured": log.height,
+            "devices": ", ".join(sorted(log["device"].unique())),
+            "measured": dg.MetadataValue.md(frame_markdown(summary, "{:.3f}")),
+            "extrapolated_to_paper_scale": dg.MetadataValue.md(
+                "Measured seconds per image × images at the paper's scale, in hours on the measuring device (extrapolated); "
+                "paper_hours: the paper's §4.4 figure (reported).\n\n" + frame_markdown(scaled, "{:.4g}")),
+            **save_figure(context, image_store, "compute.png", lambda: compute_figure(summary)),
+        })
+
+    assets["compute_report"] = compute_report
+    report_deps = [results_table, per_class_gains, compute_report] + ([assets["method_samples"]] if augmenting else [])
 
     @dg.asset(
         group_name=GROUP,
@@ -198,7 +254,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     )
     def analysis_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         db = warehouse.get()
-        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples")}
+        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples", "compute")}
         image = lambda name, alt: f"![{alt}]({name}.png)" if figures[name] else f"(figure {name}.png was not drawn: see its asset's log)"  # noqa: E731
         sections = [("Results", results_report(db, paper) + "\n\n" + image("table1", "Table 1 as bars"))]
         if augmenting:
@@ -212,6 +268,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             gains.append(f"Retrieval against the best diffusion method ({versus['diffusion_method'][0]}), per class (gains in fractions):\n\n"
                          + frame_markdown(versus.drop("diffusion_method"), "{:+.4f}"))
         sections.append(("Per-class gains over real_p", "\n\n".join(gains)))
+        if db.has_table("compute_extrapolation"):
+            sections.append(("Compute", image("compute", "compute per method and stage") + "\n\n"
+                             + "Measured on this machine:\n\n" + frame_markdown(db.query("SELECT * FROM compute_report"), "{:.3f}")
+                             + "\n\nExtrapolated to the paper's scale from the measured seconds per image (hours on the measuring device), "
+                             "beside the paper's reported hours (§4.4):\n\n" + frame_markdown(db.query("SELECT * FROM compute_extrapolation"), "{:.4g}")))
         from ..core.html_report import report_html
 
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

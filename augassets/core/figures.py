@@ -124,3 +124,26 @@ def sample_figure(rows: list[tuple[str, list[str | None]]], columns: list[str], 
                 axes.set_title(columns[c], fontsize=8)
     figure.subplots_adjust(wspace=0.05, hspace=0.05)
     return _to_image(plt, figure)
+
+
+def compute_figure(summary: pl.DataFrame) -> Image.Image:
+    """Measured wall seconds per method, stacked by stage (generation, fine-tuning, classifier
+    training …); the steps every method shares (embedding the pool, judging) are one row, "shared"."""
+    plt, figure = _figure(8, 0.4 * max(summary["method"].n_unique(), 3) + 1.5)
+    axes = figure.add_subplot(1, 1, 1)
+    frame = summary.with_columns(pl.col("method").fill_null("shared"))
+    methods = frame["method"].unique(maintain_order=True).to_list()
+    stages = frame["stage"].unique(maintain_order=True).to_list()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    left = [0.0] * len(methods)
+    for number, stage in enumerate(stages):
+        part = {r["method"]: r["seconds"] for r in frame.filter(pl.col("stage") == stage).iter_rows(named=True)}
+        values = [part.get(m, 0.0) for m in methods]
+        axes.barh(range(len(methods)), values, left=left, color=colours[number % len(colours)], label=stage)
+        left = [a + b for a, b in zip(left, values)]
+    axes.set_yticks(range(len(methods)), methods)
+    axes.invert_yaxis()
+    axes.set_xlabel("measured wall seconds on this machine")
+    axes.set_title("Compute per method and stage (measured)")
+    axes.legend(fontsize=8)
+    return _to_image(plt, figure)

@@ -1,0 +1,160 @@
+"""Compute accounting (the paper's §4.4): what each heavy step cost, measured where it runs, and the
+cost at the paper's scale extrapolated from the measured per-image cost.
+
+Every step that trains, fine-tunes, generates, embeds or retrieves wraps its work per partition in
+:class:`Meter`, which records wall seconds, the device, the images processed and, on CUDA, the peak
+GPU memory; the rows go to the ``compute_log`` table (one row per asset partition, replaced when the
+partition reruns, so the table holds the cost of the artefacts that exist). A partition resumed after a
+kill records only the time of the run that finished it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import polars as pl
+
+COMPUTE_SCHEMA = {
+    "asset": pl.Utf8, "partition": pl.Utf8, "stage": pl.Utf8, "method": pl.Utf8, "device": pl.Utf8,
+    "seconds": pl.Float64, "images": pl.Int64, "peak_gpu_memory_mb": pl.Float64, "finished_at": pl.Float64,
+}
+
+# What a stage processes at the paper's scale (ImageNet-10 %: 1,000 classes, 128,116 target images;
+# 390 generated and 130 retrieved images per class; paper §3.1 and §4.4).
+PAPER_CLASSES = 1000
+PAPER_TARGET_IMAGES = 128_116
+PAPER_GENERATED_PER_CLASS = 390
+PAPER_RETRIEVED_PER_CLASS = 130  # also the augmentation set per class the classifiers train on (100 %)
+# The paper's own compute figures (§4.4), per method where it gives them: GPU hours unless noted.
+PAPER_HOURS = {
+    ("generate", None): (867.0, "GPU h (T4), 390 images per class, any generating method"),
+    ("generate candidates", None): (867.0, "GPU h (T4) per candidate set of 390 images per class"),
+    ("retrieve", "retrieval"): (28.5, "h on a CPU machine, bottlenecked by downloads"),
+    ("fine-tune", "ft_cluster_conditioning"): (244.0, "GPU h (V100)"),
+    ("fine-tune", "ft_conditioning"): (380.0, "GPU h (V100)"),
+    ("fine-tune", "textual_inversion"): (368.0, "GPU h (V100)"),
+    ("fine-tune", "imagic"): (552.0, "GPU h (V100)"),
+    ("fine-tune", "pseudoword_dm"): (720.0, "GPU h (V100)"),
+    ("train classifier", None): (144.0, "GPU h (T4), 128–160 per classifier run"),
+}
+
+
+def device_name(device: str) -> str:
+    """``cpu``, or the CUDA device's product name (``cuda:0 NVIDIA H200``)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{device} {torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
+@dataclass
+class Meter:
+    """Times one partition's work: ``with Meter(asset, partition, stage, method, device) as m: …;
+    m.images = n`` (or ``m = Meter(…).start()`` … ``m.stop()``); ``m.row()`` is its ``compute_log`` row."""
+
+    asset: str
+    partition: str
+    stage: str
+    method: str | None
+    device: str = "cpu"
+    images: int = 0
+    seconds: float = 0.0
+    peak_gpu_memory_mb: float | None = None
+    _started: float = field(default=0.0, repr=False)
+
+    def start(self) -> Meter:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device))
+        self._started = time.perf_counter()
+        return self
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._started
+        if self.device.startswith("cuda"):
+            import torch
+
+            self.peak_gpu_memory_mb = torch.cuda.max_memory_allocated(torch.device(self.device)) / 2**20
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def row(self) -> dict:
+        return {"asset": self.asset, "partition": self.partition, "stage": self.stage, "method": self.method,
+                "device": device_name(self.device), "seconds": self.seconds, "images": int(self.images),
+                "peak_gpu_memory_mb": self.peak_gpu_memory_mb, "finished_at": time.time()}
+
+    def metadata(self) -> dict:
+        """The figures for an asset's metadata."""
+        entries = {"compute_seconds": round(self.seconds, 2), "compute_images": int(self.images), "compute_device": device_name(self.device)}
+        if self.peak_gpu_memory_mb is not None:
+            entries["peak_gpu_memory_mb"] = round(self.peak_gpu_memory_mb, 1)
+        return entries
+
+
+def timed(asset: str, partition: str, stage: str, method: str | None, device: str, seconds: float, images: float) -> Meter:
+    """A meter for work the caller timed itself (a training loop that reports its own seconds)."""
+    return Meter(asset, partition, stage, method, device, images=int(round(images)), seconds=seconds)
+
+
+def record(db, meters: list[Meter]) -> None:
+    """Write the meters' rows to ``compute_log``, each replacing its asset partition's row."""
+    for meter in meters:
+        db.replace("compute_log", pl.DataFrame([meter.row()], schema=COMPUTE_SCHEMA), where={"asset": meter.asset, "partition": meter.partition})
+
+
+def paper_scale_images(stage: str, epochs: float | None = None) -> float | None:
+    """Images a stage processes for one method at the paper's scale, or None where we have no basis.
+    ``epochs``: for the training stages, the mean epochs per run; for ``generate candidates``, the mean
+    number of distinct candidate image sets per class."""
+    if stage == "generate":
+        return PAPER_CLASSES * PAPER_GENERATED_PER_CLASS
+    if stage == "generate candidates" and epochs:
+        return PAPER_CLASSES * PAPER_GENERATED_PER_CLASS * epochs
+    if stage == "retrieve":
+        return PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS
+    if stage in ("fine-tune", "train classifier", "select checkpoint") and epochs:
+        extra = PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS if stage != "fine-tune" else 0  # target + a 100 % augmentation set
+        return (PAPER_TARGET_IMAGES + extra) * epochs
+    return None
+
+
+def compute_summary(log: pl.DataFrame) -> pl.DataFrame:
+    """Per stage and method: partitions, seconds, images and images/s, measured; seconds per image."""
+    return (
+        log.group_by("stage", "method", "device")
+        .agg(pl.len().alias("partitions"), pl.col("seconds").sum(), pl.col("images").sum(), pl.col("peak_gpu_memory_mb").max())
+        .with_columns(
+            pl.when(pl.col("seconds") > 0).then(pl.col("images") / pl.col("seconds")).alias("images_per_second"),
+            pl.when(pl.col("images") > 0).then(pl.col("seconds") / pl.col("images")).alias("seconds_per_image"),
+        )
+        .sort("stage", "method", nulls_last=True)
+    )
+
+
+def extrapolate(summary: pl.DataFrame, epochs: dict[tuple[str, str], float]) -> pl.DataFrame:
+    """The measured per-image cost times the images each stage processes at the paper's scale, in
+    hours on the measuring device, beside the paper's reported hours where it gives them. ``epochs``:
+    (stage, method) → mean epochs per run for the training stages (their image counts scale with it),
+    mean candidate image sets per class for ``generate candidates``."""
+    rows = []
+    for row in summary.iter_rows(named=True):
+        images = paper_scale_images(row["stage"], epochs.get((row["stage"], row["method"])))
+        hours = None if images is None or row["seconds_per_image"] is None else images * row["seconds_per_image"] / 3600
+        paper = PAPER_HOURS.get((row["stage"], row["method"])) or PAPER_HOURS.get((row["stage"], None))
+        rows.append({
+            "stage": row["stage"], "method": row["method"], "device": row["device"],
+            "measured_seconds_per_image": row["seconds_per_image"], "paper_scale_images": images,
+            "extrapolated_hours": hours, "paper_hours": paper[0] if paper else None, "paper_note": paper[1] if paper else None,
+        })
+    return pl.DataFrame(rows, schema={
+        "stage": pl.Utf8, "method": pl.Utf8, "device": pl.Utf8, "measured_seconds_per_image": pl.Float64,
+        "paper_scale_images": pl.Float64, "extrapolated_hours": pl.Float64, "paper_hours": pl.Float64, "paper_note": pl.Utf8,
+    })
