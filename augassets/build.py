@@ -20,6 +20,7 @@ from .assets import (
     images,
     personalized,
     reports,
+    scaling,
     splits,
 )
 from .automation import stale_condition, with_automation
@@ -29,7 +30,8 @@ from .resources import default_resources
 # Data-flow order: each builder may refer to the definitions of the builders before it.
 BUILDERS = (
     catalog.build, splits.build, classifier.build_fidelity_classifier, foundation.build, calibration.build, foundation.build_fidelity,
-    images.build_class_prompts, personalized.build, images.build, domain.build, duplicates.build, datasets.build, classifier.build, reports.build,
+    images.build_class_prompts, personalized.build, images.build, domain.build, duplicates.build, datasets.build, classifier.build, scaling.build,
+    reports.build,
 )
 
 

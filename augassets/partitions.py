@@ -36,6 +36,44 @@ def class_method_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(image_method_keys(profile)), "wnid": class_partitions})
 
 
+def same_class_of(keys: list[str]) -> dg.MultiPartitionMapping:
+    """From a class × method asset over more methods (class_prompts), only these methods' partitions of
+    the same class."""
+    return dg.MultiPartitionMapping({
+        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})),
+        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
+    })
+
+
+def scaling_method_keys(profile: Profile) -> list[str]:
+    """The methods of the scaling analysis (``ScalingSpec.methods``, when it has ratios): each must be
+    one of the profile's retrieval or prompt methods."""
+    from .core.methods import RETRIEVAL, TXT2IMG, get_method
+
+    if not profile.scaling.ratios:
+        return []
+    for key in profile.scaling.methods:
+        if key not in profile.methods or get_method(key).builder not in (RETRIEVAL, TXT2IMG):
+            raise ValueError(f"profile {profile.name!r}: scaling method {key!r} must be one of the profile's retrieval or prompt methods "
+                             f"({', '.join(m for m in profile.methods if get_method(m).builder in (RETRIEVAL, TXT2IMG))}); "
+                             "set ScalingSpec.methods")
+    return [m.key for m in runnable_methods(profile.methods) if m.key in profile.scaling.methods]
+
+
+def ratio_key(ratio: float) -> str:
+    """A ratio as its partition key (dimension ``percent``): the percentage of the target's size (1.0 → "100")."""
+    return f"{100 * ratio:g}"
+
+
+def scaling_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
+    """method × percent (the augmentation ratio as a percentage of the target's size) for the scaling
+    analysis's classifiers."""
+    return dg.MultiPartitionsDefinition({
+        "method": dg.StaticPartitionsDefinition(scaling_method_keys(profile)),
+        "percent": dg.StaticPartitionsDefinition([ratio_key(r) for r in profile.scaling.ratios]),
+    })
+
+
 def method_replicate_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     """method × replicate, for ``ClassifierSpec.replicates`` classifier runs per method."""
     replicates = [str(r) for r in range(profile.classifier.replicates)]

@@ -35,6 +35,7 @@ from .core.methods import METHODS
 PROFILE_ENV = "AUGASSETS_PROFILE"
 METHODS_ENV = "AUGASSETS_METHODS"
 CLUSTERS_ENV = "AUGASSETS_CLUSTERS"
+SCALING_ENV = "AUGASSETS_SCALING_RATIOS"  # e.g. 1,2,5,10: the scaling analysis on any profile (ScalingSpec.ratios)
 HOME_ENV = "AUGASSETS_HOME"
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
@@ -234,6 +235,21 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class ScalingSpec:
+    """The scaling analysis (paper Fig. 5B): for each ratio r, classifiers trained on the target plus
+    ⌈r × the class's target count⌉ of a method's images per class (r = 1: as many as the target has,
+    the main table's setting; the paper: 100 % … 1000 %). Empty ``ratios``: off. ``methods``: retrieval
+    (its most similar images first; k grows until the largest ratio is filled or the pool runs out) and
+    prompt methods (a pool of ``GenerationSpec.factor`` × the largest need, resampled per replicate);
+    the personalized methods and Boomerang are not scaled. ``replicates``: classifiers per cell (0: the
+    classifier's replicates)."""
+
+    ratios: tuple[float, ...] = ()
+    methods: tuple[str, ...] = ("simple_prompt", "retrieval")
+    replicates: int = 0
+
+
+@dataclass(frozen=True)
 class PersonalizationSpec:
     """The personalized methods (paper §3.1, "Fine-tuning the diffusion model"): ⑤ fine-tuned
     conditioning, ⑥ cluster conditioning and ⑧ textual inversion, each trained per class on the
@@ -331,6 +347,7 @@ class Profile:
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     duplicates: DuplicateSpec = field(default_factory=DuplicateSpec)
     personalization: PersonalizationSpec = field(default_factory=PersonalizationSpec)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
     automation: AutomationSpec = field(default_factory=AutomationSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
@@ -452,7 +469,9 @@ MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_cal
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates. Seconds.",
+        description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates; the scaling analysis at "
+        "100 % and 200 %. Seconds.",
+        scaling=ScalingSpec(ratios=(1.0, 2.0)),
         dataset=FASHION_MNIST,
         split=SplitSpec(train_fraction=0.002, class_rate_spread=0.4, max_test_per_class=40, seed=0),
         # Two replicates, not five: enough for a standard error and for resampled sets to differ, at 40 % of the cost.
@@ -555,7 +574,7 @@ PROFILES["mini_all"] = replace(
 def get_profile(name: str | None = None) -> Profile:
     """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``; with ``AUGASSETS_METHODS``
     set, running exactly those methods (in registry order); with ``AUGASSETS_CLUSTERS`` set, ⑥ with
-    that many clusters."""
+    that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
         profile = PROFILES[name]
@@ -575,4 +594,14 @@ def get_profile(name: str | None = None) -> Profile:
         if not clusters.isdigit() or int(clusters) < 1:
             raise ValueError(f"{CLUSTERS_ENV}={clusters!r}: ⑥'s cluster count must be a whole number ≥ 1 (the paper's ablation: 1, 5, 10, 15)")
         profile = replace(profile, personalization=replace(profile.personalization, clusters=int(clusters)))
+    ratios = os.environ.get(SCALING_ENV, "").strip()
+    if ratios:
+        try:
+            values = tuple(sorted({float(r) for r in ratios.split(",") if r.strip()}))
+        except ValueError:
+            values = ()
+        if not values or min(values) <= 0:
+            raise ValueError(f"{SCALING_ENV}={ratios!r}: comma-separated augmentation ratios > 0, as multiples of the target's size "
+                             "(the paper's 100 % … 1000 %: 1,2,5,10)")
+        profile = replace(profile, scaling=replace(profile.scaling, ratios=values))
     return profile

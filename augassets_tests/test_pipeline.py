@@ -171,18 +171,55 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     assert generate["paper_scale_images"] == 390_000 and generate["paper_hours"] == 867.0
     assert generate["extrapolated_hours"] == pytest.approx(390_000 * generate["measured_seconds_per_image"] / 3600)
 
+    # Scaling (Fig. 5B): smoke scales simple_prompt and retrieval at 100 % and 200 % of the target's size.
+    scaling = db.query("SELECT * FROM scaling_scores ORDER BY method, ratio, replicate")
+    assert scaling.height == 2 * 2 * profile.classifier.replicates
+    targets = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
+    for row in scaling.iter_rows(named=True):
+        assert row["wanted_augmentation_images"] == row["ratio"] * targets  # ⌈r × count⌉ per class, whole here
+        assert row["augmentation_images"] == row["wanted_augmentation_images"] and row["short_classes"] is None
+        assert row["train_images"] == targets + row["augmentation_images"]
+    curve = db.query("SELECT * FROM scaling_table ORDER BY method, ratio")
+    assert curve["ratio"].to_list() == [0.0, 1.0, 2.0] * 2
+    assert curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 2
+
     reports = profile.home / "store" / "reports"
-    for name in ("table1.png", "per_class_gains.png", "method_samples.png", "compute.png"):
+    for name in ("table1.png", "per_class_gains.png", "method_samples.png", "compute.png", "scaling.png"):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
     page = (reports / "report.html").read_text()
-    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', 'src="compute.png"', "<table>",
+    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', 'src="compute.png"', 'src="scaling.png"', "<table>",
                    "paper top-1", "Extrapolated to the paper"):
         assert needed in page, needed
     instance = dg.DagsterInstance.get()
     metadata = instance.get_latest_materialization_event(dg.AssetKey("per_class_gains")).asset_materialization.metadata
     assert "data:image/png;base64," in metadata["per_class_gains"].value
     assert metadata["retrieval_beats_best_diffusion_on"].value.endswith("of 3 classes")
+
+
+def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, monkeypatch):
+    """Scaling retrieval to 8× the target's size asks for more than smoke's pool holds per class
+    (40 images, some failing the filters): those cells train with what there is and name each short
+    class with its counts; generation is never short."""
+    monkeypatch.setenv("AUGASSETS_SCALING_RATIOS", "1,8")
+    profile = get_profile()
+    cli.benchmark(profile, say=lambda *_: None)
+    db = Warehouse(profile.tables)
+    cells = {(r["method"], r["ratio"]): r for r in db.query("SELECT * FROM scaling_table").iter_rows(named=True)}
+    assert set(cells) == {(m, r) for m in ("simple_prompt", "retrieval") for r in (0.0, 1.0, 8.0)}
+    short = cells["retrieval", 8.0]
+    assert short["short_classes"] and short["augmentation_images"] < short["wanted_augmentation_images"]
+    have = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'retrieval' GROUP BY wnid")
+    want = dict(db.query("SELECT wnid, 8 * count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
+    named = 0
+    for row in have.iter_rows(named=True):
+        if row["n"] < want[row["wnid"]]:
+            assert f"{row['wnid']} ({row['n']} of {want[row['wnid']]})" in short["short_classes"]
+            named += 1
+        else:
+            assert row["wnid"] not in short["short_classes"]
+    assert named == short["short_classes"].count(" of ") >= 1
+    assert cells["simple_prompt", 8.0]["short_classes"] is None and cells["retrieval", 1.0]["short_classes"] is None
 
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):

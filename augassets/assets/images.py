@@ -28,7 +28,13 @@ from ..core.prompts import (
 from ..core.report import excluded_wnids, frame_markdown
 from ..core.retrieval import local_image_problem, retrieve
 from ..integrity import outputs
-from ..partitions import class_method_partitions, image_method_keys
+from ..partitions import (
+    class_method_partitions,
+    class_partitions,
+    image_method_keys,
+    same_class_of,
+    scaling_method_keys,
+)
 from ..profiles import Profile
 from ..resources import (
     ClipEncoderResource,
@@ -229,8 +235,10 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             }
         )
 
-    def _retrieve_partition(context, db, image_store, model, processor, index, safety_flags, method: str, wnid: str, n: int, label: int) -> tuple[dict, list[str]]:
-        """Retrieve one class's images, copy them into images/<method>/<wnid>/ atomically, record the manifest."""
+    def _retrieve_partition(context, db, image_store, model, processor, index, safety_flags, method: str, wnid: str, n: int, label: int,
+                            folder: str = "images", table: str = "augmentation_manifest") -> tuple[dict, list[str]]:
+        """Retrieve one class's images, copy them into <folder>/<method>/<wnid>/ atomically, record the
+        manifest in ``table`` (scaling_images: its own folder and table, a larger n)."""
         from ..core.clip import encode_texts
 
         prompt = db.query("SELECT prompt FROM class_prompts WHERE method = ? AND wnid = ?", [method, wnid])
@@ -246,7 +254,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             flags_unsafe=(lambda hits: safety_flags([load_rgb(str(h.metadata["url"]).removeprefix("file://")) for h in hits])) if safety_flags else None,
             progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
         )
-        final = image_store.path("images", method, wnid)
+        final = image_store.path(folder, method, wnid)
         rows = []
         with atomic_folder(final) as tmp:
             for rank, hit in enumerate(result.kept):
@@ -260,22 +268,26 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 })
             manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
             manifest.write_parquet(tmp / "manifest.parquet")
-        image_store.publish("images", method, wnid)
-        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        image_store.publish(folder, method, wnid)
+        db.replace(table, manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
         context.log.info(
-            f"augmentation_images[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
+            f"{context.asset_key.to_user_string()}[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
             f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
         )
         row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
         return row, [r["path"] for r in rows]
 
-    def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
-        """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated)."""
+    def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int,
+                            count: int = 0, folder: str = "images", table: str = "augmentation_manifest") -> tuple[dict, list[str]]:
+        """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated).
+        ``count``: that many images, the class's prompts cycled (scaling_images); 0: one per prompt."""
         from ..core.generation import GenerationRequest, generate_partition
 
         prompts = db.query("SELECT prompt, family, source_image FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
         if prompts.is_empty():
             raise ValueError(f"no prompts for {method}/{wnid}: materialize class_prompts for this partition first")
+        if count:  # image i keeps prompt i mod the prompt count; its seed is still its own index's
+            prompts = prompts[[i % prompts.height for i in range(count)]]
         boomerang = get_method(method).builder == IMG2IMG
         request = GenerationRequest(
             method, wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=profile.generation.seed,
@@ -283,7 +295,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
         if boomerang:
             image_store.ensure(request.init_images, context.log.info)
-        final = image_store.path("images", method, wnid)
+        final = image_store.path(folder, method, wnid)
         records = generate_partition(
             pipeline, request, final, backend.steps,
             1.0 if boomerang else backend.guidance_scale,  # Boomerang is unconditioned: no classifier-free guidance
@@ -296,10 +308,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             schema=MANIFEST_SCHEMA,
         )
         write_parquet_atomic(manifest, final / "manifest.parquet")
-        image_store.publish("images", method, wnid)
-        db.replace("augmentation_manifest", manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
+        image_store.publish(folder, method, wnid)
+        db.replace(table, manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label")), where={"method": method, "wnid": wnid})
         regenerated = int((manifest["attempts"] - 1).sum())
-        context.log.info(f"augmentation_images[{method}, {wnid}]: {manifest.height} images generated ({regenerated} regenerated after the safety check)")
+        context.log.info(f"{context.asset_key.to_user_string()}[{method}, {wnid}]: {manifest.height} images generated "
+                         f"({regenerated} regenerated after the safety check)")
         row = {"wnid": wnid, "method": method, "images": manifest.height, "needed": len(records), "regenerated": regenerated}
         return row, manifest["path"].to_list()
 
@@ -439,4 +452,75 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             metadata={"judge_fidelity": judged, "ground_truth_precision": truth, "difference": judged - truth},
         )
 
-    return {"augmentation_images": augmentation_images, "augmentation_images_are_valid": augmentation_images_are_valid, "excluded_classes": excluded_classes, "class_fidelity": class_fidelity, "judge_agrees_with_ground_truth": judge_agrees_with_ground_truth}
+    built = {"augmentation_images": augmentation_images, "augmentation_images_are_valid": augmentation_images_are_valid,
+             "excluded_classes": excluded_classes, "class_fidelity": class_fidelity, "judge_agrees_with_ground_truth": judge_agrees_with_ground_truth}
+    scaled = scaling_method_keys(profile)
+    if not scaled:
+        return built
+    largest_ratio = max(profile.scaling.ratios)
+
+    @dg.asset(
+        metadata=outputs(paths={"scaling_manifest": "path"}, files=("scaling/{method}/{wnid}/manifest.parquet",)),
+        group_name="scaling", code_version=code_version("1", profile.retrieval, profile.generation, largest_ratio, profile.dataset, profile.split),
+        **ON_GPU, partitions_def=dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(scaled), "wnid": class_partitions}),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(scaled)), up.pool_index, up.clip_model, up.diffusion_model,
+              up.dataset_splits],
+        kinds={"faiss", "parquet"},
+        description="The scaling analysis's images of a class for a method, enough for its largest ratio: retrieval's "
+        "⌈largest ratio × n⌉ nearest images (k grows to 10·1.4·that; a pool that runs out leaves the class short, and "
+        "the short cells say so), a prompt method's pool of factor × that, the class's prompts cycled with every "
+        "image's own seed. Under scaling/<method>/<wnid>/ with a manifest (table scaling_manifest); the first images "
+        "coincide with augmentation_images' where the seeds do.",
+    )
+    def scaling_images(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        clip_encoder: ClipEncoderResource,
+        knn_index: KnnIndexResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,
+    ) -> dg.MaterializeResult:
+        from ..core.generation import GenerationError
+
+        db = warehouse.get()
+        labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+        builders = {get_method(partition(key)[0]).builder for key in context.partition_keys}
+        if profile.world:
+            for parts in (("models", "clip"), ("pool_index",), ("web_pool",), ("models", "stable_diffusion")):
+                image_store.fetch(*parts)
+        retriever = (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker()) if RETRIEVAL in builders else None
+        pipeline = diffusion_backend.load(TXT2IMG) if TXT2IMG in builders else None
+        n = math.ceil(largest_ratio * needed_per_class(db, profile))
+        generated = math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
+        summary, failures = [], {}
+        for key in context.partition_keys:
+            method, wnid = partition(key)
+            retrieving = get_method(method).builder == RETRIEVAL
+            try:
+                with Meter("scaling_images", str(key), "retrieve" if retrieving else "generate", method, diffusion_backend.device) as meter:
+                    if retrieving:
+                        row, _ = _retrieve_partition(context, db, image_store, *retriever, method, wnid, n, labels[wnid],
+                                                     folder="scaling", table="scaling_manifest")
+                    else:
+                        row, _ = _generate_partition(context, db, image_store, pipeline, diffusion_backend, method, wnid, labels[wnid],
+                                                     count=generated, folder="scaling", table="scaling_manifest")
+            except (KnnError, GenerationError, ValueError, OSError) as error:
+                failures[str(key)] = str(error)
+                context.log.error(f"scaling_images[{key}] failed: {error}")
+                continue
+            meter.images = row["images"]
+            record_compute(db, [meter])
+            summary.append({**row, "needed": n if retrieving else generated})
+        if failures:
+            raise dg.Failure(description=f"{len(failures)} of {len(context.partition_keys)} partitions failed: "
+                             + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]))
+        table = pl.DataFrame(summary, infer_schema_length=None)
+        return dg.MaterializeResult(metadata={
+            "partitions": table.height, "images": int(table["images"].sum()), "largest_ratio": largest_ratio,
+            "short_classes": int((table["images"] < table["needed"]).sum()),
+            "per_class": dg.MetadataValue.md(frame_markdown(table)),
+        })
+
+    return {**built, "scaling_images": scaling_images}

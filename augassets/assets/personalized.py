@@ -44,7 +44,7 @@ from ..core.methods import (
 from ..core.prompts import simple_prompt_nows
 from ..core.report import frame_markdown
 from ..integrity import outputs
-from ..partitions import class_partitions, method_keys
+from ..partitions import class_partitions, method_keys, same_class_of
 from ..profiles import PersonalizationSpec, Profile
 from ..resources import (
     ClipEncoderResource,
@@ -147,14 +147,6 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 def _multi(keys: list[str]) -> dg.MultiPartitionsDefinition:
     """Class × method partitions for ``keys``."""
     return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(keys), "wnid": class_partitions})
-
-
-def _prompts_of(keys: list[str]) -> dg.MultiPartitionMapping:
-    """From the class × image-method assets (prompts), only these methods' partitions of the same class."""
-    return dg.MultiPartitionMapping({
-        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})),
-        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
-    })
 
 
 def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
@@ -301,7 +293,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
         group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))], kinds={"pytorch", "parquet"},
+        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))], kinds={"pytorch", "parquet"},
         description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
         "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
         "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by their "
@@ -428,7 +420,7 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
         group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[dg.AssetDep(personalized_unets, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
-              dg.AssetDep(up.class_prompts, partition_mapping=_prompts_of(keys))],
+              dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))],
         kinds={"pytorch", "parquet"},
         description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's fine-tuned UNet: the "
         "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or pseudo-word in "

@@ -242,7 +242,38 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         })
 
     assets["compute_report"] = compute_report
-    report_deps = [results_table, per_class_gains, compute_report] + ([assets["method_samples"]] if augmenting else [])
+
+    if hasattr(up, "scaling_scores"):
+        @dg.asset(
+            metadata=outputs(tables=("scaling_table",)),
+            group_name=GROUP,
+            code_version=code_version("1", profile.scaling),
+            deps=[up.scaling_scores, up.classifier_scores],
+            kinds={"parquet"},
+            description="The scaling analysis (paper Fig. 5B): top-1 mean ± standard error and 95 % interval per method and "
+            "augmentation ratio, real_p as ratio 0, and the classes that could not fill a ratio. Figure: reports/scaling.png.",
+        )
+        def scaling_table(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+            from ..core.figures import scaling_figure
+
+            db = warehouse.get()
+            ratios = list(profile.scaling.ratios)
+            scores = db.query("SELECT * FROM scaling_scores").filter(pl.col("ratio").is_in(ratios))
+            baseline = db.query("SELECT test_top1 FROM classifier_scores WHERE method = 'real_p'").head(profile.classifier.replicates) \
+                if "real_p" in profile.methods else None
+            summary = analysis.scaling_summary(scores, baseline)
+            db.replace("scaling_table", summary)
+            short = summary.filter(pl.col("short_classes").is_not_null())
+            return dg.MaterializeResult(metadata={
+                "cells": summary.height, "short_cells": short.height,
+                "table": dg.MetadataValue.md(frame_markdown(summary)),
+                **save_figure(context, image_store, "scaling.png", lambda: scaling_figure(summary)),
+            })
+
+        assets["scaling_table"] = scaling_table
+
+    report_deps = [results_table, per_class_gains, compute_report] + ([assets["method_samples"]] if augmenting else []) \
+        + ([assets["scaling_table"]] if "scaling_table" in assets else [])
 
     @dg.asset(
         group_name=GROUP,
@@ -254,7 +285,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     )
     def analysis_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         db = warehouse.get()
-        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples", "compute")}
+        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples", "compute", "scaling")}
         image = lambda name, alt: f"![{alt}]({name}.png)" if figures[name] else f"(figure {name}.png was not drawn: see its asset's log)"  # noqa: E731
         sections = [("Results", results_report(db, paper) + "\n\n" + image("table1", "Table 1 as bars"))]
         if augmenting:
@@ -268,6 +299,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             gains.append(f"Retrieval against the best diffusion method ({versus['diffusion_method'][0]}), per class (gains in fractions):\n\n"
                          + frame_markdown(versus.drop("diffusion_method"), "{:+.4f}"))
         sections.append(("Per-class gains over real_p", "\n\n".join(gains)))
+        if "scaling_table" in assets and db.has_table("scaling_table"):
+            sections.append(("Scaling with more augmentation images", image("scaling", "top-1 against the augmentation ratio") + "\n\n"
+                             + frame_markdown(db.query("SELECT * FROM scaling_table ORDER BY method, ratio"))))
         if db.has_table("compute_extrapolation"):
             sections.append(("Compute", image("compute", "compute per method and stage") + "\n\n"
                              + "Measured on this machine:\n\n" + frame_markdown(db.query("SELECT * FROM compute_report"), "{:.3f}")

@@ -1,6 +1,6 @@
 """The paper's analyses over the study's tables (Dagster-free): Table 1 beside the paper's reported
 numbers, per-class gains over the no-augmentation baseline (the paper's Fig. 5A) and what they
-correlate with.
+correlate with, and the scaling curves (Fig. 5B).
 
 Accuracies are fractions (0–1) throughout; the markdown and the figures show percentages. An
 interval needs at least two finished replicates: with fewer it is missing (null), never zero.
@@ -225,3 +225,27 @@ def gain_correlations(gains: pl.DataFrame, fidelity: pl.DataFrame | None, simila
                 row["r_gain_retrieval_similarity"] = pearson(joined["gain"].to_list(), joined["similarity"].to_list())
         rows.append(row)
     return pl.DataFrame(rows, schema={"method": pl.Utf8, "classes": pl.Int64, "r_gain_fidelity": pl.Float64, "r_gain_retrieval_similarity": pl.Float64})
+
+
+def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.DataFrame:
+    """Per method × ratio: top-1 mean, standard error and 95 % interval (missing with one run), the
+    augmentation images used and wanted, and the short classes; ``baseline`` (real_p's classifier
+    scores) adds the ratio-0 point every curve starts from."""
+    rows = []
+    for (method, ratio), part in scores.group_by("method", "ratio", maintain_order=True):
+        n = part.height
+        se = float(part["test_top1"].std(ddof=1)) / math.sqrt(n) if n > 1 else None
+        rows.append({"method": method, "ratio": ratio, "top1_mean": float(part["test_top1"].mean()), "top1_se": se,
+                     "top1_ci95": mean_interval(se, n), "n_runs": n, "augmentation_images": float(part["augmentation_images"].mean()),
+                     "wanted_augmentation_images": int(part["wanted_augmentation_images"].max()), "short_classes": part["short_classes"][0]})
+    if baseline is not None and baseline.height:
+        n = baseline.height
+        se = float(baseline["test_top1"].std(ddof=1)) / math.sqrt(n) if n > 1 else None
+        for method in scores["method"].unique(maintain_order=True):
+            rows.append({"method": method, "ratio": 0.0, "top1_mean": float(baseline["test_top1"].mean()), "top1_se": se,
+                         "top1_ci95": mean_interval(se, n), "n_runs": n, "augmentation_images": 0.0, "wanted_augmentation_images": 0,
+                         "short_classes": None})
+    return pl.DataFrame(rows, schema={
+        "method": pl.Utf8, "ratio": pl.Float64, "top1_mean": pl.Float64, "top1_se": pl.Float64, "top1_ci95": pl.Float64, "n_runs": pl.Int64,
+        "augmentation_images": pl.Float64, "wanted_augmentation_images": pl.Int64, "short_classes": pl.Utf8,
+    }).sort("method", "ratio")

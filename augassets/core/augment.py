@@ -30,12 +30,15 @@ def augmented_sets(
     images: pl.DataFrame | None = None,
     excluded: set[str] = frozenset(),
     seed: int = 0,
+    ratio: float = 1.0,
 ) -> pl.DataFrame:
     """One row per training image of each replicate set: ``origin`` is ``target`` or the method key.
 
     ``images`` (for methods with their own augmentation images): rows ``wnid, label, path, rank``. Each
     set takes as many per class as the target has: the lowest ranks (retrieval), or a seeded sample
-    drawn anew for every replicate (generated pools, ``method.resample``)."""
+    drawn anew for every replicate (generated pools, ``method.resample``). ``ratio`` (the scaling
+    analysis): ⌈ratio × the class's target count⌉ images per class instead; a class whose images fall
+    short contributes what it has."""
     splits = splits.filter(~pl.col("wnid").is_in(list(excluded)))
     target = splits.filter(pl.col("split") == "target")
     if method.extra_images == NO_EXTRA:
@@ -46,7 +49,7 @@ def augmented_sets(
     elif method.extra_images == IMAGES:
         if images is None:
             raise ValueError(f"method {method.key!r} needs its augmentation images")
-        needed = target.group_by("wnid").len().rename({"len": "needed"})
+        needed = target.group_by("wnid").len().select("wnid", (pl.col("len") * ratio).ceil().cast(pl.Int64).alias("needed"))
         pool = images.filter(~pl.col("wnid").is_in(list(excluded))).join(needed, on="wnid").sort("wnid", "rank")
 
         def extra_for(r: int) -> pl.DataFrame:

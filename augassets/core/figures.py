@@ -147,3 +147,29 @@ def compute_figure(summary: pl.DataFrame) -> Image.Image:
     axes.set_title("Compute per method and stage (measured)")
     axes.legend(fontsize=8)
     return _to_image(plt, figure)
+
+
+def scaling_figure(summary: pl.DataFrame) -> Image.Image:
+    """Top-1 against the augmentation ratio (percent of the target's size), one line per method with
+    95 % intervals (the paper's Fig. 5B); ratio 0 is real_p; a hollow marker is a cell some class
+    could not fill."""
+    plt, figure = _figure(7, 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, method in enumerate(summary["method"].unique(maintain_order=True)):
+        part = summary.filter(pl.col("method") == method).sort("ratio")
+        x = [100 * r for r in part["ratio"].to_list()]
+        y = [100 * v for v in part["top1_mean"].to_list()]
+        errors = [0 if e is None else 100 * e for e in part["top1_ci95"].to_list()]
+        colour = colours[number % len(colours)]
+        axes.errorbar(x, y, yerr=errors, color=colour, marker="o", capsize=3, label=method)
+        for xi, yi, short in zip(x, y, part["short_classes"].to_list()):
+            if short:
+                axes.plot([xi], [yi], "o", markersize=11, markerfacecolor="none", markeredgecolor=colour)
+    low, high = axes.get_ylim()
+    axes.set_ylim(max(0.0, low), min(100.0, high))  # intervals of two runs are wide; accuracy stays within 0–100
+    axes.set_xlabel("augmentation images (% of the target's size; 0: real_p)")
+    axes.set_ylabel("top-1 (%), 95 % CI")
+    axes.set_title("Scaling (paper Fig. 5B); hollow ring: some class could not be filled")
+    axes.legend(fontsize=8)
+    return _to_image(plt, figure)
