@@ -1,4 +1,5 @@
-"""The UI: `dagster dev` on a free localhost port, the lineage and automation pages in headless Chromium."""
+"""The UI: `dagster dev` on a free localhost port over the smoke benchmark's instance; the lineage and automation pages
+and the path from a result to its images, clicked in headless Chromium."""
 
 import os
 import shutil
@@ -24,12 +25,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def dagster_ui(tmp_path):
+def dagster_ui(benchmark_run):
+    """``dagster dev`` on the smoke benchmark's instance and home, so the pages show real materializations."""
     port = free_port()
-    dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "AUGASSETS_HOME": str(tmp_path / "home")}
+    env = dict(os.environ)  # conftest's DAGSTER_HOME and AUGASSETS_HOME: the benchmark's
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(
         [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
@@ -73,9 +72,12 @@ def browser(tmp_path):
     driver.quit()
 
 
-def test_lineage_and_automation_pages(dagster_ui, browser, tmp_path):
-    """The lineage of the results table back to the catalog, and the daemon's two sensors on the
-    Automation page (one UI start for both: it takes most of the test's time)."""
+def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(dagster_ui, browser, tmp_path):
+    """The lineage of the results table back to the catalog; the daemon's two sensors on the
+    Automation page; and the path a reader follows from a result to the images behind it: the results
+    table's ``derived_from`` links a method to its classifier runs, a run's ``training_sets`` to the
+    augmented set it trained on, the set's ``drawn_from`` to the class × method image partitions, whose
+    page shows the sample grid. One UI start for all: it takes most of the test's time."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -86,6 +88,18 @@ def test_lineage_and_automation_pages(dagster_ui, browser, tmp_path):
         node = wait.until(ec.presence_of_element_located((By.XPATH, f"//*[normalize-space(text())='{name}']")))
         assert node.is_displayed(), f"{name} is in the {page} page but not shown"
 
+    def dismiss_prompts():
+        for button in browser.find_elements(By.XPATH, "//button[normalize-space(.)='Skip']"):  # the UI's newsletter prompt
+            button.click()
+
+    def follow(entry: str, link: str, page: str) -> None:
+        """Open the markdown of metadata entry ``entry`` and click its link ``link``."""
+        row = wait.until(ec.presence_of_element_located((By.XPATH, f"//tr[.//*[normalize-space(text())='{entry}']]")))
+        dismiss_prompts()
+        row.find_element(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']").click()
+        wait.until(ec.element_to_be_clickable((By.XPATH, f"//a[normalize-space(text())='{link}']"))).click()
+        wait.until(ec.url_contains(page))
+
     browser.get(f"{dagster_ui}/assets/results_table?view=lineage&lineageScope=upstream&lineageDepth=10")
     for name in STAGES:
         shown(name, "lineage")
@@ -95,3 +109,17 @@ def test_lineage_and_automation_pages(dagster_ui, browser, tmp_path):
         shown(name, "automation")
     browser.save_screenshot(str(tmp_path / "automation.png"))
 
+    browser.get(f"{dagster_ui}/assets/results_table")
+    follow("derived_from", "retrieval|0", "/assets/classifier_scores")
+    shown("retrieval|0", "classifier_scores partition")
+    shown("mean_test_top1", "classifier_scores partition")  # the run's figures
+    follow("training_sets", "retrieval|0", "/assets/augmented_datasets")
+    shown("retrieval_extra_images_per_set", "augmented_datasets partition")
+    wnid = "n03595614"  # smoke's first class (T-shirt)
+    follow("drawn_from", f"retrieval|{wnid}", "/assets/augmentation_images")
+    shown(f"retrieval|{wnid}", "augmentation_images partition")
+    row = wait.until(ec.presence_of_element_located((By.XPATH, "//tr[.//*[normalize-space(text())='sample_grid']]")))
+    row.find_element(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']").click()
+    grid = wait.until(ec.visibility_of_element_located((By.XPATH, "//img[starts-with(@src, 'data:image/png;base64,')]")))
+    assert grid.size["width"] > 50 and grid.size["height"] > 20, grid.size
+    browser.save_screenshot(str(tmp_path / "sample_grid.png"))

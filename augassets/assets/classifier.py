@@ -13,6 +13,7 @@ from ..core.compute import record as record_compute
 from ..core.files import save_safetensors_atomic
 from ..core.report import excluded_wnids, frame_markdown
 from ..integrity import outputs
+from ..lineage import partition_links
 from ..partitions import method_replicate_partitions
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
@@ -128,6 +129,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "mean_images_per_second": float(summary["images_per_second"].mean()),
                 "seconds": round(time.perf_counter() - started, 1),
                 "runs_table": dg.MetadataValue.md(frame_markdown(summary)),
+                "training_sets": dg.MetadataValue.md("The augmented set each classifier trained on (augmented_datasets):\n\n"
+                                                     + partition_links("augmented_datasets", [str(k) for k in context.partition_keys])),
             }
         )
 

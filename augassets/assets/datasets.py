@@ -10,6 +10,7 @@ from ..core.augment import augmented_sets
 from ..core.methods import IMAGES, get_method
 from ..core.report import excluded_wnids
 from ..integrity import outputs
+from ..lineage import partition_links
 from ..partitions import image_method_keys, method_replicate_partitions
 from ..profiles import Profile
 from ..resources import WarehouseResource
@@ -61,6 +62,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             db.replace("augmented_datasets", sets, where={"method": key_method, "replicate": replicate})
             metadata[f"{key_method}_images_per_set"] = sets.height
             metadata[f"{key_method}_extra_images_per_set"] = sets.filter(pl.col("origin") != "target").height
+        sources = []
+        for key_method, sets in sets_by_method.items():
+            if get_method(key_method).extra_images == IMAGES:
+                wnids = sorted(sets.filter(pl.col("origin") != "target")["wnid"].unique())
+                sources.append(f"- {key_method}: " + partition_links("augmentation_images", [f"{key_method}|{w}" for w in wnids]))
+        if sources:
+            metadata["drawn_from"] = dg.MetadataValue.md("The class × method image partitions the sets draw from (augmentation_images, "
+                                                         "with their sample grids):\n\n" + "\n".join(sources))
         context.log.info(f"augmented_datasets: {len(context.partition_keys)} sets of {len(sets_by_method)} methods")
         return dg.MaterializeResult(metadata={"sets": len(context.partition_keys), **metadata})
 

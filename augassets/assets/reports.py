@@ -19,6 +19,7 @@ from ..core.files import write_bytes_atomic
 from ..core.methods import runnable_methods
 from ..core.report import frame_markdown, read_excluded, results_report
 from ..integrity import outputs
+from ..lineage import partition_links
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
@@ -94,6 +95,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "excluded_classes": 0 if excluded is None else excluded.height,
                 "paper_reference": paper,
                 "results": dg.MetadataValue.md(table),
+                "derived_from": dg.MetadataValue.md("Each method's classifier runs (classifier_scores partitions):\n\n" + "\n".join(
+                    f"- {m}: " + partition_links("classifier_scores", [f"{m}|{r}" for r in range(profile.classifier.replicates)])
+                    for m in summary["method"])),
                 "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
                 **save_figure(context, image_store, "table1.png", lambda: table1_figure(summary, paper)),
             }
