@@ -151,3 +151,21 @@ def test_a_catalog_of_earlier_versions_becomes_partition_files_and_views(tmp_pat
         assert connection.execute("SELECT count(*) FROM scores").fetchone() == (3,)
     catalog.unlink()
     assert db.query("SELECT count(*) AS n FROM scores")["n"][0] == 3
+
+
+def test_a_write_looks_only_at_the_files_that_may_hold_its_partition(tmp_path):
+    """Replacing one partition reads the folders of that partition and of coarser files only, never
+    the other partitions' (listing the whole table per write made N writes cost O(N²))."""
+    db = Warehouse(str(tmp_path))
+    db.replace("t", pl.DataFrame({"method": ["c"], "wnid": ["n9"], "x": [1]}))  # a coarser file: the table once written whole
+    for method in ("a", "b"):
+        for wnid in ("n1", "n2"):
+            db.replace("t", pl.DataFrame({"method": [method], "wnid": [wnid], "x": [1]}), where={"method": method, "wnid": wnid})
+
+    def relative(where):
+        return [path[len(db.folder("t")) + 1:] for path in db._files_that_may_hold("t", where)]
+
+    assert relative({"method": "a", "wnid": "n2"}) == ["method=a/wnid=n2/part.parquet", "part.parquet"]
+    assert relative({"method": "b"}) == ["method=b/wnid=n1/part.parquet", "method=b/wnid=n2/part.parquet", "part.parquet"]
+    assert len(relative({})) == 5
+    assert db.query("SELECT count(*) AS n FROM t")["n"][0] == 5  # the coarse file kept c's row; each partition one row
