@@ -123,6 +123,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         methods = [m.key for m in runnable_methods(profile.methods)]
         per_class = db.query("SELECT method, replicate, wnid, name, test_top1 FROM per_class_scores").filter(
             pl.col("method").is_in(methods) & (pl.col("replicate") < profile.classifier.replicates))
+        if analysis.BASELINE not in set(per_class["method"]):
+            context.log.warning(f"per-class gains need {analysis.BASELINE}'s classifiers (methods here: {', '.join(methods)}): "
+                                "the tables stay empty; add it to the methods (AUGASSETS_METHODS)")
         gains = analysis.per_class_gains(per_class)
         fidelity = similarity = None
         if db.has_table("class_fidelity"):
@@ -298,8 +301,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         if db.has_table("gain_correlations"):
             gains.append("Pearson's r over classes between a method's gain and its class fidelity / retrieval similarity:\n\n"
                          + frame_markdown(db.query("SELECT * FROM gain_correlations"), "{:.3f}"))
-        if db.has_table("retrieval_vs_diffusion"):
-            versus = db.query("SELECT * FROM retrieval_vs_diffusion")
+        versus = db.query("SELECT * FROM retrieval_vs_diffusion") if db.has_table("retrieval_vs_diffusion") else None
+        if versus is not None and versus.height:
             gains.append(f"Retrieval against the best diffusion method ({versus['diffusion_method'][0]}), per class (gains in fractions):\n\n"
                          + frame_markdown(versus.drop("diffusion_method"), "{:+.4f}"))
         sections.append(("Per-class gains over real_p", "\n\n".join(gains)))
