@@ -99,7 +99,10 @@ def per_class_gain_figure(gains: pl.DataFrame) -> Image.Image:
     axes.set_xlabel("classes, sorted by gain (per method)")
     axes.set_ylabel("per-class test accuracy gain over real_p (pp)")
     axes.set_title("Per-class gains (paper Fig. 5A)")
-    axes.legend(fontsize=7, ncols=2)
+    if gains.height:
+        axes.legend(fontsize=7, ncols=2)
+    else:
+        axes.text(0.5, 0.5, "no per-class gains: real_p has not run", transform=axes.transAxes, ha="center")
     return _to_image(plt, figure)
 
 
