@@ -91,13 +91,6 @@ class Meter:
                 "device": device_name(self.device), "seconds": self.seconds, "images": int(self.images),
                 "peak_gpu_memory_mb": self.peak_gpu_memory_mb, "finished_at": time.time()}
 
-    def metadata(self) -> dict:
-        """The figures for an asset's metadata."""
-        entries = {"compute_seconds": round(self.seconds, 2), "compute_images": int(self.images), "compute_device": device_name(self.device)}
-        if self.peak_gpu_memory_mb is not None:
-            entries["peak_gpu_memory_mb"] = round(self.peak_gpu_memory_mb, 1)
-        return entries
-
 
 def timed(asset: str, partition: str, stage: str, method: str | None, device: str, seconds: float, images: float) -> Meter:
     """A meter for work the caller timed itself (a training loop that reports its own seconds)."""
