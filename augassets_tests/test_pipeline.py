@@ -349,15 +349,16 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     instance = dg.DagsterInstance.get()
     cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
     requested, _ = automation.evaluate(changed_defs, instance, cli.benchmark_keys(changed_defs), cursor)
-    # Dagster requests the changed asset and, in the same run, what lies below it unpartitioned; those
-    # also read duplicate_report, which the change makes stale too, so the CLI runs leak_threshold alone first.
-    assert requested == {dg.AssetKey(name): {None} for name in ("leak_threshold", "duplicate_summary", "results_table")}
+    # Dagster requests the changed asset and, in the same run, what lies below it unpartitioned (the
+    # results and the reports that read them); those also read duplicate_report, which the change makes
+    # stale too, so the CLI runs leak_threshold alone first.
+    assert requested == {dg.AssetKey(name): {None} for name in ("leak_threshold", "duplicate_summary", "results_table", "compute_report", "analysis_report")}
     assert [group.names for group in automation.plan_runs(changed_defs, requested)] == [["leak_threshold"]]
 
     before = {run.run_id for run in instance.get_runs()}
     cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table"]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
     recall = Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0]
     assert recall >= 0.9
 
@@ -393,7 +394,7 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
     cli.materialize(changed, cli.benchmark_keys, say=lines.append)
     assert any(line.startswith("- resuming what an earlier command requested and did not finish: leak_threshold (1)") for line in lines), lines
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table"]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
     assert Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0] >= 0.9
     assert not (home / automation.PENDING_FILE).exists(), "nothing is left pending once it has run"
 
