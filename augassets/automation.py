@@ -180,12 +180,18 @@ INTERRUPTED = (
 )
 
 
+# How a stop by signal shows inside a step: Dagster's own interruption, or a library that caught the
+# signal mid-call and raised its own error (DuckDB: "Query interrupted", from a query a step was running).
+INTERRUPT_CLASSES = {"DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException"}
+INTERRUPT_MESSAGES = ("Query interrupted",)
+
+
 def root_cause(error) -> str:
     """The innermost error of a step failure (the asset's own exception, with its message), not
     Dagster's "Error occurred while executing op" wrapper around it. A stop by signal says so."""
     while error.cause is not None:
         error = error.cause
-    if error.cls_name == "DagsterExecutionInterruptedError":
+    if error.cls_name in INTERRUPT_CLASSES or any(text in error.message for text in INTERRUPT_MESSAGES):
         return INTERRUPTED
     return error.message.strip()
 

@@ -197,3 +197,21 @@ def test_domain_separability_tells_shifted_sets_apart_and_not_equal_ones():
     balanced, _ = domain_separability(draw(), labels, method, skewed)
     assert 0.3 <= balanced <= 0.7, "the same domain with another class make-up is not told apart"
     assert np.isnan(domain_separability(draw()[:3], labels[:3], draw()[:3], labels[:3])[0])
+
+
+def test_a_stop_by_signal_reads_as_one_whatever_caught_it():
+    """SIGTERM inside a DuckDB query surfaces as DuckDB's "Query interrupted", not Dagster's own
+    interruption: the command still says it was interrupted and how to resume."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from augassets.automation import INTERRUPTED, root_cause
+
+    def wrapped(inner):
+        return SerializableErrorInfo("Error occurred while executing op\n", [], "DagsterExecutionStepExecutionError", inner)
+
+    duckdb_stop = SerializableErrorInfo("RuntimeError: Query interrupted\n", [], "RuntimeError", None)
+    dagster_stop = SerializableErrorInfo("Execution was interrupted\n", [], "DagsterExecutionInterruptedError", None)
+    own_error = SerializableErrorInfo("ValueError: no prompts for simple_prompt/n1\n", [], "ValueError", None)
+    assert root_cause(wrapped(duckdb_stop)) == INTERRUPTED
+    assert root_cause(wrapped(dagster_stop)) == INTERRUPTED
+    assert root_cause(wrapped(own_error)) == "ValueError: no prompts for simple_prompt/n1"
