@@ -521,6 +521,8 @@ PROFILES: dict[str, Profile] = {
         # The demo runs headless (`augassets benchmark`); the daemon's sensors are there to start from the UI.
         automation=AutomationSpec(backfill_on=False, new_classes_on=False),
         personalization=MINI_PERSONALIZATION,
+        # Off until AUGASSETS_SCALING_RATIOS turns it on; 3 classifiers per cell keep 1,2,5,10 within the documented time.
+        scaling=ScalingSpec(replicates=3),
     ),
     "imagenet10": Profile(
         name="imagenet10",

@@ -5,7 +5,7 @@ import pytest
 
 from augassets.automation import contiguous_ranges
 from augassets.core import methods as registry
-from augassets.core.analysis import markdown_table, per_class_gains, summarize_scores
+from augassets.core.analysis import markdown_table, per_class_gains, scaling_summary, summarize_scores
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown
@@ -144,6 +144,33 @@ def test_per_class_gains_are_against_real_p_on_the_same_class():
     assert got["retrieval", "n1"]["gain_se"] == pytest.approx(math.sqrt(0.005 / 2 + 0.02 / 2))
     assert got["retrieval", "n2"]["gain"] == pytest.approx(-0.1)
     assert got["simple_prompt", "n2"]["gain_se"] is None  # one run
+
+
+def test_scaling_cells_are_mean_and_standard_error_with_real_p_as_ratio_zero():
+    scores = pl.DataFrame({
+        "method": ["retrieval"] * 3 + ["simple_prompt"],
+        "ratio": [2.0, 2.0, 1.0, 2.0],
+        "replicate": [0, 1, 0, 0],
+        "test_top1": [0.70, 0.74, 0.69, 0.66],
+        "augmentation_images": [20, 20, 10, 20],
+        "wanted_augmentation_images": [20, 20, 10, 20],
+        "short_classes": ["n1 (8 of 10)", "n1 (8 of 10)", None, None],
+    })
+    baseline = pl.DataFrame({"test_top1": [0.60, 0.64, 0.62]})
+    cells = {(r["method"], r["ratio"]): r for r in scaling_summary(scores, baseline).iter_rows(named=True)}
+    assert set(cells) == {("retrieval", 0.0), ("retrieval", 1.0), ("retrieval", 2.0), ("simple_prompt", 0.0), ("simple_prompt", 2.0)}
+    two = cells["retrieval", 2.0]
+    assert two["top1_mean"] == pytest.approx(0.72) and two["n_runs"] == 2
+    assert two["top1_se"] == pytest.approx(0.02)  # s.d. 0.0283 over 2 runs
+    assert two["top1_ci95"] == pytest.approx(12.7062 * 0.02, rel=1e-4)  # t(0.975, 1)
+    assert two["short_classes"] == "n1 (8 of 10)"
+    assert cells["retrieval", 1.0]["top1_se"] is None and cells["retrieval", 1.0]["top1_ci95"] is None  # one run: missing
+    for method in ("retrieval", "simple_prompt"):  # every curve starts at real_p's runs, no augmentation images
+        start = cells[method, 0.0]
+        assert start["top1_mean"] == pytest.approx(0.62) and start["top1_se"] == pytest.approx(0.02 / math.sqrt(3))
+        assert start["n_runs"] == 3 and start["augmentation_images"] == 0
+    assert {(r["method"], r["ratio"]) for r in scaling_summary(scores, None).iter_rows(named=True)} == \
+        {("retrieval", 1.0), ("retrieval", 2.0), ("simple_prompt", 2.0)}
 
 
 def test_frame_markdown_escapes_pipes():

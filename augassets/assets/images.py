@@ -190,7 +190,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         for key in context.partition_keys:
             method, wnid = partition(key)
             builder = get_method(method).builder
-            meter = Meter("augmentation_images", str(key), "retrieve" if builder == RETRIEVAL else "generate", method, diffusion_backend.device)
+            # A personalized method's images were made (and metered) by candidate_images; this step copies the chosen ones.
+            meter = None if builder in FINETUNE_BUILDERS else \
+                Meter("augmentation_images", str(key), "retrieve" if builder == RETRIEVAL else "generate", method, diffusion_backend.device)
             try:
                 if builder == RETRIEVAL:
                     with meter:
@@ -208,7 +210,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 failures[str(key)] = str(error)
                 context.log.error(f"augmentation_images[{key}] failed: {error}")
                 continue
-            if builder not in FINETUNE_BUILDERS:  # those images were made (and counted) by candidate_images
+            if meter is not None:
                 meter.images = row["images"]
                 record_compute(db, [meter])
             summary.append({**row, "key": str(key)})

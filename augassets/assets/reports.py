@@ -266,8 +266,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             db = warehouse.get()
             ratios = list(profile.scaling.ratios)
             scores = db.query("SELECT * FROM scaling_scores").filter(pl.col("ratio").is_in(ratios))
-            baseline = db.query("SELECT test_top1 FROM classifier_scores WHERE method = 'real_p'").head(profile.classifier.replicates) \
-                if "real_p" in profile.methods else None
+            baseline = db.query("SELECT test_top1 FROM classifier_scores WHERE method = 'real_p' AND replicate < ?",
+                                [profile.classifier.replicates]) if "real_p" in profile.methods else None
             summary = analysis.scaling_summary(scores, baseline)
             db.replace("scaling_table", summary)
             short = summary.filter(pl.col("short_classes").is_not_null())

@@ -230,19 +230,19 @@ def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.D
     """Per method × ratio: top-1 mean, standard error and 95 % interval (missing with one run), the
     augmentation images used and wanted, and the short classes; ``baseline`` (real_p's classifier
     scores) adds the ratio-0 point every curve starts from."""
+    def spread(top1: pl.Series) -> dict:
+        n = top1.len()
+        se = float(top1.std(ddof=1)) / math.sqrt(n) if n > 1 else None
+        return {"top1_mean": float(top1.mean()), "top1_se": se, "top1_ci95": mean_interval(se, n), "n_runs": n}
+
     rows = []
     for (method, ratio), part in scores.group_by("method", "ratio", maintain_order=True):
-        n = part.height
-        se = float(part["test_top1"].std(ddof=1)) / math.sqrt(n) if n > 1 else None
-        rows.append({"method": method, "ratio": ratio, "top1_mean": float(part["test_top1"].mean()), "top1_se": se,
-                     "top1_ci95": mean_interval(se, n), "n_runs": n, "augmentation_images": float(part["augmentation_images"].mean()),
+        rows.append({"method": method, "ratio": ratio, **spread(part["test_top1"]), "augmentation_images": float(part["augmentation_images"].mean()),
                      "wanted_augmentation_images": int(part["wanted_augmentation_images"].max()), "short_classes": part["short_classes"][0]})
     if baseline is not None and baseline.height:
-        n = baseline.height
-        se = float(baseline["test_top1"].std(ddof=1)) / math.sqrt(n) if n > 1 else None
+        start = spread(baseline["test_top1"])
         for method in scores["method"].unique(maintain_order=True):
-            rows.append({"method": method, "ratio": 0.0, "top1_mean": float(baseline["test_top1"].mean()), "top1_se": se,
-                         "top1_ci95": mean_interval(se, n), "n_runs": n, "augmentation_images": 0.0, "wanted_augmentation_images": 0,
+            rows.append({"method": method, "ratio": 0.0, **start, "augmentation_images": 0.0, "wanted_augmentation_images": 0,
                          "short_classes": None})
     return pl.DataFrame(rows, schema={
         "method": pl.Utf8, "ratio": pl.Float64, "top1_mean": pl.Float64, "top1_se": pl.Float64, "top1_ci95": pl.Float64, "n_runs": pl.Int64,
