@@ -7,6 +7,7 @@ to draw raises, and callers that treat figures as extras catch and log it.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import polars as pl
 from PIL import Image
@@ -108,7 +109,8 @@ def per_class_gain_figure(gains: pl.DataFrame) -> Image.Image:
 
 def sample_figure(rows: list[tuple[str, list[str | None]]], columns: list[str], cell: float = 0.9) -> Image.Image:
     """A labelled grid of images: one row per (label, paths) — the real target, each method's images,
-    the retrieved ones — and one column per class (``columns``); a missing image is a blank cell."""
+    the retrieved ones — and one column per class (``columns``, titled by the first lemma); a missing
+    image is a blank cell."""
     plt, figure = _figure(1.6 + cell * len(columns), 0.3 + cell * len(rows))
     grid = figure.subplots(len(rows), len(columns), squeeze=False)
     for r, (label, paths) in enumerate(rows):
@@ -123,8 +125,8 @@ def sample_figure(rows: list[tuple[str, list[str | None]]], columns: list[str], 
                     axes.imshow(image.convert("RGB"))
             if c == 0:
                 axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-            if r == 0:
-                axes.set_title(columns[c], fontsize=8)
+            if r == 0:  # a class's first lemma, wrapped to the cell: "jersey, T-shirt, tee shirt" → "jersey"
+                axes.set_title(textwrap.fill(columns[c].split(",")[0], 12), fontsize=8)
     figure.subplots_adjust(wspace=0.05, hspace=0.05)
     return _to_image(plt, figure)
 
