@@ -198,7 +198,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(tables=("compute_report",)),
         group_name=GROUP,
         code_version=code_version("1"),
-        deps=[results_table],  # after every step that records its compute (all are upstream of the results)
+        # After every step that records its compute: all are upstream of the results, or of the scaling scores.
+        deps=[results_table] + ([up.scaling_scores] if hasattr(up, "scaling_scores") else []),
         kinds={"parquet"},
         description="Compute accounting (the paper's §4.4): the wall seconds, images and images/s that every training, "
         "fine-tuning, generation, embedding and retrieval step recorded (compute_log), summed per method and stage; "
