@@ -169,3 +169,20 @@ def test_a_write_looks_only_at_the_files_that_may_hold_its_partition(tmp_path):
     assert relative({"method": "b"}) == ["method=b/wnid=n1/part.parquet", "method=b/wnid=n2/part.parquet", "part.parquet"]
     assert len(relative({})) == 5
     assert db.query("SELECT count(*) AS n FROM t")["n"][0] == 5  # the coarse file kept c's row; each partition one row
+
+
+def test_published_files_get_the_mode_of_a_plain_write_not_a_private_one(tmp_path):
+    """Tables, images and reports are written through a temporary file, which mkstemp makes 0600; the
+    published file must be as readable as one open() would have made (0644 under umask 022)."""
+    import stat
+
+    from augassets.core.files import write_bytes_atomic
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    Warehouse(tmp_path / "tables").replace("report", pl.DataFrame({"a": [1]}))
+    write_bytes_atomic(b"<html></html>", tmp_path / "reports" / "report.html")
+    written = [tmp_path / "reports" / "report.html", *(tmp_path / "tables").rglob("*.parquet")]
+    assert len(written) == 2
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), path

@@ -42,6 +42,17 @@ def _raise_named(path: Path, error: OSError) -> None:
     raise named from error
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file private (0600); a published file gets the mode a plain open() would give it, so
+# reports, images and tables are readable by whoever may read the folder.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``. A full disk
     raises :class:`DiskFullError` naming ``path``, with the temporary file removed."""
@@ -52,6 +63,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except OSError as error:
         _raise_named(path, error)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         os.replace(tmp, path)

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_folder, write_bytes_atomic
+from .files import FILE_MODE, atomic_folder, write_bytes_atomic
 
 MANIFESTS = ".manifests"  # under the working copy: the manifest last fetched or published per folder
 MANIFEST_NAME = ".augassets-manifest.json"  # in the remote folder
@@ -261,6 +261,7 @@ class Store:
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
         try:
             self.fs.get_file(key, tmp)
