@@ -47,11 +47,17 @@ def dagster_ui(benchmark_run):
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, 15)
+        # SIGTERM to `dagster dev` itself, which stops its webserver and code server; sent to the whole
+        # group, it left `dagster dev` waiting on children that were already gone until the timeout.
+        process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            pass
+        try:
+            os.killpg(process.pid, 9)  # whatever of the group is still there
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
@@ -78,6 +84,13 @@ def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(d
     table's ``derived_from`` links a method to its classifier runs, a run's ``training_sets`` to the
     augmented set it trained on, the set's ``drawn_from`` to the class × method image partitions, whose
     page shows the sample grid. One UI start for all: it takes most of the test's time."""
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        ElementNotInteractableException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -85,41 +98,60 @@ def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(d
     wait = WebDriverWait(browser, 60)
 
     def shown(name: str, page: str):
-        node = wait.until(ec.presence_of_element_located((By.XPATH, f"//*[normalize-space(text())='{name}']")))
-        assert node.is_displayed(), f"{name} is in the {page} page but not shown"
+        # Visible, waited for as a whole: the single-page app re-renders while it loads, so an element
+        # found a moment ago may be replaced (stale) by the time it is checked.
+        try:
+            wait.until(ec.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())='{name}']")))
+        except TimeoutException:
+            pytest.fail(f"{name} is not shown on the {page} page")
 
     def dismiss_prompts():
         for button in browser.find_elements(By.XPATH, "//button[normalize-space(.)='Skip']"):  # the UI's newsletter prompt
             button.click()
 
+    # A click can land while the page re-renders (the element goes stale) or under the newsletter prompt
+    # (intercepted): such a click did nothing, so it is tried again.
+    retry = WebDriverWait(browser, 60, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException, ElementClickInterceptedException, ElementNotInteractableException))
+
+    def click(xpath: str, within: str | None = None) -> None:
+        def attempt(driver) -> bool:
+            dismiss_prompts()
+            scope = driver.find_element(By.XPATH, within) if within else driver
+            scope.find_element(By.XPATH, xpath).click()
+            return True
+        retry.until(attempt)
+
     def follow(entry: str, link: str, page: str) -> None:
         """Open the markdown of metadata entry ``entry`` and click its link ``link``."""
-        row = wait.until(ec.presence_of_element_located((By.XPATH, f"//tr[.//*[normalize-space(text())='{entry}']]")))
-        dismiss_prompts()
-        row.find_element(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']").click()
-        wait.until(ec.element_to_be_clickable((By.XPATH, f"//a[normalize-space(text())='{link}']"))).click()
+        click(".//*[normalize-space(text())='[Show Markdown]']", within=f"//tr[.//*[normalize-space(text())='{entry}']]")
+        click(f"//a[normalize-space(text())='{link}']")
         wait.until(ec.url_contains(page))
 
-    browser.get(f"{dagster_ui}/assets/results_table?view=lineage&lineageScope=upstream&lineageDepth=10")
-    for name in STAGES:
-        shown(name, "lineage")
-    browser.save_screenshot(str(tmp_path / "lineage.png"))
-    browser.get(f"{dagster_ui}/automation")
-    for name in AUTOMATION:
-        shown(name, "automation")
-    browser.save_screenshot(str(tmp_path / "automation.png"))
+    try:
+        browser.get(f"{dagster_ui}/assets/results_table?view=lineage&lineageScope=upstream&lineageDepth=10")
+        for name in STAGES:
+            shown(name, "lineage")
+        browser.save_screenshot(str(tmp_path / "lineage.png"))
+        browser.get(f"{dagster_ui}/automation")
+        for name in AUTOMATION:
+            shown(name, "automation")
+        browser.save_screenshot(str(tmp_path / "automation.png"))
 
-    browser.get(f"{dagster_ui}/assets/results_table")
-    follow("derived_from", "retrieval|0", "/assets/classifier_scores")
-    shown("retrieval|0", "classifier_scores partition")
-    shown("mean_test_top1", "classifier_scores partition")  # the run's figures
-    follow("training_sets", "retrieval|0", "/assets/augmented_datasets")
-    shown("retrieval_extra_images_per_set", "augmented_datasets partition")
-    wnid = "n03595614"  # smoke's first class (T-shirt)
-    follow("drawn_from", f"retrieval|{wnid}", "/assets/augmentation_images")
-    shown(f"retrieval|{wnid}", "augmentation_images partition")
-    row = wait.until(ec.presence_of_element_located((By.XPATH, "//tr[.//*[normalize-space(text())='sample_grid']]")))
-    row.find_element(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']").click()
-    grid = wait.until(ec.visibility_of_element_located((By.XPATH, "//img[starts-with(@src, 'data:image/png;base64,')]")))
-    assert grid.size["width"] > 50 and grid.size["height"] > 20, grid.size
-    browser.save_screenshot(str(tmp_path / "sample_grid.png"))
+        browser.get(f"{dagster_ui}/assets/results_table")
+        follow("derived_from", "retrieval|0", "/assets/classifier_scores")
+        shown("retrieval|0", "classifier_scores partition")
+        shown("mean_test_top1", "classifier_scores partition")  # the run's figures
+        follow("training_sets", "retrieval|0", "/assets/augmented_datasets")
+        shown("retrieval_extra_images_per_set", "augmented_datasets partition")
+        wnid = "n03595614"  # smoke's first class (T-shirt)
+        follow("drawn_from", f"retrieval|{wnid}", "/assets/augmentation_images")
+        shown(f"retrieval|{wnid}", "augmentation_images partition")
+        click(".//*[normalize-space(text())='[Show Markdown]']", within="//tr[.//*[normalize-space(text())='sample_grid']]")
+        grid = wait.until(ec.visibility_of_element_located((By.XPATH, "//img[starts-with(@src, 'data:image/png;base64,')]")))
+        assert grid.size["width"] > 50 and grid.size["height"] > 20, grid.size
+        browser.save_screenshot(str(tmp_path / "sample_grid.png"))
+    except BaseException:  # (pytest.fail too) what the browser showed when it failed, for the report
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        (tmp_path / "failure.html").write_text(browser.page_source)
+        raise

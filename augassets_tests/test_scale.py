@@ -14,6 +14,10 @@ from augassets.core.warehouse import Warehouse
 
 from .services import free_port, postgres, redis
 
+# One worker runs this module's tests, one after another: the leftover-service check below counts every
+# PostgreSQL, Redis and Celery process on the machine, so no other test may start one meanwhile.
+pytestmark = pytest.mark.xdist_group("services")
+
 SCORES = "SELECT method, replicate, test_top1, best_epoch FROM classifier_scores WHERE method IN ('real_p', 'real_2p') ORDER BY method, replicate"
 
 
