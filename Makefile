@@ -10,8 +10,8 @@ run: setup  ## materialize the benchmark on AUGASSETS_PROFILE (default mini) and
 foundation: setup  ## the mini world's web pool, CLIP, KNN index and Stable Diffusion (as Dagster assets)
 	.venv/bin/augassets foundation
 
-test: setup  ## the test suite (smoke profile, seconds to minutes), on two pytest-xdist workers
-	.venv/bin/python -m pytest -q -n 2 --dist loadgroup
+test: setup  ## the test suite (smoke profile, seconds to minutes)
+	.venv/bin/python -m pytest -q
 
 lint: setup  ## ruff (settings in pyproject.toml)
 	.venv/bin/ruff check .
