@@ -11,7 +11,7 @@ foundation: setup  ## the mini world's web pool, CLIP, KNN index and Stable Diff
 	.venv/bin/augassets foundation
 
 test: setup  ## the test suite (smoke profile, seconds to minutes)
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: setup  ## ruff (settings in pyproject.toml)
 	.venv/bin/ruff check .

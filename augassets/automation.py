@@ -23,6 +23,7 @@ conditions say (the cursor already holds the change that requested them).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import dagster as dg
 
 from .core.files import write_bytes_atomic
+from .workers import CHUNK_BY_TAG, CHUNKS_PER_WORKER, Chunk, Workers, split_contiguous
 
 AC = dg.AutomationCondition
 
@@ -174,6 +176,49 @@ def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[
     return ranges
 
 
+def first_dimension_rows(partitions_def: dg.MultiPartitionsDefinition, keys: list[str]) -> list[list[str]]:
+    """``keys`` (consecutive) cut where the first dimension's value changes."""
+    outer = partitions_def.partitions_defs[0].name
+    rows: list[list[str]] = []
+    for key in keys:
+        value = partitions_def.get_partition_key_from_str(key).keys_by_dimension[outer]
+        if rows and partitions_def.get_partition_key_from_str(rows[-1][0]).keys_by_dimension[outer] == value:
+            rows[-1].append(key)
+        else:
+            rows.append([key])
+    return rows
+
+
+def box_ranges(partitions_def: dg.PartitionsDefinition, keys: list[str], store=None) -> list[tuple[str, str]]:
+    """``keys`` (consecutive in ``partitions_def``'s order) as ranges that each cover exactly their keys.
+    A range of a two-dimensional definition is a box, every key between its ends in each dimension,
+    so a run of the consecutive keys "a|y, a|z, b|x" must be cut: "a|y … a|z" and "b|x … b|x"
+    (not "a|y … b|x", which is a|y, b|y). Keys are ordered by the first dimension, then the second:
+    one first-dimension value's keys are a box, and so are whole rows between a partial first and last."""
+    if not keys:
+        return []
+    if not isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return [(keys[0], keys[-1])]  # one dimension: a range is its keys in order
+
+    def covers(piece: list[str]) -> bool:
+        inside = partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(piece[0], piece[-1]), dynamic_partitions_store=store)
+        return sorted(str(k) for k in inside) == sorted(piece)
+
+    if covers(keys):
+        return [(keys[0], keys[-1])]
+    rows = first_dimension_rows(partitions_def, keys)
+    pieces = [rows[0]] + ([[k for row in rows[1:-1] for k in row]] if len(rows) > 2 else []) + ([rows[-1]] if len(rows) > 1 else [])
+    merged: list[list[str]] = []
+    for piece in pieces:
+        if merged and covers(merged[-1] + piece):
+            merged[-1] = merged[-1] + piece
+        else:
+            merged.append(piece)
+    if not all(covers(piece) for piece in merged):
+        return [(key, key) for key in keys]
+    return [(piece[0], piece[-1]) for piece in merged]
+
+
 INTERRUPTED = (
     "interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command "
     "to resume (finished partitions and chunks are kept)"
@@ -200,26 +245,80 @@ class RunFailed(RuntimeError):
     """A headless run failed; the message carries the failing steps' own errors."""
 
 
-def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]) -> list[str]:
+def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None],
+            workers: Workers | None = None) -> list[str]:
     """Materialize ``group`` in process: one run per contiguous range of its partitions, in the order
-    the partitions definition lists its keys (whatever order its dimensions sort in). Returns run ids."""
+    the partitions definition lists its keys (whatever order its dimensions sort in). With
+    ``workers``, a group of several partitions is cut into contiguous chunks that the worker processes
+    run at once (workers.py). Returns run ids."""
     job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
     base_tags = {ASSETS_TAG: ",".join(group.names)}
     if group.partitions is None:
         runs = [(", ".join(group.names), base_tags)]
     else:
-        partitions_def = defs.resolve_asset_graph().get(group.keys[0]).partitions_def
-        all_keys = [str(k) for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)]
         runs = [
             (f"{', '.join(group.names)} [{start} … {end}]", {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
-            for start, end in contiguous_ranges(all_keys, (str(p) for p in group.partitions))
+            for start, end in partition_ranges(defs, instance, group, workers.count if workers is not None else 1)
         ]
+    if workers is not None and len(runs) > 1:
+        say(f"  {len(runs)} chunks on {workers.count} worker processes")
+        results = workers.run([Chunk(label, tuple(group.names), tags) for label, tags in runs], say)
+        failed = [r for r in results if not r.success]
+        if failed:
+            first = failed[0]
+            errors = sorted({error for r in failed for error in r.errors})
+            raise RunFailed(f"{first.label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {first.run_id or 'not started'}; "
+                            f"`augassets ui` shows it; {len(failed)} of {len(results)} chunks failed)")
+        run_ids = [r.run_id for r in results]
+        checks = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key in set(group.keys)}
+        if checks:  # the chunks ran without them: each reads the whole asset
+            label = f"checks of {', '.join(group.names)}"
+            say(f"  {label}")
+            result = job.get_subset(asset_check_selection=checks).execute_in_process(instance=instance, tags=base_tags, raise_on_error=False)
+            run_ids.append(result.run_id)
+            _raise_if_failed(result, label)
+        return run_ids
     run_ids = []
     for label, tags in runs:
         say(f"  {label}")
         result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
         run_ids.append(result.run_id)
-        if not result.success:
-            errors = [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
-            raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")
+        _raise_if_failed(result, label)
     return run_ids
+
+
+def partition_ranges(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int = 1) -> list[tuple[str, str]]:
+    """The runs of a partitioned ``group``, as partition ranges Dagster reads as exactly the requested
+    keys (``box_ranges``): one per contiguous stretch in one process; with ``workers`` > 1, cut into
+    about ``CHUNKS_PER_WORKER`` chunks per worker, or one per first-dimension value for an asset
+    tagged ``CHUNK_BY_TAG``."""
+    partitions_def = defs.resolve_asset_graph().get(group.keys[0]).partitions_def
+    all_keys = [str(k) for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)]
+    index = {key: i for i, key in enumerate(all_keys)}
+    spans = [all_keys[index[start]:index[end] + 1] for start, end in contiguous_ranges(all_keys, (str(p) for p in group.partitions))]
+    if workers > 1 and len(group.partitions) > 1:
+        if _chunk_by(defs, group.keys, partitions_def):  # the work is per first-dimension value: one chunk each
+            spans = [row for span in spans for row in first_dimension_rows(partitions_def, span)]
+        else:
+            size = math.ceil(len(group.partitions) / (workers * CHUNKS_PER_WORKER))
+            spans = [chunk for span in spans for chunk in split_contiguous(span, math.ceil(len(span) / size))]
+    return [box for span in spans for box in box_ranges(partitions_def, span, instance)]
+
+
+def _chunk_by(defs: dg.Definitions, keys: Sequence[dg.AssetKey], partitions_def) -> bool:
+    """Whether an asset of the group computes once per first-dimension value (its ``CHUNK_BY_TAG``)."""
+    graph = defs.resolve_asset_graph()
+    named = {graph.get(key).tags.get(CHUNK_BY_TAG) for key in keys} - {None}
+    if not named:
+        return False
+    first = partitions_def.partitions_defs[0].name if isinstance(partitions_def, dg.MultiPartitionsDefinition) else None
+    if named != {first}:
+        raise ValueError(f"{CHUNK_BY_TAG} of {', '.join(k.to_user_string() for k in keys)} names {sorted(named)}: only the first "
+                         f"partition dimension ({first}) can be a unit of work")
+    return True
+
+
+def _raise_if_failed(result: dg.ExecuteInProcessResult, label: str) -> None:
+    if not result.success:
+        errors = [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
+        raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")

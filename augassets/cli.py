@@ -32,6 +32,8 @@ from .instance import ensure_dagster_home
 from .partitions import CLASS_PARTITIONS_NAME
 from .profiles import PROFILE_ENV, Profile, get_profile
 from .resources import default_resources
+from .scale import GPU_POOL
+from .workers import WorkerDied, Workers
 
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -131,9 +133,26 @@ def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.Ass
     every partition of every selected asset is requested on the first evaluation."""
     with home_lock(profile):
         try:
-            _materialize(profile, select, force, say)
+            if profile.workers > 1:
+                with Workers(profile, profile.workers) as workers:
+                    _materialize(profile, select, force, say, workers)
+            else:
+                _materialize(profile, select, force, say)
         finally:
             write_catalog_views(profile, say)
+
+
+def widen_gpu_pool(instance: dg.DagsterInstance, workers: int, device: str, say=print) -> None:
+    """On the CPU, let ``workers`` steps of the ``gpu`` pool run at once (Profile.workers); a larger
+    limit set by hand (``dagster instance concurrency set gpu N``) is kept. On a GPU the pool keeps
+    its limit: one step per GPU, whatever the worker count."""
+    if device != "cpu":
+        say(f"- pool {GPU_POOL}: its limit stays as set (device {device}: one step per GPU); the workers share it")
+        return
+    storage = instance.event_log_storage
+    if storage.get_concurrency_info(GPU_POOL).slot_count < workers:  # 0 while the pool has no limit yet
+        storage.set_concurrency_slots(GPU_POOL, workers)
+        say(f"- pool {GPU_POOL}: limit raised to {workers} (the profile's workers, on the CPU)")
 
 
 def write_catalog_views(profile: Profile, say=print) -> None:
@@ -162,13 +181,16 @@ def migrate_old_catalog(profile: Profile, say=print) -> None:
         say(f"- {profile.catalog.name}: {len(moved)} tables of an earlier version moved to Parquet files in {profile.tables}")
 
 
-def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool, say) -> None:
+def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool, say,
+                 workers: Workers | None = None) -> None:
     dagster_home = ensure_dagster_home(profile)
     defs = build_defs(profile, daemon=False)
     instance = dg.DagsterInstance.get()
     keys = select(defs)
     say(f"augassets: profile {profile.name}, state in {profile.home}")
     release_dead_runs(instance, say)
+    if workers is not None:
+        widen_gpu_pool(instance, workers.count, default_resources(profile)["compute"].device, say)
     migrate_old_catalog(profile, say)
     report_external_assets(defs, instance)
     ran: set[dg.AssetKey] = set()
@@ -206,8 +228,8 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
             try:
-                automation.execute(defs, instance, group, say)
-            except automation.RunFailed as error:
+                automation.execute(defs, instance, group, say, workers)
+            except (automation.RunFailed, WorkerDied) as error:
                 raise SystemExit(str(error)) from None
             ran.update(group.keys)
             for key in group.keys:

@@ -37,6 +37,7 @@ METHODS_ENV = "AUGASSETS_METHODS"
 CLUSTERS_ENV = "AUGASSETS_CLUSTERS"
 SCALING_ENV = "AUGASSETS_SCALING_RATIOS"  # e.g. 1,2,5,10: the scaling analysis on any profile (ScalingSpec.ratios)
 HOME_ENV = "AUGASSETS_HOME"
+WORKERS_ENV = "AUGASSETS_WORKERS"  # worker processes of the headless command (Profile.workers)
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
 
@@ -361,11 +362,24 @@ class Profile:
     # (augassets/data/paper_results.tsv): imagenet_10pct (Table 1), imagenet_full or caltech256.
     paper_reference: str = "imagenet_10pct"
     torch_threads: int = 0  # 0: leave torch's default
+    # Processes the headless command runs a partitioned group's chunks in at once (workers.py); 1: in its own
+    # process. Above 1, a step over partitions uses torch_threads // workers threads wherever it runs
+    # (partition_threads), and the command raises the gpu pool's limit to this count.
+    workers: int = 1
     # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).
     # Like torch_threads, how the work is cut, not what it computes: no code version covers it.
     sample_batch_size: int = 0
 
+    @property
+    def partition_threads(self) -> int:
+        """CPU threads of a step over partitions: ``torch_threads`` shared among ``workers`` (0: torch's default)."""
+        if self.workers <= 1 or not self.torch_threads:
+            return self.torch_threads
+        return max(1, self.torch_threads // self.workers)
+
     def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"profile {self.name!r}: workers must be ≥ 1, got {self.workers}")
         if "real_2p" in self.methods and not self.split.real_extra:
             raise ValueError(f"profile {self.name!r}: method real_2p needs split.real_extra (the extra real subsample)")
 
@@ -567,16 +581,20 @@ PROFILES["mini_all"] = replace(
     PROFILES["mini"],
     name="mini_all",
     description="The mini world with all thirteen methods: the baselines, Boomerang, the four prompt methods, the "
-    "five personalized methods (⑤ ⑥ ⑧ with SD frozen, ⑦ ⑨ with its UNet fine-tuned) and retrieval; DDIM with 10 steps.",
+    "five personalized methods (⑤ ⑥ ⑧ with SD frozen, ⑦ ⑨ with its UNet fine-tuned) and retrieval; DDIM with 10 steps; "
+    "steps over partitions on two worker processes of one thread each (the foundation as in mini, on two threads).",
     methods=tuple(m.key for m in METHODS),
     world=replace(PROFILES["mini"].world, diffusion=replace(DiffusionSpec(), steps=10)),
+    # Two one-thread processes train the mini classifier 1.7× faster than one two-thread process (BENCHMARKS.md).
+    workers=2,
 )
 
 
 def get_profile(name: str | None = None) -> Profile:
     """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``; with ``AUGASSETS_METHODS``
     set, running exactly those methods (in registry order); with ``AUGASSETS_CLUSTERS`` set, ⑥ with
-    that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios."""
+    that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios;
+    with ``AUGASSETS_WORKERS`` set, that many worker processes."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
         profile = PROFILES[name]
@@ -606,4 +624,9 @@ def get_profile(name: str | None = None) -> Profile:
             raise ValueError(f"{SCALING_ENV}={ratios!r}: comma-separated augmentation ratios > 0, as multiples of the target's size "
                              "(the paper's 100 % … 1000 %: 1,2,5,10)")
         profile = replace(profile, scaling=replace(profile.scaling, ratios=values))
+    workers = os.environ.get(WORKERS_ENV, "").strip()
+    if workers:
+        if not workers.isdigit() or int(workers) < 1:
+            raise ValueError(f"{WORKERS_ENV}={workers!r}: the number of worker processes must be a whole number ≥ 1 (1: in the command's own process)")
+        profile = replace(profile, workers=int(workers))
     return profile

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+from .automation import PARTITION_RANGE_START_TAG
 from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
@@ -61,6 +62,9 @@ class ImageStoreResource(dg.ConfigurableResource):
         return stats
 
 
+PARTITION_TAG = "dagster/partition"  # the tag of a run of one partition
+
+
 class ComputeResource(dg.ConfigurableResource):
     """Where training runs: ``device`` (cpu, cuda, cuda:1 …), CPU threads (0: torch's default; a fixed
     count makes CPU results repeatable across machines) and ``deterministic`` kernels. Every asset that
@@ -69,13 +73,18 @@ class ComputeResource(dg.ConfigurableResource):
 
     device: str = "cpu"
     torch_threads: int = 0
+    # Threads of a step over partitions (Profile.partition_threads): fewer than torch_threads when the
+    # headless command runs several such steps at once; fixed per step kind, so a partition's numbers do
+    # not depend on what ran beside it. 0: torch_threads.
+    partition_threads: int = 0
     deterministic: bool = True  # deterministic kernels (see augassets/core/determinism.py)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         import torch
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        threads = self.threads_for(context.run.tags if context.run else {})
+        if threads:
+            torch.set_num_threads(threads)
         if self.deterministic:
             use_deterministic_kernels()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -83,6 +92,13 @@ class ComputeResource(dg.ConfigurableResource):
                 f"ComputeResource.device is {self.device!r} (the profile's classifier.device) but no CUDA device is visible; "
                 "set AUGASSETS_DEVICE=cpu to run on the CPU, or make a GPU visible"
             )
+
+
+    def threads_for(self, run_tags: dict) -> int:
+        """The thread count of a run with ``run_tags``: ``partition_threads`` for a run over partitions
+        (one partition or a range), else ``torch_threads``."""
+        over_partitions = any(tag in run_tags for tag in (PARTITION_TAG, PARTITION_RANGE_START_TAG))
+        return (self.partition_threads or self.torch_threads) if over_partitions else self.torch_threads
 
 
 def _offline() -> bool:
@@ -243,7 +259,7 @@ def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(root=profile.tables),
         "image_store": ImageStoreResource(root=profile.store_root, cache_dir=str(store)),
-        "compute": ComputeResource(device=device, torch_threads=profile.torch_threads),
+        "compute": ComputeResource(device=device, torch_threads=profile.torch_threads, partition_threads=profile.partition_threads),
         "diffusion_backend": DiffusionBackendResource(
             weights=str(models / "stable_diffusion") if profile.world else profile.sd_weights,
             device=device,

@@ -35,7 +35,8 @@ K8S_GPU = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}
 
 # The asset keyword arguments of a step that needs the accelerator: the gpu pool (one at a time per
 # GPU, enforced by Dagster), under Celery the gpu queue, under Kubernetes a GPU for its pod.
-ON_GPU = {"pool": "gpu", "op_tags": {QUEUE_TAG: GPU_QUEUE, "dagster-k8s/config": K8S_GPU}}
+GPU_POOL = "gpu"  # the concurrency pool of training, fine-tuning and generation steps
+ON_GPU = {"pool": GPU_POOL, "op_tags": {QUEUE_TAG: GPU_QUEUE, "dagster-k8s/config": K8S_GPU}}
 
 CELERY_SETTINGS = {
     "task_acks_late": True,  # acknowledged when done: a task taken by a worker that dies is not lost

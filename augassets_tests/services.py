@@ -22,6 +22,43 @@ class ServiceError(RuntimeError):
     pass
 
 
+# Process groups started by the current test (its servers and workers, each a session of its own):
+# what `survivors` looks for when the test ends. Other tests' services, run at the same time by other
+# pytest workers, are in groups of their own and never counted.
+STARTED_GROUPS: set[int] = set()
+
+
+def started(process: subprocess.Popen) -> subprocess.Popen:
+    """Register ``process`` (started with ``start_new_session=True``) as one of the current test's."""
+    STARTED_GROUPS.add(process.pid)
+    return process
+
+
+def _processes_in(groups: set[int]) -> list[str]:
+    """"pid command" of every live (not zombie) process whose process group is in ``groups``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError):
+            continue  # ended while being read
+        state, pgid = fields[0], int(fields[2])
+        if pgid in groups and state != "Z":
+            found.append(f"{stat.parent.name} {command}")
+    return sorted(found)
+
+
+def survivors(grace: float = 15.0, groups: set[int] | None = None) -> list[str]:
+    """Processes of ``groups`` (default: those the current test started) still alive after ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = _processes_in(STARTED_GROUPS if groups is None else groups)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -70,8 +107,9 @@ def postgres() -> Iterator[str]:
             if os.geteuid() == 0:
                 shutil.chown(log, "postgres", "postgres")
             # fsync off: a throwaway cluster; the socket directory is the data folder (not /run/postgresql).
-            server = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data), "-F"],
-                                      stdout=handle, stderr=subprocess.STDOUT, cwd=folder, **_as_service_user())
+            server = started(subprocess.Popen(
+                [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data), "-F"],
+                stdout=handle, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True, **_as_service_user()))
         deadline = time.monotonic() + 60
         while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]).returncode != 0:
             if server.poll() is not None or time.monotonic() > deadline:
@@ -96,9 +134,10 @@ def redis() -> Iterator[str]:
     server = None
     try:
         with open(log, "w") as handle:
-            server = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
-                                       "--appendonly", "no", "--protected-mode", "yes",
-                                       "--proc-title-template", "{title} {listen-addr} augassets-redis"], stdout=handle, stderr=subprocess.STDOUT, cwd=folder)
+            server = started(subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "", "--appendonly", "no",
+                 "--protected-mode", "yes", "--proc-title-template", "{title} {listen-addr} augassets-redis"],
+                stdout=handle, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True))
         deadline = time.monotonic() + 30
         while True:
             with socket.socket() as probe:

@@ -3,7 +3,7 @@ import math
 import polars as pl
 import pytest
 
-from augassets.automation import contiguous_ranges
+from augassets.automation import box_ranges, contiguous_ranges
 from augassets.core import methods as registry
 from augassets.core.analysis import markdown_table, per_class_gains, scaling_summary, summarize_scores
 from augassets.core.augment import augmented_sets
@@ -184,6 +184,27 @@ def test_contiguous_ranges():
     assert contiguous_ranges(keys, ["e", "c", "d"]) == [("c", "e")]
 
 
+def test_box_ranges_cut_consecutive_keys_of_two_dimensions_into_ranges_dagster_reads_as_the_same_keys():
+    """Dagster reads a range of two-dimensional partitions as a box (every key between its ends in each
+    dimension): "a|y … b|y" is a|y and b|y, not the four keys between them in the flattened order."""
+    import dagster as dg
+
+    grid = dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(["a", "b", "c"]), "wnid": dg.StaticPartitionsDefinition(["x", "y", "z"])})
+    keys = [str(k) for k in grid.get_partition_keys()]
+    assert keys[:4] == ["a|x", "a|y", "a|z", "b|x"]
+    assert box_ranges(grid, keys) == [("a|x", "c|z")]
+    assert box_ranges(grid, keys[1:5]) == [("a|y", "a|z"), ("b|x", "b|y")]
+    assert box_ranges(grid, keys[1:]) == [("a|y", "a|z"), ("b|x", "c|z")]
+    assert box_ranges(grid, keys[2:7]) == [("a|z", "a|z"), ("b|x", "b|z"), ("c|x", "c|x")]
+    for start in range(len(keys)):
+        for end in range(start, len(keys)):
+            covered = [str(k) for first, last in box_ranges(grid, keys[start:end + 1])
+                       for k in grid.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))]
+            assert sorted(covered) == sorted(keys[start:end + 1]), (start, end)
+    line = dg.StaticPartitionsDefinition(["p", "q", "r"])
+    assert box_ranges(line, ["q", "r"]) == [("q", "r")]
+
+
 def test_generated_pools_are_resampled_per_replicate():
     splits = pl.DataFrame(
         {"split": ["target"] * 3, "wnid": ["a", "a", "b"], "label": [0, 0, 1], "item": ["1", "2", "3"], "path": ["t1", "t2", "t3"]}
@@ -242,3 +263,32 @@ def test_a_stop_by_signal_reads_as_one_whatever_caught_it():
     assert root_cause(wrapped(duckdb_stop)) == INTERRUPTED
     assert root_cause(wrapped(dagster_stop)) == INTERRUPTED
     assert root_cause(wrapped(own_error)) == "ValueError: no prompts for simple_prompt/n1"
+
+
+def test_steps_over_partitions_share_the_threads_among_the_workers(monkeypatch):
+    """Profile.workers: a step over partitions (one partition or a range) gets torch_threads // workers
+    threads wherever it runs, a whole-dataset step (the foundation) torch_threads; AUGASSETS_WORKERS
+    sets the count and names itself when it is not a whole number ≥ 1."""
+    from dataclasses import replace
+
+    from augassets.automation import PARTITION_RANGE_START_TAG
+    from augassets.profiles import get_profile
+    from augassets.resources import PARTITION_TAG, ComputeResource, default_resources
+
+    mini = get_profile("mini")
+    assert (mini.workers, mini.partition_threads) == (1, mini.torch_threads)
+    two = replace(mini, workers=2)
+    assert two.torch_threads == 2 and two.partition_threads == 1
+    compute = default_resources(two)["compute"]
+    assert compute.threads_for({}) == 2
+    assert compute.threads_for({PARTITION_TAG: "simple_prompt|n03595614"}) == 1
+    assert compute.threads_for({PARTITION_RANGE_START_TAG: "simple_prompt|0"}) == 1
+    assert ComputeResource(torch_threads=2).threads_for({PARTITION_TAG: "a"}) == 2
+    assert get_profile("mini_all").partition_threads == 1 and get_profile("mini_all").torch_threads == mini.torch_threads
+    monkeypatch.setenv("AUGASSETS_WORKERS", "3")
+    assert get_profile("mini").workers == 3
+    monkeypatch.setenv("AUGASSETS_WORKERS", "two")
+    with pytest.raises(ValueError, match="AUGASSETS_WORKERS='two'"):
+        get_profile("mini")
+    with pytest.raises(ValueError, match="workers must be ≥ 1"):
+        replace(mini, workers=0)

@@ -854,6 +854,74 @@ def test_sigterm_stops_the_command_gracefully(private_state):
     assert any(run_id in last for run_id in held)
 
 
+def test_worker_chunks_keep_a_per_method_assets_methods_whole(benchmark_run):
+    """Chunks for workers: a class × method asset is cut into about three chunks per worker, each a
+    range Dagster reads as exactly its keys; checkpoint_selection, whose classifiers are per method
+    (CHUNK_BY_TAG), gets one chunk per method, since two chunks of one method would each train all of
+    its candidates' classifiers."""
+    profile, _ = benchmark_run
+    instance = dg.DagsterInstance.get()
+    graph = defs.resolve_asset_graph()
+
+    def covered(key, ranges):
+        partitions_def = graph.get(key).partitions_def
+        return [str(k) for start, end in ranges
+                for k in partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end), dynamic_partitions_store=instance)]
+
+    for name in ("augmentation_images", "checkpoint_selection"):
+        key = dg.AssetKey(name)
+        every = {str(k) for k in graph.get(key).partitions_def.get_partition_keys(dynamic_partitions_store=instance)}
+        group = automation.RunGroup((key,), frozenset(every))
+        one = automation.partition_ranges(defs, instance, group, workers=1)
+        two = automation.partition_ranges(defs, instance, group, workers=2)
+        assert len(one) == 1 and sorted(covered(key, one)) == sorted(every)
+        assert sorted(covered(key, two)) == sorted(every), f"{name}: the chunks cover each partition once"
+        methods = [{k.split("|")[0] for k in covered(key, [r])} for r in two]
+        if name == "checkpoint_selection":
+            assert all(len(m) == 1 for m in methods) and len(two) == len({m for ms in methods for m in ms}), two
+        else:
+            assert 4 <= len(two) <= 2 * automation.CHUNKS_PER_WORKER + len(profile.methods), two
+
+
+def test_sigterm_stops_the_command_and_its_worker_processes(private_state):
+    """With AUGASSETS_WORKERS=2, SIGTERM to the command while the workers' runs hold the gpu pool's
+    slots: the command passes it on, every run it started is marked failed, no slot stays held, no
+    worker process outlives the command, the last line says what happened, and a rerun finishes."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from .services import survivors
+
+    env = {**os.environ, "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,simple_prompt,retrieval", "AUGASSETS_WORKERS": "2"}
+    instance = dg.DagsterInstance.get()
+    shutil.rmtree(private_state.home / "store" / "images" / "simple_prompt")  # three partitions to rebuild
+    storage = instance.event_log_storage
+    before = {run.run_id for run in instance.get_runs()}
+    command = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while not storage.get_concurrency_run_ids():
+        assert command.poll() is None and time.time() < deadline, "the command ended before a worker held a pool slot"
+        time.sleep(0.05)
+    command.send_signal(signal.SIGTERM)
+    output, _ = command.communicate(timeout=90)
+    assert command.returncode != 0
+    assert not survivors(groups={command.pid}), "a worker process outlived its command"
+    launched = [run for run in instance.get_runs() if run.run_id not in before]
+    assert launched and all(run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for run in launched)
+    assert any(run.status == dg.DagsterRunStatus.FAILURE for run in launched)
+    assert not storage.get_concurrency_run_ids()
+    last = output.strip().splitlines()[-1]
+    assert "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command to resume" in last, last
+    again = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    manifest = Warehouse(private_state.tables).query("SELECT wnid, path FROM augmentation_manifest WHERE method = 'simple_prompt'")
+    assert manifest["wnid"].n_unique() == 3 and all(Path(p).is_file() for p in manifest["path"]), "every class's images are back"
+
+
 def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark_run, small_disk):
     """Disk full while writing generated images (a real 100 kB tmpfs): the error names the file's disk
     and the settings to change; no half-written file or temporary survives; once there is space, the
@@ -943,5 +1011,57 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not storage.get_concurrency_run_ids()
     assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")} == clean_images
+    for name, sql in tables.items():
+        assert db.query(sql).equals(clean_tables[name]), name
+
+
+def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_process(private_state):
+    """``Profile.workers``: the headless command cuts a partitioned group into chunks that worker
+    processes run as concurrent Dagster runs on the same instance. Every simple-prompt partition
+    deleted and rebuilt on two workers: generation and the classifiers ran as several runs, in the
+    workers' processes (not the command's), the two classifier runs at the same time, and the images
+    and tables are the very ones the one-process run made (smoke's steps use one thread either way)."""
+    import hashlib
+    import os
+    import shutil
+
+    profile = replace(private_state, methods=("real_p", "simple_prompt", "retrieval"), workers=2)
+    assert profile.partition_threads == private_state.torch_threads == 1
+    instance = dg.DagsterInstance.get()
+    # What earlier tests left stale, first, in one process: the reference the workers must match.
+    cli.materialize(replace(profile, workers=1), cli.benchmark_keys, say=lambda *_: None)
+    db = Warehouse(profile.tables)
+    images = profile.home / "store" / "images" / "simple_prompt"
+    clean_images = {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")}
+    tables = {
+        "augmentation_manifest": "SELECT * FROM augmentation_manifest ORDER BY method, wnid, rank",
+        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores ORDER BY method, replicate",
+        "per_class_scores": "SELECT * FROM per_class_scores ORDER BY method, replicate, label",
+    }
+    clean_tables = {name: db.query(sql) for name, sql in tables.items()}
+    shutil.rmtree(images)
+    before = {run.run_id for run in instance.get_runs()}
+    lines = []
+    cli.materialize(profile, cli.benchmark_keys, say=lines.append)
+    log = "\n".join(lines)
+    assert "pool gpu: limit raised to 2" in log, log
+    launched = [run for run in instance.get_runs() if run.run_id not in before]
+
+    def runs_of(asset):  # its chunks' runs (the run of its checks has no partitions)
+        return [run for run in launched if asset in run.tags[ASSETS_TAG].split(",") and PARTITION_RANGE_START_TAG in run.tags]
+
+    def pids(run):
+        return {record.dagster_event.pid for record in instance.all_logs(run.run_id) if record.dagster_event and record.dagster_event.pid}
+
+    generation, training = runs_of("augmentation_images"), runs_of("classifier_scores")
+    assert len(generation) == 3 and len(training) == 2, log  # three classes, two replicates: one chunk each
+    assert "checks of augmentation_images" in log, "the asset's checks run once, after its chunks"
+    for run in generation + training:
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert pids(run) and os.getpid() not in pids(run), "a chunk ran in the command's own process"
+    assert len(set().union(*(pids(run) for run in generation + training))) == 2, "two worker processes served the chunks"
+    spans = [instance.get_run_record_by_id(run.run_id) for run in training]
+    assert max(r.start_time for r in spans) < min(r.end_time for r in spans), "the two classifier runs did not overlap"
+    assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name

@@ -12,10 +12,11 @@ import pytest
 
 from augassets.core.warehouse import Warehouse
 
+from . import services
 from .services import free_port, postgres, redis
 
-# One worker runs this module's tests, one after another: the leftover-service check below counts every
-# PostgreSQL, Redis and Celery process on the machine, so no other test may start one meanwhile.
+# One pytest worker runs this module's tests, one after another: each starts servers and workers of its
+# own, with timeouts sized for a 2-core machine that is not also running another of them.
 pytestmark = pytest.mark.xdist_group("services")
 
 SCORES = "SELECT method, replicate, test_top1, best_epoch FROM classifier_scores WHERE method IN ('real_p', 'real_2p') ORDER BY method, replicate"
@@ -192,7 +193,7 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
 
         def start(name: str, *args: str):
             log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            processes.append(subprocess.Popen(_augassets(*args), env=env, stdout=log, stderr=log, start_new_session=True))
+            processes.append(services.started(subprocess.Popen(_augassets(*args), env=env, stdout=log, stderr=log, start_new_session=True)))
             return processes[-1]
 
         try:
@@ -271,18 +272,12 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
     assert got.height == 4 and got.equals(expected)
 
 
-SERVICE_PROCESSES = "bin/postgres -D .*augassets-postgres-|redis-server .*augassets-redis|celery -A dagster_celery.app"
-
-
-def _service_processes() -> set[str]:
-    return set(subprocess.run(["pgrep", "-f", SERVICE_PROCESSES], capture_output=True, text=True).stdout.split())
-
-
 @pytest.fixture(autouse=True)
-def _no_postgres_left_behind():
+def _no_service_left_behind():
     """Every test here stops what it started: no PostgreSQL, Redis or Celery worker it started survives
-    it, failed or not (services something else started before the test, e.g. a benchmark's, are not its)."""
-    before = _service_processes()
+    it, failed or not. Counted by process group (each server and worker is started in a session of its
+    own), so services of tests running at the same time on other pytest workers are not its."""
+    services.STARTED_GROUPS.clear()
     yield
-    left = _service_processes() - before
-    assert not left, f"service processes left running: {sorted(left)}"
+    left = services.survivors()
+    assert not left, f"processes of the services this test started are still running: {left}"

@@ -1,4 +1,4 @@
-"""The performance harness. ``python -m benchmarks.run [main] [classifier] [duplicates] [phash] [foundation] [generation] [store] [daemon]``
+"""The performance harness. ``python -m benchmarks.run [main] [classifier] [threads] [duplicates] [phash] [foundation] [generation] [store] [daemon]``
 (default: all but daemon) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
@@ -21,6 +21,8 @@ daemon      a real `dagster-daemon` on a benchmarked home (of `main`, or $AUGASS
 classifier  training throughput (images/s) of the profile's classifier on its real target images
             (the splits of `main`, or of $AUGASSETS_HOME when run alone), and of torchvision's
             ResNet-50 at 224 px (the real profiles' model) on random batches.
+threads     the profile's classifier as one process of 2 threads, of 1 thread, and as two 1-thread
+            processes at once (what Profile.workers gains; the splits of $AUGASSETS_HOME).
 """
 
 from __future__ import annotations
@@ -319,6 +321,62 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     return rows
 
 
+def train_with_threads(profile_name: str, threads: int) -> None:
+    """One classifier training with ``threads`` CPU threads (a child process of ``bench_threads``):
+    prints its images/s and wall seconds as JSON."""
+    import importlib
+    import json
+    from dataclasses import replace
+
+    importlib.import_module("augassets")  # first: it pins the CPU kernels (core/determinism.py) before torch loads
+    import torch
+
+    torch.set_num_threads(threads)
+    from augassets.core.classifier import LabeledImages, train_classifier
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    db = Warehouse(profile.tables)
+    frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY item", [split])  # noqa: E731
+    target, val = frame("target"), frame("val")
+    # The target four times over: about the size of a target plus its augmentation set.
+    train = LabeledImages(target["path"].to_list() * 4, target["label"].to_list() * 4)
+    held = LabeledImages(val["path"].to_list(), val["label"].to_list())
+    spec = replace(profile.classifier, max_epochs=8, early_stop_patience=100)
+    started = time.perf_counter()
+    result = train_classifier(train, held, held, int(target["label"].max()) + 1, spec, seed=0)
+    print(json.dumps({"images_per_second": result.images_per_second, "seconds": time.perf_counter() - started}))
+
+
+def bench_threads(profile_name: str) -> list[tuple[str, str]]:
+    """The profile's classifier trained (8 epochs, on its target four times over, val each epoch) as one
+    process with 2 threads, one with 1 thread, and two 1-thread processes at once: what Profile.workers
+    gains on a 2-core machine."""
+    import json
+
+    def start(threads: int) -> subprocess.Popen:
+        code = f"from benchmarks.run import train_with_threads; train_with_threads({profile_name!r}, {threads})"
+        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def finish(process: subprocess.Popen) -> dict:
+        out, _ = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"the training child failed ({process.returncode}); run `augassets benchmark` on {profile_name} first")
+        return json.loads(out.strip().splitlines()[-1])
+
+    rows = []
+    for threads in (2, 1):
+        one = finish(start(threads))
+        rows.append((f"classifier training ({profile_name}), 1 process × {threads} threads", f"{one['images_per_second']:.0f} images/s ({one['seconds']:.1f} s)"))
+    started = time.perf_counter()
+    pair = [finish(p) for p in [start(1), start(1)]]
+    wall = time.perf_counter() - started
+    rows.append((f"classifier training ({profile_name}), 2 processes × 1 thread at once",
+                 f"{sum(r['images_per_second'] for r in pair):.0f} images/s together ({wall:.1f} s for both)"))
+    return rows
+
+
 def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
     """The scheduled backfill through a real daemon, timed from the instance's own records."""
     from augassets.profiles import get_profile
@@ -382,7 +440,7 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "foundation", "duplicates", "phash", "generation", "store", "daemon", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "threads", "foundation", "duplicates", "phash", "generation", "store", "daemon", "all"])
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []
@@ -395,6 +453,8 @@ def main() -> None:
         os.environ["AUGASSETS_HOME"] = str(home)  # the classifier benchmark reuses these splits
     if "classifier" in chosen:
         rows += bench_classifier(args.profile)
+    if "threads" in chosen:
+        rows += bench_threads(args.profile)
     if "duplicates" in chosen:
         rows += bench_duplicates()
     if "phash" in chosen:

@@ -55,6 +55,7 @@ from ..resources import (
 )
 from ..scale import ON_GPU
 from ..versions import code_version
+from ..workers import CHUNK_BY_TAG
 
 GROUP = "personalized"
 CHECKPOINT_SCHEMA = {
@@ -447,6 +448,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
         metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
         group_name=GROUP, code_version=code_version("2", profile.classifier, profile.split.seed, profile.generation.seed), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
+        tags={CHUNK_BY_TAG: "method"},  # its classifiers are per method (every class at once): worker chunks hold whole methods
         deps=[*(dg.AssetDep(asset, partition_mapping=dg.MultiPartitionMapping({
             "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in methods})),
             "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),

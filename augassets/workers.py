@@ -1,0 +1,244 @@
+"""Worker processes for the headless command: the partition ranges of one run group, run at once.
+
+A CPU machine's cores are used best by several small steps side by side: a mini classifier trains
+about 1.7× faster as two one-thread processes than as one two-thread process (BENCHMARKS.md). With
+``Profile.workers`` above 1, the headless command cuts a partitioned group's requested partitions
+into contiguous chunks and hands them to that many processes, each running its chunks as Dagster
+runs on the same instance (``execute_in_process``, as the command itself does). A step over
+partitions then uses ``Profile.partition_threads`` CPU threads wherever it runs, so a partition's
+numbers do not depend on whether it ran in a worker or alone (``ComputeResource``).
+
+The processes are started with ``spawn`` (a fork of a process that has started torch's thread pools
+can deadlock), load the definitions once, and serve chunks until the command ends. SIGINT and
+SIGTERM reach them through the command: their runs stop as an interrupted run does, and the command
+ends with the interruption's message. A worker that dies (killed, out of memory) ends the command
+with its exit code; its run is released by the next command on the home (``cli.release_dead_runs``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import queue
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .profiles import Profile
+
+# Chunks per worker in a group: enough that a slow chunk does not leave the other workers idle for
+# long, few enough that the per-run cost (run start, resource and model loading) stays small.
+CHUNKS_PER_WORKER = 3
+# An asset tag naming the partition dimension whose values are the asset's units of work (the asset
+# computes once per value, for all its partitions of that value): chunks then hold whole values, one
+# chunk per value, since two chunks sharing a value would each do its work. The first dimension only.
+CHUNK_BY_TAG = "augassets/chunk_by"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One run of a chunk of partitions: its label (for the log), assets and run tags."""
+
+    label: str
+    asset_names: tuple[str, ...]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    label: str
+    run_id: str
+    errors: tuple[str, ...]  # the failing steps' own errors; empty when the run succeeded
+    success: bool
+
+
+def split_contiguous(keys: Sequence[str], parts: int) -> list[list[str]]:
+    """``keys`` (contiguous and in order) as at most ``parts`` contiguous chunks of nearly equal size."""
+    if not keys:
+        return []
+    size = math.ceil(len(keys) / max(1, parts))
+    return [list(keys[i:i + size]) for i in range(0, len(keys), size)]
+
+
+_DEFS = None
+_INSTANCE = None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the command that started it dies (even by SIGKILL), so that an
+    orphan never writes partitions the next command is rebuilding; the next command releases its run."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check in the loop still ends an orphan between chunks
+
+
+def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
+    """A worker process: load the definitions and the instance once, then run chunks until told to
+    stop. A signal is captured the way Dagster captures it (a flag): while a run executes, its step
+    stops as interrupted; while idle, it is left to the command, which has set ``stop``, so the next
+    chunk taken comes back unrun."""
+    global _DEFS, _INSTANCE
+    _die_with_parent()
+    if os.getppid() != parent:
+        return
+    from dagster._utils.interrupts import capture_interrupts
+
+    with capture_interrupts():
+        import dagster as dg
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        from . import automation
+        from .build import build_defs
+
+        transformers_logging.disable_progress_bar()
+        diffusers_logging.disable_progress_bar()
+        _DEFS = build_defs(profile, daemon=False)
+        _INSTANCE = dg.DagsterInstance.get()
+        while os.getppid() == parent:
+            try:
+                item = tasks.get(timeout=2)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            index, chunk = item
+            if stop.is_set():
+                results.put(("done", index, ChunkResult(chunk.label, "", (automation.INTERRUPTED,), False)))
+                continue
+            results.put(("start", index, os.getpid()))
+            try:
+                keys = [dg.AssetKey.from_user_string(name) for name in chunk.asset_names]
+                # Without the assets' checks: a check reads the whole asset, which other chunks are
+                # writing; the command runs the checks once all chunks are done.
+                job = _DEFS.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
+                result = job.execute_in_process(instance=_INSTANCE, tags=chunk.tags, raise_on_error=False)
+                errors = () if result.success else tuple(
+                    automation.root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure
+                )
+                done = ChunkResult(chunk.label, result.run_id, errors, result.success)
+            except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
+                done = ChunkResult(chunk.label, "", (f"{type(error).__name__}: {error}",), False)
+            results.put(("done", index, done))
+
+
+class Workers:
+    """``count`` worker processes serving chunks of partitioned run groups (module docstring). Started
+    on first use; :meth:`close` (or leaving the ``with`` block) stops them."""
+
+    def __init__(self, profile: Profile, count: int):
+        if count < 2:
+            raise ValueError(f"Workers needs at least 2 processes, got {count} (Profile.workers)")
+        self.profile, self.count = profile, count
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list = []
+        self._tasks = self._results = None
+        self._stop = self._context.Event()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        if self._processes:
+            return
+        self._tasks, self._results = self._context.Queue(), self._context.Queue()
+        for _ in range(self.count):
+            # Not daemonic: a step's DataLoader starts worker processes of its own.
+            process = self._context.Process(target=_serve, args=(self.profile, self._tasks, self._results, self._stop, os.getpid()))
+            process.start()
+            self._processes.append(process)
+
+    def run(self, chunks: Sequence[Chunk], say: Callable[[str], None]) -> list[ChunkResult]:
+        """Run ``chunks`` on the workers; their results in ``chunks``' order. Blocks until every chunk
+        has ended. SIGINT/SIGTERM received meanwhile are passed on to the workers: the runs they are in
+        stop as interrupted runs, chunks not yet started come back unrun, all as failed (so does the
+        chunk of a worker that died after the signal). A worker that dies otherwise raises ``WorkerDied``."""
+        self._start()
+        for index, chunk in enumerate(chunks):
+            self._tasks.put((index, chunk))
+
+        def forward(signum, _frame):
+            self._stop.set()
+            for process in self._processes:
+                if process.is_alive():
+                    os.kill(process.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        results: dict[int, ChunkResult] = {}
+        running: dict[int, int] = {}  # worker pid -> the chunk it runs
+
+        def interrupted(index: int) -> ChunkResult:
+            return ChunkResult(chunks[index].label, "", (_interrupted_message(),), False)
+
+        try:
+            while len(results) < len(chunks):
+                try:
+                    kind, index, payload = self._results.get(timeout=1)
+                except queue.Empty:
+                    dead = [p for p in self._processes if not p.is_alive()]
+                    if not dead:
+                        continue
+                    if not self._stop.is_set():
+                        codes = ", ".join(f"pid {p.pid} exit code {p.exitcode}" for p in dead)
+                        raise WorkerDied(f"a worker process died ({codes}) with {len(chunks) - len(results)} chunk(s) unfinished; "
+                                         "rerun the command to resume (finished partitions are kept)") from None
+                    for process in dead:  # stopping: the chunk a dead worker held ends as interrupted
+                        if process.pid in running:
+                            lost = running.pop(process.pid)
+                            results.setdefault(lost, interrupted(lost))
+                    if len(dead) == len(self._processes):
+                        for missing in set(range(len(chunks))) - set(results):
+                            results[missing] = interrupted(missing)
+                    continue
+                if kind == "start":
+                    running[payload] = index
+                    continue
+                running = {pid: i for pid, i in running.items() if i != index}
+                results[index] = payload
+                say(f"  {'done' if payload.success else 'FAILED'}: {payload.label}")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return [results[i] for i in range(len(chunks))]
+
+    def close(self) -> None:
+        """Stop the workers: chunks not yet taken are dropped, runs still executing are interrupted (SIGTERM,
+        as Ctrl-C would), and a worker that has not ended 30 s later is killed."""
+        if not self._processes:
+            return
+        self._stop.set()
+        try:
+            while True:
+                self._tasks.get_nowait()
+        except queue.Empty:
+            pass
+        for process in self._processes:
+            self._tasks.put(None)
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self._processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+        for channel in (self._tasks, self._results):
+            channel.cancel_join_thread()
+            channel.close()
+        self._processes = []
+
+
+def _interrupted_message() -> str:
+    from .automation import INTERRUPTED
+
+    return INTERRUPTED
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without reporting its chunk."""
