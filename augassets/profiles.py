@@ -585,7 +585,7 @@ PROFILES["mini_all"] = replace(
     "steps over partitions on two worker processes of one thread each (the foundation as in mini, on two threads).",
     methods=tuple(m.key for m in METHODS),
     world=replace(PROFILES["mini"].world, diffusion=replace(DiffusionSpec(), steps=10)),
-    # Two one-thread processes train the mini classifier 1.7× faster than one two-thread process (BENCHMARKS.md).
+    # Two one-thread processes train the mini classifier 1.5× faster than one two-thread process (BENCHMARKS.md).
     workers=2,
 )
 

@@ -1,7 +1,7 @@
 """Worker processes for the headless command: the partition ranges of one run group, run at once.
 
 A CPU machine's cores are used best by several small steps side by side: a mini classifier trains
-about 1.7× faster as two one-thread processes than as one two-thread process (BENCHMARKS.md). With
+about 1.5× faster as two one-thread processes than as one two-thread process (BENCHMARKS.md). With
 ``Profile.workers`` above 1, the headless command cuts a partitioned group's requested partitions
 into contiguous chunks and hands them to that many processes, each running its chunks as Dagster
 runs on the same instance (``execute_in_process``, as the command itself does). A step over
@@ -78,52 +78,53 @@ def _die_with_parent() -> None:
 
 def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
     """A worker process: load the definitions and the instance once, then run chunks until told to
-    stop. A signal is captured the way Dagster captures it (a flag): while a run executes, its step
-    stops as interrupted; while idle, it is left to the command, which has set ``stop``, so the next
-    chunk taken comes back unrun."""
+    stop. While a run executes, Dagster's own handlers turn SIGINT/SIGTERM into an interrupted step;
+    outside runs, a signal is only noted, and chunks taken after it (or after the command set
+    ``stop``) come back unrun. A signal in the moment between taking a chunk and the run's start is
+    noted too late for that chunk, which then runs to its end."""
     global _DEFS, _INSTANCE
     _die_with_parent()
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     if os.getppid() != parent:
         return
-    from dagster._utils.interrupts import capture_interrupts
+    import dagster as dg
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    with capture_interrupts():
-        import dagster as dg
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
+    from . import automation
+    from .build import build_defs
 
-        from . import automation
-        from .build import build_defs
-
-        transformers_logging.disable_progress_bar()
-        diffusers_logging.disable_progress_bar()
-        _DEFS = build_defs(profile, daemon=False)
-        _INSTANCE = dg.DagsterInstance.get()
-        while os.getppid() == parent:
-            try:
-                item = tasks.get(timeout=2)
-            except queue.Empty:
-                continue
-            if item is None:
-                return
-            index, chunk = item
-            if stop.is_set():
-                results.put(("done", index, ChunkResult(chunk.label, "", (automation.INTERRUPTED,), False)))
-                continue
-            results.put(("start", index, os.getpid()))
-            try:
-                keys = [dg.AssetKey.from_user_string(name) for name in chunk.asset_names]
-                # Without the assets' checks: a check reads the whole asset, which other chunks are
-                # writing; the command runs the checks once all chunks are done.
-                job = _DEFS.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
-                result = job.execute_in_process(instance=_INSTANCE, tags=chunk.tags, raise_on_error=False)
-                errors = () if result.success else tuple(
-                    automation.root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure
-                )
-                done = ChunkResult(chunk.label, result.run_id, errors, result.success)
-            except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
-                done = ChunkResult(chunk.label, "", (f"{type(error).__name__}: {error}",), False)
-            results.put(("done", index, done))
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    _DEFS = build_defs(profile, daemon=False)
+    _INSTANCE = dg.DagsterInstance.get()
+    while os.getppid() == parent:
+        try:
+            item = tasks.get(timeout=2)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        index, chunk = item
+        if stop.is_set() or received:
+            results.put(("done", index, ChunkResult(chunk.label, "", (automation.INTERRUPTED,), False)))
+            continue
+        results.put(("start", index, os.getpid()))
+        try:
+            keys = [dg.AssetKey.from_user_string(name) for name in chunk.asset_names]
+            # Without the assets' checks: a check reads the whole asset, which other chunks are
+            # writing; the command runs the checks once all chunks are done.
+            job = _DEFS.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
+            result = job.execute_in_process(instance=_INSTANCE, tags=chunk.tags, raise_on_error=False)
+            errors = () if result.success else tuple(
+                automation.root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure
+            )
+            done = ChunkResult(chunk.label, result.run_id, errors, result.success)
+        except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
+            done = ChunkResult(chunk.label, "", (f"{type(error).__name__}: {error}",), False)
+        results.put(("done", index, done))
 
 
 class Workers:

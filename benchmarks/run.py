@@ -1,5 +1,5 @@
 """The performance harness. ``python -m benchmarks.run [main] [classifier] [threads] [duplicates] [phash] [foundation] [generation] [store] [daemon]``
-(default: all but daemon) prints a table.
+(default: all but threads and daemon) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
             its peak resident memory, and the share of wall time spent outside asset bodies
