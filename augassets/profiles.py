@@ -364,7 +364,7 @@ class Profile:
     torch_threads: int = 0  # 0: leave torch's default
     # Processes the headless command runs a partitioned group's chunks in at once (workers.py); 1: in its own
     # process. Above 1, a step over partitions uses torch_threads // workers threads wherever it runs
-    # (partition_threads), and the command raises the gpu pool's limit to this count.
+    # (partition_threads), and on the CPU the command raises the gpu pool's limit to this count.
     workers: int = 1
     # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).
     # Like torch_threads, how the work is cut, not what it computes: no code version covers it.
