@@ -209,13 +209,11 @@ def box_ranges(partitions_def: dg.PartitionsDefinition, keys: list[str], store=N
     rows = first_dimension_rows(partitions_def, keys)
     pieces = [rows[0]] + ([[k for row in rows[1:-1] for k in row]] if len(rows) > 2 else []) + ([rows[-1]] if len(rows) > 1 else [])
     merged: list[list[str]] = []
-    for piece in pieces:
+    for piece in pieces:  # each piece is a box; a partial first or last row joins the whole rows when that is one too
         if merged and covers(merged[-1] + piece):
             merged[-1] = merged[-1] + piece
         else:
             merged.append(piece)
-    if not all(covers(piece) for piece in merged):
-        return [(key, key) for key in keys]
     return [(piece[0], piece[-1]) for piece in merged]
 
 
@@ -318,7 +316,12 @@ def _chunk_by(defs: dg.Definitions, keys: Sequence[dg.AssetKey], partitions_def)
     return True
 
 
+def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The root causes of a run's failed steps (empty for a run that succeeded)."""
+    return [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
+
+
 def _raise_if_failed(result: dg.ExecuteInProcessResult, label: str) -> None:
     if not result.success:
-        errors = [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
+        errors = step_errors(result)
         raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")

@@ -61,10 +61,6 @@ def split_contiguous(keys: Sequence[str], parts: int) -> list[list[str]]:
     return [list(keys[i:i + size]) for i in range(0, len(keys), size)]
 
 
-_DEFS = None
-_INSTANCE = None
-
-
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when the command that started it dies (even by SIGKILL), so that an
     orphan never writes partitions the next command is rebuilding; the next command releases its run."""
@@ -82,7 +78,6 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
     outside runs, a signal is only noted, and chunks taken after it (or after the command set
     ``stop``) come back unrun. A signal in the moment between taking a chunk and the run's start is
     noted too late for that chunk, which then runs to its end."""
-    global _DEFS, _INSTANCE
     _die_with_parent()
     received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,8 +93,8 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
 
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
-    _DEFS = build_defs(profile, daemon=False)
-    _INSTANCE = dg.DagsterInstance.get()
+    defs = build_defs(profile, daemon=False)
+    instance = dg.DagsterInstance.get()
     while os.getppid() == parent:
         try:
             item = tasks.get(timeout=2)
@@ -116,12 +111,9 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
             keys = [dg.AssetKey.from_user_string(name) for name in chunk.asset_names]
             # Without the assets' checks: a check reads the whole asset, which other chunks are
             # writing; the command runs the checks once all chunks are done.
-            job = _DEFS.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
-            result = job.execute_in_process(instance=_INSTANCE, tags=chunk.tags, raise_on_error=False)
-            errors = () if result.success else tuple(
-                automation.root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure
-            )
-            done = ChunkResult(chunk.label, result.run_id, errors, result.success)
+            job = defs.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
+            result = job.execute_in_process(instance=instance, tags=chunk.tags, raise_on_error=False)
+            done = ChunkResult(chunk.label, result.run_id, tuple(automation.step_errors(result)), result.success)
         except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
             done = ChunkResult(chunk.label, "", (f"{type(error).__name__}: {error}",), False)
         results.put(("done", index, done))

@@ -271,6 +271,22 @@ def bench_generation(profile_name: str, images: int = 64) -> list[tuple[str, str
     ]
 
 
+def target_and_val(profile_name: str):
+    """The profile's target and val splits as ``LabeledImages`` (from ``$AUGASSETS_HOME``), and its class count."""
+    from augassets.core.classifier import LabeledImages
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    db = Warehouse(profile.tables)
+    if not db.has_table("dataset_splits"):
+        raise SystemExit(f"no splits in {profile.tables}: run `augassets benchmark` on {profile_name} first")
+    frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY item", [split])  # noqa: E731
+    target, val = frame("target"), frame("val")
+    labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
+    return labeled(target), labeled(val), int(target["label"].max()) + 1
+
+
 def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from dataclasses import replace
 
@@ -279,20 +295,13 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     from torchvision.models import resnet50
 
     os.environ["AUGASSETS_PROFILE"] = profile_name
-    from augassets.core.classifier import LabeledImages, train_classifier
-    from augassets.core.warehouse import Warehouse
+    from augassets.core.classifier import train_classifier
     from augassets.profiles import get_profile
 
-    profile = get_profile(profile_name)
-    db = Warehouse(profile.tables)
-    if not db.has_table("dataset_splits"):
-        raise SystemExit(f"no splits in {profile.tables}: run `augassets benchmark` on {profile_name} first")
-    frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ?", [split])  # noqa: E731
-    target, val = frame("target"), frame("val")
-    labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
-    spec = replace(profile.classifier, max_epochs=5, early_stop_patience=100)
-    result = train_classifier(labeled(target), labeled(val), labeled(val), int(target["label"].max()) + 1, spec, seed=0)
-    rows = [(f"{spec.arch} training ({profile_name}, {target.height} images, batch {spec.batch_size}, 5 epochs)", f"{result.images_per_second:.0f} images/s")]
+    target, val, classes = target_and_val(profile_name)
+    spec = replace(get_profile(profile_name).classifier, max_epochs=5, early_stop_patience=100)
+    result = train_classifier(target, val, val, classes, spec, seed=0)
+    rows = [(f"{spec.arch} training ({profile_name}, {len(target.paths)} images, batch {spec.batch_size}, 5 epochs)", f"{result.images_per_second:.0f} images/s")]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = 256 if device == "cuda" else 16
@@ -333,19 +342,14 @@ def train_with_threads(profile_name: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     from augassets.core.classifier import LabeledImages, train_classifier
-    from augassets.core.warehouse import Warehouse
     from augassets.profiles import get_profile
 
-    profile = get_profile(profile_name)
-    db = Warehouse(profile.tables)
-    frame = lambda split: db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY item", [split])  # noqa: E731
-    target, val = frame("target"), frame("val")
+    target, val, classes = target_and_val(profile_name)
     # The target four times over: about the size of a target plus its augmentation set.
-    train = LabeledImages(target["path"].to_list() * 4, target["label"].to_list() * 4)
-    held = LabeledImages(val["path"].to_list(), val["label"].to_list())
-    spec = replace(profile.classifier, max_epochs=8, early_stop_patience=100)
+    train = LabeledImages(target.paths * 4, target.labels * 4)
+    spec = replace(get_profile(profile_name).classifier, max_epochs=8, early_stop_patience=100)
     started = time.perf_counter()
-    result = train_classifier(train, held, held, int(target["label"].max()) + 1, spec, seed=0)
+    result = train_classifier(train, val, val, classes, spec, seed=0)
     print(json.dumps({"images_per_second": result.images_per_second, "seconds": time.perf_counter() - started}))
 
 
