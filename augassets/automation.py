@@ -11,7 +11,8 @@ time), stored beside the Dagster instance, so "changed since" means since the la
 that home.
 
 Requested partitions become runs: assets requested together with the same partitions run together
-(one run over many partitions, as the backfill policies allow), in the graph's order; an asset with
+(one run over many partitions, as the backfill policies allow), in the graph's order (with worker
+processes, a round's groups over several partitions at once: ``execute_on_workers``); an asset with
 an upstream that this round will change outside its run waits for a later round, and the command
 keeps it pending until it has run (Dagster counts a requested partition as handled, so a later
 evaluation need not ask for it again) — so nothing runs twice and nothing is dropped. The pending
@@ -249,33 +250,17 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
     the partitions definition lists its keys (whatever order its dimensions sort in). With
     ``workers``, a group of several partitions is cut into contiguous chunks that the worker processes
     run at once (workers.py). Returns run ids."""
+    if workers is not None and group.partitions is not None and len(group.partitions) > 1:
+        (outcome,) = execute_on_workers(defs, instance, [group], say, workers)
+        if outcome.error:
+            raise RunFailed(outcome.error)
+        return outcome.run_ids
     job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
     base_tags = {ASSETS_TAG: ",".join(group.names)}
     if group.partitions is None:
         runs = [(", ".join(group.names), base_tags)]
     else:
-        runs = [
-            (f"{', '.join(group.names)} [{start} … {end}]", {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
-            for start, end in partition_ranges(defs, instance, group, workers.count if workers is not None else 1)
-        ]
-    if workers is not None and len(runs) > 1:
-        say(f"  {len(runs)} chunks on {workers.count} worker processes")
-        results = workers.run([Chunk(label, tuple(group.names), tags) for label, tags in runs], say)
-        failed = [r for r in results if not r.success]
-        if failed:
-            first = failed[0]
-            errors = sorted({error for r in failed for error in r.errors})
-            raise RunFailed(f"{first.label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {first.run_id or 'not started'}; "
-                            f"`augassets ui` shows it; {len(failed)} of {len(results)} chunks failed)")
-        run_ids = [r.run_id for r in results]
-        checks = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key in set(group.keys)}
-        if checks:  # the chunks ran without them: each reads the whole asset
-            label = f"checks of {', '.join(group.names)}"
-            say(f"  {label}")
-            result = job.get_subset(asset_check_selection=checks).execute_in_process(instance=instance, tags=base_tags, raise_on_error=False)
-            run_ids.append(result.run_id)
-            _raise_if_failed(result, label)
-        return run_ids
+        runs = _chunk_runs(defs, instance, group, 1)
     run_ids = []
     for label, tags in runs:
         say(f"  {label}")
@@ -283,6 +268,71 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
         run_ids.append(result.run_id)
         _raise_if_failed(result, label)
     return run_ids
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """How one group of :func:`execute_on_workers` ended: its run ids, and ``error`` (None: succeeded)."""
+
+    group: RunGroup
+    run_ids: list[str]
+    error: str | None
+
+
+def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, groups: Sequence[RunGroup], say: Callable[[str], None],
+                       workers: Workers) -> list[GroupOutcome]:
+    """Materialize partitioned ``groups`` that do not depend on each other (the groups of one
+    evaluation, ``plan_runs``) at once: every group cut into chunks (``partition_ranges``), all the
+    chunks in one queue for the worker processes, so that a worker that ends one group's last chunk
+    takes another group's instead of waiting. Groups cut into fewer (so larger) chunks go first — a
+    method's whole fine-tuning started last would leave the other worker idle while it runs. A group
+    whose chunks all succeeded then has its asset checks run once in this process (each reads the
+    whole asset). Returns one outcome per group, in ``groups``' order; a failed group does not stop
+    the others."""
+    cut = [_chunk_runs(defs, instance, group, workers.count) for group in groups]
+    order = sorted(range(len(groups)), key=lambda i: len(cut[i]))  # stable: the graph's order among equals
+    chunks, owner = [], []
+    for i in order:
+        chunks += [Chunk(label, tuple(groups[i].names), tags) for label, tags in cut[i]]
+        owner += [i] * len(cut[i])
+    what = f"{len(groups)} groups" if len(groups) > 1 else ", ".join(groups[0].names)
+    say(f"  {len(chunks)} chunks of {what} on {workers.count} worker processes")
+    results = workers.run(chunks, say)
+    outcomes = []
+    graph_checks = defs.resolve_asset_graph().asset_check_keys
+    for i, group in enumerate(groups):
+        mine = [result for result, j in zip(results, owner) if j == i]
+        failed = [r for r in mine if not r.success]
+        run_ids = [r.run_id for r in mine if r.run_id]
+        if failed:
+            first = failed[0]
+            errors = sorted({error for r in failed for error in r.errors})
+            outcomes.append(GroupOutcome(group, run_ids, (
+                f"{first.label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {first.run_id or 'not started'}; "
+                f"`augassets ui` shows it; {len(failed)} of {len(mine)} chunks failed)")))
+            continue
+        checks = {key for key in graph_checks if key.asset_key in set(group.keys)}
+        error = None
+        if checks:  # the chunks ran without them: each reads the whole asset
+            label = f"checks of {', '.join(group.names)}"
+            say(f"  {label}")
+            job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
+            result = job.get_subset(asset_check_selection=checks).execute_in_process(
+                instance=instance, tags={ASSETS_TAG: ",".join(group.names)}, raise_on_error=False)
+            run_ids.append(result.run_id)
+            if not result.success:
+                error = f"{label} failed: {' | '.join(step_errors(result)) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)"
+        outcomes.append(GroupOutcome(group, run_ids, error))
+    return outcomes
+
+
+def _chunk_runs(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int) -> list[tuple[str, dict[str, str]]]:
+    """The (label, run tags) of a partitioned ``group``'s runs: one per range of ``partition_ranges``."""
+    base_tags = {ASSETS_TAG: ",".join(group.names)}
+    return [
+        (f"{', '.join(group.names)} [{start} … {end}]", {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
+        for start, end in partition_ranges(defs, instance, group, workers)
+    ]
 
 
 def partition_ranges(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int = 1) -> list[tuple[str, str]]:

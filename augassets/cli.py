@@ -224,13 +224,8 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
         if not pending:
             break
         requested = {key: set(partitions) for key, partitions in pending.items()}
-        for group in automation.plan_runs(defs, requested):
-            started = time.perf_counter()
-            say(f"- {', '.join(group.names)}: materializing")
-            try:
-                automation.execute(defs, instance, group, say, workers)
-            except (automation.RunFailed, WorkerDied) as error:
-                raise SystemExit(str(error)) from None
+
+        def done(group: automation.RunGroup) -> None:
             ran.update(group.keys)
             for key in group.keys:
                 left = pending.get(key, set()) - ({None} if group.partitions is None else set(group.partitions))
@@ -239,6 +234,33 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
                 else:
                     pending.pop(key, None)
             automation.save_pending(dagster_home, pending, aside)
+
+        groups = automation.plan_runs(defs, requested)
+        # With workers, the round's groups over several partitions run at once (they do not depend on
+        # each other), after its other groups, which run here one by one.
+        together = [g for g in groups if g.partitions is not None and len(g.partitions) > 1] if workers is not None else []
+        for group in [g for g in groups if g not in together]:
+            started = time.perf_counter()
+            say(f"- {', '.join(group.names)}: materializing")
+            try:
+                automation.execute(defs, instance, group, say, workers)
+            except (automation.RunFailed, WorkerDied) as error:
+                raise SystemExit(str(error)) from None
+            done(group)
+            say(f"  done in {time.perf_counter() - started:.1f} s")
+        if together:
+            started = time.perf_counter()
+            say(f"- {' | '.join(', '.join(g.names) for g in together)}: materializing")
+            try:
+                outcomes = automation.execute_on_workers(defs, instance, together, say, workers)
+            except WorkerDied as error:
+                raise SystemExit(str(error)) from None
+            for outcome in outcomes:
+                if outcome.error is None:
+                    done(outcome.group)
+            failed = [outcome.error for outcome in outcomes if outcome.error]
+            if failed:
+                raise SystemExit(" || ".join(failed))
             say(f"  done in {time.perf_counter() - started:.1f} s")
     else:
         names = ", ".join(key.to_user_string() for key in requested)

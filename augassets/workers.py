@@ -4,7 +4,8 @@ A CPU machine's cores are used best by several small steps side by side: a mini 
 about 1.5× faster as two one-thread processes than as one two-thread process (BENCHMARKS.md). With
 ``Profile.workers`` above 1, the headless command cuts a partitioned group's requested partitions
 into contiguous chunks and hands them to that many processes, each running its chunks as Dagster
-runs on the same instance (``execute_in_process``, as the command itself does). A step over
+runs on the same instance (``execute_in_process``, as the command itself does). The partitioned
+groups of one evaluation share one queue (``automation.execute_on_workers``). A step over
 partitions then uses ``Profile.partition_threads`` CPU threads wherever it runs, so a partition's
 numbers do not depend on whether it ran in a worker or alone (``ComputeResource``).
 

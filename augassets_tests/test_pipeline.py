@@ -1065,3 +1065,36 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name
+
+    # Groups of one evaluation that do not depend on each other run at once: their chunks share one
+    # queue, the group cut into fewer chunks first, and each group's checks run after its chunks.
+    from augassets.workers import Workers
+
+    profile_defs, graph = build_defs(profile), defs.resolve_asset_graph()
+
+    def every(asset, method):
+        keys = graph.get(dg.AssetKey(asset)).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        return frozenset(str(k) for k in keys if method in str(k).split("|"))
+
+    generate = automation.RunGroup((dg.AssetKey("augmentation_images"),), every("augmentation_images", "simple_prompt"))
+    train = automation.RunGroup((dg.AssetKey("classifier_scores"),), every("classifier_scores", "real_p"))
+    before = {run.run_id for run in instance.get_runs()}
+    lines = []
+    with Workers(profile, 2) as workers:
+        outcomes = automation.execute_on_workers(profile_defs, instance, [generate, train], lines.append, workers)
+    log = "\n".join(lines)
+    assert [o.group for o in outcomes] == [generate, train] and all(o.error is None for o in outcomes), log
+    assert lines[0] == "  5 chunks of 2 groups on 2 worker processes", log
+    assert "checks of augmentation_images" in log
+    launched = [run for run in instance.get_runs() if run.run_id not in before]
+    spans = {name: [instance.get_run_record_by_id(run.run_id) for run in launched
+                    if run.tags[ASSETS_TAG] == name and PARTITION_RANGE_START_TAG in run.tags]
+             for name in ("augmentation_images", "classifier_scores")}
+    assert len(spans["augmentation_images"]) == 3 and len(spans["classifier_scores"]) == 2, log
+    first_free = min(r.end_time for r in spans["classifier_scores"])
+    assert all(r.start_time >= first_free for r in spans["augmentation_images"]), "the group of two chunks went first"
+    assert sorted(run_id for o in outcomes for run_id in o.run_ids) == sorted(run.run_id for run in launched)
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in launched)
+    assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
+    for name, sql in tables.items():
+        assert db.query(sql).equals(clean_tables[name]), name
