@@ -244,17 +244,10 @@ class RunFailed(RuntimeError):
     """A headless run failed; the message carries the failing steps' own errors."""
 
 
-def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None],
-            workers: Workers | None = None) -> list[str]:
-    """Materialize ``group`` in process: one run per contiguous range of its partitions, in the order
-    the partitions definition lists its keys (whatever order its dimensions sort in). With
-    ``workers``, a group of several partitions is cut into contiguous chunks that the worker processes
-    run at once (workers.py). Returns run ids."""
-    if workers is not None and group.partitions is not None and len(group.partitions) > 1:
-        (outcome,) = execute_on_workers(defs, instance, [group], say, workers)
-        if outcome.error:
-            raise RunFailed(outcome.error)
-        return outcome.run_ids
+def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]) -> list[str]:
+    """Materialize ``group`` in this process: one run per contiguous range of its partitions, in the
+    order the partitions definition lists its keys (whatever order its dimensions sort in). Returns run
+    ids. (With worker processes, groups over several partitions go to ``execute_on_workers``.)"""
     job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
     base_tags = {ASSETS_TAG: ",".join(group.names)}
     if group.partitions is None:
@@ -266,7 +259,8 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
         say(f"  {label}")
         result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
         run_ids.append(result.run_id)
-        _raise_if_failed(result, label)
+        if not result.success:
+            raise RunFailed(_failure(label, step_errors(result), result.run_id))
     return run_ids
 
 
@@ -305,11 +299,9 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
         failed = [r for r in mine if not r.success]
         run_ids = [r.run_id for r in mine if r.run_id]
         if failed:
-            first = failed[0]
             errors = sorted({error for r in failed for error in r.errors})
-            outcomes.append(GroupOutcome(group, run_ids, (
-                f"{first.label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {first.run_id or 'not started'}; "
-                f"`augassets ui` shows it; {len(failed)} of {len(mine)} chunks failed)")))
+            outcomes.append(GroupOutcome(group, run_ids, _failure(failed[0].label, errors, failed[0].run_id or "not started",
+                                                                  f"; {len(failed)} of {len(mine)} chunks failed")))
             continue
         checks = {key for key in graph_checks if key.asset_key in set(group.keys)}
         error = None
@@ -321,7 +313,7 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
                 instance=instance, tags={ASSETS_TAG: ",".join(group.names)}, raise_on_error=False)
             run_ids.append(result.run_id)
             if not result.success:
-                error = f"{label} failed: {' | '.join(step_errors(result)) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)"
+                error = _failure(label, step_errors(result), result.run_id)
         outcomes.append(GroupOutcome(group, run_ids, error))
     return outcomes
 
@@ -371,7 +363,6 @@ def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
     return [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
 
 
-def _raise_if_failed(result: dg.ExecuteInProcessResult, label: str) -> None:
-    if not result.success:
-        errors = step_errors(result)
-        raise RunFailed(f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {result.run_id}; `augassets ui` shows it)")
+def _failure(label: str, errors: Sequence[str], run_id: str, more: str = "") -> str:
+    """The message of a failed run: its steps' own errors, and where to look."""
+    return f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {run_id}; `augassets ui` shows it{more})"

@@ -243,8 +243,8 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
             try:
-                automation.execute(defs, instance, group, say, workers)
-            except (automation.RunFailed, WorkerDied) as error:
+                automation.execute(defs, instance, group, say)
+            except automation.RunFailed as error:
                 raise SystemExit(str(error)) from None
             done(group)
             say(f"  done in {time.perf_counter() - started:.1f} s")

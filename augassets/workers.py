@@ -1,4 +1,4 @@
-"""Worker processes for the headless command: the partition ranges of one run group, run at once.
+"""Worker processes for the headless command: the partition ranges of a round's run groups, run at once.
 
 A CPU machine's cores are used best by several small steps side by side: a mini classifier trains
 about 1.5× faster as two one-thread processes than as one two-thread process (BENCHMARKS.md). With
