@@ -30,7 +30,7 @@ from .core.report import results_report
 from .core.warehouse import Warehouse, migrate_catalog
 from .instance import ensure_dagster_home
 from .partitions import CLASS_PARTITIONS_NAME
-from .profiles import PROFILE_ENV, Profile, get_profile
+from .profiles import PROFILE_ENV, WORLD_ENV, Profile, get_profile
 from .resources import default_resources
 from .scale import GPU_POOL
 from .workers import WorkerDied, Workers
@@ -283,6 +283,78 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     return table
 
 
+CALIBRATION_FIGURES = {  # figures of the world a manifest records beside its files: asset → metadata keys
+    "clip_model": ("zero_shot_top1",),
+    "fidelity_judge": ("judge_top1_test", "judge_top1_holdout_web", "domain_transfer_ratio"),
+    "diffusion_fidelity": ("class_fidelity", "relative_class_fidelity", "target_recognizability"),
+}
+
+
+def _plain(value):
+    """A metadata value as JSON can hold it (numbers, strings, lists of numbers), or None."""
+    value = getattr(value, "value", value)
+    if isinstance(value, (int, float, str)) or (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)):
+        return value
+    return None
+
+
+def export_world(profile: Profile, name: str, say=print) -> Path:
+    """Copy the world this home trained (``augassets foundation --rebuild``) into the package as the
+    shipped world ``name``, with its manifest. Every shipped asset must have been trained here by the
+    current definitions; the figures of its materialization go into the manifest."""
+    import datetime
+
+    from .assets.foundation import SHIPPED_FILES, lineage_versions
+    from .core.files import atomic_folder
+    from .core.world import STORED_DTYPE, export_asset, world_folder, write_manifest
+
+    if profile.world is None:
+        raise SystemExit(f"profile {profile.name} has no mini world to export")
+    ensure_dagster_home(profile)
+    defs = build_defs(profile, daemon=False)
+    graph = defs.resolve_asset_graph()
+    instance = dg.DagsterInstance.get()
+
+    def latest(asset: str):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return event.asset_materialization if event else None
+
+    for asset in SHIPPED_FILES:
+        made = latest(asset)
+        version = graph.get(dg.AssetKey(asset)).code_version
+        if made is None or _plain(made.metadata.get("source")) != "trained here" or made.tags.get("dagster/code_version") != version:
+            raise SystemExit(f"{asset}: no materialization trained here by the current definitions (code version {version}) on "
+                             f"{profile.home}; train the world first: AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    world = profile.world
+    manifest = {
+        "world": name,
+        "profile": profile.name,
+        "command": f"AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild && augassets world export --name {name}",
+        "commit": commit or "unknown",
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "stored_dtype": STORED_DTYPE,
+        "settings": {"target": repr(profile.dataset.target), "split": repr(profile.split), "pool": repr(world.pool),
+                     "clip": repr(world.clip), "diffusion": repr(world.diffusion), "classifier": repr(profile.classifier)},
+        "calibration": {
+            f"{asset}.{key}": _plain(latest(asset).metadata[key])
+            for asset, keys in CALIBRATION_FIGURES.items() if latest(asset) for key in keys if key in latest(asset).metadata
+        },
+        "assets": {},
+    }
+    store = Path(profile.store_root)
+    final = world_folder(name)
+    with atomic_folder(final) as tmp:
+        for asset, parts in SHIPPED_FILES.items():
+            figures = {k: _plain(v) for k, v in latest(asset).metadata.items() if k != "source" and _plain(v) is not None}
+            manifest["assets"][asset] = export_asset(asset, store.joinpath(*parts), tmp, lineage_versions(graph, dg.AssetKey(asset)), figures)
+            say(f"- {asset}: {len(manifest['assets'][asset]['files'])} files")
+        write_manifest(tmp, manifest)
+    total = sum(f["bytes"] for entry in manifest["assets"].values() for f in entry["files"].values())
+    say(f"shipped world {name}: {total / 1e6:.1f} MB in {final}")
+    return final
+
+
 def _dagster_command(name: str) -> str:
     """``dagster`` / ``dagster-daemon`` of the environment running this command (no activated venv needed)."""
     beside = Path(sys.executable).with_name(name)
@@ -359,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
     found = sub.add_parser("foundation", help="materialize the mini world's pool, CLIP, KNN index and Stable Diffusion")
     found.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
+    found.add_argument("--rebuild", action="store_true", help="train the mini world's models from scratch instead of installing the "
+                       "shipped world (implies --force)")
+    world_parser = sub.add_parser("world", help="the shipped mini world: export the world this home trained into the package")
+    world_parser.add_argument("action", choices=["export"])
+    world_parser.add_argument("--name", default="v2", help="the world's folder under augassets/world (default v2), or a path")
     ui_parser = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this profile's instance")
     ui_parser.add_argument("--port", type=int, default=3000)
     ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
@@ -383,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.disable_progress_bar()
     if args.profile:
         os.environ[PROFILE_ENV] = args.profile
+    if args.command == "foundation" and args.rebuild:
+        os.environ[WORLD_ENV] = "train"  # also read by worker processes
     profile = get_profile()
+    if args.command == "world":
+        export_world(profile, args.name)
+        return 0
     if args.command == "benchmark":
         benchmark(profile, force=args.force)
         return 0
@@ -391,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         if profile.world is None:
             raise SystemExit(f"profile {profile.name} has no mini world: its pool, CLIP, index and SD are external assets")
-        materialize(profile, foundation_keys, force=args.force)
+        materialize(profile, foundation_keys, force=args.force or args.rebuild)
         print(f"foundation ready in {time.perf_counter() - started:.0f} s: {profile.home / 'store' / 'models'}")
         return 0
     if args.command == "daemon":

@@ -5,7 +5,7 @@ import pytest
 
 from augassets.automation import box_ranges, contiguous_ranges
 from augassets.core import methods as registry
-from augassets.core.analysis import markdown_table, per_class_gains, scaling_summary, summarize_scores
+from augassets.core.analysis import headline, markdown_table, per_class_gains, scaling_summary, summarize_scores
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown
@@ -129,6 +129,28 @@ def test_summary_is_mean_and_standard_error_beside_the_papers_table_1():
     assert full["real_2p"]["paper_top1"] is None and full["retrieval"]["paper_gap_share"] is None
     with pytest.raises(ValueError, match="paper_reference 'cifar10'"):
         summarize_scores(scores, "cifar10")
+
+
+def test_headline_is_retrieval_minus_the_best_diffusion_row_with_its_welch_interval():
+    scores = pl.DataFrame(
+        {
+            "method": ["real_p"] * 3 + ["simple_prompt"] * 3 + ["sariyildiz_prompts"] * 3 + ["retrieval"] * 3,
+            "replicate": [0, 1, 2] * 4,
+            "test_top1": [0.50, 0.52, 0.51, 0.53, 0.54, 0.52, 0.55, 0.56, 0.57, 0.60, 0.62, 0.61],
+            "train_images": [10] * 3 + [20] * 9,
+        }
+    )
+    summary = summarize_scores(scores, "imagenet_10pct")
+    line = headline(summary)
+    # ④ (0.56) is the best diffusion row; retrieval 0.61: +5.00, each side s.d. 0.01 over 3 runs.
+    se = 0.01 / math.sqrt(3)
+    from scipy import stats
+    half = stats.t.ppf(0.975, 4) * math.sqrt(2) * se  # equal variances and counts: Welch's df is 4
+    assert f"**Retrieval − best diffusion row (sariyildiz_prompts): +5.00 ± {100 * half:.2f} pp**" in line
+    assert "retrieval helps more" in line and "The paper, the same two rows: +1.8 pp (62.6 vs 60.8)" in line
+    close = scores.with_columns(pl.when(pl.col("method") == "retrieval").then(pl.col("test_top1") - 0.045).otherwise(pl.col("test_top1")))
+    assert "undecided: the interval contains zero" in headline(summarize_scores(close, "imagenet_10pct"))
+    assert headline(summarize_scores(scores.filter(pl.col("method") != "retrieval"), "imagenet_10pct")) is None
 
 
 def test_per_class_gains_are_against_real_p_on_the_same_class():

@@ -50,6 +50,7 @@ def fake_sources(n_per_class=6):
     arrays.update({f"test/{i}": garment_like(rng) for i in range(5)})
     return PoolSources(
         pixels=arrays.__getitem__,
+        target_image=lambda item: Image.fromarray(arrays[item], "L"),
         class_items={"n1": [f"train/{i}" for i in range(n_per_class)], "n2": [f"train/{i}" for i in range(20, 20 + n_per_class)]},
         duplicate_items=[("test/0", "test", "n1"), ("test/1", "val", "n2")],
         lemmas={"n1": ["boot"], "n2": ["bag", "handbag"]},

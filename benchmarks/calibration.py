@@ -1,9 +1,12 @@
 """The mini world's calibration figures (DESIGN §2): ``python -m benchmarks.calibration [curve] [table]``.
 
-curve  the learning curve the mini profile's subsample was chosen from: the profile's classifier
-       (same recipe, same val and test splits) trained on the target drawn at several fractions p,
-       ``--seeds`` runs each; prints top-1 mean ± s.e., how many runs ended by early stopping, and
-       the headroom acc(2p) − acc(p) between consecutive points.
+curve    the learning curve the mini profile's subsample was chosen from: the profile's classifier
+         (same recipe, same val and test splits) trained on the target drawn at several fractions p,
+         ``--seeds`` runs each; prints top-1 mean ± s.e., how many runs ended by early stopping, and
+         the headroom acc(2p) − acc(p) between consecutive points.
+designs  the same curve for each candidate target design (``profiles.TARGET_DESIGNS``, plus
+         Fashion-MNIST as shipped) at ``--fractions`` (default: the profile's p and 2p): the table
+         the mini world's target design is chosen from, by its measured properties only.
 table  the calibration table of a materialized mini home (``$AUGASSETS_HOME``, after
        ``augassets foundation`` and ``augassets benchmark``; ``--build`` runs both first and
        materializes the oracle): headroom with standard errors, the oracle's gap closure, domain
@@ -31,15 +34,20 @@ from benchmarks.run import machine
 CURVE_FRACTIONS = (0.002, 0.004, 0.008, 0.016)
 
 
-def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path) -> pl.DataFrame:
+def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path, design: str | None = "profile") -> pl.DataFrame:
+    """Classifier runs at each fraction and seed; ``design``: a ``TARGET_DESIGNS`` name, ``None`` for
+    Fashion-MNIST as shipped, or ``"profile"`` for the profile's own target."""
     import torch
 
     from augassets.core.catalog import build_catalog
     from augassets.core.classifier import LabeledImages, train_classifier
     from augassets.core.datasets import make_splits
-    from augassets.profiles import get_profile
+    from augassets.profiles import TARGET_DESIGNS, get_profile
 
     profile = get_profile(profile_name)
+    if design != "profile":
+        profile = replace(profile, dataset=replace(profile.dataset, target=TARGET_DESIGNS[design] if design else None))
+    name = profile.dataset.target.name if profile.dataset.target else "fashion_mnist"
     if profile.torch_threads:
         torch.set_num_threads(profile.torch_threads)
     catalog = build_catalog(profile.dataset, profile.max_classes)
@@ -48,17 +56,17 @@ def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path) -> p
     for fraction in fractions:
         # The same val set at every p: the curve moves the target only.
         split = replace(profile.split, train_fraction=fraction, val_fraction=val_fraction, real_extra=False)
-        frame, _ = make_splits(catalog, profile.dataset, split, workdir / "export", progress=lambda line: None)
+        frame, _ = make_splits(catalog, profile.dataset, split, workdir / name / "export", progress=lambda line: None)
         part = lambda name, frame=frame: frame.filter(pl.col("split") == name)  # noqa: E731
         labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
         for seed in range(seeds):
             started = time.perf_counter()
             result = train_classifier(labeled(part("target")), labeled(part("val")), labeled(part("test")), catalog.height,
                                       profile.classifier, seed=seed, progress=lambda line: None)
-            rows.append({"fraction": fraction, "target_images": part("target").height, "seed": seed, "test_top1": result.test_top1,
+            rows.append({"design": name, "fraction": fraction, "target_images": part("target").height, "seed": seed, "test_top1": result.test_top1,
                          "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
                          "seconds": time.perf_counter() - started})
-            print(f"  p={fraction:g} seed {seed}: {100 * result.test_top1:.2f} % (best epoch {result.best_epoch}/{result.epochs_run}, "
+            print(f"  {name} p={fraction:g} seed {seed}: {100 * result.test_top1:.2f} % (best epoch {result.best_epoch}/{result.epochs_run}, "
                   f"{time.perf_counter() - started:.0f} s)", flush=True)
     return pl.DataFrame(rows)
 
@@ -77,6 +85,28 @@ def curve_table(runs: pl.DataFrame) -> str:
         headroom = f"{double['top1'] - r['top1']:+.1f} ± {np.hypot(double['se'], r['se']):.1f}" if double else "—"
         lines.append(f"| {r['fraction']:g} | {r['target_images']} | {r['top1']:.2f} ± {r['se']:.2f} | {r['early']}/{r['runs']} | "
                      f"{r['epochs']:.0f} | {r['s']:.0f} | {headroom} |")
+    return "\n".join(lines)
+
+
+def designs_table(runs: pl.DataFrame) -> str:
+    """One row per design: top-1 at p and 2p (mean ± s.e.), the headroom with its s.e., the runs that
+    ended by early stopping and the seconds per classifier."""
+    lines = ["| design | p | top-1 at p (%) | 2p | top-1 at 2p (%) | headroom (points) | ended by early stopping | s per classifier |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for design in runs["design"].unique(maintain_order=True):
+        mine = runs.filter(pl.col("design") == design)
+        fractions = sorted(mine["fraction"].unique())
+        for p in fractions:
+            if round(2 * p, 6) not in {round(f, 6) for f in fractions}:
+                continue
+            at = {f: 100 * mine.filter((pl.col("fraction") - f).abs() < 1e-9)["test_top1"] for f in (p, 2 * p)}
+            both = mine.filter(((pl.col("fraction") - p).abs() < 1e-9) | ((pl.col("fraction") - 2 * p).abs() < 1e-9))
+            headroom = at[2 * p].mean() - at[p].mean()
+            lines.append(
+                f"| {design} | {p:g} | {at[p].mean():.2f} ± {_se(at[p]):.2f} | {2 * p:g} | {at[2 * p].mean():.2f} ± {_se(at[2 * p]):.2f} | "
+                f"{headroom:+.2f} ± {np.hypot(_se(at[p]), _se(at[2 * p])):.2f} | {int(both['stopped_early'].sum())}/{both.height} | "
+                f"{both['seconds'].mean():.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -146,10 +176,11 @@ def build(profile_name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "table"])
+    parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "designs", "table"])
+    parser.add_argument("--designs", nargs="+", default=None, help="candidate designs (default: every TARGET_DESIGNS entry and fashion_mnist)")
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(CURVE_FRACTIONS))
+    parser.add_argument("--fractions", type=float, nargs="+", default=None, help=f"curve default {CURVE_FRACTIONS}; designs: the profile's p and 2p")
     parser.add_argument("--build", action="store_true", help="materialize the foundation and the main command first")
     args = parser.parse_args()
     print(f"# Calibration ({args.profile}) on {machine()}\n")
@@ -157,8 +188,21 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="augassets-curve-") as tmp:
-            runs = learning_curve(args.profile, args.fractions, args.seeds, Path(tmp))
+            runs = learning_curve(args.profile, args.fractions or CURVE_FRACTIONS, args.seeds, Path(tmp))
         print("\n## Learning curve\n\n" + curve_table(runs) + "\n")
+    if "designs" in args.parts:
+        import tempfile
+
+        from augassets.profiles import TARGET_DESIGNS, get_profile
+
+        p = get_profile(args.profile).split.train_fraction
+        names = args.designs or ["fashion_mnist", *TARGET_DESIGNS]
+        with tempfile.TemporaryDirectory(prefix="augassets-designs-") as tmp:
+            runs = pl.concat([
+                learning_curve(args.profile, args.fractions or (p, 2 * p), args.seeds, Path(tmp), None if name == "fashion_mnist" else name)
+                for name in names
+            ])
+        print("\n## Target designs\n\n" + designs_table(runs) + "\n")
     if "table" in args.parts:
         if args.build:
             build(args.profile)

@@ -28,6 +28,7 @@ from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..scale import ON_GPU
 from ..versions import code_version
 from .classifier import labeled_images
+from .foundation import defined_lineage, install_shipped
 
 GROUP = "foundation"
 JUDGE_CHECKPOINT = "fidelity_judge.safetensors"
@@ -41,7 +42,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(tables=("judge_images",), paths={"judge_images": "path"}),
-        group_name=GROUP, code_version=code_version("1", pool), deps=[up.dataset_splits, up.web_pool], kinds={"parquet"},
+        group_name=GROUP, code_version=code_version("2", pool, profile.dataset.target), deps=[up.dataset_splits, up.web_pool], kinds={"parquet"},
         description="Labelled web-domain images for the fidelity judge: made like the pool's class images from training "
         "images that neither the splits nor the pool use, and kept out of the pool (train / val / held-out per class; "
         "train and val also in their target-domain originals).",
@@ -59,7 +60,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         chosen = choose_judge_items(unused, pool)
         final = image_store.path("judge_images")
         with atomic_folder(final) as tmp:
-            table = write_judge_images(chosen, dict(zip(catalog["wnid"], catalog["label"])), source.pixels, pool, tmp, final)
+            table = write_judge_images(chosen, dict(zip(catalog["wnid"], catalog["label"])), source.pixels, source.image, pool, tmp, final)
         image_store.publish("judge_images")
         db.replace("judge_images", table)
         counts = table.group_by("split", "domain").len().sort("split", "domain")
@@ -76,10 +77,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             }
         )
 
+    judge_version = code_version("1", profile.classifier, pool, profile.world.judge_patience)
+    judge_deps = [judge_images, up.fidelity_classifier, up.dataset_splits]
+    judge_lineage = defined_lineage("fidelity_judge", judge_version, judge_deps, [*vars(up).values(), judge_images])
+
     @dg.asset(
         metadata=outputs(tables=("judge_accuracy", "domain_transfer"), files=(f"models/{JUDGE_CHECKPOINT}",)),
-        group_name=GROUP, code_version=code_version("1", profile.classifier, pool, profile.world.judge_patience), **ON_GPU,
-        deps=[judge_images, up.fidelity_classifier, up.dataset_splits], kinds={"pytorch", "parquet"},
+        group_name=GROUP, code_version=judge_version, **ON_GPU,
+        deps=judge_deps, kinds={"pytorch", "parquet"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images. Also the "
         "domain transfer ratio: the target-trained fidelity_classifier's accuracy on the held-out web-domain images ÷ "
@@ -99,20 +104,27 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
         image_store.ensure(pl.concat([images["path"], test["path"]]), context.log.info)
         holdout = images.filter(pl.col("split") == "holdout")
-        result = train_classifier(
-            labeled_images(images.filter(pl.col("split") == "train")), labeled_images(images.filter(pl.col("split") == "val")), labeled_images(holdout),
-            catalog.height, spec, seed=profile.split.seed * 1000 + 777,
-            progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
-        )
         path = image_store.path("models", JUDGE_CHECKPOINT)
-        save_safetensors_atomic(result.state_dict, path)
+        made = install_shipped(context, profile, "fidelity_judge", judge_lineage, path)
+        if made is None:
+            result = train_classifier(
+                labeled_images(images.filter(pl.col("split") == "train")), labeled_images(images.filter(pl.col("split") == "val")),
+                labeled_images(holdout), catalog.height, spec, seed=profile.split.seed * 1000 + 777,
+                progress=lambda line: context.log.debug(f"fidelity_judge {line}"),
+            )
+            save_safetensors_atomic(result.state_dict, path)
+            made = {"source": "trained here", "judge_best_epoch": result.best_epoch, "judge_stopped_early": result.stopped_early,
+                    "train_seconds": round(result.train_seconds, 1)}
         image_store.publish("models", JUDGE_CHECKPOINT)
-        # The judge and the target-trained classifier on the test split, its images decoded once.
+        judge_state = load_checkpoint(path, "fidelity_judge")
+        # The judge on held-out web-domain images; the judge and the target-trained classifier on the test split.
+        judge_holdout = classify_paths({"judge": judge_state}, profile.classifier, catalog.height, holdout["path"].to_list())["judge"]
+        judge_holdout_top1 = float((judge_holdout == holdout["label"].to_numpy()).mean())
         target_state = load_checkpoint(image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier")
-        on_test = classify_paths({"judge": result.state_dict, "target": target_state}, profile.classifier, catalog.height, test["path"].to_list())
+        on_test = classify_paths({"judge": judge_state, "target": target_state}, profile.classifier, catalog.height, test["path"].to_list())
         judge_test = float((on_test["judge"] == test["label"].to_numpy()).mean())
         per_class = catalog.with_columns(
-            pl.col("label").replace_strict(result.per_class_test_top1, return_dtype=pl.Float64).alias("holdout_web"),
+            pl.col("label").replace_strict(accuracy_by_class(judge_holdout, holdout["label"]), return_dtype=pl.Float64).alias("holdout_web"),
             pl.col("label").replace_strict(accuracy_by_class(on_test["judge"], test["label"]), return_dtype=pl.Float64).alias("test_target"),
         )
         db.replace("judge_accuracy", per_class)
@@ -127,21 +139,20 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db.replace("domain_transfer", transfer)
         ratio = breakdown["all"] / target_on_test
         context.log.info(
-            f"fidelity_judge: top-1 {judge_test:.3f} on the test split, {result.test_top1:.3f} on held-out web-domain images; "
+            f"fidelity_judge: top-1 {judge_test:.3f} on the test split, {judge_holdout_top1:.3f} on held-out web-domain images; "
             f"domain transfer ratio {ratio:.3f} (target classifier {breakdown['all']:.3f} on web-domain images, {target_on_test:.3f} on test)"
         )
         return dg.MaterializeResult(
             metadata={
                 "judge_top1_test": judge_test,
-                "judge_top1_holdout_web": result.test_top1,
-                "judge_best_epoch": result.best_epoch,
-                "judge_stopped_early": result.stopped_early,
+                "judge_top1_holdout_web": judge_holdout_top1,
                 "judge_per_class": dg.MetadataValue.md(frame_markdown(per_class)),
                 "domain_transfer_ratio": ratio,
                 "target_classifier_top1_test": target_on_test,
                 "target_classifier_top1_web": breakdown["all"],
                 "domain_transfer_by_part": dg.MetadataValue.md(frame_markdown(transfer)),
                 "checkpoint": dg.MetadataValue.path(image_store.url("models", JUDGE_CHECKPOINT)),
+                **made,
             }
         )
 

@@ -45,7 +45,7 @@ def _unused_train(db, image_store: ImageStoreResource, profile: Profile) -> pl.D
     for row in catalog.iter_rows(named=True):
         items = [item for item in source.items("train", row["folder"], row["source_label"]) if item not in used]
         if isinstance(source, FashionMnistSource):  # pixels in memory: hash without writing files
-            hashes = phash_images((Image.fromarray(source.pixels(item), "L") for item in items), profile.duplicates.hash_size)
+            hashes = phash_images((source.image(item) for item in items), profile.duplicates.hash_size)
             rows.append(pl.DataFrame({"wnid": row["wnid"], "item": items, "path": "", "phash": to_hex(hashes)}))
         else:
             hashes, ok = phash_files(items, profile.duplicates.hash_size)
@@ -61,7 +61,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     spec = profile.duplicates
     @dg.asset(
         metadata=outputs(tables=("reference_hashes",)),
-        group_name=GROUP, code_version=code_version("3", spec.hash_size), deps=[up.dataset_splits], kinds={"parquet"},
+        group_name=GROUP, code_version=code_version("4", spec.hash_size, profile.dataset.target), deps=[up.dataset_splits], kinds={"parquet"},
         description="pHashes (DuplicateSpec.hash_size² bits, stored as hex) of every image augmentation must not leak: the "
         "test and val splits and the training images no split uses. Hashed once; bit-identical to imagehash.phash on full decodes.",
     )
@@ -164,7 +164,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         images = []
         for path in chosen["path"]:
             with Image.open(path) as image:
-                images.append(near_duplicate(np.asarray(image.convert("L")), pool.image_size, rng))
+                images.append(near_duplicate(image, pool.image_size, rng))
         return chosen["item"].to_list(), images
 
     @dg.asset_check(

@@ -9,7 +9,9 @@ external assets standing for the LAION pool, CLIP ViT-L/14, its KNN index and SD
 lineage reads the same in both worlds.
 """
 
+import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,7 @@ from ..core.knn import build_index, choose_index_factory
 from ..core.prompts import simple_prompt
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
+from ..core.world import ShippedWorld, ShippedWorldError, sha256_of
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
@@ -37,6 +40,69 @@ if TYPE_CHECKING:
     import torch
 
 GROUP = "foundation"
+# What the mini world trains for long, and ships: asset → its files in the image store.
+SHIPPED_FILES = {
+    "clip_model": ("models", "clip"),
+    "vae": ("models", "vae"),
+    "unet": ("models", "unet"),
+    "fidelity_judge": ("models", "fidelity_judge.safetensors"),
+}
+
+
+def _walk(key: dg.AssetKey, lookup) -> dict[str, str]:
+    """``key`` and everything upstream of it → code version; ``lookup(key)``: (code version, parent keys)."""
+    versions, stack = {}, [key]
+    while stack:
+        key = stack.pop()
+        if key.to_user_string() in versions:
+            continue
+        version, parents = lookup(key)
+        versions[key.to_user_string()] = version or ""
+        stack.extend(parents)
+    return versions
+
+
+def lineage_versions(graph, key: dg.AssetKey) -> dict[str, str]:
+    """The code versions of asset ``key`` and of everything upstream of it in a resolved asset graph:
+    what a shipped model must have been made by to stand in for training it now."""
+    return _walk(key, lambda k: (graph.get(k).code_version, graph.get(k).parent_keys))
+
+
+def defined_lineage(name: str, version: str, deps: list, known) -> dict[str, str]:
+    """``lineage_versions`` of an asset being defined (``name``, ``version``, ``deps``), from the
+    definitions made before it (``known``): what its body checks a shipped world against."""
+    specs = {key: spec for item in known if isinstance(item, dg.AssetsDefinition) for key, spec in item.specs_by_key.items()}
+    me = dg.AssetKey(name)
+    parents = [key for dep in deps for key in dep.keys]
+    return _walk(me, lambda k: (version, parents) if k == me else (specs[k].code_version, [d.asset_key for d in specs[k].deps]))
+
+
+def install_shipped(context: dg.AssetExecutionContext, profile: Profile, asset: str, versions: dict[str, str], final: Path) -> dict | None:
+    """Install ``asset``'s files from the profile's shipped world into ``final`` (a folder; a file
+    when the asset is one checkpoint) and return the metadata that says so; None where the profile
+    trains its world. ``versions``: ``defined_lineage`` of the asset. A stale, missing or damaged shipped world fails the asset naming the cause."""
+    if not profile.world.shipped:
+        return None
+    started = time.perf_counter()
+    try:
+        world = ShippedWorld.open(profile.world.shipped)
+        folder = final if not final.suffix else final.with_name(final.name + ".shipped")
+        with atomic_folder(folder) as tmp:
+            entry = world.install(asset, versions, tmp)
+        if folder != final:  # one checkpoint file: moved into place, its folder removed
+            os.replace(folder / final.name, final)
+            folder.rmdir()
+    except ShippedWorldError as error:
+        raise dg.Failure(description=str(error)) from None
+    context.log.info(f"{asset}: installed from shipped world {world.name} ({len(entry['files'])} files, checksums verified)")
+    figures = {f"shipped_{name}": value for name, value in entry["figures"].items()}
+    return {
+        "source": f"shipped world {world.name}",
+        "manifest": dg.MetadataValue.path(str(world.manifest_path)),
+        "manifest_sha256": sha256_of(world.manifest_path),
+        "install_seconds": round(time.perf_counter() - started, 2),
+        **figures,
+    }
 
 
 def _pool_rows(db, min_aesthetic: float | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -57,7 +123,7 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
 
     @dg.asset(
         metadata=outputs(tables=("web_pool", "web_pool_truth"), files=("web_pool",)),
-        group_name=GROUP, code_version=code_version("1", world.pool, profile.split), deps=[up.dataset_splits],
+        group_name=GROUP, code_version=code_version("2", world.pool, profile.split, profile.dataset.target), deps=[up.dataset_splits],
         kinds={"parquet"},
         description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
         "web-photo domain, with noisy captions, aesthetic scores, an NSFW marker, distractors and planted "
@@ -82,7 +148,7 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
                 duplicates.append((candidates["item"][int(i)], split, candidates["wnid"][int(i)]))
 
         sources = PoolSources(
-            pixels=source.pixels, class_items=class_items, duplicate_items=duplicates,
+            pixels=source.pixels, target_image=source.image, class_items=class_items, duplicate_items=duplicates,
             lemmas={r["wnid"]: list(r["lemmas"]) for r in catalog.iter_rows(named=True)},
             hypernyms=dict(zip(catalog["wnid"], catalog["hypernym"])),
         )
@@ -117,9 +183,12 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
 def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
+    version = code_version("1", world.clip, world.pool.image_size)
+    lineage = defined_lineage("clip_model", version, [up.web_pool], vars(up).values())
+
     @dg.asset(
         metadata=outputs(files=("models/clip",)),
-        group_name=GROUP, code_version=code_version("1", world.clip, world.pool.image_size), deps=[up.web_pool], **ON_GPU,
+        group_name=GROUP, code_version=version, deps=[up.web_pool], **ON_GPU,
         kinds={"pytorch", "transformers"},
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
         "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
@@ -127,24 +196,31 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
     def clip_model(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
+        from transformers import CLIPModel, CLIPTokenizer
+
         from ..core.clip import build_processor, train_clip, zero_shot_accuracy
 
         db = warehouse.get()
         rows, skipped = _pool_rows(db)
         paths, captions = rows["path"].to_list(), rows["caption"].to_list()
-        image_store.ensure(paths, context.log.info)
         final = image_store.path("models", "clip")
-        with atomic_folder(final) as tmp:
-            processor = build_processor(tmp, world.pool.image_size)
-            result = train_clip(paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info)
-            result.model.save_pretrained(tmp, safe_serialization=True)
-            processor.save_pretrained(tmp)
+        made = install_shipped(context, profile, "clip_model", lineage, final)
+        if made is None:
+            image_store.ensure(paths, context.log.info)
+            with atomic_folder(final) as tmp:
+                processor = build_processor(tmp, world.pool.image_size)
+                result = train_clip(paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info)
+                result.model.save_pretrained(tmp, safe_serialization=True)
+                processor.save_pretrained(tmp)
+            made = {"source": "trained here", "final_contrastive_loss": result.losses[-1], "losses": result.losses,
+                    "train_seconds": round(result.seconds, 1), "pairs_per_second": round(result.pairs_per_second, 1)}
         image_store.publish("models", "clip")
+        model, tokenizer = CLIPModel.from_pretrained(final).eval(), CLIPTokenizer.from_pretrained(final)
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
         prompts = [simple_prompt(name) for name in catalog["name"]]
         image_store.ensure(test["path"], context.log.info)
-        accuracy, per_class = zero_shot_accuracy(result.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, world.pool.image_size)
+        accuracy, per_class = zero_shot_accuracy(model, tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, world.pool.image_size)
         table = catalog.with_columns(pl.col("label").replace_strict(per_class, return_dtype=pl.Float64).alias("zero_shot_top1"))
         context.log.info(f"clip: zero-shot top-1 {accuracy:.4f} on {test.height} test images (chance {1 / catalog.height:.3f})")
         return dg.MaterializeResult(
@@ -154,12 +230,9 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
                 "skipped_pool_rows": skipped,
                 "chance": 1 / catalog.height,
                 "zero_shot_per_class": dg.MetadataValue.md(frame_markdown(table)),
-                "final_contrastive_loss": result.losses[-1],
-                "losses": result.losses,
-                "parameters": sum(p.numel() for p in result.model.parameters()),
-                "train_seconds": round(result.seconds, 1),
-                "pairs_per_second": round(result.pairs_per_second, 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
                 "folder": dg.MetadataValue.path(image_store.url("models", "clip")),
+                **made,
             }
         )
 
@@ -226,10 +299,13 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
 def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
+    version = code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels, world.diffusion.vae_epochs,
+                           world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size)
+    lineage = defined_lineage("vae", version, [up.web_pool], vars(up).values())
+
     @dg.asset(
         metadata=outputs(files=("models/vae",)),
-        group_name=GROUP, code_version=code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels,
-        world.diffusion.vae_epochs, world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size),
+        group_name=GROUP, code_version=version,
         deps=[up.web_pool], **ON_GPU, kinds={"pytorch", "diffusers"},
         description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
@@ -238,17 +314,23 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
         import torch
+        from diffusers import AutoencoderKL
 
         from ..core.diffusion import pixel_batch, train_vae
 
         rows, skipped = _pool_rows(warehouse.get())
         paths = rows["path"].to_list()
         image_store.ensure(paths, context.log.info)
-        model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "vae")
-        with atomic_folder(final) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+        made = install_shipped(context, profile, "vae", lineage, final)
+        if made is None:
+            model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
+            with atomic_folder(final) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+            made = {"source": "trained here", "losses": log.losses, "train_seconds": round(log.seconds, 1),
+                    "images_per_second": round(log.images_per_second, 1)}
         image_store.publish("models", "vae")
+        model = AutoencoderKL.from_pretrained(final).eval()
         with torch.no_grad():
             originals = pixel_batch(paths[:16], world.pool.image_size)
             reconstructions = model.decode(model.encode(originals).latent_dist.mean).sample.clamp(-1, 1)
@@ -269,11 +351,9 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
                 "training_images": len(paths),
                 "skipped_pool_rows": skipped,
                 "scaling_factor": float(model.config.scaling_factor),
-                "losses": log.losses,
-                "train_seconds": round(log.seconds, 1),
-                "images_per_second": round(log.images_per_second, 1),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "reconstructions": _grid_md(rows, "originals (top) and reconstructions", image_store, "vae_reconstructions"),
+                **made,
             }
         )
 
@@ -283,9 +363,12 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
 def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
+    version = code_version("1", world.diffusion, world.pool.image_size)
+    lineage = defined_lineage("unet", version, [up.vae, up.clip_model, up.web_pool], vars(up).values())
+
     @dg.asset(
         metadata=outputs(files=("models/unet",)),
-        group_name=GROUP, code_version=code_version("1", world.diffusion, world.pool.image_size), deps=[up.vae, up.clip_model, up.web_pool],
+        group_name=GROUP, code_version=version, deps=[up.vae, up.clip_model, up.web_pool],
         **ON_GPU, kinds={"pytorch", "diffusers"},
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
         "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
@@ -293,32 +376,31 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     def unet(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
     ) -> dg.MaterializeResult:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel, CLIPTokenizer
 
         from ..core.diffusion import text_tower, train_unet
 
         pool, skipped = _pool_rows(warehouse.get(), min_aesthetic=world.diffusion.train_aesthetic_min)
-        vae_model = AutoencoderKL.from_pretrained(image_store.fetch("models", "vae")).eval()
-        clip_folder = image_store.fetch("models", "clip")
-        text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
-        tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
         paths = pool["path"].to_list()
-        image_store.ensure(paths, context.log.info)
-        model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size, progress=context.log.info)
         final = image_store.path("models", "unet")
-        with atomic_folder(final) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+        made = install_shipped(context, profile, "unet", lineage, final)
+        if made is None:
+            vae_model = AutoencoderKL.from_pretrained(image_store.fetch("models", "vae")).eval()
+            clip_folder = image_store.fetch("models", "clip")
+            text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
+            tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
+            image_store.ensure(paths, context.log.info)
+            model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size,
+                                    progress=context.log.info)
+            with atomic_folder(final) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+            made = {"source": "trained here", "losses": log.losses, "train_seconds": round(log.seconds, 1),
+                    "images_per_second": round(log.images_per_second, 1)}
         image_store.publish("models", "unet")
+        parameters = sum(p.numel() for p in UNet2DConditionModel.from_pretrained(final).parameters())
         return dg.MaterializeResult(
-            metadata={
-                "training_images": len(paths),
-                "skipped_pool_rows": skipped,
-                "losses": log.losses,
-                "train_seconds": round(log.seconds, 1),
-                "images_per_second": round(log.images_per_second, 1),
-                "parameters": sum(p.numel() for p in model.parameters()),
-            }
+            metadata={"training_images": len(paths), "skipped_pool_rows": skipped, "parameters": parameters, **made}
         )
 
     return unet

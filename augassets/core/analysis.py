@@ -184,6 +184,27 @@ def best_diffusion_method(summary: pl.DataFrame) -> str | None:
     return None if diffusion.is_empty() else diffusion.sort("top1_mean", descending=True)["method"][0]
 
 
+def headline(summary: pl.DataFrame, retrieval: str = "retrieval") -> str | None:
+    """The study's answer in one line: retrieval's top-1 minus the best diffusion row's, with the 95 %
+    interval of the difference (Welch) and the paper's difference between the same two rows beside it;
+    None unless both rows ran."""
+    diffusion = best_diffusion_method(summary)
+    rows = {r["method"]: r for r in summary.iter_rows(named=True)}
+    if diffusion is None or retrieval not in rows:
+        return None
+    mine, theirs = rows[retrieval], rows[diffusion]
+    half = difference_interval(mine["top1_se"], mine["n_runs"], theirs["top1_se"], theirs["n_runs"])
+    ours = _signed(mine["top1_mean"] - theirs["top1_mean"]) + ("" if half is None else f" ± {_pct(half)}")
+    paper = "not reported"
+    if mine["paper_top1"] is not None and theirs["paper_top1"] is not None:
+        paper = f"{_signed(mine['paper_top1'] - theirs['paper_top1'], 1)} pp ({_pct(mine['paper_top1'], 1)} vs {_pct(theirs['paper_top1'], 1)})"
+    verdict = "undecided: the interval contains zero"
+    if half is not None and abs(mine["top1_mean"] - theirs["top1_mean"]) > half:
+        verdict = "retrieval helps more" if mine["top1_mean"] > theirs["top1_mean"] else f"{diffusion} helps more"
+    return (f"**Retrieval − best diffusion row ({diffusion}): {ours} pp** (95 % interval, Welch; {verdict}). "
+            f"The paper, the same two rows: {paper}.")
+
+
 def retrieval_versus_diffusion(gains: pl.DataFrame, diffusion: str, retrieval: str = "retrieval") -> pl.DataFrame:
     """Per class: retrieval's and ``diffusion``'s gain and their difference (positive: retrieval
     better), sorted from retrieval's largest advantage to diffusion's."""

@@ -27,6 +27,7 @@ from PIL import Image
 from ..profiles import DatasetSpec, SplitSpec
 from .files import save_image_atomic
 from .images import ImageStatus, inspect_image
+from .target_domain import render
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class FashionMnistSource:
 
     def __init__(self, spec: DatasetSpec, export_dir: Path):
         self.root = spec.root
+        self.design = spec.target
         self.export_dir = export_dir
         self.remedy = f"download it again, or point {spec.root_env} at a good copy ({spec.install_hint})"
         self._images: dict[str, np.ndarray] = {}
@@ -88,9 +90,13 @@ class FashionMnistSource:
         return self._images[part], self._labels[part]
 
     def pixels(self, item: str) -> np.ndarray:
-        """The 28×28 uint8 array of an item such as ``train/123``."""
+        """The 28×28 uint8 garment of an item such as ``train/123``, as Fashion-MNIST ships it."""
         part, index = item.split("/")
         return self._part(part)[0][int(index)]
+
+    def image(self, item: str) -> Image.Image:
+        """The item's target-domain picture: the garment staged by the dataset's ``TargetDesign``."""
+        return render(self.pixels(item), item, self.design)
 
     def items(self, part: str, folder: str, source_label: int) -> list[str]:
         _, labels = self._part(part)
@@ -100,7 +106,7 @@ class FashionMnistSource:
         part, index = item.split("/")
         path = self.export_dir / part / wnid / f"{int(index):05d}.png"
         if not path.exists():
-            save_image_atomic(Image.fromarray(self.pixels(item), mode="L"), path)
+            save_image_atomic(self.image(item), path)
         return str(path), ImageStatus.OK
 
 

@@ -57,11 +57,13 @@ def web_rendering(pixels: np.ndarray, item: str, spec: PoolSpec, parts: tuple[st
 
 
 def write_judge_images(
-    chosen: dict[str, dict[str, list[str]]], labels: dict[str, int], pixels: Callable[[str], np.ndarray], spec: PoolSpec, folder: Path, final: Path
+    chosen: dict[str, dict[str, list[str]]], labels: dict[str, int], pixels: Callable[[str], np.ndarray],
+    target_image: Callable[[str], Image.Image], spec: PoolSpec, folder: Path, final: Path,
 ) -> pl.DataFrame:
     """Write the judge's images into ``folder`` (renamed to ``final`` by the caller): for train and val
-    both domains of each item, for holdout the web domain (the target domain's held-out set is the
-    test split). Returns the table of (split, domain, wnid, label, item, path)."""
+    both domains of each item (``pixels``: the garment the web rendering moves; ``target_image``: its
+    target-domain picture), for holdout the web domain (the target domain's held-out set is the test
+    split). Returns the table of (split, domain, wnid, label, item, path)."""
     rows = []
     for wnid, splits in chosen.items():
         for split, items in splits.items():
@@ -69,7 +71,7 @@ def write_judge_images(
                 name = item.replace("/", "_")
                 renderings = [("web", web_rendering(pixels(item), item, spec))]
                 if split != "holdout":
-                    renderings.append(("target", Image.fromarray(pixels(item), "L").convert("RGB")))
+                    renderings.append(("target", target_image(item).convert("RGB")))
                 for domain, image in renderings:
                     relpath = Path(split) / domain / wnid / f"{name}.png"
                     save_image_atomic(image, folder / relpath)

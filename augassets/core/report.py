@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .analysis import markdown_table
+from .analysis import headline, markdown_table
 
 
 def read_excluded(db) -> pl.DataFrame | None:
@@ -55,7 +55,11 @@ def results_report(db, paper_dataset: str = "imagenet_10pct") -> str:
     """The main command's report, from the tables: the results table beside the paper's
     ``paper_dataset`` figures, excluded classes, class fidelity and near-duplicates (each part once
     its table exists)."""
-    parts = [markdown_table(db.query("SELECT * FROM results_table"), paper_dataset)]
+    summary = db.query("SELECT * FROM results_table")
+    parts = [markdown_table(summary, paper_dataset)]
+    answer = headline(summary)
+    if answer:
+        parts.append(answer)
     excluded = read_excluded(db)
     if excluded is not None:
         parts.append(excluded_note(excluded))

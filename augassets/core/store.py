@@ -48,11 +48,8 @@ class SyncStats:
 
 
 def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha1").hexdigest()
 
 
 def folder_manifest(folder: Path) -> dict[str, dict]:

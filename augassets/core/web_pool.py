@@ -220,11 +220,12 @@ def distractor_image(size: int, rng: np.random.Generator) -> tuple[Image.Image, 
     return image, {"texture": texture, "clutter": clutter, "contrast": 1.0, "blur": 0.0, "colour": _colour_name(colour)}
 
 
-def near_duplicate(gray: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
-    """A light edit of a test/val image: upscaled to the pool's size, brightness-shifted and JPEG
-    re-encoded. No crop: at 28 px a one-pixel crop already moves imagehash's 64-bit pHash by 10 bits
-    or more for about a quarter of Fashion-MNIST images, beyond the paper's duplicate threshold."""
-    image = Image.fromarray(gray, "L").convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+def near_duplicate(original: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """A light edit of a test/val image (its target-domain picture): resized to the pool's size,
+    brightness-shifted and JPEG re-encoded. No crop: at 28 px a one-pixel crop already moves imagehash's
+    64-bit pHash by 10 bits or more for about a quarter of Fashion-MNIST images, beyond the paper's
+    duplicate threshold."""
+    image = original.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(rng.integers(70, 95)))
@@ -233,9 +234,11 @@ def near_duplicate(gray: np.ndarray, size: int, rng: np.random.Generator) -> Ima
 
 @dataclass(frozen=True)
 class PoolSources:
-    """What the pool is made from: pixel arrays looked up by Fashion-MNIST item (``train/123``)."""
+    """What the pool is made from, looked up by Fashion-MNIST item (``train/123``): the garment's
+    pixels (moved to the web domain) and its target-domain picture (what a planted copy copies)."""
 
     pixels: Callable[[str], np.ndarray]
+    target_image: Callable[[str], Image.Image]
     class_items: dict[str, list[str]]  # wnid -> unused training items, already in pool order
     duplicate_items: list[tuple[str, str, str]]  # (item, split, wnid) of test/val images to plant
     lemmas: dict[str, list[str]]
@@ -259,7 +262,7 @@ def pool_items(sources: PoolSources, spec: PoolSpec) -> Iterator[PoolItem]:
         else:
             if kind == "planted_duplicate":
                 split, item = item.split(":", 1)
-                image = near_duplicate(sources.pixels(item), spec.image_size, rng)
+                image = near_duplicate(sources.target_image(item), spec.image_size, rng)
                 props = {"texture": "plain", "clutter": 0.0, "contrast": 1.0, "blur": 0.0, "colour": "grey"}
             else:
                 image, props = to_web_domain(sources.pixels(item), spec.image_size, rng, background_strength=spec.background_strength)

@@ -1,0 +1,130 @@
+"""The shipped world: exported from a home that trained it, installed into a fresh home without
+training, refused when a file is damaged or the definitions that made it changed; and the target
+domain's staging, a pure function of (design, item)."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import dagster as dg
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from augassets.core.target_domain import render
+from augassets.core.world import ShippedWorld, ShippedWorldError
+from augassets.profiles import TARGET_DESIGNS
+
+
+def test_target_staging_is_a_pure_function_of_design_and_item():
+    garment = np.zeros((28, 28), np.uint8)
+    garment[6:22, 9:19] = 200
+    design = TARGET_DESIGNS["studio"]
+    first, again = render(garment, "train/7", design), render(garment, "train/7", design)
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert first.mode == "RGB" and first.size == (design.image_size, design.image_size)
+    # Another item, another staging; the same index in the test part is another item too.
+    assert not np.array_equal(np.asarray(first), np.asarray(render(garment, "train/8", design)))
+    assert not np.array_equal(np.asarray(first), np.asarray(render(garment, "test/7", design)))
+    # No design: the garment as Fashion-MNIST ships it.
+    assert np.array_equal(np.asarray(render(garment, "train/7", None)), garment)
+
+
+@pytest.fixture(scope="module")
+def exported_world(benchmark_run, tmp_path_factory):
+    """The smoke world the session's benchmark trained, exported as a shipped world."""
+    from augassets import cli
+
+    profile, _ = benchmark_run
+    folder = tmp_path_factory.mktemp("worlds") / "smoke_world"
+    lines = []
+    cli.export_world(profile, str(folder), say=lines.append)
+    return profile, folder, lines
+
+
+def test_export_writes_every_model_with_checksums_and_the_versions_that_made_it(exported_world):
+    profile, folder, lines = exported_world
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["assets"]) == {"clip_model", "vae", "unet", "fidelity_judge"}
+    assert manifest["profile"] == "smoke" and manifest["stored_dtype"] == "float16"
+    clip = manifest["assets"]["clip_model"]
+    # The CLIP's lineage reaches back to the splits and the catalog: a changed pool or target makes it stale.
+    assert {"clip_model", "web_pool", "dataset_splits", "class_catalog"} <= set(clip["code_versions"])
+    assert "clip_model.zero_shot_top1" in manifest["calibration"]
+    world = ShippedWorld.open(str(folder))
+    for asset in manifest["assets"]:
+        world.verify(asset)
+    weights = load_file(folder / "clip_model" / "model.safetensors")
+    assert {str(t.dtype) for t in weights.values() if t.is_floating_point()} == {"torch.float16"}
+    assert lines[-1].startswith("shipped world")
+
+
+def test_a_fresh_home_installs_the_shipped_world_without_training(exported_world, tmp_path, monkeypatch):
+    import torch
+
+    from augassets import cli
+
+    trained_profile, folder, _ = exported_world
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    profile = replace(trained_profile, world=replace(trained_profile.world, shipped=str(folder)))
+    cli.materialize(profile, cli.foundation_keys, say=lambda *_: None)
+    instance = dg.DagsterInstance.get()
+    for asset in ("clip_model", "vae", "unet", "fidelity_judge"):
+        metadata = instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+        assert metadata["source"].value == f"shipped world {folder.name}"
+        assert "losses" not in metadata  # nothing was trained: the training figures are the shipped ones
+    clip_meta = instance.get_latest_materialization_event(dg.AssetKey("clip_model")).asset_materialization.metadata
+    assert clip_meta["shipped_losses"].value  # the losses recorded when the world was trained
+    assert 0.0 <= clip_meta["zero_shot_top1"].value <= 1.0  # measured again on this home's test split
+    # Installed in float32, equal to the trained weights rounded to half precision.
+    installed = load_file(profile.home / "store" / "models" / "clip" / "model.safetensors")
+    trained = load_file(trained_profile.home / "store" / "models" / "clip" / "model.safetensors")
+    assert set(installed) == set(trained)
+    for name, tensor in trained.items():
+        assert installed[name].dtype == tensor.dtype
+        if tensor.is_floating_point():
+            assert torch.equal(installed[name], tensor.half().float())
+    # The pipeline downstream was assembled from the installed models, and the rerun has nothing to do.
+    assert (profile.home / "store" / "models" / "stable_diffusion" / "model_index.json").is_file()
+    said = []
+    cli.materialize(profile, cli.foundation_keys, say=said.append)
+    assert not any(line.endswith(": materializing") for line in said)
+
+
+def test_a_damaged_file_is_named_and_nothing_is_installed_from_it(exported_world, tmp_path):
+    _, folder, _ = exported_world
+    copy = tmp_path / "world"
+    shutil.copytree(folder, copy)
+    damaged = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    world = ShippedWorld.open(str(copy))
+    versions = world.entry("vae")["code_versions"]
+    with pytest.raises(ShippedWorldError, match=r"vae/diffusion_pytorch_model\.safetensors is damaged \(checksum mismatch"):
+        world.install("vae", versions, tmp_path / "installed")
+    assert not (tmp_path / "installed").exists()
+    (copy / "unet" / "config.json").unlink()
+    with pytest.raises(ShippedWorldError, match=r"unet/config\.json is missing"):
+        world.check("unet", world.entry("unet")["code_versions"])
+
+
+def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exported_world, tmp_path, monkeypatch):
+    from augassets import cli
+
+    trained_profile, folder, _ = exported_world
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    # Another pool: the shipped CLIP was trained on a different one.
+    world = replace(trained_profile.world, shipped=str(folder), pool=replace(trained_profile.world.pool, distractors=21))
+    with pytest.raises(SystemExit) as stopped:
+        cli.materialize(replace(trained_profile, world=world), cli.foundation_keys, say=lambda *_: None)
+    message = str(stopped.value)
+    assert "is stale for clip_model" in message and "web_pool: shipped" in message
+    assert "augassets foundation --rebuild" in message and "augassets world export" in message
+
+
+def test_a_missing_world_names_the_way_to_train_it(tmp_path):
+    with pytest.raises(ShippedWorldError, match="augassets foundation --rebuild"):
+        ShippedWorld.open(str(tmp_path / "nowhere"))
