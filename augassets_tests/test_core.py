@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -39,6 +40,21 @@ def test_the_environment_chooses_methods_and_cluster_count(monkeypatch):
         monkeypatch.setenv("AUGASSETS_CLUSTERS", bad)
         with pytest.raises(ValueError, match="AUGASSETS_CLUSTERS=.*whole number"):
             get_profile("mini")
+
+
+def test_the_environment_chooses_between_the_shipped_world_and_training_it(monkeypatch):
+    from augassets.profiles import PROFILES, get_profile
+
+    shipped = replace(PROFILES["mini"], name="shipped", world=replace(PROFILES["mini"].world, shipped="v2"))
+    monkeypatch.setitem(PROFILES, "shipped", shipped)
+    assert get_profile("shipped").world.shipped == "v2"
+    monkeypatch.setenv("AUGASSETS_WORLD", "train")
+    assert get_profile("shipped").world.shipped == ""  # what `augassets foundation --rebuild` sets
+    monkeypatch.setenv("AUGASSETS_WORLD", "shipped")
+    assert get_profile("shipped").world.shipped == "v2"
+    monkeypatch.setenv("AUGASSETS_WORLD", "download")
+    with pytest.raises(ValueError, match="AUGASSETS_WORLD='download': shipped .* or train"):
+        get_profile("shipped")
 
 
 def test_registry_names_each_methods_builder():

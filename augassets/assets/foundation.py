@@ -80,7 +80,8 @@ def defined_lineage(name: str, version: str, deps: list, known) -> dict[str, str
 def install_shipped(context: dg.AssetExecutionContext, profile: Profile, asset: str, versions: dict[str, str], final: Path) -> dict | None:
     """Install ``asset``'s files from the profile's shipped world into ``final`` (a folder; a file
     when the asset is one checkpoint) and return the metadata that says so; None where the profile
-    trains its world. ``versions``: ``defined_lineage`` of the asset. A stale, missing or damaged shipped world fails the asset naming the cause."""
+    trains its world. ``versions``: ``defined_lineage`` of the asset. A stale, missing or damaged
+    shipped world fails the asset naming the cause."""
     if not profile.world.shipped:
         return None
     started = time.perf_counter()

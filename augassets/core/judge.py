@@ -52,7 +52,7 @@ def web_rendering(pixels: np.ndarray, item: str, spec: PoolSpec, parts: tuple[st
     """The web-domain version of one item, seeded by the item, so the same item rendered with fewer
     ``parts`` differs only by the parts left out."""
     rng = np.random.default_rng([spec.seed, 8117, int(item.rsplit("/", 1)[-1])])
-    image, _ = to_web_domain(pixels, spec.image_size, rng, parts=parts, background_strength=spec.background_strength)
+    image, _ = to_web_domain(pixels, spec, rng, parts=parts)
     return image
 
 

@@ -142,17 +142,20 @@ WEB_TRANSFORM_PARTS = ("geometry", "colour", "photometric", "background")
 
 
 def to_web_domain(
-    gray: np.ndarray, size: int, rng: np.random.Generator, parts: tuple[str, ...] = WEB_TRANSFORM_PARTS, background_strength: float = 1.0
+    gray: np.ndarray, spec: PoolSpec, rng: np.random.Generator, parts: tuple[str, ...] = WEB_TRANSFORM_PARTS
 ) -> tuple[Image.Image, dict]:
-    """Move a 28 px grayscale garment to the web domain; returns the image and what was done to it.
+    """Move a 28 px grayscale garment to the web domain (``spec.image_size`` px); returns the image and
+    what was done to it.
 
-    The move has four parts — ``geometry`` (rescale, rotate, shift), ``colour`` (a random garment
-    colour), ``photometric`` (contrast, blur) and ``background`` (a textured backdrop instead of black,
-    its brightness scaled by ``background_strength``) — and ``parts`` applies only some of them, so the
-    domain gap can be measured part by part. Every part draws its random numbers whether it is applied
-    or not: an image differs between two part sets only by the parts that differ."""
-    scale, angle = rng.uniform(0.85, 1.1), rng.uniform(-15, 15)
-    shift = (int(rng.integers(-2, 3)), int(rng.integers(-2, 3)))
+    The move has four parts — ``geometry`` (rescale by a factor in ``spec.web_scale``, rotate by up to
+    ± ``spec.web_rotation`` degrees, shift by up to ± ``spec.web_shift`` pixels), ``colour`` (a random
+    garment colour), ``photometric`` (contrast, blur) and ``background`` (a textured backdrop instead of
+    black, its brightness scaled by ``spec.background_strength``) — and ``parts`` applies only some of
+    them, so the domain gap can be measured part by part. Every part draws its random numbers whether
+    it is applied or not: an image differs between two part sets only by the parts that differ."""
+    size = spec.image_size
+    scale, angle = rng.uniform(*spec.web_scale), rng.uniform(-spec.web_rotation, spec.web_rotation)
+    shift = (int(rng.integers(-spec.web_shift, spec.web_shift + 1)), int(rng.integers(-spec.web_shift, spec.web_shift + 1)))
     hue_rgb = rng.uniform(0.1, 1.0, 3)
     background, texture, clutter = _texture(rng, size)
     contrast = rng.uniform(0.6, 1.4)
@@ -171,7 +174,7 @@ def to_web_domain(
     mask = np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
     colour = hue_rgb if "colour" in parts else np.ones(3)
     if "background" in parts:
-        backdrop = background * background_strength
+        backdrop = background * spec.background_strength
     else:
         backdrop, texture, clutter = np.zeros_like(background), "plain", 0.0
     rgb = mask * colour[None, None, :] + (1 - mask) * backdrop
@@ -265,7 +268,7 @@ def pool_items(sources: PoolSources, spec: PoolSpec) -> Iterator[PoolItem]:
                 image = near_duplicate(sources.target_image(item), spec.image_size, rng)
                 props = {"texture": "plain", "clutter": 0.0, "contrast": 1.0, "blur": 0.0, "colour": "grey"}
             else:
-                image, props = to_web_domain(sources.pixels(item), spec.image_size, rng, background_strength=spec.background_strength)
+                image, props = to_web_domain(sources.pixels(item), spec, rng)
             others = [lemma for w, lemmas in sources.lemmas.items() if w != wnid for lemma in lemmas]
             caption, caption_kind = caption_for(sources.lemmas[wnid], sources.hypernyms[wnid], others, props, spec, rng)
         nsfw = kind != "planted_duplicate" and rng.random() < spec.nsfw_rate
