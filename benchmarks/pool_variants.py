@@ -1,8 +1,8 @@
 """How the web pool's design moves the mini world's calibration figures, without a whole foundation:
 ``python -m benchmarks.pool_variants [--variants NAME ...] [--seeds 0 1]``.
 
-For each pool variant (``VARIANTS``: overrides of the profile's ``PoolSpec``) and pool draw (its
-``seed``), the pool's class images are made as ``web_pool`` makes them (no distractors, plants or
+For each pool variant (``VARIANTS``: overrides of the profile's ``PoolSpec``, and of its ``ClipSpec``
+under ``clip``) and pool draw (its ``seed``), the pool's class images are made as ``web_pool`` makes them (no distractors, plants or
 NSFW markers: they do not move these figures), the profile's CLIP is trained on them with their
 captions, and two figures are measured on the profile's splits:
 
@@ -31,6 +31,8 @@ VARIANTS = {
     "current": {},
     "posed": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4},
     "posed_lit": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4},
+    "current_clip36": {"clip": {"epochs": 36}},
+    "posed_lit_clip36": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4, "clip": {"epochs": 36}},
 }
 
 
@@ -49,7 +51,9 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
 
     profile = get_profile(profile_name)
     torch.set_num_threads(profile.torch_threads or torch.get_num_threads())
-    spec = replace(profile.world.pool, **VARIANTS[variant], seed=seed, distractors=0, planted_test_duplicates=0,
+    overrides = dict(VARIANTS[variant])
+    clip_spec = replace(profile.world.clip, **overrides.pop("clip", {}))
+    spec = replace(profile.world.pool, **overrides, seed=seed, distractors=0, planted_test_duplicates=0,
                    planted_val_duplicates=0, nsfw_rate=0.0)
     catalog = build_catalog(profile.dataset, profile.max_classes)
     splits, _ = make_splits(catalog, profile.dataset, profile.split, workdir / "export", progress=lambda line: None)
@@ -72,7 +76,7 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
     paths = [u.removeprefix("file://") for u in metadata["url"]]
     started = time.perf_counter()
     processor = build_processor(workdir / "processor", spec.image_size)
-    clip = train_clip(paths, metadata["caption"].to_list(), processor.tokenizer, profile.world.clip, spec.image_size, progress=lambda line: None)
+    clip = train_clip(paths, metadata["caption"].to_list(), processor.tokenizer, clip_spec, spec.image_size, progress=lambda line: None)
     clip_seconds = time.perf_counter() - started
     test = splits.filter(pl.col("split") == "test").sort("label", "item")
     prompts = [simple_prompt(name) for name in catalog["name"]]
