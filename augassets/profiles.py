@@ -170,7 +170,8 @@ class PoolSpec:
     hold, found (or not) by the leak analysis. ``background_strength`` scales the brightness of the
     textured backdrops (1: as bright as the garment's colours can be; lower: closer to the target's
     black) — the lever for the domain transfer ratio. ``web_scale``, ``web_rotation`` (degrees) and
-    ``web_shift`` (pixels): the range of the web transform's geometry (web photos vary in pose too).
+    ``web_shift`` (pixels): the range of the web transform's geometry (web photos vary in pose too);
+    ``web_colour``: the range of each RGB channel of a garment's colour (a higher floor: milder colours).
 
     ``judge_per_class``: (train, val, held-out) web-domain images per class made like the pool's class
     images from further unused training images, but kept out of the pool (no index, CLIP or UNet sees
@@ -190,6 +191,7 @@ class PoolSpec:
     web_scale: tuple[float, float] = (0.85, 1.1)
     web_rotation: float = 15.0
     web_shift: int = 2
+    web_colour: tuple[float, float] = (0.1, 1.0)
     judge_per_class: tuple[int, int, int] = (300, 50, 100)
     seed: int = 0
 

@@ -149,14 +149,15 @@ def to_web_domain(
 
     The move has four parts — ``geometry`` (rescale by a factor in ``spec.web_scale``, rotate by up to
     ± ``spec.web_rotation`` degrees, shift by up to ± ``spec.web_shift`` pixels), ``colour`` (a random
-    garment colour), ``photometric`` (contrast, blur) and ``background`` (a textured backdrop instead of
-    black, its brightness scaled by ``spec.background_strength``) — and ``parts`` applies only some of
-    them, so the domain gap can be measured part by part. Every part draws its random numbers whether
-    it is applied or not: an image differs between two part sets only by the parts that differ."""
+    garment colour, each channel in ``spec.web_colour``), ``photometric`` (contrast, blur) and
+    ``background`` (a textured backdrop instead of black, its brightness scaled by
+    ``spec.background_strength``) — and ``parts`` applies only some of them, so the domain gap can be
+    measured part by part. Every part draws its random numbers whether it is applied or not: an image
+    differs between two part sets only by the parts that differ."""
     size = spec.image_size
     scale, angle = rng.uniform(*spec.web_scale), rng.uniform(-spec.web_rotation, spec.web_rotation)
     shift = (int(rng.integers(-spec.web_shift, spec.web_shift + 1)), int(rng.integers(-spec.web_shift, spec.web_shift + 1)))
-    hue_rgb = rng.uniform(0.1, 1.0, 3)
+    hue_rgb = rng.uniform(*spec.web_colour, 3)
     background, texture, clutter = _texture(rng, size)
     contrast = rng.uniform(0.6, 1.4)
     blur = float(rng.choice([0.0, 0.0, 0.5, 1.0]))
