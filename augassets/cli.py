@@ -325,7 +325,10 @@ def export_world(profile: Profile, name: str, say=print) -> Path:
         if made is None or _plain(made.metadata.get("source")) != "trained here" or made.tags.get("dagster/code_version") != version:
             raise SystemExit(f"{asset}: no materialization trained here by the current definitions (code version {version}) on "
                              f"{profile.home}; train the world first: AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:  # no git on this machine: the manifest says so
+        commit = ""
     world = profile.world
     manifest = {
         "world": name,

@@ -2,7 +2,7 @@
 
 A real user loads Stable Diffusion and CLIP instead of training them; the mini world does the same.
 ``augassets foundation --rebuild`` trains the world's models (CLIP, the VAE and UNet of the mini Stable
-Diffusion, the fidelity classifier and the judge) once, ``augassets world export`` copies them into
+Diffusion, and the fidelity judge) once, ``augassets world export`` copies them into
 ``augassets/world/<name>/`` with a manifest, and from then on every fresh home installs them from
 there in seconds instead of training them.
 
@@ -13,9 +13,10 @@ that trained it. Anything else is an error naming what differs and both ways out
 of a model made from other data, never a silent retraining. A file whose checksum does not match is
 an error naming the file, and nothing is installed from it.
 
-Floating-point tensors are stored in half precision (``DTYPE``) to keep the repository small and are
-installed as float32, the precision the models were trained and are run in; what that rounding costs
-is measured (``benchmarks.world``) and recorded in the manifest's calibration figures.
+Floating-point tensors are stored in half precision (``STORED_DTYPE``) to keep the repository small
+and are installed as float32, the precision the models were trained and are run in. The installed
+assets measure their figures again (CLIP zero-shot, the judge's accuracies, the transfer ratio), so
+what the rounding costs shows beside the manifest's figures from the training home.
 """
 
 from __future__ import annotations
