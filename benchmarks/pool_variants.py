@@ -35,6 +35,10 @@ VARIANTS = {
     "posed_lit_mild_clip36": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
                               "web_colour": (0.5, 1.0), "clip": {"epochs": 36}},
     "posed_lit_clip36": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4, "clip": {"epochs": 36}},
+    "posed_lit_mild_clip60": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
+                              "web_colour": (0.5, 1.0), "clip": {"epochs": 60}},
+    "posed_lit_mild_clip36_deep": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
+                                   "web_colour": (0.5, 1.0), "clip": {"epochs": 36, "layers": 4}},
 }
 
 
