@@ -364,7 +364,7 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
 def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
-    version = code_version("1", world.diffusion, world.pool.image_size)
+    version = code_version("2", world.diffusion.unet_training(), world.pool.image_size)
     lineage = defined_lineage("unet", version, [up.vae, up.clip_model, up.web_pool], vars(up).values())
 
     @dg.asset(

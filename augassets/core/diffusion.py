@@ -165,7 +165,15 @@ def train_unet(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[UNet2DConditionModel, TrainLog]:
     """SD's training objective: predict the noise added to VAE latents at a random timestep,
-    conditioned on the caption's text-encoder states (empty caption with ``caption_dropout``)."""
+    conditioned on the caption's text-encoder states (empty caption with ``caption_dropout``).
+
+    The learning rate warms up over the first 5 % of steps and decays along a cosine; with
+    ``unet_ema_decay`` above 0 the returned weights are their exponential moving average (diffusers'
+    ``EMAModel`` with its warm-up, so a short run is not held at its initial weights), as SD's
+    released checkpoints are."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
     say = progress or log.info
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -177,6 +185,8 @@ def train_unet(
     say(f"unet: {len(paths)} training images encoded to {tuple(latent_mean.shape[1:])} latents")
     losses, seen, started = [], 0, time.perf_counter()
     steps = max(1, len(paths) // spec.unet_batch_size)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, spec.unet_epochs * steps // 20), spec.unet_epochs * steps)
+    ema = EMAModel(unet.parameters(), decay=spec.unet_ema_decay, use_ema_warmup=True, power=0.75) if spec.unet_ema_decay else None
     unet.train()
     for epoch in range(1, spec.unet_epochs + 1):
         order, total = rng.permutation(len(paths)), 0.0
@@ -191,9 +201,14 @@ def train_unet(
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),))
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             total += optimizer_step(optimizer, F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=states).sample, noise))
+            schedule.step()
+            if ema is not None:
+                ema.step(unet.parameters())
             seen += len(index)
         losses.append(total / steps)
-        say(f"unet epoch {epoch}/{spec.unet_epochs}: loss {losses[-1]:.4f}")
+        say(f"unet epoch {epoch}/{spec.unet_epochs}: loss {losses[-1]:.4f}, learning rate {schedule.get_last_lr()[0]:.2e}")
+    if ema is not None:
+        ema.copy_to(unet.parameters())
     unet.eval()
     seconds = time.perf_counter() - started
     return unet, TrainLog(losses, seconds, seen / seconds)
