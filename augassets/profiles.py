@@ -413,20 +413,17 @@ class Profile:
     # (augassets/data/paper_results.tsv): imagenet_10pct (Table 1), imagenet_full or caltech256.
     paper_reference: str = "imagenet_10pct"
     torch_threads: int = 0  # 0: leave torch's default
+    # CPU threads of a step over partitions (one partition or a range), wherever it runs; 0: torch_threads.
+    # A setting of the profile, never derived from the worker count: thread counts change how sums round,
+    # so a partition's numbers must not depend on how many processes share the machine.
+    partition_threads: int = 0
     # Processes the headless command runs a partitioned group's chunks in at once (workers.py); 1: in its own
-    # process. Above 1, a step over partitions uses torch_threads // workers threads wherever it runs
-    # (partition_threads), and on the CPU the command raises the gpu pool's limit to this count.
+    # process. On the CPU the command raises the gpu pool's limit to this count.
     workers: int = 1
     # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).
-    # Like torch_threads, how the work is cut, not what it computes: no code version covers it.
+    # Each image has its own seeded noise, but batched sums round differently at another batch size, so the
+    # images' last bits can differ: augmentation_images' code version covers it.
     sample_batch_size: int = 0
-
-    @property
-    def partition_threads(self) -> int:
-        """CPU threads of a step over partitions: ``torch_threads`` shared among ``workers`` (0: torch's default)."""
-        if self.workers <= 1 or not self.torch_threads:
-            return self.torch_threads
-        return max(1, self.torch_threads // self.workers)
 
     def __post_init__(self):
         if self.workers < 1:
@@ -659,6 +656,7 @@ PROFILES["mini_all"] = replace(
     world=replace(PROFILES["mini"].world, diffusion=replace(PROFILES["mini"].world.diffusion, steps=10)),
     # Two one-thread processes train the mini classifier 1.5× faster than one two-thread process (BENCHMARKS.md).
     workers=2,
+    partition_threads=1,
 )
 
 

@@ -303,10 +303,11 @@ def test_a_stop_by_signal_reads_as_one_whatever_caught_it():
     assert root_cause(wrapped(own_error)) == "ValueError: no prompts for simple_prompt/n1"
 
 
-def test_steps_over_partitions_share_the_threads_among_the_workers(monkeypatch):
-    """Profile.workers: a step over partitions (one partition or a range) gets torch_threads // workers
-    threads wherever it runs, a whole-dataset step (the foundation) torch_threads; AUGASSETS_WORKERS
-    sets the count and names itself when it is not a whole number ≥ 1."""
+def test_a_steps_thread_count_is_a_setting_of_the_profile_not_of_the_worker_count(monkeypatch):
+    """Profile.partition_threads: a step over partitions (one partition or a range) gets that many
+    threads wherever it runs and however many workers there are (thread counts change how sums round),
+    a whole-dataset step (the foundation) torch_threads; AUGASSETS_WORKERS sets the process count only,
+    and names itself when it is not a whole number ≥ 1."""
     from dataclasses import replace
 
     from augassets.automation import PARTITION_RANGE_START_TAG
@@ -314,15 +315,19 @@ def test_steps_over_partitions_share_the_threads_among_the_workers(monkeypatch):
     from augassets.resources import PARTITION_TAG, ComputeResource, default_resources
 
     mini = get_profile("mini")
-    assert (mini.workers, mini.partition_threads) == (1, mini.torch_threads)
-    two = replace(mini, workers=2)
-    assert two.torch_threads == 2 and two.partition_threads == 1
-    compute = default_resources(two)["compute"]
-    assert compute.threads_for({}) == 2
-    assert compute.threads_for({PARTITION_TAG: "simple_prompt|n03595614"}) == 1
-    assert compute.threads_for({PARTITION_RANGE_START_TAG: "simple_prompt|0"}) == 1
+    assert (mini.workers, mini.partition_threads, mini.torch_threads) == (1, 0, 2)
+    for workers in (1, 2, 3):  # the worker count never changes a partition's threads
+        compute = default_resources(replace(mini, workers=workers))["compute"]
+        assert compute.threads_for({}) == 2
+        assert compute.threads_for({PARTITION_TAG: "simple_prompt|n03595614"}) == 2
+        assert compute.threads_for({PARTITION_RANGE_START_TAG: "simple_prompt|0"}) == 2
+    mini_all = get_profile("mini_all")
+    assert (mini_all.workers, mini_all.partition_threads, mini_all.torch_threads) == (2, 1, 2)
+    compute = default_resources(mini_all)["compute"]
+    assert compute.threads_for({}) == 2 and compute.threads_for({PARTITION_TAG: "retrieval|n03595614"}) == 1
+    monkeypatch.setenv("AUGASSETS_WORKERS", "1")
+    assert default_resources(get_profile("mini_all"))["compute"].threads_for({PARTITION_RANGE_START_TAG: "retrieval|0"}) == 1
     assert ComputeResource(torch_threads=2).threads_for({PARTITION_TAG: "a"}) == 2
-    assert get_profile("mini_all").partition_threads == 1 and get_profile("mini_all").torch_threads == mini.torch_threads
     monkeypatch.setenv("AUGASSETS_WORKERS", "3")
     assert get_profile("mini").workers == 3
     monkeypatch.setenv("AUGASSETS_WORKERS", "two")
@@ -330,3 +335,20 @@ def test_steps_over_partitions_share_the_threads_among_the_workers(monkeypatch):
         get_profile("mini")
     with pytest.raises(ValueError, match="workers must be ≥ 1"):
         replace(mini, workers=0)
+
+
+def test_a_pool_url_names_its_file_wherever_the_home_lies(tmp_path):
+    """The pool's metadata holds ``file://`` URLs (clip-retrieval's layout), percent-escaped by
+    ``Path.as_uri``: a home whose path has a space, a percent sign or a non-ASCII letter still finds
+    its images."""
+    from pathlib import Path
+
+    from augassets.core.files import file_url_path
+
+    from .conftest import write_image
+
+    image = write_image(tmp_path / "a home %20 with spaces" / "Bilder für Kleider" / "00000.png")
+    url = image.as_uri()
+    assert "%20" in url and file_url_path(url) == str(image)
+    assert Path(file_url_path(url)).is_file()
+    assert file_url_path(str(image)) == str(image)  # a plain path is left as it is

@@ -1015,7 +1015,7 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
         assert db.query(sql).equals(clean_tables[name]), name
 
 
-def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_process(private_state):
+def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_process(private_state, benchmark_run):
     """``Profile.workers``: the headless command cuts a partitioned group into chunks that worker
     processes run as concurrent Dagster runs on the same instance. Every simple-prompt partition
     deleted and rebuilt on two workers: generation and the classifiers ran as several runs, in the
@@ -1026,7 +1026,7 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     import shutil
 
     profile = replace(private_state, methods=("real_p", "simple_prompt", "retrieval"), workers=2)
-    assert profile.partition_threads == private_state.torch_threads == 1
+    assert (profile.partition_threads or profile.torch_threads) == 1  # one thread per step, one process or two
     instance = dg.DagsterInstance.get()
     # What earlier tests left stale, first, in one process: the reference the workers must match.
     cli.materialize(replace(profile, workers=1), cli.benchmark_keys, say=lambda *_: None)
@@ -1065,6 +1065,14 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name
+    # ... and the very scores the session's home holds: another home path, one process.
+    scores = ("SELECT * EXCLUDE (train_seconds, images_per_second, checkpoint) FROM classifier_scores "
+              f"WHERE method IN ({', '.join(repr(m) for m in profile.methods)}) ORDER BY method, replicate")
+    session_home = Warehouse(benchmark_run[0].tables)
+    assert str(benchmark_run[0].home) != str(profile.home)
+    assert db.query(scores).equals(session_home.query(scores))
+    assert db.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)).equals(
+        session_home.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)))
 
     # Groups of one evaluation that do not depend on each other run at once: their chunks share one
     # queue, the group cut into fewer chunks first, and each group's checks run after its chunks.

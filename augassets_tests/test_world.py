@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from augassets.core.target_domain import render
-from augassets.core.world import ShippedWorld, ShippedWorldError
+from augassets.core.world import ShippedWorld, ShippedWorldError, sha256_of
 from augassets.profiles import TARGET_DESIGNS
 
 
@@ -128,3 +128,64 @@ def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exp
 def test_a_missing_world_names_the_way_to_train_it(tmp_path):
     with pytest.raises(ShippedWorldError, match="augassets foundation --rebuild"):
         ShippedWorld.open(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name", ["mini", "mini_all"])
+def test_the_shipped_mini_world_matches_its_files_and_the_definitions_now(name):
+    """What a fresh clone's `make run` installs: every shipped file intact, and every shipped model made by
+    the definitions (settings and code versions, upstream included) that would train it now. mini_all
+    installs the same world."""
+    from augassets.assets.foundation import SHIPPED_FILES, lineage_versions
+    from augassets.build import build_defs
+    from augassets.profiles import get_profile
+
+    profile = get_profile(name)
+    assert profile.world.shipped, f"{name} trains its world instead of installing a shipped one"
+    world = ShippedWorld.open(profile.world.shipped)
+    graph = build_defs(profile, daemon=False).resolve_asset_graph()
+    assert set(world.manifest["assets"]) == set(SHIPPED_FILES)
+    for asset in SHIPPED_FILES:
+        versions = lineage_versions(graph, dg.AssetKey(asset))
+        assert world.stale_versions(asset, versions) == []
+        world.check(asset, versions)  # sizes and SHA-256 of every file
+    manifest = world.manifest
+    assert manifest["profile"] == "mini" and manifest["stored_dtype"] == "float16"
+    assert manifest["command"].startswith("AUGASSETS_PROFILE=mini augassets foundation --rebuild")
+    # The calibration figures of the world, as measured where it was trained, travel with it.
+    assert {"clip_model.zero_shot_top1", "fidelity_judge.judge_top1_holdout_web", "diffusion_fidelity.relative_class_fidelity"} <= set(manifest["calibration"])
+    total = sum(f["bytes"] for entry in manifest["assets"].values() for f in entry["files"].values())
+    assert total < 50 * 2**20, f"the shipped world takes {total / 2**20:.1f} MiB of the repository (budget 50 MiB)"
+
+
+def test_the_mini_foundation_is_installed_from_the_shipped_world_without_training(tmp_path, monkeypatch):
+    """The mini world's models come from the shipped files (checksums verified, nothing trained); the
+    pool, its index and the Stable Diffusion folder are derived from them here."""
+    from augassets import cli
+    from augassets.assets.foundation import SHIPPED_FILES
+    from augassets.profiles import get_profile
+
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.delenv("AUGASSETS_WORLD", raising=False)
+    profile = get_profile("mini")
+    wanted = [*SHIPPED_FILES, "diffusion_model"]
+
+    def select(defs):
+        graph = defs.resolve_asset_graph()
+        chosen = dg.AssetSelection.assets(*wanted).upstream().resolve(graph)
+        return [key for key in graph.toposorted_asset_keys if key in chosen and graph.get(key).is_executable]
+
+    said = []
+    cli.materialize(profile, select, say=said.append)
+    instance = dg.DagsterInstance.get()
+    world = ShippedWorld.open(profile.world.shipped)
+    for asset in SHIPPED_FILES:
+        metadata = instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+        assert metadata["source"].value == f"shipped world {world.name}"
+        assert metadata["manifest_sha256"].value == sha256_of(world.manifest_path)
+        assert not any(key in metadata for key in ("losses", "train_seconds"))  # nothing trained here
+    clip = instance.get_latest_materialization_event(dg.AssetKey("clip_model")).asset_materialization.metadata
+    # Measured again on this home's test split: the half-precision copy keeps the trained world's figure.
+    shipped = world.manifest["calibration"]["clip_model.zero_shot_top1"]
+    assert abs(clip["zero_shot_top1"].value - shipped) < 0.01
+    assert (profile.home / "store" / "models" / "stable_diffusion" / "model_index.json").is_file()

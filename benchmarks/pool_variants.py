@@ -49,6 +49,7 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
     from augassets.core.classifier import LabeledImages, train_classifier
     from augassets.core.clip import build_processor, train_clip, zero_shot_accuracy
     from augassets.core.datasets import FashionMnistSource, make_splits
+    from augassets.core.files import file_url_path
     from augassets.core.generation import classify_images
     from augassets.core.judge import web_rendering
     from augassets.core.prompts import simple_prompt
@@ -79,7 +80,7 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
     )
     folder = workdir / f"pool_{variant}_{seed}"
     metadata, _ = write_pool(pool_items(sources, spec), folder, folder)
-    paths = [u.removeprefix("file://") for u in metadata["url"]]
+    paths = [file_url_path(u) for u in metadata["url"]]
     started = time.perf_counter()
     processor = build_processor(workdir / "processor", spec.image_size)
     clip = train_clip(paths, metadata["caption"].to_list(), processor.tokenizer, clip_spec, spec.image_size, progress=lambda line: None)

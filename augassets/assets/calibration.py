@@ -18,7 +18,7 @@ import dagster as dg
 import polars as pl
 
 from ..core.datasets import FashionMnistSource
-from ..core.files import atomic_folder, load_checkpoint, save_image_atomic, save_safetensors_atomic
+from ..core.files import atomic_folder, file_url_path, load_checkpoint, save_image_atomic, save_safetensors_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
 from ..core.report import frame_markdown
@@ -175,7 +175,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         splits = db.query("SELECT split, wnid, label, path FROM dataset_splits ORDER BY label, item")
         pool_images = db.query(
             "SELECT t.wnid, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) WHERE t.kind = 'class' AND NOT p.nsfw ORDER BY pool_id"
-        ).join(catalog, on="wnid").with_columns(pl.col("url").str.strip_prefix("file://").alias("path"))
+        ).join(catalog, on="wnid").with_columns(pl.col("url").map_elements(file_url_path, return_dtype=pl.Utf8).alias("path"))
         target = splits.filter(pl.col("split") == "target")
         needed = dict(target.group_by("wnid").len().iter_rows())
         image_store.ensure(pl.concat([splits["path"], pool_images["path"]]), context.log.info)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
+from ..core.augment import training_order
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.files import save_safetensors_atomic
@@ -49,7 +50,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(rows="classifier_scores", files=("models/classifiers/{method}/replicate_{replicate}.safetensors",)),
         group_name="classifier",
-        code_version=code_version("1", profile.classifier, profile.split.seed),
+        code_version=code_version("2", profile.classifier, profile.split.seed),
         **ON_GPU,
         deps=[up.augmented_datasets],  # the same method × replicate partitions: one set per classifier
         partitions_def=method_replicate_partitions(profile),
@@ -79,10 +80,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         rows, started = [], time.perf_counter()
         for key in context.partition_keys:
             method, replicate = key.keys_by_dimension["method"], int(key.keys_by_dimension["replicate"])
-            train = db.query(
-                "SELECT path, label FROM augmented_datasets WHERE method = ? AND replicate = ? ORDER BY label, path",
-                [method, replicate],
-            )
+            train = training_order(db.query("SELECT path, label, origin FROM augmented_datasets WHERE method = ? AND replicate = ?",
+                                            [method, replicate]))
             if train.is_empty():
                 raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{key}] first")
             image_store.ensure(train["path"], context.log.info)

@@ -16,7 +16,7 @@ from ..core.report import frame_markdown
 from ..integrity import outputs
 from ..partitions import image_method_keys
 from ..profiles import Profile
-from ..resources import ClipEncoderResource, ImageStoreResource, WarehouseResource
+from ..resources import ClipEncoderResource, ComputeResource, ImageStoreResource, WarehouseResource
 from ..scale import ON_GPU
 from ..versions import code_version
 
@@ -39,7 +39,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "1.0: every image's domain is recognizable). The real extra subsample is the reference row.",
     )
     def domain_match(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, clip_encoder: ClipEncoderResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, clip_encoder: ClipEncoderResource,
+        compute: ComputeResource,  # its setup fixes the thread count the embeddings are computed with
     ) -> dg.MaterializeResult:
         from ..core.clip import encode_image_batches
         from ..core.domain import domain_separability

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..core.datasets import FashionMnistSource, open_source
 from ..core.duplicates import DuplicateIndex, choose_threshold, detector_curve
-from ..core.files import save_image_atomic
+from ..core.files import file_url_path, save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
@@ -114,7 +114,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         # Every pool image, and the off-pool calibration copies, against the test and val hashes: the pool's
         # planted duplicates and the copies are the ground truth; every other pair is a false alarm.
         truth = db.query("SELECT t.pool_id, t.kind, t.source_item, p.url FROM web_pool_truth t JOIN web_pool p USING (pool_id) ORDER BY pool_id")
-        paths = [u.removeprefix("file://") for u in truth["url"]]
+        paths = [file_url_path(u) for u in truth["url"]]
         image_store.ensure(paths, context.log.info)
         hashes, ok = phash_files(paths, spec.hash_size)
         copy_items, copies = calibration_copies(db, image_store, set(truth["source_item"]))

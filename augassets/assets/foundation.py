@@ -22,7 +22,7 @@ import polars as pl
 from ..core.compute import record as record_compute
 from ..core.compute import timed
 from ..core.datasets import FashionMnistSource
-from ..core.files import atomic_folder, load_checkpoint, save_image_atomic
+from ..core.files import atomic_folder, file_url_path, load_checkpoint, save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import sample_fidelity
 from ..core.knn import build_index, choose_index_factory
@@ -161,7 +161,7 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
         db.replace("web_pool_truth", truth)
         kinds = dict(truth.group_by("kind").len().iter_rows())
         caption_kinds = dict(truth.group_by("caption_kind").len().iter_rows())
-        sample = [u.removeprefix("file://") for u in metadata["url"].head(64)]
+        sample = [file_url_path(u) for u in metadata["url"].head(64)]
         return dg.MaterializeResult(
             metadata={
                 "images": metadata.height,
@@ -250,7 +250,9 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
         "inner-product indexes over them (image.index, text.index) next to the metadata parquet: a folder a "
         "clip-retrieval back can serve.",
     )
-    def pool_index(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def pool_index(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:  # compute: its setup fixes the thread count the embeddings are computed with
         import faiss
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -437,7 +439,9 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
         image_store.fetch("pool_index")
         clip = CLIPModel.from_pretrained(models / "clip").eval()
         processor = CLIPProcessor.from_pretrained(models / "clip")
-        embeddings = np.concatenate([np.load(p) for p in sorted(image_store.path("pool_index", "img_emb").glob("*.npy"))])
+        from ..core.knn import embedding_shards
+
+        embeddings = np.concatenate([np.load(p) for p in embedding_shards(image_store.path("pool_index"))])
         flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
         safety = fit_safety_checker(embeddings, flags)
         context.log.info(f"safety checker: threshold {safety.threshold:.3f}, held-out precision {safety.precision:.3f} recall {safety.recall:.3f}")

@@ -15,7 +15,7 @@ import polars as pl
 
 from ..core.compute import Meter, timed
 from ..core.compute import record as record_compute
-from ..core.files import atomic_folder, load_checkpoint, write_parquet_atomic
+from ..core.files import atomic_folder, file_url_path, load_checkpoint, write_parquet_atomic
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
@@ -151,7 +151,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
-        group_name=GROUP, code_version=code_version("2", profile.retrieval, profile.dataset, profile.split), **ON_GPU,
+        # The sampling batch size is covered: batched UNet and VAE sums round differently at another batch size.
+        group_name=GROUP, code_version=code_version("3", profile.retrieval, profile.dataset, profile.split, profile.sample_batch_size), **ON_GPU,
         partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[class_prompts, up.pool_index, up.clip_model, up.diffusion_model, up.dataset_splits, *selection_deps],
@@ -253,7 +254,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
             n=n, min_aesthetic=profile.retrieval.min_aesthetic, dedup_threshold=profile.retrieval.dedup_threshold,
             image_problem=local_image_problem,
-            flags_unsafe=(lambda hits: safety_flags([load_rgb(str(h.metadata["url"]).removeprefix("file://")) for h in hits])) if safety_flags else None,
+            flags_unsafe=(lambda hits: safety_flags([load_rgb(file_url_path(str(h.metadata["url"]))) for h in hits])) if safety_flags else None,
             progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
         )
         final = image_store.path(folder, method, wnid)
@@ -262,7 +263,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             for rank, hit in enumerate(result.kept):
                 pool_id = int(hit.metadata.get("pool_id", hit.id))
                 name = f"{rank:05d}_{pool_id}.png"
-                shutil.copyfile(str(hit.metadata["url"]).removeprefix("file://"), tmp / name)
+                shutil.copyfile(file_url_path(str(hit.metadata["url"])), tmp / name)
                 rows.append({
                     "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
                     "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
@@ -400,7 +401,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "they look (the paper's domain-gap argument). For retrieval in the mini world, also its precision by ground truth "
         "(web_pool_truth), against which the judge is checked.",
     )
-    def class_fidelity(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def class_fidelity(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:  # compute: its setup fixes the thread count the judges run with
         from ..core.generation import classify_paths
 
         db = warehouse.get()

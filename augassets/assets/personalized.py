@@ -24,7 +24,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ..core.augment import augmented_sets
+from ..core.augment import augmented_sets, training_order
 from ..core.compute import Meter, timed
 from ..core.compute import record as record_compute
 from ..core.files import write_parquet_atomic
@@ -446,7 +446,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
 
     @dg.asset(
         metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
-        group_name=GROUP, code_version=code_version("2", profile.classifier, profile.split.seed, profile.generation.seed), **ON_GPU,
+        group_name=GROUP, code_version=code_version("3", profile.classifier, profile.split.seed, profile.generation.seed), **ON_GPU,
         partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
         tags={CHUNK_BY_TAG: "method"},  # its classifiers are per method (every class at once): worker chunks hold whole methods
         deps=[*(dg.AssetDep(asset, partition_mapping=dg.MultiPartitionMapping({
@@ -485,7 +485,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
                 images = manifest.filter(pl.col("candidate") == label).select("wnid", "label", "path", "rank")
                 same = tuple(sorted(images["path"].to_list()))
                 if same not in trained:
-                    train = augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed)
+                    train = training_order(augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed))
                     result = train_classifier(
                         LabeledImages(train["path"].to_list(), train["label"].to_list()), val_images, None, classes, classifier_spec,
                         seed=profile.split.seed * 1000, progress=lambda line, m=method, c=label: context.log.debug(f"selection[{m}, {c}] {line}"),

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
-from ..core.augment import augmented_sets
+from ..core.augment import augmented_sets, training_order
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.methods import get_method
@@ -41,7 +41,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(rows="scaling_scores"),
         group_name="scaling",
-        code_version=code_version("1", profile.classifier, profile.split.seed, replicates),
+        code_version=code_version("2", profile.classifier, profile.split.seed, replicates),
         **ON_GPU,
         partitions_def=scaling_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -81,7 +81,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             sets = augmented_sets(get_method(method), splits, replicates, images=images, excluded=excluded, seed=profile.generation.seed, ratio=ratio)
             wanted = int(counts.filter(~pl.col("wnid").is_in(list(excluded))).select((pl.col("len") * ratio).ceil().cast(pl.Int64).sum()).item())
             for replicate in range(replicates):
-                train = sets.filter(pl.col("replicate") == replicate).sort("label", "path")
+                train = training_order(sets.filter(pl.col("replicate") == replicate))
                 image_store.ensure(train["path"], context.log.info)
                 seed = profile.split.seed * 1000 + replicate
                 with Meter("scaling_scores", f"{key}|{replicate}", "train classifier (scaling)", method, spec.device) as meter:

@@ -23,6 +23,14 @@ AUGMENTED_SCHEMA = {
 }
 
 
+def training_order(train: pl.DataFrame) -> pl.DataFrame:
+    """A training set (``label``, ``origin``, ``path`` columns) in the order its classifier reads it:
+    by class, the target's images first, then by path within each origin. Images of one origin share
+    their folder's prefix, so the order (and the seeded sampler's picks) is the same wherever the home
+    or the dataset lies; sorting by path across origins would let the home's path decide."""
+    return train.sort(pl.col("label"), pl.col("origin") != "target", pl.col("path"))
+
+
 def augmented_sets(
     method: Method,
     splits: pl.DataFrame,

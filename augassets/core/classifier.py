@@ -217,7 +217,10 @@ def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool,
 
 def _seed_worker(worker_id: int) -> None:
     """DataLoader workers draw their random crops from a seed derived from the loader's (torch's
-    recipe for reproducible workers): the same run gives the same batches with any worker count."""
+    recipe for reproducible workers): the same run with the same ``num_workers`` gives the same
+    batches. Another worker count draws the crops from other streams (in the main process they come
+    from the main generator), so ``ClassifierSpec.num_workers`` is part of what a run computes, as
+    the classifier's code version (which covers the whole spec) says."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -59,8 +59,17 @@ def read_idx(path: Path, remedy: str = "replace the file") -> np.ndarray:
     return array.reshape(shape)
 
 
+def design_folder(design) -> str:
+    """The export folder of a target design: ``<name>-<digest of its settings>`` (``plain``: none)."""
+    import hashlib
+
+    return f"{design.name}-{hashlib.sha256(repr(design).encode()).hexdigest()[:8]}" if design else "plain"
+
+
 class FashionMnistSource:
-    """Fashion-MNIST from its four IDX files; selected images are exported to ``export_dir`` as PNG."""
+    """Fashion-MNIST from its four IDX files; selected images are exported as PNG under ``export_dir``,
+    in a folder per target design (its name and a digest of its settings): an image already there is
+    reused, so a home that staged another design never hands out that design's pictures."""
 
     FILES = {
         "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -70,7 +79,7 @@ class FashionMnistSource:
     def __init__(self, spec: DatasetSpec, export_dir: Path):
         self.root = spec.root
         self.design = spec.target
-        self.export_dir = export_dir
+        self.export_dir = export_dir / design_folder(spec.target)
         self.remedy = f"download it again, or point {spec.root_env} at a good copy ({spec.install_hint})"
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}

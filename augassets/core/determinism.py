@@ -1,8 +1,8 @@
 """Same numbers from the same seeds on any x86 CPU of the kind the project runs on.
 
 Seeds fix what a run draws; they do not fix how floating-point sums are ordered. On CPUs, PyTorch,
-oneDNN and MKL pick kernels by the widest vector unit the CPU has (AVX2 or AVX-512) and split work by
-thread count, and each choice rounds differently — enough to move a small classifier's test accuracy
+oneDNN, MKL and OpenBLAS pick kernels by the widest vector unit the CPU has (AVX2 or AVX-512)
+and split work by thread count, and each choice rounds differently — enough to move a small classifier's test accuracy
 by a point or two, since a different rounding early in SGD leads to a different minimum. Pinning the
 kernels to AVX2 (which every x86-64 machine of the last decade has) and the thread count per profile
 (``Profile.torch_threads``) makes a run repeatable across such machines, at some speed cost on
@@ -20,6 +20,7 @@ PINNED_KERNELS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's own vectorized CPU kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN convolutions
     "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility (BLAS)
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's OpenBLAS (a DYNAMIC_ARCH build): the AVX2 kernels
 }
 FAST_KERNELS_ENV = "AUGASSETS_FAST_KERNELS"
 

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+def file_url_path(url: str) -> str:
+    """The local path a ``file://`` URL names, percent-escapes decoded (``Path.as_uri`` writes a space
+    as ``%20``); anything else is returned as it is."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return url2pathname(urlparse(url).path) if url.startswith("file://") else url
+
+
 class DiskFullError(OSError):
     """No space left where a file was being written; the message names the place and what to do."""
 

@@ -48,6 +48,11 @@ def choose_index_factory(n_vectors: int) -> str:
     return f"IVF{lists},PQ32"
 
 
+def embedding_shards(folder: str | Path, kind: str = "img_emb") -> list[Path]:
+    """An index folder's ``<kind>/<kind>_<n>.npy`` shards in row order (by n as a number: ``_10`` after ``_9``)."""
+    return sorted((Path(folder) / kind).glob(f"{kind}_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
 def build_index(embedding_shards: Iterable[np.ndarray], dim: int, n_vectors: int) -> faiss.Index:
     """A faiss inner-product index over L2-normalized embeddings, filled shard by shard."""
     factory = choose_index_factory(n_vectors)
@@ -77,7 +82,7 @@ class LocalKnnIndex:
     def embeddings(self, ids: list[int]) -> np.ndarray:
         """Stored image embeddings of index ids, read memory-mapped from the ``img_emb`` shards."""
         if self._shards is None:
-            paths = sorted((self.folder / "img_emb").glob("img_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+            paths = embedding_shards(self.folder, "img_emb")
             self._shards = [np.load(p, mmap_mode="r") for p in paths]
             self._offsets = np.cumsum([0] + [len(s) for s in self._shards])
         rows = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .files import file_url_path
 from .images import ImageStatus, inspect_image
 from .knn import KnnHit
 
@@ -116,7 +117,7 @@ def local_image_problem(hit: KnnHit) -> str | None:
             f"pool item {hit.id} has a non-local url {url[:80]!r}; download the pool's images first "
             "(e.g. with img2dataset) and index them with file URLs"
         )
-    status = inspect_image(url.removeprefix("file://"), non_rgb="convert")
+    status = inspect_image(file_url_path(url), non_rgb="convert")
     if status.usable:
         return None
     return "missing" if status == ImageStatus.MISSING else "undecodable"

@@ -26,7 +26,7 @@ import polars as pl
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from ..profiles import PoolSpec
-from .files import save_image_atomic
+from .files import file_url_path, save_image_atomic
 from .images import inspect_image
 
 CAPTION_TEMPLATES = (
@@ -329,7 +329,7 @@ def check_pool_rows(metadata: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int
         elif not isinstance(caption, str) or not caption.strip():
             reason = "bad_caption"
         else:
-            path = url.removeprefix("file://")
+            path = file_url_path(url)
             if not Path(path).is_file():
                 reason = "missing_file"
             else:
@@ -338,6 +338,6 @@ def check_pool_rows(metadata: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
         else:
-            kept.append({**row, "path": url.removeprefix("file://")})
+            kept.append({**row, "path": file_url_path(url)})
     schema = {**metadata.schema, "path": pl.Utf8}
     return pl.DataFrame(kept, schema=schema), skipped
