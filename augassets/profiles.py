@@ -24,6 +24,8 @@ environment variables, so the same profile runs on any machine:
 ``AUGASSETS_WORLD``            ``shipped`` (default where the profile names a shipped world):
                                install the mini world's trained models from the package;
                                ``train``: train them here (``augassets foundation --rebuild``)
+``AUGASSETS_POOL_SEED``        another draw of the mini web pool (``PoolSpec.seed``); the world is
+                               then trained here (a shipped world is the draw it was trained on)
 =============================  ==========================================================
 """
 
@@ -42,6 +44,7 @@ SCALING_ENV = "AUGASSETS_SCALING_RATIOS"  # e.g. 1,2,5,10: the scaling analysis 
 HOME_ENV = "AUGASSETS_HOME"
 WORKERS_ENV = "AUGASSETS_WORKERS"  # worker processes of the headless command (Profile.workers)
 WORLD_ENV = "AUGASSETS_WORLD"  # shipped | train: install the shipped world's models or train them (MiniWorldSpec.shipped)
+POOL_SEED_ENV = "AUGASSETS_POOL_SEED"  # another draw of the mini web pool; trains its world here
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
 
@@ -665,7 +668,8 @@ def get_profile(name: str | None = None) -> Profile:
     set, running exactly those methods (in registry order); with ``AUGASSETS_CLUSTERS`` set, ⑥ with
     that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios;
     with ``AUGASSETS_WORKERS`` set, that many worker processes; with ``AUGASSETS_WORLD=train``, the mini
-    world's models trained here instead of installed from the shipped world."""
+    world's models trained here instead of installed from the shipped world; with ``AUGASSETS_POOL_SEED``
+    set, another draw of the mini web pool, its world trained here."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
         profile = PROFILES[name]
@@ -701,6 +705,12 @@ def get_profile(name: str | None = None) -> Profile:
             raise ValueError(f"{WORLD_ENV}={world!r}: shipped (install the world shipped with the package) or train (train it here)")
         if world == "train" and profile.world and profile.world.shipped:
             profile = replace(profile, world=replace(profile.world, shipped=""))
+    pool_seed = os.environ.get(POOL_SEED_ENV, "").strip()
+    if pool_seed and profile.world:
+        if not pool_seed.isdigit():
+            raise ValueError(f"{POOL_SEED_ENV}={pool_seed!r}: the pool draw's seed must be a whole number ≥ 0")
+        if int(pool_seed) != profile.world.pool.seed:  # another pool: its world is trained here, never taken from another draw
+            profile = replace(profile, world=replace(profile.world, pool=replace(profile.world.pool, seed=int(pool_seed)), shipped=""))
     workers = os.environ.get(WORKERS_ENV, "").strip()
     if workers:
         if not workers.isdigit() or int(workers) < 1:

@@ -55,6 +55,15 @@ def test_the_environment_chooses_between_the_shipped_world_and_training_it(monke
     monkeypatch.setenv("AUGASSETS_WORLD", "download")
     with pytest.raises(ValueError, match="AUGASSETS_WORLD='download': shipped .* or train"):
         get_profile("shipped")
+    monkeypatch.delenv("AUGASSETS_WORLD")
+    # Another pool draw is another world: trained here, never installed from the draw the package ships.
+    monkeypatch.setenv("AUGASSETS_POOL_SEED", "1")
+    assert (get_profile("shipped").world.pool.seed, get_profile("shipped").world.shipped) == (1, "")
+    monkeypatch.setenv("AUGASSETS_POOL_SEED", "0")
+    assert get_profile("shipped").world == shipped.world
+    monkeypatch.setenv("AUGASSETS_POOL_SEED", "one")
+    with pytest.raises(ValueError, match="AUGASSETS_POOL_SEED='one'"):
+        get_profile("shipped")
 
 
 def test_registry_names_each_methods_builder():

@@ -7,6 +7,12 @@ curve    the learning curve the mini profile's subsample was chosen from: the pr
 designs  the same curve for each candidate target design (``profiles.TARGET_DESIGNS``, plus
          Fashion-MNIST as shipped) at ``--fractions`` (default: the profile's p and 2p): the table
          the mini world's target design is chosen from, by its measured properties only.
+draws    the world's own figures over pool draws: for each ``--pool-seeds`` draw, the foundation is
+         trained from scratch in its own home under ``$AUGASSETS_HOME`` (``AUGASSETS_POOL_SEED``, about
+         an hour each on 2 CPU cores; an existing draw's home is reused), then CLIP zero-shot, the
+         simple prompt's relative class fidelity, the judge's accuracies and the domain transfer
+         ratio are read from it, with ``--homes`` (homes of draws made before, e.g. the world's own
+         training home) beside them: mean and range over the draws.
 table  the calibration table of a materialized mini home (``$AUGASSETS_HOME``, after
        ``augassets foundation`` and ``augassets benchmark``; ``--build`` runs both first and
        materializes the oracle): headroom with standard errors, the oracle's gap closure, domain
@@ -166,6 +172,54 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
     return rows
 
 
+DRAW_FIGURES = (  # (asset, metadata key, label)
+    ("clip_model", "zero_shot_top1", "CLIP zero-shot top-1 on the test split (target ≥ 0.65)"),
+    ("diffusion_fidelity", "relative_class_fidelity", "simple-prompt relative class fidelity (target ≥ 0.6)"),
+    ("diffusion_fidelity", "class_fidelity", "simple-prompt class fidelity by the judge"),
+    ("fidelity_judge", "judge_top1_holdout_web", "judge top-1 on held-out web-domain images"),
+    ("fidelity_judge", "domain_transfer_ratio", "domain transfer ratio (declared 0.5–0.8)"),
+)
+
+
+def draw_figures(profile_name: str, home: Path) -> dict[str, float]:
+    """The world's figures of one trained draw: the latest materializations in ``home``'s instance."""
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home / profile_name / "dagster")
+    instance = dg.DagsterInstance.get()
+    figures = {}
+    for asset, key, _ in DRAW_FIGURES:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is None or key not in event.asset_materialization.metadata:
+            raise SystemExit(f"{home}: no {asset} with {key}; train the draw's foundation first")
+        figures[f"{asset}.{key}"] = float(event.asset_materialization.metadata[key].value)
+    return figures
+
+
+def draws_table(profile_name: str, seeds: list[int], homes: list[str]) -> str:
+    base = Path(os.environ.get("AUGASSETS_HOME", "augassets_home")).resolve()
+    cli = str(Path(sys.executable).with_name("augassets"))
+    columns = {}
+    for home in homes:
+        columns[f"{Path(home).name}"] = draw_figures(profile_name, Path(home))
+    for seed in seeds:
+        home = base / f"pool_draw_{seed}"
+        env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_HOME": str(home), "AUGASSETS_POOL_SEED": str(seed),
+               "AUGASSETS_WORLD": "train"}
+        env.pop("DAGSTER_HOME", None)
+        started = time.perf_counter()
+        subprocess.run([cli, "foundation"], env=env, check=True)
+        print(f"  pool draw {seed}: foundation in {time.perf_counter() - started:.0f} s ({home})", flush=True)
+        columns[f"draw {seed}"] = draw_figures(profile_name, home)
+    names = list(columns)
+    lines = ["| figure | " + " | ".join(names) + " | mean (range) |", "| --- |" + " ---: |" * (len(names) + 1)]
+    for asset, key, label in DRAW_FIGURES:
+        values = [columns[name][f"{asset}.{key}"] for name in names]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values)
+                     + f" | {np.mean(values):.3f} ({min(values):.3f}–{max(values):.3f}) |")
+    return "\n".join(lines)
+
+
 def build(profile_name: str) -> None:
     """Materialize the foundation (with the calibration assets) and the main command on the home."""
     env = {**os.environ, "AUGASSETS_PROFILE": profile_name}
@@ -176,7 +230,9 @@ def build(profile_name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "designs", "table"])
+    parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "designs", "draws", "table"])
+    parser.add_argument("--pool-seeds", type=int, nargs="*", default=[1], help="draws: pool draws to train (0 is the shipped world's)")
+    parser.add_argument("--homes", nargs="*", default=[], help="draws: homes of draws trained before (AUGASSETS_HOME folders)")
     parser.add_argument("--designs", nargs="+", default=None, help="candidate designs (default: every TARGET_DESIGNS entry and fashion_mnist)")
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--seeds", type=int, default=5)
@@ -203,6 +259,8 @@ def main() -> None:
                 for name in names
             ])
         print("\n## Target designs\n\n" + designs_table(runs) + "\n")
+    if "draws" in args.parts:
+        print("\n## The world over pool draws\n\n" + draws_table(args.profile, args.pool_seeds, args.homes) + "\n", flush=True)
     if "table" in args.parts:
         if args.build:
             build(args.profile)
