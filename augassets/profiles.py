@@ -588,6 +588,10 @@ PROFILES: dict[str, Profile] = {
         classifier=SMALL_RESNET,
         methods=("real_p", "real_2p", "simple_prompt", "sariyildiz_prompts", "retrieval"),
         torch_threads=2,
+        # Steps over partitions (generation, classifiers) on two worker processes of one thread each: two one-thread
+        # processes train the mini classifier 1.5× faster than one two-thread process (BENCHMARKS.md).
+        workers=2,
+        partition_threads=1,
         # 8 test copies among 11,560 pool images: still far above a web crawl's rate of copies of a benchmark's test set,
         # low enough that retrieval's leak rate says something; the detector is calibrated on 200 more copies off the pool.
         # The pool's web photos vary in pose and scale more than the target's, on brighter backdrops, in milder colours;
@@ -657,9 +661,6 @@ PROFILES["mini_all"] = replace(
     methods=tuple(m.key for m in METHODS),
     # The same world as mini (one shipped world serves both): only the sampler's step count differs.
     world=replace(PROFILES["mini"].world, diffusion=replace(PROFILES["mini"].world.diffusion, steps=10)),
-    # Two one-thread processes train the mini classifier 1.5× faster than one two-thread process (BENCHMARKS.md).
-    workers=2,
-    partition_threads=1,
 )
 
 

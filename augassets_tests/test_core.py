@@ -324,18 +324,17 @@ def test_a_steps_thread_count_is_a_setting_of_the_profile_not_of_the_worker_coun
     from augassets.resources import PARTITION_TAG, ComputeResource, default_resources
 
     mini = get_profile("mini")
-    assert (mini.workers, mini.partition_threads, mini.torch_threads) == (1, 0, 2)
+    assert (mini.workers, mini.partition_threads, mini.torch_threads) == (2, 1, 2)
     for workers in (1, 2, 3):  # the worker count never changes a partition's threads
         compute = default_resources(replace(mini, workers=workers))["compute"]
         assert compute.threads_for({}) == 2
-        assert compute.threads_for({PARTITION_TAG: "simple_prompt|n03595614"}) == 2
-        assert compute.threads_for({PARTITION_RANGE_START_TAG: "simple_prompt|0"}) == 2
+        assert compute.threads_for({PARTITION_TAG: "simple_prompt|n03595614"}) == 1
+        assert compute.threads_for({PARTITION_RANGE_START_TAG: "simple_prompt|0"}) == 1
     mini_all = get_profile("mini_all")
     assert (mini_all.workers, mini_all.partition_threads, mini_all.torch_threads) == (2, 1, 2)
-    compute = default_resources(mini_all)["compute"]
-    assert compute.threads_for({}) == 2 and compute.threads_for({PARTITION_TAG: "retrieval|n03595614"}) == 1
     monkeypatch.setenv("AUGASSETS_WORKERS", "1")
     assert default_resources(get_profile("mini_all"))["compute"].threads_for({PARTITION_RANGE_START_TAG: "retrieval|0"}) == 1
+    # Without a setting, a step over partitions takes torch_threads.
     assert ComputeResource(torch_threads=2).threads_for({PARTITION_TAG: "a"}) == 2
     monkeypatch.setenv("AUGASSETS_WORKERS", "3")
     assert get_profile("mini").workers == 3
