@@ -187,8 +187,28 @@ def encode_image_batches(model: CLIPModel, paths: Sequence[str], image_size: int
 
 def zero_shot_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, paths: Sequence[str], labels: Sequence[int], prompts: Sequence[str], image_size: int) -> tuple[float, dict[int, float]]:
     """Top-1 of classifying each image by its most similar prompt (one prompt per label)."""
-    text = encode_texts(model, tokenizer, prompts)
-    predictions = np.concatenate([(batch @ text.T).argmax(1) for batch in encode_image_batches(model, paths, image_size)])
+    return zero_shot_scores(model, tokenizer, paths, labels, {"": [[prompt] for prompt in prompts]}, image_size)[""]
+
+
+def zero_shot_scores(
+    model: CLIPModel, tokenizer: CLIPTokenizer, paths: Sequence[str], labels: Sequence[int], prompt_sets: dict[str, Sequence[Sequence[str]]],
+    image_size: int,
+) -> dict[str, tuple[float, dict[int, float]]]:
+    """Zero-shot top-1 (overall, per class) under each named prompt set, the images encoded once. A
+    prompt set holds, per label, its prompts; several are ensembled as CLIP's paper does for ImageNet
+    (the mean of their normalized text embeddings, normalized again)."""
+    classifiers = {}
+    for name, per_label in prompt_sets.items():
+        rows = [encode_texts(model, tokenizer, list(prompts)).mean(0) for prompts in per_label]
+        classifiers[name] = np.stack([row / np.linalg.norm(row) for row in rows])
+    scores = {name: [] for name in prompt_sets}
+    for batch in encode_image_batches(model, paths, image_size):
+        for name, text in classifiers.items():
+            scores[name].append((batch @ text.T).argmax(1))
     labels = np.asarray(labels)
-    per_class = {int(c): float((predictions[labels == c] == c).mean()) for c in np.unique(labels)}
-    return float((predictions == labels).mean()), per_class
+    results = {}
+    for name, parts in scores.items():
+        predictions = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        per_class = {int(c): float((predictions[labels == c] == c).mean()) for c in np.unique(labels)}
+        results[name] = (float((predictions == labels).mean()), per_class)
+    return results
