@@ -465,6 +465,7 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
 
     clip_meta = result.asset_materializations_for_node("clip_model")[0].metadata
     assert 0.0 <= clip_meta["zero_shot_top1"].value <= 1.0
+    assert 0.0 <= clip_meta["zero_shot_top1_ensemble"].value <= 1.0  # CLIP's 80 templates ensembled
     model = CLIPModel.from_pretrained(store / "models" / "clip")
     processor = CLIPProcessor.from_pretrained(store / "models" / "clip")
     assert len(processor.tokenizer) == 49_408 and (store / "models" / "clip" / "merges.txt").is_file()

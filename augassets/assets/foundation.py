@@ -25,7 +25,7 @@ from ..core.datasets import FashionMnistSource
 from ..core.files import atomic_folder, file_url_path, load_checkpoint, save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import sample_fidelity
-from ..core.knn import build_index, choose_index_factory
+from ..core.knn import build_index, choose_index_factory, embedding_shards
 from ..core.prompts import clip_templates, simple_prompt
 from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
@@ -448,8 +448,6 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
         image_store.fetch("pool_index")
         clip = CLIPModel.from_pretrained(models / "clip").eval()
         processor = CLIPProcessor.from_pretrained(models / "clip")
-        from ..core.knn import embedding_shards
-
         embeddings = np.concatenate([np.load(p) for p in embedding_shards(image_store.path("pool_index"))])
         flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
         safety = fit_safety_checker(embeddings, flags)
