@@ -602,6 +602,7 @@ PROFILES: dict[str, Profile] = {
                           web_scale=(0.6, 1.1), web_rotation=25.0, web_shift=4, web_colour=(0.5, 1.0)),
             clip=ClipSpec(layers=4, epochs=36),
             diffusion=DiffusionSpec(unet_epochs=40),
+            shipped="v2",  # augassets/world/v2: installed in seconds; AUGASSETS_WORLD=train trains these settings here instead
         ),
         # In the mini CLIP's 64-d space, 0.94 is the 99.9th percentile of random pool pairs: it would
         # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
