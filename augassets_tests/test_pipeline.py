@@ -1016,7 +1016,7 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
         assert db.query(sql).equals(clean_tables[name]), name
 
 
-def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_process(private_state, benchmark_run):
+def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_process(private_state, session_dir):
     """``Profile.workers``: the headless command cuts a partitioned group into chunks that worker
     processes run as concurrent Dagster runs on the same instance. Every simple-prompt partition
     deleted and rebuilt on two workers: generation and the classifiers ran as several runs, in the
@@ -1069,8 +1069,8 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     # ... and the very scores the session's home holds: another home path, one process.
     scores = ("SELECT * EXCLUDE (train_seconds, images_per_second, checkpoint) FROM classifier_scores "
               f"WHERE method IN ({', '.join(repr(m) for m in profile.methods)}) ORDER BY method, replicate")
-    session_home = Warehouse(benchmark_run[0].tables)
-    assert str(benchmark_run[0].home) != str(profile.home)
+    session_home = Warehouse(session_dir / "home" / profile.name / "store" / "tables")  # the benchmark fixture's own home
+    assert session_home.root != db.root
     assert db.query(scores).equals(session_home.query(scores))
     assert db.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)).equals(
         session_home.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)))
