@@ -167,6 +167,7 @@ def test_the_mini_foundation_is_installed_from_the_shipped_world_without_trainin
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.delenv("AUGASSETS_WORLD", raising=False)
     profile = replace(get_profile("mini"), workers=1)  # nothing here is partitioned: no worker processes
+
     def select(defs):
         graph = defs.resolve_asset_graph()
         # CLIP, the VAE and the UNet (the judge installs by the same path, tested on smoke above; its upstream
