@@ -61,9 +61,9 @@ def read_idx(path: Path, remedy: str = "replace the file") -> np.ndarray:
 
 def design_folder(design) -> str:
     """The export folder of a target design: ``<name>-<digest of its settings>`` (``plain``: none)."""
-    import hashlib
+    from ..versions import code_version
 
-    return f"{design.name}-{hashlib.sha256(repr(design).encode()).hexdigest()[:8]}" if design else "plain"
+    return code_version(design.name, design) if design else "plain"
 
 
 class FashionMnistSource:
