@@ -23,7 +23,7 @@ from .assets import (
     scaling,
     splits,
 )
-from .automation import stale_condition, with_automation
+from .conditions import stale_condition, with_automation
 from .profiles import Profile
 from .resources import default_resources
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from . import automation, integrity, scale
+from . import integrity, scale
 from .build import benchmark_keys, build_defs
 from .core.files import write_bytes_atomic
 from .core.report import results_report
@@ -32,8 +32,10 @@ from .instance import ensure_dagster_home
 from .partitions import CLASS_PARTITIONS_NAME
 from .profiles import PROFILE_ENV, WORLD_ENV, Profile, get_profile
 from .resources import default_resources
+from .runner import runs as runner
+from .runner.workers import WorkerDied, Workers
 from .scale import GPU_POOL
-from .workers import WorkerDied, Workers
+from .tags import ASSETS_TAG
 
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -113,7 +115,7 @@ def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
     released = []
     storage = instance.event_log_storage
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))):
-        if automation.ASSETS_TAG in run.tags:
+        if ASSETS_TAG in run.tags:
             instance.report_run_failed(run, "its headless command died; marked failed by the next command on this home")
             released.append(run.run_id)
     for run_id in storage.get_concurrency_run_ids():
@@ -129,7 +131,7 @@ def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
 
 def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool = False, say=print) -> None:
     """Materialize what is stale among ``select(defs)``: evaluate the assets' automation conditions,
-    run what they request, and evaluate again until nothing is requested (automation.py). ``force``:
+    run what they request, and evaluate again until nothing is requested (runner/runs.py). ``force``:
     every partition of every selected asset is requested on the first evaluation."""
     with home_lock(profile):
         try:
@@ -198,14 +200,14 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
     if catalog in keys and not instance.get_dynamic_partitions(CLASS_PARTITIONS_NAME):
         # The class partitions are the catalog's rows: until it exists, "every partition" means none.
         say("- class_catalog: materializing (it defines the class partitions)")
-        automation.execute(defs, instance, automation.RunGroup((catalog,), None), say)
+        runner.execute(defs, instance, runner.RunGroup((catalog,), None), say)
         ran.add(catalog)
     # Partitions to run whatever their conditions say, kept until they have run: what an earlier
     # command requested and did not run (it was killed or failed), with --force every partition, always
     # those whose outputs are missing on disk (integrity.py), and what each evaluation requests (an
     # asset that waits for its upstream in one round runs in a later one). Written before anything runs.
     current = all_partitions(defs, instance, keys)
-    pending, aside = automation.load_pending(dagster_home, current)
+    pending, aside = runner.load_pending(dagster_home, current)
     if pending:
         say("- resuming what an earlier command requested and did not finish: "
             + ", ".join(f"{key.to_user_string()} ({len(p)})" for key, p in pending.items()))
@@ -214,18 +216,18 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             pending[key] = pending.get(key, set()) | partitions
     for key, partitions in integrity.damaged_partitions(defs, instance, keys, default_resources(profile), say).items():
         pending[key] = pending.get(key, set()) | partitions
-    cursor = automation.load_cursor(dagster_home)
+    cursor = runner.load_cursor(dagster_home)
     for _ in range(MAX_ROUNDS):
-        requested, cursor = automation.evaluate(defs, instance, keys, cursor)
+        requested, cursor = runner.evaluate(defs, instance, keys, cursor)
         for key, partitions in requested.items():
             pending[key] = pending.get(key, set()) | partitions
-        automation.save_pending(dagster_home, pending, aside)  # before the cursor: a kill between them loses nothing
-        automation.save_cursor(dagster_home, cursor)
+        runner.save_pending(dagster_home, pending, aside)  # before the cursor: a kill between them loses nothing
+        runner.save_cursor(dagster_home, cursor)
         if not pending:
             break
         requested = {key: set(partitions) for key, partitions in pending.items()}
 
-        def done(group: automation.RunGroup) -> None:
+        def done(group: runner.RunGroup) -> None:
             ran.update(group.keys)
             for key in group.keys:
                 left = pending.get(key, set()) - ({None} if group.partitions is None else set(group.partitions))
@@ -233,9 +235,9 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
                     pending[key] = left
                 else:
                     pending.pop(key, None)
-            automation.save_pending(dagster_home, pending, aside)
+            runner.save_pending(dagster_home, pending, aside)
 
-        groups = automation.plan_runs(defs, requested)
+        groups = runner.plan_runs(defs, requested)
         # With workers, the round's groups over several partitions run at once (they do not depend on
         # each other), after its other groups, which run here one by one.
         together = [g for g in groups if g.partitions is not None and len(g.partitions) > 1] if workers is not None else []
@@ -243,8 +245,8 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
             try:
-                automation.execute(defs, instance, group, say)
-            except automation.RunFailed as error:
+                runner.execute(defs, instance, group, say)
+            except runner.RunFailed as error:
                 raise SystemExit(str(error)) from None
             done(group)
             say(f"  done in {time.perf_counter() - started:.1f} s")
@@ -252,7 +254,7 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             started = time.perf_counter()
             say(f"- {' | '.join(', '.join(g.names) for g in together)}: materializing")
             try:
-                outcomes = automation.execute_on_workers(defs, instance, together, say, workers)
+                outcomes = runner.execute_on_workers(defs, instance, together, say, workers)
             except WorkerDied as error:
                 raise SystemExit(str(error)) from None
             for outcome in outcomes:

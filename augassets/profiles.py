@@ -32,7 +32,7 @@ environment variables, so the same profile runs on any machine:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .core.methods import METHODS
@@ -47,6 +47,14 @@ WORLD_ENV = "AUGASSETS_WORLD"  # shipped | train: install the shipped world's mo
 POOL_SEED_ENV = "AUGASSETS_POOL_SEED"  # another draw of the mini web pool; trains its world here
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
+
+
+def _repr_leaving_out_unset(spec: object, added_later: tuple[str, ...]) -> str:
+    """The dataclass repr, but fields in ``added_later`` appear only when they differ from their default.
+    Code versions hash settings reprs (``versions.code_version``), and a shipped world records the versions
+    it was trained at: a field added since then, left at its default, must leave those versions as they were."""
+    shown = [f for f in fields(spec) if f.repr and not (f.name in added_later and getattr(spec, f.name) == f.default)]
+    return f"{type(spec).__qualname__}({', '.join(f'{f.name}={getattr(spec, f.name)!r}' for f in shown)})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,9 @@ class ClassifierSpec:
     epoch) leaves epochs as single passes.
     ``preload_max_images``: sets up to this size are decoded once and kept in memory; larger ones
     are streamed from disk by ``num_workers`` DataLoader workers.
+    ``ema_decay``: 0 (the paper) validates and keeps the trained weights themselves; above 0, an
+    exponential moving average of the weights and BatchNorm statistics, updated after every step with
+    this decay, is what is validated each epoch, kept as the best checkpoint and scored on test.
     """
 
     arch: str
@@ -159,6 +170,10 @@ class ClassifierSpec:
     num_workers: int = 0
     preload_max_images: int = 200_000
     device: str = "cpu"
+    ema_decay: float = 0.0
+
+    def __repr__(self) -> str:
+        return _repr_leaving_out_unset(self, added_later=("ema_decay",))
 
 
 @dataclass(frozen=True)
@@ -420,7 +435,7 @@ class Profile:
     # A setting of the profile, never derived from the worker count: thread counts change how sums round,
     # so a partition's numbers must not depend on how many processes share the machine.
     partition_threads: int = 0
-    # Processes the headless command runs a partitioned group's chunks in at once (workers.py); 1: in its own
+    # Processes the headless command runs a partitioned group's chunks in at once (runner/workers.py); 1: in its own
     # process. On the CPU the command raises the gpu pool's limit to this count.
     workers: int = 1
     # Images per sampling batch, each a resumable chunk of a partition (0: 64 in the mini world, 16 for real SD).

@@ -8,11 +8,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from .automation import PARTITION_RANGE_START_TAG
 from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
 from .profiles import Profile
+from .tags import PARTITION_RANGE_START_TAG, PARTITION_TAG
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -60,9 +60,6 @@ class ImageStoreResource(dg.ConfigurableResource):
         if log and stats.downloaded:
             log(f"image store: fetched {stats.downloaded} of {len(paths)} files from {store.shown}")
         return stats
-
-
-PARTITION_TAG = "dagster/partition"  # the tag of a run of one partition
 
 
 class ComputeResource(dg.ConfigurableResource):

@@ -1,7 +1,7 @@
 """The daemon's sensors for a profile (``AutomationSpec`` sets their cadence and default status).
 
 - ``scheduled_backfill``: Dagster's automation-condition sensor over the benchmark's assets. Each
-  evaluation requests what the assets' conditions request (automation.py) and launches it as one
+  evaluation requests what the assets' conditions request (conditions.py) and launches it as one
   backfill, through the run queue and the ``gpu`` pool. New work (missing partitions,
   changed code versions) waits for the profile's cron tick; what an update makes stale downstream
   follows at once. Nothing is requested for a partition that is running, alone or in a backfill.

@@ -54,6 +54,35 @@ def test_classifier_learns_and_follows_the_protocol(colour_data):
     model.load_state_dict(result.state_dict)
 
 
+def test_weight_averaging_keeps_the_moving_average_of_the_steps(colour_data, monkeypatch):
+    """With ``ema_decay`` the checkpoint that is validated, kept and tested is the exponential moving
+    average of the weights after each SGD step (the first step's weights, then decay·avg + (1−decay)·w)."""
+    train, val, test = colour_data
+    spec = replace(SMALL_RESNET, width=4, batch_size=16, max_epochs=1, min_steps_per_epoch=3, plateau_patience=1,
+                   early_stop_patience=4, ema_decay=0.6)
+    steps = []
+    plain_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        result = plain_step(self, *args, **kwargs)
+        steps.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    result = train_classifier(train, val, test, 3, spec, seed=0)
+    assert len(steps) == 3
+    expected = steps[0]
+    for weights in steps[1:]:
+        expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights)]
+    names = [name for name, _ in SmallResNet(3, width=4).named_parameters()]
+    for name, value in zip(names, expected):
+        assert torch.allclose(result.state_dict[name], value, atol=1e-6), name
+    assert not torch.allclose(result.state_dict["fc.weight"], steps[-1][names.index("fc.weight")]), "the average is not the last iterate"
+    monkeypatch.undo()
+    longer = train_classifier(train, val, test, 3, replace(spec, max_epochs=60, min_steps_per_epoch=10, ema_decay=0.9), seed=0)
+    assert longer.best_val_top1 == 1.0 and longer.test_top1 >= 0.9
+
+
 def test_lr_drops_after_exactly_patience_epochs_without_improvement():
     """Paper §3: lr ÷ 10 *after* 10 epochs without improvement, i.e. on the 10th stagnant epoch (torch's
     ReduceLROnPlateau(patience=10) would drop on the 11th); the count restarts after a drop and after a gain."""

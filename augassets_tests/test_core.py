@@ -4,12 +4,12 @@ from dataclasses import replace
 import polars as pl
 import pytest
 
-from augassets.automation import box_ranges, contiguous_ranges
 from augassets.core import methods as registry
 from augassets.core.analysis import headline, markdown_table, per_class_gains, scaling_summary, summarize_scores
 from augassets.core.augment import augmented_sets
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
 from augassets.core.report import frame_markdown
+from augassets.runner.runs import box_ranges, contiguous_ranges
 
 
 def test_registry_keys_are_partition_safe_and_complete(monkeypatch):
@@ -299,7 +299,7 @@ def test_a_stop_by_signal_reads_as_one_whatever_caught_it():
     interruption: the command still says it was interrupted and how to resume."""
     from dagster._utils.error import SerializableErrorInfo
 
-    from augassets.automation import INTERRUPTED, root_cause
+    from augassets.runner.failures import INTERRUPTED, root_cause
 
     def wrapped(inner):
         return SerializableErrorInfo("Error occurred while executing op\n", [], "DagsterExecutionStepExecutionError", inner)
@@ -319,9 +319,9 @@ def test_a_steps_thread_count_is_a_setting_of_the_profile_not_of_the_worker_coun
     and names itself when it is not a whole number ≥ 1."""
     from dataclasses import replace
 
-    from augassets.automation import PARTITION_RANGE_START_TAG
     from augassets.profiles import get_profile
-    from augassets.resources import PARTITION_TAG, ComputeResource, default_resources
+    from augassets.resources import ComputeResource, default_resources
+    from augassets.tags import PARTITION_RANGE_START_TAG, PARTITION_TAG
 
     mini = get_profile("mini")
     assert (mini.workers, mini.partition_threads, mini.torch_threads) == (2, 1, 2)
@@ -360,3 +360,18 @@ def test_a_pool_url_names_its_file_wherever_the_home_lies(tmp_path):
     assert "%20" in url and file_url_path(url) == str(image)
     assert Path(file_url_path(url)).is_file()
     assert file_url_path(str(image)) == str(image)  # a plain path is left as it is
+
+
+def test_a_setting_added_after_a_world_was_shipped_changes_no_version_while_it_keeps_its_default():
+    """ClassifierSpec.ema_decay came after world v2: at its default the spec's repr — and with it every
+    code version hashed from it — is what it was; set, it appears and the versions change."""
+    from dataclasses import fields, replace
+
+    from augassets.profiles import SMALL_RESNET
+    from augassets.versions import code_version
+
+    before = "ClassifierSpec(" + ", ".join(f"{f.name}={getattr(SMALL_RESNET, f.name)!r}" for f in fields(SMALL_RESNET) if f.name != "ema_decay") + ")"
+    assert repr(SMALL_RESNET) == before
+    averaged = replace(SMALL_RESNET, ema_decay=0.99)
+    assert repr(averaged) == before[:-1] + ", ema_decay=0.99)"
+    assert code_version("1", SMALL_RESNET) != code_version("1", averaged)

@@ -9,12 +9,13 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from augassets import automation, cli
-from augassets.automation import ASSETS_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+from augassets import cli
 from augassets.build import build_defs, build_stages
 from augassets.core.warehouse import Warehouse
 from augassets.profiles import IMAGE_FOLDER, PROFILES, SplitSpec, get_profile
 from augassets.resources import ImageStoreResource, WarehouseResource
+from augassets.runner import runs as runner
+from augassets.tags import ASSETS_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 SMOKE = get_profile("smoke")
 defs = build_defs(SMOKE)
@@ -347,13 +348,13 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
     changed_defs = build_defs(changed, daemon=False)
     instance = dg.DagsterInstance.get()
-    cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
-    requested, _ = automation.evaluate(changed_defs, instance, cli.benchmark_keys(changed_defs), cursor)
+    cursor = runner.load_cursor(Path(os.environ["DAGSTER_HOME"]))
+    requested, _ = runner.evaluate(changed_defs, instance, cli.benchmark_keys(changed_defs), cursor)
     # Dagster requests the changed asset and, in the same run, what lies below it unpartitioned (the
     # results and the reports that read them); those also read duplicate_report, which the change makes
     # stale too, so the CLI runs leak_threshold alone first.
     assert requested == {dg.AssetKey(name): {None} for name in ("leak_threshold", "duplicate_summary", "results_table", "compute_report", "analysis_report")}
-    assert [group.names for group in automation.plan_runs(changed_defs, requested)] == [["leak_threshold"]]
+    assert [group.names for group in runner.plan_runs(changed_defs, requested)] == [["leak_threshold"]]
 
     before = {run.run_id for run in instance.get_runs()}
     cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
@@ -377,16 +378,16 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
 
     changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
     home = Path(os.environ["DAGSTER_HOME"])
-    real_execute = automation.execute
+    real_execute = runner.execute
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies as the first run starts
 
-    monkeypatch.setattr(automation, "execute", killed)
+    monkeypatch.setattr(runner, "execute", killed)
     with pytest.raises(KeyboardInterrupt):
         cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
-    assert (home / automation.PENDING_FILE).is_file()
-    monkeypatch.setattr(automation, "execute", real_execute)
+    assert (home / runner.PENDING_FILE).is_file()
+    monkeypatch.setattr(runner, "execute", real_execute)
 
     instance = dg.DagsterInstance.get()
     before = {run.run_id for run in instance.get_runs()}
@@ -396,7 +397,7 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
     launched = [run for run in instance.get_runs() if run.run_id not in before]
     assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
     assert Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0] >= 0.9
-    assert not (home / automation.PENDING_FILE).exists(), "nothing is left pending once it has run"
+    assert not (home / runner.PENDING_FILE).exists(), "nothing is left pending once it has run"
 
 
 def _folder_profile(root):
@@ -537,9 +538,9 @@ def test_one_failing_class_does_not_fail_the_others(private_state):
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     db.replace("class_prompts", db.query("SELECT * FROM class_prompts").filter(pl.col("wnid") != wnids[1]))
     keys = frozenset(dg.MultiPartitionKey({"method": "retrieval", "wnid": w}) for w in wnids)
-    group = automation.RunGroup((dg.AssetKey("augmentation_images"),), keys)
-    with pytest.raises(automation.RunFailed) as failed:
-        automation.execute(private_defs, instance, group, lambda *_: None)
+    group = runner.RunGroup((dg.AssetKey("augmentation_images"),), keys)
+    with pytest.raises(runner.RunFailed) as failed:
+        runner.execute(private_defs, instance, group, lambda *_: None)
     # The message a user sees is the asset's own, naming the partition and what to do, not Dagster's wrapper.
     message = str(failed.value)
     assert f"1 of 3 partitions failed, the others are materialized: retrieval|{wnids[1]}: no prompt for retrieval/{wnids[1]}: " \
@@ -584,13 +585,13 @@ def test_a_new_class_leaves_the_existing_class_partitions_alone(private_state):
 
     profile, instance = private_state, dg.DagsterInstance.get()
     cli_defs = build_defs(profile, daemon=False)
-    cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
+    cursor = runner.load_cursor(Path(os.environ["DAGSTER_HOME"]))
     # First the state as earlier tests of this module left it (the foundation tests rebuild the
     # foundation in the shared state): this evaluation's requests count as handled.
-    _, cursor = automation.evaluate(cli_defs, instance, cli.benchmark_keys(cli_defs), cursor)
-    prepare = automation.RunGroup((dg.AssetKey("class_catalog"), dg.AssetKey("dataset_splits")), None)
-    automation.execute(cli_defs, instance, prepare, lambda *_: None)
-    requested, _ = automation.evaluate(cli_defs, instance, cli.benchmark_keys(cli_defs), cursor)
+    _, cursor = runner.evaluate(cli_defs, instance, cli.benchmark_keys(cli_defs), cursor)
+    prepare = runner.RunGroup((dg.AssetKey("class_catalog"), dg.AssetKey("dataset_splits")), None)
+    runner.execute(cli_defs, instance, prepare, lambda *_: None)
+    requested, _ = runner.evaluate(cli_defs, instance, cli.benchmark_keys(cli_defs), cursor)
     names = {key.to_user_string() for key in requested}
     assert not names & {"class_prompts", "augmentation_images", "duplicate_report"}
     # The mini world is drawn from the study's classes, so its pool (and all it feeds) follows the splits.
@@ -605,11 +606,11 @@ def test_excluded_classes_rewritten_with_the_same_rows_leaves_every_set_and_clas
     profile, instance = private_state, dg.DagsterInstance.get()
     cli_defs = build_defs(profile, daemon=False)
     keys = cli.benchmark_keys(cli_defs)
-    cursor = automation.load_cursor(Path(os.environ["DAGSTER_HOME"]))
-    _, cursor = automation.evaluate(cli_defs, instance, keys, cursor)
-    excluded = automation.RunGroup((dg.AssetKey("excluded_classes"),), None)
-    automation.execute(cli_defs, instance, excluded, lambda *_: None)
-    requested, cursor = automation.evaluate(cli_defs, instance, keys, cursor)
+    cursor = runner.load_cursor(Path(os.environ["DAGSTER_HOME"]))
+    _, cursor = runner.evaluate(cli_defs, instance, keys, cursor)
+    excluded = runner.RunGroup((dg.AssetKey("excluded_classes"),), None)
+    runner.execute(cli_defs, instance, excluded, lambda *_: None)
+    requested, cursor = runner.evaluate(cli_defs, instance, keys, cursor)
     assert not {key.to_user_string() for key in requested} & {"augmented_datasets", "classifier_scores", "results_table"}, requested
 
     # One class's retrieval rows cut below the need: that class is now excluded, and every set follows.
@@ -617,9 +618,9 @@ def test_excluded_classes_rewritten_with_the_same_rows_leaves_every_set_and_clas
     wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     rows = db.query("SELECT * FROM augmentation_manifest WHERE method = 'retrieval' AND wnid = ?", [wnid])
     db.replace("augmentation_manifest", rows.head(1), where={"method": "retrieval", "wnid": wnid})
-    automation.execute(cli_defs, instance, excluded, lambda *_: None)
+    runner.execute(cli_defs, instance, excluded, lambda *_: None)
     assert db.query("SELECT wnid FROM excluded_classes")["wnid"].to_list() == [wnid]
-    requested, _ = automation.evaluate(cli_defs, instance, keys, cursor)
+    requested, _ = runner.evaluate(cli_defs, instance, keys, cursor)
     graph = cli_defs.resolve_asset_graph()
     every_set = set(graph.get(dg.AssetKey("augmented_datasets")).partitions_def.get_partition_keys())
     assert {str(p) for p in requested.get(dg.AssetKey("augmented_datasets"), set())} == {str(p) for p in every_set}
@@ -723,7 +724,7 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
         # requests nothing once everything is materialized is the headless rerun test's claim: the tick only
         # gates missing and code-changed partitions, and there are none.)
         runs, backfills = len(instance.get_runs()), len(instance.get_backfills())
-        time.sleep(2 * private_state.automation.interval_s + 2)
+        time.sleep(2 * private_state.runs.interval_s + 2)
         assert (len(instance.get_runs()), len(instance.get_backfills())) == (runs, backfills)
     finally:
         for daemon in daemons:
@@ -872,16 +873,16 @@ def test_worker_chunks_keep_a_per_method_assets_methods_whole(benchmark_run):
     for name in ("augmentation_images", "checkpoint_selection"):
         key = dg.AssetKey(name)
         every = {str(k) for k in graph.get(key).partitions_def.get_partition_keys(dynamic_partitions_store=instance)}
-        group = automation.RunGroup((key,), frozenset(every))
-        one = automation.partition_ranges(defs, instance, group, workers=1)
-        two = automation.partition_ranges(defs, instance, group, workers=2)
+        group = runner.RunGroup((key,), frozenset(every))
+        one = runner.partition_ranges(defs, instance, group, workers=1)
+        two = runner.partition_ranges(defs, instance, group, workers=2)
         assert len(one) == 1 and sorted(covered(key, one)) == sorted(every)
         assert sorted(covered(key, two)) == sorted(every), f"{name}: the chunks cover each partition once"
         methods = [{k.split("|")[0] for k in covered(key, [r])} for r in two]
         if name == "checkpoint_selection":
             assert all(len(m) == 1 for m in methods) and len(two) == len({m for ms in methods for m in ms}), two
         else:
-            assert 4 <= len(two) <= 2 * automation.CHUNKS_PER_WORKER + len(profile.methods), two
+            assert 4 <= len(two) <= 2 * runner.CHUNKS_PER_WORKER + len(profile.methods), two
 
 
 def test_sigterm_stops_the_command_and_its_worker_processes(private_state):
@@ -1077,7 +1078,7 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
 
     # Groups of one evaluation that do not depend on each other run at once: their chunks share one
     # queue, the group cut into fewer chunks first, and each group's checks run after its chunks.
-    from augassets.workers import Workers
+    from augassets.runner.workers import Workers
 
     profile_defs, graph = build_defs(profile), defs.resolve_asset_graph()
 
@@ -1085,12 +1086,12 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
         keys = graph.get(dg.AssetKey(asset)).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         return frozenset(str(k) for k in keys if method in str(k).split("|"))
 
-    generate = automation.RunGroup((dg.AssetKey("augmentation_images"),), every("augmentation_images", "simple_prompt"))
-    train = automation.RunGroup((dg.AssetKey("classifier_scores"),), every("classifier_scores", "real_p"))
+    generate = runner.RunGroup((dg.AssetKey("augmentation_images"),), every("augmentation_images", "simple_prompt"))
+    train = runner.RunGroup((dg.AssetKey("classifier_scores"),), every("classifier_scores", "real_p"))
     before = {run.run_id for run in instance.get_runs()}
     lines = []
     with Workers(profile, 2) as workers:
-        outcomes = automation.execute_on_workers(profile_defs, instance, [generate, train], lines.append, workers)
+        outcomes = runner.execute_on_workers(profile_defs, instance, [generate, train], lines.append, workers)
     log = "\n".join(lines)
     assert [o.group for o in outcomes] == [generate, train] and all(o.error is None for o in outcomes), log
     assert lines[0] == "  5 chunks of 2 groups on 2 worker processes", log

@@ -4,7 +4,7 @@ The paper's grid is about 1,000 classes × 14 methods. This benchmark registers 
 class partitions and materializes ``--classes`` × ``--methods`` class × method partitions of trivial
 work (each writes one row to its own Parquet table file, as the real assets do), then one per-method
 asset over them, through the same path as ``augassets benchmark``: the assets' automation condition
-(``augassets.automation.stale_condition``) evaluated with Dagster's public API, the requests grouped
+(``augassets.conditions.stale_condition``) evaluated with Dagster's public API, the requests grouped
 into runs (``plan_runs``; single-run backfill policies), each run executed in process against a
 Dagster instance in a throwaway ``DAGSTER_HOME`` (SQLite, Dagster's default; ``--postgres`` for a
 throwaway local PostgreSQL, started and stopped as the scale tests do, or ``--postgres-url`` for a
@@ -34,7 +34,7 @@ def definitions(classes_name: str, methods: list[str], tables: str, work_seconds
     automation condition and backfill policy."""
     import polars as pl
 
-    from augassets.automation import stale_condition, with_automation
+    from augassets.conditions import stale_condition, with_automation
     from augassets.core.warehouse import Warehouse
 
     method_partitions = dg.StaticPartitionsDefinition(methods)
@@ -64,7 +64,7 @@ def definitions(classes_name: str, methods: list[str], tables: str, work_seconds
 
 
 def measure(classes: int, methods: int, postgres_url: str = "") -> list[str]:
-    from augassets import automation
+    from augassets.runner import runs as runner
 
     with tempfile.TemporaryDirectory() as home:
         os.environ["DAGSTER_HOME"] = home
@@ -81,13 +81,13 @@ def measure(classes: int, methods: int, postgres_url: str = "") -> list[str]:
         cursor, runs, evaluations, evaluation_seconds = None, 0, 0, 0.0
         while True:
             tick = time.perf_counter()
-            requested, cursor = automation.evaluate(defs, instance, keys, cursor)
+            requested, cursor = runner.evaluate(defs, instance, keys, cursor)
             evaluation_seconds += time.perf_counter() - tick
             evaluations += 1
             if not requested:
                 break
-            for group in automation.plan_runs(defs, requested):
-                runs += len(automation.execute(defs, instance, group, say=lambda *_: None))
+            for group in runner.plan_runs(defs, requested):
+                runs += len(runner.execute(defs, instance, group, say=lambda *_: None))
         wall = time.perf_counter() - started
         partitions = classes * methods + methods
         done = sum(len(instance.get_materialized_partitions(key)) for key in keys)

@@ -28,6 +28,12 @@ VARIANTS = {
     "lr_0.02": {"lr": 0.02},
     "batch_64": {"batch_size": 64},
     "patience_20_40": {"plateau_patience": 20, "early_stop_patience": 40},
+    "steps_20": {"min_steps_per_epoch": 20},
+    "steps_20_ema_0.995": {"min_steps_per_epoch": 20, "ema_decay": 0.995},
+    "width_16": {"width": 16},
+    "ema_0.98": {"ema_decay": 0.98},
+    "ema_0.995": {"ema_decay": 0.995},
+    "ema_0.98_patience_20_40": {"ema_decay": 0.98, "plateau_patience": 20, "early_stop_patience": 40},
 }
 
 

@@ -54,8 +54,8 @@ from ..resources import (
     WarehouseResource,
 )
 from ..scale import ON_GPU
+from ..tags import CHUNK_BY_TAG
 from ..versions import code_version
-from ..workers import CHUNK_BY_TAG
 
 GROUP = "personalized"
 CHECKPOINT_SCHEMA = {

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.models import resnet50
 from torchvision.models.resnet import BasicBlock
@@ -263,6 +264,11 @@ def train_classifier(
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     train_loader = _loader(train, train_transform(spec), spec, shuffle=True, seed=seed)
     val_loader = _loader(val, None, spec, shuffle=False, seed=seed)
+    # With ``ema_decay`` the weights that are validated, kept and tested are a moving average over the
+    # steps (BatchNorm statistics included): the best-val choice then picks among smoothed weights
+    # rather than the noisy iterate of a high learning rate.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True) if spec.ema_decay else None
+    scored = averaged.module if averaged is not None else model
 
     best_val, best_epoch, best_state, history = -1.0, 0, None, []
     plateau = LrPlateau(spec.plateau_patience)
@@ -276,16 +282,18 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             loss_sum += loss.item() * len(labels)
             epoch_seen += len(labels)
         train_seconds += time.perf_counter() - started
         seen += epoch_seen
-        predictions, targets = predict(model, val_loader, device)
+        predictions, targets = predict(scored, val_loader, device)
         val_top1 = float((predictions == targets).mean())
         lr = optimizer.param_groups[0]["lr"]
         history.append({"epoch": epoch, "train_loss": loss_sum / max(1, epoch_seen), "val_top1": val_top1, "lr": lr})
         if val_top1 > best_val:
-            best_val, best_epoch, best_state = val_top1, epoch, copy.deepcopy(model.state_dict())
+            best_val, best_epoch, best_state = val_top1, epoch, copy.deepcopy(scored.state_dict())
         if plateau.step(improved=epoch == best_epoch):
             for group in optimizer.param_groups:
                 group["lr"] /= 10

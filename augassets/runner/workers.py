@@ -5,7 +5,7 @@ about 1.5× faster as two one-thread processes than as one two-thread process (B
 ``Profile.workers`` above 1, the headless command cuts a partitioned group's requested partitions
 into contiguous chunks and hands them to that many processes, each running its chunks as Dagster
 runs on the same instance (``execute_in_process``, as the command itself does). The partitioned
-groups of one evaluation share one queue (``automation.execute_on_workers``). A step over
+groups of one evaluation share one queue (``runner.runs.execute_on_workers``). A step over
 partitions then uses ``Profile.partition_threads`` CPU threads wherever it runs, so a partition's
 numbers do not depend on whether it ran in a worker or alone (``ComputeResource``).
 
@@ -26,15 +26,12 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .profiles import Profile
+from ..profiles import Profile
+from .failures import INTERRUPTED, step_errors
 
 # Chunks per worker in a group: enough that a slow chunk does not leave the other workers idle for
 # long, few enough that the per-run cost (run start, resource and model loading) stays small.
 CHUNKS_PER_WORKER = 3
-# An asset tag naming the partition dimension whose values are the asset's units of work (the asset
-# computes once per value, for all its partitions of that value): chunks then hold whole values, one
-# chunk per value, since two chunks sharing a value would each do its work. The first dimension only.
-CHUNK_BY_TAG = "augassets/chunk_by"
 
 
 @dataclass(frozen=True)
@@ -89,8 +86,7 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from . import automation
-    from .build import build_defs
+    from ..build import build_defs
 
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
@@ -105,7 +101,7 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
             return
         index, chunk = item
         if stop.is_set() or received:
-            results.put(("done", index, ChunkResult(chunk.label, "", (automation.INTERRUPTED,), False)))
+            results.put(("done", index, ChunkResult(chunk.label, "", (INTERRUPTED,), False)))
             continue
         results.put(("start", index, os.getpid()))
         try:
@@ -114,7 +110,7 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
             # writing; the command runs the checks once all chunks are done.
             job = defs.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
             result = job.execute_in_process(instance=instance, tags=chunk.tags, raise_on_error=False)
-            done = ChunkResult(chunk.label, result.run_id, tuple(automation.step_errors(result)), result.success)
+            done = ChunkResult(chunk.label, result.run_id, tuple(step_errors(result)), result.success)
         except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
             done = ChunkResult(chunk.label, "", (f"{type(error).__name__}: {error}",), False)
         results.put(("done", index, done))
@@ -169,7 +165,7 @@ class Workers:
         running: dict[int, int] = {}  # worker pid -> the chunk it runs
 
         def interrupted(index: int) -> ChunkResult:
-            return ChunkResult(chunks[index].label, "", (_interrupted_message(),), False)
+            return ChunkResult(chunks[index].label, "", (INTERRUPTED,), False)
 
         try:
             while len(results) < len(chunks):
@@ -226,12 +222,6 @@ class Workers:
             channel.cancel_join_thread()
             channel.close()
         self._processes = []
-
-
-def _interrupted_message() -> str:
-    from .automation import INTERRUPTED
-
-    return INTERRUPTED
 
 
 class WorkerDied(RuntimeError):

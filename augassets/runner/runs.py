@@ -1,14 +1,10 @@
-"""One notion of stale, Dagster's own: every asset carries an automation condition built by
-``stale_condition``, and the headless command decides what to run by evaluating those conditions
-through Dagster's public API (``dg.evaluate_automation_conditions``) — the same conditions the
-daemon's ``scheduled_backfill`` sensor evaluates (sensors.py).
+"""The headless runner's plan and runs: what ``augassets benchmark`` / ``foundation`` materialize, and how.
 
-The condition is true for a partition that is missing, whose code version changed, or one of whose
-upstream assets was updated since it last ran, unless it is running (alone or in a backfill) or an
-upstream is missing or running. In the daemon's definitions new work (missing, code version changed)
-also waits for the profile's cron tick. The headless evaluation keeps a cursor (what it saw last
-time), stored beside the Dagster instance, so "changed since" means since the last evaluation of
-that home.
+The command decides what to run by evaluating the assets' automation conditions (``conditions.py``)
+through Dagster's public API (``dg.evaluate_automation_conditions``) — the same conditions the
+daemon's ``scheduled_backfill`` sensor evaluates (sensors.py). The evaluation keeps a cursor (what
+it saw last time), stored beside the Dagster instance, so "changed since" means since the last
+evaluation of that home.
 
 Requested partitions become runs: assets requested together with the same partitions run together
 (one run over many partitions, as the backfill policies allow), in the graph's order (with worker
@@ -31,50 +27,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from .core.files import write_bytes_atomic
-from .workers import CHUNK_BY_TAG, CHUNKS_PER_WORKER, Chunk, Workers, split_contiguous
+from ..core.files import write_bytes_atomic
+from ..tags import ASSETS_TAG, CHUNK_BY_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+from .failures import RunFailed, failure_message, step_errors
+from .workers import CHUNKS_PER_WORKER, Chunk, Workers, split_contiguous
 
-AC = dg.AutomationCondition
-
-
-def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None, cron_timezone: str = "UTC",
-                    by_data_version: Sequence[dg.AssetKey] = ()) -> dg.AutomationCondition:
-    """True for a partition that is missing, whose code version changed, or one of whose upstream
-    assets was updated since it last ran — unless it is running (alone or in a backfill) or an
-    upstream is missing or running.
-
-    ``ignore``: upstream assets whose updates do not make this asset stale (a per-class asset and
-    the catalog that gained a class: the class's own rows did not change). ``by_data_version``:
-    upstream assets that count as updated only when their data version changed (they return one
-    computed from their rows: a small table rewritten with the same rows changes nothing below).
-    ``cron``: new work (missing, code version changed) waits for the cron's next tick; updates of an
-    upstream are still followed at once, so a backfill's downstream does not wait a whole period."""
-    ready = ~AC.in_progress() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()
-    deps_updated = AC.any_deps_updated()
-    if ignore or by_data_version:
-        deps_updated = deps_updated.ignore(dg.AssetSelection.assets(*ignore, *by_data_version))
-    if by_data_version:
-        deps_updated = deps_updated | AC.any_deps_match(AC.data_version_changed()).allow(dg.AssetSelection.assets(*by_data_version))
-    upstream_updated = deps_updated.since_last_handled() & ready
-    new_work = (AC.missing() | AC.code_version_changed().since_last_handled()) & ready
-    label = "missing, code version changed or upstream updated"
-    if cron:
-        new_work = new_work & AC.cron_tick_passed(cron, cron_timezone).since_last_handled()
-        label = f"upstream updated, or (missing or code version changed) since the tick of {cron} ({cron_timezone})"
-    return (upstream_updated | new_work).with_label(label)
-
-
-# Dagster's documented run tags for a run over a range of partition keys (one run, many partitions).
-PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
-PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
-ASSETS_TAG = "augassets/assets"  # which assets a headless run materialized
 CURSOR_FILE = "automation_cursor.json"
 PENDING_FILE = "automation_pending.json"  # requested partitions not yet run: {asset key: [partition key or null]}
-
-
-def with_automation(asset: dg.AssetsDefinition, condition: dg.AutomationCondition) -> dg.AssetsDefinition:
-    """``asset`` with ``condition`` as its automation condition."""
-    return dg.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=condition), [asset])[0]
 
 
 @dataclass(frozen=True)
@@ -218,32 +177,6 @@ def box_ranges(partitions_def: dg.PartitionsDefinition, keys: list[str], store=N
     return [(piece[0], piece[-1]) for piece in merged]
 
 
-INTERRUPTED = (
-    "interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command "
-    "to resume (finished partitions and chunks are kept)"
-)
-
-
-# How a stop by signal shows inside a step: Dagster's own interruption, or a library that caught the
-# signal mid-call and raised its own error (DuckDB: "Query interrupted", from a query a step was running).
-INTERRUPT_CLASSES = {"DagsterExecutionInterruptedError", "KeyboardInterrupt", "InterruptException"}
-INTERRUPT_MESSAGES = ("Query interrupted",)
-
-
-def root_cause(error) -> str:
-    """The innermost error of a step failure (the asset's own exception, with its message), not
-    Dagster's "Error occurred while executing op" wrapper around it. A stop by signal says so."""
-    while error.cause is not None:
-        error = error.cause
-    if error.cls_name in INTERRUPT_CLASSES or any(text in error.message for text in INTERRUPT_MESSAGES):
-        return INTERRUPTED
-    return error.message.strip()
-
-
-class RunFailed(RuntimeError):
-    """A headless run failed; the message carries the failing steps' own errors."""
-
-
 def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]) -> list[str]:
     """Materialize ``group`` in this process: one run per contiguous range of its partitions, in the
     order the partitions definition lists its keys (whatever order its dimensions sort in). Returns run
@@ -260,7 +193,7 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
         result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
         run_ids.append(result.run_id)
         if not result.success:
-            raise RunFailed(_failure(label, step_errors(result), result.run_id))
+            raise RunFailed(failure_message(label, step_errors(result), result.run_id))
     return run_ids
 
 
@@ -300,7 +233,7 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
         run_ids = [r.run_id for r in mine if r.run_id]
         if failed:
             errors = sorted({error for r in failed for error in r.errors})
-            outcomes.append(GroupOutcome(group, run_ids, _failure(failed[0].label, errors, failed[0].run_id or "not started",
+            outcomes.append(GroupOutcome(group, run_ids, failure_message(failed[0].label, errors, failed[0].run_id or "not started",
                                                                   f"; {len(failed)} of {len(mine)} chunks failed")))
             continue
         checks = {key for key in graph_checks if key.asset_key in set(group.keys)}
@@ -313,7 +246,7 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
                 instance=instance, tags={ASSETS_TAG: ",".join(group.names)}, raise_on_error=False)
             run_ids.append(result.run_id)
             if not result.success:
-                error = _failure(label, step_errors(result), result.run_id)
+                error = failure_message(label, step_errors(result), result.run_id)
         outcomes.append(GroupOutcome(group, run_ids, error))
     return outcomes
 
@@ -356,13 +289,3 @@ def _chunk_by(defs: dg.Definitions, keys: Sequence[dg.AssetKey], partitions_def)
         raise ValueError(f"{CHUNK_BY_TAG} of {', '.join(k.to_user_string() for k in keys)} names {sorted(named)}: only the first "
                          f"partition dimension ({first}) can be a unit of work")
     return True
-
-
-def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
-    """The root causes of a run's failed steps (empty for a run that succeeded)."""
-    return [root_cause(event.step_failure_data.error) for event in result.all_events if event.is_step_failure]
-
-
-def _failure(label: str, errors: Sequence[str], run_id: str, more: str = "") -> str:
-    """The message of a failed run: its steps' own errors, and where to look."""
-    return f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {run_id}; `augassets ui` shows it{more})"
