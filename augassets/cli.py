@@ -287,7 +287,8 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
 
 CALIBRATION_FIGURES = {  # figures of the world a manifest records beside its files: asset → metadata keys
     "clip_model": ("zero_shot_top1", "zero_shot_top1_ensemble"),
-    "fidelity_judge": ("judge_top1_test", "judge_top1_holdout_web", "domain_transfer_ratio"),
+    "fidelity_judge": ("judge_top1_test", "judge_top1_holdout_web"),
+    "domain_transfer": ("domain_transfer_ratio",),
     "diffusion_fidelity": ("class_fidelity", "relative_class_fidelity", "target_recognizability"),
 }
 

@@ -495,11 +495,15 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     assert not set(judge_images["item"]) & (used | pool_sources | set(db.query("SELECT item FROM dataset_splits")["item"]))
     assert all(Path(p).is_file() for p in judge_images["path"])
     judge_meta = result.asset_materializations_for_node("fidelity_judge")[0].metadata
-    for key in ("judge_top1_test", "judge_top1_holdout_web", "target_classifier_top1_test", "target_classifier_top1_web"):
+    for key in ("judge_top1_test", "judge_top1_holdout_web"):
         assert 0.0 <= judge_meta[key].value <= 1.0, key
+    transfer_meta = result.asset_materializations_for_node("domain_transfer")[0].metadata
+    for key in ("target_classifier_top1_test", "target_classifier_top1_web"):
+        assert 0.0 <= transfer_meta[key].value <= 1.0, key
     transfer = db.query("SELECT * FROM domain_transfer")
     assert transfer["web_transform"].to_list() == ["none", "geometry", "colour", "photometric", "background", "all"]
-    assert judge_meta["domain_transfer_ratio"].value == pytest.approx(transfer.filter(pl.col("web_transform") == "all")["transfer_ratio"][0])
+    ratio = transfer.filter(pl.col("web_transform") == "all")["transfer_ratio"][0]
+    assert transfer_meta["domain_transfer_ratio"].value == pytest.approx(ratio)
     assert "data:image/png;base64," in sd_meta["samples"].value
     sd_folder = store / "models" / "stable_diffusion"
     assert isinstance(StableDiffusionPipeline.from_pretrained(sd_folder), StableDiffusionPipeline)

@@ -145,8 +145,8 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
         oracle = 100 * db.query("SELECT test_top1 FROM domain_oracle")["test_top1"]
         rows.append(("oracle (target + right-class pool images by ground truth, 100 %) top-1 (%)", f"{oracle.mean():.2f} ± {_se(oracle):.2f}"))
         rows.append(("oracle's closure of the real_p → real_2p gap (target ≥ 0.5)", f"{(oracle.mean() - top1['real_p'].mean()) / headroom:.2f}"))
-    judge = meta("fidelity_judge")
-    rows.append(("domain transfer ratio (declared 0.5–0.8)", f"{judge['domain_transfer_ratio'].value:.3f}"))
+    transfer = meta("domain_transfer")
+    rows.append(("domain transfer ratio (declared 0.5–0.8)", f"{transfer['domain_transfer_ratio'].value:.3f}"))
     for row in db.query("SELECT * FROM domain_transfer").iter_rows(named=True):
         rows.append((f"  target classifier on held-out items, web transform: {row['web_transform']}",
                      f"{row['target_classifier_top1']:.3f} (ratio {row['transfer_ratio']:.3f})"))
@@ -165,6 +165,7 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
     sd = meta("diffusion_fidelity")
     rows.append(("simple-prompt class fidelity by the judge / judge's held-out pool accuracy (target ≥ 0.6)",
                  f"{sd['relative_class_fidelity'].value:.3f} ({sd['class_fidelity'].value:.3f} / {sd['judge_top1_holdout_web'].value:.3f})"))
+    judge = meta("fidelity_judge")
     rows.append(("judge top-1: real test split / held-out web-domain images",
                  f"{judge['judge_top1_test'].value:.3f} / {judge['judge_top1_holdout_web'].value:.3f}"))
     detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
@@ -181,8 +182,9 @@ DRAW_FIGURES = (  # (asset, metadata key, label)
     ("diffusion_fidelity", "relative_class_fidelity", "simple-prompt relative class fidelity (target ≥ 0.6)"),
     ("diffusion_fidelity", "class_fidelity", "simple-prompt class fidelity by the judge"),
     ("fidelity_judge", "judge_top1_holdout_web", "judge top-1 on held-out web-domain images"),
-    ("fidelity_judge", "domain_transfer_ratio", "domain transfer ratio (declared 0.5–0.8)"),
+    ("domain_transfer", "domain_transfer_ratio", "domain transfer ratio (declared 0.5–0.8)"),
 )
+MEASURED_BEFORE_BY = {"domain_transfer": "fidelity_judge"}  # where a home made before the split recorded the figure
 
 
 def draw_figures(profile_name: str, home: Path) -> dict[str, float]:
@@ -194,6 +196,8 @@ def draw_figures(profile_name: str, home: Path) -> dict[str, float]:
     figures = {}
     for asset, key, _ in DRAW_FIGURES:
         event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is None and asset in MEASURED_BEFORE_BY:
+            event = instance.get_latest_materialization_event(dg.AssetKey(MEASURED_BEFORE_BY[asset]))
         if event is None:
             raise SystemExit(f"{home}: no {asset}; train the draw's foundation first")
         metadata = event.asset_materialization.metadata  # a figure this home's code did not measure yet: NaN
