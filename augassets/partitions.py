@@ -36,6 +36,12 @@ def class_method_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(image_method_keys(profile)), "wnid": class_partitions})
 
 
+def method_and_class(key: dg.MultiPartitionKey) -> tuple[str, str]:
+    """(method, wnid) of a class × method partition key."""
+    dims = key.keys_by_dimension
+    return dims["method"], dims["wnid"]
+
+
 def same_class_of(keys: list[str]) -> dg.MultiPartitionMapping:
     """From a class × method asset over more methods (class_prompts), only these methods' partitions of
     the same class."""

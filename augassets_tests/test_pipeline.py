@@ -15,6 +15,7 @@ from augassets.core.warehouse import Warehouse
 from augassets.profiles import IMAGE_FOLDER, PROFILES, SplitSpec, get_profile
 from augassets.resources import ImageStoreResource, WarehouseResource
 from augassets.runner import runs as runner
+from augassets.runner.command import materialize
 from augassets.tags import ASSETS_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 SMOKE = get_profile("smoke")
@@ -357,7 +358,7 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     assert [group.names for group in runner.plan_runs(changed_defs, requested)] == [["leak_threshold"]]
 
     before = {run.run_id for run in instance.get_runs()}
-    cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
+    materialize(changed, cli.benchmark_keys, say=lambda *_: None)
     launched = [run for run in instance.get_runs() if run.run_id not in before]
     assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
     recall = Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0]
@@ -365,7 +366,7 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
 
     runs = len(instance.get_runs())
     lines = []
-    cli.materialize(changed, cli.benchmark_keys, say=lines.append)
+    materialize(changed, cli.benchmark_keys, say=lines.append)
     assert len(instance.get_runs()) == runs
     assert sum("up to date" in line for line in lines) == len(cli.benchmark_keys(changed_defs))
 
@@ -385,14 +386,14 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
 
     monkeypatch.setattr(runner, "execute", killed)
     with pytest.raises(KeyboardInterrupt):
-        cli.materialize(changed, cli.benchmark_keys, say=lambda *_: None)
+        materialize(changed, cli.benchmark_keys, say=lambda *_: None)
     assert (home / runner.PENDING_FILE).is_file()
     monkeypatch.setattr(runner, "execute", real_execute)
 
     instance = dg.DagsterInstance.get()
     before = {run.run_id for run in instance.get_runs()}
     lines = []
-    cli.materialize(changed, cli.benchmark_keys, say=lines.append)
+    materialize(changed, cli.benchmark_keys, say=lines.append)
     assert any(line.startswith("- resuming what an earlier command requested and did not finish: leak_threshold (1)") for line in lines), lines
     launched = [run for run in instance.get_runs() if run.run_id not in before]
     assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
@@ -640,12 +641,12 @@ def test_one_methods_new_images_retrain_that_methods_classifiers_only(private_st
     profile = replace(private_state, methods=("real_p", "simple_prompt", "retrieval"))
     instance = dg.DagsterInstance.get()
     # First whatever earlier tests of this module left stale (they rebuild the foundation in the shared state).
-    cli.materialize(profile, cli.benchmark_keys, say=lambda *_: None)
+    materialize(profile, cli.benchmark_keys, say=lambda *_: None)
     wnid = Warehouse(profile.tables).query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     shutil.rmtree(profile.home / "store" / "images" / "simple_prompt" / wnid)
     before = {run.run_id for run in instance.get_runs()}
     lines = []
-    cli.materialize(profile, cli.benchmark_keys, say=lines.append)
+    materialize(profile, cli.benchmark_keys, say=lines.append)
     launched = [run for run in reversed(instance.get_runs()) if run.run_id not in before]
     trained = [(run.tags.get(PARTITION_RANGE_START_TAG), run.tags.get(PARTITION_RANGE_END_TAG)) for run in launched
                if "classifier_scores" in run.tags[ASSETS_TAG].split(",")]
@@ -754,7 +755,7 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
     import sys
 
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}  # the private copy's AUGASSETS_HOME and DAGSTER_HOME
-    hold = "import time\nfrom augassets.cli import home_lock\nfrom augassets.profiles import PROFILES, get_profile\n" \
+    hold = "import time\nfrom augassets.runner.command import home_lock\nfrom augassets.profiles import PROFILES, get_profile\n" \
            "with home_lock(get_profile('smoke')):\n    print('locked', flush=True)\n    time.sleep(300)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -1035,7 +1036,7 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     assert (profile.partition_threads or profile.torch_threads) == 1  # one thread per step, one process or two
     instance = dg.DagsterInstance.get()
     # What earlier tests left stale, first, in one process: the reference the workers must match.
-    cli.materialize(replace(profile, workers=1), cli.benchmark_keys, say=lambda *_: None)
+    materialize(replace(profile, workers=1), cli.benchmark_keys, say=lambda *_: None)
     db = Warehouse(profile.tables)
     images = profile.home / "store" / "images" / "simple_prompt"
     clean_images = {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")}
@@ -1048,7 +1049,7 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     shutil.rmtree(images)
     before = {run.run_id for run in instance.get_runs()}
     lines = []
-    cli.materialize(profile, cli.benchmark_keys, say=lines.append)
+    materialize(profile, cli.benchmark_keys, say=lines.append)
     log = "\n".join(lines)
     assert "pool gpu: limit raised to 2" in log, log
     launched = [run for run in instance.get_runs() if run.run_id not in before]

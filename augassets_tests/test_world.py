@@ -63,12 +63,13 @@ def test_a_fresh_home_installs_the_shipped_world_without_training(exported_world
     import torch
 
     from augassets import cli
+    from augassets.runner.command import materialize
 
     trained_profile, folder, _ = exported_world
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     profile = replace(trained_profile, world=replace(trained_profile.world, shipped=str(folder)))
-    cli.materialize(profile, cli.foundation_keys, say=lambda *_: None)
+    materialize(profile, cli.foundation_keys, say=lambda *_: None)
     instance = dg.DagsterInstance.get()
     for asset in ("clip_model", "vae", "unet", "fidelity_judge"):
         metadata = instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
@@ -88,7 +89,7 @@ def test_a_fresh_home_installs_the_shipped_world_without_training(exported_world
     # The pipeline downstream was assembled from the installed models, and the rerun has nothing to do.
     assert (profile.home / "store" / "models" / "stable_diffusion" / "model_index.json").is_file()
     said = []
-    cli.materialize(profile, cli.foundation_keys, say=said.append)
+    materialize(profile, cli.foundation_keys, say=said.append)
     assert not any(line.endswith(": materializing") for line in said)
 
 
@@ -112,6 +113,7 @@ def test_a_damaged_file_is_named_and_nothing_is_installed_from_it(exported_world
 
 def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exported_world, tmp_path, monkeypatch):
     from augassets import cli
+    from augassets.runner.command import materialize
 
     trained_profile, folder, _ = exported_world
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
@@ -119,7 +121,7 @@ def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exp
     # Another pool: the shipped CLIP was trained on a different one.
     world = replace(trained_profile.world, shipped=str(folder), pool=replace(trained_profile.world.pool, distractors=21))
     with pytest.raises(SystemExit) as stopped:
-        cli.materialize(replace(trained_profile, world=world), cli.foundation_keys, say=lambda *_: None)
+        materialize(replace(trained_profile, world=world), cli.foundation_keys, say=lambda *_: None)
     message = str(stopped.value)
     assert "is stale for clip_model" in message and "web_pool: shipped" in message
     assert "augassets foundation --rebuild" in message and "augassets world export" in message
@@ -160,8 +162,8 @@ def test_the_shipped_mini_world_matches_its_files_and_the_definitions_now(name):
 def test_the_mini_foundation_is_installed_from_the_shipped_world_without_training(tmp_path, monkeypatch):
     """The mini world's models come from the shipped files (checksums verified, nothing trained), with
     the pool they were trained on derived here again."""
-    from augassets import cli
     from augassets.profiles import get_profile
+    from augassets.runner.command import materialize
 
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
@@ -176,7 +178,7 @@ def test_the_mini_foundation_is_installed_from_the_shipped_world_without_trainin
         return [key for key in graph.toposorted_asset_keys if key in chosen and graph.get(key).is_executable]
 
     said = []
-    cli.materialize(profile, select, say=said.append)
+    materialize(profile, select, say=said.append)
     instance = dg.DagsterInstance.get()
     world = ShippedWorld.open(profile.world.shipped)
     for asset in ("clip_model", "vae", "unet"):

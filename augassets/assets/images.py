@@ -32,6 +32,7 @@ from ..partitions import (
     class_method_partitions,
     class_partitions,
     image_method_keys,
+    method_and_class,
     same_class_of,
     scaling_method_keys,
 )
@@ -46,6 +47,7 @@ from ..resources import (
 )
 from ..scale import ON_GPU
 from ..versions import code_version
+from .partial import fail_partially
 
 GROUP = "images"
 SAMPLED_HERE = frozenset({TXT2IMG, IMG2IMG})  # builders whose images this stage samples (fine-tuned ones: candidate_images)
@@ -59,11 +61,6 @@ PROMPT_SCHEMA = {
     "method": pl.Utf8, "wnid": pl.Utf8, "prompt_index": pl.Int64, "family": pl.Utf8, "prompt": pl.Utf8, "truncated": pl.Boolean,
     "source_image": pl.Utf8,  # Boomerang: the target image this output starts from
 }
-
-
-def partition(key) -> tuple[str, str]:
-    dims = key.keys_by_dimension
-    return dims["method"], dims["wnid"]
 
 
 def needed_per_class(db, profile: Profile) -> int:
@@ -101,7 +98,7 @@ def build_class_prompts(profile: Profile, up: SimpleNamespace) -> dict:
         tokenizer = clip_encoder.tokenizer()
         total, truncated, examples = 0, 0, []
         for key in context.partition_keys:
-            method, wnid = partition(key)
+            method, wnid = method_and_class(key)
             if wnid not in catalog:
                 raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
             row = catalog[wnid]
@@ -144,10 +141,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     class_prompts = up.class_prompts
     finetuned = keys_with_builder(FINETUNE_BUILDERS, profile.methods)
     # A fine-tuned method's images are the chosen checkpoint's (checkpoint_selection, same class); other methods read none.
-    selection_deps = [dg.AssetDep(up.checkpoint_selection, partition_mapping=dg.MultiPartitionMapping({
-        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in finetuned})),
-        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
-    }))] if finetuned else []
+    selection_deps = [dg.AssetDep(up.checkpoint_selection, partition_mapping=same_class_of(finetuned))] if finetuned else []
 
     @dg.asset(
         metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
@@ -177,7 +171,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
         db = warehouse.get()
         labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
-        builders = {get_method(partition(key)[0]).builder for key in context.partition_keys}
+        builders = {get_method(method_and_class(key)[0]).builder for key in context.partition_keys}
         if profile.world:  # the mini world's models and pool live in the image store
             if RETRIEVAL in builders:
                 for parts in (("models", "clip"), ("pool_index",), ("web_pool",)):
@@ -189,7 +183,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         pipelines = {builder: diffusion_backend.load(builder) for builder in builders & SAMPLED_HERE}
         summary, grids, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
-            method, wnid = partition(key)
+            method, wnid = method_and_class(key)
             builder = get_method(method).builder
             # A personalized method's images were made (and metered) by candidate_images; this step copies the chosen ones.
             meter = None if builder in FINETUNE_BUILDERS else \
@@ -217,13 +211,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             summary.append({**row, "key": str(key)})
             grids.append(paths[:8])
         if failures:
-            for row in summary:  # record the partitions that did complete before failing the step
-                context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["key"], metadata={"images": row["images"]}))
-            raise dg.Failure(
-                description=f"{len(failures)} of {len(context.partition_keys)} partitions failed, the others are materialized: "
-                + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]) + (" …" if len(failures) > 3 else ""),
-                metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
-            )
+            fail_partially(context, {row["key"]: {"images": row["images"]} for row in summary}, failures)
         table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
         grid = image_grid(grids[:20])
         return dg.MaterializeResult(
@@ -491,7 +479,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
         db = warehouse.get()
         labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
-        builders = {get_method(partition(key)[0]).builder for key in context.partition_keys}
+        builders = {get_method(method_and_class(key)[0]).builder for key in context.partition_keys}
         if profile.world:
             for parts in (("models", "clip"), ("pool_index",), ("web_pool",), ("models", "stable_diffusion")):
                 image_store.fetch(*parts)
@@ -501,7 +489,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         generated = math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
         summary, failures = [], {}
         for key in context.partition_keys:
-            method, wnid = partition(key)
+            method, wnid = method_and_class(key)
             retrieving = get_method(method).builder == RETRIEVAL
             try:
                 with Meter("scaling_images", str(key), "retrieve" if retrieving else "generate", method, diffusion_backend.device) as meter:
@@ -517,11 +505,10 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 continue
             meter.images = row["images"]
             record_compute(db, [meter])
-            summary.append({**row, "needed": n if retrieving else generated})
+            summary.append({**row, "needed": n if retrieving else generated, "key": str(key)})
         if failures:
-            raise dg.Failure(description=f"{len(failures)} of {len(context.partition_keys)} partitions failed: "
-                             + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]))
-        table = pl.DataFrame(summary, infer_schema_length=None)
+            fail_partially(context, {row["key"]: {"images": row["images"]} for row in summary}, failures)
+        table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
         return dg.MaterializeResult(metadata={
             "partitions": table.height, "images": int(table["images"].sum()), "largest_ratio": largest_ratio,
             "short_classes": int((table["images"] < table["needed"]).sum()),

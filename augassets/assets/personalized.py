@@ -44,7 +44,7 @@ from ..core.methods import (
 from ..core.prompts import simple_prompt_nows
 from ..core.report import frame_markdown
 from ..integrity import outputs
-from ..partitions import class_partitions, method_keys, same_class_of
+from ..partitions import class_partitions, method_and_class, method_keys, same_class_of
 from ..profiles import PersonalizationSpec, Profile
 from ..resources import (
     ClipEncoderResource,
@@ -56,6 +56,7 @@ from ..resources import (
 from ..scale import ON_GPU
 from ..tags import CHUNK_BY_TAG
 from ..versions import code_version
+from .partial import fail_partially
 
 GROUP = "personalized"
 CHECKPOINT_SCHEMA = {
@@ -90,11 +91,6 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
 
 def finetuned_method_keys(profile: Profile, builders: frozenset = FINETUNE_BUILDERS) -> list[str]:
     return list(keys_with_builder(builders, method_keys(profile)))
-
-
-def partition(key) -> tuple[str, str]:
-    dims = key.keys_by_dimension
-    return dims["method"], dims["wnid"]
 
 
 def candidate_rank(label: str) -> int:
@@ -189,7 +185,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
         clip = None
         histories, summary, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
-            method, wnid = partition(key)
+            method, wnid = method_and_class(key)
             builder = get_method(method).builder
             if wnid not in catalog:
                 raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
@@ -241,13 +237,8 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             context.log.info(f"personalized_models[{key}]: {summary[-1]['epochs']} epochs in {seconds:.1f} s, best val at epoch(s) "
                              f"{summary[-1]['best_val_epoch']}")
         if failures:
-            for row in summary:
-                context.log_event(dg.AssetMaterialization(context.asset_key, partition=dg.MultiPartitionKey({"method": row["method"], "wnid": row["wnid"]})))
-            raise dg.Failure(
-                description=f"{len(failures)} of {len(context.partition_keys)} fine-tuning runs failed, the others are materialized: "
-                + "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:3]),
-                metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{k}`: {v}" for k, v in failures.items()))},
-            )
+            finished = {dg.MultiPartitionKey({"method": row["method"], "wnid": row["wnid"]}): {} for row in summary}
+            fail_partially(context, finished, failures, noun="fine-tuning runs")
         table = pl.DataFrame(summary)
         metadata = {
             "runs": table.height,
@@ -398,12 +389,7 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             context.log.info(f"personalized_unets[{method}]: {len(result.history)} epochs over {len(classes)} classes in "
                              f"{result.seconds:.1f} s, best val at epoch {result.candidates['best_val']}")
         if failures:
-            for row in summary:
-                context.log_event(dg.AssetMaterialization(context.asset_key, partition=row["method"]))
-            raise dg.Failure(
-                description=f"{len(failures)} of {len(context.partition_keys)} fine-tuning runs failed, the others are materialized: "
-                + "; ".join(f"{k}: {v}" for k, v in failures.items()),
-            )
+            fail_partially(context, {row["method"]: {} for row in summary}, failures, noun="fine-tuning runs")
         table = pl.DataFrame(summary)
         metadata = {
             "runs": table.height, "seconds": round(time.perf_counter() - started, 1), "train_seconds": float(table["seconds"].sum()),
@@ -475,7 +461,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
         val_images = LabeledImages(val["path"].to_list(), val["label"].to_list())
         labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
         scores_all, lines = [], []
-        for method in sorted({partition(k)[0] for k in context.partition_keys}, key=keys.index):
+        for method in sorted({method_and_class(k)[0] for k in context.partition_keys}, key=keys.index):
             manifest = db.query("SELECT * FROM candidate_manifest WHERE method = ?", [method]).with_columns(
                 pl.col("wnid").replace_strict(labels, return_dtype=pl.Int64).alias("label"))
             image_store.ensure(manifest["path"].unique(), context.log.info)
@@ -506,7 +492,7 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
             chosen = manifest.filter(pl.col("candidate") == best["candidate"])
             lines.append(f"- `{method}`: **{best['candidate']}** (val top-1 {best['val_top1']:.4f} of {len(rows)} candidates)")
             for key in context.partition_keys:
-                key_method, wnid = partition(key)
+                key_method, wnid = method_and_class(key)
                 if key_method != method:
                     continue
                 part = chosen.filter(pl.col("wnid") == wnid)
@@ -542,7 +528,7 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
     pipeline = diffusion_backend.load("txt2img")
     summary, grids, started = [], [], time.perf_counter()
     for key in context.partition_keys:
-        method, wnid = partition(key)
+        method, wnid = method_and_class(key)
         meter = Meter(context.asset_key.to_user_string(), str(key), "generate candidates", method, diffusion_backend.device).start()
         checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
         prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])

@@ -13,7 +13,7 @@ The processes are started with ``spawn`` (a fork of a process that has started t
 can deadlock), load the definitions once, and serve chunks until the command ends. SIGINT and
 SIGTERM reach them through the command: their runs stop as an interrupted run does, and the command
 ends with the interruption's message. A worker that dies (killed, out of memory) ends the command
-with its exit code; its run is released by the next command on the home (``cli.release_dead_runs``).
+with its exit code; its run is released by the next command on the home (``runner.command.release_dead_runs``).
 """
 
 from __future__ import annotations
