@@ -18,11 +18,10 @@ from ..core.phash import from_hex, phash_files, phash_images, to_hex
 from ..core.report import frame_markdown
 from ..core.web_pool import near_duplicate
 from ..integrity import outputs
-from ..partitions import class_method_partitions, image_method_keys
+from ..partitions import class_method_partitions, image_method_keys, method_and_class
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource
 from ..versions import code_version
-from .images import partition
 
 GROUP = "duplicates"
 REFERENCE_SPLITS = ("test", "val", "unused_train")
@@ -199,7 +198,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         totals = {split: 0 for split in REFERENCE_SPLITS}
         images = 0
         for key in context.partition_keys:
-            method, wnid = partition(key)
+            method, wnid = method_and_class(key)
             manifest = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank", [method, wnid])
             image_store.ensure(manifest["path"], context.log.info)
             hashes, ok = phash_files(manifest["path"].to_list(), spec.hash_size)
