@@ -1,6 +1,8 @@
 """``build_defs(profile)``: the study's Dagster definitions — assets (each with its automation
-condition), checks, jobs, sensors and resources — for one profile. Nothing here reads the
-environment: the caller passes the profile."""
+condition), checks, jobs, sensors and resources — for one profile, which the caller passes. Besides
+the profile's home and store (its properties read ``AUGASSETS_HOME`` and ``AUGASSETS_STORE_URL``),
+the environment is read where the definitions meet the machine: the device (``AUGASSETS_DEVICE``,
+``resources.default_resources``) and the executor (the Celery settings, ``scale.executor``)."""
 
 from __future__ import annotations
 

@@ -729,7 +729,7 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
         # requests nothing once everything is materialized is the headless rerun test's claim: the tick only
         # gates missing and code-changed partitions, and there are none.)
         runs, backfills = len(instance.get_runs()), len(instance.get_backfills())
-        time.sleep(2 * private_state.runs.interval_s + 2)
+        time.sleep(2 * private_state.automation.interval_s + 2)
         assert (len(instance.get_runs()), len(instance.get_backfills())) == (runs, backfills)
     finally:
         for daemon in daemons:
