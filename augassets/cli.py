@@ -44,7 +44,7 @@ def benchmark(profile: Profile, force: bool = False, say=print) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
     materialize(profile, benchmark_keys, force, say)
-    table = results_report(Warehouse(profile.tables), profile.paper_reference)
+    table = results_report(Warehouse(profile.tables), profile.paper_reference, profile.report_settings)
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     report = Path(profile.store_root) / "reports" / "report.html"
     if report.is_file():

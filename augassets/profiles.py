@@ -450,6 +450,11 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: method real_2p needs split.real_extra (the extra real subsample)")
 
     @property
+    def report_settings(self) -> dict[str, str]:
+        """The settings the paper's further figures are keyed by (``data/paper_comparisons.tsv``): ⑥'s clusters."""
+        return {"clusters": str(self.personalization.clusters)}
+
+    @property
     def home(self) -> Path:
         """This profile's state: ``$AUGASSETS_HOME/<profile>`` (profiles never share tables)."""
         return Path(os.environ.get(HOME_ENV, "augassets_home")).resolve() / self.name

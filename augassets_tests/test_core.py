@@ -375,3 +375,20 @@ def test_a_setting_added_after_a_world_was_shipped_changes_no_version_while_it_k
     averaged = replace(SMALL_RESNET, ema_decay=0.99)
     assert repr(averaged) == before[:-1] + ", ema_decay=0.99)"
     assert code_version("1", SMALL_RESNET) != code_version("1", averaged)
+
+
+def test_the_papers_further_figures_appear_where_they_apply():
+    """⑥'s cluster ablation (§4.3: k = 1, 5, 10, 15) beside a table that holds ⑥, marking the profile's k;
+    Azizi et al.'s 78.17 (Fig. 1B) beside a full-ImageNet table; nothing where neither applies."""
+    from augassets.core.analysis import comparisons_note, paper_comparisons, paper_results
+
+    ablation = {r["setting"]: r for r in paper_comparisons("imagenet_10pct") if r["method"] == "ft_cluster_conditioning"}
+    assert sorted(ablation, key=lambda s: int(s.split("=")[1])) == ["clusters=1", "clusters=5", "clusters=10", "clusters=15"]
+    table1 = paper_results("imagenet_10pct").filter(pl.col("method") == "ft_cluster_conditioning").row(0, named=True)
+    assert ablation["clusters=5"]["top1"] == pytest.approx(table1["paper_top1"]), "Table 1's ⑥ is k = 5"
+    assert ablation["clusters=1"]["top1"] == pytest.approx(table1["paper_top1"] - 0.001), "§4.3: k = 5 is 0.1 points above k = 1"
+    note = comparisons_note("imagenet_10pct", ["real_p", "ft_cluster_conditioning"], {"clusters": "10"})
+    assert "1 → 60.8 (derived); 5 → 60.9 ± 0.2; 10 → 60.8 ± 0.2 (this profile); 15 → 60.6 ± 0.3" in note
+    assert comparisons_note("imagenet_10pct", ["real_p", "retrieval"], {"clusters": "5"}) is None
+    assert "78.17 %" in comparisons_note("imagenet_full", ["real_p", "retrieval"], {})
+    assert comparisons_note("caltech256", ["real_p"], {}) is None and comparisons_note(None, ["real_p"], {}) is None

@@ -88,6 +88,8 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
         runs = scores.filter(pl.col("method") == row["method"])["test_top1"]
         assert row["top1_mean"] == pytest.approx(runs.mean()) and row["top1_se"] == pytest.approx(runs.std(ddof=1) / replicates**0.5)
     assert "| real_p |" in table and "| retrieval |" in table and "Excluded classes" in table
+    assert "ft_cluster_conditioning" in set(results["method"])  # smoke runs every row: the paper's k ablation is beside ⑥'s
+    assert "The paper's Fine-tuned cluster conditioning ⑥ by clusters (top-1 %): 1 → 60.8 (derived); 5 → 60.9 ± 0.2" in table
     domain = db.query("SELECT * FROM domain_match")
     assert set(domain["method"]) == set(results["method"]) - {"real_p", "real_2p"} | {"real_extra (reference)"}
     assert domain["separability"].is_between(0, 1).all() and (domain["images_per_side"] > 0).all()

@@ -52,12 +52,13 @@ def save_figure(context, image_store: ImageStoreResource, name: str, draw: Calla
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets and checks for ``profile``; ``up``: the earlier stages' definitions by name."""
     paper = profile.paper_reference
+    report_settings = profile.report_settings
     augmenting = hasattr(up, "augmentation_images")
 
     @dg.asset(
         metadata=outputs(tables=("results_table",)),
         group_name=GROUP,
-        code_version=code_version("2", profile.methods, profile.classifier.replicates, paper),
+        code_version=code_version("3", profile.methods, profile.classifier.replicates, paper, report_settings),
         # The report also shows the excluded classes, class fidelity and near-duplicates where the profile has them.
         deps=[up.classifier_scores] + [getattr(up, name) for name in ("excluded_classes", "class_fidelity", "domain_match", "duplicate_summary") if hasattr(up, name)],
         kinds={"parquet", "csv"},
@@ -84,7 +85,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         csv_path = image_store.path("reports", "results_table.csv")
         write_bytes_atomic(summary.write_csv().encode(), csv_path)
         image_store.publish("reports", csv_path.name)
-        table = results_report(db, paper)  # the main command prints the same report
+        table = results_report(db, paper, report_settings)  # the main command prints the same report
         context.log.info("results table:\n" + table)
         incomplete = [r["method"] for r in summary.iter_rows(named=True) if r["n_runs"] < profile.classifier.replicates]
         return dg.MaterializeResult(
@@ -285,7 +286,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
     @dg.asset(
         group_name=GROUP,
-        code_version=code_version("1", paper),
+        code_version=code_version("2", paper, report_settings),
         deps=report_deps,
         kinds={"html"},
         description="reports/report.html: the results table beside the paper's, the notes (excluded classes, class "
@@ -295,7 +296,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db = warehouse.get()
         figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples", "compute", "scaling")}
         image = lambda name, alt: f"![{alt}]({name}.png)" if figures[name] else f"(figure {name}.png was not drawn: see its asset's log)"  # noqa: E731
-        sections = [("Results", results_report(db, paper) + "\n\n" + image("table1", "Table 1 as bars"))]
+        sections = [("Results", results_report(db, paper, report_settings) + "\n\n" + image("table1", "Table 1 as bars"))]
         if augmenting:
             sections.insert(0, ("What each method adds", image("method_samples", "one image per method and class")))
         gains = [image("per_class_gains", "per-class gains")]

@@ -40,6 +40,42 @@ def paper_results(dataset: str) -> pl.DataFrame:
     )
 
 
+def paper_comparisons(dataset: str) -> list[dict]:
+    """The further figures the paper reports for ``dataset`` beside its main tables (``data/paper_comparisons.tsv``):
+    rows with ``kind`` (ablation or other_work), ``method``, ``setting``, ``top1`` and ``se`` (fractions; se None
+    where not reported) and ``source``."""
+    text = resources.files("augassets.data").joinpath("paper_comparisons.tsv").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return [
+        {**row, "top1": float(row["top1"]) / 100, "se": float(row["se"]) / 100 if row["se"] else None}
+        for row in csv.DictReader(lines, delimiter="\t") if row["dataset"] == dataset
+    ]
+
+
+def comparisons_note(dataset: str | None, methods: list[str], settings: dict[str, str]) -> str | None:
+    """The paper's further figures that apply to a results table of ``methods``: an ablation of a method the
+    table holds (the profile's own setting, from ``settings`` {name: value}, marked), and other published
+    work the paper compares against on ``dataset``. None when none applies."""
+    if dataset is None:
+        return None
+    rows = paper_comparisons(dataset)
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows if r["kind"] == "ablation" and r["method"] in methods):
+        ablation = [r for r in rows if r["kind"] == "ablation" and r["method"] == method]
+        name = ablation[0]["setting"].split("=")[0]
+        cells = []
+        for r in ablation:
+            value = r["setting"].split("=")[1]
+            figure = f"{100 * r['top1']:.1f}" + (f" ± {100 * r['se']:.1f}" if r["se"] is not None else "")
+            notes = [note for note, applies in (("derived", "derived" in r["source"]), ("this profile", settings.get(name) == value)) if applies]
+            cells.append(f"{value} → {figure}" + (f" ({', '.join(notes)})" if notes else ""))
+        lines.append(f"The paper's {get_method(method).paper_label} by {name} (top-1 %): " + "; ".join(cells) + ".")
+    for r in rows:
+        if r["kind"] == "other_work":
+            lines.append(f"Reported beside the paper's rows: {r['source']}: {100 * r['top1']:.2f} %.")
+    return "\n".join(lines) or None
+
+
 def t_quantile(df: float) -> float:
     """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
     from scipy import stats

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .analysis import headline, markdown_table
+from .analysis import comparisons_note, headline, markdown_table
 
 
 def read_excluded(db) -> pl.DataFrame | None:
@@ -51,15 +51,19 @@ def duplicates_note(detector: dict, summary: pl.DataFrame) -> str:
     )
 
 
-def results_report(db, paper_dataset: str = "imagenet_10pct") -> str:
+def results_report(db, paper_dataset: str = "imagenet_10pct", settings: dict[str, str] | None = None) -> str:
     """The main command's report, from the tables: the results table beside the paper's
-    ``paper_dataset`` figures, excluded classes, class fidelity and near-duplicates (each part once
-    its table exists)."""
+    ``paper_dataset`` figures (and the paper's further figures that apply: ablations at the profile's
+    ``settings``, other published work), excluded classes, class fidelity and near-duplicates (each part
+    once its table exists)."""
     summary = db.query("SELECT * FROM results_table")
     parts = [markdown_table(summary, paper_dataset)]
     answer = headline(summary)
     if answer:
         parts.append(answer)
+    comparisons = comparisons_note(paper_dataset, summary["method"].to_list(), settings or {})
+    if comparisons:
+        parts.append(comparisons)
     excluded = read_excluded(db)
     if excluded is not None:
         parts.append(excluded_note(excluded))
