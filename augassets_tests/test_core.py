@@ -392,3 +392,27 @@ def test_the_papers_further_figures_appear_where_they_apply():
     assert comparisons_note("imagenet_10pct", ["real_p", "retrieval"], {"clusters": "5"}) is None
     assert "78.17 %" in comparisons_note("imagenet_full", ["real_p", "retrieval"], {})
     assert comparisons_note("caltech256", ["real_p"], {}) is None and comparisons_note(None, ["real_p"], {}) is None
+
+
+def test_the_papers_speedups_are_its_own_hours_and_ours_come_from_the_extrapolation():
+    """§4.4: retrieval 30× faster than prompt-based generation (867 / 28.5 h) and 56× than ⑨ ((720 + 867) / 28.5 h);
+    the paper's scale is ImageNet-10 % as it ran: 126,861 target images, 990 classes."""
+    from augassets.core.compute import (
+        EXTRAPOLATION_SCHEMA,
+        PAPER_CLASSES,
+        PAPER_HOURS,
+        PAPER_SPEEDUPS,
+        PAPER_TARGET_IMAGES,
+        speedups,
+    )
+
+    assert (PAPER_CLASSES, PAPER_TARGET_IMAGES) == (990, 126_861)
+    retrieve = PAPER_HOURS["retrieve", "retrieval"][0]
+    assert round(PAPER_HOURS["generate", None][0] / retrieve) == PAPER_SPEEDUPS["prompt-based generation"]
+    assert round((PAPER_HOURS["fine-tune", "pseudoword_dm"][0] + PAPER_HOURS["generate", None][0]) / retrieve) == PAPER_SPEEDUPS["pseudoword_dm"]
+    rows = [("retrieve", "retrieval", 2.0), ("generate", "simple_prompt", 50.0), ("generate", "clip_prompts", 70.0), ("generate", "pseudoword_dm", 40.0)]
+    extrapolation = pl.DataFrame([{"stage": s, "method": m, "extrapolated_hours": h} for s, m, h in rows],
+                                 schema={k: v for k, v in EXTRAPOLATION_SCHEMA.items() if k in ("stage", "method", "extrapolated_hours")})
+    ratios = {r["comparison"]: r["measured"] for r in speedups(extrapolation, ["simple_prompt", "clip_prompts"]).iter_rows(named=True)}
+    assert ratios["prompt-based generation"] == pytest.approx(30.0)  # (50 + 70) / 2 / 2
+    assert ratios["pseudoword_dm"] is None, "⑨'s fine-tuning was not measured"

@@ -172,8 +172,16 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     assert {"generate", "retrieve", "fine-tune", "generate candidates", "select checkpoint", "embed pool", "judge", "embed"} <= set(log["stage"])
     extrapolated = {(r["stage"], r["method"]): r for r in db.query("SELECT * FROM compute_extrapolation").iter_rows(named=True)}
     generate = extrapolated["generate", "simple_prompt"]
-    assert generate["paper_scale_images"] == 390_000 and generate["paper_hours"] == 867.0
-    assert generate["extrapolated_hours"] == pytest.approx(390_000 * generate["measured_seconds_per_image"] / 3600)
+    assert generate["paper_scale_images"] == 990 * 390 and generate["paper_hours"] == 867.0 and generate["paper_hours_kind"] == "reported"
+    assert generate["extrapolated_hours"] == pytest.approx(990 * 390 * generate["measured_seconds_per_image"] / 3600)
+    assert extrapolated["train classifier", "real_p"]["paper_hours_kind"] == "derived"  # the midpoint of 128–160 h
+    ratios = {r["comparison"]: r for r in db.query("SELECT * FROM compute_speedups").iter_rows(named=True)}
+    assert (ratios["prompt-based generation"]["paper"], ratios["pseudoword_dm"]["paper"]) == (30.0, 56.0)
+    prompt_hours = [extrapolated["generate", m]["extrapolated_hours"] for m in ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts")]
+    retrieve_hours = extrapolated["retrieve", "retrieval"]["extrapolated_hours"]
+    assert ratios["prompt-based generation"]["measured"] == pytest.approx(sum(prompt_hours) / 4 / retrieve_hours)
+    pseudoword = extrapolated["fine-tune", "pseudoword_dm"]["extrapolated_hours"] + extrapolated["generate", "pseudoword_dm"]["extrapolated_hours"]
+    assert ratios["pseudoword_dm"]["measured"] == pytest.approx(pseudoword / retrieve_hours)
 
     # Scaling (Fig. 5B): smoke scales simple_prompt and retrieval at 100 % and 200 % of the target's size.
     scaling = db.query("SELECT * FROM scaling_scores ORDER BY method, ratio, replicate")
