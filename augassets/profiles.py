@@ -333,7 +333,8 @@ class PersonalizationSpec:
     paper's rule for larger batches: ``conditioning_lr`` for ⑤ ⑥, ``word_lr`` for ⑧ (textual
     inversion's own base rate, 0.005), ``unet_lr`` for the UNet of ⑦ ⑨ (5e-6, DreamBooth's rate
     for SD's UNet). Checkpoint candidates: best train loss, best val loss and epochs 1 …
-    ``early_epochs`` (⑦: 1 … ``imagic_early_epochs``, the paper's 8, after which its images degrade);
+    ``early_epochs``; ⑦ instead keeps epochs 1 … ``imagic_early_epochs`` only (the paper's 8, after which
+    its images degrade), and does not stop before them (``max_epochs`` below it is an error naming both);
     each candidate's images train one classifier, and the best val accuracy chooses the checkpoint
     whose images the method uses.
 

@@ -2,6 +2,7 @@
 foreign resume state, diffusers' own loaders), and the Dagster chain on the smoke benchmark —
 fine-tuning, candidates' images, checkpoint selection by val accuracy, the chosen images downstream."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,9 +212,8 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
     targets = dict(db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
     checkpoints, history = db.query("SELECT * FROM finetune_checkpoints"), db.query("SELECT * FROM finetune_history")
-    labels_of = {m: {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, (spec.imagic_early_epochs if m == "imagic" else spec.early_epochs) + 1))}
-                 for m in FINETUNED}
-    assert labels_of["imagic"] != labels_of["pseudoword_dm"], "⑦ keeps more first epochs"
+    labels_of = {m: {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, spec.early_epochs + 1))} for m in FINETUNED}
+    labels_of["imagic"] = {f"epoch_{e}" for e in range(1, spec.imagic_early_epochs + 1)}  # ⑦: its first epochs instead (the paper)
     sd = profile.home / "store" / "models" / "stable_diffusion"
     base_unet = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
     for method in FINETUNED:
@@ -228,8 +228,11 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
                 assert set(rows["candidate"]) == labels_of[method] and 1 <= epochs.height <= spec.max_epochs
                 assert rows["unet"].is_null().all() == (method in PER_CLASS)
                 best = dict(rows.select("candidate", "epoch").iter_rows())
-                assert best["best_val"] == epochs.sort("val_loss", "epoch")["epoch"][0]
-                assert best["best_train"] == epochs.sort("train_loss", "epoch")["epoch"][0]
+                if method == "imagic":  # no early stop before its candidate epochs
+                    assert epochs.height >= spec.imagic_early_epochs and all(best[f"epoch_{e}"] == e for e in range(1, spec.imagic_early_epochs + 1))
+                else:
+                    assert best["best_val"] == epochs.sort("val_loss", "epoch")["epoch"][0]
+                    assert best["best_train"] == epochs.sort("train_loss", "epoch")["epoch"][0]
                 for path in rows["checkpoint"]:
                     assert Path(path).is_file(), path
         if method in JOINT:  # one UNet per kept epoch, shared by the classes, fine-tuned away from SD's
@@ -326,3 +329,37 @@ def test_a_run_with_other_settings_has_its_own_folder_and_the_recorded_one_is_re
     drop_other_runs(k1, said.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([k1.name, k15.name])
     assert len(said) == 2 and all("no longer recorded" in line for line in said)
+
+
+def test_imagic_keeps_its_first_epochs_instead_of_the_best_losses_and_does_not_stop_before_them(tmp_path):
+    """⑦ (the paper): the checkpoints of epochs 1–8 are the candidates, not the best train and val losses, and
+    early stopping waits until all eight exist; settings that cannot reach them are an error naming the settings."""
+    import torch
+
+    from augassets.assets.personalized import finetune_spec
+    from augassets.core.finetune import FinetuneError, finetune
+    from augassets.core.methods import CONDITIONING_UNET, PSEUDO_WORD_UNET
+    from augassets.profiles import PersonalizationSpec
+
+    settings = PersonalizationSpec(max_epochs=12, patience=1, early_epochs=2, imagic_early_epochs=5)
+    imagic, pseudoword = finetune_spec(settings, CONDITIONING_UNET), finetune_spec(settings, PSEUDO_WORD_UNET)
+    assert (imagic.loss_candidates, imagic.min_epochs, imagic.early_epochs) == (False, 5, 5)
+    assert (pseudoword.loss_candidates, pseudoword.min_epochs, pseudoword.early_epochs) == (True, 0, 2)
+
+    def run(spec, folder):
+        # The val loss is best at epoch 1 and worse after: a patience of 1 would stop at epoch 2.
+        params = {"w": torch.zeros(3)}
+        val = iter([0.1 * e for e in range(1, 20)])
+        return finetune(params, lambda index, generator: (params["w"] - 1).pow(2).sum(), lambda: next(val), 4, spec, folder, {"run": folder.name})
+
+    kept = run(imagic, tmp_path / "imagic")
+    assert len(kept.history) == 5 and kept.candidates == {f"epoch_{e}": e for e in range(1, 6)} and kept.best_val_epoch == 1
+    assert sorted(p.name for p in (tmp_path / "imagic").glob("epoch_*.safetensors")) == [f"epoch_00{e}.safetensors" for e in range(1, 6)]
+    other = run(pseudoword, tmp_path / "pseudoword")
+    assert len(other.history) == 2 and set(other.candidates) == {"best_train", "best_val", "epoch_1", "epoch_2"}
+
+    short = PersonalizationSpec(max_epochs=4, imagic_early_epochs=8)
+    with pytest.raises(ValueError, match="personalization.max_epochs is 4: raise max_epochs to at least 8 or lower personalization.imagic_early_epochs"):
+        finetune_spec(short, CONDITIONING_UNET)
+    with pytest.raises(FinetuneError, match="at least 8 epochs .* may train only 4"):
+        run(replace(imagic, max_epochs=4, min_epochs=8), tmp_path / "short")

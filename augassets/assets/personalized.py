@@ -83,10 +83,16 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
     from ..core.finetune import FinetuneSpec
 
     lr = spec.word_lr if builder in WORD_BUILDERS else spec.conditioning_lr
-    early = spec.imagic_early_epochs if builder == CONDITIONING_UNET else spec.early_epochs
+    imagic = builder == CONDITIONING_UNET
+    if imagic and spec.max_epochs < spec.imagic_early_epochs:
+        raise ValueError(f"⑦ Imagic keeps the checkpoints of its first {spec.imagic_early_epochs} epochs (the paper's 8) and does "
+                         f"not stop before them, but personalization.max_epochs is {spec.max_epochs}: raise max_epochs to at "
+                         f"least {spec.imagic_early_epochs} or lower personalization.imagic_early_epochs")
+    # ⑦: the first imagic_early_epochs epochs are its candidates, instead of the best train and val losses (the paper).
     return FinetuneSpec(max_epochs=spec.max_epochs, patience=spec.patience, batch_size=spec.batch_size,
                         reference_batch_size=spec.reference_batch_size, lr=lr, val_draws=spec.val_draws,
-                        early_epochs=early, seed=spec.seed)
+                        early_epochs=spec.imagic_early_epochs if imagic else spec.early_epochs, seed=spec.seed,
+                        loss_candidates=not imagic, min_epochs=spec.imagic_early_epochs if imagic else 0)
 
 
 def finetuned_method_keys(profile: Profile, builders: frozenset = FINETUNE_BUILDERS) -> list[str]:
@@ -229,7 +235,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
                                       sum(r.images_per_second * r.seconds for r, _ in runs))])
             summary.append({
                 "method": method, "wnid": wnid, "runs": len(runs), "epochs": sum(len(r.history) for r, _ in runs),
-                "stopped_early": all(r.stopped_early for r, _ in runs), "best_val_epoch": ",".join(str(r.candidates["best_val"]) for r, _ in runs),
+                "stopped_early": all(r.stopped_early for r, _ in runs), "best_val_epoch": ",".join(str(r.best_val_epoch) for r, _ in runs),
                 "seconds": round(seconds, 1),
                 "images_per_second": round(sum(r.images_per_second * r.seconds for r, _ in runs) / seconds, 1) if seconds else 0.0,
                 "resumed_from_epoch": max(r.resumed_from for r, _ in runs),
@@ -312,14 +318,14 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
-        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), **ON_GPU,
+        group_name=GROUP, code_version=code_version("2", spec, profile.dataset, profile.split), **ON_GPU,
         partitions_def=methods, backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.class_catalog, up.dataset_splits, up.diffusion_model], kinds={"pytorch", "diffusers", "safetensors"},
         description="Per personalized method that fine-tunes the diffusion model, one run over every class's target images "
         "(SD's noise-prediction loss; val loss on the val images; stop when it stagnates, at most max_epochs), training the "
         "UNet, which all classes share, together with ⑦ one conditioning per class (initialized from its no-whitespace simple "
-        "prompt) or ⑨ one pseudo-word per class in textual-inversion templates. Kept: best train, best val and the first "
-        "epochs (⑦: imagic_early_epochs), each as epoch_<n>/unet (save_pretrained) and epoch_<n>/<wnid>.safetensors "
+        "prompt) or ⑨ one pseudo-word per class in textual-inversion templates. Kept: ⑨ best train, best val and the first "
+        "early_epochs; ⑦ the first imagic_early_epochs instead (the paper's 8; no early stop before them), each as epoch_<n>/unet (save_pretrained) and epoch_<n>/<wnid>.safetensors "
         "(⑦ prompt_embeds; ⑨ loads with diffusers' load_textual_inversion). A new class retrains it. Resumes after a kill.",
     )
     def personalized_unets(
@@ -381,13 +387,13 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
                                       result.images_per_second * result.seconds)])
             summary.append({
                 "method": method, "classes": len(classes), "epochs": len(result.history), "stopped_early": result.stopped_early,
-                "best_val_epoch": result.candidates["best_val"], "kept_epochs": ",".join(map(str, sorted(exported))),
+                "best_val_epoch": result.best_val_epoch, "kept_epochs": ",".join(map(str, sorted(exported))),
                 "seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
                 "resumed_from_epoch": result.resumed_from,
                 "unet_parameters": sum(t.numel() for t in pipeline.unet.parameters()),
             })
             context.log.info(f"personalized_unets[{method}]: {len(result.history)} epochs over {len(classes)} classes in "
-                             f"{result.seconds:.1f} s, best val at epoch {result.candidates['best_val']}")
+                             f"{result.seconds:.1f} s, best val at epoch {result.best_val_epoch}")
         if failures:
             fail_partially(context, {row["method"]: {} for row in summary}, failures, noun="fine-tuning runs")
         table = pl.DataFrame(summary)

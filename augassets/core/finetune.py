@@ -66,6 +66,10 @@ class FinetuneSpec:
     val_draws: int = 8  # fixed (latent, noise, timestep) draws per val image
     early_epochs: int = 3  # epochs 1..early_epochs are checkpoint candidates (Imagic: 8)
     seed: int = 0
+    # ⑦ Imagic (the paper): the first ``early_epochs`` epochs are the candidates *instead of* the best train
+    # and val losses, and the run does not stop before it has them all (``min_epochs``).
+    loss_candidates: bool = True
+    min_epochs: int = 0
 
     @property
     def scaled_lr(self) -> float:
@@ -92,6 +96,11 @@ class FinetuneResult:
     resumed_from: int = 0  # the last finished epoch found on disk (0: a fresh run)
     stopped_early: bool = False
     extra: dict = field(default_factory=dict)
+
+    @property
+    def best_val_epoch(self) -> int:
+        """The epoch of the lowest val loss (the first of equals), whether or not it is a candidate."""
+        return min(self.history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"]
 
 
 class SdObjective:
@@ -150,12 +159,13 @@ class SdObjective:
         return total / len(index)
 
 
-def candidate_epochs(history: Sequence[dict], early_epochs: int) -> dict[str, int]:
-    """The checkpoints kept for selection: best train loss, best val loss, epochs 1..early_epochs."""
+def candidate_epochs(history: Sequence[dict], early_epochs: int, loss_candidates: bool = True) -> dict[str, int]:
+    """The checkpoints kept for selection: best train loss and best val loss (unless ``loss_candidates``
+    is False), and epochs 1..early_epochs."""
     chosen = {
         "best_train": min(history, key=lambda h: (h["train_loss"], h["epoch"]))["epoch"],
         "best_val": min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"],
-    }
+    } if loss_candidates else {}
     chosen.update({f"epoch_{e}": e for e in range(1, early_epochs + 1) if e <= len(history)})
     return chosen
 
@@ -177,6 +187,9 @@ def finetune(
     ``lrs``: a base learning rate per parameter name (default ``spec.lr`` for all), each scaled by the
     batch-size rule."""
     say = progress or log.info
+    if spec.max_epochs < spec.min_epochs:
+        raise FinetuneError(f"the run must train at least {spec.min_epochs} epochs (its candidates are epochs 1–{spec.min_epochs}) "
+                            f"but may train only {spec.max_epochs}: raise max_epochs")
     folder.mkdir(parents=True, exist_ok=True)
     for tensor in params.values():
         tensor.requires_grad_(True)
@@ -208,7 +221,7 @@ def finetune(
     resumed_from, seen, started = start_epoch - 1, 0, time.perf_counter()
     best_val_epoch = min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"] if history else 0
     for epoch in range(start_epoch, spec.max_epochs + 1):
-        if history and epoch - 1 - best_val_epoch >= spec.patience:
+        if history and epoch - 1 - best_val_epoch >= spec.patience and epoch - 1 >= spec.min_epochs:
             break
         generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch)
         order = torch.randperm(n_train, generator=generator)
@@ -236,7 +249,7 @@ def finetune(
         write_atomic(resume, lambda handle, s=state: torch.save(s, handle))
         say(f"epoch {epoch}/{spec.max_epochs}: train loss {total / steps:.5f}, val loss {validation:.5f} (best val @ {best_val_epoch})")
     stopped_early = len(history) < spec.max_epochs
-    candidates = candidate_epochs(history, spec.early_epochs)
+    candidates = candidate_epochs(history, spec.early_epochs, spec.loss_candidates)
     for path in folder.glob("epoch_*.safetensors"):
         if int(path.stem.removeprefix("epoch_")) not in candidates.values():
             path.unlink()
