@@ -338,9 +338,11 @@ class PersonalizationSpec:
     each candidate's images train one classifier, and the best val accuracy chooses the checkpoint
     whose images the method uses.
 
-    ⑥: ``clusters`` k-means clusters (the paper's k = 5) of the class's target images embedded by the
-    CLIP image tower of the profile's CLIP (the mini world's own; at scale the configured CLIP
-    weights); generation draws clusters in proportion to their sizes.
+    ⑥: ``clusters`` k-means clusters (the paper's k = 5) of the class's target images embedded by
+    ``cluster_embedder`` (``core/embedders.py``): ``inception_v3``, the paper's (torchvision's ImageNet
+    weights from the local torch hub cache), ``clip`` (the profile's CLIP image tower: the mini world
+    keeps its own, an ImageNet Inception knowing nothing of its world), or ``inception_v3_untrained`` (the
+    architecture with random weights, for tests); generation draws clusters in proportion to their sizes.
     """
 
     max_epochs: int = 40
@@ -355,6 +357,7 @@ class PersonalizationSpec:
     imagic_early_epochs: int = 8
     clusters: int = 5
     seed: int = 0
+    cluster_embedder: str = "inception_v3"
 
 
 @dataclass(frozen=True)
@@ -560,7 +563,8 @@ RESNET50 = ClassifierSpec(
 # not the cap, ends the runs; at 0.5 (⑤) it never gets below its start. The UNet of ⑦ ⑨ (`--method imagic`, all
 # classes, 4 epochs): at 5e-6 the val loss stops falling after epoch 3, at 5e-5 it is lowest and still falling,
 # at 5e-4 (the rate the mini UNet was trained at) it rises 10 % above the others.
-MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05, unet_lr=5e-5)
+# The mini world clusters ⑥ on its own CLIP image tower (an ImageNet Inception knows nothing of its world).
+MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05, unet_lr=5e-5, cluster_embedder="clip")
 
 # The mini world's leak detector: a 256-bit pHash with the threshold calibrated on the planted duplicates.
 MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_calibration_threshold=40, calibration_copies=200)
@@ -589,7 +593,7 @@ PROFILES: dict[str, Profile] = {
         duplicates=replace(MINI_DUPLICATES, calibration_copies=20),
         methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
                  "ft_conditioning", "ft_cluster_conditioning", "imagic", "textual_inversion", "pseudoword_dm", "retrieval"),
-        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, imagic_early_epochs=2, clusters=2,
+        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, imagic_early_epochs=2, clusters=2, cluster_embedder="clip",
                                             unet_lr=1e-4),
         # Pools of 2× the need (the paper: 3×) still resample into different sets per replicate, at two thirds of the images.
         generation=GenerationSpec(factor=2),

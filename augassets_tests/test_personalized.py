@@ -363,3 +363,32 @@ def test_imagic_keeps_its_first_epochs_instead_of_the_best_losses_and_does_not_s
         finetune_spec(short, CONDITIONING_UNET)
     with pytest.raises(FinetuneError, match="at least 8 epochs .* may train only 4"):
         run(replace(imagic, max_epochs=4, min_epochs=8), tmp_path / "short")
+
+
+def test_cluster_embeddings_come_from_inception_v3_as_the_paper_or_the_worlds_clip(tmp_path, monkeypatch):
+    """⑥ clusters on torchvision's Inception-v3 pool features (2,048-d) by default, its weights from the local
+    torch hub cache only: here the architecture with random weights embeds real image files and k-means splits
+    them; without cached weights the error names the file and the setting; the mini profiles keep their CLIP."""
+    import numpy as np
+
+    from augassets.assets.personalized import cluster_embedder
+    from augassets.core.embedders import EmbedderError
+    from augassets.core.finetune import cluster_images
+    from augassets.profiles import PersonalizationSpec, get_profile
+
+    from .conftest import write_image
+
+    assert PersonalizationSpec().cluster_embedder == "inception_v3"
+    assert get_profile("mini").personalization.cluster_embedder == get_profile("smoke").personalization.cluster_embedder == "clip"
+    paths = [str(write_image(tmp_path / f"{i}.png", color=(200, 30, 30) if i < 3 else (30, 30, 200), size=40)) for i in range(6)]
+    embed = cluster_embedder("inception_v3_untrained", clip_encoder=None)
+    embeddings = embed(paths)
+    assert embeddings.shape == (6, 2048) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    assert np.array_equal(embed(paths[:2]), embeddings[:2]), "eval mode: an image's embedding does not depend on its batch"
+    labels, _ = cluster_images(embeddings, 2, seed=0, say=lambda line: None)
+    assert labels[:3].tolist() == [labels[0]] * 3 and labels[3:].tolist() == [labels[3]] * 3 and labels[0] != labels[3]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    with pytest.raises(EmbedderError, match=r"inception_v3_google-.*\.pth .*or set personalization.cluster_embedder to 'clip'"):
+        cluster_embedder("inception_v3", clip_encoder=None)
+    with pytest.raises(ValueError, match="personalization.cluster_embedder 'vgg'"):
+        cluster_embedder("vgg", clip_encoder=None)

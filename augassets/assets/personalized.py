@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,6 +96,22 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
                         loss_candidates=not imagic, min_epochs=spec.imagic_early_epochs if imagic else 0)
 
 
+def cluster_embedder(name: str, clip_encoder) -> Callable[[list[str]], np.ndarray]:
+    """⑥'s image embedder by its setting (``PersonalizationSpec.cluster_embedder``): paths → L2-normalized embeddings."""
+    from ..core.embedders import EMBEDDERS, inception_embeddings, inception_v3_pool
+
+    if name == "clip":
+        from ..core.clip import encode_image_batches
+
+        model = clip_encoder.load()[0]
+        size = model.config.vision_config.image_size
+        return lambda paths: np.concatenate(list(encode_image_batches(model, paths, size)))
+    if name in ("inception_v3", "inception_v3_untrained"):
+        model = inception_v3_pool(pretrained=name == "inception_v3")
+        return lambda paths: inception_embeddings(model, paths)
+    raise ValueError(f"personalization.cluster_embedder {name!r}: one of {', '.join(EMBEDDERS)}")
+
+
 def finetuned_method_keys(profile: Profile, builders: frozenset = FINETUNE_BUILDERS) -> list[str]:
     return list(keys_with_builder(builders, method_keys(profile)))
 
@@ -165,7 +182,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
         description="Per class × personalized method, the fine-tuned conditioning(s) or pseudo-word, trained with SD's "
         "noise-prediction loss on the class's target images (val loss on its val images; stop when it stagnates, at most "
         "max_epochs), the diffusion model frozen. ⑤ one text-encoder output initialized from the no-whitespace simple "
-        "prompt; ⑥ one per k-means cluster of the target's CLIP image embeddings; ⑧ a pseudo-word's embedding in "
+        "prompt; ⑥ one per k-means cluster of the target's image embeddings (cluster_embedder: Inception-v3 as the paper, the mini world's CLIP); ⑧ a pseudo-word's embedding in "
         "textual-inversion templates, initialized from the final word of the first lemma. Kept: the checkpoints with the "
         "best train and val loss and after the first epochs (safetensors; ⑧ loads with diffusers' load_textual_inversion). "
         "Resumes from its last finished epoch after a kill.",
@@ -188,7 +205,7 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             image_store.fetch("models", "clip")
         pipeline = diffusion_backend.load("txt2img")
         image_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-        clip = None
+        embed_images = None  # ⑥'s cluster embedder, built on first use
         histories, summary, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
             method, wnid = method_and_class(key)
@@ -205,10 +222,10 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             folder = run_folder(image_store.path("personalized", method, wnid),
                                 {**signature, "k": spec.clusters} if builder == CLUSTER_CONDITIONING else signature)
             say = lambda line, k=key: context.log.info(f"personalized_models[{k}] {line}")  # noqa: E731
-            if builder == CLUSTER_CONDITIONING and clip is None:
-                clip = clip_encoder.load()[0]
+            if builder == CLUSTER_CONDITIONING and embed_images is None:
+                embed_images = cluster_embedder(spec.cluster_embedder, clip_encoder)
             try:
-                runs = _finetune(builder, pipeline, catalog[wnid], images, run_spec, folder, signature, clip, say)
+                runs = _finetune(builder, pipeline, catalog[wnid], images, run_spec, folder, signature, embed_images, say)
             except (FinetuneError, ValueError, OSError) as error:
                 failures[str(key)] = str(error)
                 context.log.error(f"personalized_models[{key}] failed: {error}")
@@ -261,10 +278,9 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             context.log.warning(f"personalized_models: the loss-curve figure failed to draw: {error}")
         return dg.MaterializeResult(metadata=metadata)
 
-    def _finetune(builder, pipeline, row, images, run_spec, folder, signature, clip, say) -> list[tuple]:
+    def _finetune(builder, pipeline, row, images, run_spec, folder, signature, embed, say) -> list[tuple]:
         """One class's fine-tuning for ``builder``: [(result, training images)] per run (⑥: per cluster)."""
         from ..core import finetune as ft
-        from ..core.clip import encode_image_batches
         from ..core.prompts import textual_inversion_templates
 
         prompt = simple_prompt_nows(row["name"])
@@ -272,11 +288,6 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             result = ft.finetune_conditioning(pipeline, prompt, images, run_spec, folder, signature, progress=say)
             return [(result, len(images.train))]
         if builder == CLUSTER_CONDITIONING:
-            size = clip.config.vision_config.image_size
-
-            def embed(paths):
-                return np.concatenate(list(encode_image_batches(clip, paths, size)))
-
             results = ft.finetune_cluster_conditionings(
                 pipeline, prompt, images, embed(images.train), embed(images.val), spec.clusters, run_spec, folder,
                 {**signature, "k": spec.clusters}, progress=say,
