@@ -330,9 +330,23 @@ class PersonalizationSpec:
     Training stops when the val loss (on the class's val images, ``val_draws`` fixed noise draws per
     image) has not improved for ``patience`` epochs, at most ``max_epochs`` (the paper: 40). Learning
     rates are given for ``reference_batch_size`` and scaled by √(``batch_size`` / reference), the
-    paper's rule for larger batches: ``conditioning_lr`` for ⑤ ⑥, ``word_lr`` for ⑧ (textual
-    inversion's own base rate, 0.005), ``unet_lr`` for the UNet of ⑦ ⑨ (5e-6, DreamBooth's rate
-    for SD's UNet). Checkpoint candidates: best train loss, best val loss and epochs 1 …
+    paper's rule for larger batches (§3.1: "square-root scaling the learning rate to ensure constant
+    gradient variance"). Where each default comes from:
+
+    - ``word_lr`` (⑧, ⑨'s words) 5e-3: textual inversion's own ``base_learning_rate``
+      (rinongal/textual_inversion, ``configs/stable-diffusion/v1-finetune.yaml``, batch 2), which its
+      ``main.py`` scales *linearly* by GPUs × batch × accumulation; the paper, and this code, by √.
+    - ``unet_lr`` (the UNet of ⑦ ⑨) 5e-6: diffusers' DreamBooth example (``train_dreambooth.py``,
+      ``--learning_rate``) for SD's UNet; Imagic's own UNet stage in diffusers' community pipeline uses 2e-6.
+    - ``conditioning_lr`` (⑤ ⑥, ⑦'s conditionings) 1e-2: no cited code's value. Imagic optimizes its
+      text embedding at 1e-3 (diffusers' community Imagic pipeline) for 500 steps on one image; this
+      project's default is ten times that for class-sized sets, to be checked per profile with the grid.
+
+    The grid: ``python -m benchmarks.personalization --method <m> --rates <grid>`` on any profile's
+    home fine-tunes at each rate with early stopping off and prints the val-loss curves; the rate is
+    chosen as the one whose val loss reaches its plateau well inside ``max_epochs`` without rising (a
+    property of the fine-tuning, never of which method wins). The mini profiles' rates were chosen so
+    (BENCHMARKS.md). Checkpoint candidates: best train loss, best val loss and epochs 1 …
     ``early_epochs``; ⑦ instead keeps epochs 1 … ``imagic_early_epochs`` only (the paper's 8, after which
     its images degrade), and does not stop before them (``max_epochs`` below it is an error naming both);
     each candidate's images train one classifier, and the best val accuracy chooses the checkpoint
