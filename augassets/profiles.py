@@ -284,11 +284,24 @@ class RetrievalSpec:
     """Retrieval augmentation: n = ``ratio`` × the target's largest per-class count per class (above 1
     for the scaling analysis); pool items need aesthetic ≥ ``min_aesthetic`` (a metadata filter);
     results whose image embeddings have inner product ≥ ``dedup_threshold`` are near-duplicates
-    (clip-retrieval's 0.94, calibrated for a trained CLIP)."""
+    (clip-retrieval's 0.94, calibrated for a trained CLIP).
+
+    The filters read the hits' metadata columns ``aesthetic_column`` (a score, the mini pool's
+    ``aesthetic``; LAION-Aesthetics' predictor score where a LAION index carries it) and ``nsfw_column``
+    (a flag, or a probability such as LAION's ``punsafe``: NSFW above ``nsfw_threshold``). A KNN service
+    returns only the columns it is told to: ``clip-retrieval back`` its ``columns_to_return`` (by default
+    ``url`` and ``caption``), so add the two there. When no hit carries a column its filter is skipped,
+    said in one line naming the setting, never by rejecting every hit."""
 
     ratio: float = 1.0
     min_aesthetic: float = 5.0
     dedup_threshold: float = 0.94
+    aesthetic_column: str = "aesthetic"
+    nsfw_column: str = "nsfw"
+    nsfw_threshold: float = 0.5
+
+    def __repr__(self) -> str:
+        return _repr_leaving_out_unset(self, added_later=("aesthetic_column", "nsfw_column", "nsfw_threshold"))
 
 
 @dataclass(frozen=True)

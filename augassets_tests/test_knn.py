@@ -174,3 +174,18 @@ def test_a_hit_with_a_web_url_names_what_to_do():
     hit = KnnHit(7, 0.9, {"url": "https://example.org/7.jpg"})
     with pytest.raises(ValueError, match=r"pool item 7 has a non-local url .*img2dataset"):
         local_image_problem(hit)
+
+
+def test_retrieval_through_a_back_that_returns_its_default_columns_keeps_its_hits_and_says_which_filters_it_skipped():
+    """clip-retrieval back answers with id, similarity and its columns_to_return (by default url and caption):
+    retrieval through it keeps the nearest hits, names the skipped filters and the settings, rejects nothing."""
+    from augassets.core.retrieval import retrieve
+
+    results = [{"id": i, "similarity": 1.0 - i / 100, "url": f"file:///{i}.png", "caption": f"a photo {i}"} for i in range(30)]
+    said = []
+    with FakeClipBack([], results=results) as server:
+        index = remote(server)
+        result = retrieve(lambda k: index.search(np.array([0.6, 0.8], dtype=np.float32), k), None, n=10, progress=said.append)
+    assert result.enough and [h.id for h in result.kept] == list(range(10))
+    assert sum(result.rejected.values()) == 0 and set(result.skipped) == {"aesthetic", "nsfw"}
+    assert any("retrieval.nsfw_column" in line and "columns_to_return" in line for line in said)

@@ -75,3 +75,26 @@ def test_safety_checker_rejects_are_counted_apart_from_the_pool_flag_and_checked
     assert result.k_used > 84, "k grew past 1.4·n"
     assert len(checked) == len(set(checked)), "an image is checked once however often k grows"
     assert not any(i % 7 == 0 or i % 3 == 0 for i in checked), "only hits that passed the cheaper filters are checked"
+
+
+def test_the_filters_read_the_named_columns_and_a_column_no_hit_carries_skips_its_filter_in_one_line():
+    """A real clip-retrieval back returns only its columns_to_return (url and caption by default): the filters
+    must not then reject every hit. LAION names its columns otherwise (``punsafe`` is a probability)."""
+    from augassets.core.retrieval import FilterColumns
+
+    bare = [KnnHit(i, 1.0 - i / 100, {"url": f"file:///{i}.png", "caption": "c"}) for i in range(60)]
+    said = []
+    result = retrieve(lambda k: bare[:k], None, n=20, progress=said.append)
+    assert result.enough and [h.id for h in result.kept] == list(range(20)) and result.rejected["aesthetic"] == 0
+    assert set(result.skipped) == {"aesthetic", "nsfw"}
+    assert "no 'aesthetic' column: the aesthetic filter is skipped (set retrieval.aesthetic_column" in result.skipped["aesthetic"]
+    assert sum("filter is skipped" in line for line in said) == 2, "each absent column is said once"
+
+    laion = [KnnHit(i, 1.0 - i / 100, {"AESTHETIC_SCORE": 6.0 if i % 2 else 4.5, "punsafe": 0.9 if i % 5 == 0 else 0.1}) for i in range(60)]
+    columns = FilterColumns(aesthetic="AESTHETIC_SCORE", nsfw="punsafe", nsfw_threshold=0.5)
+    result = retrieve(lambda k: laion[:k], None, n=10, columns=columns)
+    assert result.skipped == {} and all(h.id % 2 and h.id % 5 for h in result.kept)
+    assert result.rejected["aesthetic"] > 0 and result.rejected["nsfw"] > 0
+    # Some hits lacking the column while others carry it is bad metadata, not an absent column: those hits are rejected.
+    mixed = [KnnHit(0, 0.9, {"url": "a"}), *laion[1:]]
+    assert 0 not in [h.id for h in retrieve(lambda k: mixed[:k], None, n=5, columns=columns).kept]

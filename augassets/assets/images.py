@@ -26,7 +26,7 @@ from ..core.prompts import (
     simple_prompt_nows,
 )
 from ..core.report import excluded_wnids, frame_markdown
-from ..core.retrieval import local_image_problem, retrieve
+from ..core.retrieval import FilterColumns, local_image_problem, retrieve
 from ..integrity import outputs
 from ..partitions import (
     class_method_partitions,
@@ -244,7 +244,10 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             image_problem=local_image_problem,
             flags_unsafe=(lambda hits: safety_flags([load_rgb(file_url_path(str(h.metadata["url"]))) for h in hits])) if safety_flags else None,
             progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
+            columns=FilterColumns(profile.retrieval.aesthetic_column, profile.retrieval.nsfw_column, profile.retrieval.nsfw_threshold),
         )
+        for line in result.skipped.values():
+            context.log.warning(f"retrieval[{method}, {wnid}]: {line}")
         final = image_store.path(folder, method, wnid)
         rows = []
         with atomic_folder(final) as tmp:
@@ -254,7 +257,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 shutil.copyfile(file_url_path(str(hit.metadata["url"])), tmp / name)
                 rows.append({
                     "method": method, "wnid": wnid, "rank": rank, "path": str(final / name), "pool_id": pool_id,
-                    "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get("aesthetic"),
+                    "caption": hit.metadata.get("caption"), "similarity": hit.similarity, "aesthetic": hit.metadata.get(profile.retrieval.aesthetic_column),
                     "prompt": prompt["prompt"][0], "family": "simple_nows",
                 })
             manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
@@ -265,7 +268,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             f"{context.asset_key.to_user_string()}[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
             f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
         )
-        row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()}}
+        row = {"wnid": wnid, "method": method, "images": len(rows), "needed": n, "k": result.k_used, **{f"rejected_{k}": v for k, v in result.rejected.items()},
+               "filters_skipped": ", ".join(sorted(result.skipped)) or None}
         return row, [r["path"] for r in rows]
 
     def _generate_partition(context, db, image_store, pipeline, backend: DiffusionBackendResource, method: str, wnid: str, label: int,

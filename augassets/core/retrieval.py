@@ -32,6 +32,27 @@ class RetrievalResult:
     k_used: int
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count over the final k
     enough: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # filter -> why it was not applied (its column is absent)
+
+
+@dataclass(frozen=True)
+class FilterColumns:
+    """Which metadata columns the filters read (``RetrievalSpec``): an aesthetic score, and an NSFW flag or
+    probability (NSFW above ``nsfw_threshold``)."""
+
+    aesthetic: str = "aesthetic"
+    nsfw: str = "nsfw"
+    nsfw_threshold: float = 0.5
+
+
+def absent_columns(hits: list[KnnHit], columns: FilterColumns) -> dict[str, str]:
+    """The filters whose column no hit carries, each with the one line that says so and what to set."""
+    absent = {}
+    for name, column, setting in (("aesthetic", columns.aesthetic, "aesthetic_column"), ("nsfw", columns.nsfw, "nsfw_column")):
+        if hits and not any(column in hit.metadata for hit in hits):
+            absent[name] = (f"the KNN results carry no {column!r} column: the {name} filter is skipped (set retrieval.{setting}, "
+                            "or add the column to the service's columns_to_return)")
+    return absent
 
 
 def near_duplicate_rows(embeddings: np.ndarray, threshold: float = DEDUP_THRESHOLD) -> set[int]:
@@ -63,9 +84,11 @@ def retrieve(
     image_problem: Callable[[KnnHit], str | None] | None = None,
     flags_unsafe: Callable[[list[KnnHit]], list[bool]] | None = None,
     progress: Callable[[str], None] | None = None,
+    columns: FilterColumns = FilterColumns(),
 ) -> RetrievalResult:
     """Grow k until n hits pass the filters. ``search(k)`` returns the k nearest pool items with their
-    metadata (``aesthetic``, ``nsfw``); ``embeddings_of(hits)`` gives their image embeddings for the
+    metadata (the ``columns`` the filters read; a column no hit carries skips its filter, said once
+    through ``progress`` and in ``skipped``); ``embeddings_of(hits)`` gives their image embeddings for the
     duplicate rule (None: the back end already deduplicated); ``image_problem(hit)`` says why its image
     cannot be used, or None (a missing or undecodable pool image is rejected and counted under its
     reason, like a dead LAION URL);
@@ -77,12 +100,16 @@ def retrieve(
         k = math.ceil(K_FACTOR * n * growth)
         hits = sorted(search(k), key=lambda h: (-h.similarity, h.id))
         rejected = {"aesthetic": 0, "nsfw": 0, "missing": 0, "undecodable": 0, "safety_checker": 0, "near_duplicate": 0}
+        skipped = absent_columns(hits, columns)
+        for line in (line for name, line in skipped.items() if name not in result.skipped):
+            if progress:
+                progress(line)
         candidates = []
         for hit in hits:
-            aesthetic = hit.metadata.get("aesthetic")
-            if aesthetic is None or aesthetic < min_aesthetic:
+            aesthetic = hit.metadata.get(columns.aesthetic)
+            if "aesthetic" not in skipped and (aesthetic is None or aesthetic < min_aesthetic):
                 rejected["aesthetic"] += 1
-            elif hit.metadata.get("nsfw"):
+            elif "nsfw" not in skipped and float(hit.metadata.get(columns.nsfw) or 0) > columns.nsfw_threshold:
                 rejected["nsfw"] += 1
             elif image_problem is not None and (problem := image_problem(hit)) is not None:
                 rejected[problem] += 1
@@ -98,7 +125,7 @@ def retrieve(
             drop = near_duplicate_rows(embeddings_of(candidates), dedup_threshold)
             rejected["near_duplicate"] = len(drop)
             candidates = [hit for i, hit in enumerate(candidates) if i not in drop]
-        result = RetrievalResult(kept=candidates[:n], k_used=k, rejected=rejected, enough=len(candidates) >= n)
+        result = RetrievalResult(kept=candidates[:n], k_used=k, rejected=rejected, enough=len(candidates) >= n, skipped=skipped)
         if progress:
             progress(f"k={k}: {len(candidates)} of {len(hits)} survive the filters (need {n})")
         if result.enough or len(hits) < k:  # enough, or the pool has no more items
