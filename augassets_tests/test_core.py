@@ -416,3 +416,17 @@ def test_the_papers_speedups_are_its_own_hours_and_ours_come_from_the_extrapolat
     ratios = {r["comparison"]: r["measured"] for r in speedups(extrapolation, ["simple_prompt", "clip_prompts"]).iter_rows(named=True)}
     assert ratios["prompt-based generation"] == pytest.approx(30.0)  # (50 + 70) / 2 / 2
     assert ratios["pseudoword_dm"] is None, "⑨'s fine-tuning was not measured"
+
+
+def test_fig5a_shows_pseudoword_dm_and_retrieval_or_names_its_stand_in():
+    from augassets.core.analysis import extreme_classes, fig5a_methods
+
+    summary = pl.DataFrame({"method": ["real_p", "simple_prompt", "sariyildiz_prompts", "retrieval"], "top1_mean": [0.4, 0.5, 0.55, 0.52]})
+    shown = fig5a_methods(summary)
+    assert [m for m, _ in shown] == ["sariyildiz_prompts", "retrieval"] and "standing in for pseudoword_dm" in shown[0][1]
+    with_9 = pl.concat([summary, pl.DataFrame({"method": ["pseudoword_dm"], "top1_mean": [0.45]})])
+    assert [m for m, _ in fig5a_methods(with_9)] == ["pseudoword_dm", "retrieval"], "⑨ even when it is not the best diffusion row"
+    gains = pl.DataFrame({"method": ["retrieval"] * 4, "wnid": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "gain": [0.1, -0.2, 0.3, 0.0]})
+    extremes = extreme_classes(gains, ["retrieval"], count=2)
+    assert extremes.filter(pl.col("end") == "worst")["wnid"].to_list() == ["b", "d"]
+    assert extremes.filter(pl.col("end") == "best")["wnid"].to_list() == ["c", "a"]

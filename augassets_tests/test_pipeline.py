@@ -151,6 +151,13 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         assert row["gain"] == pytest.approx(means[row["method"], row["wnid"]] - means["real_p", row["wnid"]])
     correlations = db.query("SELECT * FROM gain_correlations")
     assert set(correlations["method"]) == set(gains["method"]) and (correlations["classes"] == 3).all()
+    # Fig. 5A as the paper draws it: ⑨ and retrieval, each one's worst and best classes (2 of each of 3 classes).
+    extremes = db.query("SELECT * FROM per_class_extremes")
+    for method in ("pseudoword_dm", "retrieval"):
+        mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
+        worst = extremes.filter((pl.col("method") == method) & (pl.col("end") == "worst")).sort("rank")
+        best = extremes.filter((pl.col("method") == method) & (pl.col("end") == "best")).sort("rank")
+        assert worst["wnid"].to_list() == mine["wnid"].to_list()[:2] and best["wnid"].to_list() == mine["wnid"].to_list()[::-1][:2]
     similarity = db.query("SELECT wnid, avg(similarity) AS similarity FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
     joined = gains.filter(pl.col("method") == "retrieval").join(similarity, on="wnid")
     with np.errstate(all="ignore"):
@@ -196,16 +203,18 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     assert curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 2
 
     reports = profile.home / "store" / "reports"
-    for name in ("table1.png", "per_class_gains.png", "method_samples.png", "compute.png", "scaling.png"):
+    for name in ("table1.png", "per_class_gains.png", "per_class_gain_distribution.png", "per_class_examples.png", "method_samples.png",
+                 "compute.png", "scaling.png"):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
     page = (reports / "report.html").read_text()
-    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="method_samples.png"', 'src="compute.png"', 'src="scaling.png"', "<table>",
+    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="per_class_gain_distribution.png"', 'src="per_class_examples.png"', 'src="method_samples.png"', 'src="compute.png"', 'src="scaling.png"', "<table>",
                    "paper top-1", "Extrapolated to the paper"):
         assert needed in page, needed
     instance = dg.DagsterInstance.get()
     metadata = instance.get_latest_materialization_event(dg.AssetKey("per_class_gains")).asset_materialization.metadata
     assert "data:image/png;base64," in metadata["per_class_gains"].value
+    assert "data:image/png;base64," in metadata["per_class_examples"].value and "pseudoword_dm" in metadata["fig5a_rows"].value
     assert metadata["retrieval_beats_best_diffusion_on"].value.endswith("of 3 classes")
 
 

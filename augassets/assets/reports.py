@@ -109,13 +109,16 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     @dg.asset(
         metadata=outputs(tables=("per_class_gains", "gain_correlations")),
         group_name=GROUP,
-        code_version=code_version("1", profile.methods, profile.classifier.replicates),
+        code_version=code_version("2", profile.methods, profile.classifier.replicates),
         deps=[up.classifier_scores] + ([up.class_fidelity, up.augmentation_images] if augmenting else []),
         kinds={"parquet"},
         description="Per-class gains (the paper's Fig. 5A): per method and class, test accuracy mean over the replicates "
         "minus real_p's on that class, with its standard error; the classes where retrieval beats the best diffusion "
         "method and where it loses; Pearson's r over classes between a method's gain and its class fidelity, and, for "
-        "retrieval, the mean CLIP similarity of the retrieved images. Figure: reports/per_class_gains.png.",
+        "retrieval, the mean CLIP similarity of the retrieved images. As the paper draws Fig. 5A: the distributions of "
+        "per-class gains of ⑨ and retrieval (the best diffusion row, named, where ⑨ did not run) and images of each one's "
+        "worst and best classes (table per_class_extremes). Figures: reports/per_class_gains.png, "
+        "per_class_gain_distribution.png, per_class_examples.png.",
     )
     def per_class_gains(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         from ..core.figures import per_class_gain_figure
@@ -159,7 +162,35 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             metadata["retrieval_beats_best_diffusion_on"] = f"{wins.height} of {versus.height} classes"
             metadata["retrieval_vs_diffusion"] = dg.MetadataValue.md(frame_markdown(versus, "{:+.4f}"))
         metadata.update(save_figure(context, image_store, "per_class_gains.png", lambda: per_class_gain_figure(gains)))
+        metadata.update(fig5a(context, db, image_store, gains, analysis.fig5a_methods(summary)))
         return dg.MaterializeResult(metadata=metadata)
+
+    def fig5a(context, db, image_store: ImageStoreResource, gains: pl.DataFrame, shown: list[tuple[str, str]]) -> dict:
+        """The paper's Fig. 5A: the gain distributions of the shown rows, and images of each one's worst and best classes."""
+        from ..core.figures import gain_distribution_figure, sample_figure
+
+        if not shown or gains.is_empty():
+            return {}
+        extremes = analysis.extreme_classes(gains, [method for method, _ in shown])
+        db.replace("per_class_extremes", extremes)
+        metadata = {
+            "fig5a_rows": dg.MetadataValue.md("\n".join(f"- `{method}`: {why}" for method, why in shown)),
+            "worst_and_best_classes": dg.MetadataValue.md(frame_markdown(extremes, "{:+.4f}")),
+            **save_figure(context, image_store, "per_class_gain_distribution.png", lambda: gain_distribution_figure(gains, shown)),
+        }
+        if not db.has_table("augmentation_manifest"):
+            return metadata
+        rows, examples = [], 4
+        for row in extremes.filter(pl.col("rank") == 0).iter_rows(named=True):
+            target = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item LIMIT 1", [row["wnid"]])["path"].to_list()
+            images = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank LIMIT ?",
+                              [row["method"], row["wnid"], examples])["path"].to_list()
+            image_store.ensure(target + images, context.log.info)
+            label = f"{row['method']}, {row['end']}: {row['name'].split(',')[0]} ({100 * row['gain']:+.1f} pp)"
+            rows.append((label, (target + [None])[:1] + (images + [None] * examples)[:examples]))
+        columns = ["target"] + [f"image {i + 1}" for i in range(examples)]
+        metadata.update(save_figure(context, image_store, "per_class_examples.png", lambda: sample_figure(rows, columns)))
+        return metadata
 
     assets["per_class_gains"] = per_class_gains
 
@@ -300,12 +331,17 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     )
     def analysis_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
         db = warehouse.get()
-        figures = {name: image_store.path("reports", f"{name}.png").is_file() for name in ("table1", "per_class_gains", "method_samples", "compute", "scaling")}
+        figures = {name: image_store.path("reports", f"{name}.png").is_file()
+                   for name in ("table1", "per_class_gains", "per_class_gain_distribution", "per_class_examples", "method_samples", "compute", "scaling")}
         image = lambda name, alt: f"![{alt}]({name}.png)" if figures[name] else f"(figure {name}.png was not drawn: see its asset's log)"  # noqa: E731
         sections = [("Results", results_report(db, paper, report_settings) + "\n\n" + image("table1", "Table 1 as bars"))]
         if augmenting:
             sections.insert(0, ("What each method adds", image("method_samples", "one image per method and class")))
         gains = [image("per_class_gains", "per-class gains")]
+        if db.has_table("per_class_extremes"):  # the paper's Fig. 5A: distributions and the extreme classes' images
+            gains += [image("per_class_gain_distribution", "distributions of per-class gains"),
+                      image("per_class_examples", "images of each row's worst and best class"),
+                      frame_markdown(db.query("SELECT * FROM per_class_extremes ORDER BY method, end DESC, rank"), "{:+.4f}")]
         if db.has_table("gain_correlations"):
             gains.append("Pearson's r over classes between a method's gain and its class fidelity / retrieval similarity:\n\n"
                          + frame_markdown(db.query("SELECT * FROM gain_correlations"), "{:.3f}"))

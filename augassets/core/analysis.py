@@ -214,6 +214,35 @@ def per_class_gains(per_class: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+PAPER_FIG5A_DIFFUSION = "pseudoword_dm"  # the paper's Fig. 5A sets ⑨ beside retrieval
+
+
+def fig5a_methods(summary: pl.DataFrame) -> list[tuple[str, str]]:
+    """The rows the paper's Fig. 5A shows, as (method, why): ⑨ where it ran, else the best diffusion row
+    (named as the stand-in), and retrieval where it ran."""
+    ran = set(summary["method"])
+    chosen = []
+    if PAPER_FIG5A_DIFFUSION in ran:
+        chosen.append((PAPER_FIG5A_DIFFUSION, "the paper's diffusion row in Fig. 5A"))
+    elif (best := best_diffusion_method(summary)) is not None:
+        chosen.append((best, f"the best diffusion row here, standing in for {PAPER_FIG5A_DIFFUSION}, which did not run"))
+    if "retrieval" in ran:
+        chosen.append(("retrieval", "the paper's retrieval row in Fig. 5A"))
+    return chosen
+
+
+def extreme_classes(gains: pl.DataFrame, methods: list[str], count: int = 2) -> pl.DataFrame:
+    """Per method, its ``count`` worst and ``count`` best classes by gain over real_p (the paper's Fig. 5A
+    examples): method, end (worst or best), rank within that end, wnid, name, gain."""
+    rows = []
+    for method in methods:
+        mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
+        for end, part in (("worst", mine.head(count)), ("best", mine.reverse().head(count))):
+            for rank, row in enumerate(part.iter_rows(named=True)):
+                rows.append({"method": method, "end": end, "rank": rank, "wnid": row["wnid"], "name": row["name"], "gain": row["gain"]})
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "end": pl.Utf8, "rank": pl.Int64, "wnid": pl.Utf8, "name": pl.Utf8, "gain": pl.Float64})
+
+
 def best_diffusion_method(summary: pl.DataFrame) -> str | None:
     """The diffusion-based method (Boomerang, prompts, personalized) with the highest mean top-1."""
     diffusion = summary.filter(pl.col("method").map_elements(lambda k: get_method(k).family in DIFFUSION_FAMILIES, return_dtype=pl.Boolean))

@@ -107,6 +107,29 @@ def per_class_gain_figure(gains: pl.DataFrame) -> Image.Image:
     return _to_image(plt, figure)
 
 
+def gain_distribution_figure(gains: pl.DataFrame, methods: list[tuple[str, str]]) -> Image.Image:
+    """The paper's Fig. 5A: the distribution of per-class gains over real_p for each of ``methods``
+    ((method, why it is shown)), as overlaid histograms on shared bins, with each method's mean."""
+    plt, figure = _figure(7.5, 4.2)
+    axes = figure.add_subplot(1, 1, 1)
+    values = {m: [100 * v for v in gains.filter(pl.col("method") == m)["gain"].to_list()] for m, _ in methods}
+    everything = [v for vs in values.values() for v in vs]
+    if everything:
+        low, high = min(everything + [0.0]), max(everything + [0.0])
+        bins = [low + (high - low) * i / 20 for i in range(21)] if high > low else 10
+        for (method, _), colour in zip(methods, ("tab:green", "tab:red", "tab:blue")):
+            if values[method]:
+                axes.hist(values[method], bins=bins, alpha=0.5, color=colour, label=f"{method} (mean {sum(values[method]) / len(values[method]):+.1f} pp)")
+        axes.legend(fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no per-class gains: real_p, retrieval or a diffusion row has not run", transform=axes.transAxes, ha="center")
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("per-class test accuracy gain over real_p (pp)")
+    axes.set_ylabel("classes")
+    axes.set_title("Distribution of per-class gains (paper Fig. 5A)")
+    return _to_image(plt, figure)
+
+
 def sample_figure(rows: list[tuple[str, list[str | None]]], columns: list[str], cell: float = 0.9) -> Image.Image:
     """A labelled grid of images: one row per (label, paths) — the real target, each method's images,
     the retrieved ones — and one column per class (``columns``, titled by the first lemma); a missing
