@@ -428,5 +428,5 @@ def test_fig5a_shows_pseudoword_dm_and_retrieval_or_names_its_stand_in():
     assert [m for m, _ in fig5a_methods(with_9)] == ["pseudoword_dm", "retrieval"], "⑨ even when it is not the best diffusion row"
     gains = pl.DataFrame({"method": ["retrieval"] * 4, "wnid": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "gain": [0.1, -0.2, 0.3, 0.0]})
     extremes = extreme_classes(gains, ["retrieval"], count=2)
-    assert extremes.filter(pl.col("end") == "worst")["wnid"].to_list() == ["b", "d"]
-    assert extremes.filter(pl.col("end") == "best")["wnid"].to_list() == ["c", "a"]
+    assert extremes.filter(pl.col("extreme") == "worst")["wnid"].to_list() == ["b", "d"]
+    assert extremes.filter(pl.col("extreme") == "best")["wnid"].to_list() == ["c", "a"]

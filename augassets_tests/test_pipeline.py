@@ -155,8 +155,8 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     extremes = db.query("SELECT * FROM per_class_extremes")
     for method in ("pseudoword_dm", "retrieval"):
         mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
-        worst = extremes.filter((pl.col("method") == method) & (pl.col("end") == "worst")).sort("rank")
-        best = extremes.filter((pl.col("method") == method) & (pl.col("end") == "best")).sort("rank")
+        worst = extremes.filter((pl.col("method") == method) & (pl.col("extreme") == "worst")).sort("rank")
+        best = extremes.filter((pl.col("method") == method) & (pl.col("extreme") == "best")).sort("rank")
         assert worst["wnid"].to_list() == mine["wnid"].to_list()[:2] and best["wnid"].to_list() == mine["wnid"].to_list()[::-1][:2]
     similarity = db.query("SELECT wnid, avg(similarity) AS similarity FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
     joined = gains.filter(pl.col("method") == "retrieval").join(similarity, on="wnid")

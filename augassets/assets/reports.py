@@ -186,7 +186,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             images = db.query("SELECT path FROM augmentation_manifest WHERE method = ? AND wnid = ? ORDER BY rank LIMIT ?",
                               [row["method"], row["wnid"], examples])["path"].to_list()
             image_store.ensure(target + images, context.log.info)
-            label = f"{row['method']}, {row['end']}: {row['name'].split(',')[0]} ({100 * row['gain']:+.1f} pp)"
+            label = f"{row['method']}, {row['extreme']}: {row['name'].split(',')[0]} ({100 * row['gain']:+.1f} pp)"
             rows.append((label, (target + [None])[:1] + (images + [None] * examples)[:examples]))
         columns = ["target"] + [f"image {i + 1}" for i in range(examples)]
         metadata.update(save_figure(context, image_store, "per_class_examples.png", lambda: sample_figure(rows, columns)))
@@ -341,7 +341,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         if db.has_table("per_class_extremes"):  # the paper's Fig. 5A: distributions and the extreme classes' images
             gains += [image("per_class_gain_distribution", "distributions of per-class gains"),
                       image("per_class_examples", "images of each row's worst and best class"),
-                      frame_markdown(db.query("SELECT * FROM per_class_extremes ORDER BY method, end DESC, rank"), "{:+.4f}")]
+                      frame_markdown(db.query("SELECT * FROM per_class_extremes ORDER BY method, extreme DESC, rank"), "{:+.4f}")]
         if db.has_table("gain_correlations"):
             gains.append("Pearson's r over classes between a method's gain and its class fidelity / retrieval similarity:\n\n"
                          + frame_markdown(db.query("SELECT * FROM gain_correlations"), "{:.3f}"))

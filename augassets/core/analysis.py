@@ -233,14 +233,14 @@ def fig5a_methods(summary: pl.DataFrame) -> list[tuple[str, str]]:
 
 def extreme_classes(gains: pl.DataFrame, methods: list[str], count: int = 2) -> pl.DataFrame:
     """Per method, its ``count`` worst and ``count`` best classes by gain over real_p (the paper's Fig. 5A
-    examples): method, end (worst or best), rank within that end, wnid, name, gain."""
+    examples): method, extreme (worst or best), rank within it, wnid, name, gain."""
     rows = []
     for method in methods:
         mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
         for end, part in (("worst", mine.head(count)), ("best", mine.reverse().head(count))):
             for rank, row in enumerate(part.iter_rows(named=True)):
-                rows.append({"method": method, "end": end, "rank": rank, "wnid": row["wnid"], "name": row["name"], "gain": row["gain"]})
-    return pl.DataFrame(rows, schema={"method": pl.Utf8, "end": pl.Utf8, "rank": pl.Int64, "wnid": pl.Utf8, "name": pl.Utf8, "gain": pl.Float64})
+                rows.append({"method": method, "extreme": end, "rank": rank, "wnid": row["wnid"], "name": row["name"], "gain": row["gain"]})
+    return pl.DataFrame(rows, schema={"method": pl.Utf8, "extreme": pl.Utf8, "rank": pl.Int64, "wnid": pl.Utf8, "name": pl.Utf8, "gain": pl.Float64})
 
 
 def best_diffusion_method(summary: pl.DataFrame) -> str | None:
