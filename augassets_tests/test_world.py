@@ -56,6 +56,9 @@ def test_export_writes_every_model_with_checksums_and_the_versions_that_made_it(
         world.verify(asset)
     weights = load_file(folder / "clip_model" / "model.safetensors")
     assert {str(t.dtype) for t in weights.values() if t.is_floating_point()} == {"torch.float16"}
+    # The fast tokenizer's file is derived by transformers from vocab.json and merges.txt: not shipped.
+    assert {"clip_model/vocab.json", "clip_model/merges.txt"} <= set(clip["files"]) and "clip_model/tokenizer.json" not in clip["files"]
+    assert not (folder / "clip_model" / "tokenizer.json").exists()
     assert lines[-1].startswith("shipped world")
 
 

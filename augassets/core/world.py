@@ -155,11 +155,16 @@ def _write_tensors(source: Path, target: Path, dtype: str) -> None:
     save_file(tensors, str(target), metadata=metadata)
 
 
+# Files a model folder holds that its loader derives from the others: not shipped. ``tokenizer.json`` (3.5 MB)
+# is the fast tokenizer transformers builds again from ``vocab.json`` and ``merges.txt``, token for token.
+DERIVABLE_FILES = frozenset({"tokenizer.json"})
+
+
 def export_asset(asset: str, files_root: Path, world_folder: Path, versions: dict[str, str], figures: dict) -> dict:
-    """Copy an asset's model files (``files_root``: a folder, or one file) into ``world_folder/<asset>/``,
-    tensors in ``STORED_DTYPE``; returns its manifest entry (files with sizes and checksums, the code
-    versions that made it, its recorded figures)."""
-    sources = sorted(p for p in files_root.rglob("*") if p.is_file()) if files_root.is_dir() else [files_root]
+    """Copy an asset's model files (``files_root``: a folder, or one file; not ``DERIVABLE_FILES``) into
+    ``world_folder/<asset>/``, tensors in ``STORED_DTYPE``; returns its manifest entry (files with sizes
+    and checksums, the code versions that made it, its recorded figures)."""
+    sources = sorted(p for p in files_root.rglob("*") if p.is_file() and p.name not in DERIVABLE_FILES) if files_root.is_dir() else [files_root]
     base = files_root if files_root.is_dir() else files_root.parent
     files = {}
     for source in sources:
