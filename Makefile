@@ -13,8 +13,10 @@ foundation: setup  ## the mini world's web pool, CLIP, KNN index and Stable Diff
 test: setup  ## the test suite (smoke profile, seconds to minutes)
 	.venv/bin/python -m pytest -q -n 2 --dist loadgroup
 
-lint: setup  ## ruff (settings in pyproject.toml)
+lint: setup  ## ruff's checks and format (settings in pyproject.toml), and the package's import layers
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python -m pytest -q -p no:cacheprovider augassets_tests/test_layers.py
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000
 	.venv/bin/augassets ui

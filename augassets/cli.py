@@ -32,6 +32,7 @@ from .runner.command import materialize
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+
 def foundation_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     """The mini world's foundation (group ``foundation`` and the fidelity classifier) and what it reads."""
     graph = defs.resolve_asset_graph()
@@ -40,10 +41,10 @@ def foundation_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     return [key for key in graph.toposorted_asset_keys if key in chosen and graph.get(key).is_executable]
 
 
-def benchmark(profile: Profile, force: bool = False, say=print) -> str:
+def benchmark(profile: Profile, force: bool = False, say=print, verify: bool = False) -> str:
     """Materialize what the profile's results table needs and return the table as markdown."""
     started = time.perf_counter()
-    materialize(profile, benchmark_keys, force, say)
+    materialize(profile, benchmark_keys, force, say, verify)
     table = results_report(Warehouse(profile.tables), profile.paper_reference, profile.report_settings)
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
     report = Path(profile.store_root) / "reports" / "report.html"
@@ -63,7 +64,9 @@ CALIBRATION_FIGURES = {  # figures of the world a manifest records beside its fi
 def _plain(value):
     """A metadata value as JSON can hold it (numbers, strings, lists of numbers), or None."""
     value = getattr(value, "value", value)
-    if isinstance(value, (int, float, str)) or (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)):
+    if isinstance(value, (int, float, str)) or (
+        isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+    ):
         return value
     return None
 
@@ -92,26 +95,45 @@ def export_world(profile: Profile, name: str, say=print) -> Path:
     for asset in SHIPPED_FILES:
         made = latest(asset)
         version = graph.get(dg.AssetKey(asset)).code_version
-        if made is None or _plain(made.metadata.get("source")) != "trained here" or made.tags.get("dagster/code_version") != version:
-            raise SystemExit(f"{asset}: no materialization trained here by the current definitions (code version {version}) on "
-                             f"{profile.home}; train the world first: AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild")
+        if (
+            made is None
+            or _plain(made.metadata.get("source")) != "trained here"
+            or made.tags.get("dagster/code_version") != version
+        ):
+            raise SystemExit(
+                f"{asset}: no materialization trained here by the current definitions (code version {version}) on "
+                f"{profile.home}; train the world first: AUGASSETS_PROFILE={profile.name} augassets foundation "
+                f"--rebuild"
+            )
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:  # no git on this machine: the manifest says so
         commit = ""
     world = profile.world
     manifest = {
         "world": name,
         "profile": profile.name,
-        "command": f"AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild && augassets world export --name {name}",
+        "command": f"AUGASSETS_PROFILE={profile.name} augassets foundation --rebuild"
+        f" && augassets world export --name {name}",
         "commit": commit or "unknown",
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "stored_dtype": STORED_DTYPE,
-        "settings": {"target": repr(profile.dataset.target), "split": repr(profile.split), "pool": repr(world.pool),
-                     "clip": repr(world.clip), "diffusion": repr(world.diffusion), "classifier": repr(profile.classifier)},
+        "settings": {
+            "target": repr(profile.dataset.target),
+            "split": repr(profile.split),
+            "pool": repr(world.pool),
+            "clip": repr(world.clip),
+            "diffusion": repr(world.diffusion),
+            "classifier": repr(profile.classifier),
+        },
         "calibration": {
             f"{asset}.{key}": _plain(latest(asset).metadata[key])
-            for asset, keys in CALIBRATION_FIGURES.items() if latest(asset) for key in keys if key in latest(asset).metadata
+            for asset, keys in CALIBRATION_FIGURES.items()
+            if latest(asset)
+            for key in keys
+            if key in latest(asset).metadata
         },
         "assets": {},
     }
@@ -119,8 +141,12 @@ def export_world(profile: Profile, name: str, say=print) -> Path:
     final = world_folder(name)
     with atomic_folder(final) as tmp:
         for asset, parts in SHIPPED_FILES.items():
-            figures = {k: _plain(v) for k, v in latest(asset).metadata.items() if k != "source" and _plain(v) is not None}
-            manifest["assets"][asset] = export_asset(asset, store.joinpath(*parts), tmp, lineage_versions(graph, dg.AssetKey(asset)), figures)
+            figures = {
+                k: _plain(v) for k, v in latest(asset).metadata.items() if k != "source" and _plain(v) is not None
+            }
+            manifest["assets"][asset] = export_asset(
+                asset, store.joinpath(*parts), tmp, lineage_versions(graph, dg.AssetKey(asset)), figures
+            )
             say(f"- {asset}: {len(manifest['assets'][asset]['files'])} files")
         write_manifest(tmp, manifest)
     total = sum(f["bytes"] for entry in manifest["assets"].values() for f in entry["files"].values())
@@ -169,7 +195,11 @@ def daemon(profile: Profile, start: list[str]) -> int:
     for name in start:
         subprocess.run([_dagster_command("dagster"), "sensor", "start", name, *_workspace_args()], check=True)
     spec = profile.automation
-    print(f"Dagster daemon for profile {profile.name} (DAGSTER_HOME={home}); backfills at {spec.cron} ({spec.cron_timezone})", flush=True)
+    print(
+        f"Dagster daemon for profile {profile.name} (DAGSTER_HOME={home}); backfills at {spec.cron} "
+        f"({spec.cron_timezone})",
+        flush=True,
+    )
     return run_in_foreground([_dagster_command("dagster-daemon"), "run", *_workspace_args()])
 
 
@@ -179,8 +209,11 @@ def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> 
     GPU on the ``gpu`` queue with concurrency 1, its device chosen by ``CUDA_VISIBLE_DEVICES``."""
     broker = scale.celery_broker()
     if not broker:
-        raise SystemExit(f"augassets worker: set {scale.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. redis://127.0.0.1:6379/0); "
-                         "the webserver and the daemon need the same setting")
+        raise SystemExit(
+            f"augassets worker: set {scale.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. "
+            f"redis://127.0.0.1:6379/0); "
+            "the webserver and the daemon need the same setting"
+        )
     scale.check_broker(broker)
     home = ensure_dagster_home(profile)
     os.environ[PROFILE_ENV] = profile.name
@@ -190,10 +223,30 @@ def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> 
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     name = name or f"{queue}-{os.getpid()}"
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
-    print(f"Celery worker {name} on queue {queue} (concurrency {concurrency}, CUDA_VISIBLE_DEVICES={devices}) for profile "
-          f"{profile.name}; broker {scale.redacted(broker)}", flush=True)
-    return run_in_foreground([_dagster_command("dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config),
-                              "-q", queue, "-n", name, "--", f"--concurrency={concurrency}", "--pool=prefork"])
+    print(
+        f"Celery worker {name} on queue {queue} (concurrency {concurrency}, CUDA_VISIBLE_DEVICES={devices}) for "
+        f"profile "
+        f"{profile.name}; broker {scale.redacted(broker)}",
+        flush=True,
+    )
+    return run_in_foreground(
+        [
+            _dagster_command("dagster-celery"),
+            "worker",
+            "start",
+            "-A",
+            "dagster_celery.app",
+            "-y",
+            str(config),
+            "-q",
+            queue,
+            "-n",
+            name,
+            "--",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,22 +255,45 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("benchmark", help="materialize the benchmark headless and print the results table")
     bench.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
+    verify_help = "compare every written file's SHA-256 with the one recorded (sizes are compared on every command)"
+    bench.add_argument("--verify", action="store_true", help=verify_help)
     found = sub.add_parser("foundation", help="materialize the mini world's pool, CLIP, KNN index and Stable Diffusion")
     found.add_argument("--force", action="store_true", help="rebuild every stage even if it is up to date")
-    found.add_argument("--rebuild", action="store_true", help="train the mini world's models from scratch instead of installing the "
-                       "shipped world (implies --force)")
-    world_parser = sub.add_parser("world", help="the shipped mini world: export the world this home trained into the package")
+    found.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="train the mini world's models from scratch instead of installing the shipped world (implies --force)",
+    )
+    world_parser = sub.add_parser(
+        "world", help="the shipped mini world: export the world this home trained into the package"
+    )
     world_parser.add_argument("action", choices=["export"])
-    world_parser.add_argument("--name", default="v2", help="the world's folder under augassets/world (default v2), or a path")
+    world_parser.add_argument(
+        "--name", default="v2", help="the world's folder under augassets/world (default v2), or a path"
+    )
     ui_parser = sub.add_parser("ui", help="open the Dagster UI (dagster dev) on this profile's instance")
     ui_parser.add_argument("--port", type=int, default=3000)
     ui_parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    daemon_parser = sub.add_parser("daemon", help="run the Dagster daemon (sensors, backfills, run queue) on this profile's instance")
-    daemon_parser.add_argument("--start", nargs="*", choices=SENSORS, default=[], metavar="SENSOR",
-                               help=f"start these sensors first ({', '.join(SENSORS)}); they stay started")
-    worker_parser = sub.add_parser("worker", help="run a Celery worker for the steps of launched runs (AUGASSETS_CELERY_BROKER)")
-    worker_parser.add_argument("--queue", default=scale.GPU_QUEUE, choices=[scale.GPU_QUEUE, scale.DEFAULT_QUEUE],
-                               help="gpu: training, fine-tuning, generation (one worker per GPU); dagster: every other step")
+    daemon_parser = sub.add_parser(
+        "daemon", help="run the Dagster daemon (sensors, backfills, run queue) on this profile's instance"
+    )
+    daemon_parser.add_argument(
+        "--start",
+        nargs="*",
+        choices=SENSORS,
+        default=[],
+        metavar="SENSOR",
+        help=f"start these sensors first ({', '.join(SENSORS)}); they stay started",
+    )
+    worker_parser = sub.add_parser(
+        "worker", help="run a Celery worker for the steps of launched runs (AUGASSETS_CELERY_BROKER)"
+    )
+    worker_parser.add_argument(
+        "--queue",
+        default=scale.GPU_QUEUE,
+        choices=[scale.GPU_QUEUE, scale.DEFAULT_QUEUE],
+        help="gpu: training, fine-tuning, generation (one worker per GPU); dagster: every other step",
+    )
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
     worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")
     args = parser.parse_args(argv)
@@ -240,12 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         export_world(profile, args.name)
         return 0
     if args.command == "benchmark":
-        benchmark(profile, force=args.force)
+        benchmark(profile, force=args.force, verify=args.verify)
         return 0
     if args.command == "foundation":
         started = time.perf_counter()
         if profile.world is None:
-            raise SystemExit(f"profile {profile.name} has no mini world: its pool, CLIP, index and SD are external assets")
+            raise SystemExit(
+                f"profile {profile.name} has no mini world: its pool, CLIP, index and SD are external assets"
+            )
         materialize(profile, foundation_keys, force=args.force or args.rebuild)
         print(f"foundation ready in {time.perf_counter() - started:.0f} s: {profile.home / 'store' / 'models'}")
         return 0

@@ -17,8 +17,12 @@ import dagster as dg
 AC = dg.AutomationCondition
 
 
-def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None, cron_timezone: str = "UTC",
-                    by_data_version: Sequence[dg.AssetKey] = ()) -> dg.AutomationCondition:
+def stale_condition(
+    ignore: Sequence[dg.AssetKey] = (),
+    cron: str | None = None,
+    cron_timezone: str = "UTC",
+    by_data_version: Sequence[dg.AssetKey] = (),
+) -> dg.AutomationCondition:
     """True for a partition that is missing, whose code version changed, or one of whose upstream
     assets was updated since it last ran — unless it is running (alone or in a backfill) or an
     upstream is missing or running.
@@ -34,7 +38,9 @@ def stale_condition(ignore: Sequence[dg.AssetKey] = (), cron: str | None = None,
     if ignore or by_data_version:
         deps_updated = deps_updated.ignore(dg.AssetSelection.assets(*ignore, *by_data_version))
     if by_data_version:
-        deps_updated = deps_updated | AC.any_deps_match(AC.data_version_changed()).allow(dg.AssetSelection.assets(*by_data_version))
+        deps_updated = deps_updated | AC.any_deps_match(AC.data_version_changed()).allow(
+            dg.AssetSelection.assets(*by_data_version)
+        )
     upstream_updated = deps_updated.since_last_handled() & ready
     new_work = (AC.missing() | AC.code_version_changed().since_last_handled()) & ready
     label = "missing, code version changed or upstream updated"

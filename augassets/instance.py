@@ -68,7 +68,8 @@ def instance_yaml(postgres: bool | None = None, celery: bool | None = None) -> b
 
 def ensure_dagster_home(profile: Profile) -> Path:
     """The profile's Dagster home, holding the repository's ``dagster.yaml`` (with Postgres storage
-    and run retries as the environment asks, :func:`instance_yaml`), with its storage created. Processes started together on
+    and run retries as the environment asks, :func:`instance_yaml`), with its storage created. Processes
+    started together on
     a fresh home (a command, ``augassets ui``, the daemon) would each create the SQLite tables and
     stamp their schema version, leaving tables half-made or two version rows that break every later
     start; the first to take the home's ``instance.lock`` creates them, the others wait and find them
@@ -76,7 +77,9 @@ def ensure_dagster_home(profile: Profile) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or profile.home / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     config, wanted = home / "dagster.yaml", instance_yaml()
-    ours = {instance_yaml(postgres, celery) for postgres in (False, True) for celery in (False, True)}  # the versions written here
+    ours = {
+        instance_yaml(postgres, celery) for postgres in (False, True) for celery in (False, True)
+    }  # the versions written here
     if not config.exists() or (config.read_bytes() in ours and config.read_bytes() != wanted):
         write_bytes_atomic(wanted, config)
     os.environ["DAGSTER_HOME"] = str(home)
@@ -90,7 +93,8 @@ def ensure_dagster_home(profile: Profile) -> Path:
                 raise
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise InstanceUnreachable(
-                f"the Dagster instance's Postgres at {POSTGRES_ENV}={redacted(url)} did not answer ({first}): start it, fix "
+                f"the Dagster instance's Postgres at {POSTGRES_ENV}={redacted(url)} did not answer ({first}): "
+                f"start it, fix "
                 f"the URL, or unset {POSTGRES_ENV} to use the embedded SQLite instance"
             ) from None
     return home

@@ -5,8 +5,13 @@ files a partition wrote can still go away — an augmentation image deleted by h
 cleaned up, a table's Parquet file truncated by a full disk or deleted. Each asset declares what it
 writes (:func:`outputs`, stored in the asset's metadata, so the UI shows it too); :func:`find_damage`
 checks those outputs for every partition Dagster calls materialized, and :func:`damaged_partitions`
-names them, one line per asset. ``augassets benchmark`` requests them with what the automation
-conditions request, until they have run; their downstream follows as after any update.
+names them, one line per asset. Besides existence, the files a partition lists in its table are
+compared with the size recorded when they were written (``core.files.with_file_facts``) on every
+check, and with their SHA-256 when asked (``augassets benchmark --verify``), so a file cut short or
+rewritten in place is found too. Each finding is recorded as an observation of the damaged asset
+(the UI shows it on the asset's page). ``augassets benchmark`` requests the damaged partitions with
+what the automation conditions request, until they have run; under the daemon the ``damaged_outputs``
+sensor (sensors.py) requests them. Their downstream follows as after any update.
 
 A table file that is not whole Parquet is moved aside (``part.parquet.damaged``); its partition's rows
 are then missing and the partitions of the asset that wrote them are rebuilt.
@@ -16,16 +21,17 @@ from __future__ import annotations
 
 import os
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from .core.files import safetensors_problem
+from .core.files import safetensors_problem, sha256_file
 from .core.store import Store
 from .core.warehouse import Warehouse
 
 OUTPUTS_KEY = "augassets/outputs"
+DAMAGE_KEY = "augassets/damage"  # an observation's metadata entry: what was found on disk
 MAX_LISTED = 3  # missing files named per partition in a reason; the rest are counted
 
 
@@ -90,34 +96,65 @@ def _table_rows(db: Warehouse, table: str, columns: list[str]) -> set[tuple] | N
     return set(db.query(f'SELECT DISTINCT {listed} FROM "{table}"').iter_rows())
 
 
-def _missing_paths(db: Warehouse, table: str, column: str, dimensions: list[str]) -> dict[tuple, tuple[int, list[str]]]:
-    """Per partition (the values of ``dimensions``, the table's partition columns): how many files
-    ``table.column`` lists and which of them are missing. One query per table and one directory
-    listing per folder, so checking a few million files costs seconds, not a stat each."""
+@dataclass
+class Listed:
+    """One partition's files in a table's path column: how many, which are missing, and which differ
+    from the size (or, when verifying, the SHA-256) recorded when they were written."""
+
+    total: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+
+def _folder_sizes(folder: str) -> dict[str, int]:
+    """{file name: size} for a folder, one directory scan (empty where the folder is gone)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: entry.stat().st_size for entry in entries if entry.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+
+
+def _listed_paths(db: Warehouse, table: str, column: str, dimensions: list[str], verify: bool) -> dict[tuple, Listed]:
+    """Per partition (the values of ``dimensions``, the table's partition columns): the files
+    ``table.column`` lists, those missing and those whose size differs from ``{column}_bytes`` (with
+    ``verify``, whose SHA-256 differs from ``{column}_sha256``). Rows written before these columns
+    existed are checked for existence only. One query per table and one directory scan per folder, so
+    checking a few million files costs seconds, not a stat each; hashing reads every file."""
+    present = set(db.query(f'SELECT * FROM "{table}" LIMIT 0').columns)
     listed = "".join(f'CAST("{c}" AS VARCHAR) AS "{c}", ' for c in dimensions)
-    frame = db.query(f'SELECT {listed}"{column}" AS path FROM "{table}"')
-    folders: dict[str, set[str]] = {}
-    found: dict[tuple, tuple[int, list[str]]] = {}
+    facts = [
+        f'"{name}" AS {alias}' if name in present else f"NULL AS {alias}"
+        for name, alias in ((f"{column}_bytes", "recorded_bytes"), (f"{column}_sha256", "recorded_sha256"))
+    ]
+    frame = db.query(f'SELECT {listed}"{column}" AS path, {", ".join(facts)} FROM "{table}"')
+    folders: dict[str, dict[str, int]] = {}
+    found: dict[tuple, Listed] = {}
     for row in frame.iter_rows():
-        *where, path = row
+        *where, path, recorded_bytes, recorded_sha256 = row
         if not path:
             continue
         folder, name = os.path.split(path)
         if folder not in folders:
-            try:
-                folders[folder] = set(os.listdir(folder))
-            except (FileNotFoundError, NotADirectoryError):
-                folders[folder] = set()
-        total, missing = found.get(tuple(where), (0, []))
-        if name not in folders[folder]:
-            missing.append(path)
-        found[tuple(where)] = (total + 1, missing)
+            folders[folder] = _folder_sizes(folder)
+        entry = found.setdefault(tuple(where), Listed())
+        entry.total += 1
+        size = folders[folder].get(name)
+        if size is None:
+            entry.missing.append(path)
+        elif (recorded_bytes is not None and size != recorded_bytes) or (
+            verify and recorded_sha256 is not None and sha256_file(path) != recorded_sha256
+        ):
+            entry.changed.append(path)
     return found
 
 
-def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, db: Warehouse, store: Store) -> list[Damage]:
-    """Every materialized partition among ``keys`` whose declared outputs are gone, with the reason."""
-    graph = defs.resolve_asset_graph()
+def find_damage(
+    graph, instance: dg.DagsterInstance, keys, db: Warehouse, store: Store, verify: bool = False
+) -> list[Damage]:
+    """Every materialized partition among ``keys`` whose declared outputs are gone or changed, with the
+    reason. ``graph``: the definitions' asset graph. ``verify``: compare the recorded SHA-256 of every
+    listed file, not only its size."""
     damage: list[Damage] = []
     for key in keys:
         spec = _spec(graph, key)
@@ -135,7 +172,9 @@ def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, db: Wa
         columns = sorted(d for d in _dimensions(partitions[0]) if d != "partition")
         present = _table_rows(db, spec["rows"], columns) if spec["rows"] and columns else None
         # Table paths name the local working copy; a URL store is checked by its files instead.
-        listed = {} if store.remote else {(t, c): _missing_paths(db, t, c, columns) for t, c in spec["paths"].items()}
+        listed = (
+            {} if store.remote else {(t, c): _listed_paths(db, t, c, columns, verify) for t, c in spec["paths"].items()}
+        )
         for partition in partitions:
             dims = _dimensions(partition)
             where = tuple(dims[c] for c in columns)
@@ -150,11 +189,12 @@ def find_damage(defs: dg.Definitions, instance: dg.DagsterInstance, keys, db: Wa
 
 def _missing_listed(listed: dict, where: tuple) -> str | None:
     for (table, column), per_partition in listed.items():
-        total, missing = per_partition.get(where, (0, []))
-        if missing:
-            named = ", ".join(Path(p).name for p in missing[:MAX_LISTED])
-            more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-            return f"{len(missing)} of {total} files in {table}.{column} are missing ({named}{more})"
+        entry = per_partition.get(where, Listed())
+        for files, what in ((entry.missing, "are missing"), (entry.changed, "differ from what was written")):
+            if files:
+                named = ", ".join(Path(p).name for p in files[:MAX_LISTED])
+                more = f" and {len(files) - MAX_LISTED} more" if len(files) > MAX_LISTED else ""
+                return f"{len(files)} of {entry.total} files in {table}.{column} {what} ({named}{more})"
     return None
 
 
@@ -173,18 +213,39 @@ def _missing_files(spec: dict, dims: dict[str, str], store: Store) -> str | None
     return None
 
 
-def damaged_partitions(defs: dg.Definitions, instance: dg.DagsterInstance, keys, resources: dict, say=print) -> dict[dg.AssetKey, set]:
+def record_damage(instance: dg.DagsterInstance, items: list[Damage]) -> None:
+    """Each finding as an observation of the damaged asset (partition), so the UI's asset page shows
+    what was found on disk and when, beside the materialization that wrote it."""
+    for item in items:
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key=item.asset,
+                partition=None if item.partition is None else str(item.partition),
+                description="outputs damaged on disk; the partition is rebuilt",
+                metadata={DAMAGE_KEY: item.reason},
+            )
+        )
+
+
+def damaged_partitions(
+    defs: dg.Definitions, instance: dg.DagsterInstance, keys, resources: dict, say=print, verify: bool = False
+) -> dict[dg.AssetKey, set]:
     """The partitions among ``keys`` whose outputs are damaged, as {key: partitions} ({None} for an
-    unpartitioned asset), saying what is missing, one line per asset. ``resources``: the definitions'
-    resources (``warehouse`` and ``image_store`` are read)."""
+    unpartitioned asset), saying what is missing or changed, one line per asset, and recording each
+    finding on its asset (:func:`record_damage`). ``resources``: the definitions' resources
+    (``warehouse`` and ``image_store`` are read). ``verify``: compare hashes, not only sizes."""
     db, store = resources["warehouse"].get(), resources["image_store"].store()
     for moved in db.check_files():
         say(f"- damaged table file: {moved}")
     found: dict[dg.AssetKey, list[Damage]] = {}
-    for item in find_damage(defs, instance, keys, db, store):
+    items = find_damage(defs.resolve_asset_graph(), instance, keys, db, store, verify)
+    record_damage(instance, items)
+    for item in items:
         found.setdefault(item.asset, []).append(item)
     for key, items in found.items():
-        shown = "; ".join(str(d) for d in items[:MAX_LISTED]) + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+        shown = "; ".join(str(d) for d in items[:MAX_LISTED]) + (
+            f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+        )
         count = "the asset" if items[0].partition is None else f"{len(items)} partition{'s' * (len(items) != 1)}"
-        say(f"- {key.to_user_string()}: outputs missing on disk, rebuilding {count} — {shown}")
+        say(f"- {key.to_user_string()}: outputs damaged on disk, rebuilding {count} — {shown}")
     return {key: {d.partition for d in items} for key, items in found.items()}

@@ -33,7 +33,9 @@ def method_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
 def class_method_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     """method × class for the methods that make images. One run may cover many of these partitions
     (the backfill policies are single-run); runs select them by key, never by dimension order."""
-    return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(image_method_keys(profile)), "wnid": class_partitions})
+    return dg.MultiPartitionsDefinition(
+        {"method": dg.StaticPartitionsDefinition(image_method_keys(profile)), "wnid": class_partitions}
+    )
 
 
 def method_and_class(key: dg.MultiPartitionKey) -> tuple[str, str]:
@@ -45,10 +47,12 @@ def method_and_class(key: dg.MultiPartitionKey) -> tuple[str, str]:
 def same_class_of(keys: list[str]) -> dg.MultiPartitionMapping:
     """From a class × method asset over more methods (class_prompts), only these methods' partitions of
     the same class."""
-    return dg.MultiPartitionMapping({
-        "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})),
-        "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
-    })
+    return dg.MultiPartitionMapping(
+        {
+            "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in keys})),
+            "wnid": dg.DimensionPartitionMapping("wnid", dg.IdentityPartitionMapping()),
+        }
+    )
 
 
 def scaling_method_keys(profile: Profile) -> list[str]:
@@ -60,8 +64,10 @@ def scaling_method_keys(profile: Profile) -> list[str]:
         return []
     for key in profile.scaling.methods:
         if get_method(key).builder not in (RETRIEVAL, TXT2IMG):
-            raise ValueError(f"profile {profile.name!r}: scaling method {key!r} is not a retrieval or prompt method; "
-                             "set ScalingSpec.methods")
+            raise ValueError(
+                f"profile {profile.name!r}: scaling method {key!r} is not a retrieval or prompt method; "
+                "set ScalingSpec.methods"
+            )
     return [m.key for m in runnable_methods(profile.methods) if m.key in profile.scaling.methods]
 
 
@@ -73,13 +79,17 @@ def ratio_key(ratio: float) -> str:
 def scaling_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     """method × percent (the augmentation ratio as a percentage of the target's size) for the scaling
     analysis's classifiers."""
-    return dg.MultiPartitionsDefinition({
-        "method": dg.StaticPartitionsDefinition(scaling_method_keys(profile)),
-        "percent": dg.StaticPartitionsDefinition([ratio_key(r) for r in profile.scaling.ratios]),
-    })
+    return dg.MultiPartitionsDefinition(
+        {
+            "method": dg.StaticPartitionsDefinition(scaling_method_keys(profile)),
+            "percent": dg.StaticPartitionsDefinition([ratio_key(r) for r in profile.scaling.ratios]),
+        }
+    )
 
 
 def method_replicate_partitions(profile: Profile) -> dg.MultiPartitionsDefinition:
     """method × replicate, for ``ClassifierSpec.replicates`` classifier runs per method."""
     replicates = [str(r) for r in range(profile.classifier.replicates)]
-    return dg.MultiPartitionsDefinition({"method": method_partitions(profile), "replicate": dg.StaticPartitionsDefinition(replicates)})
+    return dg.MultiPartitionsDefinition(
+        {"method": method_partitions(profile), "replicate": dg.StaticPartitionsDefinition(replicates)}
+    )

@@ -43,7 +43,9 @@ CLUSTERS_ENV = "AUGASSETS_CLUSTERS"
 SCALING_ENV = "AUGASSETS_SCALING_RATIOS"  # e.g. 1,2,5,10: the scaling analysis on any profile (ScalingSpec.ratios)
 HOME_ENV = "AUGASSETS_HOME"
 WORKERS_ENV = "AUGASSETS_WORKERS"  # worker processes of the headless command (Profile.workers)
-WORLD_ENV = "AUGASSETS_WORLD"  # shipped | train: install the shipped world's models or train them (MiniWorldSpec.shipped)
+WORLD_ENV = (
+    "AUGASSETS_WORLD"  # shipped | train: install the shipped world's models or train them (MiniWorldSpec.shipped)
+)
 POOL_SEED_ENV = "AUGASSETS_POOL_SEED"  # another draw of the mini web pool; trains its world here
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
 DEFAULT_PROFILE = "mini"
@@ -89,7 +91,8 @@ class DatasetSpec:
 
     kind: ``fashion_mnist`` (IDX files) or ``image_folder`` (``<root>/<train_dir>/<class>/<image>``).
     class_list: ``fashion_mnist`` / ``imagenet`` (wnids from the packaged tables), ``caltech256``
-    (folder names; keys ``c001``…) or ``folders`` (the wnid-named class folders of any ImageFolder). ``test_dir`` empty means no official test split: val and test are
+    (folder names; keys ``c001``…) or ``folders`` (the wnid-named class folders of any ImageFolder).
+    ``test_dir`` empty means no official test split: val and test are
     carved from train (``holdout_fraction`` each), as the paper does for Caltech256.
     """
 
@@ -120,7 +123,8 @@ class SplitSpec:
 
     ``class_rate_spread`` makes a balanced dataset imbalanced on purpose: class c keeps a fraction
     ``train_fraction * u_c`` with ``u_c`` drawn uniformly from ``[1 - spread, 1]`` (seeded), so class
-    counts differ as ImageNet's 74–130 do. ``val_fraction`` sizes the val set when it should differ from the target (full ImageNet: 90% / 10%).
+    counts differ as ImageNet's 74–130 do. ``val_fraction`` sizes the val set when it should differ from the
+    target (full ImageNet: 90% / 10%).
     ``max_test_per_class`` caps the test split (0: no cap).
     ``non_rgb`` says what to do with CMYK/RGBA/grayscale files in class folders: ``skip`` or ``convert``.
     ``real_extra``: draw the disjoint extra real subsample that ``real_2p`` trains on. Off where the
@@ -257,8 +261,17 @@ class DiffusionSpec:
     samples_per_class: int = 8
 
     def unet_training(self) -> tuple:
-        return (self.vae_channels, self.latent_channels, self.unet_channels, self.unet_epochs, self.unet_batch_size, self.unet_lr,
-                self.unet_ema_decay, self.caption_dropout, self.train_aesthetic_min)
+        return (
+            self.vae_channels,
+            self.latent_channels,
+            self.unet_channels,
+            self.unet_epochs,
+            self.unet_batch_size,
+            self.unet_lr,
+            self.unet_ema_decay,
+            self.caption_dropout,
+            self.train_aesthetic_min,
+        )
 
 
 @dataclass(frozen=True)
@@ -424,14 +437,16 @@ class AutomationSpec:
     what lies downstream (datasets, scores, the report) follows as soon as its upstream is updated,
     without waiting for the next tick. ``backfill_on`` / ``new_classes_on``: whether the
     ``scheduled_backfill`` and ``new_classes`` sensors run by default (both can be started and
-    stopped in the UI's Automation page or with ``dagster sensor start|stop``). ``interval_s``: how
-    often the daemon evaluates them.
+    stopped in the UI's Automation page or with ``dagster sensor start|stop``). ``repair_on``: whether
+    the ``damaged_outputs`` sensor (rebuilds partitions whose files are missing or changed on disk)
+    runs by default. ``interval_s``: how often the daemon evaluates them.
     """
 
     cron: str = "0 2 * * *"
     cron_timezone: str = "UTC"
     backfill_on: bool = True
     new_classes_on: bool = True
+    repair_on: bool = True
     interval_s: int = 30
 
 
@@ -452,8 +467,12 @@ class Profile:
     automation: AutomationSpec = field(default_factory=AutomationSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
-    sd_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4"))
-    clip_weights: str = field(default_factory=lambda: os.environ.get("AUGASSETS_CLIP_WEIGHTS", "openai/clip-vit-large-patch14"))
+    sd_weights: str = field(
+        default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4")
+    )
+    clip_weights: str = field(
+        default_factory=lambda: os.environ.get("AUGASSETS_CLIP_WEIGHTS", "openai/clip-vit-large-patch14")
+    )
     knn_index_folder: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDEX_DIR", ""))
     knn_url: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_URL", ""))
     knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
@@ -520,8 +539,14 @@ FASHION_MNIST = DatasetSpec(
 # curves; BENCHMARKS.md has the table the mini world's design was chosen from). Each adds to the one before.
 POSE = TargetDesign(name="pose", scale=(0.6, 1.0), rotation=25, shift=0.12)
 STUDIO = replace(
-    POSE, name="studio", garment_tone=(0.7, 1.0), garment_tint=0.3, backdrop_level=(0.05, 0.3), backdrop_tint=0.4,
-    backdrop_gradient=0.5, noise=0.02,
+    POSE,
+    name="studio",
+    garment_tone=(0.7, 1.0),
+    garment_tint=0.3,
+    backdrop_level=(0.05, 0.3),
+    backdrop_tint=0.4,
+    backdrop_gradient=0.5,
+    noise=0.02,
 )
 STUDIO_CLUTTER = replace(STUDIO, name="studio_clutter", occluders=2)
 TARGET_DESIGNS = {design.name: design for design in (POSE, STUDIO, STUDIO_CLUTTER)}
@@ -594,51 +619,101 @@ RESNET50 = ClassifierSpec(
 MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05, unet_lr=5e-5, cluster_embedder="clip")
 
 # The mini world's leak detector: a 256-bit pHash with the threshold calibrated on the planted duplicates.
-MINI_DUPLICATES = DuplicateSpec(calibrate_on_planted=True, hash_size=16, max_calibration_threshold=40, calibration_copies=200)
+MINI_DUPLICATES = DuplicateSpec(
+    calibrate_on_planted=True, hash_size=16, max_calibration_threshold=40, calibration_copies=200
+)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
-        description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates; the scaling analysis at "
+        description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates; the scaling "
+        "analysis at "
         "100 % and 200 %. Seconds.",
         scaling=ScalingSpec(ratios=(1.0, 2.0)),
         dataset=replace(FASHION_MNIST, target=STUDIO),
         split=SplitSpec(train_fraction=0.002, class_rate_spread=0.4, max_test_per_class=40, seed=0),
         # Two replicates, not five: enough for a standard error and for resampled sets to differ, at 40 % of the cost.
-        classifier=replace(SMALL_RESNET, max_epochs=3, plateau_patience=1, early_stop_patience=2, width=4, min_steps_per_epoch=0, replicates=2),
+        classifier=replace(
+            SMALL_RESNET,
+            max_epochs=3,
+            plateau_patience=1,
+            early_stop_patience=2,
+            width=4,
+            min_steps_per_epoch=0,
+            replicates=2,
+        ),
         world=MiniWorldSpec(
-            pool=PoolSpec(per_class=40, distractors=20, planted_test_duplicates=4, planted_val_duplicates=2, judge_per_class=(24, 8, 8)),
+            pool=PoolSpec(
+                per_class=40,
+                distractors=20,
+                planted_test_duplicates=4,
+                planted_val_duplicates=2,
+                judge_per_class=(24, 8, 8),
+            ),
             clip=ClipSpec(hidden_size=32, layers=1, heads=2, projection_dim=16, epochs=1, batch_size=64),
             diffusion=DiffusionSpec(
-                vae_channels=(8, 16, 16), vae_epochs=1, unet_channels=(16, 32), unet_epochs=1,
-                unet_batch_size=64, steps=4, samples_per_class=2,
+                vae_channels=(8, 16, 16),
+                vae_epochs=1,
+                unet_channels=(16, 32),
+                unet_epochs=1,
+                unet_batch_size=64,
+                steps=4,
+                samples_per_class=2,
             ),
         ),
         # The smoke CLIP trains for one epoch, so its embeddings are nearly parallel: only exact
         # duplicates count as duplicates there.
         retrieval=RetrievalSpec(dedup_threshold=0.99999),
         duplicates=replace(MINI_DUPLICATES, calibration_copies=20),
-        methods=("real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
-                 "ft_conditioning", "ft_cluster_conditioning", "imagic", "textual_inversion", "pseudoword_dm", "retrieval"),
-        personalization=PersonalizationSpec(max_epochs=2, patience=1, val_draws=2, early_epochs=1, imagic_early_epochs=2, clusters=2, cluster_embedder="clip",
-                                            unet_lr=1e-4),
-        # Pools of 2× the need (the paper: 3×) still resample into different sets per replicate, at two thirds of the images.
+        methods=(
+            "real_p",
+            "real_2p",
+            "boomerang",
+            "simple_prompt",
+            "simple_prompt_nows",
+            "clip_prompts",
+            "sariyildiz_prompts",
+            "ft_conditioning",
+            "ft_cluster_conditioning",
+            "imagic",
+            "textual_inversion",
+            "pseudoword_dm",
+            "retrieval",
+        ),
+        personalization=PersonalizationSpec(
+            max_epochs=2,
+            patience=1,
+            val_draws=2,
+            early_epochs=1,
+            imagic_early_epochs=2,
+            clusters=2,
+            cluster_embedder="clip",
+            unet_lr=1e-4,
+        ),
+        # Pools of 2× the need (the paper: 3×) still resample into different sets per replicate, at two thirds
+        # of the images.
         generation=GenerationSpec(factor=2),
         max_classes=3,
         torch_threads=1,
         sample_batch_size=16,  # partitions of ~24 images generate in two chunks, as a resumed rebuild needs
         # Off until a test starts them; every minute, so that a daemon test sees a tick soon.
-        automation=AutomationSpec(cron="* * * * *", backfill_on=False, new_classes_on=False, interval_s=5),
+        automation=AutomationSpec(
+            cron="* * * * *", backfill_on=False, new_classes_on=False, repair_on=False, interval_s=5
+        ),
     ),
     "mini": Profile(
         name="mini",
-        description="The embedded default: all 10 Fashion-MNIST classes staged as photos (the studio target design: pose, "
+        description="The embedded default: all 10 Fashion-MNIST classes staged as photos (the studio target "
+        "design: pose, "
         "scale, position, lighting, backdrop), 0.18–0.3% of each class (11–18 images, imbalanced), a val set of 1% "
-        "(~470 images, for a stable choice of the best epoch), the full 10k test split, a small ResNet at 28 px trained "
-        "to early stopping; the baselines, the simple prompt ①, the paper's best prompt method ④ (Sariyildiz et al.) and "
+        "(~470 images, for a stable choice of the best epoch), the full 10k test split, a small ResNet at 28 px "
+        "trained "
+        "to early stopping; the baselines, the simple prompt ①, the paper's best prompt method ④ (Sariyildiz et "
+        "al.) and "
         "retrieval.",
         dataset=replace(FASHION_MNIST, target=STUDIO),
-        # p from the target designs' learning curves (BENCHMARKS.md): on the studio design, p → 2p gains 13.5 points here.
+        # p from the target designs' learning curves (BENCHMARKS.md): on the studio design, p → 2p gains 13.5
+        # points here.
         split=SplitSpec(train_fraction=0.003, val_fraction=0.01, class_rate_spread=0.4, seed=0),
         classifier=SMALL_RESNET,
         methods=("real_p", "real_2p", "simple_prompt", "sariyildiz_prompts", "retrieval"),
@@ -647,27 +722,41 @@ PROFILES: dict[str, Profile] = {
         # processes train the mini classifier 1.5× faster than one two-thread process (BENCHMARKS.md).
         workers=2,
         partition_threads=1,
-        # 8 test copies among 11,560 pool images: still far above a web crawl's rate of copies of a benchmark's test set,
-        # low enough that retrieval's leak rate says something; the detector is calibrated on 200 more copies off the pool.
+        # 8 test copies among 11,560 pool images: still far above a web crawl's rate of copies of a benchmark's
+        # test set,
+        # low enough that retrieval's leak rate says something; the detector is calibrated on 200 more copies
+        # off the pool.
         # The pool's web photos vary in pose and scale more than the target's, on brighter backdrops, in milder colours;
-        # a 4-layer CLIP (36 epochs) reaches zero-shot 0.63 on the target (0.655 with CLIP's 80 templates ensembled) where
+        # a 4-layer CLIP (36 epochs) reaches zero-shot 0.63 on the target (0.655 with CLIP's 80 templates
+        # ensembled) where
         # 2 layers stop near 0.62 at any length (benchmarks/pool_variants.py, BENCHMARKS.md); the UNet trains 40 epochs
         # with EMA weights (the world is trained once and shipped).
         world=MiniWorldSpec(
-            pool=PoolSpec(per_class=1000, distractors=1500, planted_test_duplicates=8, planted_val_duplicates=4, background_strength=0.4,
-                          web_scale=(0.6, 1.1), web_rotation=25.0, web_shift=4, web_colour=(0.5, 1.0)),
+            pool=PoolSpec(
+                per_class=1000,
+                distractors=1500,
+                planted_test_duplicates=8,
+                planted_val_duplicates=4,
+                background_strength=0.4,
+                web_scale=(0.6, 1.1),
+                web_rotation=25.0,
+                web_shift=4,
+                web_colour=(0.5, 1.0),
+            ),
             clip=ClipSpec(layers=4, epochs=36),
             diffusion=DiffusionSpec(unet_epochs=40),
-            shipped="v2",  # augassets/world/v2: installed in seconds; AUGASSETS_WORLD=train trains these settings here instead
+            # augassets/world/v2: installed in seconds; AUGASSETS_WORLD=train trains these settings here instead
+            shipped="v2",
         ),
         # In the mini CLIP's 64-d space, 0.94 is the 99.9th percentile of random pool pairs: it would
         # merge distinct images (and exclude classes). 0.97 keeps the rule for near-identical ones.
         retrieval=RetrievalSpec(dedup_threshold=0.97),
         duplicates=MINI_DUPLICATES,
         # The demo runs headless (`augassets benchmark`); the daemon's sensors are there to start from the UI.
-        automation=AutomationSpec(backfill_on=False, new_classes_on=False),
+        automation=AutomationSpec(backfill_on=False, new_classes_on=False, repair_on=False),
         personalization=MINI_PERSONALIZATION,
-        # Off until AUGASSETS_SCALING_RATIOS turns it on; 3 classifiers per cell keep 1,2,5,10 within the documented time.
+        # Off until AUGASSETS_SCALING_RATIOS turns it on; 3 classifiers per cell keep 1,2,5,10 within the
+        # documented time.
         scaling=ScalingSpec(replicates=3),
     ),
     "imagenet10": Profile(
@@ -690,8 +779,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "caltech256": Profile(
         name="caltech256",
-        description="Caltech256 (paper §3): 80/10/10 split, the whole 80% as target, no real_2p; batch 1024, "
-        "lr 0.003.",
+        description="Caltech256 (paper §3): 80/10/10 split, the whole 80% as target, no real_2p; batch 1024, lr 0.003.",
         dataset=CALTECH256,
         split=SplitSpec(train_fraction=0.80, seed=0, real_extra=False),
         classifier=replace(RESNET50, batch_size=1024, lr=0.003),
@@ -745,7 +833,10 @@ def get_profile(name: str | None = None) -> Profile:
     clusters = os.environ.get(CLUSTERS_ENV, "").strip()
     if clusters:
         if not clusters.isdigit() or int(clusters) < 1:
-            raise ValueError(f"{CLUSTERS_ENV}={clusters!r}: ⑥'s cluster count must be a whole number ≥ 1 (the paper's ablation: 1, 5, 10, 15)")
+            raise ValueError(
+                f"{CLUSTERS_ENV}={clusters!r}: ⑥'s cluster count must be a whole number ≥ 1 (the paper's "
+                f"ablation: 1, 5, 10, 15)"
+            )
         profile = replace(profile, personalization=replace(profile.personalization, clusters=int(clusters)))
     ratios = os.environ.get(SCALING_ENV, "").strip()
     if ratios:
@@ -754,24 +845,35 @@ def get_profile(name: str | None = None) -> Profile:
         except ValueError:
             values = ()
         if not values or min(values) <= 0:
-            raise ValueError(f"{SCALING_ENV}={ratios!r}: comma-separated augmentation ratios > 0, as multiples of the target's size "
-                             "(the paper's 100 % … 1000 %: 1,2,5,10)")
+            raise ValueError(
+                f"{SCALING_ENV}={ratios!r}: comma-separated augmentation ratios > 0, as multiples of the target's size "
+                "(the paper's 100 % … 1000 %: 1,2,5,10)"
+            )
         profile = replace(profile, scaling=replace(profile.scaling, ratios=values))
     world = os.environ.get(WORLD_ENV, "").strip()
     if world:
         if world not in ("shipped", "train"):
-            raise ValueError(f"{WORLD_ENV}={world!r}: shipped (install the world shipped with the package) or train (train it here)")
+            raise ValueError(
+                f"{WORLD_ENV}={world!r}: shipped (install the world shipped with the package) or train (train it here)"
+            )
         if world == "train" and profile.world and profile.world.shipped:
             profile = replace(profile, world=replace(profile.world, shipped=""))
     pool_seed = os.environ.get(POOL_SEED_ENV, "").strip()
     if pool_seed and profile.world:
         if not pool_seed.isdigit():
             raise ValueError(f"{POOL_SEED_ENV}={pool_seed!r}: the pool draw's seed must be a whole number ≥ 0")
-        if int(pool_seed) != profile.world.pool.seed:  # another pool: its world is trained here, never taken from another draw
-            profile = replace(profile, world=replace(profile.world, pool=replace(profile.world.pool, seed=int(pool_seed)), shipped=""))
+        if (
+            int(pool_seed) != profile.world.pool.seed
+        ):  # another pool: its world is trained here, never taken from another draw
+            profile = replace(
+                profile, world=replace(profile.world, pool=replace(profile.world.pool, seed=int(pool_seed)), shipped="")
+            )
     workers = os.environ.get(WORKERS_ENV, "").strip()
     if workers:
         if not workers.isdigit() or int(workers) < 1:
-            raise ValueError(f"{WORKERS_ENV}={workers!r}: the number of worker processes must be a whole number ≥ 1 (1: in the command's own process)")
+            raise ValueError(
+                f"{WORKERS_ENV}={workers!r}: the number of worker processes must be a whole number ≥ 1 (1: in "
+                f"the command's own process)"
+            )
         profile = replace(profile, workers=int(workers))
     return profile

@@ -86,10 +86,10 @@ class ComputeResource(dg.ConfigurableResource):
             use_deterministic_kernels()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(
-                f"ComputeResource.device is {self.device!r} (the profile's classifier.device) but no CUDA device is visible; "
+                f"ComputeResource.device is {self.device!r} (the profile's classifier.device) but no CUDA "
+                f"device is visible; "
                 "set AUGASSETS_DEVICE=cpu to run on the CPU, or make a GPU visible"
             )
-
 
     def threads_for(self, run_tags: dict) -> int:
         """The thread count of a run with ``run_tags``: ``partition_threads`` for a run over partitions
@@ -110,7 +110,10 @@ def _resolve_weights(location: str, setting: str, offline: bool) -> tuple[str, b
         return str(path), True
     looks_like_path = location.startswith(("/", ".", "~")) or location.count("/") != 1
     if looks_like_path:
-        raise FileNotFoundError(f"weights folder {location} does not exist (setting {setting}): materialize it or point the setting at a folder")
+        raise FileNotFoundError(
+            f"weights folder {location} does not exist (setting {setting}): materialize it or point the setting "
+            f"at a folder"
+        )
     return location, offline
 
 
@@ -136,12 +139,18 @@ class DiffusionBackendResource(dg.ConfigurableResource):
 
         from .core.diffusion import SCHEDULERS
 
-        source, local_only = _resolve_weights(self.weights, "DiffusionBackendResource.weights", self.offline or _offline())
+        source, local_only = _resolve_weights(
+            self.weights, "DiffusionBackendResource.weights", self.offline or _offline()
+        )
         cls = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}[kind]
         extra = {} if self.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
         try:
             pipeline = cls.from_pretrained(
-                source, dtype=getattr(torch, self.dtype), local_files_only=local_only, cache_dir=self.cache_dir or None, **extra
+                source,
+                dtype=getattr(torch, self.dtype),
+                local_files_only=local_only,
+                cache_dir=self.cache_dir or None,
+                **extra,
             )
         except OSError as error:
             raise FileNotFoundError(
@@ -154,7 +163,6 @@ class DiffusionBackendResource(dg.ConfigurableResource):
         pipeline.set_progress_bar_config(disable=True)
         return pipeline.to(self.device)
 
-
     def load_safety_checker(self):
         """The pipeline's own safety checker alone, as ``flags(images) -> list[bool]`` (True: NSFW), for
         images that were not generated: retrieval discards what the checker flags, as the paper did.
@@ -165,10 +173,16 @@ class DiffusionBackendResource(dg.ConfigurableResource):
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
-        source, local_only = _resolve_weights(self.weights, "DiffusionBackendResource.weights", self.offline or _offline())
+        source, local_only = _resolve_weights(
+            self.weights, "DiffusionBackendResource.weights", self.offline or _offline()
+        )
         options = {"local_files_only": local_only, "cache_dir": self.cache_dir or None}
         try:
-            checker = StableDiffusionSafetyChecker.from_pretrained(source, subfolder="safety_checker", **options).to(self.device).eval()
+            checker = (
+                StableDiffusionSafetyChecker.from_pretrained(source, subfolder="safety_checker", **options)
+                .to(self.device)
+                .eval()
+            )
             processor = CLIPImageProcessor.from_pretrained(source, subfolder="feature_extractor", **options)
         except OSError as error:
             raise FileNotFoundError(
@@ -205,7 +219,9 @@ class ClipEncoderResource(dg.ConfigurableResource):
             model = CLIPModel.from_pretrained(source, **options).to(self.device).eval()
             processor = CLIPProcessor.from_pretrained(source, **options)
         except OSError as error:
-            raise FileNotFoundError(f"cannot load CLIP {self.model!r} (setting ClipEncoderResource.model): {error}") from None
+            raise FileNotFoundError(
+                f"cannot load CLIP {self.model!r} (setting ClipEncoderResource.model): {error}"
+            ) from None
         return model, processor
 
     def tokenizer(self):
@@ -256,7 +272,9 @@ def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(root=profile.tables),
         "image_store": ImageStoreResource(root=profile.store_root, cache_dir=str(store)),
-        "compute": ComputeResource(device=device, torch_threads=profile.torch_threads, partition_threads=profile.partition_threads),
+        "compute": ComputeResource(
+            device=device, torch_threads=profile.torch_threads, partition_threads=profile.partition_threads
+        ),
         "diffusion_backend": DiffusionBackendResource(
             weights=str(models / "stable_diffusion") if profile.world else profile.sd_weights,
             device=device,
@@ -265,7 +283,9 @@ def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
             guidance_scale=profile.world.diffusion.guidance_scale if profile.world else 7.5,
             batch_size=profile.sample_batch_size or (64 if profile.world else 16),
         ),
-        "clip_encoder": ClipEncoderResource(model=str(models / "clip") if profile.world else profile.clip_weights, device=device),
+        "clip_encoder": ClipEncoderResource(
+            model=str(models / "clip") if profile.world else profile.clip_weights, device=device
+        ),
         "knn_index": KnnIndexResource(
             backend="local" if profile.world or not profile.knn_url else "remote",
             index_folder=str(store / "pool_index") if profile.world else profile.knn_index_folder,

@@ -60,7 +60,11 @@ def executor_config() -> dict:
     """dagster-celery's executor configuration: broker and backend read from the environment (so the
     URLs, passwords included, stay out of run configs and the UI)."""
     backend_env = CELERY_BACKEND_ENV if os.environ.get(CELERY_BACKEND_ENV, "").strip() else CELERY_BROKER_ENV
-    return {"broker": {"env": CELERY_BROKER_ENV}, "backend": {"env": backend_env}, "config_source": dict(CELERY_SETTINGS)}
+    return {
+        "broker": {"env": CELERY_BROKER_ENV},
+        "backend": {"env": backend_env},
+        "config_source": dict(CELERY_SETTINGS),
+    }
 
 
 def executor() -> dg.ExecutorDefinition:
@@ -70,7 +74,10 @@ def executor() -> dg.ExecutorDefinition:
     anyway, and a process per step would import torch once more per step)."""
     chosen = os.environ.get(EXECUTOR_ENV, "").strip()
     if chosen not in ("", "k8s"):
-        raise ValueError(f"{EXECUTOR_ENV}={chosen!r}: the only value is k8s (unset: Celery with {CELERY_BROKER_ENV}, else in process)")
+        raise ValueError(
+            f"{EXECUTOR_ENV}={chosen!r}: the only value is k8s (unset: Celery with {CELERY_BROKER_ENV}, else in "
+            f"process)"
+        )
     if chosen == "k8s":
         from dagster_k8s import k8s_job_executor
 
@@ -97,6 +104,7 @@ def check_broker(url: str, timeout_s: float = 5.0) -> None:
         redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
     except (redis.exceptions.RedisError, ValueError, OSError) as error:
         raise BrokerUnreachable(
-            f"the Celery broker at {CELERY_BROKER_ENV}={redacted(url)} does not answer ({str(error).splitlines()[0][:160]}): "
+            f"the Celery broker at {CELERY_BROKER_ENV}={redacted(url)} does not answer "
+            f"({str(error).splitlines()[0][:160]}): "
             f"start Redis there, fix the URL, or unset {CELERY_BROKER_ENV} to run steps in process"
         ) from None

@@ -9,11 +9,16 @@
   ``max_classes``) as class partitions and requests the catalog and splits run that adds their rows;
   the automation then builds exactly the new class × method partitions. A class folder whose name is
   not a WordNet id is skipped, with its reason in the tick's log.
+- ``damaged_outputs``: the daemon's side of ``augassets benchmark``'s integrity check (integrity.py):
+  each evaluation finds the materialized partitions whose files are gone or changed size, records
+  each finding on its asset and requests one run per damaged partition (a failed repair is not
+  retried for the same damage until the asset is materialized again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 import dagster as dg
@@ -21,8 +26,10 @@ import dagster as dg
 from .core.catalog import usable_classes
 from .core.datasets import DatasetError
 from .core.wordnet import WordNetError
+from .integrity import find_damage, record_damage
 from .partitions import CLASS_PARTITIONS_NAME, class_partitions
 from .profiles import Profile
+from .resources import ImageStoreResource, WarehouseResource
 
 
 def _status(on: bool) -> dg.DefaultSensorStatus:
@@ -73,3 +80,47 @@ def new_classes(profile: Profile, catalog_assets: Sequence[dg.AssetsDefinition])
         )
 
     return new_classes_sensor
+
+
+def damaged_outputs(profile: Profile, targets: Sequence[dg.AssetKey]) -> dg.SensorDefinition:
+    spec = profile.automation
+
+    @dg.sensor(
+        name="damaged_outputs",
+        asset_selection=dg.AssetSelection.assets(*targets),
+        minimum_interval_seconds=spec.interval_s,
+        default_status=_status(spec.repair_on),
+        description=f"Finds profile {profile.name}'s materialized partitions whose files are missing or changed "
+        "on disk, records each finding on its asset and requests a run that rebuilds the partition.",
+    )
+    def damaged_outputs_sensor(
+        context: dg.SensorEvaluationContext, warehouse: WarehouseResource, image_store: ImageStoreResource
+    ):
+        db = warehouse.get()
+        for moved in db.check_files():
+            context.log.warning(f"damaged table file moved aside: {moved}")
+        items = find_damage(context.repository_def.asset_graph, context.instance, targets, db, image_store.store())
+        if not items:
+            return dg.SensorResult(skip_reason=f"no damaged outputs among {len(targets)} assets", cursor="[]")
+        requests, keys = [], []
+        for item in items:
+            latest = context.instance.get_latest_materialization_event(item.asset)
+            written = "" if latest is None else f"{latest.timestamp:.3f}"
+            key = hashlib.sha256(f"{item.asset.to_user_string()}|{item.partition}|{written}".encode()).hexdigest()[:16]
+            keys.append(key)
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"repair-{key}",
+                    asset_selection=[item.asset],
+                    partition_key=None if item.partition is None else str(item.partition),
+                    tags={"augassets/repair": item.asset.to_user_string()},
+                )
+            )
+        seen = set(json.loads(context.cursor or "[]"))
+        fresh = [item for item, key in zip(items, keys) if key not in seen]
+        record_damage(context.instance, fresh)
+        for item in fresh:
+            context.log.warning(f"{item.asset.to_user_string()} {item}: rebuilding")
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(sorted(set(keys))))
+
+    return damaged_outputs_sensor

@@ -85,7 +85,9 @@ def small_disk(tmp_path: Path):
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    started = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mount)], capture_output=True, text=True)
+    started = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if started.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {started.stderr.strip()}")
 
@@ -126,7 +128,9 @@ def private_state(benchmark_run, tmp_path, monkeypatch):
     for part in (copy / "store" / "tables").rglob("*.parquet"):
         frame = pl.read_parquet(part)
         text = [c for c, dtype in frame.schema.items() if dtype == pl.Utf8]
-        frame.with_columns(pl.col(c).str.replace_all(str(profile.home), str(copy), literal=True) for c in text).write_parquet(part)
+        frame.with_columns(
+            pl.col(c).str.replace_all(str(profile.home), str(copy), literal=True) for c in text
+        ).write_parquet(part)
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     return profile

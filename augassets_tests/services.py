@@ -35,7 +35,7 @@ def started(process: subprocess.Popen) -> subprocess.Popen:
 
 
 def _processes_in(groups: set[int]) -> list[str]:
-    """"pid command" of every live (not zombie) process whose process group is in ``groups``."""
+    """The ``pid command`` line of every live (not zombie) process whose process group is in ``groups``."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -101,21 +101,47 @@ def postgres() -> Iterator[str]:
         shutil.chown(folder, "postgres", "postgres")
     server = None
     try:
-        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True, text=True, cwd=folder, **_as_service_user())
+        subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=folder,
+            **_as_service_user(),
+        )
         with open(log, "w") as handle:
             if os.geteuid() == 0:
                 shutil.chown(log, "postgres", "postgres")
             # fsync off: a throwaway cluster; the socket directory is the data folder (not /run/postgresql).
-            server = started(subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data), "-F"],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True, **_as_service_user()))
+            server = started(
+                subprocess.Popen(
+                    [
+                        str(bin_dir / "postgres"),
+                        "-D",
+                        str(data),
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(port),
+                        "-k",
+                        str(data),
+                        "-F",
+                    ],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                    start_new_session=True,
+                    **_as_service_user(),
+                )
+            )
         deadline = time.monotonic() + 60
         while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]).returncode != 0:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise ServiceError(f"PostgreSQL did not start on port {port}: {log.read_text()[-2000:]}")
             time.sleep(0.2)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "augassets"], check=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "augassets"], check=True
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/augassets"
     finally:
         _stop(server, signal.SIGINT)  # PostgreSQL's "fast" shutdown: ends the sessions, then stops
@@ -134,10 +160,31 @@ def redis() -> Iterator[str]:
     server = None
     try:
         with open(log, "w") as handle:
-            server = started(subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "", "--appendonly", "no",
-                 "--protected-mode", "yes", "--proc-title-template", "{title} {listen-addr} augassets-redis"],
-                stdout=handle, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True))
+            server = started(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--dir",
+                        str(folder),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "yes",
+                        "--proc-title-template",
+                        "{title} {listen-addr} augassets-redis",
+                    ],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                    start_new_session=True,
+                )
+            )
         deadline = time.monotonic() + 30
         while True:
             with socket.socket() as probe:

@@ -32,7 +32,11 @@ def dagster_ui(benchmark_run):
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(
         [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,9 +72,16 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1600,1000", f"--user-data-dir={tmp_path / 'chromium'}",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1600,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -106,13 +117,23 @@ def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(d
             pytest.fail(f"{name} is not shown on the {page} page")
 
     def dismiss_prompts():
-        for button in browser.find_elements(By.XPATH, "//button[normalize-space(.)='Skip']"):  # the UI's newsletter prompt
+        for button in browser.find_elements(
+            By.XPATH, "//button[normalize-space(.)='Skip']"
+        ):  # the UI's newsletter prompt
             button.click()
 
     # A click can land while the page re-renders (the element goes stale) or under the newsletter prompt
     # (intercepted): such a click did nothing, so it is tried again.
-    retry = WebDriverWait(browser, 60, ignored_exceptions=(
-        NoSuchElementException, StaleElementReferenceException, ElementClickInterceptedException, ElementNotInteractableException))
+    retry = WebDriverWait(
+        browser,
+        60,
+        ignored_exceptions=(
+            NoSuchElementException,
+            StaleElementReferenceException,
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+        ),
+    )
 
     def click(xpath: str, within: str | None = None) -> None:
         def attempt(driver) -> bool:
@@ -120,11 +141,14 @@ def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(d
             scope = driver.find_element(By.XPATH, within) if within else driver
             scope.find_element(By.XPATH, xpath).click()
             return True
+
         retry.until(attempt)
 
     def follow(entry: str, link: str, page: str) -> None:
         """Open the markdown of metadata entry ``entry`` and click its link ``link``."""
-        click(".//*[normalize-space(text())='[Show Markdown]']", within=f"//tr[.//*[normalize-space(text())='{entry}']]")
+        click(
+            ".//*[normalize-space(text())='[Show Markdown]']", within=f"//tr[.//*[normalize-space(text())='{entry}']]"
+        )
         click(f"//a[normalize-space(text())='{link}']")
         wait.until(ec.url_contains(page))
 
@@ -147,8 +171,13 @@ def test_lineage_and_automation_pages_and_the_path_from_a_result_to_its_images(d
         wnid = "n03595614"  # smoke's first class (T-shirt)
         follow("drawn_from", f"retrieval|{wnid}", "/assets/augmentation_images")
         shown(f"retrieval|{wnid}", "augmentation_images partition")
-        click(".//*[normalize-space(text())='[Show Markdown]']", within="//tr[.//*[normalize-space(text())='sample_grid']]")
-        grid = wait.until(ec.visibility_of_element_located((By.XPATH, "//img[starts-with(@src, 'data:image/png;base64,')]")))
+        click(
+            ".//*[normalize-space(text())='[Show Markdown]']",
+            within="//tr[.//*[normalize-space(text())='sample_grid']]",
+        )
+        grid = wait.until(
+            ec.visibility_of_element_located((By.XPATH, "//img[starts-with(@src, 'data:image/png;base64,')]"))
+        )
         assert grid.size["width"] > 50 and grid.size["height"] > 20, grid.size
         browser.save_screenshot(str(tmp_path / "sample_grid.png"))
     except BaseException:  # (pytest.fail too) what the browser showed when it failed, for the report

@@ -20,7 +20,11 @@ def test_fashion_mnist_catalog_names_come_from_wordnet():
     assert jersey["hypernym"] == "shirt"
     assert jersey["definition"] == "a close-fitting pullover shirt"
     # The packaged table's lemmas agree with WordNet 3.0 for every class.
-    table = {line.split("\t")[2]: line.split("\t")[3] for line in (Path(__file__).parents[1] / "augassets/data/fashion_mnist_wordnet.tsv").read_text().splitlines() if not line.startswith("#")}
+    table = {
+        line.split("\t")[2]: line.split("\t")[3]
+        for line in (Path(__file__).parents[1] / "augassets/data/fashion_mnist_wordnet.tsv").read_text().splitlines()
+        if not line.startswith("#")
+    }
     assert dict(zip(catalog["wnid"], catalog["name"])) == table
 
 
@@ -56,14 +60,18 @@ def test_class_folders_that_are_not_wordnet_ids_are_skipped_with_their_reason(tm
     assert catalog["source_label"].to_list() == [3595614], "a folder class is numbered by its WordNet offset"
     reasons = {item.folder: item.reason for item in skipped}
     assert set(reasons) == {"n99999999", "cats"}
-    assert reasons["n99999999"].startswith("unknown wnid 'n99999999'") and reasons["n99999999"].endswith("WordNet 3.0 noun ids")
+    assert reasons["n99999999"].startswith("unknown wnid 'n99999999'") and reasons["n99999999"].endswith(
+        "WordNet 3.0 noun ids"
+    )
     assert reasons["cats"].startswith("'cats' is not a WordNet noun id")
 
 
 def test_a_folder_dataset_without_any_wordnet_class_is_a_clear_error(tmp_path):
     (tmp_path / "train" / "cats").mkdir(parents=True)
     dataset = replace(IMAGE_FOLDER, default_root=str(tmp_path), root_env="AUGASSETS_TEST_UNSET_DIR")
-    with pytest.raises(ValueError, match="no usable class in class list 'folders' \\(1 folders skipped: 'cats': 'cats' is not"):
+    with pytest.raises(
+        ValueError, match="no usable class in class list 'folders' \\(1 folders skipped: 'cats': 'cats' is not"
+    ):
         build_catalog(dataset)
 
 
@@ -75,7 +83,7 @@ def test_missing_class_root_names_the_setting(tmp_path):
 
 def test_wordnet_parser_reads_quotes_and_unicode(tmp_path):
     """A hand-written WNDB file with a lemma holding an apostrophe and a non-ASCII letter."""
-    line_a = "00000000 03 n 02 café_au_lait 0 o'clock_coat 0 001 @ 00000100 n 0000 | a coat, \"quoted\" gloss  \n"
+    line_a = '00000000 03 n 02 café_au_lait 0 o\'clock_coat 0 001 @ 00000100 n 0000 | a coat, "quoted" gloss  \n'
     offset_b = len(line_a.encode())
     line_a = line_a.replace("00000100", f"{offset_b:08d}")
     line_b = f"{offset_b:08d} 03 n 01 garment 0 000 | an article of clothing  \n"

@@ -38,7 +38,9 @@ def test_classifier_learns_and_follows_the_protocol(colour_data):
     """Colour classes are learnable in a few epochs; after that val stops improving, so the lr is
     divided by 10 after `plateau_patience` stagnant epochs and training stops after `early_stop_patience`."""
     train, val, test = colour_data
-    spec = replace(SMALL_RESNET, width=4, batch_size=16, lr=0.05, max_epochs=60, plateau_patience=1, early_stop_patience=4)
+    spec = replace(
+        SMALL_RESNET, width=4, batch_size=16, lr=0.05, max_epochs=60, plateau_patience=1, early_stop_patience=4
+    )
     result = train_classifier(train, val, test, num_classes=3, spec=spec, seed=0)
     assert result.best_val_top1 == 1.0
     assert result.test_top1 >= 0.9
@@ -58,8 +60,16 @@ def test_weight_averaging_keeps_the_moving_average_of_the_steps(colour_data, mon
     """With ``ema_decay`` the checkpoint that is validated, kept and tested is the exponential moving
     average of the weights after each SGD step (the first step's weights, then decay·avg + (1−decay)·w)."""
     train, val, test = colour_data
-    spec = replace(SMALL_RESNET, width=4, batch_size=16, max_epochs=1, min_steps_per_epoch=3, plateau_patience=1,
-                   early_stop_patience=4, ema_decay=0.6)
+    spec = replace(
+        SMALL_RESNET,
+        width=4,
+        batch_size=16,
+        max_epochs=1,
+        min_steps_per_epoch=3,
+        plateau_patience=1,
+        early_stop_patience=4,
+        ema_decay=0.6,
+    )
     steps = []
     plain_step = torch.optim.SGD.step
 
@@ -77,9 +87,13 @@ def test_weight_averaging_keeps_the_moving_average_of_the_steps(colour_data, mon
     names = [name for name, _ in SmallResNet(3, width=4).named_parameters()]
     for name, value in zip(names, expected):
         assert torch.allclose(result.state_dict[name], value, atol=1e-6), name
-    assert not torch.allclose(result.state_dict["fc.weight"], steps[-1][names.index("fc.weight")]), "the average is not the last iterate"
+    assert not torch.allclose(result.state_dict["fc.weight"], steps[-1][names.index("fc.weight")]), (
+        "the average is not the last iterate"
+    )
     monkeypatch.undo()
-    longer = train_classifier(train, val, test, 3, replace(spec, max_epochs=60, min_steps_per_epoch=10, ema_decay=0.9), seed=0)
+    longer = train_classifier(
+        train, val, test, 3, replace(spec, max_epochs=60, min_steps_per_epoch=10, ema_decay=0.9), seed=0
+    )
     assert longer.best_val_top1 == 1.0 and longer.test_top1 >= 0.9
 
 
@@ -132,7 +146,9 @@ def test_batched_evaluation_and_normalization_equal_the_per_image_transforms(col
 
     spec = replace(SMALL_RESNET, batch_size=5)
     _, val, _ = colour_data
-    per_image = DataLoader(ImageListDataset(val.paths, val.labels, eval_transform(spec), preload_size=spec.image_size), batch_size=5)
+    per_image = DataLoader(
+        ImageListDataset(val.paths, val.labels, eval_transform(spec), preload_size=spec.image_size), batch_size=5
+    )
     batched = list(_loader(val, None, spec, shuffle=False, seed=0))
     assert len(batched) == len(per_image)
     for (a, la), (b, lb) in zip(per_image, batched):

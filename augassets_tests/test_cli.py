@@ -18,8 +18,14 @@ def test_stopping_augassets_ui_stops_the_server_it_started(tmp_path):
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": "", "AUGASSETS_HOME": str(tmp_path / "home")}
     augassets = Path(sys.executable).with_name("augassets")
-    process = subprocess.Popen([str(augassets), "ui", "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(augassets), "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/server_info"
     try:
         deadline = time.time() + 120
@@ -58,8 +64,13 @@ def test_processes_started_together_on_a_fresh_home_create_its_storage_once(tmp_
     import sqlite3
 
     env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    code = "from augassets.instance import ensure_dagster_home; from augassets.profiles import get_profile; ensure_dagster_home(get_profile('smoke'))"
-    starts = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    code = (
+        "from augassets.instance import ensure_dagster_home; from augassets.profiles import get_profile; "
+        "ensure_dagster_home(get_profile('smoke'))"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
     for start in starts:
         _, err = start.communicate(timeout=120)
         assert start.returncode == 0, err[-2000:]
@@ -76,6 +87,11 @@ def test_loading_the_definitions_does_not_import_the_model_libraries():
     loads the definitions first; torch, torchvision, diffusers and transformers take seconds to import, so
     the definitions import them only inside the steps that compute."""
     heavy = ("torch", "torchvision", "diffusers", "transformers")
-    code = f"import sys\nimport augassets.cli, augassets.definitions\nprint(' '.join(m for m in {heavy!r} if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    code = (
+        f"import sys\nimport augassets.cli, augassets.definitions\n"
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert loaded.stdout.strip() == "", f"importing augassets.definitions imported {loaded.stdout.strip()}"

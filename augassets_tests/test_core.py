@@ -70,18 +70,28 @@ def test_registry_names_each_methods_builder():
     """The asset layer dispatches on builders: each implemented method has one, the rest none."""
     by_builder = {b: registry.keys_with_builder(b) for b in registry.BUILDERS}
     assert by_builder == {
-        registry.TARGET_ONLY: ("real_p",), registry.REAL_SUBSAMPLE: ("real_2p",), registry.IMG2IMG: ("boomerang",),
+        registry.TARGET_ONLY: ("real_p",),
+        registry.REAL_SUBSAMPLE: ("real_2p",),
+        registry.IMG2IMG: ("boomerang",),
         registry.TXT2IMG: ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts"),
-        registry.RETRIEVAL: ("retrieval",), registry.CONDITIONING: ("ft_conditioning",),
-        registry.CLUSTER_CONDITIONING: ("ft_cluster_conditioning",), registry.PSEUDO_WORD: ("textual_inversion",),
-        registry.CONDITIONING_UNET: ("imagic",), registry.PSEUDO_WORD_UNET: ("pseudoword_dm",),
+        registry.RETRIEVAL: ("retrieval",),
+        registry.CONDITIONING: ("ft_conditioning",),
+        registry.CLUSTER_CONDITIONING: ("ft_cluster_conditioning",),
+        registry.PSEUDO_WORD: ("textual_inversion",),
+        registry.CONDITIONING_UNET: ("imagic",),
+        registry.PSEUDO_WORD_UNET: ("pseudoword_dm",),
     }
     personalized = [m.key for m in registry.METHODS if m.family == "personalized"]
     assert personalized == list(registry.keys_with_builder(registry.FINETUNE_BUILDERS))
-    assert registry.keys_with_builder(registry.PER_CLASS_FINETUNE_BUILDERS) == ("ft_conditioning", "ft_cluster_conditioning", "textual_inversion")
+    assert registry.keys_with_builder(registry.PER_CLASS_FINETUNE_BUILDERS) == (
+        "ft_conditioning",
+        "ft_cluster_conditioning",
+        "textual_inversion",
+    )
     assert registry.keys_with_builder(registry.JOINT_FINETUNE_BUILDERS) == ("imagic", "pseudoword_dm")
-    assert [get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "ft_conditioning", "imagic")] == [
-        registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, registry.IMAGES, registry.IMAGES]
+    assert [
+        get_method(k).extra_images for k in ("real_p", "real_2p", "boomerang", "retrieval", "ft_conditioning", "imagic")
+    ] == [registry.NO_EXTRA, registry.REAL_EXTRA, registry.IMAGES, registry.IMAGES, registry.IMAGES, registry.IMAGES]
     assert registry.keys_with_builder(registry.TXT2IMG, ("real_p", "clip_prompts")) == ("clip_prompts",)
     with pytest.raises(ValueError, match="unknown builder 'gan'"):
         registry.Method("gan", "GAN", "other", "a builder that does not exist", "gan")
@@ -106,7 +116,14 @@ def test_augmented_sets_baselines():
         augmented_sets(registry.Method("future", "Future", "other", "no builder yet"), splits, 5)
     with pytest.raises(ValueError, match="needs its augmentation images"):
         augmented_sets(get_method("retrieval"), splits, 5)
-    images = pl.DataFrame({"wnid": ["a", "a", "b", "b"], "label": [0, 0, 1, 1], "path": ["r_a1", "r_a0", "r_b0", "r_b1"], "rank": [1, 0, 0, 1]})
+    images = pl.DataFrame(
+        {
+            "wnid": ["a", "a", "b", "b"],
+            "label": [0, 0, 1, 1],
+            "path": ["r_a1", "r_a0", "r_b0", "r_b1"],
+            "rank": [1, 0, 0, 1],
+        }
+    )
     retrieval = augmented_sets(get_method("retrieval"), splits, 5, images=images)
     assert retrieval.filter(pl.col("replicate") == 0)["path"].sort().to_list() == ["r_a0", "r_b0", "t1", "t2"]
     without_b = augmented_sets(get_method("retrieval"), splits, 5, images=images, excluded={"b"})
@@ -136,6 +153,7 @@ def test_summary_is_mean_and_standard_error_beside_the_papers_table_1():
     se_r, se_p = 0.01 / math.sqrt(3), 0.02  # s.d. 0.01 over 3 runs; s.d. 0.0283 over 2 runs
     welch_df = (se_r**2 + se_p**2) ** 2 / (se_r**4 / 2 + se_p**4 / 1)
     from scipy import stats
+
     assert retrieval["gain_ci95"] == pytest.approx(stats.t.ppf(0.975, welch_df) * math.sqrt(se_r**2 + se_p**2))
     # The paper's Table 1 beside it: retrieval 62.6 ± 0.1 against real_p 57.2 and real_2p 70.2.
     assert retrieval["paper_top1"] == pytest.approx(0.626) and retrieval["paper_se"] == pytest.approx(0.001)
@@ -143,11 +161,22 @@ def test_summary_is_mean_and_standard_error_beside_the_papers_table_1():
     assert retrieval["paper_gap_share"] == pytest.approx(5.4 / 13.0)
     # One run: no standard error, no interval — missing, not zero.
     single = rows["simple_prompt"]
-    assert single["n_runs"] == 1 and single["top1_se"] is None and single["top1_ci95"] is None and single["gain_ci95"] is None
+    assert (
+        single["n_runs"] == 1
+        and single["top1_se"] is None
+        and single["top1_ci95"] is None
+        and single["gain_ci95"] is None
+    )
     assert single["gain"] == pytest.approx(0.03)
     table = markdown_table(summary)
-    assert "| real_2p | 20% ImageNet | 82.00 ± 1.15 | 77.03–86.97 | +10.00 ± 11.95 | 100 % | 3 | 20 | 70.2 ± 0.3 | +13.0 | 100 % |" in table
-    assert "| simple_prompt | Simple prompt ① | 75.00 ± – | – | +3.00 | 30 % | 1 | 15 | 60.1 ± 0.2 | +2.9 | 22 % |" in table
+    assert (
+        "| real_2p | 20% ImageNet | 82.00 ± 1.15 | 77.03–86.97 | +10.00 ± 11.95 | 100 % | 3 | 20 | 70.2 ± 0.3 | "
+        "+13.0 | 100 % |" in table
+    )
+    assert (
+        "| simple_prompt | Simple prompt ① | 75.00 ± – | – | +3.00 | 30 % | 1 | 15 | 60.1 ± 0.2 | +2.9 | 22 % |"
+        in table
+    )
     # The full-ImageNet baseline has no reported error; real_2p is not in that setting.
     full = {r["method"]: r for r in summarize_scores(scores, "imagenet_full").iter_rows(named=True)}
     assert full["real_p"]["paper_top1"] == pytest.approx(0.761) and full["real_p"]["paper_se"] is None
@@ -170,20 +199,29 @@ def test_headline_is_retrieval_minus_the_best_diffusion_row_with_its_welch_inter
     # ④ (0.56) is the best diffusion row; retrieval 0.61: +5.00, each side s.d. 0.01 over 3 runs.
     se = 0.01 / math.sqrt(3)
     from scipy import stats
+
     half = stats.t.ppf(0.975, 4) * math.sqrt(2) * se  # equal variances and counts: Welch's df is 4
     assert f"**Retrieval − best diffusion row (sariyildiz_prompts): +5.00 ± {100 * half:.2f} pp**" in line
     assert "retrieval helps more" in line and "The paper, the same two rows: +1.8 pp (62.6 vs 60.8)" in line
-    close = scores.with_columns(pl.when(pl.col("method") == "retrieval").then(pl.col("test_top1") - 0.045).otherwise(pl.col("test_top1")))
+    close = scores.with_columns(
+        pl.when(pl.col("method") == "retrieval").then(pl.col("test_top1") - 0.045).otherwise(pl.col("test_top1"))
+    )
     assert "undecided: the interval contains zero" in headline(summarize_scores(close, "imagenet_10pct"))
     assert headline(summarize_scores(scores.filter(pl.col("method") != "retrieval"), "imagenet_10pct")) is None
 
 
 def test_per_class_gains_are_against_real_p_on_the_same_class():
     rows = []
-    for method, accs in {"real_p": [(0.5, 0.9), (0.7, 0.9)], "retrieval": [(0.8, 0.8), (0.9, 0.8)], "simple_prompt": [(0.6, 1.0)]}.items():
+    for method, accs in {
+        "real_p": [(0.5, 0.9), (0.7, 0.9)],
+        "retrieval": [(0.8, 0.8), (0.9, 0.8)],
+        "simple_prompt": [(0.6, 1.0)],
+    }.items():
         for replicate, (a, b) in enumerate(accs):
-            rows += [{"method": method, "replicate": replicate, "wnid": "n1", "name": "one", "test_top1": a},
-                     {"method": method, "replicate": replicate, "wnid": "n2", "name": "two", "test_top1": b}]
+            rows += [
+                {"method": method, "replicate": replicate, "wnid": "n1", "name": "one", "test_top1": a},
+                {"method": method, "replicate": replicate, "wnid": "n2", "name": "two", "test_top1": b},
+            ]
     gains = per_class_gains(pl.DataFrame(rows))
     got = {(r["method"], r["wnid"]): r for r in gains.iter_rows(named=True)}
     assert set(got) == {("retrieval", "n1"), ("retrieval", "n2"), ("simple_prompt", "n1"), ("simple_prompt", "n2")}
@@ -194,30 +232,43 @@ def test_per_class_gains_are_against_real_p_on_the_same_class():
 
 
 def test_scaling_cells_are_mean_and_standard_error_with_real_p_as_ratio_zero():
-    scores = pl.DataFrame({
-        "method": ["retrieval"] * 3 + ["simple_prompt"],
-        "ratio": [2.0, 2.0, 1.0, 2.0],
-        "replicate": [0, 1, 0, 0],
-        "test_top1": [0.70, 0.74, 0.69, 0.66],
-        "augmentation_images": [20, 20, 10, 20],
-        "wanted_augmentation_images": [20, 20, 10, 20],
-        "short_classes": ["n1 (8 of 10)", "n1 (8 of 10)", None, None],
-    })
+    scores = pl.DataFrame(
+        {
+            "method": ["retrieval"] * 3 + ["simple_prompt"],
+            "ratio": [2.0, 2.0, 1.0, 2.0],
+            "replicate": [0, 1, 0, 0],
+            "test_top1": [0.70, 0.74, 0.69, 0.66],
+            "augmentation_images": [20, 20, 10, 20],
+            "wanted_augmentation_images": [20, 20, 10, 20],
+            "short_classes": ["n1 (8 of 10)", "n1 (8 of 10)", None, None],
+        }
+    )
     baseline = pl.DataFrame({"test_top1": [0.60, 0.64, 0.62]})
     cells = {(r["method"], r["ratio"]): r for r in scaling_summary(scores, baseline).iter_rows(named=True)}
-    assert set(cells) == {("retrieval", 0.0), ("retrieval", 1.0), ("retrieval", 2.0), ("simple_prompt", 0.0), ("simple_prompt", 2.0)}
+    assert set(cells) == {
+        ("retrieval", 0.0),
+        ("retrieval", 1.0),
+        ("retrieval", 2.0),
+        ("simple_prompt", 0.0),
+        ("simple_prompt", 2.0),
+    }
     two = cells["retrieval", 2.0]
     assert two["top1_mean"] == pytest.approx(0.72) and two["n_runs"] == 2
     assert two["top1_se"] == pytest.approx(0.02)  # s.d. 0.0283 over 2 runs
     assert two["top1_ci95"] == pytest.approx(12.7062 * 0.02, rel=1e-4)  # t(0.975, 1)
     assert two["short_classes"] == "n1 (8 of 10)"
-    assert cells["retrieval", 1.0]["top1_se"] is None and cells["retrieval", 1.0]["top1_ci95"] is None  # one run: missing
+    assert (
+        cells["retrieval", 1.0]["top1_se"] is None and cells["retrieval", 1.0]["top1_ci95"] is None
+    )  # one run: missing
     for method in ("retrieval", "simple_prompt"):  # every curve starts at real_p's runs, no augmentation images
         start = cells[method, 0.0]
         assert start["top1_mean"] == pytest.approx(0.62) and start["top1_se"] == pytest.approx(0.02 / math.sqrt(3))
         assert start["n_runs"] == 3 and start["augmentation_images"] == 0
-    assert {(r["method"], r["ratio"]) for r in scaling_summary(scores, None).iter_rows(named=True)} == \
-        {("retrieval", 1.0), ("retrieval", 2.0), ("simple_prompt", 2.0)}
+    assert {(r["method"], r["ratio"]) for r in scaling_summary(scores, None).iter_rows(named=True)} == {
+        ("retrieval", 1.0),
+        ("retrieval", 2.0),
+        ("simple_prompt", 2.0),
+    }
 
 
 def test_frame_markdown_escapes_pipes():
@@ -236,7 +287,12 @@ def test_box_ranges_cut_consecutive_keys_of_two_dimensions_into_ranges_dagster_r
     dimension): "a|y … b|y" is a|y and b|y, not the four keys between them in the flattened order."""
     import dagster as dg
 
-    grid = dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(["a", "b", "c"]), "wnid": dg.StaticPartitionsDefinition(["x", "y", "z"])})
+    grid = dg.MultiPartitionsDefinition(
+        {
+            "method": dg.StaticPartitionsDefinition(["a", "b", "c"]),
+            "wnid": dg.StaticPartitionsDefinition(["x", "y", "z"]),
+        }
+    )
     keys = [str(k) for k in grid.get_partition_keys()]
     assert keys[:4] == ["a|x", "a|y", "a|z", "b|x"]
     assert box_ranges(grid, keys) == [("a|x", "c|z")]
@@ -245,19 +301,33 @@ def test_box_ranges_cut_consecutive_keys_of_two_dimensions_into_ranges_dagster_r
     assert box_ranges(grid, keys[2:7]) == [("a|z", "a|z"), ("b|x", "b|z"), ("c|x", "c|x")]
     for start in range(len(keys)):
         for end in range(start, len(keys)):
-            covered = [str(k) for first, last in box_ranges(grid, keys[start:end + 1])
-                       for k in grid.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))]
-            assert sorted(covered) == sorted(keys[start:end + 1]), (start, end)
+            covered = [
+                str(k)
+                for first, last in box_ranges(grid, keys[start : end + 1])
+                for k in grid.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
+            ]
+            assert sorted(covered) == sorted(keys[start : end + 1]), (start, end)
     line = dg.StaticPartitionsDefinition(["p", "q", "r"])
     assert box_ranges(line, ["q", "r"]) == [("q", "r")]
 
 
 def test_generated_pools_are_resampled_per_replicate():
     splits = pl.DataFrame(
-        {"split": ["target"] * 3, "wnid": ["a", "a", "b"], "label": [0, 0, 1], "item": ["1", "2", "3"], "path": ["t1", "t2", "t3"]}
+        {
+            "split": ["target"] * 3,
+            "wnid": ["a", "a", "b"],
+            "label": [0, 0, 1],
+            "item": ["1", "2", "3"],
+            "path": ["t1", "t2", "t3"],
+        }
     )
     pool = pl.DataFrame(
-        {"wnid": ["a"] * 9 + ["b"] * 9, "label": [0] * 9 + [1] * 9, "path": [f"g{i}" for i in range(18)], "rank": list(range(9)) * 2}
+        {
+            "wnid": ["a"] * 9 + ["b"] * 9,
+            "label": [0] * 9 + [1] * 9,
+            "path": [f"g{i}" for i in range(18)],
+            "rank": list(range(9)) * 2,
+        }
     )
     sets = augmented_sets(get_method("simple_prompt"), splits, 5, images=pool, seed=1)
     extra = sets.filter(pl.col("origin") == "simple_prompt")
@@ -302,7 +372,9 @@ def test_a_stop_by_signal_reads_as_one_whatever_caught_it():
     from augassets.runner.failures import INTERRUPTED, root_cause
 
     def wrapped(inner):
-        return SerializableErrorInfo("Error occurred while executing op\n", [], "DagsterExecutionStepExecutionError", inner)
+        return SerializableErrorInfo(
+            "Error occurred while executing op\n", [], "DagsterExecutionStepExecutionError", inner
+        )
 
     duckdb_stop = SerializableErrorInfo("RuntimeError: Query interrupted\n", [], "RuntimeError", None)
     dagster_stop = SerializableErrorInfo("Execution was interrupted\n", [], "DagsterExecutionInterruptedError", None)
@@ -333,7 +405,10 @@ def test_a_steps_thread_count_is_a_setting_of_the_profile_not_of_the_worker_coun
     mini_all = get_profile("mini_all")
     assert (mini_all.workers, mini_all.partition_threads, mini_all.torch_threads) == (2, 1, 2)
     monkeypatch.setenv("AUGASSETS_WORKERS", "1")
-    assert default_resources(get_profile("mini_all"))["compute"].threads_for({PARTITION_RANGE_START_TAG: "retrieval|0"}) == 1
+    assert (
+        default_resources(get_profile("mini_all"))["compute"].threads_for({PARTITION_RANGE_START_TAG: "retrieval|0"})
+        == 1
+    )
     # Without a setting, a step over partitions takes torch_threads.
     assert ComputeResource(torch_threads=2).threads_for({PARTITION_TAG: "a"}) == 2
     monkeypatch.setenv("AUGASSETS_WORKERS", "3")
@@ -370,7 +445,13 @@ def test_a_setting_added_after_a_world_was_shipped_changes_no_version_while_it_k
     from augassets.profiles import SMALL_RESNET
     from augassets.versions import code_version
 
-    before = "ClassifierSpec(" + ", ".join(f"{f.name}={getattr(SMALL_RESNET, f.name)!r}" for f in fields(SMALL_RESNET) if f.name != "ema_decay") + ")"
+    before = (
+        "ClassifierSpec("
+        + ", ".join(
+            f"{f.name}={getattr(SMALL_RESNET, f.name)!r}" for f in fields(SMALL_RESNET) if f.name != "ema_decay"
+        )
+        + ")"
+    )
     assert repr(SMALL_RESNET) == before
     averaged = replace(SMALL_RESNET, ema_decay=0.99)
     assert repr(averaged) == before[:-1] + ", ema_decay=0.99)"
@@ -382,11 +463,20 @@ def test_the_papers_further_figures_appear_where_they_apply():
     Azizi et al.'s 78.17 (Fig. 1B) beside a full-ImageNet table; nothing where neither applies."""
     from augassets.core.analysis import comparisons_note, paper_comparisons, paper_results
 
-    ablation = {r["setting"]: r for r in paper_comparisons("imagenet_10pct") if r["method"] == "ft_cluster_conditioning"}
-    assert sorted(ablation, key=lambda s: int(s.split("=")[1])) == ["clusters=1", "clusters=5", "clusters=10", "clusters=15"]
+    ablation = {
+        r["setting"]: r for r in paper_comparisons("imagenet_10pct") if r["method"] == "ft_cluster_conditioning"
+    }
+    assert sorted(ablation, key=lambda s: int(s.split("=")[1])) == [
+        "clusters=1",
+        "clusters=5",
+        "clusters=10",
+        "clusters=15",
+    ]
     table1 = paper_results("imagenet_10pct").filter(pl.col("method") == "ft_cluster_conditioning").row(0, named=True)
     assert ablation["clusters=5"]["top1"] == pytest.approx(table1["paper_top1"]), "Table 1's ⑥ is k = 5"
-    assert ablation["clusters=1"]["top1"] == pytest.approx(table1["paper_top1"] - 0.001), "§4.3: k = 5 is 0.1 points above k = 1"
+    assert ablation["clusters=1"]["top1"] == pytest.approx(table1["paper_top1"] - 0.001), (
+        "§4.3: k = 5 is 0.1 points above k = 1"
+    )
     note = comparisons_note("imagenet_10pct", ["real_p", "ft_cluster_conditioning"], {"clusters": "10"})
     assert "1 → 60.8 (derived); 5 → 60.9 ± 0.2; 10 → 60.8 ± 0.2 (this profile); 15 → 60.6 ± 0.3" in note
     assert comparisons_note("imagenet_10pct", ["real_p", "retrieval"], {"clusters": "5"}) is None
@@ -409,30 +499,75 @@ def test_the_papers_speedups_are_its_own_hours_and_ours_come_from_the_extrapolat
     assert (PAPER_CLASSES, PAPER_TARGET_IMAGES) == (990, 126_861)
     retrieve = PAPER_HOURS["retrieve", "retrieval"][0]
     assert round(PAPER_HOURS["generate", None][0] / retrieve) == PAPER_SPEEDUPS["prompt-based generation"]
-    assert round((PAPER_HOURS["fine-tune", "pseudoword_dm"][0] + PAPER_HOURS["generate", None][0]) / retrieve) == PAPER_SPEEDUPS["pseudoword_dm"]
+    assert (
+        round((PAPER_HOURS["fine-tune", "pseudoword_dm"][0] + PAPER_HOURS["generate", None][0]) / retrieve)
+        == PAPER_SPEEDUPS["pseudoword_dm"]
+    )
     one_set = PAPER_CLASSES * 390 / 3600  # hours per (second per image) for one set of 390 images a class
-    rows = [("retrieve", "retrieval", None, 2.0), ("generate", "simple_prompt", 50.0 / one_set, None), ("generate", "clip_prompts", 70.0 / one_set, None),
-            ("generate candidates", "pseudoword_dm", 40.0 / one_set, None)]
-    extrapolation = pl.DataFrame([{"stage": s, "method": m, "measured_seconds_per_image": p, "extrapolated_hours": h} for s, m, p, h in rows],
-                                 schema={k: v for k, v in EXTRAPOLATION_SCHEMA.items() if k in ("stage", "method", "measured_seconds_per_image", "extrapolated_hours")})
-    ratios = {r["comparison"]: r["measured"] for r in speedups(extrapolation, ["simple_prompt", "clip_prompts"]).iter_rows(named=True)}
+    rows = [
+        ("retrieve", "retrieval", None, 2.0),
+        ("generate", "simple_prompt", 50.0 / one_set, None),
+        ("generate", "clip_prompts", 70.0 / one_set, None),
+        ("generate candidates", "pseudoword_dm", 40.0 / one_set, None),
+    ]
+    extrapolation = pl.DataFrame(
+        [{"stage": s, "method": m, "measured_seconds_per_image": p, "extrapolated_hours": h} for s, m, p, h in rows],
+        schema={
+            k: v
+            for k, v in EXTRAPOLATION_SCHEMA.items()
+            if k in ("stage", "method", "measured_seconds_per_image", "extrapolated_hours")
+        },
+    )
+    ratios = {
+        r["comparison"]: r["measured"]
+        for r in speedups(extrapolation, ["simple_prompt", "clip_prompts"]).iter_rows(named=True)
+    }
     assert ratios["prompt-based generation"] == pytest.approx(30.0)  # (50 + 70) / 2 / 2
     assert ratios["pseudoword_dm"] is None, "⑨'s fine-tuning was not measured"
-    with_finetune = pl.concat([extrapolation, pl.DataFrame([{"stage": "fine-tune", "method": "pseudoword_dm", "measured_seconds_per_image": 1.0,
-                                                             "extrapolated_hours": 20.0}], schema=extrapolation.schema)])
+    with_finetune = pl.concat(
+        [
+            extrapolation,
+            pl.DataFrame(
+                [
+                    {
+                        "stage": "fine-tune",
+                        "method": "pseudoword_dm",
+                        "measured_seconds_per_image": 1.0,
+                        "extrapolated_hours": 20.0,
+                    }
+                ],
+                schema=extrapolation.schema,
+            ),
+        ]
+    )
     ratios = {r["comparison"]: r["measured"] for r in speedups(with_finetune, ["simple_prompt"]).iter_rows(named=True)}
-    assert ratios["pseudoword_dm"] == pytest.approx((20.0 + 40.0) / 2.0), "⑨: fine-tuning + one candidate set's generation"
+    assert ratios["pseudoword_dm"] == pytest.approx((20.0 + 40.0) / 2.0), (
+        "⑨: fine-tuning + one candidate set's generation"
+    )
 
 
 def test_fig5a_shows_pseudoword_dm_and_retrieval_or_names_its_stand_in():
     from augassets.core.analysis import extreme_classes, fig5a_methods
 
-    summary = pl.DataFrame({"method": ["real_p", "simple_prompt", "sariyildiz_prompts", "retrieval"], "top1_mean": [0.4, 0.5, 0.55, 0.52]})
+    summary = pl.DataFrame(
+        {"method": ["real_p", "simple_prompt", "sariyildiz_prompts", "retrieval"], "top1_mean": [0.4, 0.5, 0.55, 0.52]}
+    )
     shown = fig5a_methods(summary)
-    assert [m for m, _ in shown] == ["sariyildiz_prompts", "retrieval"] and "standing in for pseudoword_dm" in shown[0][1]
+    assert [m for m, _ in shown] == ["sariyildiz_prompts", "retrieval"] and "standing in for pseudoword_dm" in shown[0][
+        1
+    ]
     with_9 = pl.concat([summary, pl.DataFrame({"method": ["pseudoword_dm"], "top1_mean": [0.45]})])
-    assert [m for m, _ in fig5a_methods(with_9)] == ["pseudoword_dm", "retrieval"], "⑨ even when it is not the best diffusion row"
-    gains = pl.DataFrame({"method": ["retrieval"] * 4, "wnid": ["a", "b", "c", "d"], "name": ["A", "B", "C", "D"], "gain": [0.1, -0.2, 0.3, 0.0]})
+    assert [m for m, _ in fig5a_methods(with_9)] == ["pseudoword_dm", "retrieval"], (
+        "⑨ even when it is not the best diffusion row"
+    )
+    gains = pl.DataFrame(
+        {
+            "method": ["retrieval"] * 4,
+            "wnid": ["a", "b", "c", "d"],
+            "name": ["A", "B", "C", "D"],
+            "gain": [0.1, -0.2, 0.3, 0.0],
+        }
+    )
     extremes = extreme_classes(gains, ["retrieval"], count=2)
     assert extremes.filter(pl.col("extreme") == "worst")["wnid"].to_list() == ["b", "d"]
     assert extremes.filter(pl.col("extreme") == "best")["wnid"].to_list() == ["c", "a"]

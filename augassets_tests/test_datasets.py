@@ -28,12 +28,20 @@ def test_fashion_mnist_splits_are_disjoint_imbalanced_and_deterministic(tmp_path
 
     train_like = splits.filter(pl.col("split") != "test")
     assert train_like["item"].n_unique() == train_like.height, "target, val and real_extra must be disjoint"
-    counts = {s: dict(splits.filter(pl.col("split") == s).group_by("wnid").len().iter_rows()) for s in ("target", "val", "real_extra")}
+    counts = {
+        s: dict(splits.filter(pl.col("split") == s).group_by("wnid").len().iter_rows())
+        for s in ("target", "val", "real_extra")
+    }
     assert counts["target"] == counts["real_extra"]
-    ratio = profile.split.val_fraction / profile.split.train_fraction  # a val set larger than the target, same imbalance
+    ratio = (
+        profile.split.val_fraction / profile.split.train_fraction
+    )  # a val set larger than the target, same imbalance
     assert all(counts["val"][w] == round(ratio * n) for w, n in counts["target"].items())
     assert len(set(counts["target"].values())) > 1, "per-class target counts should differ (class imbalance)"
-    low, high = 6000 * profile.split.train_fraction * (1 - profile.split.class_rate_spread), 6000 * profile.split.train_fraction
+    low, high = (
+        6000 * profile.split.train_fraction * (1 - profile.split.class_rate_spread),
+        6000 * profile.split.train_fraction,
+    )
     for n in counts["target"].values():  # 6000 per class x p x [1 - spread, 1]
         assert round(low) <= n <= round(high)
     assert splits.filter(pl.col("split") == "test").height == 4 * 20
@@ -49,7 +57,15 @@ def test_image_folder_bad_files_are_skipped_and_counted(image_folder):
     # Every bad file of the class is drawn: the split needs all 3 x 4 good images of its 19 files, and
     # seed 4 puts a good one last.
     assert report.skipped_by_reason() == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3, "too_large": 1}
-    assert {Path(r["item"]).name for r in report.skipped} == {"empty.jpg", "corrupt.jpg", "truncated.jpg", "cmyk.jpg", "rgba.png", "gray.png", "huge.png"}
+    assert {Path(r["item"]).name for r in report.skipped} == {
+        "empty.jpg",
+        "corrupt.jpg",
+        "truncated.jpg",
+        "cmyk.jpg",
+        "rgba.png",
+        "gray.png",
+        "huge.png",
+    }
     assert not splits["path"].str.contains("empty|corrupt|truncated|cmyk|rgba|gray").any()
     assert splits.filter(pl.col("split") == "test").height == 8
 
@@ -64,7 +80,9 @@ def test_non_rgb_files_can_be_converted_instead(tmp_path):
     write_image(root / "test" / "n03595614" / "a.jpg", fmt="JPEG")
     dataset = folder_dataset(root)
     # 9 files, val + target + real_extra take 3 each: every file is drawn.
-    splits, report = make_splits(build_catalog(dataset), dataset, SplitSpec(train_fraction=1 / 3, non_rgb="convert"), tmp_path / "x")
+    splits, report = make_splits(
+        build_catalog(dataset), dataset, SplitSpec(train_fraction=1 / 3, non_rgb="convert"), tmp_path / "x"
+    )
     assert report.skipped == []
     assert report.converted == 3
     assert splits.filter(pl.col("split") != "test").height == 9
@@ -134,7 +152,9 @@ def test_truncated_or_corrupted_gzip_names_the_file_and_the_setting(tmp_path):
             source.items("train", "n03595614", 0)
         message = str(error.value)
         assert message.startswith(f"{root / 'train-labels-idx1-ubyte.gz'} cannot be read ("), kind
-        assert "truncated or corrupted: download it again, or point AUGASSETS_TEST_UNSET_DIR at a good copy" in message, kind
+        assert (
+            "truncated or corrupted: download it again, or point AUGASSETS_TEST_UNSET_DIR at a good copy" in message
+        ), kind
 
 
 def test_inspect_image_statuses(tmp_path):
@@ -193,7 +213,9 @@ def test_caltech_style_split_takes_the_whole_80_percent_as_target_and_no_real_ex
     dataset = replace(folder_dataset(root), train_dir="", test_dir="", holdout_fraction=0.1)
     splits, report = make_splits(build_catalog(dataset), dataset, get_profile("caltech256").split, tmp_path / "x")
     counts = dict(splits.group_by("split").len().iter_rows())
-    assert counts == {"test": 2, "val": 2, "target": 16}, "21 files, 1 broken: 10% test, 10% val, every other usable one as target"
+    assert counts == {"test": 2, "val": 2, "target": 16}, (
+        "21 files, 1 broken: 10% test, 10% val, every other usable one as target"
+    )
     assert report.skipped_by_reason() == {"empty": 1}
 
 

@@ -29,7 +29,11 @@ def test_tokenizer_is_the_real_clip_bpe(tmp_path):
     tokenizer = build_tokenizer(tmp_path)
     reference = SimpleTokenizer()
     assert len(tokenizer) == VOCAB_SIZE and tokenizer.model_max_length == 77
-    for text in ["A photo of jersey, T-shirt, tee shirt.", "gymshoe,sneaker,tennisshoe", "café — naïve 🙂 O'Neil's \"boots\""]:
+    for text in [
+        "A photo of jersey, T-shirt, tee shirt.",
+        "gymshoe,sneaker,tennisshoe",
+        "café — naïve 🙂 O'Neil's \"boots\"",
+    ]:
         assert tokenizer(text).input_ids == [49406, *reference.encode(text), 49407]
     assert (tmp_path / "vocab.json").is_file() and (tmp_path / "merges.txt").is_file()
 
@@ -40,7 +44,10 @@ def garment_like(rng) -> np.ndarray:
 
     image = Image.new("L", (28, 28), 0)
     x0, y0 = rng.integers(2, 10, 2)
-    ImageDraw.Draw(image).ellipse([int(x0), int(y0), int(x0) + int(rng.integers(10, 16)), int(y0) + int(rng.integers(10, 16))], fill=int(rng.integers(120, 255)))
+    ImageDraw.Draw(image).ellipse(
+        [int(x0), int(y0), int(x0) + int(rng.integers(10, 16)), int(y0) + int(rng.integers(10, 16))],
+        fill=int(rng.integers(120, 255)),
+    )
     return np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)))
 
 
@@ -51,7 +58,10 @@ def fake_sources(n_per_class=6):
     return PoolSources(
         pixels=arrays.__getitem__,
         target_image=lambda item: Image.fromarray(arrays[item], "L"),
-        class_items={"n1": [f"train/{i}" for i in range(n_per_class)], "n2": [f"train/{i}" for i in range(20, 20 + n_per_class)]},
+        class_items={
+            "n1": [f"train/{i}" for i in range(n_per_class)],
+            "n2": [f"train/{i}" for i in range(20, 20 + n_per_class)],
+        },
         duplicate_items=[("test/0", "test", "n1"), ("test/1", "val", "n2")],
         lemmas={"n1": ["boot"], "n2": ["bag", "handbag"]},
         hypernyms={"n1": "footwear", "n2": "container"},
@@ -87,8 +97,13 @@ def tiny_pipeline(folder: Path) -> Path:
     clip.save_pretrained(folder / "clip")
     processor.save_pretrained(folder / "clip")
     pipeline = assemble_pipeline(
-        make_vae(TINY_SD, 32), make_unet(TINY_SD, 8, TINY_CLIP.hidden_size), text_tower(clip), processor.tokenizer,
-        make_safety_checker(clip, np.ones(TINY_CLIP.projection_dim, np.float32), threshold=0.5), processor.image_processor, "ddim",
+        make_vae(TINY_SD, 32),
+        make_unet(TINY_SD, 8, TINY_CLIP.hidden_size),
+        text_tower(clip),
+        processor.tokenizer,
+        make_safety_checker(clip, np.ones(TINY_CLIP.projection_dim, np.float32), threshold=0.5),
+        processor.image_processor,
+        "ddim",
     )
     pipeline.save_pretrained(folder / "sd")
     return folder
@@ -113,7 +128,9 @@ def test_diffusion_backend_loads_a_folder_for_txt2img_and_img2img(tiny_models):
     backend = DiffusionBackendResource(weights=str(tiny_models / "sd"), steps=2, scheduler="dpm_solver")
     txt2img = backend.load("txt2img")
     assert isinstance(txt2img, StableDiffusionPipeline)
-    out = txt2img(["A photo of boot."], num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    out = txt2img(
+        ["A photo of boot."], num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)
+    )
     assert out.images[0].size == (32, 32) and len(out.nsfw_content_detected) == 1
     img2img = backend.load("img2img")
     assert isinstance(img2img, StableDiffusionImg2ImgPipeline)
@@ -174,7 +191,9 @@ def test_a_safety_checker_that_rejects_everything_stops_with_a_clear_error(tiny_
         pipeline.safety_checker.concept_embeds_weights.fill_(-10.0)  # every image is "unsafe"
     request = GenerationRequest("clip_prompts", "n2", ["a photo of a boot."] * 2, ["clip"] * 2)
     with pytest.raises(GenerationError, match=r"clip_prompts/n2: the safety checker rejected image 0 .* 3 times"):
-        generate_partition(pipeline, request, tmp_path / "n2", steps=2, guidance_scale=2.0, batch_size=2, max_attempts=3)
+        generate_partition(
+            pipeline, request, tmp_path / "n2", steps=2, guidance_scale=2.0, batch_size=2, max_attempts=3
+        )
 
 
 def test_boomerang_generates_from_target_images(tiny_models, tmp_path):
@@ -186,8 +205,12 @@ def test_boomerang_generates_from_target_images(tiny_models, tmp_path):
         Image.new("L" if i else "RGB", (28, 28), colour).save(path)  # target images are 28 px, any mode
         sources.append(str(path))
     pipeline = DiffusionBackendResource(weights=str(tiny_models / "sd"), safety_checker=False).load("img2img")
-    request = GenerationRequest("boomerang", "n1", [""] * 3, ["boomerang"] * 3, init_images=[sources[i % 2] for i in range(3)], strength=0.5)
-    records = generate_partition(pipeline, request, tmp_path / "boomerang" / "n1", steps=4, guidance_scale=1.0, batch_size=2)
+    request = GenerationRequest(
+        "boomerang", "n1", [""] * 3, ["boomerang"] * 3, init_images=[sources[i % 2] for i in range(3)], strength=0.5
+    )
+    records = generate_partition(
+        pipeline, request, tmp_path / "boomerang" / "n1", steps=4, guidance_scale=1.0, batch_size=2
+    )
     assert len(records) == 3
     assert all(Image.open(r["path"]).size == (32, 32) for r in records)
 

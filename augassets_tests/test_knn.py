@@ -23,7 +23,9 @@ def test_local_index_returns_nearest_first_with_metadata(tmp_path):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     faiss.write_index(build_index([vectors[:30], vectors[30:]], 8, 50), str(tmp_path / "image.index"))
     (tmp_path / "metadata").mkdir()
-    pl.DataFrame({"url": [f"file:///img/{i}.png" for i in range(50)], "caption": [f"c{i}" for i in range(50)]}).write_parquet(tmp_path / "metadata" / "metadata_0.parquet")
+    pl.DataFrame(
+        {"url": [f"file:///img/{i}.png" for i in range(50)], "caption": [f"c{i}" for i in range(50)]}
+    ).write_parquet(tmp_path / "metadata" / "metadata_0.parquet")
     index = KnnIndexResource(backend="local", index_folder=str(tmp_path)).get()
     hits = index.search(vectors[7], k=5)
     assert hits[0].id == 7 and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
@@ -117,7 +119,11 @@ def test_remote_index_retries_server_errors_then_succeeds():
 
 @pytest.mark.parametrize(
     "script, message",
-    [(["500"] * 3, "HTTP 500.*unknown indice_name"), (["garbage"] * 3, "malformed response"), (["sleep"] * 3, "timed out|TimeoutError")],
+    [
+        (["500"] * 3, "HTTP 500.*unknown indice_name"),
+        (["garbage"] * 3, "malformed response"),
+        (["sleep"] * 3, "timed out|TimeoutError"),
+    ],
 )
 def test_remote_index_fails_clearly_after_retries(script, message):
     with FakeClipBack(script) as server:
@@ -127,7 +133,9 @@ def test_remote_index_fails_clearly_after_retries(script, message):
 
 def test_remote_index_unreachable():
     with pytest.raises(KnnError, match="KnnIndexResource.url"):
-        RemoteKnnIndex("http://127.0.0.1:9", "x", timeout_s=0.2, retries=2, backoff_s=0.01).search(np.zeros(2, np.float32), 1)
+        RemoteKnnIndex("http://127.0.0.1:9", "x", timeout_s=0.2, retries=2, backoff_s=0.01).search(
+            np.zeros(2, np.float32), 1
+        )
 
 
 def test_a_hanging_server_costs_one_deadline_then_later_queries_fail_at_once():
@@ -135,7 +143,10 @@ def test_a_hanging_server_costs_one_deadline_then_later_queries_fail_at_once():
     next query (the next class) fails at once, without a request, instead of waiting out its own."""
     with FakeClipBack(["sleep"] * 10) as server:
         knn = remote(server, timeout_s=0.3, retries=5, deadline_s=0.7)
-        with pytest.raises(KnnError, match=r"failed [1-4] times in .* \(deadline 0.7 s\), last: .*(timed out|TimeoutError).*deadline_s\)"):
+        with pytest.raises(
+            KnnError,
+            match=r"failed [1-4] times in .* \(deadline 0.7 s\), last: .*(timed out|TimeoutError).*deadline_s\)",
+        ):
             knn.search(np.zeros(2, np.float32), k=1)
         asked = len(server.requests)
         assert asked < 5, "the deadline, not the retry count, ended the query"
@@ -165,7 +176,9 @@ def test_hits_whose_files_are_missing_or_broken_are_dropped_and_counted(tmp_path
     ]
     with FakeClipBack([], results=results) as server:
         index = remote(server)
-        result = retrieve(lambda k: index.search(np.ones(2, np.float32), k), None, n=3, image_problem=local_image_problem)
+        result = retrieve(
+            lambda k: index.search(np.ones(2, np.float32), k), None, n=3, image_problem=local_image_problem
+        )
     assert [h.id for h in result.kept] == [0, 2, 5]
     assert result.enough and result.rejected["missing"] == 2 and result.rejected["undecodable"] == 1
 
@@ -181,11 +194,15 @@ def test_retrieval_through_a_back_that_returns_its_default_columns_keeps_its_hit
     retrieval through it keeps the nearest hits, names the skipped filters and the settings, rejects nothing."""
     from augassets.core.retrieval import retrieve
 
-    results = [{"id": i, "similarity": 1.0 - i / 100, "url": f"file:///{i}.png", "caption": f"a photo {i}"} for i in range(30)]
+    results = [
+        {"id": i, "similarity": 1.0 - i / 100, "url": f"file:///{i}.png", "caption": f"a photo {i}"} for i in range(30)
+    ]
     said = []
     with FakeClipBack([], results=results) as server:
         index = remote(server)
-        result = retrieve(lambda k: index.search(np.array([0.6, 0.8], dtype=np.float32), k), None, n=10, progress=said.append)
+        result = retrieve(
+            lambda k: index.search(np.array([0.6, 0.8], dtype=np.float32), k), None, n=10, progress=said.append
+        )
     assert result.enough and [h.id for h in result.kept] == list(range(10))
     assert sum(result.rejected.values()) == 0 and set(result.skipped) == {"aesthetic", "nsfw"}
     assert any("retrieval.nsfw_column" in line and "columns_to_return" in line for line in said)

@@ -85,6 +85,25 @@ def test_each_layer_imports_only_the_layers_below_it():
             # core is Dagster-free and knows nothing of the definitions; it may read the settings' types and
             # hash them (versions: a leaf without Dagster).
             leaves = {"augassets", "augassets.profiles", "augassets.versions"}
-            assert imported <= {n for n in graph if n.startswith("augassets.core")} | leaves, f"{name} imports {sorted(imported)}"
+            assert imported <= {n for n in graph if n.startswith("augassets.core")} | leaves, (
+                f"{name} imports {sorted(imported)}"
+            )
         elif name not in runner_and_cli:
-            assert not imported & runner_and_cli, f"{name} (a definitions module) imports the runner: {sorted(imported & runner_and_cli)}"
+            assert not imported & runner_and_cli, (
+                f"{name} (a definitions module) imports the runner: {sorted(imported & runner_and_cli)}"
+            )
+
+
+LONG_MODULE = 450
+LONG_REASON = "Why this module is long:"
+
+
+def test_a_module_over_450_lines_says_why_at_its_top():
+    """A long module is a sign of one that does several jobs; one that stays long says why in its docstring."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > LONG_MODULE and LONG_REASON not in docstring:
+            unexplained.append(f"{path.relative_to(PACKAGE.parent)} ({text.count(chr(10))} lines)")
+    assert unexplained == [], f"split these modules or add '{LONG_REASON} …' to their docstring: {unexplained}"

@@ -23,7 +23,10 @@ def test_a_range_run_records_the_finished_partitions_and_names_the_failed_one():
         return dg.MaterializeResult()
 
     instance = dg.DagsterInstance.ephemeral()
-    range_tags = {PARTITION_RANGE_START_TAG: "a", PARTITION_RANGE_END_TAG: "c"}  # one run over the range, as the runner runs it
+    range_tags = {
+        PARTITION_RANGE_START_TAG: "a",
+        PARTITION_RANGE_END_TAG: "c",
+    }  # one run over the range, as the runner runs it
     result = dg.materialize([letters_asset], instance=instance, tags=range_tags, raise_on_error=False)
     assert not result.success
     failure = next(event for event in result.all_events if event.is_step_failure).step_failure_data.user_failure_data
@@ -44,4 +47,7 @@ def test_more_failures_than_it_names_say_so():
 
     with pytest.raises(dg.Failure) as failed:
         fail_partially(Context(), {}, {str(i): "bad" for i in range(5)}, noun="fine-tuning runs")
-    assert failed.value.description == "5 of 5 fine-tuning runs failed, the others are materialized: 0: bad; 1: bad; 2: bad …"
+    assert (
+        failed.value.description
+        == "5 of 5 fine-tuning runs failed, the others are materialized: 0: bad; 1: bad; 2: bad …"
+    )

@@ -20,7 +20,8 @@ torch.set_num_threads(1)
 sd, folder, wnid, spec = sys.argv[1], Path(sys.argv[2]), sys.argv[3], FinetuneSpec(**eval(sys.argv[4]))
 train, val = sys.argv[5].split(","), sys.argv[6].split(",")
 pipeline = StableDiffusionPipeline.from_pretrained(sd)
-finetune_conditioning(pipeline, sys.argv[7], ClassImages(train, val, 32), spec, folder, {"method": "ft_conditioning", "wnid": wnid})
+finetune_conditioning(pipeline, sys.argv[7], ClassImages(train, val, 32), spec, folder, {"method":
+"ft_conditioning", "wnid": wnid})
 """
 
 
@@ -46,9 +47,18 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
     sd = profile.home / "store" / "models" / "stable_diffusion"
     db = Warehouse(profile.tables)
     wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
-    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    paths = {
+        s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])[
+            "path"
+        ].to_list()
+        for s in ("target", "val")
+    }
     options = {"max_epochs": 6, "patience": 10, "lr": 5e-3, "val_draws": 4}
-    spec, signature, prompt = FinetuneSpec(**options), {"method": "ft_conditioning", "wnid": wnid}, name.replace(" ", "")
+    spec, signature, prompt = (
+        FinetuneSpec(**options),
+        {"method": "ft_conditioning", "wnid": wnid},
+        name.replace(" ", ""),
+    )
     images = ClassImages(paths["target"], paths["val"], 32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -63,7 +73,18 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
         assert kept == set(clean.candidates.values()) and {1, 2, 3} <= kept
 
         folder = tmp_path / "killed"
-        command = [sys.executable, "-c", _FINETUNE_SCRIPT, str(sd), str(folder), wnid, repr(options), ",".join(paths["target"]), ",".join(paths["val"]), prompt]
+        command = [
+            sys.executable,
+            "-c",
+            _FINETUNE_SCRIPT,
+            str(sd),
+            str(folder),
+            wnid,
+            repr(options),
+            ",".join(paths["target"]),
+            ",".join(paths["val"]),
+            prompt,
+        ]
         child = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not (folder / "epoch_003.safetensors").exists():  # written after epoch 2's resume state
@@ -77,14 +98,22 @@ def test_ft_conditioning_trains_resumes_after_a_kill_and_generates(benchmark_run
         strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
         assert strip(resumed.history) == strip(clean.history)
 
-        with pytest.raises(FinetuneError, match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other"):
+        with pytest.raises(
+            FinetuneError,
+            match=r"refusing to resume from .*resume.pt: it was written for .*ft_conditioning.* this run is .*other",
+        ):
             finetune_conditioning(pipeline, prompt, images, spec, folder, {**signature, "wnid": "other"})
         nan = torch.full_like(clean.params["prompt_embeds"], float("nan"))
-        with pytest.raises(FinetuneError, match=r"the loss became nan at step 1 of epoch 1; no epoch finished \(lower the learning rate\)"):
+        with pytest.raises(
+            FinetuneError,
+            match=r"the loss became nan at step 1 of epoch 1; no epoch finished \(lower the learning rate\)",
+        ):
             finetune_conditioning(pipeline, prompt, images, spec, tmp_path / "nan", signature, initial=nan)
 
         embeds = load_file(str(tmp_path / "clean" / f"epoch_{best:03d}.safetensors"))["prompt_embeds"]
-        image = pipeline(prompt_embeds=embeds, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+        image = pipeline(
+            prompt_embeds=embeds, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
         assert image.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(image)).all())
     finally:
         torch.set_num_threads(threads)
@@ -106,18 +135,32 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
     sd = profile.home / "store" / "models" / "stable_diffusion"
     db = Warehouse(profile.tables)
     wnid, lemmas = db.query("SELECT wnid, lemmas FROM class_catalog ORDER BY label").row(0)
-    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    paths = {
+        s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])[
+            "path"
+        ].to_list()
+        for s in ("target", "val")
+    }
     pipeline = StableDiffusionPipeline.from_pretrained(sd)
     vocabulary, weights = len(pipeline.tokenizer), pipeline.text_encoder.get_input_embeddings().weight.detach().clone()
     templates = load_templates("textual_inversion_templates.txt")
-    result = finetune_textual_inversion(pipeline, wnid, lemmas[0], templates, ClassImages(paths["target"], paths["val"], 32),
-                                        FinetuneSpec(max_epochs=3, patience=10, lr=5e-3, val_draws=4), tmp_path / "ti",
-                                        {"method": "textual_inversion", "wnid": wnid})
+    result = finetune_textual_inversion(
+        pipeline,
+        wnid,
+        lemmas[0],
+        templates,
+        ClassImages(paths["target"], paths["val"], 32),
+        FinetuneSpec(max_epochs=3, patience=10, lr=5e-3, val_draws=4),
+        tmp_path / "ti",
+        {"method": "textual_inversion", "wnid": wnid},
+    )
     word = result.extra["word"]
     assert word == f"<{wnid}>" and len(pipeline.tokenizer) == vocabulary
     assert torch.equal(pipeline.text_encoder.get_input_embeddings().weight, weights)
     final = lemmas[0].split()[-1]
-    assert torch.allclose(result.extra["initial"][0], weights[pipeline.tokenizer(final, add_special_tokens=False).input_ids].mean(0))
+    assert torch.allclose(
+        result.extra["initial"][0], weights[pipeline.tokenizer(final, add_special_tokens=False).input_ids].mean(0)
+    )
     assert not torch.equal(result.params[word], result.extra["initial"]), "the word's embedding trained"
 
     assert sorted(set(result.candidates.values())) == [1, 2, 3]
@@ -129,7 +172,9 @@ def test_textual_inversion_trains_one_word_that_diffusers_loads(benchmark_run, t
         row = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer.convert_tokens_to_ids(word)]
         assert torch.equal(row, load_file(str(checkpoint))[word][0])
     assert torch.equal(row, result.params[word][0]), "the last epoch's checkpoint is the trained embedding"
-    image = fresh(f"a photo of a {word}", num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    image = fresh(
+        f"a photo of a {word}", num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert image.shape == (1, 32, 32, 3)
 
     lines = []
@@ -160,14 +205,27 @@ def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run,
     store = profile.home / "store"
     db = Warehouse(profile.tables)
     wnid, name = db.query("SELECT wnid, name FROM class_catalog ORDER BY label").row(0)
-    paths = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list() for s in ("target", "val")}
+    paths = {
+        s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])[
+            "path"
+        ].to_list()
+        for s in ("target", "val")
+    }
     clip = CLIPModel.from_pretrained(store / "models" / "clip")
     embed = lambda files: np.concatenate(list(encode_image_batches(clip, files, profile.world.pool.image_size)))  # noqa: E731
     pipeline = StableDiffusionPipeline.from_pretrained(store / "models" / "stable_diffusion")
     lines = []
     results = finetune_cluster_conditionings(
-        pipeline, name.replace(" ", ""), ClassImages(paths["target"], paths["val"], 32), embed(paths["target"]), embed(paths["val"]), 3,
-        FinetuneSpec(max_epochs=2, patience=10, lr=5e-3, val_draws=2), tmp_path / "ft", {"method": "ft_cluster_conditioning", "wnid": wnid}, lines.append,
+        pipeline,
+        name.replace(" ", ""),
+        ClassImages(paths["target"], paths["val"], 32),
+        embed(paths["target"]),
+        embed(paths["val"]),
+        3,
+        FinetuneSpec(max_epochs=2, patience=10, lr=5e-3, val_draws=2),
+        tmp_path / "ft",
+        {"method": "ft_cluster_conditioning", "wnid": wnid},
+        lines.append,
     )
     assert len(results) == 3 and sum(r.extra["size"] for r in results) == len(paths["target"])
     assert all(r.extra["size"] >= 1 and len(r.history) == 2 for r in results)
@@ -177,7 +235,11 @@ def test_cluster_conditioning_trains_one_conditioning_per_cluster(benchmark_run,
     assert not torch.equal(results[0].params["prompt_embeds"], results[1].params["prompt_embeds"])
 
     labels, centroids = cluster_images(np.eye(2, 4, dtype=np.float32), 5, 0, lines.append)
-    assert len(centroids) == 2 and sorted(labels) == [0, 1] and lines[-1] == "only 2 training images for k=5 clusters: using 2 clusters"
+    assert (
+        len(centroids) == 2
+        and sorted(labels) == [0, 1]
+        and lines[-1] == "only 2 training images for k=5 clusters: using 2 clusters"
+    )
     assert draw_clusters([5, 3, 2], 7) == [0, 0, 0, 0, 1, 1, 2]
     assert draw_clusters([1, 1, 1], 3) == [0, 1, 2]
 
@@ -210,26 +272,39 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     spec = profile.personalization
     db = Warehouse(profile.tables)
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
-    targets = dict(db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
+    targets = dict(
+        db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows()
+    )
     checkpoints, history = db.query("SELECT * FROM finetune_checkpoints"), db.query("SELECT * FROM finetune_history")
-    labels_of = {m: {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, spec.early_epochs + 1))} for m in FINETUNED}
-    labels_of["imagic"] = {f"epoch_{e}" for e in range(1, spec.imagic_early_epochs + 1)}  # ⑦: its first epochs instead (the paper)
+    labels_of = {
+        m: {"best_val", "best_train", *(f"epoch_{e}" for e in range(1, spec.early_epochs + 1))} for m in FINETUNED
+    }
+    labels_of["imagic"] = {
+        f"epoch_{e}" for e in range(1, spec.imagic_early_epochs + 1)
+    }  # ⑦: its first epochs instead (the paper)
     sd = profile.home / "store" / "models" / "stable_diffusion"
     base_unet = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
     for method in FINETUNED:
         for wnid in wnids:
             runs = checkpoints.filter((pl.col("method") == method) & (pl.col("wnid") == wnid))
-            assert runs["cluster"].n_unique() == (spec.clusters if method == "ft_cluster_conditioning" else 1), (method, wnid)
+            assert runs["cluster"].n_unique() == (spec.clusters if method == "ft_cluster_conditioning" else 1), (
+                method,
+                wnid,
+            )
             assert runs.unique("cluster")["cluster_size"].sum() == targets[wnid]
             for cluster in runs["cluster"].unique():
                 rows = runs.filter(pl.col("cluster") == cluster)
-                run_of = (pl.col("method") == method) & (pl.col("wnid").is_null() if method in JOINT else pl.col("wnid") == wnid)
+                run_of = (pl.col("method") == method) & (
+                    pl.col("wnid").is_null() if method in JOINT else pl.col("wnid") == wnid
+                )
                 epochs = history.filter(run_of & (pl.col("cluster") == cluster))
                 assert set(rows["candidate"]) == labels_of[method] and 1 <= epochs.height <= spec.max_epochs
                 assert rows["unet"].is_null().all() == (method in PER_CLASS)
                 best = dict(rows.select("candidate", "epoch").iter_rows())
                 if method == "imagic":  # no early stop before its candidate epochs
-                    assert epochs.height >= spec.imagic_early_epochs and all(best[f"epoch_{e}"] == e for e in range(1, spec.imagic_early_epochs + 1))
+                    assert epochs.height >= spec.imagic_early_epochs and all(
+                        best[f"epoch_{e}"] == e for e in range(1, spec.imagic_early_epochs + 1)
+                    )
                 else:
                     assert best["best_val"] == epochs.sort("val_loss", "epoch")["epoch"][0]
                     assert best["best_train"] == epochs.sort("train_loss", "epoch")["epoch"][0]
@@ -240,20 +315,30 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
             assert (unets["unet"] == 1).all()
             for folder in checkpoints.filter(pl.col("method") == method)["unet"].unique():
                 tuned = UNet2DConditionModel.from_pretrained(folder).state_dict()
-                assert tuned.keys() == base_unet.keys() and any(not torch.equal(tuned[k], base_unet[k]) for k in tuned), folder
+                assert tuned.keys() == base_unet.keys() and any(
+                    not torch.equal(tuned[k], base_unet[k]) for k in tuned
+                ), folder
 
     candidates = db.query("SELECT * FROM candidate_manifest")
     n = profile.generation.factor * max(targets.values())
-    per_set = candidates.group_by("method", "wnid", "candidate").agg(pl.len().alias("images"), pl.col("seed").sort_by("rank"), pl.col("epochs").first())
+    per_set = candidates.group_by("method", "wnid", "candidate").agg(
+        pl.len().alias("images"), pl.col("seed").sort_by("rank"), pl.col("epochs").first()
+    )
     assert per_set.height == sum(len(labels_of[m]) for m in FINETUNED) * len(wnids) and (per_set["images"] == n).all()
     for (method, wnid), sets in per_set.group_by("method", "wnid"):
         assert sets["seed"].n_unique() == 1, f"{method}/{wnid}: every candidate is sampled with the same seeds"
-        files = candidates.filter((pl.col("method") == method) & (pl.col("wnid") == wnid)).group_by("candidate").agg(pl.col("path").sort())
+        files = (
+            candidates.filter((pl.col("method") == method) & (pl.col("wnid") == wnid))
+            .group_by("candidate")
+            .agg(pl.col("path").sort())
+        )
         by_label = dict(zip(files["candidate"], files["path"].to_list()))
         epochs = dict(sets.select("candidate", "epochs").iter_rows())
         for a in by_label:
             for b in by_label:
-                assert (by_label[a] == by_label[b]) == (epochs[a] == epochs[b]), "candidates share images exactly when they share checkpoints"
+                assert (by_label[a] == by_label[b]) == (epochs[a] == epochs[b]), (
+                    "candidates share images exactly when they share checkpoints"
+                )
 
     scores = db.query("SELECT * FROM checkpoint_scores")
     assert "test_top1" not in scores.columns, "selection looks at val only"
@@ -266,11 +351,15 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
         assert set(chosen["wnid"]) == set(wnids) and set(chosen["candidate"]) == {best["candidate"]}
         manifest = db.query("SELECT * FROM augmentation_manifest WHERE method = ? ORDER BY wnid, rank", [method])
         assert manifest.height == n * len(wnids) and set(manifest["candidate"]) == {best["candidate"]}
-        made = candidates.filter((pl.col("method") == method) & (pl.col("candidate") == best["candidate"])).sort("wnid", "rank")
+        made = candidates.filter((pl.col("method") == method) & (pl.col("candidate") == best["candidate"])).sort(
+            "wnid", "rank"
+        )
         digest = lambda paths: [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]  # noqa: E731
         assert digest(manifest["path"]) == digest(made["path"]), "the method's images are its chosen candidate's"
         assert manifest["checkpoint"].to_list() == made["checkpoint"].to_list()
-        assert set(manifest["checkpoint"]) <= set(checkpoints.filter(pl.col("candidate") == best["candidate"])["checkpoint"])
+        assert set(manifest["checkpoint"]) <= set(
+            checkpoints.filter(pl.col("candidate") == best["candidate"])["checkpoint"]
+        )
     results = db.query("SELECT * FROM results_table")
     runs = dict(results.select("method", "n_runs").iter_rows())
     assert all(runs[m] == profile.classifier.replicates for m in FINETUNED)
@@ -278,10 +367,19 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     # The artifacts load with diffusers' own loaders: ⑧ ⑨'s chosen pseudo-words, ⑤ ⑦'s conditionings as
     # prompt_embeds, ⑦ ⑨'s UNets with from_pretrained in place of SD's.
     def chosen(method: str) -> dict:
-        return db.query("SELECT c.checkpoint, c.unet FROM checkpoint_selection s JOIN finetune_checkpoints c USING (method, wnid, candidate) "
-                        "WHERE method = ? ORDER BY wnid", [method]).row(0, named=True)
+        return db.query(
+            "SELECT c.checkpoint, c.unet FROM checkpoint_selection s JOIN finetune_checkpoints c USING (method, "
+            "wnid, candidate) "
+            "WHERE method = ? ORDER BY wnid",
+            [method],
+        ).row(0, named=True)
 
-    for method, unet in (("textual_inversion", None), ("ft_conditioning", None), ("pseudoword_dm", "unet"), ("imagic", "unet")):
+    for method, unet in (
+        ("textual_inversion", None),
+        ("ft_conditioning", None),
+        ("pseudoword_dm", "unet"),
+        ("imagic", "unet"),
+    ):
         pipeline = StableDiffusionPipeline.from_pretrained(sd)
         pipeline.set_progress_bar_config(disable=True)
         row = chosen(method)
@@ -294,18 +392,30 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
             prompt = {"prompt": f"a photo of a {word}"}
         else:
             prompt = {"prompt_embeds": load_file(row["checkpoint"])["prompt_embeds"]}
-        image = pipeline(**prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
+        image = pipeline(
+            **prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
         assert image.shape == (1, 32, 32, 3), method
 
     from augassets.build import build_defs
 
     graph = build_defs(profile).resolve_asset_graph()
     parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
-    assert "checkpoint_selection" in parents("augmentation_images") and "candidate_images" in parents("checkpoint_selection")
-    assert "personalized_models" in parents("candidate_images") and "personalized_unets" in parents("unet_candidate_images")
+    assert "checkpoint_selection" in parents("augmentation_images") and "candidate_images" in parents(
+        "checkpoint_selection"
+    )
+    assert "personalized_models" in parents("candidate_images") and "personalized_unets" in parents(
+        "unet_candidate_images"
+    )
     assert "unet_candidate_images" in parents("checkpoint_selection")
-    metadata = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("personalized_models")).asset_materialization.metadata
-    assert "loss_curves" in metadata and metadata["loss_curves"].value.startswith("![loss curves](data:image/png;base64,")
+    metadata = (
+        dg.DagsterInstance.get()
+        .get_latest_materialization_event(dg.AssetKey("personalized_models"))
+        .asset_materialization.metadata
+    )
+    assert "loss_curves" in metadata and metadata["loss_curves"].value.startswith(
+        "![loss curves](data:image/png;base64,"
+    )
     assert metadata["runs"].value >= 1
 
 
@@ -350,16 +460,34 @@ def test_imagic_keeps_its_first_epochs_instead_of_the_best_losses_and_does_not_s
         # The val loss is best at epoch 1 and worse after: a patience of 1 would stop at epoch 2.
         params = {"w": torch.zeros(3)}
         val = iter([0.1 * e for e in range(1, 20)])
-        return finetune(params, lambda index, generator: (params["w"] - 1).pow(2).sum(), lambda: next(val), 4, spec, folder, {"run": folder.name})
+        return finetune(
+            params,
+            lambda index, generator: (params["w"] - 1).pow(2).sum(),
+            lambda: next(val),
+            4,
+            spec,
+            folder,
+            {"run": folder.name},
+        )
 
     kept = run(imagic, tmp_path / "imagic")
-    assert len(kept.history) == 5 and kept.candidates == {f"epoch_{e}": e for e in range(1, 6)} and kept.best_val_epoch == 1
-    assert sorted(p.name for p in (tmp_path / "imagic").glob("epoch_*.safetensors")) == [f"epoch_00{e}.safetensors" for e in range(1, 6)]
+    assert (
+        len(kept.history) == 5
+        and kept.candidates == {f"epoch_{e}": e for e in range(1, 6)}
+        and kept.best_val_epoch == 1
+    )
+    assert sorted(p.name for p in (tmp_path / "imagic").glob("epoch_*.safetensors")) == [
+        f"epoch_00{e}.safetensors" for e in range(1, 6)
+    ]
     other = run(pseudoword, tmp_path / "pseudoword")
     assert len(other.history) == 2 and set(other.candidates) == {"best_train", "best_val", "epoch_1", "epoch_2"}
 
     short = PersonalizationSpec(max_epochs=4, imagic_early_epochs=8)
-    with pytest.raises(ValueError, match="personalization.max_epochs is 4: raise max_epochs to at least 8 or lower personalization.imagic_early_epochs"):
+    with pytest.raises(
+        ValueError,
+        match="personalization.max_epochs is 4: raise max_epochs to at least 8 or lower "
+        "personalization.imagic_early_epochs",
+    ):
         finetune_spec(short, CONDITIONING_UNET)
     with pytest.raises(FinetuneError, match="at least 8 epochs .* may train only 4"):
         run(replace(imagic, max_epochs=4, min_epochs=8), tmp_path / "short")
@@ -379,16 +507,27 @@ def test_cluster_embeddings_come_from_inception_v3_as_the_paper_or_the_worlds_cl
     from .conftest import write_image
 
     assert PersonalizationSpec().cluster_embedder == "inception_v3"
-    assert get_profile("mini").personalization.cluster_embedder == get_profile("smoke").personalization.cluster_embedder == "clip"
-    paths = [str(write_image(tmp_path / f"{i}.png", color=(200, 30, 30) if i < 3 else (30, 30, 200), size=40)) for i in range(6)]
+    assert (
+        get_profile("mini").personalization.cluster_embedder
+        == get_profile("smoke").personalization.cluster_embedder
+        == "clip"
+    )
+    paths = [
+        str(write_image(tmp_path / f"{i}.png", color=(200, 30, 30) if i < 3 else (30, 30, 200), size=40))
+        for i in range(6)
+    ]
     embed = cluster_embedder("inception_v3_untrained", clip_encoder=None)
     embeddings = embed(paths)
     assert embeddings.shape == (6, 2048) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
-    assert np.array_equal(embed(paths[:2]), embeddings[:2]), "eval mode: an image's embedding does not depend on its batch"
+    assert np.array_equal(embed(paths[:2]), embeddings[:2]), (
+        "eval mode: an image's embedding does not depend on its batch"
+    )
     labels, _ = cluster_images(embeddings, 2, seed=0, say=lambda line: None)
     assert labels[:3].tolist() == [labels[0]] * 3 and labels[3:].tolist() == [labels[3]] * 3 and labels[0] != labels[3]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
-    with pytest.raises(EmbedderError, match=r"inception_v3_google-.*\.pth .*or set personalization.cluster_embedder to 'clip'"):
+    with pytest.raises(
+        EmbedderError, match=r"inception_v3_google-.*\.pth .*or set personalization.cluster_embedder to 'clip'"
+    ):
         cluster_embedder("inception_v3", clip_encoder=None)
     with pytest.raises(ValueError, match="personalization.cluster_embedder 'vgg'"):
         cluster_embedder("vgg", clip_encoder=None)

@@ -110,4 +110,6 @@ def test_detector_curve_and_threshold_choice_on_planted_truth():
     assert by_t[10]["pairs"] == 231 and by_t[10]["precision"] == 20 / 231
     assert choose_threshold(curve, 0.95)["threshold"] == 3
     assert choose_threshold(curve, 0.5)["threshold"] == 1
-    assert choose_threshold(detector_curve(set(), planted, range(1, 4)), 0.95)["threshold"] == 3, "none reaches: the loosest"
+    assert choose_threshold(detector_curve(set(), planted, range(1, 4)), 0.95)["threshold"] == 3, (
+        "none reaches: the loosest"
+    )

@@ -23,9 +23,15 @@ defs = build_defs(SMOKE)
 
 STAGES = ["class_catalog", "dataset_splits", "augmented_datasets", "classifier_scores", "results_table"]
 RETRIEVAL_LINEAGE = [
-    ("web_pool", "clip_model"), ("clip_model", "pool_index"), ("class_catalog", "class_prompts"),
-    ("class_prompts", "augmentation_images"), ("pool_index", "augmentation_images"), ("augmentation_images", "excluded_classes"),
-    ("excluded_classes", "augmented_datasets"), ("augmentation_images", "duplicate_report"), ("duplicate_report", "duplicate_summary"),
+    ("web_pool", "clip_model"),
+    ("clip_model", "pool_index"),
+    ("class_catalog", "class_prompts"),
+    ("class_prompts", "augmentation_images"),
+    ("pool_index", "augmentation_images"),
+    ("augmentation_images", "excluded_classes"),
+    ("excluded_classes", "augmented_datasets"),
+    ("augmentation_images", "duplicate_report"),
+    ("duplicate_report", "duplicate_summary"),
 ]
 
 
@@ -58,18 +64,26 @@ def test_definitions_come_from_the_profile_passed_and_public_dagster_only():
         for name, graph in (("smoke", defs.resolve_asset_graph()), ("mini", mini.resolve_asset_graph()))
     }
     assert versions["smoke"] != versions["mini"], "the classifier settings differ, so must the code versions"
-    replicates = mini.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension("replicate")
+    replicates = mini.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension(
+        "replicate"
+    )
     assert replicates.get_partition_keys() == [str(r) for r in range(get_profile("mini").classifier.replicates)]
     external = build_defs(get_profile("imagenet10")).resolve_asset_graph()
-    assert not external.get(dg.AssetKey("diffusion_model")).is_materializable, "real profiles: the foundation is external"
+    assert not external.get(dg.AssetKey("diffusion_model")).is_materializable, (
+        "real profiles: the foundation is external"
+    )
     for name in PROFILES:  # what a code server does on load: every job resolves (one partitions definition per job)
         jobs = {job.name for job in build_defs(get_profile(name)).resolve_all_job_defs()}
         assert {"report", "train_classifiers"} <= jobs, name
     baselines = build_defs(replace(SMOKE, methods=("real_p", "real_2p")))
     keys = {key.to_user_string() for key in baselines.resolve_asset_graph().get_all_asset_keys()}
-    assert {"augmented_datasets", "classifier_scores", "results_table"} <= keys and not keys & {"augmentation_images", "excluded_classes"}
-    assert baselines.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension("method").get_partition_keys() == [
-        "real_p", "real_2p"]
+    assert {"augmented_datasets", "classifier_scores", "results_table"} <= keys and not keys & {
+        "augmentation_images",
+        "excluded_classes",
+    }
+    assert baselines.resolve_assets_def("classifier_scores").partitions_def.get_partitions_def_for_dimension(
+        "method"
+    ).get_partition_keys() == ["real_p", "real_2p"]
 
 
 def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
@@ -78,18 +92,36 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     db = Warehouse(profile.tables)
     results = db.query("SELECT * FROM results_table")
     assert results["method"].to_list() == [
-        "real_p", "real_2p", "boomerang", "simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts",
-        "ft_conditioning", "ft_cluster_conditioning", "imagic", "textual_inversion", "pseudoword_dm", "retrieval",
+        "real_p",
+        "real_2p",
+        "boomerang",
+        "simple_prompt",
+        "simple_prompt_nows",
+        "clip_prompts",
+        "sariyildiz_prompts",
+        "ft_conditioning",
+        "ft_cluster_conditioning",
+        "imagic",
+        "textual_inversion",
+        "pseudoword_dm",
+        "retrieval",
     ]
     replicates = profile.classifier.replicates
     assert results["n_runs"].to_list() == [replicates] * 13
     scores = db.query("SELECT method, test_top1 FROM classifier_scores")
     for row in results.iter_rows(named=True):
         runs = scores.filter(pl.col("method") == row["method"])["test_top1"]
-        assert row["top1_mean"] == pytest.approx(runs.mean()) and row["top1_se"] == pytest.approx(runs.std(ddof=1) / replicates**0.5)
+        assert row["top1_mean"] == pytest.approx(runs.mean()) and row["top1_se"] == pytest.approx(
+            runs.std(ddof=1) / replicates**0.5
+        )
     assert "| real_p |" in table and "| retrieval |" in table and "Excluded classes" in table
-    assert "ft_cluster_conditioning" in set(results["method"])  # smoke runs every row: the paper's k ablation is beside ⑥'s
-    assert "The paper's Fine-tuned cluster conditioning ⑥ by clusters (top-1 %): 1 → 60.8 (derived); 5 → 60.9 ± 0.2" in table
+    assert "ft_cluster_conditioning" in set(
+        results["method"]
+    )  # smoke runs every row: the paper's k ablation is beside ⑥'s
+    assert (
+        "The paper's Fine-tuned cluster conditioning ⑥ by clusters (top-1 %): 1 → 60.8 (derived); 5 → 60.9 ± 0.2"
+        in table
+    )
     domain = db.query("SELECT * FROM domain_match")
     assert set(domain["method"]) == set(results["method"]) - {"real_p", "real_2p"} | {"real_extra (reference)"}
     assert domain["separability"].is_between(0, 1).all() and (domain["images_per_side"] > 0).all()
@@ -117,13 +149,22 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     # Assets requested together over the same partitions run together: the profile's partitions are
     # exactly its grid, so each partitioned stage is one run over all of its partitions.
     # A classifier's training set and its run share one partition (method × replicate): one run for both.
-    stages = (("class_prompts", 11 * 3), ("personalized_models", 3 * 3), ("candidate_images", 3 * 3), ("personalized_unets", 2),
-              ("unet_candidate_images", 2 * 3), ("checkpoint_selection", 5 * 3), ("augmentation_images,duplicate_report", 11 * 3),
-              ("augmented_datasets,classifier_scores", 13 * replicates))
+    stages = (
+        ("class_prompts", 11 * 3),
+        ("personalized_models", 3 * 3),
+        ("candidate_images", 3 * 3),
+        ("personalized_unets", 2),
+        ("unet_candidate_images", 2 * 3),
+        ("checkpoint_selection", 5 * 3),
+        ("augmentation_images,duplicate_report", 11 * 3),
+        ("augmented_datasets,classifier_scores", 13 * replicates),
+    )
     for assets, partitions in stages:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: assets}))
         assert len(runs) == 1, assets
-        materialized = instance.get_records_for_run(runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        materialized = instance.get_records_for_run(
+            runs[0].run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
         assert len(materialized) == partitions * len(assets.split(",")), assets
 
 
@@ -133,7 +174,9 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     profile, table = benchmark_run
     db = Warehouse(profile.tables)
     results = {r["method"]: r for r in db.query("SELECT * FROM results_table").iter_rows(named=True)}
-    assert results["retrieval"]["paper_top1"] == pytest.approx(0.626) and results["real_p"]["paper_top1"] == pytest.approx(0.572)
+    assert results["retrieval"]["paper_top1"] == pytest.approx(0.626) and results["real_p"][
+        "paper_top1"
+    ] == pytest.approx(0.572)
     base, upper = results["real_p"], results["real_2p"]
     for method, row in results.items():
         assert row["gain"] == pytest.approx(row["top1_mean"] - base["top1_mean"])
@@ -157,8 +200,13 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
         worst = extremes.filter((pl.col("method") == method) & (pl.col("extreme") == "worst")).sort("rank")
         best = extremes.filter((pl.col("method") == method) & (pl.col("extreme") == "best")).sort("rank")
-        assert worst["wnid"].to_list() == mine["wnid"].to_list()[:2] and best["wnid"].to_list() == mine["wnid"].to_list()[::-1][:2]
-    similarity = db.query("SELECT wnid, avg(similarity) AS similarity FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid")
+        assert (
+            worst["wnid"].to_list() == mine["wnid"].to_list()[:2]
+            and best["wnid"].to_list() == mine["wnid"].to_list()[::-1][:2]
+        )
+    similarity = db.query(
+        "SELECT wnid, avg(similarity) AS similarity FROM augmentation_manifest WHERE method = 'retrieval' GROUP BY wnid"
+    )
     joined = gains.filter(pl.col("method") == "retrieval").join(similarity, on="wnid")
     with np.errstate(all="ignore"):
         expected = np.corrcoef(joined["gain"].to_numpy(), joined["similarity"].to_numpy())[0, 1]
@@ -171,20 +219,40 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     log = db.query("SELECT * FROM compute_log")
     runs = db.query("SELECT method, replicate, train_images, epochs_run, train_seconds FROM classifier_scores")
     trained = log.filter(pl.col("stage") == "train classifier").with_columns(
-        pl.col("partition").str.extract(r"^([a-z0-9_]+)\|", 1).alias("method"), pl.col("partition").str.extract(r"\|(\d+)$", 1).cast(pl.Int64).alias("replicate"))
+        pl.col("partition").str.extract(r"^([a-z0-9_]+)\|", 1).alias("method"),
+        pl.col("partition").str.extract(r"\|(\d+)$", 1).cast(pl.Int64).alias("replicate"),
+    )
     joined = trained.join(runs, on=["method", "replicate"])
     assert joined.height == runs.height == 13 * profile.classifier.replicates
     assert (joined["images"] == joined["train_images"] * joined["epochs_run"]).all()
     assert (joined["seconds"] >= joined["train_seconds"]).all() and (joined["device"] == "cpu").all()
-    assert {"generate", "retrieve", "fine-tune", "generate candidates", "select checkpoint", "embed pool", "judge", "embed"} <= set(log["stage"])
-    extrapolated = {(r["stage"], r["method"]): r for r in db.query("SELECT * FROM compute_extrapolation").iter_rows(named=True)}
+    assert {
+        "generate",
+        "retrieve",
+        "fine-tune",
+        "generate candidates",
+        "select checkpoint",
+        "embed pool",
+        "judge",
+        "embed",
+    } <= set(log["stage"])
+    extrapolated = {
+        (r["stage"], r["method"]): r for r in db.query("SELECT * FROM compute_extrapolation").iter_rows(named=True)
+    }
     generate = extrapolated["generate", "simple_prompt"]
-    assert generate["paper_scale_images"] == 990 * 390 and generate["paper_hours"] == 867.0 and generate["paper_hours_kind"] == "reported"
+    assert (
+        generate["paper_scale_images"] == 990 * 390
+        and generate["paper_hours"] == 867.0
+        and generate["paper_hours_kind"] == "reported"
+    )
     assert generate["extrapolated_hours"] == pytest.approx(990 * 390 * generate["measured_seconds_per_image"] / 3600)
     assert extrapolated["train classifier", "real_p"]["paper_hours_kind"] == "derived"  # the midpoint of 128–160 h
     ratios = {r["comparison"]: r for r in db.query("SELECT * FROM compute_speedups").iter_rows(named=True)}
     assert (ratios["prompt-based generation"]["paper"], ratios["pseudoword_dm"]["paper"]) == (30.0, 56.0)
-    prompt_hours = [extrapolated["generate", m]["extrapolated_hours"] for m in ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts")]
+    prompt_hours = [
+        extrapolated["generate", m]["extrapolated_hours"]
+        for m in ("simple_prompt", "simple_prompt_nows", "clip_prompts", "sariyildiz_prompts")
+    ]
     retrieve_hours = extrapolated["retrieve", "retrieval"]["extrapolated_hours"]
     assert ratios["prompt-based generation"]["measured"] == pytest.approx(sum(prompt_hours) / 4 / retrieve_hours)
     # ⑨ generates its images as checkpoint candidates: one set of 390 a class at that stage's cost per image.
@@ -202,21 +270,43 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         assert row["train_images"] == targets + row["augmentation_images"]
     curve = db.query("SELECT * FROM scaling_table ORDER BY method, ratio")
     assert curve["ratio"].to_list() == [0.0, 1.0, 2.0] * 2
-    assert curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 2
+    assert (
+        curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 2
+    )
 
     reports = profile.home / "store" / "reports"
-    for name in ("table1.png", "per_class_gains.png", "per_class_gain_distribution.png", "per_class_examples.png", "method_samples.png",
-                 "compute.png", "scaling.png"):
+    for name in (
+        "table1.png",
+        "per_class_gains.png",
+        "per_class_gain_distribution.png",
+        "per_class_examples.png",
+        "method_samples.png",
+        "compute.png",
+        "scaling.png",
+    ):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
     page = (reports / "report.html").read_text()
-    for needed in ('src="table1.png"', 'src="per_class_gains.png"', 'src="per_class_gain_distribution.png"', 'src="per_class_examples.png"', 'src="method_samples.png"', 'src="compute.png"', 'src="scaling.png"', "<table>",
-                   "paper top-1", "Extrapolated to the paper"):
+    for needed in (
+        'src="table1.png"',
+        'src="per_class_gains.png"',
+        'src="per_class_gain_distribution.png"',
+        'src="per_class_examples.png"',
+        'src="method_samples.png"',
+        'src="compute.png"',
+        'src="scaling.png"',
+        "<table>",
+        "paper top-1",
+        "Extrapolated to the paper",
+    ):
         assert needed in page, needed
     instance = dg.DagsterInstance.get()
     metadata = instance.get_latest_materialization_event(dg.AssetKey("per_class_gains")).asset_materialization.metadata
     assert "data:image/png;base64," in metadata["per_class_gains"].value
-    assert "data:image/png;base64," in metadata["per_class_examples"].value and "pseudoword_dm" in metadata["fig5a_rows"].value
+    assert (
+        "data:image/png;base64," in metadata["per_class_examples"].value
+        and "pseudoword_dm" in metadata["fig5a_rows"].value
+    )
     assert metadata["retrieval_beats_best_diffusion_on"].value.endswith("of 3 classes")
 
 
@@ -233,7 +323,9 @@ def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, mon
     short = cells["retrieval", 8.0]
     assert short["short_classes"] and short["augmentation_images"] < short["wanted_augmentation_images"]
     have = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'retrieval' GROUP BY wnid")
-    want = dict(db.query("SELECT wnid, 8 * count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows())
+    want = dict(
+        db.query("SELECT wnid, 8 * count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows()
+    )
     named = 0
     for row in have.iter_rows(named=True):
         if row["n"] < want[row["wnid"]]:
@@ -253,18 +345,26 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     n = int(target["n"].max())
     assert set(manifest.group_by("wnid").len()["len"]) == {n}
     assert all(Path(p).is_file() for p in manifest["path"])
-    assert (manifest.group_by("wnid").agg(pl.col("similarity").diff().drop_nulls().max())["similarity"] <= 1e-6).all(), "most similar first"
+    assert (
+        manifest.group_by("wnid").agg(pl.col("similarity").diff().drop_nulls().max())["similarity"] <= 1e-6
+    ).all(), "most similar first"
     pool = db.query("SELECT pool_id, aesthetic, nsfw FROM web_pool")
     joined = manifest.join(pool, on="pool_id", suffix="_pool")
     assert (joined["aesthetic_pool"] >= 5).all() and not joined["nsfw"].any()
-    retrieval_sets = db.query("SELECT wnid, origin, count(*) AS n FROM augmented_datasets WHERE method = 'retrieval' AND replicate = 0 GROUP BY ALL")
+    retrieval_sets = db.query(
+        "SELECT wnid, origin, count(*) AS n FROM augmented_datasets WHERE method = 'retrieval' AND replicate = "
+        "0 GROUP BY ALL"
+    )
     per_class = retrieval_sets.pivot(on="origin", index="wnid", values="n")
     assert (per_class["target"] == per_class["retrieval"]).all(), "extra images per class = the target's count"
 
     instance = dg.DagsterInstance.get()
     summary = instance.get_latest_materialization_event(dg.AssetKey("duplicate_summary")).asset_materialization.metadata
     assert summary["detector_recall"].value >= 0.95 and summary["detector_precision"].value >= 0.5
-    assert summary["threshold_source"].value == "planted" and summary["hamming_threshold"].value < profile.duplicates.max_calibration_threshold
+    assert (
+        summary["threshold_source"].value == "planted"
+        and summary["hamming_threshold"].value < profile.duplicates.max_calibration_threshold
+    )
     leak = instance.get_latest_materialization_event(dg.AssetKey("leak_threshold")).asset_materialization.metadata
     assert leak["calibration_copies"].value == profile.duplicates.calibration_copies > 0
     assert leak["hash_bits"].value == profile.duplicates.hash_size**2 == 256
@@ -274,17 +374,26 @@ def test_retrieval_images_manifest_and_duplicates(benchmark_run):
     assert hashes["imagehash_agreement"].value >= 0.99
     unused = set(db.query("SELECT item FROM reference_hashes WHERE split = 'unused_train'")["item"])
     splits = db.query("SELECT split, item FROM dataset_splits")
-    assert set(splits.filter(pl.col("split") == "real_extra")["item"]) <= unused, "real_2p's extra images are unused by the target"
+    assert set(splits.filter(pl.col("split") == "real_extra")["item"]) <= unused, (
+        "real_2p's extra images are unused by the target"
+    )
     assert not set(splits.filter(pl.col("split").is_in(["target", "val"]))["item"]) & unused
-    assert summary["planted_duplicates"].value == profile.world.pool.planted_test_duplicates + profile.world.pool.planted_val_duplicates
+    assert (
+        summary["planted_duplicates"].value
+        == profile.world.pool.planted_test_duplicates + profile.world.pool.planted_val_duplicates
+    )
     for r in db.query("SELECT * FROM duplicate_summary").iter_rows(named=True):
-        line = (f"- {r['method']}: {r['matched_reference_images']} of {r['reference_images']:,} {r['split']} images have a "
-                f"near-duplicate among {r['augmentation_images']:,} augmentation images")
+        line = (
+            f"- {r['method']}: {r['matched_reference_images']} of {r['reference_images']:,} {r['split']} images have a "
+            f"near-duplicate among {r['augmentation_images']:,} augmentation images"
+        )
         assert line in summary["summary"].value
     evaluations = [
         record.event_log_entry.dagster_event.event_specific_data
         for run in instance.get_runs()
-        for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        for record in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
     ]
     by_check = {e.check_name: e.passed for e in evaluations}
     worst_test_leak = float(db.query("SELECT max(leak_rate) AS r FROM duplicate_summary WHERE split = 'test'")["r"][0])
@@ -302,10 +411,19 @@ def test_judge_check_compares_with_ground_truth_precision(tmp_path, judged, pass
     """The check weighs classes by their image counts: ground truth 0.6 overall (0.5 on 100 images, 0.8
     on 50); the judge passes within 0.1 of it and fails beyond."""
     warehouse = WarehouseResource(root=str(tmp_path / "tables"))
-    warehouse.get().replace("class_fidelity", pl.DataFrame({
-        "method": ["retrieval", "retrieval", "simple_prompt"], "wnid": ["a", "b", "a"], "fidelity": [judged, judged, 0.0],
-        "target_recognizability": [0.1, 0.1, 0.1], "ground_truth_precision": [0.5, 0.8, None], "images": [100, 50, 30],
-    }))
+    warehouse.get().replace(
+        "class_fidelity",
+        pl.DataFrame(
+            {
+                "method": ["retrieval", "retrieval", "simple_prompt"],
+                "wnid": ["a", "b", "a"],
+                "fidelity": [judged, judged, 0.0],
+                "target_recognizability": [0.1, 0.1, 0.1],
+                "ground_truth_precision": [0.5, 0.8, None],
+                "images": [100, 50, 30],
+            }
+        ),
+    )
     result = build_stages(SMOKE).judge_agrees_with_ground_truth(warehouse=warehouse)
     assert result.passed is passes
     assert result.metadata["ground_truth_precision"].value == pytest.approx(0.6)
@@ -315,17 +433,34 @@ def test_judge_check_compares_with_ground_truth_precision(tmp_path, judged, pass
 def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     profile, _ = benchmark_run
     db = Warehouse(profile.tables)
-    n = int(db.query("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)")["n"][0])
+    n = int(
+        db.query(
+            "SELECT max(n) AS n FROM (SELECT count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid)"
+        )["n"][0]
+    )
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method != 'retrieval'")
-    per_partition = manifest.group_by("method", "wnid").agg(pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds"))
+    per_partition = manifest.group_by("method", "wnid").agg(
+        pl.len().alias("images"), pl.col("seed").n_unique().alias("seeds")
+    )
     assert per_partition.height == 10 * 3  # Boomerang, the four prompt methods and the five personalized ones
     assert (per_partition["images"] == profile.generation.factor * n).all(), "3× the largest class per class"
     assert (per_partition["seeds"] == per_partition["images"]).all(), "one recorded seed per image"
     assert all(Path(p).is_file() for p in manifest["path"])
-    families = db.query("SELECT wnid, family, count(*) AS n FROM class_prompts WHERE method = 'sariyildiz_prompts' GROUP BY ALL")
+    families = db.query(
+        "SELECT wnid, family, count(*) AS n FROM class_prompts WHERE method = 'sariyildiz_prompts' GROUP BY ALL"
+    )
     assert families.group_by("wnid").agg((pl.col("n").max() - pl.col("n").min()).alias("spread"))["spread"].max() <= 1
-    assert set(families["family"]) == {"name", "name_hypernym", "multiple", "multiple_different", "name_definition", "name_hypernym_background"}
-    sets = db.query("SELECT replicate, path FROM augmented_datasets WHERE method = 'clip_prompts' AND origin = 'clip_prompts'")
+    assert set(families["family"]) == {
+        "name",
+        "name_hypernym",
+        "multiple",
+        "multiple_different",
+        "name_definition",
+        "name_hypernym_background",
+    }
+    sets = db.query(
+        "SELECT replicate, path FROM augmented_datasets WHERE method = 'clip_prompts' AND origin = 'clip_prompts'"
+    )
     replicates = profile.classifier.replicates
     draws = {r: frozenset(sets.filter(pl.col("replicate") == r)["path"]) for r in range(replicates)}
     assert len(set(draws.values())) == replicates, "a different resampled set per replicate"
@@ -336,11 +471,14 @@ def test_generated_images_prompts_seeds_and_resampled_sets(benchmark_run):
     assert fidelity["fidelity"].is_between(0, 1).all() and fidelity["target_recognizability"].is_between(0, 1).all()
     retrieved = fidelity.filter(pl.col("method") == "retrieval")
     assert retrieved["ground_truth_precision"].is_between(0, 1).all(), "retrieval reports its precision by ground truth"
-    assert fidelity.filter(pl.col("method") != "retrieval")["ground_truth_precision"].is_null().all(), "generated images have none"
+    assert fidelity.filter(pl.col("method") != "retrieval")["ground_truth_precision"].is_null().all(), (
+        "generated images have none"
+    )
     # ground truth recomputed here from the pool's truth table
     truth = db.query(
         "SELECT m.wnid, avg(CASE WHEN t.kind != 'distractor' AND t.wnid = m.wnid THEN 1.0 ELSE 0.0 END) AS p "
-        "FROM augmentation_manifest m JOIN web_pool_truth t USING (pool_id) WHERE m.method = 'retrieval' GROUP BY m.wnid"
+        "FROM augmentation_manifest m JOIN web_pool_truth t USING (pool_id) WHERE m.method = 'retrieval' GROUP "
+        "BY m.wnid"
     )
     joined = retrieved.join(truth, on="wnid")
     assert joined.height == 3 and ((joined["ground_truth_precision"] - joined["p"]).abs() < 1e-9).all()
@@ -367,7 +505,9 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     CLI runs exactly it and then its downstream, and a rerun with nothing changed launches nothing."""
     import os
 
-    changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
+    changed = replace(
+        private_state, duplicates=replace(private_state.duplicates, target_recall=0.9)
+    )  # leak_threshold's version
     changed_defs = build_defs(changed, daemon=False)
     instance = dg.DagsterInstance.get()
     cursor = runner.load_cursor(Path(os.environ["DAGSTER_HOME"]))
@@ -375,13 +515,20 @@ def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_stat
     # Dagster requests the changed asset and, in the same run, what lies below it unpartitioned (the
     # results and the reports that read them); those also read duplicate_report, which the change makes
     # stale too, so the CLI runs leak_threshold alone first.
-    assert requested == {dg.AssetKey(name): {None} for name in ("leak_threshold", "duplicate_summary", "results_table", "compute_report", "analysis_report")}
+    assert requested == {
+        dg.AssetKey(name): {None}
+        for name in ("leak_threshold", "duplicate_summary", "results_table", "compute_report", "analysis_report")
+    }
     assert [group.names for group in runner.plan_runs(changed_defs, requested)] == [["leak_threshold"]]
 
     before = {run.run_id for run in instance.get_runs()}
     materialize(changed, cli.benchmark_keys, say=lambda *_: None)
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == [
+        "leak_threshold",
+        "duplicate_report",
+        "duplicate_summary,results_table,compute_report,analysis_report",
+    ]
     recall = Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0]
     assert recall >= 0.9
 
@@ -398,7 +545,9 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
     date". The pending partitions are on disk before anything runs; the next command runs them."""
     import os
 
-    changed = replace(private_state, duplicates=replace(private_state.duplicates, target_recall=0.9))  # leak_threshold's version
+    changed = replace(
+        private_state, duplicates=replace(private_state.duplicates, target_recall=0.9)
+    )  # leak_threshold's version
     home = Path(os.environ["DAGSTER_HOME"])
     real_execute = runner.execute
 
@@ -415,9 +564,16 @@ def test_a_command_killed_after_its_evaluation_leaves_the_requested_work_to_the_
     before = {run.run_id for run in instance.get_runs()}
     lines = []
     materialize(changed, cli.benchmark_keys, say=lines.append)
-    assert any(line.startswith("- resuming what an earlier command requested and did not finish: leak_threshold (1)") for line in lines), lines
+    assert any(
+        line.startswith("- resuming what an earlier command requested and did not finish: leak_threshold (1)")
+        for line in lines
+    ), lines
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == ["leak_threshold", "duplicate_report", "duplicate_summary,results_table,compute_report,analysis_report"]
+    assert [run.tags[ASSETS_TAG] for run in reversed(launched)] == [
+        "leak_threshold",
+        "duplicate_report",
+        "duplicate_summary,results_table,compute_report,analysis_report",
+    ]
     assert Warehouse(changed.tables).query("SELECT recall FROM leak_threshold")["recall"][0] >= 0.9
     assert not (home / runner.PENDING_FILE).exists(), "nothing is left pending once it has run"
 
@@ -445,7 +601,13 @@ def test_bad_files_are_counted_in_split_metadata(tmp_path, image_folder):
     assert result.success
     metadata = result.asset_materializations_for_node("dataset_splits")[0].metadata
     assert metadata["skipped_files"].value == 7
-    assert metadata["skipped_by_reason"].value == {"empty": 1, "corrupt": 1, "truncated": 1, "non_rgb": 3, "too_large": 1}
+    assert metadata["skipped_by_reason"].value == {
+        "empty": 1,
+        "corrupt": 1,
+        "truncated": 1,
+        "non_rgb": 3,
+        "too_large": 1,
+    }
     skipped = Warehouse(tmp_path / "tables").query("SELECT * FROM split_skipped_files")
     assert skipped.height == 7
 
@@ -480,8 +642,14 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
 
     pool = db.query("SELECT * FROM web_pool")
     truth = db.query("SELECT kind, duplicate_of_split, count(*) AS n FROM web_pool_truth GROUP BY ALL")
-    planted = {r["duplicate_of_split"]: r["n"] for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)}
-    assert planted == {"test": profile.world.pool.planted_test_duplicates, "val": profile.world.pool.planted_val_duplicates}
+    planted = {
+        r["duplicate_of_split"]: r["n"]
+        for r in truth.filter(pl.col("kind") == "planted_duplicate").iter_rows(named=True)
+    }
+    assert planted == {
+        "test": profile.world.pool.planted_test_duplicates,
+        "val": profile.world.pool.planted_val_duplicates,
+    }
     used = set(db.query("SELECT item FROM dataset_splits WHERE split != 'test'")["item"])
     pool_sources = set(db.query("SELECT source_item FROM web_pool_truth WHERE kind = 'class'")["source_item"])
     assert not used & pool_sources, "the pool must not contain target, val or real_2p images"
@@ -506,7 +674,9 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     sd_meta = result.asset_materializations_for_node("diffusion_fidelity")[0].metadata
     for key in ("class_fidelity", "target_recognizability", "judge_top1_holdout_web"):
         assert 0.0 <= sd_meta[key].value <= 1.0, key
-    assert sd_meta["relative_class_fidelity"].value == pytest.approx(sd_meta["class_fidelity"].value / sd_meta["judge_top1_holdout_web"].value)
+    assert sd_meta["relative_class_fidelity"].value == pytest.approx(
+        sd_meta["class_fidelity"].value / sd_meta["judge_top1_holdout_web"].value
+    )
 
     # The judge's images are made like the pool's but kept out of it and out of every split.
     judge_images = db.query("SELECT * FROM judge_images")
@@ -514,7 +684,9 @@ def test_foundation_materializes_pool_clip_index_and_sd(foundation_run):
     per_split = judge_images.filter(pl.col("domain") == "web").group_by("split", "wnid").len()
     assert all(n == sizes[split] for split, n in zip(per_split["split"], per_split["len"]))
     assert set(judge_images.filter(pl.col("split") == "holdout")["domain"]) == {"web"}
-    assert not set(judge_images["item"]) & (used | pool_sources | set(db.query("SELECT item FROM dataset_splits")["item"]))
+    assert not set(judge_images["item"]) & (
+        used | pool_sources | set(db.query("SELECT item FROM dataset_splits")["item"])
+    )
     assert all(Path(p).is_file() for p in judge_images["path"])
     judge_meta = result.asset_materializations_for_node("fidelity_judge")[0].metadata
     for key in ("judge_top1_test", "judge_top1_holdout_web"):
@@ -540,10 +712,16 @@ def test_corrupt_pool_rows_are_skipped_and_counted(private_state, tmp_path):
     pool = db.query("SELECT pool_id, url FROM web_pool ORDER BY pool_id")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    db.replace("web_pool", db.query("SELECT * FROM web_pool").with_columns(
-        pl.when(pl.col("pool_id") == 5).then(pl.lit(None, dtype=pl.Utf8)).otherwise(pl.col("caption")).alias("caption"),
-        pl.when(pl.col("pool_id") == 3).then(pl.lit(broken.as_uri())).otherwise(pl.col("url")).alias("url"),
-    ))
+    db.replace(
+        "web_pool",
+        db.query("SELECT * FROM web_pool").with_columns(
+            pl.when(pl.col("pool_id") == 5)
+            .then(pl.lit(None, dtype=pl.Utf8))
+            .otherwise(pl.col("caption"))
+            .alias("caption"),
+            pl.when(pl.col("pool_id") == 3).then(pl.lit(broken.as_uri())).otherwise(pl.col("url")).alias("url"),
+        ),
+    )
     result = private_defs.resolve_job_def("build_foundation").execute_in_process(
         instance=instance, asset_selection=[dg.AssetKey("clip_model"), dg.AssetKey("pool_index")]
     )
@@ -569,8 +747,11 @@ def test_one_failing_class_does_not_fail_the_others(private_state):
         runner.execute(private_defs, instance, group, lambda *_: None)
     # The message a user sees is the asset's own, naming the partition and what to do, not Dagster's wrapper.
     message = str(failed.value)
-    assert f"1 of 3 partitions failed, the others are materialized: retrieval|{wnids[1]}: no prompt for retrieval/{wnids[1]}: " \
-           "materialize class_prompts for this partition first" in message
+    assert (
+        f"1 of 3 partitions failed, the others are materialized: retrieval|{wnids[1]}: no prompt for "
+        f"retrieval/{wnids[1]}: "
+        "materialize class_prompts for this partition first" in message
+    )
     assert "DagsterExecutionStepExecutionError" not in message and "Error occurred while executing" not in message
     run = instance.get_runs(filters=dg.RunsFilter(tags={ASSETS_TAG: "augmentation_images"}), limit=1)[0]
     keys = {
@@ -578,7 +759,10 @@ def test_one_failing_class_does_not_fail_the_others(private_state):
         for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     }
     assert keys == {f"retrieval|{wnids[0]}", f"retrieval|{wnids[2]}"}
-    failure = [r.event_log_entry for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records]
+    failure = [
+        r.event_log_entry
+        for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    ]
     assert f"retrieval|{wnids[1]}" in str(failure[0].dagster_event.event_specific_data.error)
 
 
@@ -637,7 +821,11 @@ def test_excluded_classes_rewritten_with_the_same_rows_leaves_every_set_and_clas
     excluded = runner.RunGroup((dg.AssetKey("excluded_classes"),), None)
     runner.execute(cli_defs, instance, excluded, lambda *_: None)
     requested, cursor = runner.evaluate(cli_defs, instance, keys, cursor)
-    assert not {key.to_user_string() for key in requested} & {"augmented_datasets", "classifier_scores", "results_table"}, requested
+    assert not {key.to_user_string() for key in requested} & {
+        "augmented_datasets",
+        "classifier_scores",
+        "results_table",
+    }, requested
 
     # One class's retrieval rows cut below the need: that class is now excluded, and every set follows.
     db = Warehouse(profile.tables)
@@ -669,10 +857,16 @@ def test_one_methods_new_images_retrain_that_methods_classifiers_only(private_st
     lines = []
     materialize(profile, cli.benchmark_keys, say=lines.append)
     launched = [run for run in reversed(instance.get_runs()) if run.run_id not in before]
-    trained = [(run.tags.get(PARTITION_RANGE_START_TAG), run.tags.get(PARTITION_RANGE_END_TAG)) for run in launched
-               if "classifier_scores" in run.tags[ASSETS_TAG].split(",")]
+    trained = [
+        (run.tags.get(PARTITION_RANGE_START_TAG), run.tags.get(PARTITION_RANGE_END_TAG))
+        for run in launched
+        if "classifier_scores" in run.tags[ASSETS_TAG].split(",")
+    ]
     assert trained == [("simple_prompt|0", "simple_prompt|1")], ("\n".join(lines), trained)
-    assert any(run.tags[ASSETS_TAG] == "excluded_classes" or "excluded_classes" in run.tags[ASSETS_TAG].split(",") for run in launched)
+    assert any(
+        run.tags[ASSETS_TAG] == "excluded_classes" or "excluded_classes" in run.tags[ASSETS_TAG].split(",")
+        for run in launched
+    )
 
 
 def _dagster_cli(*args: str) -> list[str]:
@@ -710,7 +904,9 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
     # one image method's partitions form one contiguous range, so the backfill is one run (each run is a new process).
     methods = ("real_p", "retrieval")
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": ",".join(methods)}
-    cli.benchmark(replace(private_state, methods=methods), say=lambda *_: None)  # the subset's results table: nothing else is stale
+    cli.benchmark(
+        replace(private_state, methods=methods), say=lambda *_: None
+    )  # the subset's results table: nothing else is stale
     instance = dg.DagsterInstance.get()
     report, table = dg.AssetKey("duplicate_report"), dg.AssetKey("results_table")
     table_before = instance.get_latest_materialization_event(table).timestamp
@@ -718,13 +914,24 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
     instance.wipe_assets([report])  # (SQLite event logs cannot wipe single partitions)
     assert not instance.get_materialized_partitions(report)
     workspace = ["-w", str(repo / "workspace.yaml")]
-    subprocess.run(_dagster_cli("dagster", "sensor", "start", "scheduled_backfill", *workspace), cwd=repo, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        _dagster_cli("dagster", "sensor", "start", "scheduled_backfill", *workspace),
+        cwd=repo,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     def start_daemon(name: str):
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process below
-        return subprocess.Popen(_dagster_cli("dagster-daemon", "run", *workspace), cwd=repo, env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        return subprocess.Popen(
+            _dagster_cli("dagster-daemon", "run", *workspace),
+            cwd=repo,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
 
     daemons = [start_daemon("daemon1")]
     try:
@@ -733,18 +940,29 @@ def test_daemon_backfills_at_the_cron_tick_and_resumes_after_a_restart(private_s
         daemons[0].wait()
         daemons.append(start_daemon("daemon2"))
         done = _wait_for(
-            lambda: instance.get_backfill(backfill.backfill_id).status.value.startswith("COMPLETED") and
-            instance.get_backfill(backfill.backfill_id), "the backfill to complete", 400, daemons[1])
+            lambda: (
+                instance.get_backfill(backfill.backfill_id).status.value.startswith("COMPLETED")
+                and instance.get_backfill(backfill.backfill_id)
+            ),
+            "the backfill to complete",
+            400,
+            daemons[1],
+        )
         assert done.status.value == "COMPLETED_SUCCESS", (tmp_path / "daemon2.log").read_text()[-3000:]
         assert dg.AssetKey("duplicate_report") in done.asset_selection
         assert instance.get_materialized_partitions(report) == all_reports
-        # Sensor ticks (and, as its runs queue behind the duckdb pool, usually a cron tick) came while it ran: no second backfill.
+        # Sensor ticks (and, as its runs queue behind the duckdb pool, usually a cron tick) came while it ran:
+        # no second backfill.
         assert [b.backfill_id for b in instance.get_backfills()] == [backfill.backfill_id]
         backfill_runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": done.backfill_id}))
         assert {key.to_user_string() for run in backfill_runs for key in run.asset_selection} == {"duplicate_report"}
         for key in (dg.AssetKey("duplicate_summary"), table):  # downstream follows the update, before the next tick
-            _wait_for(lambda k=key: instance.get_latest_materialization_event(k).timestamp > table_before, key.to_user_string(), 180,
-                      daemons[1])
+            _wait_for(
+                lambda k=key: instance.get_latest_materialization_event(k).timestamp > table_before,
+                key.to_user_string(),
+                180,
+                daemons[1],
+            )
 
         # A few evaluations later: nothing is stale, nothing is requested. (That the cron tick itself
         # requests nothing once everything is materialized is the headless rerun test's claim: the tick only
@@ -776,8 +994,11 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
     import sys
 
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke"}  # the private copy's AUGASSETS_HOME and DAGSTER_HOME
-    hold = "import time\nfrom augassets.runner.command import home_lock\nfrom augassets.profiles import PROFILES, get_profile\n" \
-           "with home_lock(get_profile('smoke')):\n    print('locked', flush=True)\n    time.sleep(300)\n"
+    hold = (
+        "import time\nfrom augassets.runner.command import home_lock\nfrom augassets.profiles import PROFILES, "
+        "get_profile\n"
+        "with home_lock(get_profile('smoke')):\n    print('locked', flush=True)\n    time.sleep(300)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -792,10 +1013,12 @@ def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state)
 
 
 def test_damaged_state_on_disk_is_found_and_named(private_state):
-    """Freshness includes the files: a deleted augmentation image, a deleted classifier checkpoint and a
-    partition's prompts deleted from their table make exactly those partitions stale, each with a line
-    naming what is missing; a truncated table file is moved aside (named) and the partitions whose rows
-    it held are stale."""
+    """Freshness includes the files: a deleted augmentation image, a generated PNG cut to half its size
+    under its own name, a deleted classifier checkpoint and a partition's prompts deleted from their
+    table make exactly those partitions stale, each with a line naming what is missing or changed and
+    an observation on its asset; a file rewritten at its own size is found when hashes are compared
+    (``--verify``); a truncated table file is moved aside (named) and the partitions whose rows it held
+    are stale."""
     from augassets import integrity
     from augassets.core.files import load_checkpoint
     from augassets.resources import default_resources
@@ -806,32 +1029,82 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
 
     db, store = Warehouse(profile.tables), profile.home / "store"
     wnids = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"].to_list()
-    generated = db.query("SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]])["path"]
+    generated = db.query(
+        "SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank", [wnids[0]]
+    )["path"]
     image = generated[3]
     generated = len(generated)
     Path(image).unlink()
+    cut = Path(
+        db.query(
+            "SELECT path FROM augmentation_manifest WHERE method = 'simple_prompt' AND wnid = ? ORDER BY rank",
+            [wnids[1]],
+        )["path"][0]
+    )
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     (store / "models" / "classifiers" / "retrieval" / "replicate_1.safetensors").unlink()
     checkpoint = store / "models" / "fidelity_classifier.safetensors"  # truncated before class_fidelity scores with it
     checkpoint.write_bytes(checkpoint.read_bytes()[:-1000])
-    with pytest.raises(ValueError, match=rf"checkpoint {checkpoint} is damaged, truncated: \d+ bytes of \d+: rematerialize fidelity_classifier"):
+    with pytest.raises(
+        ValueError,
+        match=rf"checkpoint {checkpoint} is damaged, truncated: \d+ bytes of \d+: rematerialize fidelity_classifier",
+    ):
         load_checkpoint(checkpoint, "fidelity_classifier")
-    db.replace("class_prompts", db.query("SELECT * FROM class_prompts LIMIT 0"), where={"method": "clip_prompts", "wnid": wnids[1]})
+    db.replace(
+        "class_prompts",
+        db.query("SELECT * FROM class_prompts LIMIT 0"),
+        where={"method": "clip_prompts", "wnid": wnids[1]},
+    )
 
     damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
-    as_text = {key.to_user_string(): {p if p is None else str(p) for p in partitions} for key, partitions in damaged.items()}
+    as_text = {
+        key.to_user_string(): {p if p is None else str(p) for p in partitions} for key, partitions in damaged.items()
+    }
     assert as_text == {
-        "augmentation_images": {f"simple_prompt|{wnids[0]}"},
+        "augmentation_images": {f"simple_prompt|{wnids[0]}", f"simple_prompt|{wnids[1]}"},
         "classifier_scores": {"retrieval|1"},
         "class_prompts": {f"clip_prompts|{wnids[1]}"},
         "fidelity_classifier": {None},
     }
-    assert "- fidelity_classifier: outputs missing on disk, rebuilding the asset — models/fidelity_classifier.safetensors is damaged " \
-           f"(truncated: {checkpoint.stat().st_size} bytes of {checkpoint.stat().st_size + 1000})" in lines
-    assert f"- augmentation_images: outputs missing on disk, rebuilding 1 partition — simple_prompt|{wnids[0]}: 1 of {generated} files in " \
-           f"augmentation_manifest.path are missing ({Path(image).name})" in lines
-    assert "- classifier_scores: outputs missing on disk, rebuilding 1 partition — retrieval|1: " \
-           "models/classifiers/retrieval/replicate_1.safetensors is missing from the image store" in lines
-    assert f"- class_prompts: outputs missing on disk, rebuilding 1 partition — clip_prompts|{wnids[1]}: table class_prompts has no rows for it" in lines
+    assert (
+        "- fidelity_classifier: outputs damaged on disk, rebuilding the asset — "
+        "models/fidelity_classifier.safetensors is damaged "
+        f"(truncated: {checkpoint.stat().st_size} bytes of {checkpoint.stat().st_size + 1000})" in lines
+    )
+    assert (
+        f"- augmentation_images: outputs damaged on disk, rebuilding 2 partitions — simple_prompt|{wnids[0]}: 1 "
+        f"of {generated} files in augmentation_manifest.path are missing ({Path(image).name}); "
+        f"simple_prompt|{wnids[1]}: 1 of {generated} files in augmentation_manifest.path differ from what was "
+        f"written ({cut.name})" in lines
+    )
+    observed = instance.fetch_observations(dg.AssetKey("augmentation_images"), limit=10).records
+    assert {(r.partition_key, r.asset_observation.metadata[integrity.DAMAGE_KEY].value) for r in observed} >= {
+        (
+            f"simple_prompt|{wnids[1]}",
+            f"1 of {generated} files in augmentation_manifest.path differ from what was written ({cut.name})",
+        )
+    }
+
+    # The same bytes count, a different content: only the hashes tell (``augassets benchmark --verify``).
+    rewritten = Path(
+        db.query("SELECT path FROM augmentation_manifest WHERE method = 'retrieval' ORDER BY wnid, rank")["path"][0]
+    )
+    data = bytearray(rewritten.read_bytes())
+    data[-20] ^= 0xFF
+    rewritten.write_bytes(bytes(data))
+    key = dg.AssetKey("augmentation_images")
+    assert all("retrieval" not in str(p) for p in integrity.damaged_partitions(defs, instance, [key], resources)[key])
+    verified = integrity.damaged_partitions(defs, instance, [key], resources, lines.append, verify=True)[key]
+    assert sum("retrieval" in str(p) for p in verified) == 1
+
+    assert (
+        "- classifier_scores: outputs damaged on disk, rebuilding 1 partition — retrieval|1: "
+        "models/classifiers/retrieval/replicate_1.safetensors is missing from the image store" in lines
+    )
+    assert (
+        f"- class_prompts: outputs damaged on disk, rebuilding 1 partition — clip_prompts|{wnids[1]}: table "
+        f"class_prompts has no rows for it" in lines
+    )
 
     # A table file cut short (a full disk under an older writer, a hand edit): named, moved aside, and
     # exactly the partitions whose rows it held are rebuilt.
@@ -841,13 +1114,57 @@ def test_damaged_state_on_disk_is_found_and_named(private_state):
         part.write_bytes(part.read_bytes()[:100])
     lines.clear()
     damaged = integrity.damaged_partitions(defs, instance, keys, resources, lines.append)
-    assert sorted(lines[:2]) == [f"- damaged table file: {part} (no Parquet magic bytes: truncated or not Parquet); moved to part.parquet.damaged"
-                                 for part in sorted((scores, whole))]
+    assert sorted(lines[:2]) == [
+        f"- damaged table file: {part} (no Parquet magic bytes: truncated or not Parquet); moved to "
+        f"part.parquet.damaged"
+        for part in sorted((scores, whole))
+    ]
     assert not scores.exists() and scores.with_name("part.parquet.damaged").stat().st_size == 100
     assert {str(p) for p in damaged[dg.AssetKey("classifier_scores")]} == {"real_p|1", "retrieval|1"}
     assert damaged[dg.AssetKey("class_catalog")] == {None}
-    assert f"- class_catalog: outputs missing on disk, rebuilding the asset — table class_catalog has no files in {profile.tables}" in lines
-    assert "real_p|1: table classifier_scores has no rows for it" in next(line for line in lines if line.startswith("- classifier_scores:"))
+    assert (
+        f"- class_catalog: outputs damaged on disk, rebuilding the asset — table class_catalog has no files in "
+        f"{profile.tables}" in lines
+    )
+    assert "real_p|1: table classifier_scores has no rows for it" in next(
+        line for line in lines if line.startswith("- classifier_scores:")
+    )
+
+
+def test_the_daemons_sensor_repairs_a_damaged_partition(private_state):
+    """The daemon's side of the integrity check (the ``damaged_outputs`` sensor): a generated PNG cut to
+    half its size is found, recorded on its asset and one run is requested for exactly its partition;
+    that run writes the file whole again and the next evaluation finds nothing to repair."""
+    from augassets.resources import default_resources
+
+    profile, defs, instance = private_state, build_defs(private_state), dg.DagsterInstance.get()
+    sensor = defs.resolve_sensor_def("damaged_outputs")
+    db = Warehouse(profile.tables)
+    row = db.query(
+        "SELECT wnid, path, path_bytes FROM augmentation_manifest WHERE method = 'simple_prompt' ORDER BY wnid, rank"
+    ).row(0, named=True)
+    image = Path(row["path"])
+    image.write_bytes(image.read_bytes()[: row["path_bytes"] // 2])
+
+    resources = default_resources(profile)
+    with dg.build_sensor_context(instance=instance, definitions=defs, resources=resources) as context:
+        found = sensor(context)
+    key = dg.AssetKey("augmentation_images")
+    assert [(r.asset_selection, r.partition_key) for r in found.run_requests] == [
+        ([key], f"simple_prompt|{row['wnid']}")
+    ]
+    observed = instance.fetch_observations(key, limit=5).records
+    assert observed[0].partition_key == f"simple_prompt|{row['wnid']}"
+
+    run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[key], instance=instance, partition_key=found.run_requests[0].partition_key
+    )
+    assert run.success and image.stat().st_size == row["path_bytes"]
+    with dg.build_sensor_context(
+        instance=instance, definitions=defs, resources=resources, cursor=found.cursor
+    ) as context:
+        again = sensor(context)
+    assert again.run_requests == [] and again.skip_reason.skip_message.startswith("no damaged outputs among")
 
 
 def test_sigterm_stops_the_command_gracefully(private_state):
@@ -865,7 +1182,9 @@ def test_sigterm_stops_the_command_gracefully(private_state):
     wnid = Warehouse(private_state.tables).query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
     shutil.rmtree(private_state.home / "store" / "images" / "simple_prompt" / wnid)  # something to rebuild
     storage = instance.event_log_storage
-    command = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = subprocess.Popen(
+        _augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 240
     while not storage.get_concurrency_run_ids():
         assert command.poll() is None and time.time() < deadline, "the command ended before it held a pool slot"
@@ -878,7 +1197,10 @@ def test_sigterm_stops_the_command_gracefully(private_state):
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not storage.get_concurrency_run_ids()
     last = output.strip().splitlines()[-1]
-    assert "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command to resume" in last
+    assert (
+        "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun "
+        "the command to resume" in last
+    )
     assert any(run_id in last for run_id in held)
 
 
@@ -893,8 +1215,13 @@ def test_worker_chunks_keep_a_per_method_assets_methods_whole(benchmark_run):
 
     def covered(key, ranges):
         partitions_def = graph.get(key).partitions_def
-        return [str(k) for start, end in ranges
-                for k in partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end), dynamic_partitions_store=instance)]
+        return [
+            str(k)
+            for start, end in ranges
+            for k in partitions_def.get_partition_keys_in_range(
+                dg.PartitionKeyRange(start, end), dynamic_partitions_store=instance
+            )
+        ]
 
     for name in ("augmentation_images", "checkpoint_selection"):
         key = dg.AssetKey(name)
@@ -923,13 +1250,24 @@ def test_sigterm_stops_the_command_and_its_worker_processes(private_state):
 
     from .services import survivors
 
-    env = {**os.environ, "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,simple_prompt,retrieval", "AUGASSETS_WORKERS": "2"}
+    env = {
+        **os.environ,
+        "AUGASSETS_PROFILE": "smoke",
+        "AUGASSETS_METHODS": "real_p,simple_prompt,retrieval",
+        "AUGASSETS_WORKERS": "2",
+    }
     instance = dg.DagsterInstance.get()
     shutil.rmtree(private_state.home / "store" / "images" / "simple_prompt")  # three partitions to rebuild
     storage = instance.event_log_storage
     before = {run.run_id for run in instance.get_runs()}
-    command = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    command = subprocess.Popen(
+        _augassets_command("benchmark"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while not storage.get_concurrency_run_ids():
         assert command.poll() is None and time.time() < deadline, "the command ended before a worker held a pool slot"
@@ -939,15 +1277,24 @@ def test_sigterm_stops_the_command_and_its_worker_processes(private_state):
     assert command.returncode != 0
     assert not survivors(groups={command.pid}), "a worker process outlived its command"
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    assert launched and all(run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for run in launched)
+    assert launched and all(
+        run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for run in launched
+    )
     assert any(run.status == dg.DagsterRunStatus.FAILURE for run in launched)
     assert not storage.get_concurrency_run_ids()
     last = output.strip().splitlines()[-1]
-    assert "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun the command to resume" in last, last
+    assert (
+        "failed: interrupted by SIGTERM or Ctrl-C: the run is marked failed and its pool slots are free; rerun "
+        "the command to resume" in last
+    ), last
     again = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    manifest = Warehouse(private_state.tables).query("SELECT wnid, path FROM augmentation_manifest WHERE method = 'simple_prompt'")
-    assert manifest["wnid"].n_unique() == 3 and all(Path(p).is_file() for p in manifest["path"]), "every class's images are back"
+    manifest = Warehouse(private_state.tables).query(
+        "SELECT wnid, path FROM augmentation_manifest WHERE method = 'simple_prompt'"
+    )
+    assert manifest["wnid"].n_unique() == 3 and all(Path(p).is_file() for p in manifest["path"]), (
+        "every class's images are back"
+    )
 
 
 def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark_run, small_disk):
@@ -968,15 +1315,35 @@ def test_a_full_disk_fails_the_partition_naming_it_and_a_rerun_resumes(benchmark
     pipeline = backend.load()
     db = Warehouse(profile.tables)
     wnid = db.query("SELECT wnid FROM class_catalog ORDER BY label")["wnid"][0]
-    prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = 'simple_prompt' AND wnid = ? ORDER BY prompt_index", [wnid])
-    request = GenerationRequest("simple_prompt", wnid, prompts["prompt"].to_list(), prompts["family"].to_list(), base_seed=profile.generation.seed)
+    prompts = db.query(
+        "SELECT prompt, family FROM class_prompts WHERE method = 'simple_prompt' AND wnid = ? ORDER BY prompt_index",
+        [wnid],
+    )
+    request = GenerationRequest(
+        "simple_prompt",
+        wnid,
+        prompts["prompt"].to_list(),
+        prompts["family"].to_list(),
+        base_seed=profile.generation.seed,
+    )
     final = disk / "images" / "simple_prompt" / wnid
 
     def run():
-        return generate_partition(pipeline, request, final, backend.steps, backend.guidance_scale, backend.batch_size, profile.generation.max_attempts)
+        return generate_partition(
+            pipeline,
+            request,
+            final,
+            backend.steps,
+            backend.guidance_scale,
+            backend.batch_size,
+            profile.generation.max_attempts,
+        )
 
-    with pytest.raises(DiskFullError, match=r"no space left on the disk of .*small_disk/images/simple_prompt/.* free space there, "
-                                            r"or move the home \(AUGASSETS_HOME\) or the image store \(AUGASSETS_STORE_URL\)"):
+    with pytest.raises(
+        DiskFullError,
+        match=r"no space left on the disk of .*small_disk/images/simple_prompt/.* free space there, "
+        r"or move the home \(AUGASSETS_HOME\) or the image store \(AUGASSETS_STORE_URL\)",
+    ):
         run()
     written = [p for p in disk.rglob("*") if p.is_file()]
     assert written and not [p for p in written if p.name.endswith(".tmp")], "no temporary file survives"
@@ -1004,7 +1371,8 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     import subprocess
     import time
 
-    # The rebuild retrains what reads the rebuilt partition; three methods keep that short (the others' tables are compared too).
+    # The rebuild retrains what reads the rebuilt partition; three methods keep that short (the others' tables
+    # are compared too).
     env = {**os.environ, "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,simple_prompt,retrieval"}
     instance = dg.DagsterInstance.get()
     db = Warehouse(private_state.tables)
@@ -1013,7 +1381,9 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     clean_images = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}
     tables = {
         "augmentation_manifest": "SELECT * FROM augmentation_manifest ORDER BY method, wnid, rank",
-        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores ORDER BY method, replicate",  # timings aside
+        # timings aside
+        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores "
+        "ORDER BY method, replicate",
         "per_class_scores": "SELECT * FROM per_class_scores ORDER BY method, replicate, label",
     }
     clean_tables = {name: db.query(sql) for name, sql in tables.items()}
@@ -1021,7 +1391,9 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     progress = folder.with_name(folder.name + ".partial") / "manifest.jsonl"
 
     storage = instance.event_log_storage
-    first = subprocess.Popen(_augassets_command("benchmark"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        _augassets_command("benchmark"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not progress.exists():  # the first chunk of the partition is recorded
         assert first.poll() is None and time.time() < deadline, "the command ended before it generated a chunk"
@@ -1030,12 +1402,17 @@ def test_a_killed_rebuild_resumes_and_ends_bit_identical_to_a_clean_run(private_
     first.wait()
     held = storage.get_concurrency_run_ids()
     assert held, "the killed command's run still holds its slot"
-    assert not folder.exists() and len(progress.read_text().splitlines()) == 1, "killed mid-partition: one chunk done, not published"
+    assert not folder.exists() and len(progress.read_text().splitlines()) == 1, (
+        "killed mid-partition: one chunk done, not published"
+    )
 
     second = subprocess.run(_augassets_command("benchmark"), env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     for run_id in held:
-        assert f"- released run {run_id}: it ended without finishing (its process died); its pool slots are free" in second.stdout
+        assert (
+            f"- released run {run_id}: it ended without finishing (its process died); its pool slots are free"
+            in second.stdout
+        )
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not storage.get_concurrency_run_ids()
     assert {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.glob("*.png")} == clean_images
@@ -1063,7 +1440,8 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     clean_images = {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")}
     tables = {
         "augmentation_manifest": "SELECT * FROM augmentation_manifest ORDER BY method, wnid, rank",
-        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores ORDER BY method, replicate",
+        "classifier_scores": "SELECT * EXCLUDE (train_seconds, images_per_second) FROM classifier_scores "
+        "ORDER BY method, replicate",
         "per_class_scores": "SELECT * FROM per_class_scores ORDER BY method, replicate, label",
     }
     clean_tables = {name: db.query(sql) for name, sql in tables.items()}
@@ -1076,10 +1454,18 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     launched = [run for run in instance.get_runs() if run.run_id not in before]
 
     def runs_of(asset):  # its chunks' runs (the run of its checks has no partitions)
-        return [run for run in launched if asset in run.tags[ASSETS_TAG].split(",") and PARTITION_RANGE_START_TAG in run.tags]
+        return [
+            run
+            for run in launched
+            if asset in run.tags[ASSETS_TAG].split(",") and PARTITION_RANGE_START_TAG in run.tags
+        ]
 
     def pids(run):
-        return {record.dagster_event.pid for record in instance.all_logs(run.run_id) if record.dagster_event and record.dagster_event.pid}
+        return {
+            record.dagster_event.pid
+            for record in instance.all_logs(run.run_id)
+            if record.dagster_event and record.dagster_event.pid
+        }
 
     generation, training = runs_of("augmentation_images"), runs_of("classifier_scores")
     assert len(generation) == 3 and len(training) == 2, log  # three classes, two replicates: one chunk each
@@ -1087,20 +1473,31 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     for run in generation + training:
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert pids(run) and os.getpid() not in pids(run), "a chunk ran in the command's own process"
-    assert len(set().union(*(pids(run) for run in generation + training))) == 2, "two worker processes served the chunks"
+    assert len(set().union(*(pids(run) for run in generation + training))) == 2, (
+        "two worker processes served the chunks"
+    )
     spans = [instance.get_run_record_by_id(run.run_id) for run in training]
     assert max(r.start_time for r in spans) < min(r.end_time for r in spans), "the two classifier runs did not overlap"
-    assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
+    assert {
+        str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")
+    } == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name
     # ... and the very scores the session's home holds: another home path, one process.
-    scores = ("SELECT * EXCLUDE (train_seconds, images_per_second, checkpoint) FROM classifier_scores "
-              f"WHERE method IN ({', '.join(repr(m) for m in profile.methods)}) ORDER BY method, replicate")
-    session_home = Warehouse(session_dir / "home" / profile.name / "store" / "tables")  # the benchmark fixture's own home
+    scores = (
+        "SELECT * EXCLUDE (train_seconds, images_per_second, checkpoint) FROM classifier_scores "
+        f"WHERE method IN ({', '.join(repr(m) for m in profile.methods)}) ORDER BY method, replicate"
+    )
+    session_home = Warehouse(
+        session_dir / "home" / profile.name / "store" / "tables"
+    )  # the benchmark fixture's own home
     assert session_home.root != db.root
     assert db.query(scores).equals(session_home.query(scores))
-    assert db.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)).equals(
-        session_home.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)))
+    assert (
+        db.query(tables["per_class_scores"])
+        .filter(pl.col("method").is_in(profile.methods))
+        .equals(session_home.query(tables["per_class_scores"]).filter(pl.col("method").is_in(profile.methods)))
+    )
 
     # Groups of one evaluation that do not depend on each other run at once: their chunks share one
     # queue, the group cut into fewer chunks first, and each group's checks run after its chunks.
@@ -1123,14 +1520,21 @@ def test_worker_processes_run_a_groups_chunks_at_once_with_the_numbers_of_one_pr
     assert lines[0] == "  5 chunks of 2 groups on 2 worker processes", log
     assert "checks of augmentation_images" in log
     launched = [run for run in instance.get_runs() if run.run_id not in before]
-    spans = {name: [instance.get_run_record_by_id(run.run_id) for run in launched
-                    if run.tags[ASSETS_TAG] == name and PARTITION_RANGE_START_TAG in run.tags]
-             for name in ("augmentation_images", "classifier_scores")}
+    spans = {
+        name: [
+            instance.get_run_record_by_id(run.run_id)
+            for run in launched
+            if run.tags[ASSETS_TAG] == name and PARTITION_RANGE_START_TAG in run.tags
+        ]
+        for name in ("augmentation_images", "classifier_scores")
+    }
     assert len(spans["augmentation_images"]) == 3 and len(spans["classifier_scores"]) == 2, log
     first_free = min(r.end_time for r in spans["classifier_scores"])
     assert all(r.start_time >= first_free for r in spans["augmentation_images"]), "the group of two chunks went first"
     assert sorted(run_id for o in outcomes for run_id in o.run_ids) == sorted(run.run_id for run in launched)
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in launched)
-    assert {str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")} == clean_images
+    assert {
+        str(p.relative_to(images)): hashlib.sha1(p.read_bytes()).hexdigest() for p in images.rglob("*.png")
+    } == clean_images
     for name, sql in tables.items():
         assert db.query(sql).equals(clean_tables[name]), name

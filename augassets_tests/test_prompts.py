@@ -22,9 +22,12 @@ def test_prompts_handle_commas_quotes_and_unicode():
     assert simple_prompt_nows("jack-o'-lantern, café au lait") == "A photo of jack-o'-lantern,caféaulait."
 
 
-
 def test_prompt_builders_follow_the_paper():
-    trousers = ClassNames("trouser, pant", "garment", '(usually in the plural) a garment extending from the waist; "he had a sharp crease in his trousers"')
+    trousers = ClassNames(
+        "trouser, pant",
+        "garment",
+        '(usually in the plural) a garment extending from the waist; "he had a sharp crease in his trousers"',
+    )
     assert build_prompts("simple_prompt", trousers, 2, 0) == [("simple", "A photo of trouser, pant.")] * 2
     assert build_prompts("simple_prompt_nows", trousers, 1, 0) == [("simple_nows", "A photo of trouser,pant.")]
     clip = build_prompts("clip_prompts", trousers, 200, seed=3)
@@ -39,7 +42,10 @@ def test_prompt_builders_follow_the_paper():
     backgrounds = [p for f, p in sariyildiz if f == "name_hypernym_background"]
     assert all(p.startswith("trouser, pant, garment inside ") for p in backgrounds)
     assert len(places365_backgrounds()) == 365 and "apartment building outdoor" in places365_backgrounds()
-    assert ("name_definition", "trouser, pant, (usually in the plural) a garment extending from the waist") in sariyildiz
+    assert (
+        "name_definition",
+        "trouser, pant, (usually in the plural) a garment extending from the waist",
+    ) in sariyildiz
     assert gloss_without_examples('a coat; "he wore it"') == "a coat"
 
     assert build_prompts("boomerang", trousers, 3, 0) == [("boomerang", "")] * 3

@@ -10,7 +10,9 @@ def pool(n: int, rng) -> tuple[list[KnnHit], np.ndarray]:
     embeddings = rng.normal(size=(n, 16)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     hits = [
-        KnnHit(i, 1.0 - i / (2 * n), {"aesthetic": 6.0 if i % 3 else 4.0, "nsfw": i % 7 == 0, "url": f"file:///{i}.png"})
+        KnnHit(
+            i, 1.0 - i / (2 * n), {"aesthetic": 6.0 if i % 3 else 4.0, "nsfw": i % 7 == 0, "url": f"file:///{i}.png"}
+        )
         for i in range(n)
     ]
     return hits, embeddings
@@ -58,7 +60,6 @@ def test_near_duplicate_components_keep_the_first_member():
     assert near_duplicate_rows(chain) == {1, 3}
 
 
-
 def test_safety_checker_rejects_are_counted_apart_from_the_pool_flag_and_checked_once():
     """Paper §3.1: retrieved images pass the diffusion model's safety checker too, not only the pool's flag."""
     hits, embeddings = pool(200, np.random.default_rng(3))
@@ -87,10 +88,16 @@ def test_the_filters_read_the_named_columns_and_a_column_no_hit_carries_skips_it
     result = retrieve(lambda k: bare[:k], None, n=20, progress=said.append)
     assert result.enough and [h.id for h in result.kept] == list(range(20)) and result.rejected["aesthetic"] == 0
     assert set(result.skipped) == {"aesthetic", "nsfw"}
-    assert "no 'aesthetic' column: the aesthetic filter is skipped (set retrieval.aesthetic_column" in result.skipped["aesthetic"]
+    assert (
+        "no 'aesthetic' column: the aesthetic filter is skipped (set retrieval.aesthetic_column"
+        in result.skipped["aesthetic"]
+    )
     assert sum("filter is skipped" in line for line in said) == 2, "each absent column is said once"
 
-    laion = [KnnHit(i, 1.0 - i / 100, {"AESTHETIC_SCORE": 6.0 if i % 2 else 4.5, "punsafe": 0.9 if i % 5 == 0 else 0.1}) for i in range(60)]
+    laion = [
+        KnnHit(i, 1.0 - i / 100, {"AESTHETIC_SCORE": 6.0 if i % 2 else 4.5, "punsafe": 0.9 if i % 5 == 0 else 0.1})
+        for i in range(60)
+    ]
     columns = FilterColumns(aesthetic="AESTHETIC_SCORE", nsfw="punsafe", nsfw_threshold=0.5)
     result = retrieve(lambda k: laion[:k], None, n=10, columns=columns)
     assert result.skipped == {} and all(h.id % 2 and h.id % 5 for h in result.kept)

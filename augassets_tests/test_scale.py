@@ -19,7 +19,10 @@ from .services import free_port, postgres, redis
 # own, with timeouts sized for a 2-core machine that is not also running another of them.
 pytestmark = pytest.mark.xdist_group("services")
 
-SCORES = "SELECT method, replicate, test_top1, best_epoch FROM classifier_scores WHERE method IN ('real_p', 'real_2p') ORDER BY method, replicate"
+SCORES = (
+    "SELECT method, replicate, test_top1, best_epoch FROM classifier_scores "
+    "WHERE method IN ('real_p', 'real_2p') ORDER BY method, replicate"
+)
 
 
 def _augassets(*args: str) -> list[str]:
@@ -35,8 +38,13 @@ def test_the_instance_on_postgres_holds_the_runs_and_the_results_equal_sqlites(b
     profile, _ = benchmark_run
     home = tmp_path / "home"
     with postgres() as url:
-        env = {**os.environ, "AUGASSETS_HOME": str(home), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,real_2p",
-               "AUGASSETS_POSTGRES_URL": url}
+        env = {
+            **os.environ,
+            "AUGASSETS_HOME": str(home),
+            "AUGASSETS_PROFILE": "smoke",
+            "AUGASSETS_METHODS": "real_p,real_2p",
+            "AUGASSETS_POSTGRES_URL": url,
+        }
         env.pop("DAGSTER_HOME", None)
         done = subprocess.run(_augassets("benchmark"), env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -55,16 +63,33 @@ def test_the_instance_on_postgres_holds_the_runs_and_the_results_equal_sqlites(b
     assert got.height == 4 and got.equals(expected)
 
 
-@pytest.mark.parametrize(("setting", "url", "command", "said", "advice"), [
-    ("AUGASSETS_POSTGRES_URL", "postgresql://augassets:secret@127.0.0.1:{port}/augassets", ("benchmark",),
-     "the Dagster instance's Postgres at AUGASSETS_POSTGRES_URL=postgresql://augassets:***@127.0.0.1:",
-     "start it, fix the URL, or unset AUGASSETS_POSTGRES_URL to use the embedded SQLite instance"),
-    ("AUGASSETS_CELERY_BROKER", "redis://:secret@127.0.0.1:{port}/0", ("worker", "--queue", "gpu"),
-     "the Celery broker at AUGASSETS_CELERY_BROKER=redis://:***@127.0.0.1:",
-     "start Redis there, fix the URL, or unset AUGASSETS_CELERY_BROKER to run steps in process"),
-], ids=["instance database", "celery broker"])
+@pytest.mark.parametrize(
+    ("setting", "url", "command", "said", "advice"),
+    [
+        (
+            "AUGASSETS_POSTGRES_URL",
+            "postgresql://augassets:secret@127.0.0.1:{port}/augassets",
+            ("benchmark",),
+            "the Dagster instance's Postgres at AUGASSETS_POSTGRES_URL=postgresql://augassets:***@127.0.0.1:",
+            "start it, fix the URL, or unset AUGASSETS_POSTGRES_URL to use the embedded SQLite instance",
+        ),
+        (
+            "AUGASSETS_CELERY_BROKER",
+            "redis://:secret@127.0.0.1:{port}/0",
+            ("worker", "--queue", "gpu"),
+            "the Celery broker at AUGASSETS_CELERY_BROKER=redis://:***@127.0.0.1:",
+            "start Redis there, fix the URL, or unset AUGASSETS_CELERY_BROKER to run steps in process",
+        ),
+    ],
+    ids=["instance database", "celery broker"],
+)
 def test_an_unreachable_service_is_one_line_naming_the_setting(tmp_path, setting, url, command, said, advice):
-    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "AUGASSETS_PROFILE": "smoke", setting: url.format(port=free_port())}
+    env = {
+        **os.environ,
+        "AUGASSETS_HOME": str(tmp_path / "home"),
+        "AUGASSETS_PROFILE": "smoke",
+        setting: url.format(port=free_port()),
+    }
     env.pop("DAGSTER_HOME", None)
     done = subprocess.run(_augassets(*command), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
@@ -167,7 +192,8 @@ def _pool_process(worker_group: int) -> int | None:
 
 
 def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twice_then_left_to_the_next_tick(
-        benchmark_run, tmp_path, monkeypatch):
+    benchmark_run, tmp_path, monkeypatch
+):
     """The smoke benchmark (real_p, real_2p) through the daemon, the run queue and two Celery workers
     (``gpu`` queue, concurrency 1; default queue): gpu-pool steps go to the gpu worker, the others to
     the default one. The gpu worker's process is killed (-9) each time it starts training a classifier,
@@ -187,13 +213,23 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
     processes = []
     kills = 1 + 2  # the run and its two retries
     with postgres() as url, redis() as broker:
-        env = {**os.environ, "AUGASSETS_HOME": str(home), "AUGASSETS_PROFILE": "smoke", "AUGASSETS_METHODS": "real_p,real_2p",
-               "AUGASSETS_POSTGRES_URL": url, "AUGASSETS_CELERY_BROKER": broker}
+        env = {
+            **os.environ,
+            "AUGASSETS_HOME": str(home),
+            "AUGASSETS_PROFILE": "smoke",
+            "AUGASSETS_METHODS": "real_p,real_2p",
+            "AUGASSETS_POSTGRES_URL": url,
+            "AUGASSETS_CELERY_BROKER": broker,
+        }
         env.pop("DAGSTER_HOME", None)
 
         def start(name: str, *args: str):
             log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            processes.append(services.started(subprocess.Popen(_augassets(*args), env=env, stdout=log, stderr=log, start_new_session=True)))
+            processes.append(
+                services.started(
+                    subprocess.Popen(_augassets(*args), env=env, stdout=log, stderr=log, start_new_session=True)
+                )
+            )
             return processes[-1]
 
         try:
@@ -208,8 +244,15 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
 
             def training(run_id: str | None = None) -> str | None:
                 """The run whose classifier step the gpu worker is in now (``run_id``'s, if given)."""
-                started = re.findall(r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_START", gpu_log.read_text())
-                ended = set(re.findall(r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_(?:SUCCESS|FAILURE)", gpu_log.read_text()))
+                started = re.findall(
+                    r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_START", gpu_log.read_text()
+                )
+                ended = set(
+                    re.findall(
+                        r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_(?:SUCCESS|FAILURE)",
+                        gpu_log.read_text(),
+                    )
+                )
                 running = [r for r in started if r not in ended]
                 return next((r for r in running if run_id in (None, r)), None)
 
@@ -240,15 +283,23 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
             runs = _wait_for(finished, "the results table and every run to finish", 600, logs)
             by_id = {run.run_id: run for run in runs}
             failed = [run for run in runs if run.status == dg.DagsterRunStatus.FAILURE]
-            assert sorted(run.run_id for run in failed) == sorted(chain), [(run.run_id, run.status, run.tags) for run in runs]
+            assert sorted(run.run_id for run in failed) == sorted(chain), [
+                (run.run_id, run.status, run.tags) for run in runs
+            ]
             assert [by_id[r].tags.get("dagster/retry_number", "0") for r in chain] == ["0", "1", "2"]
             assert [by_id[r].tags.get("dagster/will_retry") for r in chain] == ["true", "true", "false"]
             assert retry_of(chain[-1]) is None, "no third retry"
             final = _run_text(instance, chain[-1])
             assert "WorkerLostError" in final and "signal 9" in final, final[-3000:]
             # The chain's partitions stayed missing; the next cron tick's backfill trained them.
-            done = [run for run in runs if run.status == dg.DagsterRunStatus.SUCCESS and run.tags.get("dagster/asset_partition_range_start")
-                    == by_id[chain[0]].tags.get("dagster/asset_partition_range_start") and dg.AssetKey("classifier_scores") in (run.asset_selection or ())]
+            done = [
+                run
+                for run in runs
+                if run.status == dg.DagsterRunStatus.SUCCESS
+                and run.tags.get("dagster/asset_partition_range_start")
+                == by_id[chain[0]].tags.get("dagster/asset_partition_range_start")
+                and dg.AssetKey("classifier_scores") in (run.asset_selection or ())
+            ]
             created = {record.dagster_run.run_id: record.create_timestamp for record in instance.get_run_records()}
             assert done and max(created[run.run_id] for run in done) > created[chain[-1]]
             submitted = "\n".join(_run_text(instance, run.run_id) for run in runs)
@@ -266,7 +317,9 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
     tables = home / "smoke" / "store" / "tables"
-    assert not [p for p in tables.rglob("*") if p.is_file() and p.suffix != ".parquet"], "no temporary or partial table file"
+    assert not [p for p in tables.rglob("*") if p.is_file() and p.suffix != ".parquet"], (
+        "no temporary or partial table file"
+    )
     expected = Warehouse(profile.tables).query(SCORES)
     got = Warehouse(tables).query(SCORES)
     assert got.height == 4 and got.equals(expected)

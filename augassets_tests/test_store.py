@@ -39,7 +39,9 @@ def test_local_store_is_the_folder_itself(tmp_path):
 
 
 def test_credentials_in_a_store_url_never_reach_logs_or_metadata():
-    assert redact("sftp://alice:s3cret@files.example.org:2222/augassets") == "sftp://***@files.example.org:2222/augassets"
+    assert (
+        redact("sftp://alice:s3cret@files.example.org:2222/augassets") == "sftp://***@files.example.org:2222/augassets"
+    )
     assert redact("s3://bucket/prefix") == "s3://bucket/prefix"
     assert redact("/data/store") == "/data/store"
     with pytest.raises(ValueError) as error:
@@ -198,7 +200,9 @@ def test_assets_publish_to_and_fetch_from_a_url_store(tmp_path, url):
     assert grid_url == f"{url}/reports/dataset_splits_target_grid.png"
 
     shutil.rmtree(work)
-    second = dg.materialize(assets, selection=[built.fidelity_classifier], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    second = dg.materialize(
+        assets, selection=[built.fidelity_classifier], resources=resources, instance=dg.DagsterInstance.ephemeral()
+    )
     assert second.success
     assert sorted(p.relative_to(work).as_posix() for p in (work / "datasets").rglob("*.png")) == exported
     assert fs.isfile(f"{base}/models/fidelity_classifier.safetensors")
@@ -228,7 +232,8 @@ job = defs.resolve_implicit_global_asset_job_def()
 results = {}
 for asset, key in (("augmentation_images", f"retrieval|{wnid}"), ("augmentation_images", f"boomerang|{wnid}"),
                    ("classifier_scores", "simple_prompt|0"), ("class_fidelity", None), ("duplicate_summary", None)):
-    run = job.execute_in_process(asset_selection=[dg.AssetKey(asset)], instance=instance, partition_key=key, raise_on_error=False)
+    run = job.execute_in_process(asset_selection=[dg.AssetKey(asset)], instance=instance, partition_key=key,
+    raise_on_error=False)
     results[f"{asset}[{key}]"] = run.success
 restored = sorted(p.relative_to(store).as_posix() for p in (store / "images").rglob("*.png"))
 print("RESULT " + json.dumps({"results": results, "published": published, "restored": restored}))
@@ -245,10 +250,17 @@ def test_downstream_stages_run_from_the_url_store_after_the_working_copy_is_lost
     import subprocess
     import sys
 
-    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
-           "AUGASSETS_STORE_URL": "memory://augassets-e2e/store", "AUGASSETS_PROFILE": "smoke"}
+    env = {
+        **os.environ,
+        "AUGASSETS_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "AUGASSETS_STORE_URL": "memory://augassets-e2e/store",
+        "AUGASSETS_PROFILE": "smoke",
+    }
     (tmp_path / "dagster").mkdir()
-    done = subprocess.run([sys.executable, "-c", WIPED_WORKING_COPY_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", WIPED_WORKING_COPY_SCRIPT], env=env, capture_output=True, text=True, timeout=900
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     report = json.loads(lines[-1].removeprefix("RESULT "))

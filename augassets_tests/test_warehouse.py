@@ -20,9 +20,17 @@ def test_a_partition_write_replaces_only_that_partition_and_a_failed_write_chang
     db.replace("scores", pl.DataFrame({"method": ["a", "a"], "v": [3.0, 4.0]}), where={"method": "a"})
     assert db.query("SELECT * FROM scores ORDER BY method, v").rows() == [("a", 3.0), ("a", 4.0), ("b", 2.0)]
     assert sorted(os.path.relpath(p, tmp_path) for p in db.files("scores")) == [
-        "tables/scores/method=a/part.parquet", "tables/scores/method=b/part.parquet"]
-    with pytest.raises(pl.exceptions.PolarsError):  # an object column cannot be written as Parquet: the old file stays, no temporary is left
-        db.replace("scores", pl.DataFrame({"method": ["a"], "v": [object()]}, schema={"method": pl.Utf8, "v": pl.Object}), where={"method": "a"})
+        "tables/scores/method=a/part.parquet",
+        "tables/scores/method=b/part.parquet",
+    ]
+    with pytest.raises(
+        pl.exceptions.PolarsError
+    ):  # an object column cannot be written as Parquet: the old file stays, no temporary is left
+        db.replace(
+            "scores",
+            pl.DataFrame({"method": ["a"], "v": [object()]}, schema={"method": pl.Utf8, "v": pl.Object}),
+            where={"method": "a"},
+        )
     assert db.query("SELECT * FROM scores ORDER BY method, v").rows() == [("a", 3.0), ("a", 4.0), ("b", 2.0)]
     assert not list((tmp_path / "tables").rglob("*.tmp"))
     assert db.has_table("scores") and not db.has_table("other") and db.tables() == ["scores"]
@@ -34,7 +42,9 @@ def test_a_newer_column_reads_as_null_in_older_partitions(tmp_path):
     db = Warehouse(tmp_path / "tables")
     db.replace("prompts", pl.DataFrame({"method": ["a"], "prompt": ["x"]}), where={"method": "a"})
     db.replace("prompts", pl.DataFrame({"method": ["b"], "prompt": ["y"]}), where={"method": "b"})
-    db.replace("prompts", pl.DataFrame({"method": ["a"], "prompt": ["x2"], "source": ["img.png"]}), where={"method": "a"})
+    db.replace(
+        "prompts", pl.DataFrame({"method": ["a"], "prompt": ["x2"], "source": ["img.png"]}), where={"method": "a"}
+    )
     assert db.query("SELECT * FROM prompts ORDER BY method").rows() == [("a", "x2", "img.png"), ("b", "y", None)]
 
 
@@ -57,7 +67,8 @@ import polars as pl
 from augassets.core.warehouse import Warehouse
 db = Warehouse(sys.argv[1])
 for i in range(30):
-    db.replace("t", pl.DataFrame({"who": [sys.argv[2]] * 50, "i": [i] * 50, "row": list(range(50))}), where={"who": sys.argv[2], "i": i})
+    db.replace("t", pl.DataFrame({"who": [sys.argv[2]] * 50, "i": [i] * 50, "row": list(range(50))}),
+    where={"who": sys.argv[2], "i": i})
     db.query("SELECT count(*) FROM t")
 """
 
@@ -66,11 +77,16 @@ def test_processes_write_partitions_of_one_table_at_once_without_a_lock(tmp_path
     """Four processes write 30 partitions each of one table at once, reading it between writes:
     no lock error, every row present (with one DuckDB file, a second writer process used to fail)."""
     root = tmp_path / "tables"
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(root), who], stderr=subprocess.PIPE, text=True) for who in "abcd"]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(root), who], stderr=subprocess.PIPE, text=True)
+        for who in "abcd"
+    ]
     for writer in writers:
         _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err[-2000:]
-    rows = Warehouse(root).query("SELECT who, count(*) AS n, count(DISTINCT i) AS parts FROM t GROUP BY who ORDER BY who")
+    rows = Warehouse(root).query(
+        "SELECT who, count(*) AS n, count(DISTINCT i) AS parts FROM t GROUP BY who ORDER BY who"
+    )
     assert rows.rows() == [(who, 1500, 30) for who in "abcd"]
 
 
@@ -103,7 +119,10 @@ def test_a_writer_killed_mid_write_leaves_the_previous_rows(tmp_path):
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-    assert db.query("SELECT method, v, count(*) FROM t GROUP BY ALL ORDER BY method").rows() == [("a", "old", 3), ("b", "other", 1)]
+    assert db.query("SELECT method, v, count(*) FROM t GROUP BY ALL ORDER BY method").rows() == [
+        ("a", "old", 3),
+        ("b", "other", 1),
+    ]
 
 
 def test_a_truncated_table_file_is_named_and_moved_aside(tmp_path):
@@ -115,7 +134,11 @@ def test_a_truncated_table_file_is_named_and_moved_aside(tmp_path):
     with pytest.raises(OSError, match=r"method=b/part.parquet.*a table file is missing or damaged"):
         db.query("SELECT * FROM t")
     found = db.check_files()
-    assert len(found) == 1 and found[0].startswith(f"{damaged} (no Parquet magic bytes") and found[0].endswith("moved to part.parquet.damaged")
+    assert (
+        len(found) == 1
+        and found[0].startswith(f"{damaged} (no Parquet magic bytes")
+        and found[0].endswith("moved to part.parquet.damaged")
+    )
     assert db.query("SELECT method FROM t").rows() == [("a",)], "the other partitions still read"
     assert db.check_files() == []
 
@@ -139,13 +162,24 @@ def test_a_catalog_of_earlier_versions_becomes_partition_files_and_views(tmp_pat
     then the file holds views only; deleting it loses nothing."""
     catalog = tmp_path / "catalog.duckdb"
     with duckdb.connect(str(catalog)) as connection:
-        connection.execute("CREATE TABLE scores AS SELECT * FROM (VALUES ('a', 0, 0.5), ('a', 1, 0.6), ('b', 0, 0.7)) v(method, replicate, top1)")
+        connection.execute(
+            "CREATE TABLE scores AS SELECT * FROM (VALUES ('a', 0, 0.5), ('a', 1, 0.6), ('b', 0, 0.7)) "
+            "v(method, replicate, top1)"
+        )
         connection.execute("CREATE TABLE catalog AS SELECT * FROM (VALUES ('n1', 0)) v(wnid_text, label)")
     db = Warehouse(tmp_path / "tables")
     assert sorted(migrate_catalog(catalog, db)) == ["catalog", "scores"]
     assert len(db.files("scores")) == 3 and len(db.files("catalog")) == 1
-    db.replace("scores", pl.DataFrame({"method": ["a"], "replicate": [1], "top1": [0.9]}), where={"method": "a", "replicate": 1})
-    assert db.query("SELECT * FROM scores ORDER BY method, replicate").rows() == [("a", 0, 0.5), ("a", 1, 0.9), ("b", 0, 0.7)]
+    db.replace(
+        "scores",
+        pl.DataFrame({"method": ["a"], "replicate": [1], "top1": [0.9]}),
+        where={"method": "a", "replicate": 1},
+    )
+    assert db.query("SELECT * FROM scores ORDER BY method, replicate").rows() == [
+        ("a", 0, 0.5),
+        ("a", 1, 0.9),
+        ("b", 0, 0.7),
+    ]
     assert migrate_catalog(catalog, db) == [], "views only now"
     with duckdb.connect(str(catalog), read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM scores").fetchone() == (3,)
@@ -157,16 +191,26 @@ def test_a_write_looks_only_at_the_files_that_may_hold_its_partition(tmp_path):
     """Replacing one partition reads the folders of that partition and of coarser files only, never
     the other partitions' (listing the whole table per write made N writes cost O(N²))."""
     db = Warehouse(str(tmp_path))
-    db.replace("t", pl.DataFrame({"method": ["c"], "wnid": ["n9"], "x": [1]}))  # a coarser file: the table once written whole
+    db.replace(
+        "t", pl.DataFrame({"method": ["c"], "wnid": ["n9"], "x": [1]})
+    )  # a coarser file: the table once written whole
     for method in ("a", "b"):
         for wnid in ("n1", "n2"):
-            db.replace("t", pl.DataFrame({"method": [method], "wnid": [wnid], "x": [1]}), where={"method": method, "wnid": wnid})
+            db.replace(
+                "t",
+                pl.DataFrame({"method": [method], "wnid": [wnid], "x": [1]}),
+                where={"method": method, "wnid": wnid},
+            )
 
     def relative(where):
-        return [path[len(db.folder("t")) + 1:] for path in db._files_that_may_hold("t", where)]
+        return [path[len(db.folder("t")) + 1 :] for path in db._files_that_may_hold("t", where)]
 
     assert relative({"method": "a", "wnid": "n2"}) == ["method=a/wnid=n2/part.parquet", "part.parquet"]
-    assert relative({"method": "b"}) == ["method=b/wnid=n1/part.parquet", "method=b/wnid=n2/part.parquet", "part.parquet"]
+    assert relative({"method": "b"}) == [
+        "method=b/wnid=n1/part.parquet",
+        "method=b/wnid=n2/part.parquet",
+        "part.parquet",
+    ]
     assert len(relative({})) == 5
     assert db.query("SELECT count(*) AS n FROM t")["n"][0] == 5  # the coarse file kept c's row; each partition one row
 

@@ -57,7 +57,9 @@ def test_export_writes_every_model_with_checksums_and_the_versions_that_made_it(
     weights = load_file(folder / "clip_model" / "model.safetensors")
     assert {str(t.dtype) for t in weights.values() if t.is_floating_point()} == {"torch.float16"}
     # The fast tokenizer's file is derived by transformers from vocab.json and merges.txt: not shipped.
-    assert {"clip_model/vocab.json", "clip_model/merges.txt"} <= set(clip["files"]) and "clip_model/tokenizer.json" not in clip["files"]
+    assert {"clip_model/vocab.json", "clip_model/merges.txt"} <= set(
+        clip["files"]
+    ) and "clip_model/tokenizer.json" not in clip["files"]
     assert not (folder / "clip_model" / "tokenizer.json").exists()
     assert lines[-1].startswith("shipped world")
 
@@ -106,7 +108,9 @@ def test_a_damaged_file_is_named_and_nothing_is_installed_from_it(exported_world
     damaged.write_bytes(bytes(data))
     world = ShippedWorld.open(str(copy))
     versions = world.entry("vae")["code_versions"]
-    with pytest.raises(ShippedWorldError, match=r"vae/diffusion_pytorch_model\.safetensors is damaged \(checksum mismatch"):
+    with pytest.raises(
+        ShippedWorldError, match=r"vae/diffusion_pytorch_model\.safetensors is damaged \(checksum mismatch"
+    ):
         world.install("vae", versions, tmp_path / "installed")
     assert not (tmp_path / "installed").exists()
     (copy / "unet" / "config.json").unlink()
@@ -122,7 +126,9 @@ def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exp
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     # Another pool: the shipped CLIP was trained on a different one.
-    world = replace(trained_profile.world, shipped=str(folder), pool=replace(trained_profile.world.pool, distractors=21))
+    world = replace(
+        trained_profile.world, shipped=str(folder), pool=replace(trained_profile.world.pool, distractors=21)
+    )
     with pytest.raises(SystemExit) as stopped:
         materialize(replace(trained_profile, world=world), cli.foundation_keys, say=lambda *_: None)
     message = str(stopped.value)
@@ -157,7 +163,11 @@ def test_the_shipped_mini_world_matches_its_files_and_the_definitions_now(name):
     assert manifest["profile"] == "mini" and manifest["stored_dtype"] == "float16"
     assert manifest["command"].startswith("AUGASSETS_PROFILE=mini augassets foundation --rebuild")
     # The calibration figures of the world, as measured where it was trained, travel with it.
-    assert {"clip_model.zero_shot_top1", "fidelity_judge.judge_top1_holdout_web", "diffusion_fidelity.relative_class_fidelity"} <= set(manifest["calibration"])
+    assert {
+        "clip_model.zero_shot_top1",
+        "fidelity_judge.judge_top1_holdout_web",
+        "diffusion_fidelity.relative_class_fidelity",
+    } <= set(manifest["calibration"])
     total = sum(f["bytes"] for entry in manifest["assets"].values() for f in entry["files"].values())
     assert total < 50 * 2**20, f"the shipped world takes {total / 2**20:.1f} MiB of the repository (budget 50 MiB)"
 

@@ -38,29 +38,46 @@ def definitions(classes_name: str, methods: list[str], tables: str, work_seconds
     from augassets.core.warehouse import Warehouse
 
     method_partitions = dg.StaticPartitionsDefinition(methods)
-    grid = dg.MultiPartitionsDefinition({"method": method_partitions, "wnid": dg.DynamicPartitionsDefinition(name=classes_name)})
+    grid = dg.MultiPartitionsDefinition(
+        {"method": method_partitions, "wnid": dg.DynamicPartitionsDefinition(name=classes_name)}
+    )
 
     @dg.asset(partitions_def=grid, backfill_policy=dg.BackfillPolicy.single_run(), code_version="1")
     def trivial_images(context: dg.AssetExecutionContext) -> None:
         started, db = time.perf_counter(), Warehouse(tables)
         for key in context.partition_keys:
             method, wnid = key.keys_by_dimension["method"], key.keys_by_dimension["wnid"]
-            db.replace("trivial_manifest", pl.DataFrame({"method": [method], "wnid": [wnid], "images": [1]}), where={"method": method, "wnid": wnid})
+            db.replace(
+                "trivial_manifest",
+                pl.DataFrame({"method": [method], "wnid": [wnid], "images": [1]}),
+                where={"method": method, "wnid": wnid},
+            )
         work_seconds.append(time.perf_counter() - started)
 
     @dg.asset(
-        partitions_def=method_partitions, backfill_policy=dg.BackfillPolicy.single_run(), code_version="1",
-        deps=[dg.AssetDep(trivial_images, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"))],
+        partitions_def=method_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        code_version="1",
+        deps=[
+            dg.AssetDep(
+                trivial_images,
+                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"),
+            )
+        ],
     )
     def trivial_scores(context: dg.AssetExecutionContext) -> None:
         started, db = time.perf_counter(), Warehouse(tables)
         for method in context.partition_keys:
             images = db.query("SELECT sum(images) AS n FROM trivial_manifest WHERE method = ?", [method])["n"][0]
-            db.replace("trivial_scores", pl.DataFrame({"method": [method], "images": [int(images)]}), where={"method": method})
+            db.replace(
+                "trivial_scores", pl.DataFrame({"method": [method], "images": [int(images)]}), where={"method": method}
+            )
         work_seconds.append(time.perf_counter() - started)
 
     condition = stale_condition()
-    return dg.Definitions(assets=[with_automation(trivial_images, condition), with_automation(trivial_scores, condition)])
+    return dg.Definitions(
+        assets=[with_automation(trivial_images, condition), with_automation(trivial_scores, condition)]
+    )
 
 
 def measure(classes: int, methods: int, postgres_url: str = "") -> list[str]:
@@ -99,15 +116,18 @@ def measure(classes: int, methods: int, postgres_url: str = "") -> list[str]:
         paper_partitions = PAPER_CLASSES * PAPER_METHODS * 3
         paper_hours = per_partition * paper_partitions / 3600
         return [
-            f"bookkeeping: {classes} classes × {methods} methods on {'Postgres' if postgres_url else 'SQLite'}; {machine()}",
+            f"bookkeeping: {classes} classes × {methods} methods on {'Postgres' if postgres_url else 'SQLite'}; "
+            f"{machine()}",
             f"- partitions materialized: {done} of {partitions} (checked in the instance)",
-            f"- wall time: {wall:.1f} s (registering the classes {registered:.1f} s, {evaluations} evaluations {evaluation_seconds:.1f} s)",
+            f"- wall time: {wall:.1f} s (registering the classes {registered:.1f} s, {evaluations} evaluations "
+            f"{evaluation_seconds:.1f} s)",
             f"- inside the assets' bodies (the trivial work: one Parquet file per partition): {sum(work):.1f} s",
             f"- partitions per second: {partitions / wall:.0f}",
             f"- runs launched: {runs}",
             f"- event-log rows: {rows}",
             f"- orchestration share of this run: {overhead / wall:.1%} ({per_partition * 1000:.1f} ms per partition)",
-            f"- extrapolated to the paper's grid ({paper_partitions:,} class × method partitions, about 3 assets each): "
+            f"- extrapolated to the paper's grid ({paper_partitions:,} class × method partitions, about 3 "
+            f"assets each): "
             f"{paper_hours:.2f} h of orchestration against {PAPER_GENERATION_GPU_HOURS:.0f} GPU-hours of generation = "
             f"{paper_hours / PAPER_GENERATION_GPU_HOURS:.3%}",
         ]
@@ -117,8 +137,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--methods", type=int, default=14)
-    parser.add_argument("--postgres-url", default="", help="a Postgres URL for the instance's storage (default: SQLite)")
-    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL on 127.0.0.1 for the instance")
+    parser.add_argument(
+        "--postgres-url", default="", help="a Postgres URL for the instance's storage (default: SQLite)"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="start a throwaway PostgreSQL on 127.0.0.1 for the instance"
+    )
     args = parser.parse_args()
     if args.postgres:
         from augassets_tests.services import postgres

@@ -40,7 +40,9 @@ from benchmarks.run import machine
 CURVE_FRACTIONS = (0.002, 0.004, 0.008, 0.016)
 
 
-def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path, design: str | None = "profile") -> pl.DataFrame:
+def learning_curve(
+    profile_name: str, fractions, seeds: int, workdir: Path, design: str | None = "profile"
+) -> pl.DataFrame:
     """Classifier runs at each fraction and seed; ``design``: a ``TARGET_DESIGNS`` name, ``None`` for
     Fashion-MNIST as shipped, or ``"profile"`` for the profile's own target."""
     import torch
@@ -67,38 +69,76 @@ def learning_curve(profile_name: str, fractions, seeds: int, workdir: Path, desi
         labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
         for seed in range(seeds):
             started = time.perf_counter()
-            result = train_classifier(labeled(part("target")), labeled(part("val")), labeled(part("test")), catalog.height,
-                                      profile.classifier, seed=seed, progress=lambda line: None)
-            rows.append({"design": name, "fraction": fraction, "target_images": part("target").height, "seed": seed, "test_top1": result.test_top1,
-                         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-                         "seconds": time.perf_counter() - started})
-            print(f"  {name} p={fraction:g} seed {seed}: {100 * result.test_top1:.2f} % (best epoch {result.best_epoch}/{result.epochs_run}, "
-                  f"{time.perf_counter() - started:.0f} s)", flush=True)
+            result = train_classifier(
+                labeled(part("target")),
+                labeled(part("val")),
+                labeled(part("test")),
+                catalog.height,
+                profile.classifier,
+                seed=seed,
+                progress=lambda line: None,
+            )
+            rows.append(
+                {
+                    "design": name,
+                    "fraction": fraction,
+                    "target_images": part("target").height,
+                    "seed": seed,
+                    "test_top1": result.test_top1,
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run,
+                    "stopped_early": result.stopped_early,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            print(
+                f"  {name} p={fraction:g} seed {seed}: {100 * result.test_top1:.2f} % (best epoch "
+                f"{result.best_epoch}/{result.epochs_run}, "
+                f"{time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     return pl.DataFrame(rows)
 
 
 def curve_table(runs: pl.DataFrame) -> str:
-    summary = runs.group_by("fraction").agg(
-        pl.col("target_images").first(), (100 * pl.col("test_top1")).mean().alias("top1"),
-        (100 * pl.col("test_top1")).std(ddof=1).truediv(pl.len().sqrt()).alias("se"), pl.len().alias("runs"),
-        pl.col("stopped_early").sum().alias("early"), pl.col("epochs_run").mean().alias("epochs"), pl.col("seconds").mean().alias("s"),
-    ).sort("fraction")
-    lines = ["| p | target images | top-1 (%) mean ± s.e. | runs ended by early stopping | mean epochs | s per run | headroom to 2p (points) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    summary = (
+        runs.group_by("fraction")
+        .agg(
+            pl.col("target_images").first(),
+            (100 * pl.col("test_top1")).mean().alias("top1"),
+            (100 * pl.col("test_top1")).std(ddof=1).truediv(pl.len().sqrt()).alias("se"),
+            pl.len().alias("runs"),
+            pl.col("stopped_early").sum().alias("early"),
+            pl.col("epochs_run").mean().alias("epochs"),
+            pl.col("seconds").mean().alias("s"),
+        )
+        .sort("fraction")
+    )
+    lines = [
+        "| p | target images | top-1 (%) mean ± s.e. | runs ended by early stopping | mean epochs | s per run | "
+        "headroom to 2p (points) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     by_fraction = {round(r["fraction"], 6): r for r in summary.iter_rows(named=True)}
     for r in summary.iter_rows(named=True):
         double = by_fraction.get(round(2 * r["fraction"], 6))
         headroom = f"{double['top1'] - r['top1']:+.1f} ± {np.hypot(double['se'], r['se']):.1f}" if double else "—"
-        lines.append(f"| {r['fraction']:g} | {r['target_images']} | {r['top1']:.2f} ± {r['se']:.2f} | {r['early']}/{r['runs']} | "
-                     f"{r['epochs']:.0f} | {r['s']:.0f} | {headroom} |")
+        lines.append(
+            f"| {r['fraction']:g} | {r['target_images']} | {r['top1']:.2f} ± {r['se']:.2f} | "
+            f"{r['early']}/{r['runs']} | "
+            f"{r['epochs']:.0f} | {r['s']:.0f} | {headroom} |"
+        )
     return "\n".join(lines)
 
 
 def designs_table(runs: pl.DataFrame) -> str:
     """One row per design: top-1 at p and 2p (mean ± s.e.), the headroom with its s.e., the runs that
     ended by early stopping and the seconds per classifier."""
-    lines = ["| design | p | top-1 at p (%) | 2p | top-1 at 2p (%) | headroom (points) | ended by early stopping | s per classifier |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| design | p | top-1 at p (%) | 2p | top-1 at 2p (%) | headroom (points) | ended by early stopping | s "
+        "per classifier |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for design in runs["design"].unique(maintain_order=True):
         mine = runs.filter(pl.col("design") == design)
         fractions = sorted(mine["fraction"].unique())
@@ -109,8 +149,10 @@ def designs_table(runs: pl.DataFrame) -> str:
             both = mine.filter(((pl.col("fraction") - p).abs() < 1e-9) | ((pl.col("fraction") - 2 * p).abs() < 1e-9))
             headroom = at[2 * p].mean() - at[p].mean()
             lines.append(
-                f"| {design} | {p:g} | {at[p].mean():.2f} ± {_se(at[p]):.2f} | {2 * p:g} | {at[2 * p].mean():.2f} ± {_se(at[2 * p]):.2f} | "
-                f"{headroom:+.2f} ± {np.hypot(_se(at[p]), _se(at[2 * p])):.2f} | {int(both['stopped_early'].sum())}/{both.height} | "
+                f"| {design} | {p:g} | {at[p].mean():.2f} ± {_se(at[p]):.2f} | {2 * p:g} | "
+                f"{at[2 * p].mean():.2f} ± {_se(at[2 * p]):.2f} | "
+                f"{headroom:+.2f} ± {np.hypot(_se(at[p]), _se(at[2 * p])):.2f} | "
+                f"{int(both['stopped_early'].sum())}/{both.height} | "
                 f"{both['seconds'].mean():.0f} |"
             )
     return "\n".join(lines)
@@ -136,43 +178,97 @@ def calibration_table(profile_name: str) -> list[tuple[str, str]]:
     scores = db.query("SELECT method, test_top1, stopped_early FROM classifier_scores")
     top1 = {m: 100 * scores.filter(pl.col("method") == m)["test_top1"] for m in scores["method"].unique()}
     for method in ("real_p", "real_2p"):
-        rows.append((f"{method} top-1 (%)", f"{top1[method].mean():.2f} ± {_se(top1[method]):.2f} (s.e., {len(top1[method])} runs)"))
+        rows.append(
+            (
+                f"{method} top-1 (%)",
+                f"{top1[method].mean():.2f} ± {_se(top1[method]):.2f} (s.e., {len(top1[method])} runs)",
+            )
+        )
     headroom = top1["real_2p"].mean() - top1["real_p"].mean()
     rows.append(("headroom real_2p − real_p (target ≥ 10 points)", f"{headroom:.2f} points"))
-    rows.append(("classifier runs ended by early stopping (target ≥ 90 %)",
-                 f"{int(scores['stopped_early'].sum())}/{scores.height} ({100 * scores['stopped_early'].mean():.0f} %)"))
+    rows.append(
+        (
+            "classifier runs ended by early stopping (target ≥ 90 %)",
+            f"{int(scores['stopped_early'].sum())}/{scores.height} ({100 * scores['stopped_early'].mean():.0f} %)",
+        )
+    )
     if db.has_table("domain_oracle"):
         oracle = 100 * db.query("SELECT test_top1 FROM domain_oracle")["test_top1"]
-        rows.append(("oracle (target + right-class pool images by ground truth, 100 %) top-1 (%)", f"{oracle.mean():.2f} ± {_se(oracle):.2f}"))
-        rows.append(("oracle's closure of the real_p → real_2p gap (target ≥ 0.5)", f"{(oracle.mean() - top1['real_p'].mean()) / headroom:.2f}"))
+        rows.append(
+            (
+                "oracle (target + right-class pool images by ground truth, 100 %) top-1 (%)",
+                f"{oracle.mean():.2f} ± {_se(oracle):.2f}",
+            )
+        )
+        rows.append(
+            (
+                "oracle's closure of the real_p → real_2p gap (target ≥ 0.5)",
+                f"{(oracle.mean() - top1['real_p'].mean()) / headroom:.2f}",
+            )
+        )
     transfer = meta("domain_transfer")
     rows.append(("domain transfer ratio (declared 0.5–0.8)", f"{transfer['domain_transfer_ratio'].value:.3f}"))
     for row in db.query("SELECT * FROM domain_transfer").iter_rows(named=True):
-        rows.append((f"  target classifier on held-out items, web transform: {row['web_transform']}",
-                     f"{row['target_classifier_top1']:.3f} (ratio {row['transfer_ratio']:.3f})"))
+        rows.append(
+            (
+                f"  target classifier on held-out items, web transform: {row['web_transform']}",
+                f"{row['target_classifier_top1']:.3f} (ratio {row['transfer_ratio']:.3f})",
+            )
+        )
     clip = meta("clip_model")
     ensemble = clip["zero_shot_top1_ensemble"].value if "zero_shot_top1_ensemble" in clip else float("nan")
-    rows.append(("CLIP zero-shot top-1 on the test split (target ≥ 0.65): simple prompt / 80 templates ensembled",
-                 f"{clip['zero_shot_top1'].value:.3f} / {ensemble:.3f}"))
+    rows.append(
+        (
+            "CLIP zero-shot top-1 on the test split (target ≥ 0.65): simple prompt / 80 templates ensembled",
+            f"{clip['zero_shot_top1'].value:.3f} / {ensemble:.3f}",
+        )
+    )
     fidelity = db.query("SELECT * FROM class_fidelity")
     retrieval = fidelity.filter(pl.col("method") == "retrieval").sort("wnid")
     if retrieval.height:
         weighted = float((retrieval["ground_truth_precision"] * retrieval["images"]).sum() / retrieval["images"].sum())
-        rows.append(("retrieval precision by ground truth (no-ws prompt, k = target count)", f"{weighted:.3f}; per class "
-                     + ", ".join(f"{w} {p:.2f}" for w, p in zip(retrieval["wnid"], retrieval["ground_truth_precision"]))))
+        rows.append(
+            (
+                "retrieval precision by ground truth (no-ws prompt, k = target count)",
+                f"{weighted:.3f}; per class "
+                + ", ".join(f"{w} {p:.2f}" for w, p in zip(retrieval["wnid"], retrieval["ground_truth_precision"])),
+            )
+        )
         judged = float((retrieval["fidelity"] * retrieval["images"]).sum() / retrieval["images"].sum())
         rows.append(("judge's class fidelity on retrieved images (must be within 0.1 of the above)", f"{judged:.3f}"))
     sd = meta("diffusion_fidelity")
-    rows.append(("simple-prompt class fidelity by the judge / judge's held-out pool accuracy (target ≥ 0.6)",
-                 f"{sd['relative_class_fidelity'].value:.3f} ({sd['class_fidelity'].value:.3f} / {sd['judge_top1_holdout_web'].value:.3f})"))
+    rows.append(
+        (
+            "simple-prompt class fidelity by the judge / judge's held-out pool accuracy (target ≥ 0.6)",
+            f"{sd['relative_class_fidelity'].value:.3f} ({sd['class_fidelity'].value:.3f} / "
+            f"{sd['judge_top1_holdout_web'].value:.3f})",
+        )
+    )
     judge = meta("fidelity_judge")
-    rows.append(("judge top-1: real test split / held-out web-domain images",
-                 f"{judge['judge_top1_test'].value:.3f} / {judge['judge_top1_holdout_web'].value:.3f}"))
+    rows.append(
+        (
+            "judge top-1: real test split / held-out web-domain images",
+            f"{judge['judge_top1_test'].value:.3f} / {judge['judge_top1_holdout_web'].value:.3f}",
+        )
+    )
     detector = db.query("SELECT * FROM leak_threshold").row(0, named=True)
-    rows.append(("leak detector: threshold, recall, precision on planted duplicates (target: precision ≥ 0.5 at recall ≥ 0.95)",
-                 f"Hamming < {detector['threshold']}: recall {detector['recall']:.3f}, precision {detector['precision']:.3f}"))
-    paper = db.query(f"SELECT * FROM leak_detector_curve WHERE threshold = {profile.duplicates.hamming_threshold}").row(0, named=True)
-    rows.append(("  the paper's Hamming < 10 at this resolution", f"recall {paper['recall']:.3f}, precision {paper['precision']:.3f}"))
+    rows.append(
+        (
+            "leak detector: threshold, recall, precision on planted duplicates (target: precision ≥ 0.5 at "
+            "recall ≥ 0.95)",
+            f"Hamming < {detector['threshold']}: recall {detector['recall']:.3f}, precision "
+            f"{detector['precision']:.3f}",
+        )
+    )
+    paper = db.query(f"SELECT * FROM leak_detector_curve WHERE threshold = {profile.duplicates.hamming_threshold}").row(
+        0, named=True
+    )
+    rows.append(
+        (
+            "  the paper's Hamming < 10 at this resolution",
+            f"recall {paper['recall']:.3f}, precision {paper['precision']:.3f}",
+        )
+    )
     return rows
 
 
@@ -213,8 +309,13 @@ def draws_table(profile_name: str, seeds: list[int], homes: list[str]) -> str:
         columns[f"{Path(home).name}"] = draw_figures(profile_name, Path(home))
     for seed in seeds:
         home = base / f"pool_draw_{seed}"
-        env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_HOME": str(home), "AUGASSETS_POOL_SEED": str(seed),
-               "AUGASSETS_WORLD": "train"}
+        env = {
+            **os.environ,
+            "AUGASSETS_PROFILE": profile_name,
+            "AUGASSETS_HOME": str(home),
+            "AUGASSETS_POOL_SEED": str(seed),
+            "AUGASSETS_WORLD": "train",
+        }
         env.pop("DAGSTER_HOME", None)
         started = time.perf_counter()
         subprocess.run([cli, "foundation"], env=env, check=True)
@@ -241,12 +342,27 @@ def build(profile_name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", default=["curve", "table"], choices=["curve", "designs", "draws", "table"])
-    parser.add_argument("--pool-seeds", type=int, nargs="*", default=[1], help="draws: pool draws to train (0 is the shipped world's)")
-    parser.add_argument("--homes", nargs="*", default=[], help="draws: homes of draws trained before (AUGASSETS_HOME folders)")
-    parser.add_argument("--designs", nargs="+", default=None, help="candidate designs (default: every TARGET_DESIGNS entry and fashion_mnist)")
+    parser.add_argument(
+        "--pool-seeds", type=int, nargs="*", default=[1], help="draws: pool draws to train (0 is the shipped world's)"
+    )
+    parser.add_argument(
+        "--homes", nargs="*", default=[], help="draws: homes of draws trained before (AUGASSETS_HOME folders)"
+    )
+    parser.add_argument(
+        "--designs",
+        nargs="+",
+        default=None,
+        help="candidate designs (default: every TARGET_DESIGNS entry and fashion_mnist)",
+    )
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--fractions", type=float, nargs="+", default=None, help=f"curve default {CURVE_FRACTIONS}; designs: the profile's p and 2p")
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"curve default {CURVE_FRACTIONS}; designs: the profile's p and 2p",
+    )
     parser.add_argument("--build", action="store_true", help="materialize the foundation and the main command first")
     args = parser.parse_args()
     print(f"# Calibration ({args.profile}) on {machine()}\n")
@@ -264,13 +380,24 @@ def main() -> None:
         p = get_profile(args.profile).split.train_fraction
         names = args.designs or ["fashion_mnist", *TARGET_DESIGNS]
         with tempfile.TemporaryDirectory(prefix="augassets-designs-") as tmp:
-            runs = pl.concat([
-                learning_curve(args.profile, args.fractions or (p, 2 * p), args.seeds, Path(tmp), None if name == "fashion_mnist" else name)
-                for name in names
-            ])
+            runs = pl.concat(
+                [
+                    learning_curve(
+                        args.profile,
+                        args.fractions or (p, 2 * p),
+                        args.seeds,
+                        Path(tmp),
+                        None if name == "fashion_mnist" else name,
+                    )
+                    for name in names
+                ]
+            )
         print("\n## Target designs\n\n" + designs_table(runs) + "\n")
     if "draws" in args.parts:
-        print("\n## The world over pool draws\n\n" + draws_table(args.profile, args.pool_seeds, args.homes) + "\n", flush=True)
+        print(
+            "\n## The world over pool draws\n\n" + draws_table(args.profile, args.pool_seeds, args.homes) + "\n",
+            flush=True,
+        )
     if "table" in args.parts:
         if args.build:
             build(args.profile)

@@ -2,7 +2,8 @@
 ``python -m benchmarks.pool_variants [--variants NAME ...] [--seeds 0 1]``.
 
 For each pool variant (``VARIANTS``: overrides of the profile's ``PoolSpec``, and of its ``ClipSpec``
-under ``clip``) and pool draw (its ``seed``), the pool's class images are made as ``web_pool`` makes them (no distractors, plants or
+under ``clip``) and pool draw (its ``seed``), the pool's class images are made as ``web_pool`` makes them (no
+distractors, plants or
 NSFW markers: they do not move these figures), the profile's CLIP is trained on them with their
 captions, and two figures are measured on the profile's splits:
 
@@ -32,13 +33,37 @@ VARIANTS = {
     "posed": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4},
     "posed_lit": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4},
     "current_clip36": {"clip": {"epochs": 36}},
-    "posed_lit_mild_clip36": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
-                              "web_colour": (0.5, 1.0), "clip": {"epochs": 36}},
-    "posed_lit_clip36": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4, "clip": {"epochs": 36}},
-    "posed_lit_mild_clip60": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
-                              "web_colour": (0.5, 1.0), "clip": {"epochs": 60}},
-    "posed_lit_mild_clip36_deep": {"web_scale": (0.6, 1.1), "web_rotation": 25.0, "web_shift": 4, "background_strength": 0.4,
-                                   "web_colour": (0.5, 1.0), "clip": {"epochs": 36, "layers": 4}},
+    "posed_lit_mild_clip36": {
+        "web_scale": (0.6, 1.1),
+        "web_rotation": 25.0,
+        "web_shift": 4,
+        "background_strength": 0.4,
+        "web_colour": (0.5, 1.0),
+        "clip": {"epochs": 36},
+    },
+    "posed_lit_clip36": {
+        "web_scale": (0.6, 1.1),
+        "web_rotation": 25.0,
+        "web_shift": 4,
+        "background_strength": 0.4,
+        "clip": {"epochs": 36},
+    },
+    "posed_lit_mild_clip60": {
+        "web_scale": (0.6, 1.1),
+        "web_rotation": 25.0,
+        "web_shift": 4,
+        "background_strength": 0.4,
+        "web_colour": (0.5, 1.0),
+        "clip": {"epochs": 60},
+    },
+    "posed_lit_mild_clip36_deep": {
+        "web_scale": (0.6, 1.1),
+        "web_rotation": 25.0,
+        "web_shift": 4,
+        "background_strength": 0.4,
+        "web_colour": (0.5, 1.0),
+        "clip": {"epochs": 36, "layers": 4},
+    },
 }
 
 
@@ -60,8 +85,15 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
     torch.set_num_threads(profile.torch_threads or torch.get_num_threads())
     overrides = dict(VARIANTS[variant])
     clip_spec = replace(profile.world.clip, **overrides.pop("clip", {}))
-    spec = replace(profile.world.pool, **overrides, seed=seed, distractors=0, planted_test_duplicates=0,
-                   planted_val_duplicates=0, nsfw_rate=0.0)
+    spec = replace(
+        profile.world.pool,
+        **overrides,
+        seed=seed,
+        distractors=0,
+        planted_test_duplicates=0,
+        planted_val_duplicates=0,
+        nsfw_rate=0.0,
+    )
     catalog = build_catalog(profile.dataset, profile.max_classes)
     splits, _ = make_splits(catalog, profile.dataset, profile.split, workdir / "export", progress=lambda line: None)
     source = FashionMnistSource(profile.dataset, workdir / "export")
@@ -74,7 +106,10 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
         class_items[row["wnid"]] = order[: spec.per_class]
         holdout += [(item, row["label"]) for item in order[spec.per_class : spec.per_class + 100]]
     sources = PoolSources(
-        pixels=source.pixels, target_image=source.image, class_items=class_items, duplicate_items=[],
+        pixels=source.pixels,
+        target_image=source.image,
+        class_items=class_items,
+        duplicate_items=[],
         lemmas={r["wnid"]: list(r["lemmas"]) for r in catalog.iter_rows(named=True)},
         hypernyms=dict(zip(catalog["wnid"], catalog["hypernym"])),
     )
@@ -83,23 +118,53 @@ def measure(profile_name: str, variant: str, seed: int, workdir: Path) -> dict:
     paths = [file_url_path(u) for u in metadata["url"]]
     started = time.perf_counter()
     processor = build_processor(workdir / "processor", spec.image_size)
-    clip = train_clip(paths, metadata["caption"].to_list(), processor.tokenizer, clip_spec, spec.image_size, progress=lambda line: None)
+    clip = train_clip(
+        paths,
+        metadata["caption"].to_list(),
+        processor.tokenizer,
+        clip_spec,
+        spec.image_size,
+        progress=lambda line: None,
+    )
     clip_seconds = time.perf_counter() - started
     test = splits.filter(pl.col("split") == "test").sort("label", "item")
     prompts = [simple_prompt(name) for name in catalog["name"]]
-    zero_shot, per_class = zero_shot_accuracy(clip.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts,
-                                              spec.image_size)
+    zero_shot, per_class = zero_shot_accuracy(
+        clip.model, processor.tokenizer, test["path"].to_list(), test["label"].to_list(), prompts, spec.image_size
+    )
     part = lambda name: splits.filter(pl.col("split") == name)  # noqa: E731
     labeled = lambda f: LabeledImages(f["path"].to_list(), f["label"].to_list())  # noqa: E731
-    target = train_classifier(labeled(part("target")), labeled(part("val")), labeled(test), catalog.height, profile.classifier, seed=0,
-                              progress=lambda line: None)
+    target = train_classifier(
+        labeled(part("target")),
+        labeled(part("val")),
+        labeled(test),
+        catalog.height,
+        profile.classifier,
+        seed=0,
+        progress=lambda line: None,
+    )
     web = [web_rendering(source.pixels(item), item, spec) for item, _ in holdout]
-    on_web = float((classify_images(target.state_dict, profile.classifier, catalog.height, web) == np.array([c for _, c in holdout])).mean())
-    row = {"variant": variant, "seed": seed, "zero_shot": zero_shot, "zero_shot_min_class": min(per_class.values()),
-           "target_on_test": target.test_top1, "target_on_web": on_web, "transfer_ratio": on_web / target.test_top1,
-           "clip_seconds": clip_seconds}
-    print(f"  {variant} seed {seed}: zero-shot {zero_shot:.3f} (lowest class {row['zero_shot_min_class']:.2f}), transfer "
-          f"{on_web:.3f} / {target.test_top1:.3f} = {row['transfer_ratio']:.3f}, CLIP {clip_seconds:.0f} s", flush=True)
+    on_web = float(
+        (
+            classify_images(target.state_dict, profile.classifier, catalog.height, web)
+            == np.array([c for _, c in holdout])
+        ).mean()
+    )
+    row = {
+        "variant": variant,
+        "seed": seed,
+        "zero_shot": zero_shot,
+        "zero_shot_min_class": min(per_class.values()),
+        "target_on_test": target.test_top1,
+        "target_on_web": on_web,
+        "transfer_ratio": on_web / target.test_top1,
+        "clip_seconds": clip_seconds,
+    }
+    print(
+        f"  {variant} seed {seed}: zero-shot {zero_shot:.3f} (lowest class {row['zero_shot_min_class']:.2f}), transfer "
+        f"{on_web:.3f} / {target.test_top1:.3f} = {row['transfer_ratio']:.3f}, CLIP {clip_seconds:.0f} s",
+        flush=True,
+    )
     return row
 
 
@@ -122,8 +187,11 @@ def main() -> None:
         mine = frame.filter(pl.col("variant") == variant)
         zs, tr = mine["zero_shot"], mine["transfer_ratio"]
         settings = ", ".join(f"{k}={v}" for k, v in VARIANTS[variant].items()) or "the profile's"
-        print(f"| {variant} | {settings} | {zs.mean():.3f} ({zs.min():.3f}–{zs.max():.3f}) | {tr.mean():.3f} ({tr.min():.3f}–{tr.max():.3f}) | "
-              f"{mine['clip_seconds'].mean():.0f} |")
+        print(
+            f"| {variant} | {settings} | {zs.mean():.3f} ({zs.min():.3f}–{zs.max():.3f}) | {tr.mean():.3f} "
+            f"({tr.min():.3f}–{tr.max():.3f}) | "
+            f"{mine['clip_seconds'].mean():.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The performance harness. ``python -m benchmarks.run [main] [classifier] [threads] [duplicates] [phash] [foundation] [generation] [store] [daemon]``
-(default: all but threads and daemon) prints a table.
+"""The performance harness: ``python -m benchmarks.run [main] [classifier] [threads] [duplicates] [phash]
+[foundation] [generation] [store] [daemon]`` (default: all but threads and daemon) prints a table.
 
 main        the README's main command on a fresh AUGASSETS_HOME (cold), then again (warm: cached),
             its peak resident memory, and the share of wall time spent outside asset bodies
@@ -74,13 +74,26 @@ def bench_main(profile: str, home: Path) -> list[tuple[str, str]]:
         (s.end_time or 0) - (s.start_time or 0) for r in runs for s in instance.get_run_step_stats(r.run_id)
     )
     rows.append((f"runs launched ({profile}, cold + warm)", str(len(runs))))
-    rows.append(("time inside runs, outside asset steps", f"{run_seconds - step_seconds:.1f} s of {run_seconds:.1f} s run time"))
+    rows.append(
+        ("time inside runs, outside asset steps", f"{run_seconds - step_seconds:.1f} s of {run_seconds:.1f} s run time")
+    )
     cold_wall = float(rows[0][1].split()[0])  # the warm run adds no steps: everything is cached
-    rows.append(("Dagster overhead share of the cold wall time", f"{100 * (cold_wall - step_seconds) / cold_wall:.1f} %"))
+    rows.append(
+        ("Dagster overhead share of the cold wall time", f"{100 * (cold_wall - step_seconds) / cold_wall:.1f} %")
+    )
     return rows
 
 
-FOUNDATION_ASSETS = ["fidelity_classifier", "web_pool", "clip_model", "pool_index", "vae", "unet", "diffusion_model", "diffusion_fidelity"]
+FOUNDATION_ASSETS = [
+    "fidelity_classifier",
+    "web_pool",
+    "clip_model",
+    "pool_index",
+    "vae",
+    "unet",
+    "diffusion_model",
+    "diffusion_fidelity",
+]
 QUALITY = {
     "clip_model": ["zero_shot_top1", "chance", "final_contrastive_loss"],
     "vae": ["reconstruction_mse"],
@@ -97,9 +110,19 @@ def bench_foundation(profile: str, home: Path) -> list[tuple[str, str]]:
     env = {**os.environ, "AUGASSETS_PROFILE": profile, "AUGASSETS_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     started = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("augassets")), "foundation"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = [(f"foundation ({profile}: catalog, splits, pool, CLIP, index, VAE, UNet, SD)", f"{time.perf_counter() - started:.1f} s")]
+    subprocess.run(
+        [str(Path(sys.executable).with_name("augassets")), "foundation"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rows = [
+        (
+            f"foundation ({profile}: catalog, splits, pool, CLIP, index, VAE, UNet, SD)",
+            f"{time.perf_counter() - started:.1f} s",
+        )
+    ]
     os.environ["DAGSTER_HOME"] = str(home / profile / "dagster")
     import dagster as dg
 
@@ -143,9 +166,15 @@ def bench_duplicates(n: int = 100_000) -> list[tuple[str, str]]:
     loop = 300 * 300 / (time.perf_counter() - started)
     imagenet_pairs = 1.28e6 * 1.33e6  # the issue's ImageNet-scale figure: augmentation images × reference images
     return [
-        (f"duplicate search, ours (faiss binary range search in blocks), {n:,} × {n:,}", f"{ours:.3g} pairs/s ({len(q)} pairs < 10)"),
+        (
+            f"duplicate search, ours (faiss binary range search in blocks), {n:,} × {n:,}",
+            f"{ours:.3g} pairs/s ({len(q)} pairs < 10)",
+        ),
         ("duplicate search, faiss IndexBinaryFlat.range_search, one call", f"{reference:.3g} pairs/s"),
-        ("duplicate search, plain loop over imagehash differences (300 × 300 sample)", f"{loop:.3g} pairs/s ({close} pairs < 10)"),
+        (
+            "duplicate search, plain loop over imagehash differences (300 × 300 sample)",
+            f"{loop:.3g} pairs/s ({close} pairs < 10)",
+        ),
         ("ratio ours / faiss", f"{ours / reference:.2f}"),
         ("ratio ours / imagehash loop", f"{ours / loop:,.0f}"),
         ("ImageNet scale (1.28M × 1.33M pairs) at our rate, this machine", f"{imagenet_pairs / ours / 60:.1f} min"),
@@ -163,15 +192,22 @@ def bench_phash() -> list[tuple[str, str]]:
     folder = Path(tempfile.mkdtemp(prefix="augassets-phash-"))
     sets = {"ImageNet-like JPEG 500×375": [], "mini PNG 32×32": []}
     for i in range(400):
-        for name, size, fmt in (("ImageNet-like JPEG 500×375", (500, 375), "JPEG"), ("mini PNG 32×32", (32, 32), "PNG")):
+        for name, size, fmt in (
+            ("ImageNet-like JPEG 500×375", (500, 375), "JPEG"),
+            ("mini PNG 32×32", (32, 32), "PNG"),
+        ):
             image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
             draw = ImageDraw.Draw(image)
             for _ in range(8):
                 x0, y0 = int(rng.integers(0, size[0] - 4)), int(rng.integers(0, size[1] - 4))
-                draw.ellipse([x0, y0, x0 + int(rng.integers(3, size[0] // 2)), y0 + int(rng.integers(3, size[1] // 2))],
-                             fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+                draw.ellipse(
+                    [x0, y0, x0 + int(rng.integers(3, size[0] // 2)), y0 + int(rng.integers(3, size[1] // 2))],
+                    fill=tuple(int(c) for c in rng.integers(0, 255, 3)),
+                )
             path = folder / f"{fmt}_{i}.{fmt.lower()}"
-            image.filter(ImageFilter.GaussianBlur(size[0] / 200)).save(path, quality=90) if fmt == "JPEG" else image.save(path)
+            image.filter(ImageFilter.GaussianBlur(size[0] / 200)).save(
+                path, quality=90
+            ) if fmt == "JPEG" else image.save(path)
             sets[name].append(str(path))
     rows = []
     for name, paths in sets.items():
@@ -183,10 +219,13 @@ def bench_phash() -> list[tuple[str, str]]:
             hashes, _ = phash_files(paths, decode=decode)
             rate = len(paths) / (time.perf_counter() - started)
             distances = hamming(hashes, reference)
-            rows.append((
-                f"pHash {name}, ours (decode={decode}) vs imagehash.phash",
-                f"{rate:.0f} vs {base:.0f} images/s = {rate / base:.1f}×, bit-identical {100 * float((distances == 0).mean()):.1f} %, max {distances.max()} bits off",
-            ))
+            rows.append(
+                (
+                    f"pHash {name}, ours (decode={decode}) vs imagehash.phash",
+                    f"{rate:.0f} vs {base:.0f} images/s = {rate / base:.1f}×, bit-identical "
+                    f"{100 * float((distances == 0).mean()):.1f} %, max {distances.max()} bits off",
+                )
+            )
     return rows
 
 
@@ -203,7 +242,11 @@ def bench_store(small: int = 5000, large: int = 16) -> list[tuple[str, str]]:
     work = Path(tempfile.mkdtemp(prefix="augassets-store-"))
     rows = []
     for name, count, write in (
-        (f"{small:,} PNGs 32×32", small, lambda path, i: Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path, format="PNG")),
+        (
+            f"{small:,} PNGs 32×32",
+            small,
+            lambda path, i: Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path, format="PNG"),
+        ),
         (f"{large} files of 16 MB", large, lambda path, i: path.write_bytes(rng.bytes(16 << 20))),
     ):
         url = f"memory://bench-{uuid.uuid4().hex}"
@@ -231,7 +274,12 @@ def bench_store(small: int = 5000, large: int = 16) -> list[tuple[str, str]]:
         fs.get(store.key("set"), str(work / "plain_get"), recursive=True)
         plain_get = time.perf_counter() - started
         for label, seconds in timings.items():
-            rows.append((f"store {label}, {name} ({size_mb:.0f} MB), memory://", f"{seconds:.2f} s = {count / seconds:,.0f} files/s"))
+            rows.append(
+                (
+                    f"store {label}, {name} ({size_mb:.0f} MB), memory://",
+                    f"{seconds:.2f} s = {count / seconds:,.0f} files/s",
+                )
+            )
         rows.append((f"plain fsspec put / get, {name}", f"{plain_put:.2f} s / {plain_get:.2f} s"))
         shutil.rmtree(work)
         work.mkdir()
@@ -260,10 +308,17 @@ def bench_generation(profile_name: str, images: int = 64) -> list[tuple[str, str
     batched = images / (time.perf_counter() - started)
     started = time.perf_counter()
     for prompt, seed in zip(prompts, seeds):
-        pipeline(prompt, num_inference_steps=backend.steps, guidance_scale=backend.guidance_scale,
-                 generator=torch.Generator().manual_seed(seed))
+        pipeline(
+            prompt,
+            num_inference_steps=backend.steps,
+            guidance_scale=backend.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
     naive = images / (time.perf_counter() - started)
-    label = f"{profile_name} SD, {backend.steps} {backend.scheduler} steps, guidance {backend.guidance_scale}, {images} images"
+    label = (
+        f"{profile_name} SD, {backend.steps} {backend.scheduler} steps, guidance {backend.guidance_scale}, "
+        f"{images} images"
+    )
     return [
         (f"generation, batched seeded path (batch {backend.batch_size}), {label}", f"{batched:.1f} images/s"),
         (f"generation, naive one image per call, {label}", f"{naive:.1f} images/s"),
@@ -301,7 +356,12 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     target, val, classes = target_and_val(profile_name)
     spec = replace(get_profile(profile_name).classifier, max_epochs=5, early_stop_patience=100)
     result = train_classifier(target, val, val, classes, spec, seed=0)
-    rows = [(f"{spec.arch} training ({profile_name}, {len(target.paths)} images, batch {spec.batch_size}, 5 epochs)", f"{result.images_per_second:.0f} images/s")]
+    rows = [
+        (
+            f"{spec.arch} training ({profile_name}, {len(target.paths)} images, batch {spec.batch_size}, 5 epochs)",
+            f"{result.images_per_second:.0f} images/s",
+        )
+    ]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = 256 if device == "cuda" else 16
@@ -326,7 +386,9 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     if device == "cuda":
         torch.cuda.synchronize()
     rate = steps * batch / (time.perf_counter() - started)
-    rows.append((f"ResNet-50 training step, 224 px, batch {batch}, fp32, {device} (random data)", f"{rate:.1f} images/s"))
+    rows.append(
+        (f"ResNet-50 training step, 224 px, batch {batch}, fp32, {device} (random data)", f"{rate:.1f} images/s")
+    )
     return rows
 
 
@@ -361,23 +423,36 @@ def bench_threads(profile_name: str) -> list[tuple[str, str]]:
 
     def start(threads: int) -> subprocess.Popen:
         code = f"from benchmarks.run import train_with_threads; train_with_threads({profile_name!r}, {threads})"
-        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
 
     def finish(process: subprocess.Popen) -> dict:
         out, _ = process.communicate()
         if process.returncode != 0:
-            raise SystemExit(f"the training child failed ({process.returncode}); run `augassets benchmark` on {profile_name} first")
+            raise SystemExit(
+                f"the training child failed ({process.returncode}); run `augassets benchmark` on {profile_name} first"
+            )
         return json.loads(out.strip().splitlines()[-1])
 
     rows = []
     for threads in (2, 1):
         one = finish(start(threads))
-        rows.append((f"classifier training ({profile_name}), 1 process × {threads} threads", f"{one['images_per_second']:.0f} images/s ({one['seconds']:.1f} s)"))
+        rows.append(
+            (
+                f"classifier training ({profile_name}), 1 process × {threads} threads",
+                f"{one['images_per_second']:.0f} images/s ({one['seconds']:.1f} s)",
+            )
+        )
     started = time.perf_counter()
     pair = [finish(p) for p in [start(1), start(1)]]
     wall = time.perf_counter() - started
-    rows.append((f"classifier training ({profile_name}), 2 processes × 1 thread at once",
-                 f"{sum(r['images_per_second'] for r in pair):.0f} images/s together ({wall:.1f} s for both)"))
+    rows.append(
+        (
+            f"classifier training ({profile_name}), 2 processes × 1 thread at once",
+            f"{sum(r['images_per_second'] for r in pair):.0f} images/s together ({wall:.1f} s for both)",
+        )
+    )
     return rows
 
 
@@ -387,11 +462,24 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
 
     profile = get_profile(profile_name)
     if profile.automation.cron != "* * * * *":
-        raise SystemExit(f"daemon: profile {profile_name}'s backfill cron is {profile.automation.cron!r}; use a profile that ticks every minute (smoke)")
-    env = {**os.environ, "AUGASSETS_PROFILE": profile_name, "AUGASSETS_HOME": str(home), "DAGSTER_HOME": str(home / profile_name / "dagster")}
+        raise SystemExit(
+            f"daemon: profile {profile_name}'s backfill cron is {profile.automation.cron!r}; use a profile that "
+            f"ticks every minute (smoke)"
+        )
+    env = {
+        **os.environ,
+        "AUGASSETS_PROFILE": profile_name,
+        "AUGASSETS_HOME": str(home),
+        "DAGSTER_HOME": str(home / profile_name / "dagster"),
+    }
     if not (home / profile_name / "store" / "tables" / "results_table").exists():
-        subprocess.run([str(Path(sys.executable).with_name("augassets")), "benchmark"], env={**env, "DAGSTER_HOME": ""}, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("augassets")), "benchmark"],
+            env={**env, "DAGSTER_HOME": ""},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
 
@@ -401,11 +489,23 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
     table_before = instance.get_latest_materialization_event(table).timestamp
     workspace = ["-w", str(REPO / "workspace.yaml")]
     bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "dagster"), "sensor", "start", "scheduled_backfill", *workspace], env=env, cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(bin_dir / "dagster"), "sensor", "start", "scheduled_backfill", *workspace],
+        env=env,
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     started = time.time()
-    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", *workspace], env=env, cwd=REPO, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [str(bin_dir / "dagster-daemon"), "run", *workspace],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def wait(predicate, timeout=600):
         deadline = time.time() + timeout
@@ -417,7 +517,9 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
 
     try:
         backfill = wait(lambda: instance.get_backfills())[0]
-        done = wait(lambda: (b := instance.get_backfill(backfill.backfill_id)).status.value.startswith("COMPLETED") and b)
+        done = wait(
+            lambda: (b := instance.get_backfill(backfill.backfill_id)).status.value.startswith("COMPLETED") and b
+        )
         done_at = time.time()
         if done.status.value != "COMPLETED_SUCCESS":
             raise SystemExit(f"daemon: backfill {done.backfill_id} ended {done.status.value}")
@@ -426,7 +528,9 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
         records = [instance.get_run_record_by_id(run.run_id) for run in runs]
         wall = sum(r.end_time - r.start_time for r in records)
-        steps = sum((s.end_time or 0) - (s.start_time or 0) for run in runs for s in instance.get_run_step_stats(run.run_id))
+        steps = sum(
+            (s.end_time or 0) - (s.start_time or 0) for run in runs for s in instance.get_run_step_stats(run.run_id)
+        )
         before = (len(instance.get_runs()), len(instance.get_backfills()))
         time.sleep(60 - time.time() % 60 + 3 * profile.automation.interval_s + 5)
         after = (len(instance.get_runs()), len(instance.get_backfills()))
@@ -434,17 +538,45 @@ def bench_daemon(profile_name: str, home: Path) -> list[tuple[str, str]]:
         os.killpg(daemon.pid, 15)
         daemon.wait(timeout=60)
     return [
-        (f"daemon ({profile_name}): start to the cron tick's backfill", f"{backfill.backfill_timestamp - started:.1f} s"),
-        ("  backfill created to completed (as the backfill daemon saw it)", f"{done_at - backfill.backfill_timestamp:.1f} s"),
-        ("  its runs: run process started to ended / inside asset steps", f"{len(runs)} runs, {wall:.1f} s / {steps:.1f} s"),
+        (
+            f"daemon ({profile_name}): start to the cron tick's backfill",
+            f"{backfill.backfill_timestamp - started:.1f} s",
+        ),
+        (
+            "  backfill created to completed (as the backfill daemon saw it)",
+            f"{done_at - backfill.backfill_timestamp:.1f} s",
+        ),
+        (
+            "  its runs: run process started to ended / inside asset steps",
+            f"{len(runs)} runs, {wall:.1f} s / {steps:.1f} s",
+        ),
         ("  backfill completed to the results table rematerialized", f"{table_at - done_at:.1f} s"),
-        ("  runs and backfills requested by the next tick", f"{after[0] - before[0]} runs, {after[1] - before[1]} backfills"),
+        (
+            "  runs and backfills requested by the next tick",
+            f"{after[0] - before[0]} runs, {after[1] - before[1]} backfills",
+        ),
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["all"], choices=["main", "classifier", "threads", "foundation", "duplicates", "phash", "generation", "store", "daemon", "all"])
+    parser.add_argument(
+        "which",
+        nargs="*",
+        default=["all"],
+        choices=[
+            "main",
+            "classifier",
+            "threads",
+            "foundation",
+            "duplicates",
+            "phash",
+            "generation",
+            "store",
+            "daemon",
+            "all",
+        ],
+    )
     parser.add_argument("--profile", default="mini")
     args = parser.parse_args()
     rows = []

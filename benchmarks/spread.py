@@ -56,7 +56,9 @@ def main() -> None:
     profile = get_profile(args.profile)
     torch.set_num_threads(profile.partition_threads or profile.torch_threads or torch.get_num_threads())
     db = Warehouse(profile.tables)
-    evaluation = db.query("SELECT split, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item")
+    evaluation = db.query(
+        "SELECT split, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item"
+    )
     val, test = (labeled_images(evaluation.filter(pl.col("split") == name)) for name in ("val", "test"))
     classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
     print(f"# Score spread ({profile.name}, home {profile.home}) on {machine()}\n")
@@ -67,16 +69,31 @@ def main() -> None:
             sets = db.query("SELECT replicate, path, label, origin FROM augmented_datasets WHERE method = ?", [method])
             available = sorted(sets["replicate"].unique())
             if not available:
-                raise SystemExit(f"no augmented sets of {method!r} in {profile.home}: run `augassets benchmark` with it first")
+                raise SystemExit(
+                    f"no augmented sets of {method!r} in {profile.home}: run `augassets benchmark` with it first"
+                )
             for replicate in range(args.replicates):
-                train = labeled_images(training_order(sets.filter(pl.col("replicate") == available[replicate % len(available)])))
+                train = labeled_images(
+                    training_order(sets.filter(pl.col("replicate") == available[replicate % len(available)]))
+                )
                 seed = profile.split.seed * 1000 + replicate
                 started = time.perf_counter()
                 result = train_classifier(train, val, test, classes, spec, seed, progress=lambda line: None)
-                rows.append({"variant": variant, "method": method, "replicate": replicate, "top1": 100 * result.test_top1,
-                             "stopped_early": result.stopped_early, "seconds": time.perf_counter() - started})
-                print(f"  {variant} {method} #{replicate}: {100 * result.test_top1:.2f} (best epoch {result.best_epoch}/"
-                      f"{result.epochs_run}) {rows[-1]['seconds']:.0f} s", flush=True)
+                rows.append(
+                    {
+                        "variant": variant,
+                        "method": method,
+                        "replicate": replicate,
+                        "top1": 100 * result.test_top1,
+                        "stopped_early": result.stopped_early,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+                print(
+                    f"  {variant} {method} #{replicate}: {100 * result.test_top1:.2f} (best epoch {result.best_epoch}/"
+                    f"{result.epochs_run}) {rows[-1]['seconds']:.0f} s",
+                    flush=True,
+                )
     frame = pl.DataFrame(rows)
     print("\n| variant | method | top-1 ± s.e. | gain vs real_p, 95 % CI (Welch) | early stops | s / classifier |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
@@ -91,8 +108,11 @@ def main() -> None:
             if method != "real_p" and len(base) > 1 and se is not None:
                 half = difference_interval(se, len(top1), float(base.std(ddof=1) / np.sqrt(len(base))), len(base))
                 gain = f"{top1.mean() - base.mean():+.2f} ± {half:.2f}"
-            print(f"| {variant} | {method} | {top1.mean():.2f} ± {se or float('nan'):.2f} | {gain} | {int(scores['stopped_early'].sum())}/{scores.height} | "
-                  f"{scores['seconds'].mean():.0f} |")
+            print(
+                f"| {variant} | {method} | {top1.mean():.2f} ± {se or float('nan'):.2f} | {gain} | "
+                f"{int(scores['stopped_early'].sum())}/{scores.height} | "
+                f"{scores['seconds'].mean():.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ def main() -> None:
         started, marks = time.perf_counter(), []
         for i in range(args.partitions):
             method, wnid = f"method_{i % args.methods:02d}", f"n{i // args.methods:08d}"
-            db.replace("manifest", pl.DataFrame({"method": [method], "wnid": [wnid], "images": [1]}), where={"method": method, "wnid": wnid})
+            db.replace(
+                "manifest",
+                pl.DataFrame({"method": [method], "wnid": [wnid], "images": [1]}),
+                where={"method": method, "wnid": wnid},
+            )
             if (i + 1) % max(1, args.partitions // 4) == 0:
                 marks.append(f"{i + 1:,}: {time.perf_counter() - started:.1f} s")
         rows = db.query("SELECT count(*) AS n FROM manifest")["n"][0]

@@ -1,6 +1,5 @@
 """Stage: the class catalog (WordNet names of every class) and the class partitions."""
 
-
 from types import SimpleNamespace
 
 import dagster as dg

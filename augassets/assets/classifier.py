@@ -1,6 +1,5 @@
 """Stage: one classifier per (method, replicate), trained with the paper's protocol."""
 
-
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -48,7 +47,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     """The classifier runs of ``profile``; ``up``: the earlier stages' definitions by name."""
 
     @dg.asset(
-        metadata=outputs(rows="classifier_scores", files=("models/classifiers/{method}/replicate_{replicate}.safetensors",)),
+        metadata=outputs(
+            rows="classifier_scores", files=("models/classifiers/{method}/replicate_{replicate}.safetensors",)
+        ),
         group_name="classifier",
         code_version=code_version("2", profile.classifier, profile.split.seed),
         **ON_GPU,
@@ -72,7 +73,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db = warehouse.get()
         catalog = db.query("SELECT wnid, label, name FROM class_catalog ORDER BY label")
         excluded = list(excluded_wnids(db))
-        evaluation = db.query("SELECT split, wnid, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item")
+        evaluation = db.query(
+            "SELECT split, wnid, path, label FROM dataset_splits WHERE split IN ('val', 'test') ORDER BY label, item"
+        )
         evaluation = evaluation.filter(~pl.col("wnid").is_in(excluded))
         image_store.ensure(evaluation["path"], context.log.info)
         val = labeled_images(evaluation.filter(pl.col("split") == "val"))
@@ -80,16 +83,28 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         rows, started = [], time.perf_counter()
         for key in context.partition_keys:
             method, replicate = key.keys_by_dimension["method"], int(key.keys_by_dimension["replicate"])
-            train = training_order(db.query("SELECT path, label, origin FROM augmented_datasets WHERE method = ? AND replicate = ?",
-                                            [method, replicate]))
+            train = training_order(
+                db.query(
+                    "SELECT path, label, origin FROM augmented_datasets WHERE method = ? AND replicate = ?",
+                    [method, replicate],
+                )
+            )
             if train.is_empty():
-                raise RuntimeError(f"no augmented set for method {method!r} replicate {replicate}: materialize augmented_datasets[{key}] first")
+                raise RuntimeError(
+                    f"no augmented set for method {method!r} replicate {replicate}: materialize "
+                    f"augmented_datasets[{key}] first"
+                )
             image_store.ensure(train["path"], context.log.info)
             seed = profile.split.seed * 1000 + replicate
             context.log.info(f"classifier[{method}, {replicate}]: {train.height} training images, seed {seed}")
             with Meter("classifier_scores", str(key), "train classifier", method, spec.device) as meter:
                 result = train_classifier(
-                    labeled_images(train), val, test, catalog.height, spec, seed,
+                    labeled_images(train),
+                    val,
+                    test,
+                    catalog.height,
+                    spec,
+                    seed,
                     progress=lambda line, k=key: context.log.debug(f"classifier[{k}] {line}"),
                 )
             meter.images = result.train_images * result.epochs_run
@@ -98,24 +113,37 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             save_safetensors_atomic(result.state_dict, checkpoint)
             image_store.publish("models", "classifiers", method, checkpoint.name)
             context.log.info(
-                f"classifier[{method}, {replicate}]: test top-1 {result.test_top1:.4f} (best val {result.best_val_top1:.4f} "
+                f"classifier[{method}, {replicate}]: test top-1 {result.test_top1:.4f} (best val "
+                f"{result.best_val_top1:.4f} "
                 f"at epoch {result.best_epoch}/{result.epochs_run}, {result.images_per_second:.0f} img/s)"
             )
             row = {
-                "method": method, "replicate": replicate, "test_top1": result.test_top1,
-                "best_val_top1": result.best_val_top1, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                "method": method,
+                "replicate": replicate,
+                "test_top1": result.test_top1,
+                "best_val_top1": result.best_val_top1,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
-                "train_images": result.train_images, "train_seconds": result.train_seconds,
-                "images_per_second": result.images_per_second, "seed": seed, "checkpoint": str(checkpoint),
+                "train_images": result.train_images,
+                "train_seconds": result.train_seconds,
+                "images_per_second": result.images_per_second,
+                "seed": seed,
+                "checkpoint": str(checkpoint),
             }
             scores = pl.DataFrame([row], schema=SCORE_SCHEMA)
-            per_class = pl.DataFrame(
-                [{"label": label, "test_top1": acc} for label, acc in result.per_class_test_top1.items()],
-                schema={"label": pl.Int64, "test_top1": pl.Float64},
-            ).join(catalog, on="label").with_columns(pl.lit(method).alias("method"), pl.lit(replicate, dtype=pl.Int64).alias("replicate"))
+            per_class = (
+                pl.DataFrame(
+                    [{"label": label, "test_top1": acc} for label, acc in result.per_class_test_top1.items()],
+                    schema={"label": pl.Int64, "test_top1": pl.Float64},
+                )
+                .join(catalog, on="label")
+                .with_columns(pl.lit(method).alias("method"), pl.lit(replicate, dtype=pl.Int64).alias("replicate"))
+            )
             db.replace("classifier_scores", scores, where={"method": method, "replicate": replicate})
             db.replace(
-                "per_class_scores", per_class.select("method", "replicate", "wnid", "label", "name", "test_top1"),
+                "per_class_scores",
+                per_class.select("method", "replicate", "wnid", "label", "name", "test_top1"),
                 where={"method": method, "replicate": replicate},
             )
             rows.append(row)
@@ -128,8 +156,10 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "mean_images_per_second": float(summary["images_per_second"].mean()),
                 "seconds": round(time.perf_counter() - started, 1),
                 "runs_table": dg.MetadataValue.md(frame_markdown(summary)),
-                "training_sets": dg.MetadataValue.md("The augmented set each classifier trained on (augmented_datasets):\n\n"
-                                                     + partition_links("augmented_datasets", [str(k) for k in context.partition_keys])),
+                "training_sets": dg.MetadataValue.md(
+                    "The augmented set each classifier trained on (augmented_datasets):\n\n"
+                    + partition_links("augmented_datasets", [str(k) for k in context.partition_keys])
+                ),
             }
         )
 
@@ -152,7 +182,10 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         "judged by fidelity_judge).",
     )
     def fidelity_classifier(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from ..core.classifier import train_classifier
 
@@ -160,15 +193,31 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         db = warehouse.get()
         classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
         image_store.ensure(db.query("SELECT path FROM dataset_splits")["path"], context.log.info)
-        split = lambda name: labeled_images(db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name]))  # noqa: E731
-        result = train_classifier(split("target"), split("val"), split("test"), classes, spec, seed=profile.split.seed * 1000,
-                                  progress=lambda line: context.log.debug(f"fidelity_classifier {line}"))
+
+        def split(name):
+            return labeled_images(
+                db.query("SELECT path, label FROM dataset_splits WHERE split = ? ORDER BY label, item", [name])
+            )
+
+        result = train_classifier(
+            split("target"),
+            split("val"),
+            split("test"),
+            classes,
+            spec,
+            seed=profile.split.seed * 1000,
+            progress=lambda line: context.log.debug(f"fidelity_classifier {line}"),
+        )
         path = image_store.path("models", "fidelity_classifier.safetensors")
         save_safetensors_atomic(result.state_dict, path)
         image_store.publish("models", path.name)
         context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
         return dg.MaterializeResult(
-            metadata={"test_top1": result.test_top1, "best_epoch": result.best_epoch, "checkpoint": dg.MetadataValue.path(image_store.url("models", path.name))}
+            metadata={
+                "test_top1": result.test_top1,
+                "best_epoch": result.best_epoch,
+                "checkpoint": dg.MetadataValue.path(image_store.url("models", path.name)),
+            }
         )
 
     return {"fidelity_classifier": fidelity_classifier}

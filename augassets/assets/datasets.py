@@ -1,6 +1,5 @@
 """Stage: augmented training sets — the target plus each method's extra images, per replicate."""
 
-
 from types import SimpleNamespace
 
 import dagster as dg
@@ -24,7 +23,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     by_method = dg.MultiPartitionMapping(
         {"method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in image_methods}))}
     )
-    image_deps = [dg.AssetDep(up.augmentation_images, partition_mapping=by_method), up.excluded_classes] if image_methods else []
+    image_deps = (
+        [dg.AssetDep(up.augmentation_images, partition_mapping=by_method), up.excluded_classes] if image_methods else []
+    )
 
     @dg.asset(
         metadata=outputs(rows="augmented_datasets"),
@@ -49,14 +50,22 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 method = get_method(key_method)
                 images = None
                 if method.extra_images == IMAGES:
-                    images = db.query("SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key_method])
+                    images = db.query(
+                        "SELECT wnid, label, path, rank FROM augmentation_manifest WHERE method = ?", [key_method]
+                    )
                 sets_by_method[key_method] = augmented_sets(
-                    method, splits, profile.classifier.replicates, images=images, excluded=excluded, seed=profile.generation.seed
+                    method,
+                    splits,
+                    profile.classifier.replicates,
+                    images=images,
+                    excluded=excluded,
+                    seed=profile.generation.seed,
                 )
             sets = sets_by_method[key_method].filter(pl.col("replicate") == replicate)
             if sets.is_empty():
                 raise RuntimeError(
-                    f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval could not fill "
+                    f"augmented_datasets[{key}] is empty: all {len(excluded)} classes are excluded (retrieval "
+                    f"could not fill "
                     "them; see the excluded_classes asset) — check the pool index and RetrievalSpec settings"
                 )
             db.replace("augmented_datasets", sets, where={"method": key_method, "replicate": replicate})
@@ -66,10 +75,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         for key_method, sets in sets_by_method.items():
             if get_method(key_method).extra_images == IMAGES:
                 wnids = sorted(sets.filter(pl.col("origin") != "target")["wnid"].unique())
-                sources.append(f"- {key_method}: " + partition_links("augmentation_images", [f"{key_method}|{w}" for w in wnids]))
+                sources.append(
+                    f"- {key_method}: " + partition_links("augmentation_images", [f"{key_method}|{w}" for w in wnids])
+                )
         if sources:
-            metadata["drawn_from"] = dg.MetadataValue.md("The class × method image partitions the sets draw from (augmentation_images, "
-                                                         "with their sample grids):\n\n" + "\n".join(sources))
+            metadata["drawn_from"] = dg.MetadataValue.md(
+                "The class × method image partitions the sets draw from (augmentation_images, "
+                "with their sample grids):\n\n" + "\n".join(sources)
+            )
         context.log.info(f"augmented_datasets: {len(context.partition_keys)} sets of {len(sets_by_method)} methods")
         return dg.MaterializeResult(metadata={"sets": len(context.partition_keys), **metadata})
 

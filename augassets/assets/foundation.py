@@ -71,13 +71,19 @@ def lineage_versions(graph, key: dg.AssetKey) -> dict[str, str]:
 def defined_lineage(name: str, version: str, deps: list, known) -> dict[str, str]:
     """``lineage_versions`` of an asset being defined (``name``, ``version``, ``deps``), from the
     definitions made before it (``known``): what its body checks a shipped world against."""
-    specs = {key: spec for item in known if isinstance(item, dg.AssetsDefinition) for key, spec in item.specs_by_key.items()}
+    specs = {
+        key: spec for item in known if isinstance(item, dg.AssetsDefinition) for key, spec in item.specs_by_key.items()
+    }
     me = dg.AssetKey(name)
     parents = [key for dep in deps for key in dep.keys]
-    return _walk(me, lambda k: (version, parents) if k == me else (specs[k].code_version, [d.asset_key for d in specs[k].deps]))
+    return _walk(
+        me, lambda k: (version, parents) if k == me else (specs[k].code_version, [d.asset_key for d in specs[k].deps])
+    )
 
 
-def install_shipped(context: dg.AssetExecutionContext, profile: Profile, asset: str, versions: dict[str, str], final: Path) -> dict | None:
+def install_shipped(
+    context: dg.AssetExecutionContext, profile: Profile, asset: str, versions: dict[str, str], final: Path
+) -> dict | None:
     """Install ``asset``'s files from the profile's shipped world into ``final`` (a folder; a file
     when the asset is one checkpoint) and return the metadata that says so; None where the profile
     trains its world. ``versions``: ``defined_lineage`` of the asset. A stale, missing or damaged
@@ -95,7 +101,9 @@ def install_shipped(context: dg.AssetExecutionContext, profile: Profile, asset: 
             folder.rmdir()
     except ShippedWorldError as error:
         raise dg.Failure(description=str(error)) from None
-    context.log.info(f"{asset}: installed from shipped world {world.name} ({len(entry['files'])} files, checksums verified)")
+    context.log.info(
+        f"{asset}: installed from shipped world {world.name} ({len(entry['files'])} files, checksums verified)"
+    )
     figures = {f"shipped_{name}": value for name, value in entry["figures"].items()}
     return {
         "source": f"shipped world {world.name}",
@@ -124,13 +132,17 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
 
     @dg.asset(
         metadata=outputs(tables=("web_pool", "web_pool_truth"), files=("web_pool",)),
-        group_name=GROUP, code_version=code_version("2", world.pool, profile.split, profile.dataset.target), deps=[up.dataset_splits],
+        group_name=GROUP,
+        code_version=code_version("2", world.pool, profile.split, profile.dataset.target),
+        deps=[up.dataset_splits],
         kinds={"parquet"},
         description="The mini web pool (the mini world's LAION): unused Fashion-MNIST training images moved to a "
         "web-photo domain, with noisy captions, aesthetic scores, an NSFW marker, distractors and planted "
         "near-duplicates of test/val images (ground truth in `web_pool_truth`). clip-retrieval layout.",
     )
-    def web_pool(context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource) -> dg.MaterializeResult:
+    def web_pool(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
+    ) -> dg.MaterializeResult:
         started = time.perf_counter()
         db = warehouse.get()
         catalog = db.query("SELECT wnid, source_label, lemmas, hypernym FROM class_catalog ORDER BY label")
@@ -149,7 +161,10 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
                 duplicates.append((candidates["item"][int(i)], split, candidates["wnid"][int(i)]))
 
         sources = PoolSources(
-            pixels=source.pixels, target_image=source.image, class_items=class_items, duplicate_items=duplicates,
+            pixels=source.pixels,
+            target_image=source.image,
+            class_items=class_items,
+            duplicate_items=duplicates,
             lemmas={r["wnid"]: list(r["lemmas"]) for r in catalog.iter_rows(named=True)},
             hypernyms=dict(zip(catalog["wnid"], catalog["hypernym"])),
         )
@@ -173,8 +188,12 @@ def web_pool_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition
                 "caption_kinds": caption_kinds,
                 "folder": dg.MetadataValue.path(image_store.url("web_pool")),
                 "seconds": round(time.perf_counter() - started, 1),
-                "sample_grid": _grid_md([sample[i : i + 16] for i in range(0, 64, 16)], "pool samples", image_store, "web_pool_grid"),
-                "sample_captions": dg.MetadataValue.md(frame_markdown(metadata.select("caption", "aesthetic", "nsfw").head(12))),
+                "sample_grid": _grid_md(
+                    [sample[i : i + 16] for i in range(0, 64, 16)], "pool samples", image_store, "web_pool_grid"
+                ),
+                "sample_captions": dg.MetadataValue.md(
+                    frame_markdown(metadata.select("caption", "aesthetic", "nsfw").head(12))
+                ),
             }
         )
 
@@ -189,13 +208,19 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
 
     @dg.asset(
         metadata=outputs(files=("models/clip",)),
-        group_name=GROUP, code_version=version, deps=[up.web_pool], **ON_GPU,
+        group_name=GROUP,
+        code_version=version,
+        deps=[up.web_pool],
+        **ON_GPU,
         kinds={"pytorch", "transformers"},
         description="A small transformers CLIPModel trained contrastively on the pool's image–caption pairs, saved "
         "with a CLIPProcessor whose tokenizer is the real 49,408-token CLIP BPE. Zero-shot accuracy on the test split.",
     )
     def clip_model(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -210,28 +235,43 @@ def clip_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
             image_store.ensure(paths, context.log.info)
             with atomic_folder(final) as tmp:
                 processor = build_processor(tmp, world.pool.image_size)
-                result = train_clip(paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info)
+                result = train_clip(
+                    paths, captions, processor.tokenizer, world.clip, world.pool.image_size, progress=context.log.info
+                )
                 result.model.save_pretrained(tmp, safe_serialization=True)
                 processor.save_pretrained(tmp)
-            made = {"source": "trained here", "final_contrastive_loss": result.losses[-1], "losses": result.losses,
-                    "train_seconds": round(result.seconds, 1), "pairs_per_second": round(result.pairs_per_second, 1)}
+            made = {
+                "source": "trained here",
+                "final_contrastive_loss": result.losses[-1],
+                "losses": result.losses,
+                "train_seconds": round(result.seconds, 1),
+                "pairs_per_second": round(result.pairs_per_second, 1),
+            }
         image_store.publish("models", "clip")
         model, tokenizer = CLIPModel.from_pretrained(final).eval(), CLIPTokenizer.from_pretrained(final)
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         test = db.query("SELECT path, label FROM dataset_splits WHERE split = 'test' ORDER BY label, item")
-        prompt_sets = {  # the simple prompt ①, and CLIP's 80 ImageNet templates ensembled (its paper's zero-shot protocol)
+        # the simple prompt ①, and CLIP's 80 ImageNet templates ensembled (its paper's zero-shot protocol)
+        prompt_sets = {
             "simple": [[simple_prompt(name)] for name in catalog["name"]],
             "ensemble": [[template.format(name) for template in clip_templates()] for name in catalog["name"]],
         }
         image_store.ensure(test["path"], context.log.info)
-        scores = zero_shot_scores(model, tokenizer, test["path"].to_list(), test["label"].to_list(), prompt_sets, world.pool.image_size)
+        scores = zero_shot_scores(
+            model, tokenizer, test["path"].to_list(), test["label"].to_list(), prompt_sets, world.pool.image_size
+        )
         (accuracy, per_class), (ensemble, ensemble_per_class) = scores["simple"], scores["ensemble"]
         table = catalog.with_columns(
             pl.col("label").replace_strict(per_class, return_dtype=pl.Float64).alias("zero_shot_top1"),
-            pl.col("label").replace_strict(ensemble_per_class, return_dtype=pl.Float64).alias("zero_shot_top1_ensemble"),
+            pl.col("label")
+            .replace_strict(ensemble_per_class, return_dtype=pl.Float64)
+            .alias("zero_shot_top1_ensemble"),
         )
-        context.log.info(f"clip: zero-shot top-1 {accuracy:.4f} with the simple prompt, {ensemble:.4f} with the {len(clip_templates())} "
-                         f"templates ensembled, on {test.height} test images (chance {1 / catalog.height:.3f})")
+        context.log.info(
+            f"clip: zero-shot top-1 {accuracy:.4f} with the simple prompt, {ensemble:.4f} with the "
+            f"{len(clip_templates())} "
+            f"templates ensembled, on {test.height} test images (chance {1 / catalog.height:.3f})"
+        )
         return dg.MaterializeResult(
             metadata={
                 "zero_shot_top1": accuracy,
@@ -254,13 +294,19 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
 
     @dg.asset(
         metadata=outputs(files=("pool_index",)),
-        group_name=GROUP, code_version=code_version("1"), deps=[up.clip_model, up.web_pool], kinds={"faiss", "numpy"},
+        group_name=GROUP,
+        code_version=code_version("1"),
+        deps=[up.clip_model, up.web_pool],
+        kinds={"faiss", "numpy"},
         description="CLIP image and text embeddings of the pool (img_emb/, text_emb/ numpy shards) and faiss "
         "inner-product indexes over them (image.index, text.index) next to the metadata parquet: a folder a "
         "clip-retrieval back can serve.",
     )
     def pool_index(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:  # compute: its setup fixes the thread count the embeddings are computed with
         import faiss
         from transformers import CLIPModel, CLIPTokenizer
@@ -293,7 +339,20 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
             rows.drop("path").write_parquet(tmp / "metadata" / "metadata_0.parquet")
         image_store.publish("pool_index")
         db = warehouse.get()
-        record_compute(db, [timed("pool_index", "", "embed pool", None, str(model.device), time.perf_counter() - started, len(paths) + len(captions))])
+        record_compute(
+            db,
+            [
+                timed(
+                    "pool_index",
+                    "",
+                    "embed pool",
+                    None,
+                    str(model.device),
+                    time.perf_counter() - started,
+                    len(paths) + len(captions),
+                )
+            ],
+        )
         return dg.MaterializeResult(
             metadata={
                 "vectors": image_index.ntotal,
@@ -311,19 +370,32 @@ def pool_index_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefiniti
 def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
     world = profile.world
 
-    version = code_version("1", world.diffusion.vae_channels, world.diffusion.latent_channels, world.diffusion.vae_epochs,
-                           world.diffusion.vae_batch_size, world.diffusion.vae_lr, world.pool.image_size)
+    version = code_version(
+        "1",
+        world.diffusion.vae_channels,
+        world.diffusion.latent_channels,
+        world.diffusion.vae_epochs,
+        world.diffusion.vae_batch_size,
+        world.diffusion.vae_lr,
+        world.pool.image_size,
+    )
     lineage = defined_lineage("vae", version, [up.web_pool], vars(up).values())
 
     @dg.asset(
         metadata=outputs(files=("models/vae",)),
-        group_name=GROUP, code_version=version,
-        deps=[up.web_pool], **ON_GPU, kinds={"pytorch", "diffusers"},
+        group_name=GROUP,
+        code_version=version,
+        deps=[up.web_pool],
+        **ON_GPU,
+        kinds={"pytorch", "diffusers"},
         description="The AutoencoderKL of the mini Stable Diffusion (image → 4× smaller latents), trained on the "
         "whole pool; scaling_factor set to 1/std of its latents as SD does.",
     )
     def vae(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         import torch
         from diffusers import AutoencoderKL
@@ -339,8 +411,12 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
             model, log = train_vae(paths, world.diffusion, world.pool.image_size, progress=context.log.info)
             with atomic_folder(final) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
-            made = {"source": "trained here", "losses": log.losses, "train_seconds": round(log.seconds, 1),
-                    "images_per_second": round(log.images_per_second, 1)}
+            made = {
+                "source": "trained here",
+                "losses": log.losses,
+                "train_seconds": round(log.seconds, 1),
+                "images_per_second": round(log.images_per_second, 1),
+            }
         image_store.publish("models", "vae")
         model = AutoencoderKL.from_pretrained(final).eval()
         with torch.no_grad():
@@ -364,7 +440,9 @@ def vae_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
                 "skipped_pool_rows": skipped,
                 "scaling_factor": float(model.config.scaling_factor),
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "reconstructions": _grid_md(rows, "originals (top) and reconstructions", image_store, "vae_reconstructions"),
+                "reconstructions": _grid_md(
+                    rows, "originals (top) and reconstructions", image_store, "vae_reconstructions"
+                ),
                 **made,
             }
         )
@@ -380,13 +458,19 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
 
     @dg.asset(
         metadata=outputs(files=("models/unet",)),
-        group_name=GROUP, code_version=version, deps=[up.vae, up.clip_model, up.web_pool],
-        **ON_GPU, kinds={"pytorch", "diffusers"},
+        group_name=GROUP,
+        code_version=version,
+        deps=[up.vae, up.clip_model, up.web_pool],
+        **ON_GPU,
+        kinds={"pytorch", "diffusers"},
         description="The UNet2DConditionModel of the mini Stable Diffusion, trained with SD's noise-prediction "
         "objective on VAE latents of pool images with aesthetic ≥ 5, conditioned on the frozen CLIP text tower.",
     )
     def unet(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel, CLIPTokenizer
@@ -403,12 +487,24 @@ def unet_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDefinition:
             text_encoder = text_tower(CLIPModel.from_pretrained(clip_folder))
             tokenizer = CLIPTokenizer.from_pretrained(clip_folder)
             image_store.ensure(paths, context.log.info)
-            model, log = train_unet(paths, pool["caption"].to_list(), vae_model, text_encoder, tokenizer, world.diffusion, world.pool.image_size,
-                                    progress=context.log.info)
+            model, log = train_unet(
+                paths,
+                pool["caption"].to_list(),
+                vae_model,
+                text_encoder,
+                tokenizer,
+                world.diffusion,
+                world.pool.image_size,
+                progress=context.log.info,
+            )
             with atomic_folder(final) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
-            made = {"source": "trained here", "losses": log.losses, "train_seconds": round(log.seconds, 1),
-                    "images_per_second": round(log.images_per_second, 1)}
+            made = {
+                "source": "trained here",
+                "losses": log.losses,
+                "train_seconds": round(log.seconds, 1),
+                "images_per_second": round(log.images_per_second, 1),
+            }
         image_store.publish("models", "unet")
         parameters = sum(p.numel() for p in UNet2DConditionModel.from_pretrained(final).parameters())
         return dg.MaterializeResult(
@@ -423,14 +519,19 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
 
     @dg.asset(
         metadata=outputs(files=("models/stable_diffusion",)),
-        group_name=GROUP, code_version=code_version("3", world.diffusion.scheduler),
-        deps=[up.vae, up.unet, up.clip_model, up.pool_index], **ON_GPU, kinds={"diffusers"},
+        group_name=GROUP,
+        code_version=code_version("3", world.diffusion.scheduler),
+        deps=[up.vae, up.unet, up.clip_model, up.pool_index],
+        **ON_GPU,
+        kinds={"diffusers"},
         description="The mini Stable Diffusion as a diffusers StableDiffusionPipeline folder (VAE, UNet, the CLIP "
         "text tower, scheduler, tokenizer, safety checker): loads with StableDiffusionPipeline and "
         "StableDiffusionImg2ImgPipeline.from_pretrained. The safety checker's NSFW concept and threshold are "
         "fitted on half of the pool's CLIP image embeddings; its precision and recall on the other half are reported.",
     )
-    def diffusion_model(context: dg.AssetExecutionContext, image_store: ImageStoreResource, compute: ComputeResource) -> dg.MaterializeResult:
+    def diffusion_model(
+        context: dg.AssetExecutionContext, image_store: ImageStoreResource, compute: ComputeResource
+    ) -> dg.MaterializeResult:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPModel, CLIPProcessor
 
@@ -451,11 +552,18 @@ def diffusion_model_asset(profile: Profile, up: SimpleNamespace) -> dg.AssetsDef
         embeddings = np.concatenate([np.load(p) for p in embedding_shards(image_store.path("pool_index"))])
         flags = pl.read_parquet(image_store.path("pool_index", "metadata", "metadata_0.parquet"))["nsfw"].to_numpy()
         safety = fit_safety_checker(embeddings, flags)
-        context.log.info(f"safety checker: threshold {safety.threshold:.3f}, held-out precision {safety.precision:.3f} recall {safety.recall:.3f}")
+        context.log.info(
+            f"safety checker: threshold {safety.threshold:.3f}, held-out precision {safety.precision:.3f} "
+            f"recall {safety.recall:.3f}"
+        )
         pipeline = assemble_pipeline(
-            AutoencoderKL.from_pretrained(models / "vae"), UNet2DConditionModel.from_pretrained(models / "unet"),
-            text_tower(clip), processor.tokenizer, make_safety_checker(clip, safety.concept, safety.threshold),
-            processor.image_processor, world.diffusion.scheduler,
+            AutoencoderKL.from_pretrained(models / "vae"),
+            UNet2DConditionModel.from_pretrained(models / "unet"),
+            text_tower(clip),
+            processor.tokenizer,
+            make_safety_checker(clip, safety.concept, safety.threshold),
+            processor.image_processor,
+            world.diffusion.scheduler,
         )
         save_pipeline(pipeline, models / "stable_diffusion")
         image_store.publish("models", "stable_diffusion")
@@ -475,8 +583,11 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
     world = profile.world
 
     @dg.asset(
-        group_name=GROUP, code_version=code_version("1", world.diffusion.samples_per_class),
-        deps=[up.diffusion_model, up.fidelity_judge, up.fidelity_classifier], **ON_GPU, kinds={"diffusers", "pytorch"},
+        group_name=GROUP,
+        code_version=code_version("1", world.diffusion.samples_per_class),
+        deps=[up.diffusion_model, up.fidelity_judge, up.fidelity_classifier],
+        **ON_GPU,
+        kinds={"diffusers", "pytorch"},
         description="Simple-prompt samples of the mini Stable Diffusion (a grid, one row per class), loaded the way "
         "every generation stage loads it, and their class fidelity by the unbiased judge (relative to the judge's own "
         "accuracy on held-out web-domain images) beside their target-domain recognizability.",
@@ -499,8 +610,14 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
         n = world.diffusion.samples_per_class
         prompts = [simple_prompt(name) for name in catalog["name"] for _ in range(n)]
         started = time.perf_counter()
-        results = generate(pipeline, prompts, list(range(len(prompts))), diffusion_backend.steps, diffusion_backend.guidance_scale,
-                           diffusion_backend.batch_size)
+        results = generate(
+            pipeline,
+            prompts,
+            list(range(len(prompts))),
+            diffusion_backend.steps,
+            diffusion_backend.guidance_scale,
+            diffusion_backend.batch_size,
+        )
         seconds = time.perf_counter() - started
         sample_dir = image_store.path("reports", "diffusion_samples")
         rows = []
@@ -516,12 +633,23 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
         passed = np.array([not flagged for _, flagged in results])
         labels = np.repeat(catalog["label"].to_numpy(), n)[passed]
         kept = [image for (image, _), ok in zip(results, passed) if ok]
-        judged = classify_images(load_checkpoint(models / "fidelity_judge.safetensors", "fidelity_judge"), profile.classifier, catalog.height, kept)
-        recognized = classify_images(load_checkpoint(models / "fidelity_classifier.safetensors", "fidelity_classifier"), profile.classifier, catalog.height, kept)
+        judged = classify_images(
+            load_checkpoint(models / "fidelity_judge.safetensors", "fidelity_judge"),
+            profile.classifier,
+            catalog.height,
+            kept,
+        )
+        recognized = classify_images(
+            load_checkpoint(models / "fidelity_classifier.safetensors", "fidelity_classifier"),
+            profile.classifier,
+            catalog.height,
+            kept,
+        )
         judge_holdout = dict(db.query("SELECT label, holdout_web FROM judge_accuracy").iter_rows())
         score = sample_fidelity(catalog, labels, judged, recognized, judge_holdout)
         context.log.info(
-            f"diffusion_fidelity: class fidelity {score.class_fidelity:.3f} by the judge ({score.relative:.2f} of its own "
+            f"diffusion_fidelity: class fidelity {score.class_fidelity:.3f} by the judge ({score.relative:.2f} "
+            f"of its own "
             f"{score.judge_accuracy:.3f} on held-out web-domain images), target-domain recognizability "
             f"{score.target_recognizability:.3f}, over {len(labels)} unflagged simple-prompt samples"
         )
@@ -542,8 +670,6 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
     return diffusion_fidelity
 
 
-
-
 def _to_pil(tensor: "torch.Tensor"):
     from PIL import Image
 
@@ -553,13 +679,32 @@ def _to_pil(tensor: "torch.Tensor"):
 
 def external_foundation_assets(profile: Profile) -> list[dg.AssetSpec]:
     """Real scale: the pool, CLIP, its index and SD exist already; these specs keep the lineage."""
-    pool = dg.AssetSpec("web_pool", group_name=GROUP, description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics).")
-    clip = dg.AssetSpec("clip_model", group_name=GROUP, deps=[pool], description=f"External: CLIP weights {profile.clip_weights}.",
-                        metadata={"weights": profile.clip_weights})
-    index = dg.AssetSpec("pool_index", group_name=GROUP, deps=[clip, pool], description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).",
-                         metadata={"index_folder": profile.knn_index_folder, "url": profile.knn_url})
-    sd = dg.AssetSpec("diffusion_model", group_name=GROUP, deps=[pool, clip], description=f"External: Stable Diffusion weights {profile.sd_weights}.",
-                      metadata={"weights": profile.sd_weights})
+    pool = dg.AssetSpec(
+        "web_pool",
+        group_name=GROUP,
+        description="External: the diffusion model's pre-training pool (LAION-5B / LAION-Aesthetics).",
+    )
+    clip = dg.AssetSpec(
+        "clip_model",
+        group_name=GROUP,
+        deps=[pool],
+        description=f"External: CLIP weights {profile.clip_weights}.",
+        metadata={"weights": profile.clip_weights},
+    )
+    index = dg.AssetSpec(
+        "pool_index",
+        group_name=GROUP,
+        deps=[clip, pool],
+        description="External: the pool's CLIP KNN index (a clip-retrieval folder or back end).",
+        metadata={"index_folder": profile.knn_index_folder, "url": profile.knn_url},
+    )
+    sd = dg.AssetSpec(
+        "diffusion_model",
+        group_name=GROUP,
+        deps=[pool, clip],
+        description=f"External: Stable Diffusion weights {profile.sd_weights}.",
+        metadata={"weights": profile.sd_weights},
+    )
     return [pool, clip, index, sd]
 
 

@@ -16,15 +16,19 @@ import dagster as dg
 SHOWN = 3  # failures named in the step's one-line description; the metadata lists them all
 
 
-def fail_partially(context: dg.AssetExecutionContext, finished: Mapping[str, Mapping], failures: Mapping[str, str],
-                   noun: str = "partitions") -> NoReturn:
+def fail_partially(
+    context: dg.AssetExecutionContext,
+    finished: Mapping[str, Mapping],
+    failures: Mapping[str, str],
+    noun: str = "partitions",
+) -> NoReturn:
     """Record ``finished`` ({partition key: metadata}) as materialized and fail the step naming ``failures``
     ({partition key: error})."""
     for key, metadata in finished.items():
         context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=dict(metadata)))
     named = "; ".join(f"{key}: {error}" for key, error in list(failures.items())[:SHOWN])
     raise dg.Failure(
-        description=f"{len(failures)} of {len(context.partition_keys)} {noun} failed, the others are materialized: {named}"
-        + (" …" if len(failures) > SHOWN else ""),
+        description=f"{len(failures)} of {len(context.partition_keys)} {noun} failed, the others are "
+        f"materialized: {named}" + (" …" if len(failures) > SHOWN else ""),
         metadata={"failed": dg.MetadataValue.md("\n".join(f"- `{key}`: {error}" for key, error in failures.items()))},
     )

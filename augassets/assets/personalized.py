@@ -11,7 +11,6 @@ target ∪ that candidate's images, and the best val accuracy chooses the label
 everything downstream (duplicates, fidelity, datasets, classifiers) sees one set per method.
 """
 
-
 import hashlib
 import json
 import shutil
@@ -28,7 +27,7 @@ import polars as pl
 from ..core.augment import augmented_sets, training_order
 from ..core.compute import Meter, timed
 from ..core.compute import record as record_compute
-from ..core.files import write_parquet_atomic
+from ..core.files import with_file_facts, write_parquet_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.methods import (
     CLUSTER_CONDITIONING,
@@ -61,21 +60,52 @@ from .partial import fail_partially
 
 GROUP = "personalized"
 CHECKPOINT_SCHEMA = {
-    "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "cluster_size": pl.Int64, "candidate": pl.Utf8, "epoch": pl.Int64,
-    "checkpoint": pl.Utf8, "word": pl.Utf8, "train_loss": pl.Float64, "val_loss": pl.Float64, "initial_val_loss": pl.Float64,
+    "method": pl.Utf8,
+    "wnid": pl.Utf8,
+    "cluster": pl.Int64,
+    "cluster_size": pl.Int64,
+    "candidate": pl.Utf8,
+    "epoch": pl.Int64,
+    "checkpoint": pl.Utf8,
+    "word": pl.Utf8,
+    "train_loss": pl.Float64,
+    "val_loss": pl.Float64,
+    "initial_val_loss": pl.Float64,
     "unet": pl.Utf8,  # ⑦ ⑨: the candidate's fine-tuned UNet (a save_pretrained folder); ⑤ ⑥ ⑧: none
 }
 HISTORY_SCHEMA = {
-    "method": pl.Utf8, "wnid": pl.Utf8, "cluster": pl.Int64, "epoch": pl.Int64, "train_loss": pl.Float64, "val_loss": pl.Float64,
+    "method": pl.Utf8,
+    "wnid": pl.Utf8,
+    "cluster": pl.Int64,
+    "epoch": pl.Int64,
+    "train_loss": pl.Float64,
+    "val_loss": pl.Float64,
     "seconds": pl.Float64,
 }
 CANDIDATE_MANIFEST_SCHEMA = {
-    "method": pl.Utf8, "wnid": pl.Utf8, "candidate": pl.Utf8, "epochs": pl.Utf8, "rank": pl.Int64, "path": pl.Utf8, "prompt": pl.Utf8,
-    "family": pl.Utf8, "cluster": pl.Int64, "seed": pl.Int64, "attempts": pl.Int64, "checkpoint": pl.Utf8,
+    "method": pl.Utf8,
+    "wnid": pl.Utf8,
+    "candidate": pl.Utf8,
+    "epochs": pl.Utf8,
+    "rank": pl.Int64,
+    "path": pl.Utf8,
+    "prompt": pl.Utf8,
+    "family": pl.Utf8,
+    "cluster": pl.Int64,
+    "seed": pl.Int64,
+    "attempts": pl.Int64,
+    "checkpoint": pl.Utf8,
 }
 SELECTION_SCHEMA = {
-    "method": pl.Utf8, "candidate": pl.Utf8, "val_top1": pl.Float64, "best_epoch": pl.Int64, "epochs_run": pl.Int64,
-    "train_images": pl.Int64, "train_seconds": pl.Float64, "same_images_as": pl.Utf8, "chosen": pl.Boolean,
+    "method": pl.Utf8,
+    "candidate": pl.Utf8,
+    "val_top1": pl.Float64,
+    "best_epoch": pl.Int64,
+    "epochs_run": pl.Int64,
+    "train_images": pl.Int64,
+    "train_seconds": pl.Float64,
+    "same_images_as": pl.Utf8,
+    "chosen": pl.Boolean,
 }
 
 
@@ -86,18 +116,29 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
     lr = spec.word_lr if builder in WORD_BUILDERS else spec.conditioning_lr
     imagic = builder == CONDITIONING_UNET
     if imagic and spec.max_epochs < spec.imagic_early_epochs:
-        raise ValueError(f"⑦ Imagic keeps the checkpoints of its first {spec.imagic_early_epochs} epochs (the paper's 8) and does "
-                         f"not stop before them, but personalization.max_epochs is {spec.max_epochs}: raise max_epochs to at "
-                         f"least {spec.imagic_early_epochs} or lower personalization.imagic_early_epochs")
+        raise ValueError(
+            f"⑦ Imagic keeps the checkpoints of its first {spec.imagic_early_epochs} epochs (the paper's 8) and does "
+            f"not stop before them, but personalization.max_epochs is {spec.max_epochs}: raise max_epochs to at "
+            f"least {spec.imagic_early_epochs} or lower personalization.imagic_early_epochs"
+        )
     # ⑦: the first imagic_early_epochs epochs are its candidates, instead of the best train and val losses (the paper).
-    return FinetuneSpec(max_epochs=spec.max_epochs, patience=spec.patience, batch_size=spec.batch_size,
-                        reference_batch_size=spec.reference_batch_size, lr=lr, val_draws=spec.val_draws,
-                        early_epochs=spec.imagic_early_epochs if imagic else spec.early_epochs, seed=spec.seed,
-                        loss_candidates=not imagic, min_epochs=spec.imagic_early_epochs if imagic else 0)
+    return FinetuneSpec(
+        max_epochs=spec.max_epochs,
+        patience=spec.patience,
+        batch_size=spec.batch_size,
+        reference_batch_size=spec.reference_batch_size,
+        lr=lr,
+        val_draws=spec.val_draws,
+        early_epochs=spec.imagic_early_epochs if imagic else spec.early_epochs,
+        seed=spec.seed,
+        loss_candidates=not imagic,
+        min_epochs=spec.imagic_early_epochs if imagic else 0,
+    )
 
 
 def cluster_embedder(name: str, clip_encoder) -> Callable[[list[str]], np.ndarray]:
-    """⑥'s image embedder by its setting (``PersonalizationSpec.cluster_embedder``): paths → L2-normalized embeddings."""
+    """⑥'s image embedder by its setting (``PersonalizationSpec.cluster_embedder``): paths → L2-normalized
+    embeddings."""
     from ..core.embedders import EMBEDDERS, inception_embeddings, inception_v3_pool
 
     if name == "clip":
@@ -159,7 +200,11 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         assets.update(_per_class_assets(profile, up, per_class_keys))
     if joint_keys:
         assets.update(_joint_assets(profile, up, joint_keys))
-    candidates = [(assets[name], names) for name, names in (("candidate_images", per_class_keys), ("unet_candidate_images", joint_keys)) if names]
+    candidates = [
+        (assets[name], names)
+        for name, names in (("candidate_images", per_class_keys), ("unet_candidate_images", joint_keys))
+        if names
+    ]
     assets["checkpoint_selection"] = _selection_asset(profile, up, keys, candidates)
     return assets
 
@@ -176,15 +221,23 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
-        group_name=GROUP, code_version=code_version("1", spec, profile.dataset, profile.split), **ON_GPU,
-        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model, up.clip_model], kinds={"pytorch", "safetensors"},
+        group_name=GROUP,
+        code_version=code_version("1", spec, profile.dataset, profile.split),
+        **ON_GPU,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model, up.clip_model],
+        kinds={"pytorch", "safetensors"},
         description="Per class × personalized method, the fine-tuned conditioning(s) or pseudo-word, trained with SD's "
-        "noise-prediction loss on the class's target images (val loss on its val images; stop when it stagnates, at most "
+        "noise-prediction loss on the class's target images (val loss on its val images; stop when it "
+        "stagnates, at most "
         "max_epochs), the diffusion model frozen. ⑤ one text-encoder output initialized from the no-whitespace simple "
-        "prompt; ⑥ one per k-means cluster of the target's image embeddings (cluster_embedder: Inception-v3 as the paper, the mini world's CLIP); ⑧ a pseudo-word's embedding in "
-        "textual-inversion templates, initialized from the final word of the first lemma. Kept: the checkpoints with the "
-        "best train and val loss and after the first epochs (safetensors; ⑧ loads with diffusers' load_textual_inversion). "
+        "prompt; ⑥ one per k-means cluster of the target's image embeddings (cluster_embedder: Inception-v3 as "
+        "the paper, the mini world's CLIP); ⑧ a pseudo-word's embedding in "
+        "textual-inversion templates, initialized from the final word of the first lemma. Kept: the checkpoints "
+        "with the "
+        "best train and val loss and after the first epochs (safetensors; ⑧ loads with diffusers' "
+        "load_textual_inversion). "
         "Resumes from its last finished epoch after a kill.",
     )
     def personalized_models(
@@ -212,20 +265,34 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             builder = get_method(method).builder
             if wnid not in catalog:
                 raise ValueError(f"class partition {wnid!r} is not in the class catalog: rematerialize class_catalog")
-            split = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])["path"].to_list()
-                     for s in ("target", "val")}
+            split = {
+                s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, wnid])[
+                    "path"
+                ].to_list()
+                for s in ("target", "val")
+            }
             image_store.ensure(split["target"] + split["val"], context.log.info)
             images = ClassImages(split["target"], split["val"], image_size)
             run_spec = finetune_spec(spec, builder)
-            signature = {"method": method, "wnid": wnid, "spec": asdict(run_spec), "train": len(images.train), "val": len(images.val),
-                         "weights": diffusion_backend.weights}
-            folder = run_folder(image_store.path("personalized", method, wnid),
-                                {**signature, "k": spec.clusters} if builder == CLUSTER_CONDITIONING else signature)
+            signature = {
+                "method": method,
+                "wnid": wnid,
+                "spec": asdict(run_spec),
+                "train": len(images.train),
+                "val": len(images.val),
+                "weights": diffusion_backend.weights,
+            }
+            folder = run_folder(
+                image_store.path("personalized", method, wnid),
+                {**signature, "k": spec.clusters} if builder == CLUSTER_CONDITIONING else signature,
+            )
             say = lambda line, k=key: context.log.info(f"personalized_models[{k}] {line}")  # noqa: E731
             if builder == CLUSTER_CONDITIONING and embed_images is None:
                 embed_images = cluster_embedder(spec.cluster_embedder, clip_encoder)
             try:
-                runs = _finetune(builder, pipeline, catalog[wnid], images, run_spec, folder, signature, embed_images, say)
+                runs = _finetune(
+                    builder, pipeline, catalog[wnid], images, run_spec, folder, signature, embed_images, say
+                )
             except (FinetuneError, ValueError, OSError) as error:
                 failures[str(key)] = str(error)
                 context.log.error(f"personalized_models[{key}] failed: {error}")
@@ -234,31 +301,71 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             for cluster, (result, size) in enumerate(runs):
                 by_epoch = {h["epoch"]: h for h in result.history}
                 for label, epoch in sorted(result.candidates.items(), key=lambda item: candidate_rank(item[0])):
-                    rows.append({
-                        "method": method, "wnid": wnid, "cluster": cluster, "cluster_size": size, "candidate": label, "epoch": epoch,
-                        "checkpoint": str(result.folder / f"epoch_{epoch:03d}.safetensors"), "word": result.extra.get("word"),
-                        "train_loss": by_epoch[epoch]["train_loss"], "val_loss": by_epoch[epoch]["val_loss"],
-                        "initial_val_loss": result.extra.get("initial_val_loss"),
-                    })
+                    rows.append(
+                        {
+                            "method": method,
+                            "wnid": wnid,
+                            "cluster": cluster,
+                            "cluster_size": size,
+                            "candidate": label,
+                            "epoch": epoch,
+                            "checkpoint": str(result.folder / f"epoch_{epoch:03d}.safetensors"),
+                            "word": result.extra.get("word"),
+                            "train_loss": by_epoch[epoch]["train_loss"],
+                            "val_loss": by_epoch[epoch]["val_loss"],
+                            "initial_val_loss": result.extra.get("initial_val_loss"),
+                        }
+                    )
                 history += [{"method": method, "wnid": wnid, "cluster": cluster, **h} for h in result.history]
-            db.replace("finetune_checkpoints", pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA), where={"method": method, "wnid": wnid})
-            db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method, "wnid": wnid})
-            for result, _ in runs:  # recorded: a later materialization starts over instead of resuming this finished run
+            db.replace(
+                "finetune_checkpoints",
+                pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA),
+                where={"method": method, "wnid": wnid},
+            )
+            db.replace(
+                "finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method, "wnid": wnid}
+            )
+            for (
+                result,
+                _,
+            ) in runs:  # recorded: a later materialization starts over instead of resuming this finished run
                 (result.folder / "resume.pt").unlink(missing_ok=True)
             drop_other_runs(folder, say)
             histories += history
             seconds = sum(r.seconds for r, _ in runs)
-            record_compute(db, [timed("personalized_models", str(key), "fine-tune", method, diffusion_backend.device, seconds,
-                                      sum(r.images_per_second * r.seconds for r, _ in runs))])
-            summary.append({
-                "method": method, "wnid": wnid, "runs": len(runs), "epochs": sum(len(r.history) for r, _ in runs),
-                "stopped_early": all(r.stopped_early for r, _ in runs), "best_val_epoch": ",".join(str(r.best_val_epoch) for r, _ in runs),
-                "seconds": round(seconds, 1),
-                "images_per_second": round(sum(r.images_per_second * r.seconds for r, _ in runs) / seconds, 1) if seconds else 0.0,
-                "resumed_from_epoch": max(r.resumed_from for r, _ in runs),
-            })
-            context.log.info(f"personalized_models[{key}]: {summary[-1]['epochs']} epochs in {seconds:.1f} s, best val at epoch(s) "
-                             f"{summary[-1]['best_val_epoch']}")
+            record_compute(
+                db,
+                [
+                    timed(
+                        "personalized_models",
+                        str(key),
+                        "fine-tune",
+                        method,
+                        diffusion_backend.device,
+                        seconds,
+                        sum(r.images_per_second * r.seconds for r, _ in runs),
+                    )
+                ],
+            )
+            summary.append(
+                {
+                    "method": method,
+                    "wnid": wnid,
+                    "runs": len(runs),
+                    "epochs": sum(len(r.history) for r, _ in runs),
+                    "stopped_early": all(r.stopped_early for r, _ in runs),
+                    "best_val_epoch": ",".join(str(r.best_val_epoch) for r, _ in runs),
+                    "seconds": round(seconds, 1),
+                    "images_per_second": round(sum(r.images_per_second * r.seconds for r, _ in runs) / seconds, 1)
+                    if seconds
+                    else 0.0,
+                    "resumed_from_epoch": max(r.resumed_from for r, _ in runs),
+                }
+            )
+            context.log.info(
+                f"personalized_models[{key}]: {summary[-1]['epochs']} epochs in {seconds:.1f} s, best val at epoch(s) "
+                f"{summary[-1]['best_val_epoch']}"
+            )
         if failures:
             finished = {dg.MultiPartitionKey({"method": row["method"], "wnid": row["wnid"]}): {} for row in summary}
             fail_partially(context, finished, failures, noun="fine-tuning runs")
@@ -272,8 +379,11 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
         }
         try:
             curves = pl.DataFrame(histories, schema=HISTORY_SCHEMA).with_columns(
-                pl.format("{} {} c{}", "method", "wnid", "cluster").alias("run"))
-            metadata["loss_curves"] = dg.MetadataValue.md(png_data_uri_markdown(loss_curves(curves, "personalization: SD loss per epoch"), "loss curves"))
+                pl.format("{} {} c{}", "method", "wnid", "cluster").alias("run")
+            )
+            metadata["loss_curves"] = dg.MetadataValue.md(
+                png_data_uri_markdown(loss_curves(curves, "personalization: SD loss per epoch"), "loss curves")
+            )
         except Exception as error:  # a figure is an extra: the runs are recorded either way
             context.log.warning(f"personalized_models: the loss-curve figure failed to draw: {error}")
         return dg.MaterializeResult(metadata=metadata)
@@ -289,20 +399,42 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             return [(result, len(images.train))]
         if builder == CLUSTER_CONDITIONING:
             results = ft.finetune_cluster_conditionings(
-                pipeline, prompt, images, embed(images.train), embed(images.val), spec.clusters, run_spec, folder,
-                {**signature, "k": spec.clusters}, progress=say,
+                pipeline,
+                prompt,
+                images,
+                embed(images.train),
+                embed(images.val),
+                spec.clusters,
+                run_spec,
+                folder,
+                {**signature, "k": spec.clusters},
+                progress=say,
             )
             return [(r, r.extra["size"]) for r in results]
         if builder == PSEUDO_WORD:
-            result = ft.finetune_textual_inversion(pipeline, row["wnid"], row["lemmas"][0], textual_inversion_templates(), images, run_spec, folder, signature, progress=say)
+            result = ft.finetune_textual_inversion(
+                pipeline,
+                row["wnid"],
+                row["lemmas"][0],
+                textual_inversion_templates(),
+                images,
+                run_spec,
+                folder,
+                signature,
+                progress=say,
+            )
             return [(result, len(images.train))]
         raise ValueError(f"no fine-tuning for builder {builder!r}")
 
     @dg.asset(
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
-        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))], kinds={"pytorch", "parquet"},
+        group_name=GROUP,
+        code_version=code_version("1", profile.generation),
+        **ON_GPU,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))],
+        kinds={"pytorch", "parquet"},
         description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
         "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
         "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by their "
@@ -329,15 +461,25 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
-        group_name=GROUP, code_version=code_version("2", spec, profile.dataset, profile.split), **ON_GPU,
-        partitions_def=methods, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model], kinds={"pytorch", "diffusers", "safetensors"},
-        description="Per personalized method that fine-tunes the diffusion model, one run over every class's target images "
-        "(SD's noise-prediction loss; val loss on the val images; stop when it stagnates, at most max_epochs), training the "
-        "UNet, which all classes share, together with ⑦ one conditioning per class (initialized from its no-whitespace simple "
-        "prompt) or ⑨ one pseudo-word per class in textual-inversion templates. Kept: ⑨ best train, best val and the first "
-        "early_epochs; ⑦ the first imagic_early_epochs instead (the paper's 8; no early stop before them), each as epoch_<n>/unet (save_pretrained) and epoch_<n>/<wnid>.safetensors "
-        "(⑦ prompt_embeds; ⑨ loads with diffusers' load_textual_inversion). A new class retrains it. Resumes after a kill.",
+        group_name=GROUP,
+        code_version=code_version("2", spec, profile.dataset, profile.split),
+        **ON_GPU,
+        partitions_def=methods,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[up.class_catalog, up.dataset_splits, up.diffusion_model],
+        kinds={"pytorch", "diffusers", "safetensors"},
+        description="Per personalized method that fine-tunes the diffusion model, one run over every class's "
+        "target images "
+        "(SD's noise-prediction loss; val loss on the val images; stop when it stagnates, at most max_epochs), "
+        "training the "
+        "UNet, which all classes share, together with ⑦ one conditioning per class (initialized from its "
+        "no-whitespace simple "
+        "prompt) or ⑨ one pseudo-word per class in textual-inversion templates. Kept: ⑨ best train, best val "
+        "and the first "
+        "early_epochs; ⑦ the first imagic_early_epochs instead (the paper's 8; no early stop before them), each "
+        "as epoch_<n>/unet (save_pretrained) and epoch_<n>/<wnid>.safetensors "
+        "(⑦ prompt_embeds; ⑨ loads with diffusers' load_textual_inversion). A new class retrains it. Resumes "
+        "after a kill.",
     )
     def personalized_unets(
         context: dg.AssetExecutionContext,
@@ -361,32 +503,62 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             image_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
             classes = []
             for row in catalog.iter_rows(named=True):
-                split = {s: db.query("SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, row["wnid"]])["path"].to_list()
-                         for s in ("target", "val")}
+                split = {
+                    s: db.query(
+                        "SELECT path FROM dataset_splits WHERE split = ? AND wnid = ? ORDER BY item", [s, row["wnid"]]
+                    )["path"].to_list()
+                    for s in ("target", "val")
+                }
                 image_store.ensure(split["target"] + split["val"], context.log.info)
-                classes.append(ft.JointClass(row["wnid"], simple_prompt_nows(row["name"]), row["lemmas"][0],
-                                             ft.ClassImages(split["target"], split["val"], image_size)))
+                classes.append(
+                    ft.JointClass(
+                        row["wnid"],
+                        simple_prompt_nows(row["name"]),
+                        row["lemmas"][0],
+                        ft.ClassImages(split["target"], split["val"], image_size),
+                    )
+                )
             run_spec = finetune_spec(spec, builder)
-            signature = {"method": method, "classes": [c.wnid for c in classes], "spec": asdict(run_spec), "unet_lr": spec.unet_lr,
-                         "train": sum(len(c.images.train) for c in classes), "val": sum(len(c.images.val) for c in classes),
-                         "weights": diffusion_backend.weights}
+            signature = {
+                "method": method,
+                "classes": [c.wnid for c in classes],
+                "spec": asdict(run_spec),
+                "unet_lr": spec.unet_lr,
+                "train": sum(len(c.images.train) for c in classes),
+                "val": sum(len(c.images.val) for c in classes),
+                "weights": diffusion_backend.weights,
+            }
             folder = run_folder(image_store.path("personalized", method), signature)
             templates = textual_inversion_templates() if builder in WORD_BUILDERS else None
             say = lambda line, m=method: context.log.info(f"personalized_unets[{m}] {line}")  # noqa: E731
             try:
-                result = ft.finetune_jointly(pipeline, classes, run_spec, spec.unet_lr, folder, signature, templates, progress=say)
+                result = ft.finetune_jointly(
+                    pipeline, classes, run_spec, spec.unet_lr, folder, signature, templates, progress=say
+                )
                 exported = ft.export_joint_checkpoints(result, pipeline, [c.wnid for c in classes])
             except (ft.FinetuneError, ValueError, OSError) as error:
                 failures[method] = str(error)
                 context.log.error(f"personalized_unets[{method}] failed: {error}")
                 continue
             by_epoch, words = {h["epoch"]: h for h in result.history}, result.extra["words"]
-            rows = [{
-                "method": method, "wnid": c.wnid, "cluster": 0, "cluster_size": len(c.images.train), "candidate": label, "epoch": epoch,
-                "checkpoint": str(exported[epoch] / f"{c.wnid}.safetensors"), "word": words.get(c.wnid),
-                "train_loss": by_epoch[epoch]["train_loss"], "val_loss": by_epoch[epoch]["val_loss"], "initial_val_loss": None,
-                "unet": str(exported[epoch] / "unet"),
-            } for c in classes for label, epoch in sorted(result.candidates.items(), key=lambda item: candidate_rank(item[0]))]
+            rows = [
+                {
+                    "method": method,
+                    "wnid": c.wnid,
+                    "cluster": 0,
+                    "cluster_size": len(c.images.train),
+                    "candidate": label,
+                    "epoch": epoch,
+                    "checkpoint": str(exported[epoch] / f"{c.wnid}.safetensors"),
+                    "word": words.get(c.wnid),
+                    "train_loss": by_epoch[epoch]["train_loss"],
+                    "val_loss": by_epoch[epoch]["val_loss"],
+                    "initial_val_loss": None,
+                    "unet": str(exported[epoch] / "unet"),
+                }
+                for c in classes
+                for label, epoch in sorted(result.candidates.items(), key=lambda item: candidate_rank(item[0]))
+            ]
             history = [{"method": method, "wnid": None, "cluster": 0, **h} for h in result.history]
             db.replace("finetune_checkpoints", pl.DataFrame(rows, schema=CHECKPOINT_SCHEMA), where={"method": method})
             db.replace("finetune_history", pl.DataFrame(history, schema=HISTORY_SCHEMA), where={"method": method})
@@ -394,40 +566,76 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             drop_other_runs(folder, say)
             image_store.publish("personalized", method)
             histories += history
-            record_compute(db, [timed("personalized_unets", method, "fine-tune", method, diffusion_backend.device, result.seconds,
-                                      result.images_per_second * result.seconds)])
-            summary.append({
-                "method": method, "classes": len(classes), "epochs": len(result.history), "stopped_early": result.stopped_early,
-                "best_val_epoch": result.best_val_epoch, "kept_epochs": ",".join(map(str, sorted(exported))),
-                "seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
-                "resumed_from_epoch": result.resumed_from,
-                "unet_parameters": sum(t.numel() for t in pipeline.unet.parameters()),
-            })
-            context.log.info(f"personalized_unets[{method}]: {len(result.history)} epochs over {len(classes)} classes in "
-                             f"{result.seconds:.1f} s, best val at epoch {result.best_val_epoch}")
+            record_compute(
+                db,
+                [
+                    timed(
+                        "personalized_unets",
+                        method,
+                        "fine-tune",
+                        method,
+                        diffusion_backend.device,
+                        result.seconds,
+                        result.images_per_second * result.seconds,
+                    )
+                ],
+            )
+            summary.append(
+                {
+                    "method": method,
+                    "classes": len(classes),
+                    "epochs": len(result.history),
+                    "stopped_early": result.stopped_early,
+                    "best_val_epoch": result.best_val_epoch,
+                    "kept_epochs": ",".join(map(str, sorted(exported))),
+                    "seconds": round(result.seconds, 1),
+                    "images_per_second": round(result.images_per_second, 1),
+                    "resumed_from_epoch": result.resumed_from,
+                    "unet_parameters": sum(t.numel() for t in pipeline.unet.parameters()),
+                }
+            )
+            context.log.info(
+                f"personalized_unets[{method}]: {len(result.history)} epochs over {len(classes)} classes in "
+                f"{result.seconds:.1f} s, best val at epoch {result.best_val_epoch}"
+            )
         if failures:
             fail_partially(context, {row["method"]: {} for row in summary}, failures, noun="fine-tuning runs")
         table = pl.DataFrame(summary)
         metadata = {
-            "runs": table.height, "seconds": round(time.perf_counter() - started, 1), "train_seconds": float(table["seconds"].sum()),
-            "device": diffusion_backend.device, "per_run": dg.MetadataValue.md(frame_markdown(table)),
+            "runs": table.height,
+            "seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": float(table["seconds"].sum()),
+            "device": diffusion_backend.device,
+            "per_run": dg.MetadataValue.md(frame_markdown(table)),
         }
         try:
             curves = pl.DataFrame(histories, schema=HISTORY_SCHEMA).with_columns(pl.col("method").alias("run"))
-            metadata["loss_curves"] = dg.MetadataValue.md(png_data_uri_markdown(loss_curves(curves, "UNet fine-tuning: SD loss per epoch"), "loss curves"))
+            metadata["loss_curves"] = dg.MetadataValue.md(
+                png_data_uri_markdown(loss_curves(curves, "UNet fine-tuning: SD loss per epoch"), "loss curves")
+            )
         except Exception as error:  # a figure is an extra: the runs are recorded either way
             context.log.warning(f"personalized_unets: the loss-curve figure failed to draw: {error}")
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(
         metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP, code_version=code_version("1", profile.generation), **ON_GPU,
-        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[dg.AssetDep(personalized_unets, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method")),
-              dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))],
+        group_name=GROUP,
+        code_version=code_version("1", profile.generation),
+        **ON_GPU,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[
+            dg.AssetDep(
+                personalized_unets,
+                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"),
+            ),
+            dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys)),
+        ],
         kinds={"pytorch", "parquet"},
-        description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's fine-tuned UNet: the "
-        "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or pseudo-word in "
+        description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's "
+        "fine-tuned UNet: the "
+        "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or "
+        "pseudo-word in "
         "its templates (⑨), with the same seeds for every candidate. Seeded, resumable, safety-checked like the prompt "
         "methods; candidates that share a checkpoint share their images.",
     )
@@ -443,29 +651,54 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
     return {"personalized_unets": personalized_unets, "unet_candidate_images": unet_candidate_images}
 
 
-def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], candidates: list[tuple]) -> dg.AssetsDefinition:
+def _selection_asset(
+    profile: Profile, up: SimpleNamespace, keys: list[str], candidates: list[tuple]
+) -> dg.AssetsDefinition:
     """Checkpoint selection over every fine-tuned method's candidates (``candidates``: (asset, its methods))."""
     partitions = _multi(keys)
 
     @dg.asset(
         metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
-        group_name=GROUP, code_version=code_version("3", profile.classifier, profile.split.seed, profile.generation.seed), **ON_GPU,
-        partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(),
-        tags={CHUNK_BY_TAG: "method"},  # its classifiers are per method (every class at once): worker chunks hold whole methods
-        deps=[*(dg.AssetDep(asset, partition_mapping=dg.MultiPartitionMapping({
-            "method": dg.DimensionPartitionMapping("method", dg.StaticPartitionMapping({m: m for m in methods})),
-            "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
-        })) for asset, methods in candidates), up.dataset_splits],
+        group_name=GROUP,
+        code_version=code_version("3", profile.classifier, profile.split.seed, profile.generation.seed),
+        **ON_GPU,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        tags={
+            CHUNK_BY_TAG: "method"
+        },  # its classifiers are per method (every class at once): worker chunks hold whole methods
+        deps=[
+            *(
+                dg.AssetDep(
+                    asset,
+                    partition_mapping=dg.MultiPartitionMapping(
+                        {
+                            "method": dg.DimensionPartitionMapping(
+                                "method", dg.StaticPartitionMapping({m: m for m in methods})
+                            ),
+                            "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
+                        }
+                    ),
+                )
+                for asset, methods in candidates
+            ),
+            up.dataset_splits,
+        ],
         kinds={"pytorch", "parquet"},
-        description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier per candidate "
+        description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier "
+        "per candidate "
         "label (best val, best train, first epochs) trained on the target plus that candidate's images of every class, "
-        "drawn like the method's replicate sets; the label with the highest VALIDATION top-1 is chosen (ties: the order "
+        "drawn like the method's replicate sets; the label with the highest VALIDATION top-1 is chosen (ties: "
+        "the order "
         "listed); only the chosen one's images go on to the test-scored classifiers. Per class × method, the chosen "
         "checkpoint(s); the candidates' val accuracies are the checkpoint_scores table. (Classes retrieval cannot fill "
         "are still in these selection runs: the exclusion is decided downstream of the images.)",
     )
     def checkpoint_selection(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from ..core.classifier import LabeledImages, train_classifier
 
@@ -480,7 +713,8 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
         scores_all, lines = [], []
         for method in sorted({method_and_class(k)[0] for k in context.partition_keys}, key=keys.index):
             manifest = db.query("SELECT * FROM candidate_manifest WHERE method = ?", [method]).with_columns(
-                pl.col("wnid").replace_strict(labels, return_dtype=pl.Int64).alias("label"))
+                pl.col("wnid").replace_strict(labels, return_dtype=pl.Int64).alias("label")
+            )
             image_store.ensure(manifest["path"].unique(), context.log.info)
             rows = []
             trained: dict[tuple, dict] = {}  # a label whose images are another's, class for class, reuses its run
@@ -488,52 +722,103 @@ def _selection_asset(profile: Profile, up: SimpleNamespace, keys: list[str], can
                 images = manifest.filter(pl.col("candidate") == label).select("wnid", "label", "path", "rank")
                 same = tuple(sorted(images["path"].to_list()))
                 if same not in trained:
-                    train = training_order(augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed))
-                    result = train_classifier(
-                        LabeledImages(train["path"].to_list(), train["label"].to_list()), val_images, None, classes, classifier_spec,
-                        seed=profile.split.seed * 1000, progress=lambda line, m=method, c=label: context.log.debug(f"selection[{m}, {c}] {line}"),
+                    train = training_order(
+                        augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed)
                     )
-                    trained[same] = {"val_top1": result.best_val_top1, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                                     "train_images": result.train_images, "train_seconds": result.train_seconds, "same_images_as": label}
+                    result = train_classifier(
+                        LabeledImages(train["path"].to_list(), train["label"].to_list()),
+                        val_images,
+                        None,
+                        classes,
+                        classifier_spec,
+                        seed=profile.split.seed * 1000,
+                        progress=lambda line, m=method, c=label: context.log.debug(f"selection[{m}, {c}] {line}"),
+                    )
+                    trained[same] = {
+                        "val_top1": result.best_val_top1,
+                        "best_epoch": result.best_epoch,
+                        "epochs_run": result.epochs_run,
+                        "train_images": result.train_images,
+                        "train_seconds": result.train_seconds,
+                        "same_images_as": label,
+                    }
                 run = trained[same]
                 rows.append({"method": method, "candidate": label, **run})
                 shared = "" if run["same_images_as"] == label else f" (the images of {run['same_images_as']}: one run)"
-                context.log.info(f"checkpoint_selection[{method}]: candidate {label}: val top-1 {run['val_top1']:.4f}{shared}")
-            record_compute(db, [timed("checkpoint_selection", method, "select checkpoint", method, compute.device,
-                                      sum(r["train_seconds"] for r in trained.values()),
-                                      sum(r["train_images"] * r["epochs_run"] for r in trained.values()))])
+                context.log.info(
+                    f"checkpoint_selection[{method}]: candidate {label}: val top-1 {run['val_top1']:.4f}{shared}"
+                )
+            record_compute(
+                db,
+                [
+                    timed(
+                        "checkpoint_selection",
+                        method,
+                        "select checkpoint",
+                        method,
+                        compute.device,
+                        sum(r["train_seconds"] for r in trained.values()),
+                        sum(r["train_images"] * r["epochs_run"] for r in trained.values()),
+                    )
+                ],
+            )
             best = max(rows, key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
             scores = pl.DataFrame([{**r, "chosen": r is best} for r in rows], schema=SELECTION_SCHEMA)
             db.replace("checkpoint_scores", scores, where={"method": method})
             scores_all.append(scores)
             chosen = manifest.filter(pl.col("candidate") == best["candidate"])
-            lines.append(f"- `{method}`: **{best['candidate']}** (val top-1 {best['val_top1']:.4f} of {len(rows)} candidates)")
+            lines.append(
+                f"- `{method}`: **{best['candidate']}** (val top-1 {best['val_top1']:.4f} of {len(rows)} candidates)"
+            )
             for key in context.partition_keys:
                 key_method, wnid = method_and_class(key)
                 if key_method != method:
                     continue
                 part = chosen.filter(pl.col("wnid") == wnid)
                 if part.is_empty():
-                    raise ValueError(f"checkpoint_selection[{key}]: candidate {best['candidate']} has no images of class {wnid}: "
-                                     "rematerialize candidate_images for it")
-                checkpoints = part.group_by("cluster").agg(pl.col("checkpoint").first(), pl.col("epochs").first()).sort("cluster")
-                db.replace("checkpoint_selection", pl.DataFrame({
-                    "method": [method] * checkpoints.height, "wnid": [wnid] * checkpoints.height, "candidate": [best["candidate"]] * checkpoints.height,
-                    "cluster": checkpoints["cluster"], "checkpoint": checkpoints["checkpoint"], "val_top1": [best["val_top1"]] * checkpoints.height,
-                }), where={"method": method, "wnid": wnid})
+                    raise ValueError(
+                        f"checkpoint_selection[{key}]: candidate {best['candidate']} has no images of class {wnid}: "
+                        "rematerialize candidate_images for it"
+                    )
+                checkpoints = (
+                    part.group_by("cluster").agg(pl.col("checkpoint").first(), pl.col("epochs").first()).sort("cluster")
+                )
+                db.replace(
+                    "checkpoint_selection",
+                    pl.DataFrame(
+                        {
+                            "method": [method] * checkpoints.height,
+                            "wnid": [wnid] * checkpoints.height,
+                            "candidate": [best["candidate"]] * checkpoints.height,
+                            "cluster": checkpoints["cluster"],
+                            "checkpoint": checkpoints["checkpoint"],
+                            "val_top1": [best["val_top1"]] * checkpoints.height,
+                        }
+                    ),
+                    where={"method": method, "wnid": wnid},
+                )
         table = pl.concat(scores_all)
-        return dg.MaterializeResult(metadata={
-            "chosen": dg.MetadataValue.md("\n".join(lines)),
-            "candidates": dg.MetadataValue.md(frame_markdown(table)),
-            "classifiers_trained": int((table["same_images_as"] == table["candidate"]).sum()),
-            "train_seconds": float(table.filter(pl.col("same_images_as") == pl.col("candidate"))["train_seconds"].sum()),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "chosen": dg.MetadataValue.md("\n".join(lines)),
+                "candidates": dg.MetadataValue.md(frame_markdown(table)),
+                "classifiers_trained": int((table["same_images_as"] == table["candidate"]).sum()),
+                "train_seconds": float(
+                    table.filter(pl.col("same_images_as") == pl.col("candidate"))["train_seconds"].sum()
+                ),
+            }
+        )
 
     return checkpoint_selection
 
 
-def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource,
-                     diffusion_backend: DiffusionBackendResource) -> dg.MaterializeResult:
+def _make_candidates(
+    profile: Profile,
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    image_store: ImageStoreResource,
+    diffusion_backend: DiffusionBackendResource,
+) -> dg.MaterializeResult:
     """Each checkpoint candidate's images for the run's class × method partitions (candidate_images,
     unet_candidate_images): the same seeds for every candidate, one image set per distinct checkpoint."""
     from ..core.finetune import draw_clusters
@@ -546,13 +831,24 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
     summary, grids, started = [], [], time.perf_counter()
     for key in context.partition_keys:
         method, wnid = method_and_class(key)
-        meter = Meter(context.asset_key.to_user_string(), str(key), "generate candidates", method, diffusion_backend.device).start()
-        checkpoints = db.query("SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid])
-        prompts = db.query("SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index", [method, wnid])
+        meter = Meter(
+            context.asset_key.to_user_string(), str(key), "generate candidates", method, diffusion_backend.device
+        ).start()
+        checkpoints = db.query(
+            "SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid]
+        )
+        prompts = db.query(
+            "SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index",
+            [method, wnid],
+        )
         if checkpoints.is_empty() or prompts.is_empty():
-            trained_by = "personalized_unets" if get_method(method).builder in JOINT_FINETUNE_BUILDERS else "personalized_models"
-            raise ValueError(f"{context.asset_key.to_user_string()}[{key}]: no checkpoints or prompts: materialize {trained_by} and "
-                             "class_prompts for it first")
+            trained_by = (
+                "personalized_unets" if get_method(method).builder in JOINT_FINETUNE_BUILDERS else "personalized_models"
+            )
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}[{key}]: no checkpoints or prompts: materialize {trained_by} and "
+                "class_prompts for it first"
+            )
         image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
         sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
         clusters = draw_clusters(sizes, prompts.height)
@@ -569,20 +865,47 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
             if chosen["unet"][0] is not None:  # ⑦ ⑨: this candidate's fine-tuned UNet
                 pipeline.unet = _load_unet(image_store, chosen["unet"][0], pipeline)
             texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
-            request = GenerationRequest(method, wnid, texts, prompts["family"].to_list(), base_seed=profile.generation.seed, conditionings=states)
+            request = GenerationRequest(
+                method,
+                wnid,
+                texts,
+                prompts["family"].to_list(),
+                base_seed=profile.generation.seed,
+                conditionings=states,
+            )
             records = generate_partition(
-                pipeline, request, root / folder_name, diffusion_backend.steps, diffusion_backend.guidance_scale,
-                diffusion_backend.batch_size, profile.generation.max_attempts,
+                pipeline,
+                request,
+                root / folder_name,
+                diffusion_backend.steps,
+                diffusion_backend.guidance_scale,
+                diffusion_backend.batch_size,
+                profile.generation.max_attempts,
                 progress=lambda line, f=folder_name: context.log.debug(f"candidate {f} {line}"),
             )
             for label in labels:
-                rows += [{
-                    "method": method, "wnid": wnid, "candidate": label, "epochs": ",".join(map(str, epochs)), "rank": r["index"],
-                    "path": r["path"], "prompt": r["prompt"], "family": r["family"], "cluster": clusters[r["index"]],
-                    "seed": r["seed"], "attempts": r["attempts"], "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
-                } for r in records]
+                rows += [
+                    {
+                        "method": method,
+                        "wnid": wnid,
+                        "candidate": label,
+                        "epochs": ",".join(map(str, epochs)),
+                        "rank": r["index"],
+                        "path": r["path"],
+                        "prompt": r["prompt"],
+                        "family": r["family"],
+                        "cluster": clusters[r["index"]],
+                        "seed": r["seed"],
+                        "attempts": r["attempts"],
+                        "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
+                    }
+                    for r in records
+                ]
             grids.append([r["path"] for r in records[:8]])
-            context.log.info(f"{context.asset_key.to_user_string()}[{key}]: {len(records)} images for {', '.join(labels)} (epoch {'/'.join(map(str, epochs))})")
+            context.log.info(
+                f"{context.asset_key.to_user_string()}[{key}]: {len(records)} images for {', '.join(labels)} "
+                f"(epoch {'/'.join(map(str, epochs))})"
+            )
         manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
         in_use = {_set_folder(epochs) for epochs in groups}
         for old in root.iterdir():  # sets of an earlier materialization's candidates
@@ -590,19 +913,32 @@ def _make_candidates(profile: Profile, context: dg.AssetExecutionContext, wareho
                 shutil.rmtree(old)
         write_parquet_atomic(manifest, root / "manifest.parquet")
         image_store.publish("candidates", method, wnid)
-        db.replace("candidate_manifest", manifest, where={"method": method, "wnid": wnid})
+        db.replace("candidate_manifest", with_file_facts(manifest), where={"method": method, "wnid": wnid})
         meter.stop()
         meter.images = manifest["path"].n_unique()
         record_compute(db, [meter])
-        summary.append({"method": method, "wnid": wnid, "candidates": len(manifest["candidate"].unique()), "image_sets": len(groups),
-                        "images": manifest["path"].n_unique(),
-                        "regenerated": int((manifest.unique("path")["attempts"] - 1).sum())})
+        summary.append(
+            {
+                "method": method,
+                "wnid": wnid,
+                "candidates": len(manifest["candidate"].unique()),
+                "image_sets": len(groups),
+                "images": manifest["path"].n_unique(),
+                "regenerated": int((manifest.unique("path")["attempts"] - 1).sum()),
+            }
+        )
     table = pl.DataFrame(summary)
-    return dg.MaterializeResult(metadata={
-        "partitions": table.height, "images_generated": int(table["images"].sum()), "seconds": round(time.perf_counter() - started, 1),
-        "per_partition": dg.MetadataValue.md(frame_markdown(table)),
-        "sample_grid": dg.MetadataValue.md("First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "partitions": table.height,
+            "images_generated": int(table["images"].sum()),
+            "seconds": round(time.perf_counter() - started, 1),
+            "per_partition": dg.MetadataValue.md(frame_markdown(table)),
+            "sample_grid": dg.MetadataValue.md(
+                "First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")
+            ),
+        }
+    )
 
 
 def _load_unet(image_store: ImageStoreResource, folder: str, pipeline):
@@ -628,7 +964,10 @@ def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl
     loaded = [load_file(path) for path in checkpoints["checkpoint"]]
     if builder in (CONDITIONING, CLUSTER_CONDITIONING, CONDITIONING_UNET):
         states = [loaded[c]["prompt_embeds"] for c in clusters]
-        what = [f"[fine-tuned conditioning{f' {c}' if builder == CLUSTER_CONDITIONING else ''} from] {p}" for c, p in zip(clusters, prompts["prompt"])]
+        what = [
+            f"[fine-tuned conditioning{f' {c}' if builder == CLUSTER_CONDITIONING else ''} from] {p}"
+            for c, p in zip(clusters, prompts["prompt"])
+        ]
         return what, states
     word = checkpoints["word"][0]
     encoder = WordEncoder(pipeline, word)
@@ -636,4 +975,3 @@ def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl
     with torch.no_grad():
         encoded = torch.cat([encoder(texts[i : i + 64], loaded[0][word]) for i in range(0, len(texts), 64)])
     return texts, list(encoded.split(1))
-

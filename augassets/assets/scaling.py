@@ -6,7 +6,6 @@ every cell starts from the same seed as the main table's replicate r). A class w
 a ratio (retrieval's pool ran out) trains with what it has, and the cell names the short classes.
 """
 
-
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -27,9 +26,19 @@ from ..versions import code_version
 from .classifier import labeled_images
 
 SCALING_SCHEMA = {
-    "method": pl.Utf8, "percent": pl.Utf8, "ratio": pl.Float64, "replicate": pl.Int64, "test_top1": pl.Float64, "best_val_top1": pl.Float64,
-    "epochs_run": pl.Int64, "train_images": pl.Int64, "augmentation_images": pl.Int64, "wanted_augmentation_images": pl.Int64,
-    "short_classes": pl.Utf8, "train_seconds": pl.Float64, "seed": pl.Int64,
+    "method": pl.Utf8,
+    "percent": pl.Utf8,
+    "ratio": pl.Float64,
+    "replicate": pl.Int64,
+    "test_top1": pl.Float64,
+    "best_val_top1": pl.Float64,
+    "epochs_run": pl.Int64,
+    "train_images": pl.Int64,
+    "augmentation_images": pl.Int64,
+    "wanted_augmentation_images": pl.Int64,
+    "short_classes": pl.Utf8,
+    "train_seconds": pl.Float64,
+    "seed": pl.Int64,
 }
 
 
@@ -47,13 +56,18 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[up.scaling_images, up.dataset_splits, up.excluded_classes],
         kinds={"pytorch", "parquet"},
-        description=f"Top-1 test accuracy of {replicates} classifiers per method × ratio, each trained on the target plus "
-        "⌈ratio × the class's target count⌉ of the method's scaling images per class (retrieval: the most similar first; "
+        description=f"Top-1 test accuracy of {replicates} classifiers per method × ratio, each trained on the "
+        f"target plus "
+        "⌈ratio × the class's target count⌉ of the method's scaling images per class (retrieval: the most "
+        "similar first; "
         "prompt methods: a seeded sample per replicate), with the main table's protocol and seeds. Classes that fall "
         "short are named in the row.",
     )
     def scaling_scores(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource, compute: ComputeResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
         from ..core.classifier import train_classifier
 
@@ -61,7 +75,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db = warehouse.get()
         excluded = excluded_wnids(db)
         classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
-        splits = db.query("SELECT split, wnid, label, path, item FROM dataset_splits").filter(~pl.col("wnid").is_in(list(excluded)))
+        splits = db.query("SELECT split, wnid, label, path, item FROM dataset_splits").filter(
+            ~pl.col("wnid").is_in(list(excluded))
+        )
         evaluation = splits.filter(pl.col("split").is_in(["val", "test"])).sort("label", "item")
         image_store.ensure(evaluation["path"], context.log.info)
         val = labeled_images(evaluation.filter(pl.col("split") == "val"))
@@ -73,37 +89,89 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             ratio = float(percent) / 100
             images = db.query("SELECT wnid, label, path, rank FROM scaling_manifest WHERE method = ?", [method])
             have = images.group_by("wnid").len().rename({"len": "have"})
-            short = (counts.with_columns((pl.col("len") * ratio).ceil().cast(pl.Int64).alias("want")).join(have, on="wnid", how="left")
-                     .with_columns(pl.col("have").fill_null(0)).filter(pl.col("have") < pl.col("want")).sort("wnid"))
+            short = (
+                counts.with_columns((pl.col("len") * ratio).ceil().cast(pl.Int64).alias("want"))
+                .join(have, on="wnid", how="left")
+                .with_columns(pl.col("have").fill_null(0))
+                .filter(pl.col("have") < pl.col("want"))
+                .sort("wnid")
+            )
             note = ", ".join(f"{r['wnid']} ({r['have']} of {r['want']})" for r in short.iter_rows(named=True))
             if note:
-                context.log.warning(f"scaling_scores[{key}]: {short.height} classes cannot fill ratio {ratio:g}: {note}")
-            sets = augmented_sets(get_method(method), splits, replicates, images=images, excluded=excluded, seed=profile.generation.seed, ratio=ratio)
-            wanted = int(counts.filter(~pl.col("wnid").is_in(list(excluded))).select((pl.col("len") * ratio).ceil().cast(pl.Int64).sum()).item())
+                context.log.warning(
+                    f"scaling_scores[{key}]: {short.height} classes cannot fill ratio {ratio:g}: {note}"
+                )
+            sets = augmented_sets(
+                get_method(method),
+                splits,
+                replicates,
+                images=images,
+                excluded=excluded,
+                seed=profile.generation.seed,
+                ratio=ratio,
+            )
+            wanted = int(
+                counts.filter(~pl.col("wnid").is_in(list(excluded)))
+                .select((pl.col("len") * ratio).ceil().cast(pl.Int64).sum())
+                .item()
+            )
             for replicate in range(replicates):
                 train = training_order(sets.filter(pl.col("replicate") == replicate))
                 image_store.ensure(train["path"], context.log.info)
                 seed = profile.split.seed * 1000 + replicate
-                with Meter("scaling_scores", f"{key}|{replicate}", "train classifier (scaling)", method, spec.device) as meter:
-                    result = train_classifier(labeled_images(train), val, test, classes, spec, seed,
-                                              progress=lambda line, k=key, r=replicate: context.log.debug(f"scaling[{k}, {r}] {line}"))
+                with Meter(
+                    "scaling_scores", f"{key}|{replicate}", "train classifier (scaling)", method, spec.device
+                ) as meter:
+                    result = train_classifier(
+                        labeled_images(train),
+                        val,
+                        test,
+                        classes,
+                        spec,
+                        seed,
+                        progress=lambda line, k=key, r=replicate: context.log.debug(f"scaling[{k}, {r}] {line}"),
+                    )
                 meter.images = result.train_images * result.epochs_run
                 record_compute(db, [meter])
                 added = int((train["origin"] != "target").sum())
-                context.log.info(f"scaling_scores[{method}, {ratio:g}×, {replicate}]: test top-1 {result.test_top1:.4f} with {added} "
-                                 f"{method} images ({result.train_images} in all)")
-                rows.append({"method": method, "percent": percent, "ratio": ratio, "replicate": replicate, "test_top1": result.test_top1,
-                             "best_val_top1": result.best_val_top1, "epochs_run": result.epochs_run, "train_images": result.train_images,
-                             "augmentation_images": added, "wanted_augmentation_images": wanted, "short_classes": note or None,
-                             "train_seconds": result.train_seconds, "seed": seed})
-            cell = pl.DataFrame([r for r in rows if r["method"] == method and r["ratio"] == ratio], schema=SCALING_SCHEMA)
+                context.log.info(
+                    f"scaling_scores[{method}, {ratio:g}×, {replicate}]: test top-1 {result.test_top1:.4f} with "
+                    f"{added} "
+                    f"{method} images ({result.train_images} in all)"
+                )
+                rows.append(
+                    {
+                        "method": method,
+                        "percent": percent,
+                        "ratio": ratio,
+                        "replicate": replicate,
+                        "test_top1": result.test_top1,
+                        "best_val_top1": result.best_val_top1,
+                        "epochs_run": result.epochs_run,
+                        "train_images": result.train_images,
+                        "augmentation_images": added,
+                        "wanted_augmentation_images": wanted,
+                        "short_classes": note or None,
+                        "train_seconds": result.train_seconds,
+                        "seed": seed,
+                    }
+                )
+            cell = pl.DataFrame(
+                [r for r in rows if r["method"] == method and r["ratio"] == ratio], schema=SCALING_SCHEMA
+            )
             db.replace("scaling_scores", cell, where={"method": method, "percent": percent})
         table = pl.DataFrame(rows, schema=SCALING_SCHEMA)
-        return dg.MaterializeResult(metadata={
-            "classifiers": table.height,
-            "mean_test_top1": float(table["test_top1"].mean()),
-            "short_cells": int(table.filter(pl.col("short_classes").is_not_null()).select(pl.struct("method", "ratio").n_unique()).item()),
-            "runs": dg.MetadataValue.md(frame_markdown(table.drop("seed", "short_classes", "percent"))),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "classifiers": table.height,
+                "mean_test_top1": float(table["test_top1"].mean()),
+                "short_cells": int(
+                    table.filter(pl.col("short_classes").is_not_null())
+                    .select(pl.struct("method", "ratio").n_unique())
+                    .item()
+                ),
+                "runs": dg.MetadataValue.md(frame_markdown(table.drop("seed", "short_classes", "percent"))),
+            }
+        )
 
     return {"scaling_scores": scaling_scores}

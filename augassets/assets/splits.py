@@ -1,6 +1,5 @@
 """Stage: the paper's splits — target (p%), val, extra real (for ``real_2p``) and test."""
 
-
 import time
 from types import SimpleNamespace
 
@@ -39,20 +38,34 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         catalog = db.query("SELECT * FROM class_catalog ORDER BY label")
         started = time.perf_counter()
         splits, report = make_splits(
-            catalog, profile.dataset, profile.split, image_store.path("datasets", profile.dataset.class_list), context.log.info
+            catalog,
+            profile.dataset,
+            profile.split,
+            image_store.path("datasets", profile.dataset.class_list),
+            context.log.info,
         )
         skipped = pl.DataFrame(report.skipped, schema={"wnid": pl.Utf8, "item": pl.Utf8, "reason": pl.Utf8})
         db.replace("dataset_splits", splits)
         db.replace("split_skipped_files", skipped)
 
         counts = (
-            splits.group_by("wnid", "split").len().pivot(on="split", index="wnid", values="len").fill_null(0)
-            .join(catalog.select("wnid", "label", "name"), on="wnid").sort("label")
-            .select("wnid", "name", *(name for name in ("target", "val", "real_extra", "test") if name in splits["split"].unique()))
+            splits.group_by("wnid", "split")
+            .len()
+            .pivot(on="split", index="wnid", values="len")
+            .fill_null(0)
+            .join(catalog.select("wnid", "label", "name"), on="wnid")
+            .sort("label")
+            .select(
+                "wnid",
+                "name",
+                *(name for name in ("target", "val", "real_extra", "test") if name in splits["split"].unique()),
+            )
         )
         grid = image_grid(
             [
-                splits.filter((pl.col("split") == "target") & (pl.col("wnid") == wnid))["path"].head(GRID_IMAGES_PER_CLASS).to_list()
+                splits.filter((pl.col("split") == "target") & (pl.col("wnid") == wnid))["path"]
+                .head(GRID_IMAGES_PER_CLASS)
+                .to_list()
                 for wnid in catalog["wnid"]
             ]
         )
@@ -74,7 +87,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "seconds": round(time.perf_counter() - started, 2),
                 "per_class_counts": dg.MetadataValue.md(frame_markdown(counts)),
                 "target_sample_grid": dg.MetadataValue.md(
-                    "One row per class (catalog order), target images:\n\n" + png_data_uri_markdown(grid, "target samples")
+                    "One row per class (catalog order), target images:\n\n"
+                    + png_data_uri_markdown(grid, "target samples")
                 ),
                 "target_sample_grid_path": dg.MetadataValue.path(image_store.url("reports", grid_path.name)),
             }

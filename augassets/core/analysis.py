@@ -48,7 +48,8 @@ def paper_comparisons(dataset: str) -> list[dict]:
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     return [
         {**row, "top1": float(row["top1"]) / 100, "se": float(row["se"]) / 100 if row["se"] else None}
-        for row in csv.DictReader(lines, delimiter="\t") if row["dataset"] == dataset
+        for row in csv.DictReader(lines, delimiter="\t")
+        if row["dataset"] == dataset
     ]
 
 
@@ -67,7 +68,14 @@ def comparisons_note(dataset: str | None, methods: list[str], settings: dict[str
         for r in ablation:
             value = r["setting"].split("=")[1]
             figure = f"{100 * r['top1']:.1f}" + (f" ± {100 * r['se']:.1f}" if r["se"] is not None else "")
-            notes = [note for note, applies in (("derived", "derived" in r["source"]), ("this profile", settings.get(name) == value)) if applies]
+            notes = [
+                note
+                for note, applies in (
+                    ("derived", "derived" in r["source"]),
+                    ("this profile", settings.get(name) == value),
+                )
+                if applies
+            ]
             cells.append(f"{value} → {figure}" + (f" ({', '.join(notes)})" if notes else ""))
         lines.append(f"The paper's {get_method(method).paper_label} by {name} (top-1 %): " + "; ".join(cells) + ".")
     for r in rows:
@@ -121,7 +129,11 @@ def summarize_scores(scores: pl.DataFrame, paper_dataset: str | None = "imagenet
         .sort("_order")
         .drop("_order")
     )
-    paper = paper_results(paper_dataset) if paper_dataset else pl.DataFrame(schema={"method": pl.Utf8, "paper_top1": pl.Float64, "paper_se": pl.Float64})
+    paper = (
+        paper_results(paper_dataset)
+        if paper_dataset
+        else pl.DataFrame(schema={"method": pl.Utf8, "paper_top1": pl.Float64, "paper_se": pl.Float64})
+    )
     rows = {r["method"]: r for r in summary.iter_rows(named=True)}
     papers = {r["method"]: r for r in paper.iter_rows(named=True)}
     base, upper = rows.get(BASELINE), rows.get(UPPER)
@@ -133,29 +145,44 @@ def summarize_scores(scores: pl.DataFrame, paper_dataset: str | None = "imagenet
         gap = upper["top1_mean"] - base["top1_mean"] if base and upper else None
         paper_gain = mine["paper_top1"] - paper_base["paper_top1"] if mine and paper_base else None
         paper_gap = paper_upper["paper_top1"] - paper_base["paper_top1"] if paper_base and paper_upper else None
-        out.append({
-            "method": method,
-            "paper_label": get_method(method).paper_label,
-            "top1_mean": row["top1_mean"],
-            "top1_se": row["top1_se"],
-            "top1_ci95": mean_interval(row["top1_se"], row["n_runs"]),
-            "n_runs": row["n_runs"],
-            "train_images": row["train_images"],
-            "gain": gain,
-            "gain_ci95": None if method == BASELINE or not base else difference_interval(row["top1_se"], row["n_runs"], base["top1_se"], base["n_runs"]),
-            "gap_share": gain / gap if gain is not None and gap else None,
-            "paper_top1": mine.get("paper_top1"),
-            "paper_se": mine.get("paper_se"),
-            "paper_gain": paper_gain,
-            "paper_gap_share": paper_gain / paper_gap if paper_gain is not None and paper_gap else None,
-        })
+        out.append(
+            {
+                "method": method,
+                "paper_label": get_method(method).paper_label,
+                "top1_mean": row["top1_mean"],
+                "top1_se": row["top1_se"],
+                "top1_ci95": mean_interval(row["top1_se"], row["n_runs"]),
+                "n_runs": row["n_runs"],
+                "train_images": row["train_images"],
+                "gain": gain,
+                "gain_ci95": None
+                if method == BASELINE or not base
+                else difference_interval(row["top1_se"], row["n_runs"], base["top1_se"], base["n_runs"]),
+                "gap_share": gain / gap if gain is not None and gap else None,
+                "paper_top1": mine.get("paper_top1"),
+                "paper_se": mine.get("paper_se"),
+                "paper_gain": paper_gain,
+                "paper_gap_share": paper_gain / paper_gap if paper_gain is not None and paper_gap else None,
+            }
+        )
     return pl.DataFrame(out, schema=TABLE1_SCHEMA)
 
 
 TABLE1_SCHEMA = {
-    "method": pl.Utf8, "paper_label": pl.Utf8, "top1_mean": pl.Float64, "top1_se": pl.Float64, "top1_ci95": pl.Float64,
-    "n_runs": pl.Int64, "train_images": pl.Float64, "gain": pl.Float64, "gain_ci95": pl.Float64, "gap_share": pl.Float64,
-    "paper_top1": pl.Float64, "paper_se": pl.Float64, "paper_gain": pl.Float64, "paper_gap_share": pl.Float64,
+    "method": pl.Utf8,
+    "paper_label": pl.Utf8,
+    "top1_mean": pl.Float64,
+    "top1_se": pl.Float64,
+    "top1_ci95": pl.Float64,
+    "n_runs": pl.Int64,
+    "train_images": pl.Float64,
+    "gain": pl.Float64,
+    "gain_ci95": pl.Float64,
+    "gap_share": pl.Float64,
+    "paper_top1": pl.Float64,
+    "paper_se": pl.Float64,
+    "paper_gain": pl.Float64,
+    "paper_gap_share": pl.Float64,
 }
 
 
@@ -172,18 +199,30 @@ def markdown_table(summary: pl.DataFrame, paper_dataset: str = "imagenet_10pct")
     interval, share of the real_p → real_2p gap) and the paper's (``paper_dataset``). "–": missing
     (fewer than two runs, no baseline, or not reported by the paper)."""
     lines = [
-        f"| method | paper label | top-1 (%) ± s.e. | 95 % CI | gain vs real_p (pp) | share of gap | runs | train images "
+        f"| method | paper label | top-1 (%) ± s.e. | 95 % CI | gain vs real_p (pp) | share of gap | runs | "
+        f"train images "
         f"| paper top-1 ({paper_dataset}) | paper gain (pp) | paper share of gap |",
         "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for row in summary.iter_rows(named=True):
-        interval = "–" if row["top1_ci95"] is None else f"{_pct(row['top1_mean'] - row['top1_ci95'])}–{_pct(row['top1_mean'] + row['top1_ci95'])}"
+        interval = (
+            "–"
+            if row["top1_ci95"] is None
+            else f"{_pct(row['top1_mean'] - row['top1_ci95'])}–{_pct(row['top1_mean'] + row['top1_ci95'])}"
+        )
         gain = _signed(row["gain"]) + ("" if row["gain_ci95"] is None else f" ± {_pct(row['gain_ci95'])}")
-        paper = "–" if row["paper_top1"] is None else _pct(row["paper_top1"], 1) + ("" if row["paper_se"] is None else f" ± {_pct(row['paper_se'], 1)}")
+        paper = (
+            "–"
+            if row["paper_top1"] is None
+            else _pct(row["paper_top1"], 1) + ("" if row["paper_se"] is None else f" ± {_pct(row['paper_se'], 1)}")
+        )
         lines.append(
-            f"| {row['method']} | {row['paper_label']} | {_pct(row['top1_mean'])} ± {_pct(row['top1_se'])} | {interval} | {gain} "
-            f"| {_pct(row['gap_share'], 0)}{'' if row['gap_share'] is None else ' %'} | {row['n_runs']} | {row['train_images']:.0f} "
-            f"| {paper} | {_signed(row['paper_gain'], 1)} | {_pct(row['paper_gap_share'], 0)}{'' if row['paper_gap_share'] is None else ' %'} |"
+            f"| {row['method']} | {row['paper_label']} | {_pct(row['top1_mean'])} ± {_pct(row['top1_se'])} | "
+            f"{interval} | {gain} "
+            f"| {_pct(row['gap_share'], 0)}{'' if row['gap_share'] is None else ' %'} | {row['n_runs']} | "
+            f"{row['train_images']:.0f} "
+            f"| {paper} | {_signed(row['paper_gain'], 1)} | "
+            f"{_pct(row['paper_gap_share'], 0)}{'' if row['paper_gap_share'] is None else ' %'} |"
         )
     return "\n".join(lines)
 
@@ -193,10 +232,16 @@ def per_class_gains(per_class: pl.DataFrame) -> pl.DataFrame:
     its gain over real_p's mean on that class, and the gain's standard error (null with fewer than two
     runs on either side); no rows without real_p. ``per_class``: method, replicate, wnid, name, test_top1."""
     stats = per_class.group_by("method", "wnid", "name").agg(
-        pl.col("test_top1").mean().alias("top1_mean"), pl.col("test_top1").var(ddof=1).alias("_var"), pl.len().alias("n_runs"),
+        pl.col("test_top1").mean().alias("top1_mean"),
+        pl.col("test_top1").var(ddof=1).alias("_var"),
+        pl.len().alias("n_runs"),
     )
     base = stats.filter(pl.col("method") == BASELINE).select(
-        "wnid", pl.col("top1_mean").alias("_base_mean"), pl.col("_var").alias("_base_var"), pl.col("n_runs").alias("_base_n"))
+        "wnid",
+        pl.col("top1_mean").alias("_base_mean"),
+        pl.col("_var").alias("_base_var"),
+        pl.col("n_runs").alias("_base_n"),
+    )
     # Without real_p's scores there is nothing to gain over: the join leaves no rows.
     order = {key: i for i, key in enumerate(METHOD_KEYS)}
     return (
@@ -210,7 +255,16 @@ def per_class_gains(per_class: pl.DataFrame) -> pl.DataFrame:
             pl.col("method").replace_strict(order, return_dtype=pl.Int64).alias("_order"),
         )
         .sort("_order", "wnid")
-        .select("method", "wnid", "name", "top1_mean", pl.col("_base_mean").alias("real_p_top1"), "gain", "gain_se", "n_runs")
+        .select(
+            "method",
+            "wnid",
+            "name",
+            "top1_mean",
+            pl.col("_base_mean").alias("real_p_top1"),
+            "gain",
+            "gain_se",
+            "n_runs",
+        )
     )
 
 
@@ -225,7 +279,9 @@ def fig5a_methods(summary: pl.DataFrame) -> list[tuple[str, str]]:
     if PAPER_FIG5A_DIFFUSION in ran:
         chosen.append((PAPER_FIG5A_DIFFUSION, "the paper's diffusion row in Fig. 5A"))
     elif (best := best_diffusion_method(summary)) is not None:
-        chosen.append((best, f"the best diffusion row here, standing in for {PAPER_FIG5A_DIFFUSION}, which did not run"))
+        chosen.append(
+            (best, f"the best diffusion row here, standing in for {PAPER_FIG5A_DIFFUSION}, which did not run")
+        )
     if "retrieval" in ran:
         chosen.append(("retrieval", "the paper's retrieval row in Fig. 5A"))
     return chosen
@@ -239,13 +295,34 @@ def extreme_classes(gains: pl.DataFrame, methods: list[str], count: int = 2) -> 
         mine = gains.filter(pl.col("method") == method).sort("gain", "wnid")
         for end, part in (("worst", mine.head(count)), ("best", mine.reverse().head(count))):
             for rank, row in enumerate(part.iter_rows(named=True)):
-                rows.append({"method": method, "extreme": end, "rank": rank, "wnid": row["wnid"], "name": row["name"], "gain": row["gain"]})
-    return pl.DataFrame(rows, schema={"method": pl.Utf8, "extreme": pl.Utf8, "rank": pl.Int64, "wnid": pl.Utf8, "name": pl.Utf8, "gain": pl.Float64})
+                rows.append(
+                    {
+                        "method": method,
+                        "extreme": end,
+                        "rank": rank,
+                        "wnid": row["wnid"],
+                        "name": row["name"],
+                        "gain": row["gain"],
+                    }
+                )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "method": pl.Utf8,
+            "extreme": pl.Utf8,
+            "rank": pl.Int64,
+            "wnid": pl.Utf8,
+            "name": pl.Utf8,
+            "gain": pl.Float64,
+        },
+    )
 
 
 def best_diffusion_method(summary: pl.DataFrame) -> str | None:
     """The diffusion-based method (Boomerang, prompts, personalized) with the highest mean top-1."""
-    diffusion = summary.filter(pl.col("method").map_elements(lambda k: get_method(k).family in DIFFUSION_FAMILIES, return_dtype=pl.Boolean))
+    diffusion = summary.filter(
+        pl.col("method").map_elements(lambda k: get_method(k).family in DIFFUSION_FAMILIES, return_dtype=pl.Boolean)
+    )
     return None if diffusion.is_empty() else diffusion.sort("top1_mean", descending=True)["method"][0]
 
 
@@ -262,21 +339,31 @@ def headline(summary: pl.DataFrame, retrieval: str = "retrieval") -> str | None:
     ours = _signed(mine["top1_mean"] - theirs["top1_mean"]) + ("" if half is None else f" ± {_pct(half)}")
     paper = "not reported"
     if mine["paper_top1"] is not None and theirs["paper_top1"] is not None:
-        paper = f"{_signed(mine['paper_top1'] - theirs['paper_top1'], 1)} pp ({_pct(mine['paper_top1'], 1)} vs {_pct(theirs['paper_top1'], 1)})"
+        difference = _signed(mine["paper_top1"] - theirs["paper_top1"], 1)
+        paper = f"{difference} pp ({_pct(mine['paper_top1'], 1)} vs {_pct(theirs['paper_top1'], 1)})"
     verdict = "undecided: the interval contains zero"
     if half is not None and abs(mine["top1_mean"] - theirs["top1_mean"]) > half:
         verdict = "retrieval helps more" if mine["top1_mean"] > theirs["top1_mean"] else f"{diffusion} helps more"
-    return (f"**Retrieval − best diffusion row ({diffusion}): {ours} pp** (95 % interval, Welch; {verdict}). "
-            f"The paper, the same two rows: {paper}.")
+    return (
+        f"**Retrieval − best diffusion row ({diffusion}): {ours} pp** (95 % interval, Welch; {verdict}). "
+        f"The paper, the same two rows: {paper}."
+    )
 
 
 def retrieval_versus_diffusion(gains: pl.DataFrame, diffusion: str, retrieval: str = "retrieval") -> pl.DataFrame:
     """Per class: retrieval's and ``diffusion``'s gain and their difference (positive: retrieval
     better), sorted from retrieval's largest advantage to diffusion's."""
-    pick = lambda method, name: gains.filter(pl.col("method") == method).select("wnid", "name", pl.col("gain").alias(name))  # noqa: E731
+
+    def pick(method, name):
+        return gains.filter(pl.col("method") == method).select("wnid", "name", pl.col("gain").alias(name))
+
     return (
-        pick(retrieval, "retrieval_gain").join(pick(diffusion, "diffusion_gain").drop("name"), on="wnid")
-        .with_columns((pl.col("retrieval_gain") - pl.col("diffusion_gain")).alias("retrieval_minus_diffusion"), pl.lit(diffusion).alias("diffusion_method"))
+        pick(retrieval, "retrieval_gain")
+        .join(pick(diffusion, "diffusion_gain").drop("name"), on="wnid")
+        .with_columns(
+            (pl.col("retrieval_gain") - pl.col("diffusion_gain")).alias("retrieval_minus_diffusion"),
+            pl.lit(diffusion).alias("diffusion_method"),
+        )
         .sort("retrieval_minus_diffusion", descending=True)
     )
 
@@ -292,7 +379,9 @@ def pearson(x: list[float], y: list[float]) -> float | None:
     return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
 
-def gain_correlations(gains: pl.DataFrame, fidelity: pl.DataFrame | None, similarity: pl.DataFrame | None) -> pl.DataFrame:
+def gain_correlations(
+    gains: pl.DataFrame, fidelity: pl.DataFrame | None, similarity: pl.DataFrame | None
+) -> pl.DataFrame:
     """Per method: Pearson's r over classes between the class's gain and (a) the class fidelity of
     the method's images for that class (``fidelity``: method, wnid, fidelity), (b) the mean CLIP
     similarity of the retrieved images for that class to its query (``similarity``: method, wnid,
@@ -309,13 +398,22 @@ def gain_correlations(gains: pl.DataFrame, fidelity: pl.DataFrame | None, simila
             if joined.height:
                 row["r_gain_retrieval_similarity"] = pearson(joined["gain"].to_list(), joined["similarity"].to_list())
         rows.append(row)
-    return pl.DataFrame(rows, schema={"method": pl.Utf8, "classes": pl.Int64, "r_gain_fidelity": pl.Float64, "r_gain_retrieval_similarity": pl.Float64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "method": pl.Utf8,
+            "classes": pl.Int64,
+            "r_gain_fidelity": pl.Float64,
+            "r_gain_retrieval_similarity": pl.Float64,
+        },
+    )
 
 
 def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.DataFrame:
     """Per method × ratio: top-1 mean, standard error and 95 % interval (missing with one run), the
     augmentation images used and wanted, and the short classes; ``baseline`` (real_p's classifier
     scores) adds the ratio-0 point every curve starts from."""
+
     def spread(top1: pl.Series) -> dict:
         n = top1.len()
         se = float(top1.std(ddof=1)) / math.sqrt(n) if n > 1 else None
@@ -323,14 +421,40 @@ def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.D
 
     rows = []
     for (method, ratio), part in scores.group_by("method", "ratio", maintain_order=True):
-        rows.append({"method": method, "ratio": ratio, **spread(part["test_top1"]), "augmentation_images": float(part["augmentation_images"].mean()),
-                     "wanted_augmentation_images": int(part["wanted_augmentation_images"].max()), "short_classes": part["short_classes"][0]})
+        rows.append(
+            {
+                "method": method,
+                "ratio": ratio,
+                **spread(part["test_top1"]),
+                "augmentation_images": float(part["augmentation_images"].mean()),
+                "wanted_augmentation_images": int(part["wanted_augmentation_images"].max()),
+                "short_classes": part["short_classes"][0],
+            }
+        )
     if baseline is not None and baseline.height:
         start = spread(baseline["test_top1"])
         for method in scores["method"].unique(maintain_order=True):
-            rows.append({"method": method, "ratio": 0.0, **start, "augmentation_images": 0.0, "wanted_augmentation_images": 0,
-                         "short_classes": None})
-    return pl.DataFrame(rows, schema={
-        "method": pl.Utf8, "ratio": pl.Float64, "top1_mean": pl.Float64, "top1_se": pl.Float64, "top1_ci95": pl.Float64, "n_runs": pl.Int64,
-        "augmentation_images": pl.Float64, "wanted_augmentation_images": pl.Int64, "short_classes": pl.Utf8,
-    }).sort("method", "ratio")
+            rows.append(
+                {
+                    "method": method,
+                    "ratio": 0.0,
+                    **start,
+                    "augmentation_images": 0.0,
+                    "wanted_augmentation_images": 0,
+                    "short_classes": None,
+                }
+            )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "method": pl.Utf8,
+            "ratio": pl.Float64,
+            "top1_mean": pl.Float64,
+            "top1_se": pl.Float64,
+            "top1_ci95": pl.Float64,
+            "n_runs": pl.Int64,
+            "augmentation_images": pl.Float64,
+            "wanted_augmentation_images": pl.Int64,
+            "short_classes": pl.Utf8,
+        },
+    ).sort("method", "ratio")

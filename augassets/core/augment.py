@@ -57,12 +57,16 @@ def augmented_sets(
     elif method.extra_images == IMAGES:
         if images is None:
             raise ValueError(f"method {method.key!r} needs its augmentation images")
-        needed = target.group_by("wnid").len().select("wnid", (pl.col("len") * ratio).ceil().cast(pl.Int64).alias("needed"))
+        needed = (
+            target.group_by("wnid").len().select("wnid", (pl.col("len") * ratio).ceil().cast(pl.Int64).alias("needed"))
+        )
         pool = images.filter(~pl.col("wnid").is_in(list(excluded))).join(needed, on="wnid").sort("wnid", "rank")
 
         def extra_for(r: int) -> pl.DataFrame:
             # Retrieval keeps its most similar images; a generated pool is resampled for every replicate.
-            order = pl.int_range(pl.len()).shuffle(seed=seed * 1000 + r).over("wnid") if method.resample else pl.col("rank")
+            order = (
+                pl.int_range(pl.len()).shuffle(seed=seed * 1000 + r).over("wnid") if method.resample else pl.col("rank")
+            )
             chosen = pool.with_columns(order.alias("_order")).sort("wnid", "_order")
             return chosen.filter(pl.int_range(pl.len()).over("wnid") < pl.col("needed"))
     else:

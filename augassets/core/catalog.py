@@ -71,7 +71,8 @@ def class_entries(dataset: DatasetSpec) -> list[ClassEntry]:
     if class_list == "folders":
         if not dataset.class_root.is_dir():
             raise FileNotFoundError(
-                f"class folder root {dataset.class_root} does not exist (setting {dataset.root_env}): {dataset.install_hint}"
+                f"class folder root {dataset.class_root} does not exist (setting {dataset.root_env}): "
+                f"{dataset.install_hint}"
             )
         folders = sorted(p.name for p in dataset.class_root.iterdir() if p.is_dir())
         return [ClassEntry(key=folder, folder=folder, source_label=wordnet_offset(folder)) for folder in folders]
@@ -83,7 +84,9 @@ def wordnet_offset(folder: str) -> int:
     return int(folder[1:]) if re.fullmatch(r"n\d{8}", folder) else -1
 
 
-def usable_classes(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None) -> tuple[list[ClassEntry], list[SkippedClass]]:
+def usable_classes(
+    dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None
+) -> tuple[list[ClassEntry], list[SkippedClass]]:
     """The first ``max_classes`` classes (0: all) of the dataset's class list, and the class folders
     skipped with their reason: in a folder dataset, a folder whose name is not a WordNet 3.0 noun id
     is skipped, not fatal (the packaged lists hold only valid ids)."""
@@ -95,7 +98,9 @@ def usable_classes(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet 
             try:
                 wordnet.synset(entry.key)
             except WordNetError as error:
-                skipped.append(SkippedClass(entry.folder, f"{error}; class folders must be named by WordNet 3.0 noun ids"))
+                skipped.append(
+                    SkippedClass(entry.folder, f"{error}; class folders must be named by WordNet 3.0 noun ids")
+                )
             else:
                 usable.append(entry)
         entries = usable
@@ -114,8 +119,12 @@ def caltech_name(folder: str) -> str:
     return name.replace("-", " ").replace("_", " ")
 
 
-def build_catalog(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet | None = None,
-                  skipped: list[SkippedClass] | None = None) -> pl.DataFrame:
+def build_catalog(
+    dataset: DatasetSpec,
+    max_classes: int = 0,
+    wordnet: WordNet | None = None,
+    skipped: list[SkippedClass] | None = None,
+) -> pl.DataFrame:
     """One row per class: key, contiguous label, lemmas, name (lemmas joined by ", "), no-ws name,
     first hypernym and definition. Class folders that are not WordNet ids are left out and appended
     to ``skipped``; an unknown wnid in a packaged class list raises, naming it."""
@@ -126,7 +135,9 @@ def build_catalog(dataset: DatasetSpec, max_classes: int = 0, wordnet: WordNet |
         skipped.extend(skipped_here)
     if not entries:
         reasons = "; ".join(f"{s.folder!r}: {s.reason}" for s in skipped_here[:3])
-        raise ValueError(f"no usable class in class list {class_list!r} ({len(skipped_here)} folders skipped: {reasons})")
+        raise ValueError(
+            f"no usable class in class list {class_list!r} ({len(skipped_here)} folders skipped: {reasons})"
+        )
     rows = []
     for label, entry in enumerate(entries):
         if class_list == "caltech256":

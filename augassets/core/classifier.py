@@ -42,7 +42,9 @@ class SmallResNet(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 16, blocks_per_stage: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         stages, in_ch = [], width
         for i, out_ch in enumerate((width, 2 * width, 4 * width)):
             stride = 1 if i == 0 else 2
@@ -50,7 +52,9 @@ class SmallResNet(nn.Module):
                 s = stride if b == 0 else 1
                 downsample = None
                 if s != 1 or in_ch != out_ch:
-                    downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=s, bias=False), nn.BatchNorm2d(out_ch))
+                    downsample = nn.Sequential(
+                        nn.Conv2d(in_ch, out_ch, 1, stride=s, bias=False), nn.BatchNorm2d(out_ch)
+                    )
                 stages.append(BasicBlock(in_ch, out_ch, stride=s, downsample=downsample))
                 in_ch = out_ch
         self.stages = nn.Sequential(*stages)
@@ -66,12 +70,16 @@ def build_model(spec: ClassifierSpec, num_classes: int) -> nn.Module:
         return SmallResNet(num_classes, width=spec.width)
     if spec.arch == "resnet50":
         return resnet50(weights=None, num_classes=num_classes)
-    raise ValueError(f"unknown classifier arch {spec.arch!r} (profile setting classifier.arch: resnet_small or resnet50)")
+    raise ValueError(
+        f"unknown classifier arch {spec.arch!r} (profile setting classifier.arch: resnet_small or resnet50)"
+    )
 
 
 def train_transform(spec: ClassifierSpec) -> v2.Transform:
     """The random part, per image on uint8; ``normalize_batch`` finishes a collated batch."""
-    return v2.Compose([v2.RandomResizedCrop(spec.image_size, scale=spec.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
+    return v2.Compose(
+        [v2.RandomResizedCrop(spec.image_size, scale=spec.crop_scale, antialias=True), v2.RandomHorizontalFlip()]
+    )
 
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
@@ -107,8 +115,14 @@ class ImageListDataset(Dataset):
     ``deterministic``: the transform draws no random numbers (evaluation), so a preloaded set is
     transformed once, not once per epoch; the tensors are the same either way."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: v2.Transform, preload_size: int | None = None,
-                 deterministic: bool = False):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        transform: v2.Transform,
+        preload_size: int | None = None,
+        deterministic: bool = False,
+    ):
         self.paths = list(paths)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.transform = transform
@@ -169,7 +183,9 @@ class TrainResult:
 
 
 @functools.lru_cache(maxsize=2)
-def _preloaded_eval_dataset(paths: tuple[str, ...], labels: tuple[int, ...], spec: ClassifierSpec, versions: tuple[int, ...]) -> ImageListDataset:
+def _preloaded_eval_dataset(
+    paths: tuple[str, ...], labels: tuple[int, ...], spec: ClassifierSpec, versions: tuple[int, ...]
+) -> ImageListDataset:
     """The val and test sets, decoded and transformed once per process: the replicates and methods a
     step trains in turn all evaluate on the same two. ``versions`` (the files' mtimes) keys out a set
     whose files were rewritten."""
@@ -185,7 +201,10 @@ class _Batches:
 
     def __iter__(self):
         for start in range(0, len(self.dataset), self.batch_size):
-            yield self.dataset.cache[start : start + self.batch_size], self.dataset.labels[start : start + self.batch_size]
+            yield (
+                self.dataset.cache[start : start + self.batch_size],
+                self.dataset.labels[start : start + self.batch_size],
+            )
 
 
 def _loader(data: LabeledImages, transform, spec: ClassifierSpec, shuffle: bool, seed: int) -> DataLoader | _Batches:
@@ -258,7 +277,10 @@ def train_classifier(
     torch.manual_seed(seed)
     np.random.seed(seed)
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"classifier device {spec.device!r} but no CUDA device is visible (set AUGASSETS_DEVICE=cpu to train on the CPU)")
+        raise RuntimeError(
+            f"classifier device {spec.device!r} but no CUDA device is visible (set AUGASSETS_DEVICE=cpu to "
+            f"train on the CPU)"
+        )
     device = torch.device(spec.device)
     model = build_model(spec, num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
@@ -267,7 +289,11 @@ def train_classifier(
     # With ``ema_decay`` the weights that are validated, kept and tested are a moving average over the
     # steps (BatchNorm statistics included): the best-val choice then picks among smoothed weights
     # rather than the noisy iterate of a high learning rate.
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True) if spec.ema_decay else None
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True)
+        if spec.ema_decay
+        else None
+    )
     scored = averaged.module if averaged is not None else model
 
     best_val, best_epoch, best_state, history = -1.0, 0, None, []
@@ -297,7 +323,10 @@ def train_classifier(
         if plateau.step(improved=epoch == best_epoch):
             for group in optimizer.param_groups:
                 group["lr"] /= 10
-        say(f"epoch {epoch}/{spec.max_epochs}: loss {loss_sum / max(1, epoch_seen):.3f} val top-1 {val_top1:.4f} (best {best_val:.4f} @ {best_epoch}) lr {lr:g}")
+        say(
+            f"epoch {epoch}/{spec.max_epochs}: loss {loss_sum / max(1, epoch_seen):.3f} val top-1 "
+            f"{val_top1:.4f} (best {best_val:.4f} @ {best_epoch}) lr {lr:g}"
+        )
         if epoch - best_epoch >= spec.early_stop_patience:
             say(f"early stop: no val improvement for {spec.early_stop_patience} epochs")
             break

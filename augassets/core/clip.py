@@ -71,7 +71,9 @@ def build_tokenizer(folder: Path) -> CLIPTokenizer:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=MAX_POSITIONS)
+    return CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=MAX_POSITIONS
+    )
 
 
 def build_processor(folder: Path, image_size: int) -> CLIPProcessor:
@@ -86,18 +88,30 @@ def build_processor(folder: Path, image_size: int) -> CLIPProcessor:
 
 def clip_config(spec: ClipSpec, image_size: int) -> CLIPConfig:
     text = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=spec.hidden_size, intermediate_size=4 * spec.hidden_size,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=VOCAB_SIZE - 2, eos_token_id=VOCAB_SIZE - 1, pad_token_id=VOCAB_SIZE - 1,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=VOCAB_SIZE - 2,
+        eos_token_id=VOCAB_SIZE - 1,
+        pad_token_id=VOCAB_SIZE - 1,
     )
     vision = dict(
-        image_size=image_size, patch_size=spec.patch_size, hidden_size=spec.hidden_size,
-        intermediate_size=4 * spec.hidden_size, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+        image_size=image_size,
+        patch_size=spec.patch_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
     )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.projection_dim)
 
 
-def image_tensor(paths: Sequence[str], image_size: int, augment: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
+def image_tensor(
+    paths: Sequence[str], image_size: int, augment: bool = False, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """Decode, resize and normalize a batch the way ``CLIPImageProcessor`` does (fast path for training)."""
     arrays = []
     for path in paths:
@@ -140,7 +154,9 @@ def train_clip(
     model = CLIPModel(clip_config(spec, image_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.1)
     steps_per_epoch = max(1, len(paths) // spec.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.1
+    )
     losses, started, seen = [], time.perf_counter(), 0
     model.train()
     for epoch in range(1, spec.epochs + 1):
@@ -149,8 +165,16 @@ def train_clip(
         for step in range(steps_per_epoch):
             index = order[step * spec.batch_size : (step + 1) * spec.batch_size]
             pixels = image_tensor([paths[i] for i in index], image_size, augment=True, rng=rng)
-            text = tokenizer([captions[i] for i in index], padding=True, truncation=True, max_length=spec.max_text_tokens, return_tensors="pt")
-            output = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels, return_loss=True)
+            text = tokenizer(
+                [captions[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=spec.max_text_tokens,
+                return_tensors="pt",
+            )
+            output = model(
+                input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=pixels, return_loss=True
+            )
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
@@ -177,7 +201,9 @@ def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: Sequence[str
 
 
 @torch.no_grad()
-def encode_image_batches(model: CLIPModel, paths: Sequence[str], image_size: int, batch_size: int = 512) -> Iterator[np.ndarray]:
+def encode_image_batches(
+    model: CLIPModel, paths: Sequence[str], image_size: int, batch_size: int = 512
+) -> Iterator[np.ndarray]:
     """L2-normalized image embeddings, one array per batch of ``paths`` (streamed)."""
     for start in range(0, len(paths), batch_size):
         features = model.get_image_features(pixel_values=image_tensor(paths[start : start + batch_size], image_size))
@@ -185,13 +211,24 @@ def encode_image_batches(model: CLIPModel, paths: Sequence[str], image_size: int
         yield F.normalize(features, dim=-1).numpy().astype(np.float32)
 
 
-def zero_shot_accuracy(model: CLIPModel, tokenizer: CLIPTokenizer, paths: Sequence[str], labels: Sequence[int], prompts: Sequence[str], image_size: int) -> tuple[float, dict[int, float]]:
+def zero_shot_accuracy(
+    model: CLIPModel,
+    tokenizer: CLIPTokenizer,
+    paths: Sequence[str],
+    labels: Sequence[int],
+    prompts: Sequence[str],
+    image_size: int,
+) -> tuple[float, dict[int, float]]:
     """Top-1 of classifying each image by its most similar prompt (one prompt per label)."""
     return zero_shot_scores(model, tokenizer, paths, labels, {"": [[prompt] for prompt in prompts]}, image_size)[""]
 
 
 def zero_shot_scores(
-    model: CLIPModel, tokenizer: CLIPTokenizer, paths: Sequence[str], labels: Sequence[int], prompt_sets: dict[str, Sequence[Sequence[str]]],
+    model: CLIPModel,
+    tokenizer: CLIPTokenizer,
+    paths: Sequence[str],
+    labels: Sequence[int],
+    prompt_sets: dict[str, Sequence[Sequence[str]]],
     image_size: int,
 ) -> dict[str, tuple[float, dict[int, float]]]:
     """Zero-shot top-1 (overall, per class) under each named prompt set, the images encoded once. A

@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 import polars as pl
 
 COMPUTE_SCHEMA = {
-    "asset": pl.Utf8, "partition": pl.Utf8, "stage": pl.Utf8, "method": pl.Utf8, "device": pl.Utf8,
-    "seconds": pl.Float64, "images": pl.Int64, "peak_gpu_memory_mb": pl.Float64, "finished_at": pl.Float64,
+    "asset": pl.Utf8,
+    "partition": pl.Utf8,
+    "stage": pl.Utf8,
+    "method": pl.Utf8,
+    "device": pl.Utf8,
+    "seconds": pl.Float64,
+    "images": pl.Int64,
+    "peak_gpu_memory_mb": pl.Float64,
+    "finished_at": pl.Float64,
 }
 
 # What a stage processes at the paper's scale: ImageNet-10 %, "a 10% sample (126,861 training images)",
@@ -31,14 +38,22 @@ PAPER_RETRIEVED_PER_CLASS = 130  # also the augmentation set per class the class
 # Derived: not stated as such in the paper, worked out here from what it states.
 PAPER_HOURS = {
     ("generate", None): (867.0, "reported", "GPU h (T4), 390 images per class, any generating method"),
-    ("generate candidates", None): (867.0, "derived", "GPU h (T4) per candidate set: the paper's 867 h per 390 images a class"),
+    ("generate candidates", None): (
+        867.0,
+        "derived",
+        "GPU h (T4) per candidate set: the paper's 867 h per 390 images a class",
+    ),
     ("retrieve", "retrieval"): (28.5, "reported", "h on a CPU machine, bottlenecked by downloads"),
     ("fine-tune", "ft_cluster_conditioning"): (244.0, "reported", "GPU h (V100)"),
     ("fine-tune", "ft_conditioning"): (380.0, "reported", "GPU h (V100)"),
     ("fine-tune", "textual_inversion"): (368.0, "reported", "GPU h (V100)"),
     ("fine-tune", "imagic"): (552.0, "reported", "GPU h (V100)"),
     ("fine-tune", "pseudoword_dm"): (720.0, "reported", "GPU h (V100)"),
-    ("train classifier", None): (144.0, "derived", "GPU h (T4): the midpoint of the reported 128–160 per classifier run"),
+    ("train classifier", None): (
+        144.0,
+        "derived",
+        "GPU h (T4): the midpoint of the reported 128–160 per classifier run",
+    ),
 }
 # §4.4: "RETRIEVAL was most efficient: 30x faster than the prompt-based DM methods, and 56x faster than
 # the best performing and most compute intense PSEUDOWORD+DM": 867 / 28.5 and (720 + 867) / 28.5.
@@ -92,12 +107,22 @@ class Meter:
         self.stop()
 
     def row(self) -> dict:
-        return {"asset": self.asset, "partition": self.partition, "stage": self.stage, "method": self.method,
-                "device": device_name(self.device), "seconds": self.seconds, "images": int(self.images),
-                "peak_gpu_memory_mb": self.peak_gpu_memory_mb, "finished_at": time.time()}
+        return {
+            "asset": self.asset,
+            "partition": self.partition,
+            "stage": self.stage,
+            "method": self.method,
+            "device": device_name(self.device),
+            "seconds": self.seconds,
+            "images": int(self.images),
+            "peak_gpu_memory_mb": self.peak_gpu_memory_mb,
+            "finished_at": time.time(),
+        }
 
 
-def timed(asset: str, partition: str, stage: str, method: str | None, device: str, seconds: float, images: float) -> Meter:
+def timed(
+    asset: str, partition: str, stage: str, method: str | None, device: str, seconds: float, images: float
+) -> Meter:
     """A meter for work the caller timed itself (a training loop that reports its own seconds)."""
     return Meter(asset, partition, stage, method, device, images=int(round(images)), seconds=seconds)
 
@@ -105,7 +130,11 @@ def timed(asset: str, partition: str, stage: str, method: str | None, device: st
 def record(db, meters: list[Meter]) -> None:
     """Write the meters' rows to ``compute_log``, each replacing its asset partition's row."""
     for meter in meters:
-        db.replace("compute_log", pl.DataFrame([meter.row()], schema=COMPUTE_SCHEMA), where={"asset": meter.asset, "partition": meter.partition})
+        db.replace(
+            "compute_log",
+            pl.DataFrame([meter.row()], schema=COMPUTE_SCHEMA),
+            where={"asset": meter.asset, "partition": meter.partition},
+        )
 
 
 def paper_scale_images(stage: str, epochs: float | None = None) -> float | None:
@@ -119,7 +148,9 @@ def paper_scale_images(stage: str, epochs: float | None = None) -> float | None:
     if stage == "retrieve":
         return PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS
     if stage in ("fine-tune", "train classifier", "select checkpoint") and epochs:
-        extra = PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS if stage != "fine-tune" else 0  # target + a 100 % augmentation set
+        extra = (
+            PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS if stage != "fine-tune" else 0
+        )  # target + a 100 % augmentation set
         return (PAPER_TARGET_IMAGES + extra) * epochs
     return None
 
@@ -128,7 +159,12 @@ def compute_summary(log: pl.DataFrame) -> pl.DataFrame:
     """Per stage and method: partitions, seconds, images and images/s, measured; seconds per image."""
     return (
         log.group_by("stage", "method", "device")
-        .agg(pl.len().alias("partitions"), pl.col("seconds").sum(), pl.col("images").sum(), pl.col("peak_gpu_memory_mb").max())
+        .agg(
+            pl.len().alias("partitions"),
+            pl.col("seconds").sum(),
+            pl.col("images").sum(),
+            pl.col("peak_gpu_memory_mb").max(),
+        )
         .with_columns(
             pl.when(pl.col("seconds") > 0).then(pl.col("images") / pl.col("seconds")).alias("images_per_second"),
             pl.when(pl.col("images") > 0).then(pl.col("seconds") / pl.col("images")).alias("seconds_per_image"),
@@ -147,19 +183,32 @@ def extrapolate(summary: pl.DataFrame, epochs: dict[tuple[str, str], float]) -> 
         images = paper_scale_images(row["stage"], epochs.get((row["stage"], row["method"])))
         hours = None if images is None or row["seconds_per_image"] is None else images * row["seconds_per_image"] / 3600
         paper = PAPER_HOURS.get((row["stage"], row["method"])) or PAPER_HOURS.get((row["stage"], None))
-        rows.append({
-            "stage": row["stage"], "method": row["method"], "device": row["device"],
-            "measured_seconds_per_image": row["seconds_per_image"], "paper_scale_images": images,
-            "extrapolated_hours": hours, "paper_hours": paper[0] if paper else None,
-            "paper_hours_kind": paper[1] if paper else None, "paper_note": paper[2] if paper else None,
-        })
+        rows.append(
+            {
+                "stage": row["stage"],
+                "method": row["method"],
+                "device": row["device"],
+                "measured_seconds_per_image": row["seconds_per_image"],
+                "paper_scale_images": images,
+                "extrapolated_hours": hours,
+                "paper_hours": paper[0] if paper else None,
+                "paper_hours_kind": paper[1] if paper else None,
+                "paper_note": paper[2] if paper else None,
+            }
+        )
     return pl.DataFrame(rows, schema=EXTRAPOLATION_SCHEMA)
 
 
 EXTRAPOLATION_SCHEMA = {
-    "stage": pl.Utf8, "method": pl.Utf8, "device": pl.Utf8, "measured_seconds_per_image": pl.Float64,
-    "paper_scale_images": pl.Float64, "extrapolated_hours": pl.Float64, "paper_hours": pl.Float64,
-    "paper_hours_kind": pl.Utf8, "paper_note": pl.Utf8,
+    "stage": pl.Utf8,
+    "method": pl.Utf8,
+    "device": pl.Utf8,
+    "measured_seconds_per_image": pl.Float64,
+    "paper_scale_images": pl.Float64,
+    "extrapolated_hours": pl.Float64,
+    "paper_hours": pl.Float64,
+    "paper_hours_kind": pl.Utf8,
+    "paper_note": pl.Utf8,
 }
 
 
@@ -182,7 +231,10 @@ def speedups(extrapolation: pl.DataFrame, prompt_methods: list[str]) -> pl.DataF
 
     prompt = [hours for m in prompt_methods if (hours := one_set(m)) is not None]
     prompt_hours = sum(prompt) / len(prompt) if prompt else None
-    generate_9, finetune_9 = one_set("pseudoword_dm"), (rows.get(("fine-tune", "pseudoword_dm")) or {}).get("extrapolated_hours")
+    generate_9, finetune_9 = (
+        one_set("pseudoword_dm"),
+        (rows.get(("fine-tune", "pseudoword_dm")) or {}).get("extrapolated_hours"),
+    )
     pseudoword_hours = generate_9 + finetune_9 if generate_9 is not None and finetune_9 is not None else None
     rows = []
     for name, numerator, what in (
@@ -191,4 +243,6 @@ def speedups(extrapolation: pl.DataFrame, prompt_methods: list[str]) -> pl.DataF
     ):
         ours = numerator / retrieve if numerator is not None and retrieve else None
         rows.append({"comparison": name, "ratio": what, "paper": PAPER_SPEEDUPS[name], "measured": ours})
-    return pl.DataFrame(rows, schema={"comparison": pl.Utf8, "ratio": pl.Utf8, "paper": pl.Float64, "measured": pl.Float64})
+    return pl.DataFrame(
+        rows, schema={"comparison": pl.Utf8, "ratio": pl.Utf8, "paper": pl.Float64, "measured": pl.Float64}
+    )

@@ -48,7 +48,9 @@ def read_idx(path: Path, remedy: str = "replace the file") -> np.ndarray:
         with opener(path, "rb") as handle:
             data = handle.read()
     except (EOFError, zlib.error, OSError) as error:  # truncated or corrupted gzip, unreadable file
-        raise DatasetError(f"{path} cannot be read ({type(error).__name__}: {error}); it is truncated or corrupted: {remedy}") from None
+        raise DatasetError(
+            f"{path} cannot be read ({type(error).__name__}: {error}); it is truncated or corrupted: {remedy}"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetError(f"{path} is not an unsigned-byte IDX file: {remedy}")
     ndim = data[3]
@@ -87,7 +89,8 @@ class FashionMnistSource:
             for name in names:
                 if not (self.root / name).is_file():
                     raise DatasetError(
-                        f"Fashion-MNIST file {self.root / name} is missing (setting {spec.root_env}): {spec.install_hint}"
+                        f"Fashion-MNIST file {self.root / name} is missing (setting {spec.root_env}): "
+                        f"{spec.install_hint}"
                     )
         self.has_test_split = True
 
@@ -126,7 +129,9 @@ class ImageFolderSource:
         self.spec = spec
         self.root = spec.root
         if not self.root.is_dir():
-            raise DatasetError(f"dataset folder {self.root} does not exist (setting {spec.root_env}): {spec.install_hint}")
+            raise DatasetError(
+                f"dataset folder {self.root} does not exist (setting {spec.root_env}): {spec.install_hint}"
+            )
         self.has_test_split = bool(spec.test_dir)
 
     def _folder(self, part: str, folder: str) -> Path:
@@ -180,7 +185,9 @@ def class_rates(split: SplitSpec, source_labels: list[int], per_class_streams: b
     return split.train_fraction * rng.uniform(low, 1.0, size=max(source_labels) + 1)[source_labels]
 
 
-def _take(stream: Iterator[str], n: int | None, wnid: str, source, split: SplitSpec, report: SplitReport, what: str) -> list[tuple[str, str]]:
+def _take(
+    stream: Iterator[str], n: int | None, wnid: str, source, split: SplitSpec, report: SplitReport, what: str
+) -> list[tuple[str, str]]:
     """The next ``n`` usable images of ``stream`` (all of them when ``n`` is None) as (item, path).
 
     Files that fail to decode are skipped and recorded in ``report`` with their reason."""
@@ -245,7 +252,9 @@ def make_splits(
                 drawn["real_extra"] = _take(stream, n_target, wnid, source, split, report, "real_extra")
         except DatasetError:
             reasons = Counter(r["reason"] for r in report.skipped if r["wnid"] == wnid)
-            if not drawn.get("val") and sum(reasons.values()) >= n - len(drawn.get("test", [])) * (not source.has_test_split):
+            if not drawn.get("val") and sum(reasons.values()) >= n - len(drawn.get("test", [])) * (
+                not source.has_test_split
+            ):
                 raise DatasetError(
                     f"class {wnid}: its folder {row['folder']!r} has no valid image ({n} files, skipped: "
                     f"{dict(reasons)}); fix the files or drop the class"
@@ -255,6 +264,8 @@ def make_splits(
             raise DatasetError(f"class {wnid}: no usable test image in folder {row['folder']!r}")
         report.counts[wnid] = Counter({name: len(pairs) for name, pairs in drawn.items()})
         for name in (name for name in SPLITS if name in drawn):
-            rows.extend({"split": name, "wnid": wnid, "label": label, "item": item, "path": path} for item, path in drawn[name])
+            rows.extend(
+                {"split": name, "wnid": wnid, "label": label, "item": item, "path": path} for item, path in drawn[name]
+            )
         say(f"splits: class {wnid} ({row['name']}): " + ", ".join(f"{k}={v}" for k, v in report.counts[wnid].items()))
     return pl.DataFrame(rows, schema=SPLIT_SCHEMA), report

@@ -37,7 +37,13 @@ from .images import load_rgb
 
 log = logging.getLogger(__name__)
 
-SD_NOISE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
+SD_NOISE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+)
 SCHEDULERS = {"ddim": DDIMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
 # What StableDiffusionPipeline sets on load anyway (with a deprecation warning each time): saved in the
 # config instead, as SD v1.4's own scheduler config has them.
@@ -45,7 +51,9 @@ SCHEDULER_FIXES = {"ddim": {"steps_offset": 1, "clip_sample": False}, "dpm_solve
 NEVER = 10.0  # a concept weight no cosine similarity reaches: the slot never fires
 
 
-def pixel_batch(paths: Sequence[str], size: int, flip: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
+def pixel_batch(
+    paths: Sequence[str], size: int, flip: bool = False, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """Images as a (n, 3, size, size) tensor in [-1, 1], as SD's VAE expects."""
     arrays = []
     for path in paths:
@@ -66,21 +74,31 @@ def _groups(channels: Sequence[int]) -> int:
 def make_vae(spec: DiffusionSpec, image_size: int) -> AutoencoderKL:
     blocks = len(spec.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=tuple(spec.vae_channels), layers_per_block=1, latent_channels=spec.latent_channels,
-        norm_num_groups=_groups(spec.vae_channels), sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=tuple(spec.vae_channels),
+        layers_per_block=1,
+        latent_channels=spec.latent_channels,
+        norm_num_groups=_groups(spec.vae_channels),
+        sample_size=image_size,
     )
 
 
 def make_unet(spec: DiffusionSpec, latent_size: int, cross_attention_dim: int) -> UNet2DConditionModel:
     levels = len(spec.unet_channels)
     return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=spec.latent_channels, out_channels=spec.latent_channels,
-        block_out_channels=tuple(spec.unet_channels), layers_per_block=1,
+        sample_size=latent_size,
+        in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels,
+        block_out_channels=tuple(spec.unet_channels),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=_groups(spec.unet_channels),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=_groups(spec.unet_channels),
     )
 
 
@@ -99,7 +117,13 @@ class TrainLog:
     images_per_second: float
 
 
-def train_vae(paths: Sequence[str], spec: DiffusionSpec, image_size: int, seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[AutoencoderKL, TrainLog]:
+def train_vae(
+    paths: Sequence[str],
+    spec: DiffusionSpec,
+    image_size: int,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[AutoencoderKL, TrainLog]:
     """Reconstruction + a small KL term; then SD's ``scaling_factor`` is set to 1/std of the latents."""
     say = progress or log.info
     torch.manual_seed(seed)
@@ -112,7 +136,12 @@ def train_vae(paths: Sequence[str], spec: DiffusionSpec, image_size: int, seed: 
     for epoch in range(1, spec.vae_epochs + 1):
         order, total = rng.permutation(len(paths)), 0.0
         for step in range(steps):
-            batch = pixel_batch([paths[i] for i in order[step * spec.vae_batch_size : (step + 1) * spec.vae_batch_size]], image_size, flip=True, rng=rng)
+            batch = pixel_batch(
+                [paths[i] for i in order[step * spec.vae_batch_size : (step + 1) * spec.vae_batch_size]],
+                image_size,
+                flip=True,
+                rng=rng,
+            )
             posterior = vae.encode(batch).latent_dist
             reconstruction = vae.decode(posterior.sample()).sample
             total += optimizer_step(optimizer, F.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean())
@@ -129,12 +158,16 @@ def train_vae(paths: Sequence[str], spec: DiffusionSpec, image_size: int, seed: 
 
 
 @torch.no_grad()
-def encode_latent_distribution(vae: AutoencoderKL, paths: Sequence[str], image_size: int, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latent_distribution(
+    vae: AutoencoderKL, paths: Sequence[str], image_size: int, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posterior (mean, std) of every training image, encoded once in batches; training then
     samples latents from it each step instead of re-running the encoder."""
     means, stds = [], []
     for start in range(0, len(paths), batch_size):
-        posterior = vae.encode(pixel_batch(paths[start : start + batch_size], image_size).to(vae.device, vae.dtype)).latent_dist
+        posterior = vae.encode(
+            pixel_batch(paths[start : start + batch_size], image_size).to(vae.device, vae.dtype)
+        ).latent_dist
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
     return torch.cat(means), torch.cat(stds)
@@ -149,7 +182,9 @@ def text_tower(clip: CLIPModel) -> CLIPTextModel:
 
 @torch.no_grad()
 def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
@@ -185,8 +220,14 @@ def train_unet(
     say(f"unet: {len(paths)} training images encoded to {tuple(latent_mean.shape[1:])} latents")
     losses, seen, started = [], 0, time.perf_counter()
     steps = max(1, len(paths) // spec.unet_batch_size)
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, spec.unet_epochs * steps // 20), spec.unet_epochs * steps)
-    ema = EMAModel(unet.parameters(), decay=spec.unet_ema_decay, use_ema_warmup=True, power=0.75) if spec.unet_ema_decay else None
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, max(1, spec.unet_epochs * steps // 20), spec.unet_epochs * steps
+    )
+    ema = (
+        EMAModel(unet.parameters(), decay=spec.unet_ema_decay, use_ema_warmup=True, power=0.75)
+        if spec.unet_ema_decay
+        else None
+    )
     unet.train()
     for epoch in range(1, spec.unet_epochs + 1):
         order, total = rng.permutation(len(paths)), 0.0
@@ -200,13 +241,18 @@ def train_unet(
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),))
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            total += optimizer_step(optimizer, F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=states).sample, noise))
+            total += optimizer_step(
+                optimizer, F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=states).sample, noise)
+            )
             schedule.step()
             if ema is not None:
                 ema.step(unet.parameters())
             seen += len(index)
         losses.append(total / steps)
-        say(f"unet epoch {epoch}/{spec.unet_epochs}: loss {losses[-1]:.4f}, learning rate {schedule.get_last_lr()[0]:.2e}")
+        say(
+            f"unet epoch {epoch}/{spec.unet_epochs}: loss {losses[-1]:.4f}, learning rate "
+            f"{schedule.get_last_lr()[0]:.2e}"
+        )
     if ema is not None:
         ema.copy_to(unet.parameters())
     unet.eval()
@@ -286,9 +332,14 @@ def assemble_pipeline(
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r} (DiffusionSpec.scheduler: {', '.join(SCHEDULERS)})")
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
         scheduler=SCHEDULERS[scheduler].from_config(DDPMScheduler(**SD_NOISE).config, **SCHEDULER_FIXES[scheduler]),
-        safety_checker=safety_checker, feature_extractor=image_processor, requires_safety_checker=True,
+        safety_checker=safety_checker,
+        feature_extractor=image_processor,
+        requires_safety_checker=True,
     )
 
 

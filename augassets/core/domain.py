@@ -31,7 +31,9 @@ def balanced_pairs(target_labels: np.ndarray, method_labels: np.ndarray, seed: i
     return (np.concatenate(keep_t) if keep_t else empty), (np.concatenate(keep_m) if keep_m else empty)
 
 
-def _fit_predict(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, weight_decay: float, steps: int) -> torch.Tensor:
+def _fit_predict(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, weight_decay: float, steps: int
+) -> torch.Tensor:
     """Logistic regression (full-batch L-BFGS, L2) on standardized features; predicted labels of ``test_x``."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std

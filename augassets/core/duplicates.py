@@ -22,14 +22,20 @@ class DuplicateIndex:
 
     def __init__(self, database: np.ndarray):
         if database.ndim != 2 or database.dtype != np.uint8:
-            raise TypeError(f"pHash codes must be a (n, bytes) uint8 array, not {database.dtype} of shape {database.shape}")
+            raise TypeError(
+                f"pHash codes must be a (n, bytes) uint8 array, not {database.dtype} of shape {database.shape}"
+            )
         self.size = len(database)
         self.index = faiss.IndexBinaryFlat(8 * database.shape[1])
         if self.size:
             self.index.add(np.ascontiguousarray(database))
 
     def pairs(
-        self, queries: np.ndarray, threshold: int = PAPER_THRESHOLD, block: int = 65_536, progress: Callable[[str], None] | None = None
+        self,
+        queries: np.ndarray,
+        threshold: int = PAPER_THRESHOLD,
+        block: int = 65_536,
+        progress: Callable[[str], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (query index, database index, distance) with Hamming distance < ``threshold``."""
         found_q, found_d, found_dist = [], [], []
@@ -43,7 +49,10 @@ class DuplicateIndex:
             found_d.append(ids.astype(np.int64))
             found_dist.append(distances.astype(np.int64))
             if progress:
-                progress(f"duplicate search: {min(start + block, len(queries))}/{len(queries)} queries, {int(limits[-1])} pairs")
+                progress(
+                    f"duplicate search: {min(start + block, len(queries))}/{len(queries)} queries, "
+                    f"{int(limits[-1])} pairs"
+                )
         if not found_q:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
@@ -74,11 +83,14 @@ def detector_curve(
     for t in thresholds:
         pairs = {(q, r) for q, r, distance in found if distance < t}
         hit = len(pairs & planted)
-        curve.append({
-            "threshold": t, "pairs": len(pairs),
-            "recall": hit / len(planted) if planted else float("nan"),
-            "precision": hit / len(pairs) if pairs else float("nan"),
-        })
+        curve.append(
+            {
+                "threshold": t,
+                "pairs": len(pairs),
+                "recall": hit / len(planted) if planted else float("nan"),
+                "precision": hit / len(pairs) if pairs else float("nan"),
+            }
+        )
     return curve
 
 

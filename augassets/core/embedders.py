@@ -43,10 +43,12 @@ def inception_v3_pool(pretrained: bool = True) -> nn.Module:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if not cached.is_file():
             raise EmbedderError(
-                f"Inception-v3's ImageNet weights are not in the torch hub cache: put {weights.url} at {cached} (or point "
+                f"Inception-v3's ImageNet weights are not in the torch hub cache: put {weights.url} at {cached} "
+                f"(or point "
                 "TORCH_HOME at a cache that has them), or set personalization.cluster_embedder to 'clip'"
             )
-        # As torchvision builds it for these weights: inputs re-normalized inside, the auxiliary head loaded then dropped.
+        # As torchvision builds it for these weights: inputs re-normalized inside, the auxiliary head loaded
+        # then dropped.
         model = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
         model.load_state_dict(torch.load(cached, weights_only=True))
         model.aux_logits, model.AuxLogits = False, None
@@ -61,6 +63,8 @@ def inception_embeddings(model: nn.Module, paths: Sequence[str], batch_size: int
     out = []
     for start in range(0, len(paths), batch_size):
         batch = [load_rgb(path).resize((INCEPTION_SIZE, INCEPTION_SIZE)) for path in paths[start : start + batch_size]]
-        pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) / 255 for image in batch])).permute(0, 3, 1, 2)
+        pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.float32) / 255 for image in batch])).permute(
+            0, 3, 1, 2
+        )
         out.append(F.normalize(model((pixels - mean) / std), dim=-1).numpy().astype(np.float32))
     return np.concatenate(out) if out else np.zeros((0, 2048), dtype=np.float32)

@@ -69,8 +69,18 @@ def table1_figure(summary: pl.DataFrame, paper_dataset: str) -> Image.Image:
     gain_errors = [0 if v is None else 100 * v for v in summary["gain_ci95"].to_list()]
     paper = [None if v is None else 100 * v for v in summary["paper_gain"].to_list()]
     height = 0.38
-    right.barh([i - height / 2 for i in y], [g or 0 for g in gains], height, xerr=gain_errors, color="#4878a8", capsize=2, label="ours")
-    right.barh([i + height / 2 for i in y], [p or 0 for p in paper], height, color="#e0a040", label=f"paper ({paper_dataset})")
+    right.barh(
+        [i - height / 2 for i in y],
+        [g or 0 for g in gains],
+        height,
+        xerr=gain_errors,
+        color="#4878a8",
+        capsize=2,
+        label="ours",
+    )
+    right.barh(
+        [i + height / 2 for i in y], [p or 0 for p in paper], height, color="#e0a040", label=f"paper ({paper_dataset})"
+    )
     for i, (g, p) in enumerate(zip(gains, paper)):
         if p is None:
             right.text(0, i + height / 2, " not reported", va="center", fontsize=7, color="#a06000")
@@ -94,7 +104,15 @@ def per_class_gain_figure(gains: pl.DataFrame) -> Image.Image:
         values = sorted(100 * v for v in gains.filter(pl.col("method") == method)["gain"].to_list())
         style = "-" if method in ("retrieval", "real_2p") else "--"
         width = 2.2 if method == "retrieval" else 1.2
-        axes.plot(range(1, len(values) + 1), values, style, color=colours[number % len(colours)], linewidth=width, marker=".", label=method)
+        axes.plot(
+            range(1, len(values) + 1),
+            values,
+            style,
+            color=colours[number % len(colours)],
+            linewidth=width,
+            marker=".",
+            label=method,
+        )
     axes.axhline(0, color="black", linewidth=0.8)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_xlabel("classes, sorted by gain (per method)")
@@ -119,10 +137,22 @@ def gain_distribution_figure(gains: pl.DataFrame, methods: list[tuple[str, str]]
         bins = [low + (high - low) * i / 20 for i in range(21)] if high > low else 10
         for (method, _), colour in zip(methods, ("tab:green", "tab:red", "tab:blue")):
             if values[method]:
-                axes.hist(values[method], bins=bins, alpha=0.5, color=colour, label=f"{method} (mean {sum(values[method]) / len(values[method]):+.1f} pp)")
+                axes.hist(
+                    values[method],
+                    bins=bins,
+                    alpha=0.5,
+                    color=colour,
+                    label=f"{method} (mean {sum(values[method]) / len(values[method]):+.1f} pp)",
+                )
         axes.legend(fontsize=8)
     else:
-        axes.text(0.5, 0.5, "no per-class gains: real_p, retrieval or a diffusion row has not run", transform=axes.transAxes, ha="center")
+        axes.text(
+            0.5,
+            0.5,
+            "no per-class gains: real_p, retrieval or a diffusion row has not run",
+            transform=axes.transAxes,
+            ha="center",
+        )
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_xlabel("per-class test accuracy gain over real_p (pp)")
     axes.set_ylabel("classes")

@@ -135,8 +135,10 @@ def load_checkpoint(path: str | Path, written_by: str) -> dict:
 
     problem = safetensors_problem(Path(path))
     if problem:
-        raise ValueError(f"checkpoint {path} is {problem if problem == 'missing' else 'damaged, ' + problem}: "
-                         f"rematerialize {written_by} (augassets benchmark rebuilds it)")
+        raise ValueError(
+            f"checkpoint {path} is {problem if problem == 'missing' else 'damaged, ' + problem}: "
+            f"rematerialize {written_by} (augassets benchmark rebuilds it)"
+        )
     return load_file(str(path))
 
 
@@ -163,3 +165,30 @@ def atomic_folder(final: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def with_file_facts(frame: pl.DataFrame, column: str = "path") -> pl.DataFrame:
+    """``frame`` with the size and SHA-256 of the file each row's ``column`` names, as
+    ``{column}_bytes`` and ``{column}_sha256``. Recorded beside the rows of the partition that wrote
+    the files, they let the integrity check (``augassets/integrity.py``) find a file that kept its
+    name but lost its bytes: sizes are compared on every command, hashes when asked (``--verify``)."""
+    import polars as pl
+
+    sizes, digests = [], []
+    for path in frame[column]:
+        sizes.append(None if path is None else os.path.getsize(path))
+        digests.append(None if path is None else sha256_file(path))
+    return frame.with_columns(
+        pl.Series(f"{column}_bytes", sizes, dtype=pl.Int64), pl.Series(f"{column}_sha256", digests, dtype=pl.Utf8)
+    )

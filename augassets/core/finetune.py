@@ -120,14 +120,19 @@ class SdObjective:
         draws = torch.Generator().manual_seed(spec.seed * 7919 + 1)  # drawn on the CPU: the same on any device
         index = torch.arange(len(val_paths)).repeat(spec.val_draws)
         shape = (len(index), *self.val_mean.shape[1:])
-        self.val_draws = (index, torch.randn(shape, generator=draws).to(self.device), torch.randn(shape, generator=draws).to(self.device),
-                          torch.randint(0, self.timesteps, (len(index),), generator=draws).to(self.device))
+        self.val_draws = (
+            index,
+            torch.randn(shape, generator=draws).to(self.device),
+            torch.randn(shape, generator=draws).to(self.device),
+            torch.randint(0, self.timesteps, (len(index),), generator=draws).to(self.device),
+        )
 
     def loss(self, states: torch.Tensor, mean, std, eps, noise, timesteps, unet=None) -> torch.Tensor:
         latents = (mean + std * eps) * self.scale
         noisy = self.noise.add_noise(latents, noise, timesteps)
         states = states.expand(len(timesteps), -1, -1) if states.shape[0] == 1 else states
-        # On CUDA the forward runs in bfloat16 autocast (mixed precision); the loss and the trained tensors stay float32.
+        # On CUDA the forward runs in bfloat16 autocast (mixed precision); the loss and the trained tensors stay
+        # float32.
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             predicted = (unet or self.unet)(noisy, timesteps, encoder_hidden_states=states).sample
         return F.mse_loss(predicted.float(), noise)
@@ -136,8 +141,11 @@ class SdObjective:
         """One batch's latents (as posterior mean, std and the standard-normal draw), noise and
         timesteps; the random draws come from ``generator`` on the CPU, so they do not depend on the device."""
         mean, std = self.train_mean[index.to(self.train_mean.device)], self.train_std[index.to(self.train_std.device)]
-        draws = [torch.randn(mean.shape, generator=generator), torch.randn(mean.shape, generator=generator),
-                 torch.randint(0, self.timesteps, (len(index),), generator=generator)]
+        draws = [
+            torch.randn(mean.shape, generator=generator),
+            torch.randn(mean.shape, generator=generator),
+            torch.randint(0, self.timesteps, (len(index),), generator=generator),
+        ]
         return (mean, std, *(draw.to(self.device) for draw in draws))
 
     @property
@@ -155,17 +163,23 @@ class SdObjective:
             part = slice(start, start + batch_size)
             i = index[part].to(self.val_mean.device)
             batch_states = states(part) if callable(states) else states if states.shape[0] == 1 else states[part]
-            total += self.loss(batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet).item() * len(i)
+            total += self.loss(
+                batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet
+            ).item() * len(i)
         return total / len(index)
 
 
 def candidate_epochs(history: Sequence[dict], early_epochs: int, loss_candidates: bool = True) -> dict[str, int]:
     """The checkpoints kept for selection: best train loss and best val loss (unless ``loss_candidates``
     is False), and epochs 1..early_epochs."""
-    chosen = {
-        "best_train": min(history, key=lambda h: (h["train_loss"], h["epoch"]))["epoch"],
-        "best_val": min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"],
-    } if loss_candidates else {}
+    chosen = (
+        {
+            "best_train": min(history, key=lambda h: (h["train_loss"], h["epoch"]))["epoch"],
+            "best_val": min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"],
+        }
+        if loss_candidates
+        else {}
+    )
     chosen.update({f"epoch_{e}": e for e in range(1, early_epochs + 1) if e <= len(history)})
     return chosen
 
@@ -188,8 +202,10 @@ def finetune(
     batch-size rule."""
     say = progress or log.info
     if spec.max_epochs < spec.min_epochs:
-        raise FinetuneError(f"the run must train at least {spec.min_epochs} epochs (its candidates are epochs 1–{spec.min_epochs}) "
-                            f"but may train only {spec.max_epochs}: raise max_epochs")
+        raise FinetuneError(
+            f"the run must train at least {spec.min_epochs} epochs (its candidates are epochs 1–{spec.min_epochs}) "
+            f"but may train only {spec.max_epochs}: raise max_epochs"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for tensor in params.values():
         tensor.requires_grad_(True)
@@ -197,7 +213,9 @@ def finetune(
     by_lr: dict[float, list[torch.Tensor]] = {}
     for name, tensor in params.items():
         by_lr.setdefault((lrs or {}).get(name, spec.lr), []).append(tensor)
-    optimizer = torch.optim.AdamW([{"params": group, "lr": lr * scale} for lr, group in by_lr.items()], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [{"params": group, "lr": lr * scale} for lr, group in by_lr.items()], weight_decay=0.0
+    )
     history, start_epoch = [], 1
     resume = folder / RESUME_FILE
     if resume.exists():
@@ -230,24 +248,42 @@ def finetune(
             loss = batch_loss(order[start : start + spec.batch_size], generator)
             steps += 1
             if not torch.isfinite(loss):
-                kept = f"the last good checkpoint is epoch {epoch - 1} in {folder}" if epoch > 1 else "no epoch finished"
-                raise FinetuneError(f"the loss became {loss.item()} at step {steps} of epoch {epoch}; {kept} (lower the learning rate)")
+                kept = (
+                    f"the last good checkpoint is epoch {epoch - 1} in {folder}" if epoch > 1 else "no epoch finished"
+                )
+                raise FinetuneError(
+                    f"the loss became {loss.item()} at step {steps} of epoch {epoch}; {kept} (lower the learning rate)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item()
             seen += len(order[start : start + spec.batch_size])
         validation = val_loss()
-        history.append({"epoch": epoch, "train_loss": total / steps, "val_loss": validation,
-                        "seconds": time.perf_counter() - epoch_started})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / steps,
+                "val_loss": validation,
+                "seconds": time.perf_counter() - epoch_started,
+            }
+        )
         earlier = [h["val_loss"] for h in history[:-1]]
         if not earlier or validation < min(earlier):
             best_val_epoch = epoch
         snapshot = {name: tensor.detach().clone().contiguous() for name, tensor in params.items()}
         save_safetensors_atomic(snapshot, folder / f"epoch_{epoch:03d}.safetensors")
-        state = {"params": snapshot, "optimizer": optimizer.state_dict(), "history": json.dumps(history), "signature": json.dumps(signature)}
+        state = {
+            "params": snapshot,
+            "optimizer": optimizer.state_dict(),
+            "history": json.dumps(history),
+            "signature": json.dumps(signature),
+        }
         write_atomic(resume, lambda handle, s=state: torch.save(s, handle))
-        say(f"epoch {epoch}/{spec.max_epochs}: train loss {total / steps:.5f}, val loss {validation:.5f} (best val @ {best_val_epoch})")
+        say(
+            f"epoch {epoch}/{spec.max_epochs}: train loss {total / steps:.5f}, val loss {validation:.5f} (best "
+            f"val @ {best_val_epoch})"
+        )
     stopped_early = len(history) < spec.max_epochs
     candidates = candidate_epochs(history, spec.early_epochs, spec.loss_candidates)
     for path in folder.glob("epoch_*.safetensors"):
@@ -255,8 +291,14 @@ def finetune(
             path.unlink()
     seconds = time.perf_counter() - started
     return FinetuneResult(
-        params={name: tensor.detach() for name, tensor in params.items()}, history=history, candidates=candidates, folder=folder,
-        seconds=seconds, images_per_second=seen / seconds if seconds else 0.0, resumed_from=resumed_from, stopped_early=stopped_early,
+        params={name: tensor.detach() for name, tensor in params.items()},
+        history=history,
+        candidates=candidates,
+        folder=folder,
+        seconds=seconds,
+        images_per_second=seen / seconds if seconds else 0.0,
+        resumed_from=resumed_from,
+        stopped_early=stopped_early,
     )
 
 
@@ -281,7 +323,11 @@ def finetune_conditioning(
         params,
         lambda index, generator: objective.loss(params["prompt_embeds"], *objective.train_batch(index, generator)),
         lambda: objective.val_loss(params["prompt_embeds"]),
-        len(images.train), spec, folder, signature, progress,
+        len(images.train),
+        spec,
+        folder,
+        signature,
+        progress,
     )
     result.extra["initial_val_loss"] = objective.val_loss(start)
     return result
@@ -323,18 +369,27 @@ class WordEncoder:
         self.tokenizer = copy.deepcopy(pipeline.tokenizer)
         self.tokenizer.add_tokens(words)
         embedding = self.text_encoder.get_input_embeddings().weight
-        self.name = next(n for n, tensor in self.text_encoder.named_parameters() if tensor is embedding)  # its name differs across versions
+        self.name = next(
+            n for n, tensor in self.text_encoder.named_parameters() if tensor is embedding
+        )  # its name differs across versions
         self.weight = embedding.detach()
         for offset, word in enumerate(words):
             if self.tokenizer.convert_tokens_to_ids(word) != len(self.weight) + offset:
-                raise FinetuneError(f"pseudo-word {word}: the tokenizer gave it id {self.tokenizer.convert_tokens_to_ids(word)}, "
-                                    f"expected {len(self.weight) + offset} after the text encoder's {len(self.weight)} rows")
+                raise FinetuneError(
+                    f"pseudo-word {word}: the tokenizer gave it id {self.tokenizer.convert_tokens_to_ids(word)}, "
+                    f"expected {len(self.weight) + offset} after the text encoder's {len(self.weight)} rows"
+                )
 
     def __call__(self, prompts: Sequence[str], rows: torch.Tensor) -> torch.Tensor:
         """Text-encoder states (len(prompts) × 77 × dim) of ``prompts`` with the words' embeddings
         ``rows`` (len(words) × dim, in the order the words were given)."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-                             return_tensors="pt").input_ids.to(self.weight.device)
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.weight.device)
         extended = torch.cat([self.weight, rows.to(self.weight.device, self.weight.dtype)])
         return torch.func.functional_call(self.text_encoder, {self.name: extended}, (ids,))[0]
 
@@ -381,12 +436,16 @@ def finetune_textual_inversion(
         with torch.no_grad():
             return objective.val_loss(encode(val_prompts))
 
-    result = finetune(params, batch_loss, val_loss, len(images.train), spec, folder, {**signature, "word": word}, progress)
+    result = finetune(
+        params, batch_loss, val_loss, len(images.train), spec, folder, {**signature, "word": word}, progress
+    )
     result.extra.update(word=word, initial=initial)
     return result
 
 
-def cluster_images(embeddings: np.ndarray, k: int, seed: int, say: Callable[[str], None] = log.info) -> tuple[np.ndarray, np.ndarray]:
+def cluster_images(
+    embeddings: np.ndarray, k: int, seed: int, say: Callable[[str], None] = log.info
+) -> tuple[np.ndarray, np.ndarray]:
     """⑥'s clusters: k-means (faiss, seeded) over a class's training-image embeddings, as (label per
     image, centroids). A class with fewer images than ``k`` gets as many clusters as it has images, and
     the run says so."""
@@ -401,7 +460,9 @@ def cluster_images(embeddings: np.ndarray, k: int, seed: int, say: Callable[[str
     data = np.ascontiguousarray(embeddings, dtype=np.float32)
     if k == 1:
         return np.zeros(n, dtype=np.int64), data.mean(0, keepdims=True)
-    kmeans = faiss.Kmeans(data.shape[1], k, niter=25, seed=seed, min_points_per_centroid=1, max_points_per_centroid=1_000_000)
+    kmeans = faiss.Kmeans(
+        data.shape[1], k, niter=25, seed=seed, min_points_per_centroid=1, max_points_per_centroid=1_000_000
+    )
     kmeans.train(data)
     _, labels = kmeans.index.search(data, 1)
     return labels[:, 0].astype(np.int64), kmeans.centroids
@@ -452,8 +513,13 @@ def finetune_cluster_conditionings(
             val = list(images.val)
         say(f"cluster {cluster}: {len(train)} training images, {len(val)} val images")
         result = finetune_conditioning(
-            pipeline, prompt, ClassImages(train, val, images.image_size), spec, folder / f"cluster_{cluster}",
-            {**signature, "cluster": cluster, "of": len(centroids)}, progress=lambda line, c=cluster: say(f"cluster {c}: {line}"),
+            pipeline,
+            prompt,
+            ClassImages(train, val, images.image_size),
+            spec,
+            folder / f"cluster_{cluster}",
+            {**signature, "cluster": cluster, "of": len(centroids)},
+            progress=lambda line, c=cluster: say(f"cluster {c}: {line}"),
         )
         result.extra["size"] = len(train)
         results.append(result)
@@ -519,10 +585,15 @@ def finetune_jointly(
         val_generator = torch.Generator().manual_seed(spec.seed * 7919 + 2)
         val_templates = torch.randint(len(templates), (objective.val_count,), generator=val_generator)
 
-        def states_of(class_index: torch.Tensor, generator: torch.Generator | None, chosen: torch.Tensor | None = None) -> torch.Tensor:
-            picks = torch.randint(len(templates), (len(class_index),), generator=generator) if chosen is None else chosen
+        def states_of(
+            class_index: torch.Tensor, generator: torch.Generator | None, chosen: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            picks = (
+                torch.randint(len(templates), (len(class_index),), generator=generator) if chosen is None else chosen
+            )
             prompts = [templates[int(t)].format(words[int(i)]) for t, i in zip(picks, class_index)]
             return encoder(prompts, torch.cat([params[w] for w in words]))
+
     for name, tensor in pipeline.unet.named_parameters():
         params[UNET_PREFIX + name] = tensor
     lrs = {name: (unet_lr if name.startswith(UNET_PREFIX) else spec.lr) for name in params}
@@ -547,7 +618,9 @@ def finetune_jointly(
     return result
 
 
-def export_joint_checkpoints(result: FinetuneResult, pipeline: StableDiffusionPipeline, wnids: Sequence[str]) -> dict[int, Path]:
+def export_joint_checkpoints(
+    result: FinetuneResult, pipeline: StableDiffusionPipeline, wnids: Sequence[str]
+) -> dict[int, Path]:
     """Each kept epoch of a joint run as ``epoch_<n>/``: ``unet/`` (``save_pretrained``, loadable with
     ``UNet2DConditionModel.from_pretrained``) and per class ``<wnid>.safetensors`` — ⑦: its conditioning
     (``prompt_embeds``, 1 × 77 × dim), ⑨: ``{word: embedding}`` as diffusers' ``load_textual_inversion``
@@ -569,7 +642,9 @@ def export_joint_checkpoints(result: FinetuneResult, pipeline: StableDiffusionPi
             pipeline.unet.load_state_dict(unet_state)
             pipeline.unet.save_pretrained(tmp / "unet")
             for wnid in wnids:
-                own = {words[wnid]: tensors[words[wnid]]} if words else {"prompt_embeds": tensors[f"conditioning.{wnid}"]}
+                own = (
+                    {words[wnid]: tensors[words[wnid]]} if words else {"prompt_embeds": tensors[f"conditioning.{wnid}"]}
+                )
                 save_safetensors_atomic({k: v.contiguous() for k, v in own.items()}, tmp / f"{wnid}.safetensors")
         combined.unlink()
         exported[epoch] = final

@@ -102,10 +102,21 @@ def generate_partition(
             inits = None
             if request.init_images is not None:
                 size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-                inits = [Image.open(request.init_images[i]).convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for i in pending]
+                inits = [
+                    Image.open(request.init_images[i]).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+                    for i in pending
+                ]
             states = None if request.conditionings is None else [request.conditionings[i] for i in pending]
             results = generate(
-                pipeline, [request.prompts[i] for i in pending], seeds, steps, guidance_scale, len(pending), inits, request.strength, states
+                pipeline,
+                [request.prompts[i] for i in pending],
+                seeds,
+                steps,
+                guidance_scale,
+                len(pending),
+                inits,
+                request.strength,
+                states,
             )
             flagged = []
             for i, (image, nsfw) in zip(pending, results):
@@ -124,10 +135,16 @@ def generate_partition(
         for i in indices:
             path = staging / f"{i:05d}.png"
             save_image_atomic(images[i], path)
-            records.append({
-                "index": i, "file": path.name, "prompt": request.prompts[i], "family": request.families[i],
-                "seed": image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]), "attempts": attempts[i] + 1,
-            })
+            records.append(
+                {
+                    "index": i,
+                    "file": path.name,
+                    "prompt": request.prompts[i],
+                    "family": request.families[i],
+                    "seed": image_seed(request.base_seed, request.method, request.wnid, i, attempts[i]),
+                    "attempts": attempts[i] + 1,
+                }
+            )
         try:
             with open(manifest, "a") as handle:
                 handle.write(json.dumps({"chunk": chunk, "images": records}) + "\n")
@@ -182,7 +199,9 @@ def generate(
 
 
 @torch.no_grad()
-def classify_images(state_dict: dict, spec: ClassifierSpec, num_classes: int, images: Sequence[Image.Image]) -> np.ndarray:
+def classify_images(
+    state_dict: dict, spec: ClassifierSpec, num_classes: int, images: Sequence[Image.Image]
+) -> np.ndarray:
     """Predicted labels of ``images`` under a trained classifier checkpoint (class fidelity)."""
     model = build_model(spec, num_classes)
     model.load_state_dict(state_dict)

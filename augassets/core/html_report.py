@@ -30,7 +30,9 @@ def _table(lines: list[str]) -> str:
     numeric = re.compile(r"^[+\-–]?[\d.,]+( ?%)?( ± [\d.]+)?$")
     out = ["<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
     for row in body:
-        out.append("<tr>" + "".join(f'<td{" class=num" if numeric.match(c) else ""}>{_inline(c)}</td>' for c in row) + "</tr>")
+        out.append(
+            "<tr>" + "".join(f"<td{' class=num' if numeric.match(c) else ''}>{_inline(c)}</td>" for c in row) + "</tr>"
+        )
     return "\n".join(out) + "</table>"
 
 
@@ -66,5 +68,8 @@ def markdown_to_html(text: str) -> str:
 def report_html(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
     """A whole page: ``sections`` are (heading, markdown)."""
     body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n{markdown_to_html(text)}" for heading, text in sections)
-    return (f"<!doctype html>\n<html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body><h1>{html.escape(title)}</h1><p class=meta>{html.escape(subtitle)}</p>\n{body}\n</body></html>\n")
+    return (
+        f"<!doctype html>\n<html><head><meta "
+        f"charset=utf-8><title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1><p class=meta>{html.escape(subtitle)}</p>\n{body}\n</body></html>\n"
+    )

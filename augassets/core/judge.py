@@ -27,7 +27,14 @@ from .files import save_image_atomic
 from .web_pool import WEB_TRANSFORM_PARTS, to_web_domain
 
 JUDGE_SPLITS = ("train", "val", "holdout")
-JUDGE_SCHEMA = {"split": pl.Utf8, "domain": pl.Utf8, "wnid": pl.Utf8, "label": pl.Int64, "item": pl.Utf8, "path": pl.Utf8}
+JUDGE_SCHEMA = {
+    "split": pl.Utf8,
+    "domain": pl.Utf8,
+    "wnid": pl.Utf8,
+    "label": pl.Int64,
+    "item": pl.Utf8,
+    "path": pl.Utf8,
+}
 
 
 def choose_judge_items(unused: dict[str, list[str]], spec: PoolSpec) -> dict[str, dict[str, list[str]]]:
@@ -48,7 +55,9 @@ def choose_judge_items(unused: dict[str, list[str]], spec: PoolSpec) -> dict[str
     return chosen
 
 
-def web_rendering(pixels: np.ndarray, item: str, spec: PoolSpec, parts: tuple[str, ...] = WEB_TRANSFORM_PARTS) -> Image.Image:
+def web_rendering(
+    pixels: np.ndarray, item: str, spec: PoolSpec, parts: tuple[str, ...] = WEB_TRANSFORM_PARTS
+) -> Image.Image:
     """The web-domain version of one item, seeded by the item, so the same item rendered with fewer
     ``parts`` differs only by the parts left out."""
     rng = np.random.default_rng([spec.seed, 8117, int(item.rsplit("/", 1)[-1])])
@@ -57,8 +66,13 @@ def web_rendering(pixels: np.ndarray, item: str, spec: PoolSpec, parts: tuple[st
 
 
 def write_judge_images(
-    chosen: dict[str, dict[str, list[str]]], labels: dict[str, int], pixels: Callable[[str], np.ndarray],
-    target_image: Callable[[str], Image.Image], spec: PoolSpec, folder: Path, final: Path,
+    chosen: dict[str, dict[str, list[str]]],
+    labels: dict[str, int],
+    pixels: Callable[[str], np.ndarray],
+    target_image: Callable[[str], Image.Image],
+    spec: PoolSpec,
+    folder: Path,
+    final: Path,
 ) -> pl.DataFrame:
     """Write the judge's images into ``folder`` (renamed to ``final`` by the caller): for train and val
     both domains of each item (``pixels``: the garment the web rendering moves; ``target_image``: its
@@ -75,12 +89,24 @@ def write_judge_images(
                 for domain, image in renderings:
                     relpath = Path(split) / domain / wnid / f"{name}.png"
                     save_image_atomic(image, folder / relpath)
-                    rows.append({"split": split, "domain": domain, "wnid": wnid, "label": labels[wnid], "item": item, "path": str(final / relpath)})
+                    rows.append(
+                        {
+                            "split": split,
+                            "domain": domain,
+                            "wnid": wnid,
+                            "label": labels[wnid],
+                            "item": item,
+                            "path": str(final / relpath),
+                        }
+                    )
     return pl.DataFrame(rows, schema=JUDGE_SCHEMA)
 
 
 def transfer_breakdown(
-    holdout: pl.DataFrame, pixels: Callable[[str], np.ndarray], spec: PoolSpec, predict: Callable[[list[Image.Image]], np.ndarray]
+    holdout: pl.DataFrame,
+    pixels: Callable[[str], np.ndarray],
+    spec: PoolSpec,
+    predict: Callable[[list[Image.Image]], np.ndarray],
 ) -> dict[str, float]:
     """A target-trained classifier's accuracy (``predict``: images → labels) on the held-out items
     moved to the web domain by one part of the transform at a time, and by all of them."""
@@ -114,7 +140,11 @@ class SampleFidelity:
 
 
 def sample_fidelity(
-    catalog: pl.DataFrame, labels: np.ndarray, judged: np.ndarray, recognized: np.ndarray, judge_holdout: dict[int, float]
+    catalog: pl.DataFrame,
+    labels: np.ndarray,
+    judged: np.ndarray,
+    recognized: np.ndarray,
+    judge_holdout: dict[int, float],
 ) -> SampleFidelity:
     """``labels``: the class each sample was made for; ``judged`` / ``recognized``: the judge's and the
     target classifier's predictions for them; ``judge_holdout``: the judge's per-class accuracy on

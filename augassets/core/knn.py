@@ -74,7 +74,9 @@ class LocalKnnIndex:
         self.folder = Path(folder)
         index_path = self.folder / f"{modality}.index"
         if not index_path.is_file():
-            raise KnnError(f"no faiss index at {index_path} (KnnIndexResource.index_folder): materialize pool_index first")
+            raise KnnError(
+                f"no faiss index at {index_path} (KnnIndexResource.index_folder): materialize pool_index first"
+            )
         self.index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         self.metadata = pl.scan_parquet(sorted((self.folder / "metadata").glob("*.parquet"))).with_row_index("id")
         self._shards: list[np.ndarray] | None = None
@@ -105,8 +107,16 @@ class LocalKnnIndex:
 class RemoteKnnIndex:
     """A ``clip-retrieval back`` server: POST ``{url}/knn-service`` with its JSON request."""
 
-    def __init__(self, url: str, indice_name: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 1.0, deduplicate: bool = True,
-                 deadline_s: float = 120.0):
+    def __init__(
+        self,
+        url: str,
+        indice_name: str,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        deduplicate: bool = True,
+        deadline_s: float = 120.0,
+    ):
         self.deduplicate = deduplicate  # clip-retrieval's own near-duplicate filter, server side
         self.url = url.rstrip("/")
         self.indice_name = indice_name
@@ -118,7 +128,9 @@ class RemoteKnnIndex:
         # object fail at once instead of each waiting out its own deadline, class after class.
         self.down: str | None = None
 
-    def request_body(self, k: int, text: str | None = None, embedding: np.ndarray | None = None, use_safety_model: bool = False) -> dict:
+    def request_body(
+        self, k: int, text: str | None = None, embedding: np.ndarray | None = None, use_safety_model: bool = False
+    ) -> dict:
         body = {
             "modality": "image",
             "num_images": k,
@@ -149,7 +161,9 @@ class RemoteKnnIndex:
             if remaining <= 0:
                 break
             attempt += 1
-            request = urllib.request.Request(f"{self.url}/knn-service", data=data, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{self.url}/knn-service", data=data, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=min(self.timeout_s, remaining)) as response:
                     payload = json.loads(response.read().decode())
@@ -159,7 +173,9 @@ class RemoteKnnIndex:
             except urllib.error.HTTPError as error:
                 last_error, unreachable = f"HTTP {error.code}", False
                 if error.code == 500:
-                    last_error += f" (clip-retrieval answers 500 for an unknown indice_name; is {self.indice_name!r} served?)"
+                    last_error += (
+                        f" (clip-retrieval answers 500 for an unknown indice_name; is {self.indice_name!r} served?)"
+                    )
             except (urllib.error.URLError, TimeoutError, OSError) as error:
                 last_error, unreachable = f"{type(error).__name__}: {getattr(error, 'reason', error)}", True
             except ValueError as error:
@@ -170,7 +186,8 @@ class RemoteKnnIndex:
         if unreachable:
             self.down = last_error
         raise KnnError(
-            f"knn-service at {self.url} failed {attempt} times in {time.monotonic() - started:.1f} s (deadline {self.deadline_s:g} s), "
+            f"knn-service at {self.url} failed {attempt} times in {time.monotonic() - started:.1f} s (deadline "
+            f"{self.deadline_s:g} s), "
             f"last: {last_error} ({settings})"
         )
 

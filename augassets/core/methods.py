@@ -25,11 +25,23 @@ PSEUDO_WORD = "pseudo_word"  # ⑧ a new token's embedding, in textual-inversion
 # Personalization that also fine-tunes the UNet, which every class shares: one run over all classes.
 CONDITIONING_UNET = "conditioning_unet"  # ⑦ Imagic-style: ⑤'s conditionings and the UNet, jointly
 PSEUDO_WORD_UNET = "pseudo_word_unet"  # ⑨ ⑧'s pseudo-words and the UNet
-BUILDERS = (TARGET_ONLY, REAL_SUBSAMPLE, TXT2IMG, IMG2IMG, RETRIEVAL, CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD,
-            CONDITIONING_UNET, PSEUDO_WORD_UNET)
+BUILDERS = (
+    TARGET_ONLY,
+    REAL_SUBSAMPLE,
+    TXT2IMG,
+    IMG2IMG,
+    RETRIEVAL,
+    CONDITIONING,
+    CLUSTER_CONDITIONING,
+    PSEUDO_WORD,
+    CONDITIONING_UNET,
+    PSEUDO_WORD_UNET,
+)
 PER_CLASS_FINETUNE_BUILDERS = frozenset({CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD})  # the diffusion model frozen
 JOINT_FINETUNE_BUILDERS = frozenset({CONDITIONING_UNET, PSEUDO_WORD_UNET})  # the UNet fine-tuned on all classes at once
-FINETUNE_BUILDERS = PER_CLASS_FINETUNE_BUILDERS | JOINT_FINETUNE_BUILDERS  # fine-tuned, then sampled per checkpoint candidate
+FINETUNE_BUILDERS = (
+    PER_CLASS_FINETUNE_BUILDERS | JOINT_FINETUNE_BUILDERS
+)  # fine-tuned, then sampled per checkpoint candidate
 WORD_BUILDERS = frozenset({PSEUDO_WORD, PSEUDO_WORD_UNET})  # conditioned through a pseudo-word in templates
 DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG}) | FINETUNE_BUILDERS  # the builders that sample the diffusion model
 
@@ -38,7 +50,12 @@ DIFFUSION_BUILDERS = frozenset({TXT2IMG, IMG2IMG}) | FINETUNE_BUILDERS  # the bu
 NO_EXTRA = "none"
 REAL_EXTRA = "real_extra"
 IMAGES = "images"
-_EXTRA_IMAGES = {TARGET_ONLY: NO_EXTRA, REAL_SUBSAMPLE: REAL_EXTRA, RETRIEVAL: IMAGES, **dict.fromkeys(DIFFUSION_BUILDERS, IMAGES)}
+_EXTRA_IMAGES = {
+    TARGET_ONLY: NO_EXTRA,
+    REAL_SUBSAMPLE: REAL_EXTRA,
+    RETRIEVAL: IMAGES,
+    **dict.fromkeys(DIFFUSION_BUILDERS, IMAGES),
+}
 
 
 @dataclass(frozen=True)
@@ -73,21 +90,93 @@ METHODS: tuple[Method, ...] = (
         "Upper bound: the target plus a disjoint real subsample of the same per-class size.",
         REAL_SUBSAMPLE,
     ),
-    Method("boomerang", "Boomerang ⑩", "unconditioned", "Noise target images to a strength, denoise (img2img).", IMG2IMG, True),
-    Method("simple_prompt", "Simple prompt ①", "prompt", '"A photo of {name}." with all lemmas joined by ", ".', TXT2IMG, True),
-    Method("simple_prompt_nows", "Simple prompt (no ws) ②", "prompt", "The simple prompt with whitespace removed from the name.", TXT2IMG, True),
-    Method("clip_prompts", "CLIP prompts ③", "prompt", "CLIP's 80 ImageNet templates, sampled with replacement.", TXT2IMG, True),
-    Method("sariyildiz_prompts", "Sariyildiz et al. prompts ④", "prompt", "Name, hypernym, 'multiple', definition and background families.", TXT2IMG, True),
-    Method("ft_conditioning", "Fine-tuned conditioning ⑤", "personalized", "One text-encoder output per class optimized with the SD loss.",
-           CONDITIONING, True),
-    Method("ft_cluster_conditioning", "Fine-tuned cluster conditioning ⑥", "personalized", "k conditionings per class, one per embedding cluster.",
-           CLUSTER_CONDITIONING, True),
-    Method("imagic", "Imagic ⑦", "personalized", "Per-class conditionings and the UNet fine-tuned jointly.", CONDITIONING_UNET, True),
-    Method("textual_inversion", "Textual inversion ⑧", "personalized", "A pseudo-word per class trained with the textual-inversion templates.",
-           PSEUDO_WORD, True),
-    Method("pseudoword_dm", "Pseudo-word + DM ⑨", "personalized", "Per-class pseudo-words and the UNet fine-tuned jointly.",
-           PSEUDO_WORD_UNET, True),
-    Method("retrieval", "Retrieval", "retrieval", "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.", RETRIEVAL),
+    Method(
+        "boomerang",
+        "Boomerang ⑩",
+        "unconditioned",
+        "Noise target images to a strength, denoise (img2img).",
+        IMG2IMG,
+        True,
+    ),
+    Method(
+        "simple_prompt",
+        "Simple prompt ①",
+        "prompt",
+        '"A photo of {name}." with all lemmas joined by ", ".',
+        TXT2IMG,
+        True,
+    ),
+    Method(
+        "simple_prompt_nows",
+        "Simple prompt (no ws) ②",
+        "prompt",
+        "The simple prompt with whitespace removed from the name.",
+        TXT2IMG,
+        True,
+    ),
+    Method(
+        "clip_prompts",
+        "CLIP prompts ③",
+        "prompt",
+        "CLIP's 80 ImageNet templates, sampled with replacement.",
+        TXT2IMG,
+        True,
+    ),
+    Method(
+        "sariyildiz_prompts",
+        "Sariyildiz et al. prompts ④",
+        "prompt",
+        "Name, hypernym, 'multiple', definition and background families.",
+        TXT2IMG,
+        True,
+    ),
+    Method(
+        "ft_conditioning",
+        "Fine-tuned conditioning ⑤",
+        "personalized",
+        "One text-encoder output per class optimized with the SD loss.",
+        CONDITIONING,
+        True,
+    ),
+    Method(
+        "ft_cluster_conditioning",
+        "Fine-tuned cluster conditioning ⑥",
+        "personalized",
+        "k conditionings per class, one per embedding cluster.",
+        CLUSTER_CONDITIONING,
+        True,
+    ),
+    Method(
+        "imagic",
+        "Imagic ⑦",
+        "personalized",
+        "Per-class conditionings and the UNet fine-tuned jointly.",
+        CONDITIONING_UNET,
+        True,
+    ),
+    Method(
+        "textual_inversion",
+        "Textual inversion ⑧",
+        "personalized",
+        "A pseudo-word per class trained with the textual-inversion templates.",
+        PSEUDO_WORD,
+        True,
+    ),
+    Method(
+        "pseudoword_dm",
+        "Pseudo-word + DM ⑨",
+        "personalized",
+        "Per-class pseudo-words and the UNet fine-tuned jointly.",
+        PSEUDO_WORD_UNET,
+        True,
+    ),
+    Method(
+        "retrieval",
+        "Retrieval",
+        "retrieval",
+        "CLIP KNN of the no-ws prompt over the diffusion model's pre-training pool.",
+        RETRIEVAL,
+    ),
 )
 
 _KEY = re.compile(r"^[a-z0-9_]+$")

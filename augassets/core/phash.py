@@ -66,12 +66,18 @@ def hash_pixels(batch: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndarray:
 def code_bytes(hash_size: int = HASH_SIZE) -> int:
     """Bytes per code: h² bits."""
     if hash_size < 2 or (hash_size * hash_size) % 8:
-        raise ValueError(f"pHash hash_size {hash_size}: h² must be a multiple of 8 bits (DuplicateSpec.hash_size: 8 or 16)")
+        raise ValueError(
+            f"pHash hash_size {hash_size}: h² must be a multiple of 8 bits (DuplicateSpec.hash_size: 8 or 16)"
+        )
     return hash_size * hash_size // 8
 
 
 def phash_files(
-    paths: Sequence[str], hash_size: int = HASH_SIZE, batch_size: int = 1024, workers: int | None = None, decode: str = "gray"
+    paths: Sequence[str],
+    hash_size: int = HASH_SIZE,
+    batch_size: int = 1024,
+    workers: int | None = None,
+    decode: str = "gray",
 ) -> tuple[np.ndarray, np.ndarray]:
     """pHash codes of image files, streamed in batches. Returns (codes, ok): files that fail to decode
     get an all-zero code and ``ok=False``."""
@@ -110,7 +116,10 @@ def from_hex(strings: Sequence[str], hash_size: int = HASH_SIZE) -> np.ndarray:
     for i, text in enumerate(strings):
         raw = bytes.fromhex(text)
         if len(raw) != width:
-            raise ValueError(f"pHash {text!r} has {8 * len(raw)} bits, expected {8 * width} (hash_size {hash_size}): rebuild reference_hashes")
+            raise ValueError(
+                f"pHash {text!r} has {8 * len(raw)} bits, expected {8 * width} (hash_size {hash_size}): rebuild "
+                f"reference_hashes"
+            )
         codes[i] = np.frombuffer(raw, dtype=np.uint8)
     return codes
 

@@ -147,7 +147,9 @@ def build_prompts(method: str, names: ClassNames, count: int, seed: int) -> list
         return [("textual_inversion", templates[i]) for i in rng.integers(len(templates), size=count)]
     if builder == IMG2IMG:
         return [(method, "")] * count  # Boomerang adapts no prompt: img2img from the target images
-    raise PromptError(f"method {method!r} has no prompt builder (prompt methods: {', '.join(keys_with_builder(TXT2IMG))})")
+    raise PromptError(
+        f"method {method!r} has no prompt builder (prompt methods: {', '.join(keys_with_builder(TXT2IMG))})"
+    )
 
 
 def fit_to_tokenizer(prompt: str, tokenizer, allow_empty: bool = False) -> tuple[str, bool]:

@@ -4,7 +4,8 @@ no-whitespace simple prompt that survive the filters.
 Filters, in the paper's order: aesthetic score ≥ 5 (the metadata column — clip-retrieval's
 ``aesthetic_score`` request field shifts the query instead, and is not used), the pool's NSFW flag,
 the diffusion model's own safety checker (the paper: "we used the same safety checker model to
-discard images that were marked as NSFW"), and near-duplicates among the results (clip-retrieval's rule: connected components of the inner-product
+discard images that were marked as NSFW"), and near-duplicates among the results (clip-retrieval's rule:
+connected components of the inner-product
 ≥ 0.94 graph over the results, keeping the most similar of each). When fewer than n survive, k grows
 from 1.4·n to 10·1.4·n. Deterministic: ties in similarity are broken by pool id.
 """
@@ -48,10 +49,15 @@ class FilterColumns:
 def absent_columns(hits: list[KnnHit], columns: FilterColumns) -> dict[str, str]:
     """The filters whose column no hit carries, each with the one line that says so and what to set."""
     absent = {}
-    for name, column, setting in (("aesthetic", columns.aesthetic, "aesthetic_column"), ("nsfw", columns.nsfw, "nsfw_column")):
+    for name, column, setting in (
+        ("aesthetic", columns.aesthetic, "aesthetic_column"),
+        ("nsfw", columns.nsfw, "nsfw_column"),
+    ):
         if hits and not any(column in hit.metadata for hit in hits):
-            absent[name] = (f"the KNN results carry no {column!r} column: the {name} filter is skipped (set retrieval.{setting}, "
-                            "or add the column to the service's columns_to_return)")
+            absent[name] = (
+                f"the KNN results carry no {column!r} column: the {name} filter is skipped (set retrieval.{setting}, "
+                "or add the column to the service's columns_to_return)"
+            )
     return absent
 
 
@@ -125,7 +131,9 @@ def retrieve(
             drop = near_duplicate_rows(embeddings_of(candidates), dedup_threshold)
             rejected["near_duplicate"] = len(drop)
             candidates = [hit for i, hit in enumerate(candidates) if i not in drop]
-        result = RetrievalResult(kept=candidates[:n], k_used=k, rejected=rejected, enough=len(candidates) >= n, skipped=skipped)
+        result = RetrievalResult(
+            kept=candidates[:n], k_used=k, rejected=rejected, enough=len(candidates) >= n, skipped=skipped
+        )
         if progress:
             progress(f"k={k}: {len(candidates)} of {len(hits)} survive the filters (need {n})")
         if result.enough or len(hits) < k:  # enough, or the pool has no more items

@@ -88,7 +88,10 @@ class Store:
         self.remote = protocol not in (None, "file", "local")
         if self.remote:
             if not cache_dir:
-                raise ValueError(f"image store {redact(root)} is a URL: set ImageStoreResource.cache_dir to a local folder for its working copy")
+                raise ValueError(
+                    f"image store {redact(root)} is a URL: set ImageStoreResource.cache_dir to a local folder "
+                    f"for its working copy"
+                )
             self.fs, self.base = fsspec.core.url_to_fs(root)
             self.base = self.base.rstrip("/")
             self.local_root = Path(cache_dir)
@@ -214,10 +217,15 @@ class Store:
             if self.fs.isfile(key):
                 return self._fetch_file(key, local, parts)
             if self.fs.exists(key):
-                raise RuntimeError(f"{self.url(*parts)} has no manifest: its publish did not finish; re-materialize the asset that writes it")
+                raise RuntimeError(
+                    f"{self.url(*parts)} has no manifest: its publish did not finish; re-materialize the asset "
+                    f"that writes it"
+                )
             if local.exists():  # written here and not published yet
                 return local
-            raise FileNotFoundError(f"{self.url(*parts)} is not in the image store: materialize the asset that writes it")
+            raise FileNotFoundError(
+                f"{self.url(*parts)} is not in the image store: materialize the asset that writes it"
+            )
         data = _manifest_bytes(manifest)
         with self._lock(parts):
             recorded = self._local_manifest(parts)
@@ -236,7 +244,11 @@ class Store:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 existing = local / rel
-                if existing.is_file() and existing.stat().st_size == entry["size"] and sha1_file(existing) == entry["sha1"]:
+                if (
+                    existing.is_file()
+                    and existing.stat().st_size == entry["size"]
+                    and sha1_file(existing) == entry["sha1"]
+                ):
                     shutil.copy2(existing, target)
                 else:
                     missing.append(rel)
@@ -244,7 +256,9 @@ class Store:
                 self.fs.get([f"{key}/{rel}" for rel in missing], [str(tmp / rel) for rel in missing])
             for rel in missing:
                 if sha1_file(tmp / rel) != manifest[rel]["sha1"]:
-                    raise RuntimeError(f"{key}/{rel} does not match its manifest (SHA-1): the remote folder changed mid-fetch; retry")
+                    raise RuntimeError(
+                        f"{key}/{rel} does not match its manifest (SHA-1): the remote folder changed mid-fetch; retry"
+                    )
 
     def _fetch_file(self, key: str, local: Path, parts: tuple[str, ...]) -> Path:
         """A published single file: kept if the local copy has the sidecar's SHA-1, else downloaded,
@@ -253,7 +267,10 @@ class Store:
         try:
             expected = self.fs.cat_file(key + SHA1_SUFFIX).decode().strip()
         except FileNotFoundError:
-            raise RuntimeError(f"{self.url(*parts)} has no {SHA1_SUFFIX} sidecar: its publish did not finish; re-materialize the asset that writes it") from None
+            raise RuntimeError(
+                f"{self.url(*parts)} has no {SHA1_SUFFIX} sidecar: its publish did not finish; re-materialize "
+                f"the asset that writes it"
+            ) from None
         if local.is_file() and sha1_file(local) == expected:
             return local
         local.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ class Warehouse:
     @staticmethod
     def where_of(table_folder: str, path: str) -> dict[str, str]:
         """The partition a file holds, from its folder names (values as text)."""
-        relative = path[len(table_folder) + 1:].split("/")[:-1]
+        relative = path[len(table_folder) + 1 :].split("/")[:-1]
         return dict((part.split("=", 1)[0], unquote(part.split("=", 1)[1])) for part in relative if "=" in part)
 
     def files(self, table: str) -> list[str]:
@@ -98,8 +98,10 @@ class Warehouse:
             if self.remote:
                 if not self.fs.exists(folder):
                     continue
-                entries = [(e["name"].rstrip("/").rsplit("/", 1)[-1], e["name"].rstrip("/"), e["type"] == "directory")
-                           for e in self.fs.ls(folder, detail=True)]
+                entries = [
+                    (e["name"].rstrip("/").rsplit("/", 1)[-1], e["name"].rstrip("/"), e["type"] == "directory")
+                    for e in self.fs.ls(folder, detail=True)
+                ]
             else:
                 try:
                     entries = [(e.name, f"{folder}/{e.name}", e.is_dir()) for e in os.scandir(folder)]
@@ -117,7 +119,11 @@ class Warehouse:
     def tables(self) -> list[str]:
         """The names of the tables that have at least one file."""
         if self.remote:
-            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)] if self.fs.exists(self.root) else []
+            names = (
+                [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
+                if self.fs.exists(self.root)
+                else []
+            )
         else:
             names = sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
         return [name for name in names if self.files(name)]
@@ -200,7 +206,10 @@ class Warehouse:
 
     def view_sql(self, table: str) -> str:
         path = self.glob(table).replace("'", "''")
-        return f"CREATE OR REPLACE VIEW \"{table}\" AS SELECT * FROM read_parquet('{path}', union_by_name = true, hive_partitioning = false)"
+        return (
+            f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM '
+            f"read_parquet('{path}', union_by_name = true, hive_partitioning = false)"
+        )
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         """Run ``sql`` over the tables it names (each a view over its files)."""
@@ -214,7 +223,10 @@ class Warehouse:
             if ".parquet" not in str(error):
                 raise
             first = str(error).splitlines()[0]
-            raise OSError(f"{first}: a table file is missing or damaged; `augassets benchmark` moves it aside and rebuilds what wrote it") from error
+            raise OSError(
+                f"{first}: a table file is missing or damaged; `augassets benchmark` moves it aside and "
+                f"rebuilds what wrote it"
+            ) from error
         finally:
             connection.close()
 
@@ -281,8 +293,12 @@ def migrate_catalog(catalog: Path, warehouse: Warehouse) -> list[str]:
     if not catalog.is_file():
         return []
     with duckdb.connect(str(catalog), read_only=True) as connection:
-        tables = [row[0] for row in connection.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+            ).fetchall()
+        ]
         moved = []
         for table in tables:
             if warehouse.has_table(table):

@@ -115,9 +115,17 @@ def _texture(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, floa
 
 def _colour_name(rgb: np.ndarray) -> str:
     palette = {
-        "red": (0.8, 0.1, 0.1), "blue": (0.1, 0.2, 0.8), "green": (0.1, 0.7, 0.2), "yellow": (0.9, 0.85, 0.1),
-        "black": (0.05, 0.05, 0.05), "white": (0.95, 0.95, 0.95), "pink": (0.95, 0.5, 0.7),
-        "purple": (0.5, 0.1, 0.6), "orange": (0.95, 0.55, 0.1), "grey": (0.5, 0.5, 0.5), "brown": (0.45, 0.3, 0.15),
+        "red": (0.8, 0.1, 0.1),
+        "blue": (0.1, 0.2, 0.8),
+        "green": (0.1, 0.7, 0.2),
+        "yellow": (0.9, 0.85, 0.1),
+        "black": (0.05, 0.05, 0.05),
+        "white": (0.95, 0.95, 0.95),
+        "pink": (0.95, 0.5, 0.7),
+        "purple": (0.5, 0.1, 0.6),
+        "orange": (0.95, 0.55, 0.1),
+        "grey": (0.5, 0.5, 0.5),
+        "brown": (0.45, 0.3, 0.15),
     }
     return min(palette, key=lambda name: float(np.sum((np.array(palette[name]) - rgb) ** 2)))
 
@@ -156,7 +164,10 @@ def to_web_domain(
     differs between two part sets only by the parts that differ."""
     size = spec.image_size
     scale, angle = rng.uniform(*spec.web_scale), rng.uniform(-spec.web_rotation, spec.web_rotation)
-    shift = (int(rng.integers(-spec.web_shift, spec.web_shift + 1)), int(rng.integers(-spec.web_shift, spec.web_shift + 1)))
+    shift = (
+        int(rng.integers(-spec.web_shift, spec.web_shift + 1)),
+        int(rng.integers(-spec.web_shift, spec.web_shift + 1)),
+    )
     hue_rgb = rng.uniform(*spec.web_colour, 3)
     background, texture, clutter = _texture(rng, size)
     contrast = rng.uniform(0.6, 1.4)
@@ -165,7 +176,9 @@ def to_web_domain(
     garment = Image.fromarray(gray, "L")
     if "geometry" in parts:
         side = max(8, int(round(size * scale)))
-        garment = garment.resize((side, side), Image.Resampling.BILINEAR).rotate(angle, resample=Image.Resampling.BILINEAR)
+        garment = garment.resize((side, side), Image.Resampling.BILINEAR).rotate(
+            angle, resample=Image.Resampling.BILINEAR
+        )
     else:
         side, shift = size, (0, 0)
         garment = garment.resize((side, side), Image.Resampling.BILINEAR)
@@ -186,7 +199,13 @@ def to_web_domain(
             image = image.filter(ImageFilter.GaussianBlur(blur))
     else:
         contrast, blur = 1.0, 0.0
-    return image, {"texture": texture, "clutter": clutter, "contrast": contrast, "blur": blur, "colour": _colour_name(colour)}
+    return image, {
+        "texture": texture,
+        "clutter": clutter,
+        "contrast": contrast,
+        "blur": blur,
+        "colour": _colour_name(colour),
+    }
 
 
 def aesthetic_score(props: dict, rng: np.random.Generator) -> float:
@@ -195,7 +214,9 @@ def aesthetic_score(props: dict, rng: np.random.Generator) -> float:
     return float(np.clip(score, 0.0, 10.0))
 
 
-def caption_for(lemmas: list[str], hypernym: str, other_lemmas: list[str], props: dict, spec: PoolSpec, rng: np.random.Generator) -> tuple[str, str]:
+def caption_for(
+    lemmas: list[str], hypernym: str, other_lemmas: list[str], props: dict, spec: PoolSpec, rng: np.random.Generator
+) -> tuple[str, str]:
     """An alt-text-like caption and which kind of class word it carries."""
     draw = rng.random()
     if draw < spec.missing_class_word_rate:
@@ -262,7 +283,10 @@ def pool_items(sources: PoolSources, spec: PoolSpec) -> Iterator[PoolItem]:
         if kind == "distractor":
             image, props = distractor_image(spec.image_size, rng)
             template = DISTRACTOR_CAPTIONS[rng.integers(len(DISTRACTOR_CAPTIONS))]
-            caption, caption_kind = template.format(colour=props["colour"], texture=props["texture"], n=int(rng.integers(1, 999))), "distractor"
+            caption, caption_kind = (
+                template.format(colour=props["colour"], texture=props["texture"], n=int(rng.integers(1, 999))),
+                "distractor",
+            )
         else:
             if kind == "planted_duplicate":
                 split, item = item.split(":", 1)
@@ -285,7 +309,11 @@ def image_relpath(pool_id: int) -> str:
 
 
 def write_pool(
-    items: Iterator[PoolItem], folder: Path, final_folder: Path, progress: Callable[[str], None] | None = None, every: int = 2000
+    items: Iterator[PoolItem],
+    folder: Path,
+    final_folder: Path,
+    progress: Callable[[str], None] | None = None,
+    every: int = 2000,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Write images and ``metadata/metadata_0.parquet`` (clip-retrieval's layout) into ``folder``, a
     temporary folder that the caller renames to ``final_folder`` (which the file URLs already name);
@@ -296,14 +324,23 @@ def write_pool(
         save_image_atomic(item.image, folder / relpath)
         metadata.append(
             {
-                "key": f"{pool_id:09d}", "url": (final_folder / relpath).as_uri(), "caption": item.caption,
-                "aesthetic": round(item.aesthetic, 3), "nsfw": item.nsfw, "width": item.image.width, "height": item.image.height,
+                "key": f"{pool_id:09d}",
+                "url": (final_folder / relpath).as_uri(),
+                "caption": item.caption,
+                "aesthetic": round(item.aesthetic, 3),
+                "nsfw": item.nsfw,
+                "width": item.image.width,
+                "height": item.image.height,
             }
         )
         truth.append(
             {
-                "pool_id": pool_id, "kind": item.kind, "wnid": item.wnid, "source_item": item.source_item,
-                "duplicate_of_split": item.duplicate_of_split, "caption_kind": item.caption_kind,
+                "pool_id": pool_id,
+                "kind": item.kind,
+                "wnid": item.wnid,
+                "source_item": item.source_item,
+                "duplicate_of_split": item.duplicate_of_split,
+                "caption_kind": item.caption_kind,
             }
         )
         if progress and (pool_id + 1) % every == 0:
@@ -312,7 +349,6 @@ def write_pool(
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
     meta.write_parquet(folder / "metadata" / "metadata_0.parquet")
     return meta, pl.DataFrame(truth, schema=TRUTH_SCHEMA)
-
 
 
 def check_pool_rows(metadata: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
-INSTALL_HINT = "install it with `apt-get install wordnet-base` (Debian) or point AUGASSETS_WORDNET_DIR at a WordNet 3.0 dict folder"
+INSTALL_HINT = (
+    "install it with `apt-get install wordnet-base` (Debian) or point AUGASSETS_WORDNET_DIR at a "
+    "WordNet 3.0 dict folder"
+)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ class ShippedWorld:
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ShippedWorldError(f"shipped world {name!r}: {path} is not valid JSON ({error}); restore it from the repository") from None
+            raise ShippedWorldError(
+                f"shipped world {name!r}: {path} is not valid JSON ({error}); restore it from the repository"
+            ) from None
         return cls(folder, manifest)
 
     @property
@@ -84,7 +86,8 @@ class ShippedWorld:
             return self.manifest["assets"][asset]
         except KeyError:
             raise ShippedWorldError(
-                f"shipped world {self.name!r} has no {asset!r} (its manifest lists {', '.join(self.manifest.get('assets', {}))}); "
+                f"shipped world {self.name!r} has no {asset!r} (its manifest lists "
+                f"{', '.join(self.manifest.get('assets', {}))}); "
                 f"train the world with `{REBUILD_HINT}`"
             ) from None
 
@@ -104,8 +107,10 @@ class ShippedWorld:
         stale = self.stale_versions(asset, versions)
         if stale:
             raise ShippedWorldError(
-                f"shipped world {self.name!r} is stale for {asset}: it was made by other definitions ({'; '.join(stale)}). "
-                f"Either train the world here with `{REBUILD_HINT}` (then `{EXPORT_HINT}` ships it), or run the commit that "
+                f"shipped world {self.name!r} is stale for {asset}: it was made by other definitions "
+                f"({'; '.join(stale)}). "
+                f"Either train the world here with `{REBUILD_HINT}` (then `{EXPORT_HINT}` ships it), or run the "
+                f"commit that "
                 f"made it ({self.manifest.get('commit', 'see the manifest')})"
             )
         self.verify(asset)
@@ -115,13 +120,17 @@ class ShippedWorld:
         for relpath, expected in self.entry(asset)["files"].items():
             path = self.folder / relpath
             if not path.is_file():
-                raise ShippedWorldError(f"shipped world {self.name!r}: {path} is missing; restore it (`git checkout -- {path}`) "
-                                        f"or train the world with `{REBUILD_HINT}`")
+                raise ShippedWorldError(
+                    f"shipped world {self.name!r}: {path} is missing; restore it (`git checkout -- {path}`) "
+                    f"or train the world with `{REBUILD_HINT}`"
+                )
             size = path.stat().st_size
             if size != expected["bytes"] or sha256_of(path) != expected["sha256"]:
-                raise ShippedWorldError(f"shipped world {self.name!r}: {path} is damaged (checksum mismatch, {size} bytes, "
-                                        f"manifest: {expected['bytes']}); restore it (`git checkout -- {path}`) or train the world "
-                                        f"with `{REBUILD_HINT}`")
+                raise ShippedWorldError(
+                    f"shipped world {self.name!r}: {path} is damaged (checksum mismatch, {size} bytes, "
+                    f"manifest: {expected['bytes']}); restore it (`git checkout -- {path}`) or train the world "
+                    f"with `{REBUILD_HINT}`"
+                )
 
     def install(self, asset: str, versions: dict[str, str], destination: Path) -> dict:
         """Check ``asset`` and write its files into ``destination`` (a temporary folder the caller
@@ -164,7 +173,11 @@ def export_asset(asset: str, files_root: Path, world_folder: Path, versions: dic
     """Copy an asset's model files (``files_root``: a folder, or one file; not ``DERIVABLE_FILES``) into
     ``world_folder/<asset>/``, tensors in ``STORED_DTYPE``; returns its manifest entry (files with sizes
     and checksums, the code versions that made it, its recorded figures)."""
-    sources = sorted(p for p in files_root.rglob("*") if p.is_file() and p.name not in DERIVABLE_FILES) if files_root.is_dir() else [files_root]
+    sources = (
+        sorted(p for p in files_root.rglob("*") if p.is_file() and p.name not in DERIVABLE_FILES)
+        if files_root.is_dir()
+        else [files_root]
+    )
     base = files_root if files_root.is_dir() else files_root.parent
     files = {}
     for source in sources:

@@ -32,13 +32,19 @@ from .workers import WorkerDied, Workers
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
 
 
-def all_partitions(defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dict[dg.AssetKey, set]:
+def all_partitions(
+    defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[dg.AssetKey]
+) -> dict[dg.AssetKey, set]:
     """Every current partition of ``keys`` ({None} for an unpartitioned asset): what --force rebuilds."""
     graph = defs.resolve_asset_graph()
     found = {}
     for key in keys:
         partitions_def = graph.get(key).partitions_def
-        partitions = {None} if partitions_def is None else set(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+        partitions = (
+            {None}
+            if partitions_def is None
+            else set(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+        )
         if partitions:
             found[key] = partitions
     return found
@@ -51,7 +57,9 @@ def report_external_assets(defs: dg.Definitions, instance: dg.DagsterInstance) -
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         if not node.is_executable and instance.get_latest_materialization_event(key) is None:
-            instance.report_runless_asset_event(dg.AssetMaterialization(key, description="external: as configured by the profile"))
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, description="external: as configured by the profile")
+            )
 
 
 LOCK_FILE = "augassets.lock"
@@ -110,17 +118,24 @@ def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
     return released
 
 
-def materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool = False, say=print) -> None:
+def materialize(
+    profile: Profile,
+    select: Callable[[dg.Definitions], list[dg.AssetKey]],
+    force: bool = False,
+    say=print,
+    verify: bool = False,
+) -> None:
     """Materialize what is stale among ``select(defs)``: evaluate the assets' automation conditions,
     run what they request, and evaluate again until nothing is requested (runner/runs.py). ``force``:
-    every partition of every selected asset is requested on the first evaluation."""
+    every partition of every selected asset is requested on the first evaluation. ``verify``: the
+    integrity check compares every written file's SHA-256, not only its size (integrity.py)."""
     with home_lock(profile):
         try:
             if profile.workers > 1:
                 with Workers(profile, profile.workers) as workers:
-                    _materialize(profile, select, force, say, workers)
+                    _materialize(profile, select, force, say, workers, verify)
             else:
-                _materialize(profile, select, force, say)
+                _materialize(profile, select, force, say, verify=verify)
         finally:
             write_catalog_views(profile, say)
 
@@ -144,7 +159,10 @@ def write_catalog_views(profile: Profile, say=print) -> None:
     try:
         Warehouse(profile.tables).write_views(profile.catalog)
     except Exception as error:  # noqa: BLE001 - the tables are the state; the views file is a convenience
-        say(f"- {profile.catalog.name}: the views could not be written ({error}); the tables in {profile.tables} are unaffected")
+        say(
+            f"- {profile.catalog.name}: the views could not be written ({error}); the tables in "
+            f"{profile.tables} are unaffected"
+        )
 
 
 def migrate_old_catalog(profile: Profile, say=print) -> None:
@@ -158,14 +176,26 @@ def migrate_old_catalog(profile: Profile, say=print) -> None:
     except duckdb.Error as error:
         aside = profile.catalog.with_name(profile.catalog.name + ".damaged")
         os.replace(profile.catalog, aside)
-        say(f"- {profile.catalog.name} could not be opened ({str(error).splitlines()[0][:160]}); moved to {aside.name}: what it held is rebuilt")
+        say(
+            f"- {profile.catalog.name} could not be opened ({str(error).splitlines()[0][:160]}); moved to "
+            f"{aside.name}: what it held is rebuilt"
+        )
         return
     if moved:
-        say(f"- {profile.catalog.name}: {len(moved)} tables of an earlier version moved to Parquet files in {profile.tables}")
+        say(
+            f"- {profile.catalog.name}: {len(moved)} tables of an earlier version moved to Parquet files in "
+            f"{profile.tables}"
+        )
 
 
-def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.AssetKey]], force: bool, say,
-                 workers: Workers | None = None) -> None:
+def _materialize(
+    profile: Profile,
+    select: Callable[[dg.Definitions], list[dg.AssetKey]],
+    force: bool,
+    say,
+    workers: Workers | None = None,
+    verify: bool = False,
+) -> None:
     dagster_home = ensure_dagster_home(profile)
     defs = build_defs(profile, daemon=False)
     instance = dg.DagsterInstance.get()
@@ -190,12 +220,16 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
     current = all_partitions(defs, instance, keys)
     pending, aside = runner.load_pending(dagster_home, current)
     if pending:
-        say("- resuming what an earlier command requested and did not finish: "
-            + ", ".join(f"{key.to_user_string()} ({len(p)})" for key, p in pending.items()))
+        say(
+            "- resuming what an earlier command requested and did not finish: "
+            + ", ".join(f"{key.to_user_string()} ({len(p)})" for key, p in pending.items())
+        )
     if force:
         for key, partitions in current.items():
             pending[key] = pending.get(key, set()) | partitions
-    for key, partitions in integrity.damaged_partitions(defs, instance, keys, default_resources(profile), say).items():
+    for key, partitions in integrity.damaged_partitions(
+        defs, instance, keys, default_resources(profile), say, verify
+    ).items():
         pending[key] = pending.get(key, set()) | partitions
     cursor = runner.load_cursor(dagster_home)
     for _ in range(MAX_ROUNDS):
@@ -221,7 +255,9 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
         groups = runner.plan_runs(defs, requested)
         # With workers, the round's groups over several partitions run at once (they do not depend on
         # each other), after its other groups, which run here one by one.
-        together = [g for g in groups if g.partitions is not None and len(g.partitions) > 1] if workers is not None else []
+        together = (
+            [g for g in groups if g.partitions is not None and len(g.partitions) > 1] if workers is not None else []
+        )
         for group in [g for g in groups if g not in together]:
             started = time.perf_counter()
             say(f"- {', '.join(group.names)}: materializing")
@@ -247,8 +283,10 @@ def _materialize(profile: Profile, select: Callable[[dg.Definitions], list[dg.As
             say(f"  done in {time.perf_counter() - started:.1f} s")
     else:
         names = ", ".join(key.to_user_string() for key in requested)
-        raise SystemExit(f"still requested after {MAX_ROUNDS} rounds: {names} — a run succeeded without materializing what "
-                         "its automation condition asks for; see the latest runs in the UI (`augassets ui`)")
+        raise SystemExit(
+            f"still requested after {MAX_ROUNDS} rounds: {names} — a run succeeded without materializing what "
+            "its automation condition asks for; see the latest runs in the UI (`augassets ui`)"
+        )
     for key in keys:
         if key not in ran:
             say(f"- {key.to_user_string()}: up to date")

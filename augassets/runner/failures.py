@@ -43,4 +43,6 @@ def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
 
 def failure_message(label: str, errors: Sequence[str], run_id: str, more: str = "") -> str:
     """The message of a failed run: its steps' own errors, and where to look."""
-    return f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {run_id}; `augassets ui` shows it{more})"
+    return (
+        f"{label} failed: {' | '.join(errors) or 'see the run in the UI'} (run {run_id}; `augassets ui` shows it{more})"
+    )

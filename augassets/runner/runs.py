@@ -94,7 +94,9 @@ def save_pending(folder: Path, pending: dict[dg.AssetKey, set], aside: dict[str,
 def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Iterable[dg.AssetKey], cursor=None):
     """The conditions of ``keys`` evaluated now: ({key: requested partitions}, new cursor)."""
     keys = list(keys)
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*keys), cursor=cursor)
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets(*keys), cursor=cursor
+    )
     requested = {key: set(result.get_requested_partitions(key)) for key in keys if result.get_num_requested(key)}
     return requested, result.cursor
 
@@ -119,7 +121,10 @@ def plan_runs(defs: dg.Definitions, requested: dict[dg.AssetKey, set]) -> list[R
         upstream_changing = graph.get_ancestor_asset_keys(key) & changing
         if all(up in requested and signature(up) == signature(key) for up in upstream_changing):
             groups.setdefault(signature(key), []).append(key)
-    return [RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None) for sig, keys in groups.items()]
+    return [
+        RunGroup(tuple(keys), frozenset(requested[keys[0]]) if sig[1] is not None else None)
+        for sig, keys in groups.items()
+    ]
 
 
 def contiguous_ranges(all_keys: list[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
@@ -161,13 +166,19 @@ def box_ranges(partitions_def: dg.PartitionsDefinition, keys: list[str], store=N
         return [(keys[0], keys[-1])]  # one dimension: a range is its keys in order
 
     def covers(piece: list[str]) -> bool:
-        inside = partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(piece[0], piece[-1]), dynamic_partitions_store=store)
+        inside = partitions_def.get_partition_keys_in_range(
+            dg.PartitionKeyRange(piece[0], piece[-1]), dynamic_partitions_store=store
+        )
         return sorted(str(k) for k in inside) == sorted(piece)
 
     if covers(keys):
         return [(keys[0], keys[-1])]
     rows = first_dimension_rows(partitions_def, keys)
-    pieces = [rows[0]] + ([[k for row in rows[1:-1] for k in row]] if len(rows) > 2 else []) + ([rows[-1]] if len(rows) > 1 else [])
+    pieces = (
+        [rows[0]]
+        + ([[k for row in rows[1:-1] for k in row]] if len(rows) > 2 else [])
+        + ([rows[-1]] if len(rows) > 1 else [])
+    )
     merged: list[list[str]] = []
     for piece in pieces:  # each piece is a box; a partial first or last row joins the whole rows when that is one too
         if merged and covers(merged[-1] + piece):
@@ -177,7 +188,9 @@ def box_ranges(partitions_def: dg.PartitionsDefinition, keys: list[str], store=N
     return [(piece[0], piece[-1]) for piece in merged]
 
 
-def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]) -> list[str]:
+def execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, say: Callable[[str], None]
+) -> list[str]:
     """Materialize ``group`` in this process: one run per contiguous range of its partitions, in the
     order the partitions definition lists its keys (whatever order its dimensions sort in). Returns run
     ids. (With worker processes, groups over several partitions go to ``execute_on_workers``.)"""
@@ -190,7 +203,9 @@ def execute(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup,
     run_ids = []
     for label, tags in runs:
         say(f"  {label}")
-        result = job.execute_in_process(instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, asset_selection=list(group.keys), tags=tags, raise_on_error=False
+        )
         run_ids.append(result.run_id)
         if not result.success:
             raise RunFailed(failure_message(label, step_errors(result), result.run_id))
@@ -206,8 +221,13 @@ class GroupOutcome:
     error: str | None
 
 
-def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, groups: Sequence[RunGroup], say: Callable[[str], None],
-                       workers: Workers) -> list[GroupOutcome]:
+def execute_on_workers(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    groups: Sequence[RunGroup],
+    say: Callable[[str], None],
+    workers: Workers,
+) -> list[GroupOutcome]:
     """Materialize partitioned ``groups`` that do not depend on each other (the groups of one
     evaluation, ``plan_runs``) at once: every group cut into chunks (``partition_ranges``), all the
     chunks in one queue for the worker processes, so that a worker that ends one group's last chunk
@@ -233,8 +253,18 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
         run_ids = [r.run_id for r in mine if r.run_id]
         if failed:
             errors = sorted({error for r in failed for error in r.errors})
-            outcomes.append(GroupOutcome(group, run_ids, failure_message(failed[0].label, errors, failed[0].run_id or "not started",
-                                                                  f"; {len(failed)} of {len(mine)} chunks failed")))
+            outcomes.append(
+                GroupOutcome(
+                    group,
+                    run_ids,
+                    failure_message(
+                        failed[0].label,
+                        errors,
+                        failed[0].run_id or "not started",
+                        f"; {len(failed)} of {len(mine)} chunks failed",
+                    ),
+                )
+            )
             continue
         checks = {key for key in graph_checks if key.asset_key in set(group.keys)}
         error = None
@@ -243,7 +273,8 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
             say(f"  {label}")
             job = defs.resolve_implicit_job_def_def_for_assets(list(group.keys))
             result = job.get_subset(asset_check_selection=checks).execute_in_process(
-                instance=instance, tags={ASSETS_TAG: ",".join(group.names)}, raise_on_error=False)
+                instance=instance, tags={ASSETS_TAG: ",".join(group.names)}, raise_on_error=False
+            )
             run_ids.append(result.run_id)
             if not result.success:
                 error = failure_message(label, step_errors(result), result.run_id)
@@ -251,16 +282,23 @@ def execute_on_workers(defs: dg.Definitions, instance: dg.DagsterInstance, group
     return outcomes
 
 
-def _chunk_runs(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int) -> list[tuple[str, dict[str, str]]]:
+def _chunk_runs(
+    defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int
+) -> list[tuple[str, dict[str, str]]]:
     """The (label, run tags) of a partitioned ``group``'s runs: one per range of ``partition_ranges``."""
     base_tags = {ASSETS_TAG: ",".join(group.names)}
     return [
-        (f"{', '.join(group.names)} [{start} … {end}]", {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end})
+        (
+            f"{', '.join(group.names)} [{start} … {end}]",
+            {**base_tags, PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end},
+        )
         for start, end in partition_ranges(defs, instance, group, workers)
     ]
 
 
-def partition_ranges(defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int = 1) -> list[tuple[str, str]]:
+def partition_ranges(
+    defs: dg.Definitions, instance: dg.DagsterInstance, group: RunGroup, workers: int = 1
+) -> list[tuple[str, str]]:
     """The runs of a partitioned ``group``, as partition ranges Dagster reads as exactly the requested
     keys (``box_ranges``): one per contiguous stretch in one process; with ``workers`` > 1, cut into
     about ``CHUNKS_PER_WORKER`` chunks per worker, or one per first-dimension value for an asset
@@ -268,7 +306,10 @@ def partition_ranges(defs: dg.Definitions, instance: dg.DagsterInstance, group: 
     partitions_def = defs.resolve_asset_graph().get(group.keys[0]).partitions_def
     all_keys = [str(k) for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)]
     index = {key: i for i, key in enumerate(all_keys)}
-    spans = [all_keys[index[start]:index[end] + 1] for start, end in contiguous_ranges(all_keys, (str(p) for p in group.partitions))]
+    spans = [
+        all_keys[index[start] : index[end] + 1]
+        for start, end in contiguous_ranges(all_keys, (str(p) for p in group.partitions))
+    ]
     if workers > 1 and len(group.partitions) > 1:
         if _chunk_by(defs, group.keys, partitions_def):  # the work is per first-dimension value: one chunk each
             spans = [row for span in spans for row in first_dimension_rows(partitions_def, span)]
@@ -286,6 +327,8 @@ def _chunk_by(defs: dg.Definitions, keys: Sequence[dg.AssetKey], partitions_def)
         return False
     first = partitions_def.partitions_defs[0].name if isinstance(partitions_def, dg.MultiPartitionsDefinition) else None
     if named != {first}:
-        raise ValueError(f"{CHUNK_BY_TAG} of {', '.join(k.to_user_string() for k in keys)} names {sorted(named)}: only the first "
-                         f"partition dimension ({first}) can be a unit of work")
+        raise ValueError(
+            f"{CHUNK_BY_TAG} of {', '.join(k.to_user_string() for k in keys)} names {sorted(named)}: only the first "
+            f"partition dimension ({first}) can be a unit of work"
+        )
     return True

@@ -56,7 +56,7 @@ def split_contiguous(keys: Sequence[str], parts: int) -> list[list[str]]:
     if not keys:
         return []
     size = math.ceil(len(keys) / max(1, parts))
-    return [list(keys[i:i + size]) for i in range(0, len(keys), size)]
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
 
 
 def _die_with_parent() -> None:
@@ -108,7 +108,9 @@ def _serve(profile: Profile, tasks, results, stop, parent: int) -> None:
             keys = [dg.AssetKey.from_user_string(name) for name in chunk.asset_names]
             # Without the assets' checks: a check reads the whole asset, which other chunks are
             # writing; the command runs the checks once all chunks are done.
-            job = defs.resolve_implicit_job_def_def_for_assets(keys).get_subset(asset_selection=set(keys), asset_check_selection=set())
+            job = defs.resolve_implicit_job_def_def_for_assets(keys).get_subset(
+                asset_selection=set(keys), asset_check_selection=set()
+            )
             result = job.execute_in_process(instance=instance, tags=chunk.tags, raise_on_error=False)
             done = ChunkResult(chunk.label, result.run_id, tuple(step_errors(result)), result.success)
         except Exception as error:  # outside a step (the run could not start): the chunk fails, the worker goes on
@@ -141,7 +143,9 @@ class Workers:
         self._tasks, self._results = self._context.Queue(), self._context.Queue()
         for _ in range(self.count):
             # Not daemonic: a step's DataLoader starts worker processes of its own.
-            process = self._context.Process(target=_serve, args=(self.profile, self._tasks, self._results, self._stop, os.getpid()))
+            process = self._context.Process(
+                target=_serve, args=(self.profile, self._tasks, self._results, self._stop, os.getpid())
+            )
             process.start()
             self._processes.append(process)
 
@@ -177,8 +181,10 @@ class Workers:
                         continue
                     if not self._stop.is_set():
                         codes = ", ".join(f"pid {p.pid} exit code {p.exitcode}" for p in dead)
-                        raise WorkerDied(f"a worker process died ({codes}) with {len(chunks) - len(results)} chunk(s) unfinished; "
-                                         "rerun the command to resume (finished partitions are kept)") from None
+                        raise WorkerDied(
+                            f"a worker process died ({codes}) with {len(chunks) - len(results)} chunk(s) unfinished; "
+                            "rerun the command to resume (finished partitions are kept)"
+                        ) from None
                     for process in dead:  # stopping: the chunk a dead worker held ends as interrupted
                         if process.pid in running:
                             lost = running.pop(process.pid)
