@@ -1,5 +1,8 @@
 """Every number of the study, in one place, per profile.
 
+Why this module is long: it is the study's settings — one documented dataclass per stage and the
+profiles built from them — kept together so that a reader finds every number in one file.
+
 A profile says which dataset to use, how to subsample it, how to train the classifier and which methods
 to run. Select one with ``AUGASSETS_PROFILE`` (default ``mini``). Paths to real data come from
 environment variables, so the same profile runs on any machine:

@@ -266,7 +266,7 @@ def test_personalized_methods_fine_tune_choose_a_checkpoint_by_val_accuracy_and_
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from augassets.assets.personalized import candidate_rank
+    from augassets.core.selection import candidate_rank
 
     profile, _ = benchmark_run
     spec = profile.personalization
@@ -424,7 +424,7 @@ def test_a_run_with_other_settings_has_its_own_folder_and_the_recorded_one_is_re
     run refused the k = 15 resume state (or deleted the checkpoints the recorded rows point at). Each
     setting now has its own run folder; once a run is recorded, the finished runs beside it go, and an
     unfinished run of other settings (it has a resume state) stays to resume."""
-    from augassets.assets.personalized import drop_other_runs, run_folder
+    from augassets.assets.finetuning import drop_other_runs, run_folder
 
     signature = {"method": "ft_cluster_conditioning", "wnid": "n01440764", "spec": {"lr": 0.01}, "weights": "tiny"}
     k1, k15, k5 = (run_folder(tmp_path, {**signature, "k": k}) for k in (1, 15, 5))
@@ -446,7 +446,7 @@ def test_imagic_keeps_its_first_epochs_instead_of_the_best_losses_and_does_not_s
     early stopping waits until all eight exist; settings that cannot reach them are an error naming the settings."""
     import torch
 
-    from augassets.assets.personalized import finetune_spec
+    from augassets.assets.finetuning import finetune_spec
     from augassets.core.finetune import FinetuneError, finetune
     from augassets.core.methods import CONDITIONING_UNET, PSEUDO_WORD_UNET
     from augassets.profiles import PersonalizationSpec
@@ -499,7 +499,7 @@ def test_cluster_embeddings_come_from_inception_v3_as_the_paper_or_the_worlds_cl
     them; without cached weights the error names the file and the setting; the mini profiles keep their CLIP."""
     import numpy as np
 
-    from augassets.assets.personalized import cluster_embedder
+    from augassets.assets.finetuning import cluster_embedder
     from augassets.core.embedders import EmbedderError
     from augassets.core.finetune import cluster_images
     from augassets.profiles import PersonalizationSpec, get_profile

@@ -1,6 +1,9 @@
 """The foundation: the web pool, the CLIP model and KNN index built from it, and the Stable Diffusion
 pipeline trained on it — the three things the paper's question is about (DESIGN §2).
 
+Why this module is long: one builder per foundation asset, each short, with the shipped world's
+install path beside the training path they share; the lineage reads top to bottom in one file.
+
 In the mini world these are materialized here: pool → CLIP → index and pool → VAE/UNet → diffusion
 model, one builder function per asset, each given the earlier definitions (``up``) to depend on by
 object; ``diffusion_fidelity`` (sampling the model and scoring its samples with the fidelity judge)

@@ -5,6 +5,10 @@ report a person opens without the UI (``analysis_report``: ``reports/report.html
 
 Every figure is a PNG in the store's ``reports/`` folder and inline in the asset's metadata. A figure
 that fails to draw does not fail the asset's data: its reason is logged and shown in the metadata.
+
+Why this module is long: the report assets are thin (the numbers are ``core.analysis``, the pictures
+``core.figures``), but each composes its tables, figures and metadata for the UI; they read the same
+tables and share those helpers.
 """
 
 import time

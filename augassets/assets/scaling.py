@@ -6,6 +6,7 @@ every cell starts from the same seed as the main table's replicate r). A class w
 a ratio (retrieval's pool ran out) trains with what it has, and the cell names the short classes.
 """
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -15,15 +16,33 @@ import polars as pl
 from ..core.augment import augmented_sets, training_order
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
-from ..core.methods import get_method
+from ..core.knn import KnnError
+from ..core.methods import RETRIEVAL, TXT2IMG, get_method
 from ..core.report import excluded_wnids, frame_markdown
 from ..integrity import outputs
-from ..partitions import scaling_partitions
+from ..partitions import (
+    class_partitions,
+    image_method_keys,
+    method_and_class,
+    same_class_of,
+    scaling_method_keys,
+    scaling_partitions,
+)
 from ..profiles import Profile
-from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
+from ..resources import (
+    ClipEncoderResource,
+    ComputeResource,
+    DiffusionBackendResource,
+    ImageStoreResource,
+    KnnIndexResource,
+    WarehouseResource,
+)
 from ..scale import ON_GPU
 from ..versions import code_version
 from .classifier import labeled_images
+from .images import generate_partition_images, retrieve_partition
+from .partial import fail_partially
+from .prompts import needed_per_class
 
 SCALING_SCHEMA = {
     "method": pl.Utf8,
@@ -175,3 +194,126 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
 
     return {"scaling_scores": scaling_scores}
+
+
+def build_images(profile: Profile, up: SimpleNamespace) -> dict:
+    """The scaling analysis's images (before its classifiers, ``build``), for the methods it scales."""
+    if not image_method_keys(profile):
+        return {}
+    scaled = scaling_method_keys(profile)
+    if not scaled:
+        return {}
+    largest_ratio = max(profile.scaling.ratios)
+
+    @dg.asset(
+        metadata=outputs(paths={"scaling_manifest": "path"}, files=("scaling/{method}/{wnid}/manifest.parquet",)),
+        group_name="scaling",
+        code_version=code_version(
+            "1", profile.retrieval, profile.generation, largest_ratio, profile.dataset, profile.split
+        ),
+        **ON_GPU,
+        partitions_def=dg.MultiPartitionsDefinition(
+            {"method": dg.StaticPartitionsDefinition(scaled), "wnid": class_partitions}
+        ),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[
+            dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(scaled)),
+            up.pool_index,
+            up.clip_model,
+            up.diffusion_model,
+            up.dataset_splits,
+        ],
+        kinds={"faiss", "parquet"},
+        description="The scaling analysis's images of a class for a method, enough for its largest ratio: retrieval's "
+        "⌈largest ratio × n⌉ nearest images (k grows to 10·1.4·that; a pool that runs out leaves the class short, and "
+        "the short cells say so), a prompt method's pool of factor × that, the class's prompts cycled with every "
+        "image's own seed. Under scaling/<method>/<wnid>/ with a manifest (table scaling_manifest); the first images "
+        "coincide with augmentation_images' where the seeds do.",
+    )
+    def scaling_images(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        clip_encoder: ClipEncoderResource,
+        knn_index: KnnIndexResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,
+    ) -> dg.MaterializeResult:
+        from ..core.generation import GenerationError
+
+        db = warehouse.get()
+        labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
+        builders = {get_method(method_and_class(key)[0]).builder for key in context.partition_keys}
+        if profile.world:
+            for parts in (("models", "clip"), ("pool_index",), ("web_pool",), ("models", "stable_diffusion")):
+                image_store.fetch(*parts)
+        retriever = (
+            (*clip_encoder.load(), knn_index.get(), diffusion_backend.load_safety_checker())
+            if RETRIEVAL in builders
+            else None
+        )
+        pipeline = diffusion_backend.load(TXT2IMG) if TXT2IMG in builders else None
+        n = math.ceil(largest_ratio * needed_per_class(db, profile))
+        generated = math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
+        summary, failures = [], {}
+        for key in context.partition_keys:
+            method, wnid = method_and_class(key)
+            retrieving = get_method(method).builder == RETRIEVAL
+            try:
+                with Meter(
+                    "scaling_images",
+                    str(key),
+                    "retrieve" if retrieving else "generate",
+                    method,
+                    diffusion_backend.device,
+                ) as meter:
+                    if retrieving:
+                        row, _ = retrieve_partition(
+                            profile,
+                            context,
+                            db,
+                            image_store,
+                            *retriever,
+                            method,
+                            wnid,
+                            n,
+                            labels[wnid],
+                            folder="scaling",
+                            table="scaling_manifest",
+                        )
+                    else:
+                        row, _ = generate_partition_images(
+                            profile,
+                            context,
+                            db,
+                            image_store,
+                            pipeline,
+                            diffusion_backend,
+                            method,
+                            wnid,
+                            labels[wnid],
+                            count=generated,
+                            folder="scaling",
+                            table="scaling_manifest",
+                        )
+            except (KnnError, GenerationError, ValueError, OSError) as error:
+                failures[str(key)] = str(error)
+                context.log.error(f"scaling_images[{key}] failed: {error}")
+                continue
+            meter.images = row["images"]
+            record_compute(db, [meter])
+            summary.append({**row, "needed": n if retrieving else generated, "key": str(key)})
+        if failures:
+            fail_partially(context, {row["key"]: {"images": row["images"]} for row in summary}, failures)
+        table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
+        return dg.MaterializeResult(
+            metadata={
+                "partitions": table.height,
+                "images": int(table["images"].sum()),
+                "largest_ratio": largest_ratio,
+                "short_classes": int((table["images"] < table["needed"]).sum()),
+                "per_class": dg.MetadataValue.md(frame_markdown(table)),
+            }
+        )
+
+    return {"scaling_images": scaling_images}

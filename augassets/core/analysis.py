@@ -4,6 +4,9 @@ correlate with, and the scaling curves (Fig. 5B).
 
 Accuracies are fractions (0–1) throughout; the markdown and the figures show percentages. An
 interval needs at least two finished replicates: with fewer it is missing (null), never zero.
+
+Why this module is long: every analysis shares the same interval arithmetic (Welch, standard errors)
+and the same table shapes; one module keeps those formulas in one place.
 """
 
 from __future__ import annotations

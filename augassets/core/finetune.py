@@ -3,6 +3,9 @@
 ⑧ textual inversion, and ⑦ Imagic-style and ⑨ pseudo-word + DM, which also fine-tune the UNet.
 Dagster-free.
 
+Why this module is long: the five methods share one training loop (noise, timesteps, the val loss
+that picks candidates, resumption after a kill); each method's part is a short function beside it.
+
 The objective is SD's own: noise is added to a VAE latent of a training image at a random timestep of
 the pipeline's noise schedule, and the UNet, conditioned on text-encoder states, predicts it (mean
 squared error). What is trained differs per method. ⑤: one conditioning per class — the text

@@ -1,14 +1,14 @@
-"""Stage: the personalized methods (paper §3.1) — ⑤ fine-tuned conditioning, ⑥ cluster conditioning
-and ⑧ textual inversion, which keep the diffusion model frozen, and ⑦ Imagic-style and ⑨ pseudo-word
-+ DM, which fine-tune its UNet too.
+"""Stage: fine-tuning for the personalized methods (paper §3.1) — ⑤ fine-tuned conditioning, ⑥ cluster
+conditioning and ⑧ textual inversion keep the diffusion model frozen; ⑦ Imagic-style and ⑨ pseudo-word
++ DM fine-tune its UNet too.
 
-⑤ ⑥ ⑧, per class × method: a fine-tuning run and its checkpoint candidates (``personalized_models``),
-then each candidate's images (``candidate_images``). ⑦ ⑨, per method: one run over all classes, since
-the UNet is shared (``personalized_unets``), then per class × method each candidate's images
-(``unet_candidate_images``). Per method, across its classes: one classifier per candidate label on
-target ∪ that candidate's images, and the best val accuracy chooses the label
-(``checkpoint_selection``); ``augmentation_images`` then takes the chosen candidate's images, so
-everything downstream (duplicates, fidelity, datasets, classifiers) sees one set per method.
+⑤ ⑥ ⑧ run per class × method (``personalized_models``); ⑦ ⑨ run once per method over all classes,
+since the UNet is shared (``personalized_unets``). Each run records its checkpoint candidates (best
+val, best train, the first epochs); candidates.py makes their images and selection.py chooses one.
+
+Why this module is long: the two fine-tuning assets share their settings, run folders and resumption,
+and each records its runs, histories and a loss-curve figure; split further, those helpers would be
+imported back from one place.
 """
 
 import hashlib
@@ -16,7 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,11 +24,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ..core.augment import augmented_sets, training_order
-from ..core.compute import Meter, timed
 from ..core.compute import record as record_compute
-from ..core.files import with_file_facts, write_parquet_atomic
-from ..core.images import image_grid, png_data_uri_markdown
+from ..core.compute import timed
+from ..core.images import png_data_uri_markdown
 from ..core.methods import (
     CLUSTER_CONDITIONING,
     CONDITIONING,
@@ -43,8 +41,9 @@ from ..core.methods import (
 )
 from ..core.prompts import simple_prompt_nows
 from ..core.report import frame_markdown
+from ..core.selection import candidate_rank
 from ..integrity import outputs
-from ..partitions import class_partitions, method_and_class, method_keys, same_class_of
+from ..partitions import class_partitions, method_and_class, method_keys
 from ..profiles import PersonalizationSpec, Profile
 from ..resources import (
     ClipEncoderResource,
@@ -54,7 +53,6 @@ from ..resources import (
     WarehouseResource,
 )
 from ..scale import ON_GPU
-from ..tags import CHUNK_BY_TAG
 from ..versions import code_version
 from .partial import fail_partially
 
@@ -81,31 +79,6 @@ HISTORY_SCHEMA = {
     "train_loss": pl.Float64,
     "val_loss": pl.Float64,
     "seconds": pl.Float64,
-}
-CANDIDATE_MANIFEST_SCHEMA = {
-    "method": pl.Utf8,
-    "wnid": pl.Utf8,
-    "candidate": pl.Utf8,
-    "epochs": pl.Utf8,
-    "rank": pl.Int64,
-    "path": pl.Utf8,
-    "prompt": pl.Utf8,
-    "family": pl.Utf8,
-    "cluster": pl.Int64,
-    "seed": pl.Int64,
-    "attempts": pl.Int64,
-    "checkpoint": pl.Utf8,
-}
-SELECTION_SCHEMA = {
-    "method": pl.Utf8,
-    "candidate": pl.Utf8,
-    "val_top1": pl.Float64,
-    "best_epoch": pl.Int64,
-    "epochs_run": pl.Int64,
-    "train_images": pl.Int64,
-    "train_seconds": pl.Float64,
-    "same_images_as": pl.Utf8,
-    "chosen": pl.Boolean,
 }
 
 
@@ -157,12 +130,6 @@ def finetuned_method_keys(profile: Profile, builders: frozenset = FINETUNE_BUILD
     return list(keys_with_builder(builders, method_keys(profile)))
 
 
-def candidate_rank(label: str) -> int:
-    """The order candidates are listed (and ties of val accuracy broken) in: best val, best train, epoch 1, 2 …"""
-    ranks = {"best_val": 0, "best_train": 1}
-    return ranks[label] if label in ranks else 1 + int(label.removeprefix("epoch_"))
-
-
 def run_folder(parent: Path, signature: dict) -> Path:
     """A fine-tuning run's folder under ``parent`` (a class's or a method's): named by its settings, so
     a run with other settings (another k, learning rate, weights) never touches the checkpoints that
@@ -183,29 +150,15 @@ def drop_other_runs(folder: Path, say) -> None:
             say(f"deleted {other.name}: checkpoints of an earlier run, no longer recorded")
 
 
-def _set_folder(epochs: tuple[int, ...]) -> str:
-    """The folder of one candidate image set: its checkpoint epoch (one per cluster)."""
-    return "epochs_" + "-".join(f"{e:03d}" for e in epochs)
-
-
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """This stage's assets for ``profile``; ``up``: the earlier stages' definitions by name."""
-    keys = finetuned_method_keys(profile)
-    if not keys:
-        return {}
+    assets = {}
     per_class_keys = finetuned_method_keys(profile, PER_CLASS_FINETUNE_BUILDERS)
     joint_keys = finetuned_method_keys(profile, JOINT_FINETUNE_BUILDERS)
-    assets = {}
     if per_class_keys:
-        assets.update(_per_class_assets(profile, up, per_class_keys))
+        assets.update(_per_class_models(profile, up, per_class_keys))
     if joint_keys:
-        assets.update(_joint_assets(profile, up, joint_keys))
-    candidates = [
-        (assets[name], names)
-        for name, names in (("candidate_images", per_class_keys), ("unet_candidate_images", joint_keys))
-        if names
-    ]
-    assets["checkpoint_selection"] = _selection_asset(profile, up, keys, candidates)
+        assets.update(_joint_models(profile, up, joint_keys))
     return assets
 
 
@@ -214,8 +167,8 @@ def _multi(keys: list[str]) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition({"method": dg.StaticPartitionsDefinition(keys), "wnid": class_partitions})
 
 
-def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
-    """⑤ ⑥ ⑧: fine-tuning and candidates per class × method."""
+def _per_class_models(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
+    """⑤ ⑥ ⑧: a fine-tuning run per class × method."""
     spec = profile.personalization
     partitions = _multi(keys)
 
@@ -426,38 +379,13 @@ def _per_class_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
             return [(result, len(images.train))]
         raise ValueError(f"no fine-tuning for builder {builder!r}")
 
-    @dg.asset(
-        metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP,
-        code_version=code_version("1", profile.generation),
-        **ON_GPU,
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))],
-        kinds={"pytorch", "parquet"},
-        description="Per class × personalized method, the images of every checkpoint candidate (best val, best train, "
-        "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
-        "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by their "
-        "checkpoint); ⑥ draws clusters in proportion to their sizes. Seeded, resumable, safety-checked like the prompt "
-        "methods; candidates that share checkpoints share their images.",
-    )
-    def candidate_images(
-        context: dg.AssetExecutionContext,
-        warehouse: WarehouseResource,
-        image_store: ImageStoreResource,
-        diffusion_backend: DiffusionBackendResource,
-        compute: ComputeResource,
-    ) -> dg.MaterializeResult:
-        return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
-
-    return {"personalized_models": personalized_models, "candidate_images": candidate_images}
+    return {"personalized_models": personalized_models}
 
 
-def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
-    """⑦ ⑨: one fine-tuning run per method over all classes (the UNet is shared), candidates per class × method."""
+def _joint_models(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dict:
+    """⑦ ⑨: one fine-tuning run per method over all classes (the UNet is shared)."""
     spec = profile.personalization
     methods = dg.StaticPartitionsDefinition(keys)
-    partitions = dg.MultiPartitionsDefinition({"method": methods, "wnid": class_partitions})
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
@@ -617,361 +545,4 @@ def _joint_assets(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             context.log.warning(f"personalized_unets: the loss-curve figure failed to draw: {error}")
         return dg.MaterializeResult(metadata=metadata)
 
-    @dg.asset(
-        metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-        group_name=GROUP,
-        code_version=code_version("1", profile.generation),
-        **ON_GPU,
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[
-            dg.AssetDep(
-                personalized_unets,
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"),
-            ),
-            dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys)),
-        ],
-        kinds={"pytorch", "parquet"},
-        description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's "
-        "fine-tuned UNet: the "
-        "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or "
-        "pseudo-word in "
-        "its templates (⑨), with the same seeds for every candidate. Seeded, resumable, safety-checked like the prompt "
-        "methods; candidates that share a checkpoint share their images.",
-    )
-    def unet_candidate_images(
-        context: dg.AssetExecutionContext,
-        warehouse: WarehouseResource,
-        image_store: ImageStoreResource,
-        diffusion_backend: DiffusionBackendResource,
-        compute: ComputeResource,
-    ) -> dg.MaterializeResult:
-        return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
-
-    return {"personalized_unets": personalized_unets, "unet_candidate_images": unet_candidate_images}
-
-
-def _selection_asset(
-    profile: Profile, up: SimpleNamespace, keys: list[str], candidates: list[tuple]
-) -> dg.AssetsDefinition:
-    """Checkpoint selection over every fine-tuned method's candidates (``candidates``: (asset, its methods))."""
-    partitions = _multi(keys)
-
-    @dg.asset(
-        metadata=outputs(rows="checkpoint_selection", tables=("checkpoint_scores",)),
-        group_name=GROUP,
-        code_version=code_version("3", profile.classifier, profile.split.seed, profile.generation.seed),
-        **ON_GPU,
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        tags={
-            CHUNK_BY_TAG: "method"
-        },  # its classifiers are per method (every class at once): worker chunks hold whole methods
-        deps=[
-            *(
-                dg.AssetDep(
-                    asset,
-                    partition_mapping=dg.MultiPartitionMapping(
-                        {
-                            "method": dg.DimensionPartitionMapping(
-                                "method", dg.StaticPartitionMapping({m: m for m in methods})
-                            ),
-                            "wnid": dg.DimensionPartitionMapping("wnid", dg.AllPartitionMapping()),
-                        }
-                    ),
-                )
-                for asset, methods in candidates
-            ),
-            up.dataset_splits,
-        ],
-        kinds={"pytorch", "parquet"},
-        description="Which checkpoint each personalized method uses (paper §3.1): per method, one classifier "
-        "per candidate "
-        "label (best val, best train, first epochs) trained on the target plus that candidate's images of every class, "
-        "drawn like the method's replicate sets; the label with the highest VALIDATION top-1 is chosen (ties: "
-        "the order "
-        "listed); only the chosen one's images go on to the test-scored classifiers. Per class × method, the chosen "
-        "checkpoint(s); the candidates' val accuracies are the checkpoint_scores table. (Classes retrieval cannot fill "
-        "are still in these selection runs: the exclusion is decided downstream of the images.)",
-    )
-    def checkpoint_selection(
-        context: dg.AssetExecutionContext,
-        warehouse: WarehouseResource,
-        image_store: ImageStoreResource,
-        compute: ComputeResource,
-    ) -> dg.MaterializeResult:
-        from ..core.classifier import LabeledImages, train_classifier
-
-        db = warehouse.get()
-        classifier_spec = replace(profile.classifier, device=compute.device)
-        classes = db.query("SELECT count(*) AS n FROM class_catalog")["n"][0]
-        splits = db.query("SELECT * FROM dataset_splits")
-        val = splits.filter(pl.col("split") == "val").sort("label", "item")
-        image_store.ensure(val["path"], context.log.info)
-        val_images = LabeledImages(val["path"].to_list(), val["label"].to_list())
-        labels = dict(db.query("SELECT wnid, label FROM class_catalog").iter_rows())
-        scores_all, lines = [], []
-        for method in sorted({method_and_class(k)[0] for k in context.partition_keys}, key=keys.index):
-            manifest = db.query("SELECT * FROM candidate_manifest WHERE method = ?", [method]).with_columns(
-                pl.col("wnid").replace_strict(labels, return_dtype=pl.Int64).alias("label")
-            )
-            image_store.ensure(manifest["path"].unique(), context.log.info)
-            rows = []
-            trained: dict[tuple, dict] = {}  # a label whose images are another's, class for class, reuses its run
-            for label in sorted(manifest["candidate"].unique().to_list(), key=candidate_rank):
-                images = manifest.filter(pl.col("candidate") == label).select("wnid", "label", "path", "rank")
-                same = tuple(sorted(images["path"].to_list()))
-                if same not in trained:
-                    train = training_order(
-                        augmented_sets(get_method(method), splits, 1, images=images, seed=profile.generation.seed)
-                    )
-                    result = train_classifier(
-                        LabeledImages(train["path"].to_list(), train["label"].to_list()),
-                        val_images,
-                        None,
-                        classes,
-                        classifier_spec,
-                        seed=profile.split.seed * 1000,
-                        progress=lambda line, m=method, c=label: context.log.debug(f"selection[{m}, {c}] {line}"),
-                    )
-                    trained[same] = {
-                        "val_top1": result.best_val_top1,
-                        "best_epoch": result.best_epoch,
-                        "epochs_run": result.epochs_run,
-                        "train_images": result.train_images,
-                        "train_seconds": result.train_seconds,
-                        "same_images_as": label,
-                    }
-                run = trained[same]
-                rows.append({"method": method, "candidate": label, **run})
-                shared = "" if run["same_images_as"] == label else f" (the images of {run['same_images_as']}: one run)"
-                context.log.info(
-                    f"checkpoint_selection[{method}]: candidate {label}: val top-1 {run['val_top1']:.4f}{shared}"
-                )
-            record_compute(
-                db,
-                [
-                    timed(
-                        "checkpoint_selection",
-                        method,
-                        "select checkpoint",
-                        method,
-                        compute.device,
-                        sum(r["train_seconds"] for r in trained.values()),
-                        sum(r["train_images"] * r["epochs_run"] for r in trained.values()),
-                    )
-                ],
-            )
-            best = max(rows, key=lambda r: (r["val_top1"], -candidate_rank(r["candidate"])))
-            scores = pl.DataFrame([{**r, "chosen": r is best} for r in rows], schema=SELECTION_SCHEMA)
-            db.replace("checkpoint_scores", scores, where={"method": method})
-            scores_all.append(scores)
-            chosen = manifest.filter(pl.col("candidate") == best["candidate"])
-            lines.append(
-                f"- `{method}`: **{best['candidate']}** (val top-1 {best['val_top1']:.4f} of {len(rows)} candidates)"
-            )
-            for key in context.partition_keys:
-                key_method, wnid = method_and_class(key)
-                if key_method != method:
-                    continue
-                part = chosen.filter(pl.col("wnid") == wnid)
-                if part.is_empty():
-                    raise ValueError(
-                        f"checkpoint_selection[{key}]: candidate {best['candidate']} has no images of class {wnid}: "
-                        "rematerialize candidate_images for it"
-                    )
-                checkpoints = (
-                    part.group_by("cluster").agg(pl.col("checkpoint").first(), pl.col("epochs").first()).sort("cluster")
-                )
-                db.replace(
-                    "checkpoint_selection",
-                    pl.DataFrame(
-                        {
-                            "method": [method] * checkpoints.height,
-                            "wnid": [wnid] * checkpoints.height,
-                            "candidate": [best["candidate"]] * checkpoints.height,
-                            "cluster": checkpoints["cluster"],
-                            "checkpoint": checkpoints["checkpoint"],
-                            "val_top1": [best["val_top1"]] * checkpoints.height,
-                        }
-                    ),
-                    where={"method": method, "wnid": wnid},
-                )
-        table = pl.concat(scores_all)
-        return dg.MaterializeResult(
-            metadata={
-                "chosen": dg.MetadataValue.md("\n".join(lines)),
-                "candidates": dg.MetadataValue.md(frame_markdown(table)),
-                "classifiers_trained": int((table["same_images_as"] == table["candidate"]).sum()),
-                "train_seconds": float(
-                    table.filter(pl.col("same_images_as") == pl.col("candidate"))["train_seconds"].sum()
-                ),
-            }
-        )
-
-    return checkpoint_selection
-
-
-def _make_candidates(
-    profile: Profile,
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    image_store: ImageStoreResource,
-    diffusion_backend: DiffusionBackendResource,
-) -> dg.MaterializeResult:
-    """Each checkpoint candidate's images for the run's class × method partitions (candidate_images,
-    unet_candidate_images): the same seeds for every candidate, one image set per distinct checkpoint."""
-    from ..core.finetune import draw_clusters
-    from ..core.generation import GenerationRequest, generate_partition
-
-    db = warehouse.get()
-    if profile.world:
-        image_store.fetch("models", "stable_diffusion")
-    pipeline = diffusion_backend.load("txt2img")
-    summary, grids, started = [], [], time.perf_counter()
-    for key in context.partition_keys:
-        method, wnid = method_and_class(key)
-        meter = Meter(
-            context.asset_key.to_user_string(), str(key), "generate candidates", method, diffusion_backend.device
-        ).start()
-        checkpoints = db.query(
-            "SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? ORDER BY cluster", [method, wnid]
-        )
-        prompts = db.query(
-            "SELECT prompt, family FROM class_prompts WHERE method = ? AND wnid = ? ORDER BY prompt_index",
-            [method, wnid],
-        )
-        if checkpoints.is_empty() or prompts.is_empty():
-            trained_by = (
-                "personalized_unets" if get_method(method).builder in JOINT_FINETUNE_BUILDERS else "personalized_models"
-            )
-            raise ValueError(
-                f"{context.asset_key.to_user_string()}[{key}]: no checkpoints or prompts: materialize {trained_by} and "
-                "class_prompts for it first"
-            )
-        image_store.ensure(checkpoints["checkpoint"].unique(), context.log.info)
-        sizes = checkpoints.unique("cluster").sort("cluster")["cluster_size"].to_list()
-        clusters = draw_clusters(sizes, prompts.height)
-        # Candidates whose checkpoints coincide (e.g. best val = epoch 3) share one image set.
-        groups: dict[tuple, list[str]] = {}
-        for label in sorted(checkpoints["candidate"].unique().to_list(), key=candidate_rank):
-            epochs = tuple(checkpoints.filter(pl.col("candidate") == label).sort("cluster")["epoch"].to_list())
-            groups.setdefault(epochs, []).append(label)
-        root = image_store.path("candidates", method, wnid)
-        rows = []
-        for epochs, labels in groups.items():
-            folder_name = _set_folder(epochs)
-            chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
-            if chosen["unet"][0] is not None:  # ⑦ ⑨: this candidate's fine-tuned UNet
-                pipeline.unet = _load_unet(image_store, chosen["unet"][0], pipeline)
-            texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
-            request = GenerationRequest(
-                method,
-                wnid,
-                texts,
-                prompts["family"].to_list(),
-                base_seed=profile.generation.seed,
-                conditionings=states,
-            )
-            records = generate_partition(
-                pipeline,
-                request,
-                root / folder_name,
-                diffusion_backend.steps,
-                diffusion_backend.guidance_scale,
-                diffusion_backend.batch_size,
-                profile.generation.max_attempts,
-                progress=lambda line, f=folder_name: context.log.debug(f"candidate {f} {line}"),
-            )
-            for label in labels:
-                rows += [
-                    {
-                        "method": method,
-                        "wnid": wnid,
-                        "candidate": label,
-                        "epochs": ",".join(map(str, epochs)),
-                        "rank": r["index"],
-                        "path": r["path"],
-                        "prompt": r["prompt"],
-                        "family": r["family"],
-                        "cluster": clusters[r["index"]],
-                        "seed": r["seed"],
-                        "attempts": r["attempts"],
-                        "checkpoint": chosen["checkpoint"][clusters[r["index"]]],
-                    }
-                    for r in records
-                ]
-            grids.append([r["path"] for r in records[:8]])
-            context.log.info(
-                f"{context.asset_key.to_user_string()}[{key}]: {len(records)} images for {', '.join(labels)} "
-                f"(epoch {'/'.join(map(str, epochs))})"
-            )
-        manifest = pl.DataFrame(rows, schema=CANDIDATE_MANIFEST_SCHEMA)
-        in_use = {_set_folder(epochs) for epochs in groups}
-        for old in root.iterdir():  # sets of an earlier materialization's candidates
-            if old.is_dir() and old.name not in in_use and not old.name.endswith(".partial"):
-                shutil.rmtree(old)
-        write_parquet_atomic(manifest, root / "manifest.parquet")
-        image_store.publish("candidates", method, wnid)
-        db.replace("candidate_manifest", with_file_facts(manifest), where={"method": method, "wnid": wnid})
-        meter.stop()
-        meter.images = manifest["path"].n_unique()
-        record_compute(db, [meter])
-        summary.append(
-            {
-                "method": method,
-                "wnid": wnid,
-                "candidates": len(manifest["candidate"].unique()),
-                "image_sets": len(groups),
-                "images": manifest["path"].n_unique(),
-                "regenerated": int((manifest.unique("path")["attempts"] - 1).sum()),
-            }
-        )
-    table = pl.DataFrame(summary)
-    return dg.MaterializeResult(
-        metadata={
-            "partitions": table.height,
-            "images_generated": int(table["images"].sum()),
-            "seconds": round(time.perf_counter() - started, 1),
-            "per_partition": dg.MetadataValue.md(frame_markdown(table)),
-            "sample_grid": dg.MetadataValue.md(
-                "First 8 of each candidate set:\n\n" + png_data_uri_markdown(image_grid(grids[:20]), "candidate images")
-            ),
-        }
-    )
-
-
-def _load_unet(image_store: ImageStoreResource, folder: str, pipeline):
-    """A fine-tuned UNet (``save_pretrained`` folder in the image store), on the pipeline's device and dtype."""
-    from pathlib import Path
-
-    from diffusers import UNet2DConditionModel
-
-    path = Path(folder)
-    image_store.fetch(*path.relative_to(image_store.path()).parts)
-    return UNet2DConditionModel.from_pretrained(path).to(pipeline.device, pipeline.unet.dtype).eval()
-
-
-def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):
-    """Per image: what its conditioning stands for (recorded as its prompt) and its text-encoder
-    states, from one candidate's checkpoint(s) (``checkpoints``: one row per cluster)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from ..core.finetune import WordEncoder
-
-    builder = get_method(method).builder
-    loaded = [load_file(path) for path in checkpoints["checkpoint"]]
-    if builder in (CONDITIONING, CLUSTER_CONDITIONING, CONDITIONING_UNET):
-        states = [loaded[c]["prompt_embeds"] for c in clusters]
-        what = [
-            f"[fine-tuned conditioning{f' {c}' if builder == CLUSTER_CONDITIONING else ''} from] {p}"
-            for c, p in zip(clusters, prompts["prompt"])
-        ]
-        return what, states
-    word = checkpoints["word"][0]
-    encoder = WordEncoder(pipeline, word)
-    texts = [template.format(word) for template in prompts["prompt"]]
-    with torch.no_grad():
-        encoded = torch.cat([encoder(texts[i : i + 64], loaded[0][word]) for i in range(0, len(texts), 64)])
-    return texts, list(encoded.split(1))
+    return {"personalized_unets": personalized_unets}
