@@ -1,8 +1,10 @@
 """``build_defs(profile)``: the study's Dagster definitions — assets (each with its automation
-condition), checks, jobs, sensors and resources — for one profile, which the caller passes. Besides
-the profile's home and store (its properties read ``AUGASSETS_HOME`` and ``AUGASSETS_STORE_URL``),
-the environment is read where the definitions meet the machine: the device (``AUGASSETS_DEVICE``,
-``resources.default_resources``) and the executor (the Celery settings, ``scale.executor``)."""
+condition), checks, jobs, sensors and resources — for one profile, which the caller passes. The
+profile carries everything get_profile read from the environment (its home, store, dataset root,
+device and weights); the one thing read here is how steps execute (``scale.executor``: the Celery
+broker or the Kubernetes executor), a property of the deployment that the webserver, the daemon and
+every worker must share, and whose URLs dagster-celery itself reads from the environment at run time
+so that passwords stay out of run configs."""
 
 from __future__ import annotations
 

@@ -51,6 +51,15 @@ WORLD_ENV = (
 )
 POOL_SEED_ENV = "AUGASSETS_POOL_SEED"  # another draw of the mini web pool; trains its world here
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
+DEVICE_ENV = "AUGASSETS_DEVICE"  # overrides the profile's device (e.g. cpu, to try a cuda profile without a GPU)
+# The external foundation's overrides: environment variable → Profile field.
+WEIGHTS_ENVS = {
+    "AUGASSETS_SD_WEIGHTS": "sd_weights",
+    "AUGASSETS_CLIP_WEIGHTS": "clip_weights",
+    "AUGASSETS_KNN_INDEX_DIR": "knn_index_folder",
+    "AUGASSETS_KNN_URL": "knn_url",
+    "AUGASSETS_KNN_INDICE": "knn_indice_name",
+}
 DEFAULT_PROFILE = "mini"
 
 
@@ -108,10 +117,17 @@ class DatasetSpec:
     test_dir: str = "val"
     holdout_fraction: float = 0.0
     target: TargetDesign | None = None  # fashion_mnist only: how garments are staged (None: as shipped, 28 px gray)
+    # Where the data lies on this machine: ``$root_env`` as read by :func:`located` (empty: ``default_root``).
+    # A machine's path, not a setting of the study: left out of the repr, so of every code version.
+    root_dir: str = field(default="", repr=False, compare=False)
 
     @property
     def root(self) -> Path:
-        return Path(os.environ.get(self.root_env, self.default_root))
+        return Path(self.root_dir or self.default_root)
+
+    def located(self, environ=os.environ) -> DatasetSpec:
+        """This dataset at the root ``environ[root_env]`` names (unset: ``default_root``)."""
+        return replace(self, root_dir=environ.get(self.root_env, ""))
 
     @property
     def class_root(self) -> Path:
@@ -470,15 +486,12 @@ class Profile:
     automation: AutomationSpec = field(default_factory=AutomationSpec)
     # External foundation (used when world is None): Stable Diffusion and CLIP weights (folder or hub
     # id), and the pool's KNN index: a local clip-retrieval index folder, or a clip-retrieval back URL.
-    sd_weights: str = field(
-        default_factory=lambda: os.environ.get("AUGASSETS_SD_WEIGHTS", "CompVis/stable-diffusion-v1-4")
-    )
-    clip_weights: str = field(
-        default_factory=lambda: os.environ.get("AUGASSETS_CLIP_WEIGHTS", "openai/clip-vit-large-patch14")
-    )
-    knn_index_folder: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDEX_DIR", ""))
-    knn_url: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_URL", ""))
-    knn_indice_name: str = field(default_factory=lambda: os.environ.get("AUGASSETS_KNN_INDICE", "laion5B-L-14"))
+    # get_profile reads their overrides from the environment (LOCATION_ENVS).
+    sd_weights: str = "CompVis/stable-diffusion-v1-4"
+    clip_weights: str = "openai/clip-vit-large-patch14"
+    knn_index_folder: str = ""
+    knn_url: str = ""
+    knn_indice_name: str = "laion5B-L-14"
     max_classes: int = 0  # 0: every class of the class list
     # Which of the paper's reported results the results table sets beside this profile's
     # (augassets/data/paper_results.tsv): imagenet_10pct (Table 1), imagenet_full or caltech256.
@@ -495,6 +508,12 @@ class Profile:
     # Each image has its own seeded noise, but batched sums round differently at another batch size, so the
     # images' last bits can differ: augmentation_images' code version covers it.
     sample_batch_size: int = 0
+    # Where this machine keeps the profile's state and which device it computes on, as get_profile read
+    # them from the environment (:func:`located`; empty: the defaults). Not settings of the study: left
+    # out of the repr and of comparisons.
+    home_root: str = field(default="", repr=False, compare=False)  # $AUGASSETS_HOME (default ./augassets_home)
+    store_url: str = field(default="", repr=False, compare=False)  # $AUGASSETS_STORE_URL (default: the home's store)
+    device: str = field(default="", repr=False, compare=False)  # $AUGASSETS_DEVICE (default: classifier.device)
 
     def __post_init__(self):
         if self.workers < 1:
@@ -510,12 +529,18 @@ class Profile:
     @property
     def home(self) -> Path:
         """This profile's state: ``$AUGASSETS_HOME/<profile>`` (profiles never share tables)."""
-        return Path(os.environ.get(HOME_ENV, "augassets_home")).resolve() / self.name
+        return Path(self.home_root or "augassets_home").resolve() / self.name
 
     @property
     def store_root(self) -> str:
         """The image store: ``$AUGASSETS_STORE_URL``, or the home's ``store`` folder."""
-        return os.environ.get(STORE_URL_ENV) or str(self.home / "store")
+        return self.store_url or str(self.home / "store")
+
+    @property
+    def compute_device(self) -> str:
+        """The device steps compute on: ``$AUGASSETS_DEVICE``, or the classifier's (a cuda profile on a
+        machine without a GPU fails in ComputeResource's setup, naming the setting)."""
+        return self.device or self.classifier.device
 
     @property
     def tables(self) -> str:
@@ -812,13 +837,30 @@ PROFILES["mini_all"] = replace(
 )
 
 
+def located(profile: Profile, environ=os.environ) -> Profile:
+    """``profile`` on this machine: its home, store, dataset root, device and external weights as
+    ``environ`` sets them (``AUGASSETS_HOME``, ``AUGASSETS_STORE_URL``, the dataset's root variable,
+    ``AUGASSETS_DEVICE``, ``WEIGHTS_ENVS``). :func:`get_profile` calls it, so the environment is read
+    once, when the profile is made; a profile changed with ``replace`` keeps what was read."""
+    weights = {name: environ[env] for env, name in WEIGHTS_ENVS.items() if environ.get(env)}
+    return replace(
+        profile,
+        dataset=profile.dataset.located(environ),
+        home_root=environ.get(HOME_ENV, ""),
+        store_url=environ.get(STORE_URL_ENV, ""),
+        device=environ.get(DEVICE_ENV, ""),
+        **weights,
+    )
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The profile named ``name``, or by ``AUGASSETS_PROFILE``, or ``mini``; with ``AUGASSETS_METHODS``
     set, running exactly those methods (in registry order); with ``AUGASSETS_CLUSTERS`` set, ⑥ with
     that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios;
     with ``AUGASSETS_WORKERS`` set, that many worker processes; with ``AUGASSETS_WORLD=train``, the mini
     world's models trained here instead of installed from the shipped world; with ``AUGASSETS_POOL_SEED``
-    set, another draw of the mini web pool, its world trained here."""
+    set, another draw of the mini web pool, its world trained here. Where it runs (home, store, dataset
+    root, device, weights) is read here too (:func:`located`): nothing reads the environment later."""
     name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
     try:
         profile = PROFILES[name]
@@ -879,4 +921,4 @@ def get_profile(name: str | None = None) -> Profile:
                 f"the command's own process)"
             )
         profile = replace(profile, workers=int(workers))
-    return profile
+    return located(profile)

@@ -11,7 +11,7 @@ import numpy as np
 from .core.determinism import use_deterministic_kernels
 from .core.store import Store, SyncStats
 from .core.warehouse import Warehouse
-from .profiles import Profile
+from .profiles import DEVICE_ENV, Profile
 from .tags import PARTITION_RANGE_START_TAG, PARTITION_TAG
 
 
@@ -88,7 +88,7 @@ class ComputeResource(dg.ConfigurableResource):
             raise RuntimeError(
                 f"ComputeResource.device is {self.device!r} (the profile's classifier.device) but no CUDA "
                 f"device is visible; "
-                "set AUGASSETS_DEVICE=cpu to run on the CPU, or make a GPU visible"
+                f"set {DEVICE_ENV}=cpu to run on the CPU, or make a GPU visible"
             )
 
     def threads_for(self, run_tags: dict) -> int:
@@ -259,16 +259,13 @@ class KnnIndexResource(dg.ConfigurableResource):
         raise ValueError(f"unknown KNN backend {self.backend!r} (setting KnnIndexResource.backend: local or remote)")
 
 
-DEVICE_ENV = "AUGASSETS_DEVICE"  # overrides the profile's device (e.g. cpu, to try a cuda profile without a GPU)
-
-
 def default_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     """The resources that run ``profile`` on this machine: its home, store, device and weights."""
     store = profile.home / "store"
     models = store / "models"
-    # The profile's device, or AUGASSETS_DEVICE: a cuda profile on a machine without a GPU fails in
-    # ComputeResource's setup, naming the setting, rather than training on the CPU unnoticed.
-    device = os.environ.get(DEVICE_ENV) or profile.classifier.device
+    # The profile's device, or AUGASSETS_DEVICE (read by get_profile): a cuda profile on a machine without a
+    # GPU fails in ComputeResource's setup, naming the setting, rather than training on the CPU unnoticed.
+    device = profile.compute_device
     return {
         "warehouse": WarehouseResource(root=profile.tables),
         "image_store": ImageStoreResource(root=profile.store_root, cache_dir=str(store)),

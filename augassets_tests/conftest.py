@@ -120,6 +120,8 @@ def private_state(benchmark_run, tmp_path, monkeypatch):
 
     import polars as pl
 
+    from augassets.profiles import located
+
     profile, _ = benchmark_run
     copy = tmp_path / "home" / profile.name
     shutil.copytree(profile.home, copy)
@@ -133,4 +135,4 @@ def private_state(benchmark_run, tmp_path, monkeypatch):
         ).write_parquet(part)
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    return profile
+    return located(profile)  # the profile reads its home once, when made: here, at the copy

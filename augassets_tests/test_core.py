@@ -1,5 +1,6 @@
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -64,6 +65,49 @@ def test_the_environment_chooses_between_the_shipped_world_and_training_it(monke
     monkeypatch.setenv("AUGASSETS_POOL_SEED", "one")
     with pytest.raises(ValueError, match="AUGASSETS_POOL_SEED='one'"):
         get_profile("shipped")
+
+
+def test_the_environment_is_read_once_when_the_profile_is_made(monkeypatch, tmp_path):
+    """get_profile reads where the study runs — home, store, dataset root, device, external weights —
+    into the profile: a variable set afterwards changes no profile already made (nor its resources or
+    definitions), a profile made afterwards sees it (AUGASSETS_SD_WEIGHTS set after import counts),
+    and no machine path reaches a code version."""
+    from augassets.build import build_defs
+    from augassets.profiles import get_profile
+    from augassets.resources import default_resources
+
+    for name in ("AUGASSETS_SD_WEIGHTS", "AUGASSETS_STORE_URL", "AUGASSETS_IMAGENET_DIR", "AUGASSETS_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    before = get_profile("imagenet10")
+    home = before.home
+    before_resources = default_resources(before)
+    monkeypatch.setenv("AUGASSETS_SD_WEIGHTS", str(tmp_path / "sd"))
+    monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AUGASSETS_STORE_URL", "memory://elsewhere")
+    monkeypatch.setenv("AUGASSETS_IMAGENET_DIR", str(tmp_path / "imagenet"))
+    monkeypatch.setenv("AUGASSETS_DEVICE", "cpu")
+
+    assert (before.home, before.sd_weights, before.dataset.root) == (
+        home,
+        "CompVis/stable-diffusion-v1-4",
+        Path("/data/imagenet"),
+    )
+    assert default_resources(before)["image_store"].root == before_resources["image_store"].root == str(home / "store")
+    assert default_resources(before)["compute"].device == "cuda"
+    after = get_profile("imagenet10")
+    assert (after.home, after.store_root, after.dataset.root, after.sd_weights, after.compute_device) == (
+        tmp_path / "home" / "imagenet10",
+        "memory://elsewhere",
+        tmp_path / "imagenet",
+        str(tmp_path / "sd"),
+        "cpu",
+    )
+    assert default_resources(after)["diffusion_backend"].weights == str(tmp_path / "sd")
+    versions = [
+        {key: graph.get(key).code_version for key in graph.get_all_asset_keys()}
+        for graph in (build_defs(p).resolve_asset_graph() for p in (before, after))
+    ]
+    assert versions[0] == versions[1]
 
 
 def test_registry_names_each_methods_builder():

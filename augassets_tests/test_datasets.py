@@ -115,7 +115,7 @@ def test_missing_dataset_names_setting_and_install_command(tmp_path, monkeypatch
     monkeypatch.setenv("AUGASSETS_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     catalog = build_catalog(FASHION_MNIST, max_classes=2)
     with pytest.raises(DatasetError, match=r"AUGASSETS_FASHION_MNIST_DIR.*apt-get install dataset-fashion-mnist"):
-        make_splits(catalog, FASHION_MNIST, SplitSpec(train_fraction=0.01), tmp_path / "x")
+        make_splits(catalog, FASHION_MNIST.located(), SplitSpec(train_fraction=0.01), tmp_path / "x")
     dataset = folder_dataset(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match="AUGASSETS_TEST_UNSET_DIR"):
         make_splits(catalog, dataset, SplitSpec(train_fraction=0.01), tmp_path / "x")

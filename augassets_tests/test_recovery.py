@@ -63,6 +63,26 @@ def _augassets_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("augassets")), *args]
 
 
+def test_an_unreadable_automation_cursor_starts_fresh_and_says_so(private_state):
+    """A cursor this Dagster cannot read (another version wrote it, or it is damaged) is named, moved
+    aside, and the command evaluates from a fresh cursor: with everything up to date, nothing runs."""
+    import os
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    (home / runner.CURSOR_FILE).write_text('{"__class__": "AssetDaemonCursorFromAFutureDagster"}')
+    instance = dg.DagsterInstance.get()
+    runs_before, lines = len(instance.get_runs()), []
+    materialize(private_state, cli.benchmark_keys, say=lines.append)
+    assert any(
+        line.startswith(f"- the automation cursor {home / runner.CURSOR_FILE} could not be read")
+        and line.endswith(f"moved to {runner.CURSOR_FILE}.unreadable, evaluating from a fresh cursor")
+        for line in lines
+    ), lines
+    assert (home / f"{runner.CURSOR_FILE}.unreadable").is_file()
+    assert len(instance.get_runs()) == runs_before
+    assert runner.load_cursor(home) is not None  # the fresh evaluation's cursor, saved for the next command
+
+
 def test_a_second_command_on_the_same_home_stops_naming_the_first(private_state):
     """Two commands on one home would race on the catalog and on the instance's first migration: the
     second stops at once, and its last line names the first and the setting to change."""

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from augassets.core.target_domain import render
 from augassets.core.world import ShippedWorld, ShippedWorldError, sha256_of
-from augassets.profiles import TARGET_DESIGNS
+from augassets.profiles import TARGET_DESIGNS, located
 
 
 def test_target_staging_is_a_pure_function_of_design_and_item():
@@ -73,6 +73,7 @@ def test_a_fresh_home_installs_the_shipped_world_without_training(exported_world
     trained_profile, folder, _ = exported_world
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    trained_profile = located(trained_profile)  # at this test's home
     profile = replace(trained_profile, world=replace(trained_profile.world, shipped=str(folder)))
     materialize(profile, cli.foundation_keys, say=lambda *_: None)
     instance = dg.DagsterInstance.get()
@@ -125,6 +126,7 @@ def test_a_world_made_by_other_definitions_is_named_stale_with_both_ways_out(exp
     trained_profile, folder, _ = exported_world
     monkeypatch.setenv("AUGASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    trained_profile = located(trained_profile)  # at this test's home
     # Another pool: the shipped CLIP was trained on a different one.
     world = replace(
         trained_profile.world, shipped=str(folder), pool=replace(trained_profile.world.pool, distractors=21)

@@ -27,6 +27,7 @@ from ..resources import default_resources
 from ..scale import GPU_POOL
 from ..tags import ASSETS_TAG
 from . import runs as runner
+from . import storage
 from .workers import WorkerDied, Workers
 
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
@@ -102,15 +103,14 @@ def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
     lock, when no other headless command is alive: such runs are marked failed, and the slots of
     every finished run are freed. Runs the daemon or the UI launched are left to them."""
     released = []
-    storage = instance.event_log_storage
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))):
         if ASSETS_TAG in run.tags:
             instance.report_run_failed(run, "its headless command died; marked failed by the next command on this home")
             released.append(run.run_id)
-    for run_id in storage.get_concurrency_run_ids():
+    for run_id in sorted(storage.runs_holding_pool_slots(instance)):
         run = instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
-            storage.free_concurrency_slots_for_run(run_id)
+            storage.free_pool_slots(instance, run_id)
             if run_id not in released:
                 released.append(run_id)
     for run_id in released:
@@ -147,9 +147,8 @@ def widen_gpu_pool(instance: dg.DagsterInstance, workers: int, device: str, say=
     if device != "cpu":
         say(f"- pool {GPU_POOL}: its limit stays as set (device {device}: one step per GPU); the workers share it")
         return
-    storage = instance.event_log_storage
-    if storage.get_concurrency_info(GPU_POOL).slot_count < workers:  # 0 while the pool has no limit yet
-        storage.set_concurrency_slots(GPU_POOL, workers)
+    if storage.pool_limit(instance, GPU_POOL) < workers:  # 0 while the pool has no limit yet
+        storage.set_pool_limit(instance, GPU_POOL, workers)
         say(f"- pool {GPU_POOL}: limit raised to {workers} (the profile's workers, on the CPU)")
 
 
@@ -231,7 +230,7 @@ def _materialize(
         defs, instance, keys, default_resources(profile), say, verify
     ).items():
         pending[key] = pending.get(key, set()) | partitions
-    cursor = runner.load_cursor(dagster_home)
+    cursor = runner.load_cursor(dagster_home, say)
     for _ in range(MAX_ROUNDS):
         requested, cursor = runner.evaluate(defs, instance, keys, cursor)
         for key, partitions in requested.items():

@@ -48,9 +48,25 @@ class RunGroup:
         return [key.to_user_string() for key in self.keys]
 
 
-def load_cursor(folder: Path):
+def load_cursor(folder: Path, say=print):
+    """The automation cursor the last command on this home saved (None: none yet). A cursor this
+    Dagster cannot read (written by another version, or damaged) is moved aside and the evaluation
+    starts fresh, which says so: a fresh cursor asks again for whatever is missing or whose code
+    version changed, and nothing that is up to date."""
     path = folder / CURSOR_FILE
-    return dg.deserialize_value(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return dg.deserialize_value(path.read_text())
+    except Exception as error:  # Dagster's serdes raises its own errors, and JSON's, for what it cannot read
+        aside = path.with_name(path.name + ".unreadable")
+        path.replace(aside)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        say(
+            f"- the automation cursor {path} could not be read ({type(error).__name__}: {first}); moved to "
+            f"{aside.name}, evaluating from a fresh cursor"
+        )
+        return None
 
 
 def save_cursor(folder: Path, cursor) -> None:
