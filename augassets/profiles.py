@@ -339,14 +339,19 @@ class RetrievalSpec:
 @dataclass(frozen=True)
 class GenerationSpec:
     """Generation protocol (paper §3): ``factor`` × the target's largest per-class count images per
-    class (3×: 390 for ImageNet-10%), resampled into each replicate's set; an image the safety checker
-    flags is regenerated with a new seed, at most ``max_attempts`` times. Boomerang noises target
-    images to ``boomerang_strength`` and denoises them without a prompt (no guidance)."""
+    class (3×: 390 for ImageNet-10%), or ``per_class`` images where it is set (full ImageNet: the
+    paper's ten times the 10 % setting's count, 3,900), resampled into each replicate's set; an image
+    the safety checker flags is regenerated with a new seed, at most ``max_attempts`` times. Boomerang
+    noises target images to ``boomerang_strength`` and denoises them without a prompt (no guidance)."""
 
     factor: int = 3
     max_attempts: int = 5
     seed: int = 0
     boomerang_strength: float = 0.5  # Boomerang: how far each target image is noised before denoising
+    per_class: int = 0  # 0: factor × the target's largest class
+
+    def __repr__(self) -> str:
+        return _repr_leaving_out_unset(self, added_later=("per_class",))
 
 
 @dataclass(frozen=True)
@@ -402,6 +407,11 @@ class PersonalizationSpec:
     weights from the local torch hub cache), ``clip`` (the profile's CLIP image tower: the mini world
     keeps its own, an ImageNet Inception knowing nothing of its world), or ``inception_v3_untrained`` (the
     architecture with random weights, for tests); generation draws clusters in proportion to their sizes.
+
+    ``latents_in_memory_gib``: ⑦ ⑨ train on every class's images at once, from VAE latents encoded
+    once; above this size they are memory-mapped from files in the run's folder instead of held in
+    memory (full ImageNet: about 150 GiB), and deleted after the run. Where they live changes no
+    number, so it is left out of the code versions.
     """
 
     max_epochs: int = 40
@@ -417,6 +427,7 @@ class PersonalizationSpec:
     clusters: int = 5
     seed: int = 0
     cluster_embedder: str = "inception_v3"
+    latents_in_memory_gib: float = field(default=8.0, repr=False)
 
 
 @dataclass(frozen=True)
@@ -789,29 +800,35 @@ PROFILES: dict[str, Profile] = {
     ),
     "imagenet10": Profile(
         name="imagenet10",
-        description="The paper's main setting: a 10% class-imbalance-preserving ImageNet subsample, ResNet-50.",
+        description="The paper's main setting: a 10% class-imbalance-preserving ImageNet subsample, ResNet-50, "
+        "all thirteen rows of Table 1.",
         dataset=IMAGENET,
         split=SplitSpec(train_fraction=0.10, seed=0),
         classifier=RESNET50,
+        methods=tuple(m.key for m in METHODS),
     ),
     "imagenet": Profile(
         name="imagenet",
         description="Full ImageNet (paper §4, Fig. 1B): every training image but a val subsample of the 10% "
-        "size as target, ResNet-50; retrieval and CLIP prompts against the baseline, no real_2p. Generation "
-        "makes 3× the largest class count (≈3,900 per class, the paper's ten times the 10% setting's 390).",
+        "size as target, ResNet-50; retrieval, CLIP prompts and pseudo-word + DM (⑨) against the baseline, no "
+        "real_2p. Generation makes 3,900 images per class (the paper's ten times the 10% setting's 390); ⑨'s "
+        "fine-tuning stops after 3 epochs (§3.1: ten times the samples, a comparable budget).",
         dataset=IMAGENET,
         split=SplitSpec(train_fraction=0.9, val_fraction=0.1, seed=0, real_extra=False),
         classifier=RESNET50,
-        methods=("real_p", "clip_prompts", "retrieval"),
+        methods=("real_p", "clip_prompts", "pseudoword_dm", "retrieval"),
+        generation=GenerationSpec(per_class=3900),
+        personalization=PersonalizationSpec(max_epochs=3),
         paper_reference="imagenet_full",
     ),
     "caltech256": Profile(
         name="caltech256",
-        description="Caltech256 (paper §3): 80/10/10 split, the whole 80% as target, no real_2p; batch 1024, lr 0.003.",
+        description="Caltech256 (paper §3, Fig. 6): 80/10/10 split, the whole 80% as target, no real_2p; retrieval, "
+        "CLIP prompts and pseudo-word + DM (⑨); batch 1024, lr 0.003.",
         dataset=CALTECH256,
         split=SplitSpec(train_fraction=0.80, seed=0, real_extra=False),
         classifier=replace(RESNET50, batch_size=1024, lr=0.003),
-        methods=("real_p", "clip_prompts", "retrieval"),
+        methods=("real_p", "clip_prompts", "pseudoword_dm", "retrieval"),
         paper_reference="caltech256",
     ),
     "imagefolder": Profile(

@@ -110,6 +110,32 @@ def test_the_environment_is_read_once_when_the_profile_is_made(monkeypatch, tmp_
     assert versions[0] == versions[1]
 
 
+def test_the_real_profiles_run_the_papers_rows_and_counts(tmp_path):
+    """imagenet10 runs all thirteen rows; full ImageNet and Caltech256 run ⑨ beside CLIP prompts and
+    retrieval; full ImageNet generates 3,900 images a class (ten times the 10 % setting's 390, not 3 ×
+    its largest class) and stops ⑨'s fine-tuning after 3 epochs; elsewhere 3 × the largest class."""
+    import polars as pl
+
+    from augassets.assets.prompts import images_per_class
+    from augassets.core.warehouse import Warehouse
+    from augassets.profiles import get_profile
+
+    imagenet10, imagenet, caltech = (get_profile(name) for name in ("imagenet10", "imagenet", "caltech256"))
+    assert imagenet10.methods == METHOD_KEYS
+    for profile in (imagenet, caltech):
+        assert profile.methods == ("real_p", "clip_prompts", "pseudoword_dm", "retrieval")
+    assert (imagenet.personalization.max_epochs, caltech.personalization.max_epochs) == (3, 40)
+    db = Warehouse(str(tmp_path / "tables"))
+    db.replace(
+        "dataset_splits",
+        pl.DataFrame({"split": ["target"] * 5 + ["val"], "wnid": ["a", "a", "a", "b", "b", "a"]}),
+    )
+    assert images_per_class(db, "clip_prompts", imagenet10) == 9  # 3 × the largest class (a: 3 images)
+    assert images_per_class(db, "retrieval", imagenet10) == 3
+    assert images_per_class(db, "clip_prompts", imagenet) == 3900
+    assert images_per_class(db, "pseudoword_dm", caltech) == 9
+
+
 def test_registry_names_each_methods_builder():
     """The asset layer dispatches on builders: each implemented method has one, the rest none."""
     by_builder = {b: registry.keys_with_builder(b) for b in registry.BUILDERS}

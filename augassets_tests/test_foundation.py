@@ -247,3 +247,41 @@ def test_sample_fidelity_counts_per_class_and_relative_to_the_judge():
     assert score.per_class["relative_fidelity"].to_list() == pytest.approx([0.75 / 0.8, 0.5 / 0.6])
     assert score.class_fidelity == pytest.approx(4 / 6) and score.judge_accuracy == pytest.approx(0.7)
     assert score.relative == pytest.approx((4 / 6) / 0.7) and score.target_recognizability == pytest.approx(3 / 6)
+
+
+def test_joint_fine_tuning_trains_the_same_with_its_latents_memory_mapped_from_disk(tiny_models, tmp_path):
+    """⑦ ⑨ hold every class's VAE latents at once (full ImageNet: about 150 GiB); above
+    ``PersonalizationSpec.latents_in_memory_gib`` they are memory-mapped from files in the run's folder.
+    The run is the same to the last bit either way, and the files are gone after it."""
+    from augassets.core.finetune import ClassImages, FinetuneSpec, JointClass, finetune_jointly
+
+    from .conftest import write_image
+
+    colors = {"n03595614": (200, 30, 30), "n04120489": (30, 60, 200)}
+    classes = [
+        JointClass(
+            wnid,
+            f"A photo of {wnid}.",
+            "shirt",
+            ClassImages(
+                [str(write_image(tmp_path / "images" / wnid / f"train_{i}.png", color=color)) for i in range(4)],
+                [str(write_image(tmp_path / "images" / wnid / f"val_{i}.png", color=color)) for i in range(2)],
+                32,
+            ),
+        )
+        for wnid, color in colors.items()
+    ]
+    spec = FinetuneSpec(max_epochs=2, patience=2, batch_size=4, reference_batch_size=4, val_draws=2, early_epochs=1)
+    results = {}
+    for where, limit in (("memory", 0), ("disk", 1)):
+        pipeline = StableDiffusionPipeline.from_pretrained(tiny_models / "sd", safety_checker=None)
+        folder = tmp_path / where
+        results[where] = finetune_jointly(
+            pipeline, classes, spec, 1e-4, folder, {"run": where}, ["a photo of {}"], latents_max_bytes=limit
+        )
+        assert results[where].extra["latents"] == where
+        assert not (folder / "latents").exists()
+    memory, disk = results["memory"], results["disk"]
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+    assert memory.params.keys() == disk.params.keys()
+    assert all(torch.equal(memory.params[name], disk.params[name]) for name in memory.params)

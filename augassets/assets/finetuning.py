@@ -461,7 +461,15 @@ def _joint_models(profile: Profile, up: SimpleNamespace, keys: list[str]) -> dic
             say = lambda line, m=method: context.log.info(f"personalized_unets[{m}] {line}")  # noqa: E731
             try:
                 result = ft.finetune_jointly(
-                    pipeline, classes, run_spec, spec.unet_lr, folder, signature, templates, progress=say
+                    pipeline,
+                    classes,
+                    run_spec,
+                    spec.unet_lr,
+                    folder,
+                    signature,
+                    templates,
+                    progress=say,
+                    latents_max_bytes=int(spec.latents_in_memory_gib * 2**30),
                 )
                 exported = ft.export_joint_checkpoints(result, pipeline, [c.wnid for c in classes])
             except (ft.FinetuneError, ValueError, OSError) as error:

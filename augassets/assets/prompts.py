@@ -43,13 +43,12 @@ def needed_per_class(db, profile: Profile) -> int:
 
 
 def images_per_class(db, method: str, profile: Profile) -> int:
-    """Retrieval: n. Generation: ``GenerationSpec.factor`` × the target's largest per-class count."""
+    """Retrieval: n. Generation: ``GenerationSpec.per_class`` where set, else ``factor`` × the target's
+    largest per-class count."""
     n = needed_per_class(db, profile)
-    return (
-        n
-        if get_method(method).builder == RETRIEVAL
-        else math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
-    )
+    if get_method(method).builder == RETRIEVAL:
+        return n
+    return profile.generation.per_class or math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:

@@ -159,17 +159,49 @@ def train_vae(
 
 @torch.no_grad()
 def encode_latent_distribution(
-    vae: AutoencoderKL, paths: Sequence[str], image_size: int, batch_size: int = 256
+    vae: AutoencoderKL,
+    paths: Sequence[str],
+    image_size: int,
+    batch_size: int = 256,
+    spill: tuple[Path, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE posterior (mean, std) of every training image, encoded once in batches; training then
-    samples latents from it each step instead of re-running the encoder."""
-    means, stds = [], []
-    for start in range(0, len(paths), batch_size):
-        posterior = vae.encode(
-            pixel_batch(paths[start : start + batch_size], image_size).to(vae.device, vae.dtype)
-        ).latent_dist
-        means.append(posterior.mean.float())
-        stds.append(posterior.std.float())
+    samples latents from it each step instead of re-running the encoder.
+
+    ``spill`` = (folder, max_bytes): when mean and std together would take more than ``max_bytes``
+    (full ImageNet's 1.28 M images: about 150 GiB at SD's 4 × 64 × 64 latents), they are written batch
+    by batch to ``.npy`` files in ``folder`` and returned memory-mapped (on the CPU), so a batch reads
+    only its rows from disk. The values are the same float32 numbers either way, and so is the layout:
+    the encoder's output may be channels-last, which decides how later kernels sum, so the files keep
+    that order and the returned tensors the same strides."""
+    means, stds, mapped, last = [], [], None, False
+    with torch.no_grad():
+        for start in range(0, len(paths), batch_size):
+            posterior = vae.encode(
+                pixel_batch(paths[start : start + batch_size], image_size).to(vae.device, vae.dtype)
+            ).latent_dist
+            mean, std = posterior.mean.float(), posterior.std.float()
+            if start == 0 and spill is not None and 2 * mean[0].numel() * 4 * len(paths) > spill[1]:
+                spill[0].mkdir(parents=True, exist_ok=True)
+                laid = torch.cat([mean[:1]])  # the layout the in-memory path's torch.cat gives
+                last = not laid.is_contiguous() and laid.is_contiguous(memory_format=torch.channels_last)
+                shape = (len(paths), *(mean.shape[2:] + mean.shape[1:2] if last else mean.shape[1:]))
+                mapped = [
+                    np.lib.format.open_memmap(spill[0] / f"latent_{name}.npy", "w+", np.float32, shape)
+                    for name in ("mean", "std")
+                ]
+            if mapped is not None:
+                for array, part in zip(mapped, (mean, std)):
+                    array[start : start + len(part)] = (part.permute(0, 2, 3, 1) if last else part).cpu().numpy()
+            else:
+                means.append(mean)
+                stds.append(std)
+    if mapped is not None:
+        for array in mapped:
+            array.flush()
+        return tuple(
+            torch.from_numpy(array).permute(0, 3, 1, 2) if last else torch.from_numpy(array) for array in mapped
+        )
     return torch.cat(means), torch.cat(stds)
 
 

@@ -110,15 +110,30 @@ class SdObjective:
     """SD's noise-prediction loss on one class's train and val images, with the pipeline's own noise
     schedule (its scheduler's betas and timesteps, as DDPM training used them)."""
 
-    def __init__(self, pipeline: StableDiffusionPipeline, images: ClassImages, spec: FinetuneSpec):
+    def __init__(
+        self,
+        pipeline: StableDiffusionPipeline,
+        images: ClassImages,
+        spec: FinetuneSpec,
+        spill: tuple[Path, int] | None = None,
+    ):
+        """``spill`` = (folder, max_bytes): latents larger than that are memory-mapped from files in
+        ``folder`` (``diffusion.encode_latent_distribution``); ``self.spilled`` says whether they were."""
         train_paths, val_paths, image_size = images.train, images.val, images.image_size
+        if spill is not None and spill[0].exists():
+            shutil.rmtree(spill[0])  # an earlier run's files: encoded again below (the same numbers)
         if not train_paths or not val_paths:
             raise FinetuneError(f"fine-tuning needs train and val images (got {len(train_paths)} and {len(val_paths)})")
         self.unet, self.scale = pipeline.unet, pipeline.vae.config.scaling_factor
         self.noise = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.timesteps = self.noise.config.num_train_timesteps
-        self.train_mean, self.train_std = encode_latent_distribution(pipeline.vae, train_paths, image_size)
-        self.val_mean, self.val_std = encode_latent_distribution(pipeline.vae, val_paths, image_size)
+        self.train_mean, self.train_std = encode_latent_distribution(
+            pipeline.vae, train_paths, image_size, spill=None if spill is None else (spill[0] / "train", spill[1])
+        )
+        self.val_mean, self.val_std = encode_latent_distribution(
+            pipeline.vae, val_paths, image_size, spill=None if spill is None else (spill[0] / "val", spill[1])
+        )
+        self.spilled = spill is not None and (spill[0] / "train" / "latent_mean.npy").is_file()
         self.device = self.unet.device
         draws = torch.Generator().manual_seed(spec.seed * 7919 + 1)  # drawn on the CPU: the same on any device
         index = torch.arange(len(val_paths)).repeat(spec.val_draws)
@@ -143,7 +158,8 @@ class SdObjective:
     def train_batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple:
         """One batch's latents (as posterior mean, std and the standard-normal draw), noise and
         timesteps; the random draws come from ``generator`` on the CPU, so they do not depend on the device."""
-        mean, std = self.train_mean[index.to(self.train_mean.device)], self.train_std[index.to(self.train_std.device)]
+        rows = index.to(self.train_mean.device)
+        mean, std = self.train_mean[rows].to(self.device), self.train_std[rows].to(self.device)
         draws = [
             torch.randn(mean.shape, generator=generator),
             torch.randn(mean.shape, generator=generator),
@@ -167,7 +183,13 @@ class SdObjective:
             i = index[part].to(self.val_mean.device)
             batch_states = states(part) if callable(states) else states if states.shape[0] == 1 else states[part]
             total += self.loss(
-                batch_states, self.val_mean[i], self.val_std[i], eps[part], noise[part], timesteps[part], unet
+                batch_states,
+                self.val_mean[i].to(self.device),
+                self.val_std[i].to(self.device),
+                eps[part],
+                noise[part],
+                timesteps[part],
+                unet,
             ).item() * len(i)
         return total / len(index)
 
@@ -552,6 +574,7 @@ def finetune_jointly(
     signature: dict,
     templates: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    latents_max_bytes: int = 0,
 ) -> FinetuneResult:
     """⑦ (``templates`` None): one conditioning per class and the UNet, fine-tuned jointly; ⑨
     (``templates`` given): one pseudo-word per class, in prompts drawn from ``templates``, and the UNet.
@@ -560,7 +583,9 @@ def finetune_jointly(
     per-class tensors at ``spec.lr`` (both scaled by the batch-size rule).
 
     Checkpoints (``epoch_<n>.safetensors``) hold every trained tensor; :func:`export_joint_checkpoints`
-    turns the kept ones into the formats users load."""
+    turns the kept ones into the formats users load. ``latents_max_bytes`` (0: no limit): every class's
+    VAE latents above that size are memory-mapped from ``folder/latents`` for the run and deleted after
+    it (``result.extra["latents"]``: ``memory`` or ``disk``); the numbers are the same either way."""
     say = progress or log.info
     pipeline.vae.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
@@ -570,7 +595,13 @@ def finetune_jointly(
     val = [path for c in classes for path in c.images.val]
     train_class = torch.tensor([i for i, c in enumerate(classes) for _ in c.images.train])
     val_class = torch.tensor([i for i, c in enumerate(classes) for _ in c.images.val])
-    objective = SdObjective(pipeline, ClassImages(train, val, classes[0].images.image_size), spec)
+    spill = (folder / "latents", latents_max_bytes) if latents_max_bytes else None
+    objective = SdObjective(pipeline, ClassImages(train, val, classes[0].images.image_size), spec, spill)
+    if objective.spilled:
+        say(
+            f"latents of {len(train) + len(val)} images memory-mapped from {spill[0]} "
+            f"(over {latents_max_bytes:,} bytes)"
+        )
     val_draw_class = val_class[objective.val_draws[0]]
     params: dict[str, torch.Tensor] = {}
     if templates is None:
@@ -615,7 +646,12 @@ def finetune_jointly(
         finally:
             pipeline.unet.train()
 
-    result = finetune(params, batch_loss, val_loss, len(train), spec, folder, signature, progress, lrs=lrs)
+    try:
+        result = finetune(params, batch_loss, val_loss, len(train), spec, folder, signature, progress, lrs=lrs)
+    finally:
+        if spill is not None and spill[0].exists():
+            shutil.rmtree(spill[0], ignore_errors=True)
+    result.extra["latents"] = "disk" if objective.spilled else "memory"
     pipeline.unet.eval()
     result.extra["words"] = dict(zip([c.wnid for c in classes], words)) if templates is not None else {}
     return result
