@@ -1,7 +1,7 @@
 """``build_defs(profile)``: the study's Dagster definitions — assets (each with its automation
 condition), checks, jobs, sensors and resources — for one profile, which the caller passes. The
 profile carries everything get_profile read from the environment (its home, store, dataset root,
-device and weights); the one thing read here is how steps execute (``scale.executor``: the Celery
+device and weights); the one thing read here is how steps execute (``executors.executor``: the Celery
 broker or the Kubernetes executor), a property of the deployment that the webserver, the daemon and
 every worker must share, and whose URLs dagster-celery itself reads from the environment at run time
 so that passwords stay out of run configs."""
@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import dagster as dg
 
-from . import scale, sensors
+from . import executors, sensors
 from .assets import (
+    analyses,
     calibration,
     candidates,
     catalog,
@@ -26,7 +27,6 @@ from .assets import (
     foundation,
     images,
     prompts,
-    reports,
     scaling,
     selection,
     splits,
@@ -55,7 +55,7 @@ BUILDERS = (
     datasets.build,
     classifier.build,
     scaling.build,
-    reports.build,
+    analyses.build,
 )
 
 
@@ -223,5 +223,5 @@ def build_defs(profile: Profile, daemon: bool = True) -> dg.Definitions:
         jobs=_jobs(built),
         sensors=automation_sensors,
         resources=default_resources(profile),
-        executor=scale.executor(),  # in the run's process, or Celery workers with AUGASSETS_CELERY_BROKER set
+        executor=executors.executor(),  # in the run's process, or Celery workers with AUGASSETS_CELERY_BROKER set
     )

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from . import scale
+from . import executors
 from .build import benchmark_keys, build_defs
 from .core.files import write_bytes_atomic
-from .core.report import results_report
+from .core.markdown import results_report
 from .core.warehouse import Warehouse
 from .instance import ensure_dagster_home
 from .profiles import PROFILE_ENV, WORLD_ENV, Profile, get_profile
@@ -205,20 +205,20 @@ def daemon(profile: Profile, start: list[str]) -> int:
 
 def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> int:
     """A Celery worker serving ``queue`` (``gpu`` or ``dagster``) for the runs of this profile's
-    instance: ``dagster-celery worker start`` with the executor's own configuration (scale.py). One per
+    instance: ``dagster-celery worker start`` with the executor's own configuration (executors.py). One per
     GPU on the ``gpu`` queue with concurrency 1, its device chosen by ``CUDA_VISIBLE_DEVICES``."""
-    broker = scale.celery_broker()
+    broker = executors.celery_broker()
     if not broker:
         raise SystemExit(
-            f"augassets worker: set {scale.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. "
+            f"augassets worker: set {executors.CELERY_BROKER_ENV} to the broker's Redis URL (e.g. "
             f"redis://127.0.0.1:6379/0); "
             "the webserver and the daemon need the same setting"
         )
-    scale.check_broker(broker)
+    executors.check_broker(broker)
     home = ensure_dagster_home(profile)
     os.environ[PROFILE_ENV] = profile.name
     config = home / "celery_worker.yaml"
-    write_bytes_atomic(scale.worker_yaml().encode(), config)
+    write_bytes_atomic(executors.worker_yaml().encode(), config)
     # dagster-celery starts `celery` from PATH: this environment's, activated or not.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     name = name or f"{queue}-{os.getpid()}"
@@ -226,7 +226,7 @@ def worker(profile: Profile, queue: str, concurrency: int, name: str | None) -> 
     print(
         f"Celery worker {name} on queue {queue} (concurrency {concurrency}, CUDA_VISIBLE_DEVICES={devices}) for "
         f"profile "
-        f"{profile.name}; broker {scale.redacted(broker)}",
+        f"{profile.name}; broker {executors.redacted(broker)}",
         flush=True,
     )
     return run_in_foreground(
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker_parser.add_argument(
         "--queue",
-        default=scale.GPU_QUEUE,
-        choices=[scale.GPU_QUEUE, scale.DEFAULT_QUEUE],
+        default=executors.GPU_QUEUE,
+        choices=[executors.GPU_QUEUE, executors.DEFAULT_QUEUE],
         help="gpu: training, fine-tuning, generation (one worker per GPU); dagster: every other step",
     )
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")

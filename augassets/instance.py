@@ -26,7 +26,7 @@ storage:
 """
 
 
-CELERY_ENV = "AUGASSETS_CELERY_BROKER"  # scale.CELERY_BROKER_ENV (scale.py imports this module)
+CELERY_ENV = "AUGASSETS_CELERY_BROKER"  # executors.CELERY_BROKER_ENV (executors.py imports this module)
 # Appended while AUGASSETS_CELERY_BROKER is set: a run that fails because a Celery worker died (not
 # because a step raised) is re-executed from its failure, at most twice, by the daemon; the pool
 # slots of the dead step (it never reported its end) are freed 5 s after its run ended.

@@ -8,8 +8,8 @@ import pytest
 from augassets.core import methods as registry
 from augassets.core.analysis import headline, markdown_table, per_class_gains, scaling_summary, summarize_scores
 from augassets.core.augment import augmented_sets
+from augassets.core.markdown import frame_markdown
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
-from augassets.core.report import frame_markdown
 from augassets.runner.runs import box_ranges, contiguous_ranges
 
 

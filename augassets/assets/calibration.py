@@ -23,11 +23,11 @@ from ..core.datasets import FashionMnistSource
 from ..core.files import atomic_folder, file_url_path, load_checkpoint, save_image_atomic, save_safetensors_atomic
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import accuracy_by_class, choose_judge_items, transfer_breakdown, write_judge_images
-from ..core.report import frame_markdown
+from ..core.markdown import frame_markdown
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
-from ..scale import ON_GPU
 from ..versions import code_version
 from .classifier import labeled_images
 from .foundation import defined_lineage, install_shipped

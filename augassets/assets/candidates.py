@@ -16,6 +16,7 @@ from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.files import with_file_facts, write_parquet_atomic
 from ..core.images import image_grid, png_data_uri_markdown
+from ..core.markdown import frame_markdown
 from ..core.methods import (
     CLUSTER_CONDITIONING,
     CONDITIONING,
@@ -24,8 +25,8 @@ from ..core.methods import (
     PER_CLASS_FINETUNE_BUILDERS,
     get_method,
 )
-from ..core.report import frame_markdown
 from ..core.selection import candidate_rank
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import method_and_class, same_class_of
 from ..profiles import Profile
@@ -35,7 +36,6 @@ from ..resources import (
     ImageStoreResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..versions import code_version
 from .finetuning import GROUP, _multi, finetuned_method_keys
 

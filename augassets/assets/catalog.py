@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import dagster as dg
 
 from ..core.catalog import SkippedClass, build_catalog
-from ..core.report import frame_markdown
+from ..core.markdown import frame_markdown
 from ..integrity import outputs
 from ..partitions import CLASS_PARTITIONS_NAME
 from ..profiles import Profile

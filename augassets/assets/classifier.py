@@ -11,13 +11,13 @@ from ..core.augment import training_order
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.files import save_safetensors_atomic
-from ..core.report import excluded_wnids, frame_markdown
+from ..core.markdown import excluded_wnids, frame_markdown
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..lineage import partition_links
 from ..partitions import method_replicate_partitions
 from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
-from ..scale import ON_GPU
 from ..versions import code_version
 
 SCORE_SCHEMA = {

@@ -6,8 +6,8 @@ import dagster as dg
 import polars as pl
 
 from ..core.augment import augmented_sets
+from ..core.markdown import excluded_wnids
 from ..core.methods import IMAGES, get_method
-from ..core.report import excluded_wnids
 from ..integrity import outputs
 from ..lineage import partition_links
 from ..partitions import image_method_keys, method_replicate_partitions

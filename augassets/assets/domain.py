@@ -12,12 +12,12 @@ import polars as pl
 
 from ..core.compute import record as record_compute
 from ..core.compute import timed
-from ..core.report import frame_markdown
+from ..core.markdown import frame_markdown
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import image_method_keys
 from ..profiles import Profile
 from ..resources import ClipEncoderResource, ComputeResource, ImageStoreResource, WarehouseResource
-from ..scale import ON_GPU
 from ..versions import code_version
 
 REFERENCE = "real_extra (reference)"

@@ -14,8 +14,8 @@ from ..core.datasets import FashionMnistSource, open_source
 from ..core.duplicates import DuplicateIndex, choose_threshold, detector_curve
 from ..core.files import file_url_path, save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
+from ..core.markdown import frame_markdown
 from ..core.phash import from_hex, phash_files, phash_images, to_hex
-from ..core.report import frame_markdown
 from ..core.web_pool import near_duplicate
 from ..integrity import outputs
 from ..partitions import class_method_partitions, image_method_keys, method_and_class

@@ -11,8 +11,9 @@ import polars as pl
 from ..core.compute import record as record_compute
 from ..core.compute import timed
 from ..core.files import load_checkpoint
+from ..core.markdown import frame_markdown
 from ..core.methods import RETRIEVAL, keys_with_builder
-from ..core.report import frame_markdown
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
     image_method_keys,
@@ -23,7 +24,6 @@ from ..resources import (
     ImageStoreResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..versions import code_version
 
 GROUP = "images"

@@ -27,6 +27,7 @@ import polars as pl
 from ..core.compute import record as record_compute
 from ..core.compute import timed
 from ..core.images import png_data_uri_markdown
+from ..core.markdown import frame_markdown
 from ..core.methods import (
     CLUSTER_CONDITIONING,
     CONDITIONING,
@@ -40,8 +41,8 @@ from ..core.methods import (
     keys_with_builder,
 )
 from ..core.prompts import simple_prompt_nows
-from ..core.report import frame_markdown
 from ..core.selection import candidate_rank
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import class_partitions, method_and_class, method_keys
 from ..profiles import PersonalizationSpec, Profile
@@ -52,7 +53,6 @@ from ..resources import (
     ImageStoreResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..versions import code_version
 from .partial import fail_partially
 

@@ -29,14 +29,14 @@ from ..core.files import atomic_folder, file_url_path, load_checkpoint, save_ima
 from ..core.images import image_grid, png_data_uri_markdown
 from ..core.judge import sample_fidelity
 from ..core.knn import build_index, choose_index_factory, embedding_shards
+from ..core.markdown import frame_markdown
 from ..core.prompts import clip_templates, simple_prompt
-from ..core.report import frame_markdown
 from ..core.web_pool import PoolSources, check_pool_rows, pool_items, write_pool
 from ..core.world import ShippedWorld, ShippedWorldError, sha256_of
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ComputeResource, DiffusionBackendResource, ImageStoreResource, WarehouseResource
-from ..scale import ON_GPU
 from ..versions import code_version
 
 if TYPE_CHECKING:

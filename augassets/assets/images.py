@@ -22,9 +22,10 @@ from ..core.compute import record as record_compute
 from ..core.files import atomic_folder, file_url_path, with_file_facts, write_parquet_atomic
 from ..core.images import image_grid, load_rgb, png_data_uri_markdown
 from ..core.knn import KnnError
+from ..core.markdown import excluded_wnids, frame_markdown
 from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
-from ..core.report import excluded_wnids, frame_markdown
 from ..core.retrieval import FilterColumns, local_image_problem, retrieve
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
     class_method_partitions,
@@ -41,7 +42,6 @@ from ..resources import (
     KnnIndexResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..versions import code_version
 from .partial import fail_partially
 from .prompts import images_per_class, needed_per_class

@@ -17,8 +17,9 @@ from ..core.augment import augmented_sets, training_order
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.knn import KnnError
+from ..core.markdown import excluded_wnids, frame_markdown
 from ..core.methods import RETRIEVAL, TXT2IMG, get_method
-from ..core.report import excluded_wnids, frame_markdown
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
     class_partitions,
@@ -37,7 +38,6 @@ from ..resources import (
     KnnIndexResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..versions import code_version
 from .classifier import labeled_images
 from .images import generate_partition_images, retrieve_partition

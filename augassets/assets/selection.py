@@ -13,12 +13,13 @@ import polars as pl
 
 from ..core.compute import record as record_compute
 from ..core.compute import timed
+from ..core.markdown import frame_markdown
 from ..core.methods import (
     JOINT_FINETUNE_BUILDERS,
     PER_CLASS_FINETUNE_BUILDERS,
 )
-from ..core.report import frame_markdown
 from ..core.selection import SelectionData, choose, score_candidates
+from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import method_and_class
 from ..profiles import Profile
@@ -27,7 +28,6 @@ from ..resources import (
     ImageStoreResource,
     WarehouseResource,
 )
-from ..scale import ON_GPU
 from ..tags import CHUNK_BY_TAG
 from ..versions import code_version
 from .finetuning import GROUP, _multi, finetuned_method_keys

@@ -9,7 +9,7 @@ import polars as pl
 from ..core.datasets import make_splits
 from ..core.files import save_image_atomic
 from ..core.images import image_grid, png_data_uri_markdown
-from ..core.report import frame_markdown
+from ..core.markdown import frame_markdown
 from ..integrity import outputs
 from ..profiles import Profile
 from ..resources import ImageStoreResource, WarehouseResource

@@ -20,11 +20,11 @@ import dagster as dg
 from .. import integrity
 from ..build import build_defs
 from ..core.warehouse import Warehouse, migrate_catalog
+from ..executors import GPU_POOL
 from ..instance import ensure_dagster_home
 from ..partitions import CLASS_PARTITIONS_NAME
 from ..profiles import Profile
 from ..resources import default_resources
-from ..scale import GPU_POOL
 from ..tags import ASSETS_TAG
 from . import runs as runner
 from . import storage

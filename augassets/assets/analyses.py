@@ -20,8 +20,8 @@ import polars as pl
 
 from ..core import analysis
 from ..core.files import write_bytes_atomic
+from ..core.markdown import frame_markdown, read_excluded, results_report
 from ..core.methods import get_method, runnable_methods
-from ..core.report import frame_markdown, read_excluded, results_report
 from ..integrity import outputs
 from ..lineage import partition_links
 from ..profiles import Profile
