@@ -297,21 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
     worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")
     args = parser.parse_args(argv)
+    if args.profile:
+        os.environ[PROFILE_ENV] = args.profile  # also read by worker processes
+    if args.command == "foundation" and args.rebuild:
+        os.environ[WORLD_ENV] = "train"
+    try:  # a bad setting is one line naming it and what it accepts, before anything is imported or run
+        profile = get_profile()
+    except ValueError as error:
+        parser.exit(2, f"augassets: {error}\n")
     if args.command == "worker":  # before the model libraries: a worker imports them per task
-        if args.profile:
-            os.environ[PROFILE_ENV] = args.profile
-        return worker(get_profile(), args.queue, args.concurrency, args.name)
+        return worker(profile, args.queue, args.concurrency, args.name)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     # Per-checkpoint "Loading weights" / "Loading pipeline components" bars drown the run log.
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
-    if args.profile:
-        os.environ[PROFILE_ENV] = args.profile
-    if args.command == "foundation" and args.rebuild:
-        os.environ[WORLD_ENV] = "train"  # also read by worker processes
-    profile = get_profile()
     if args.command == "world":
         export_world(profile, args.name)
         return 0

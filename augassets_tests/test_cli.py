@@ -95,3 +95,22 @@ def test_loading_the_definitions_does_not_import_the_model_libraries():
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert loaded.stdout.strip() == "", f"importing augassets.definitions imported {loaded.stdout.strip()}"
+
+
+@pytest.mark.parametrize(
+    "setting, value, says",
+    [
+        ("AUGASSETS_PROFILE", "nope", "augassets: unknown profile 'nope' (set AUGASSETS_PROFILE to one of smoke, mini"),
+        ("AUGASSETS_METHODS", "real_p,bogus", "augassets: AUGASSETS_METHODS=real_p,bogus: "),
+        ("AUGASSETS_SCALING_RATIOS", "1,x", "augassets: AUGASSETS_SCALING_RATIOS='1,x': comma-separated"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_status_2(tmp_path, setting, value, says):
+    env = {**os.environ, "AUGASSETS_HOME": str(tmp_path / "home"), setting: value}
+    env.pop("DAGSTER_HOME", None)
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("augassets")), "benchmark"], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith(says), run.stderr
+    assert not (tmp_path / "home").exists()  # nothing ran
