@@ -354,6 +354,9 @@ class GenerationSpec:
         return _repr_leaving_out_unset(self, added_later=("per_class",))
 
 
+SHORT_CLASS_RULES = ("exclude", "train_with_what_there_is")
+
+
 @dataclass(frozen=True)
 class ScalingSpec:
     """The scaling analysis (paper Fig. 5B): for each ratio r, classifiers trained on the target plus
@@ -362,11 +365,22 @@ class ScalingSpec:
     (its most similar images first; k grows until the largest ratio is filled or the pool runs out) and
     prompt methods (a pool of ``GenerationSpec.factor`` × the largest need, resampled per replicate);
     the personalized methods and Boomerang are not scaled. ``replicates``: classifiers per cell (0: the
-    classifier's replicates)."""
+    classifier's replicates).
+
+    ``short_classes``: what a cell does with the classes whose images cannot fill its ratio (retrieval's
+    pool ran out). ``exclude`` (the paper's Fig. 5B): they leave that cell's training and evaluation,
+    and the cell's accuracy over every class is bounded by counting their test images all wrong
+    (worst case) or all right (best case); ``train_with_what_there_is``: they train with the images
+    they have and are evaluated as usual."""
 
     ratios: tuple[float, ...] = ()
     methods: tuple[str, ...] = ("simple_prompt", "retrieval")
     replicates: int = 0
+    short_classes: str = "exclude"
+
+    def __post_init__(self):
+        if self.short_classes not in SHORT_CLASS_RULES:
+            raise ValueError(f"scaling.short_classes={self.short_classes!r}: one of {', '.join(SHORT_CLASS_RULES)}")
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,37 @@ def test_scaling_cells_are_mean_and_standard_error_with_real_p_as_ratio_zero():
     }
 
 
+def test_a_scaling_cell_that_left_short_classes_out_is_bounded_as_the_paper_bounds_it():
+    """Fig. 5B: short classes left out of a cell; its accuracy over every class lies between their test
+    images all wrong (▲) and all right (▼). A cell where every class was short trained nothing: 0–1.
+    The rule is a named setting, and a bad name says what it accepts."""
+    from augassets.profiles import ScalingSpec
+
+    scores = pl.DataFrame(
+        {
+            "method": ["retrieval"] * 4,
+            "ratio": [8.0, 8.0, 10.0, 10.0],
+            "replicate": [0, 1, 0, 1],
+            "test_top1": [0.80, 0.70, None, None],
+            "augmentation_images": [40, 40, None, None],
+            "wanted_augmentation_images": [40, 40, 0, 0],
+            "short_classes": ["n1 (8 of 10)"] * 2 + ["n1 (8 of 12), n2 (9 of 12)"] * 2,
+            "excluded_short_classes": [1, 1, 2, 2],
+            "test_top1_worst": [0.60, 0.525, 0.0, 0.0],  # a quarter of the test images are n1's
+            "test_top1_best": [0.85, 0.775, 1.0, 1.0],
+        },
+        schema_overrides={"test_top1": pl.Float64, "augmentation_images": pl.Int64},
+    )
+    cells = {r["ratio"]: r for r in scaling_summary(scores, None).iter_rows(named=True)}
+    assert cells[8.0]["top1_mean"] == pytest.approx(0.75) and cells[8.0]["excluded_short_classes"] == 1
+    assert (cells[8.0]["top1_worst"], cells[8.0]["top1_best"]) == (pytest.approx(0.5625), pytest.approx(0.8125))
+    assert cells[10.0]["top1_mean"] is None and cells[10.0]["n_runs"] == 0
+    assert (cells[10.0]["top1_worst"], cells[10.0]["top1_best"]) == (0.0, 1.0)
+    assert ScalingSpec(short_classes="train_with_what_there_is").short_classes == "train_with_what_there_is"
+    with pytest.raises(ValueError, match="scaling.short_classes='keep': one of exclude, train_with_what_there_is"):
+        ScalingSpec(short_classes="keep")
+
+
 def test_frame_markdown_escapes_pipes():
     text = frame_markdown(pl.DataFrame({"name": ["a|b"], "x": [0.5]}))
     assert "a\\|b" in text and "0.5000" in text

@@ -169,8 +169,9 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
 
 def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, monkeypatch):
     """Scaling retrieval to 8× the target's size asks for more than smoke's pool holds per class
-    (40 images, some failing the filters): those cells train with what there is and name each short
-    class with its counts; generation is never short."""
+    (40 images, some failing the filters): the cell names each short class with its counts and, as the
+    paper does, leaves them out of its training and evaluation, bounding its accuracy over every class
+    by their test images counted all wrong (worst) or all right (best); generation is never short."""
     monkeypatch.setenv("AUGASSETS_SCALING_RATIOS", "1,8")
     profile = get_profile()
     cli.benchmark(profile, say=lambda *_: None)
@@ -178,7 +179,8 @@ def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, mon
     cells = {(r["method"], r["ratio"]): r for r in db.query("SELECT * FROM scaling_table").iter_rows(named=True)}
     assert set(cells) == {(m, r) for m in ("simple_prompt", "retrieval") for r in (0.0, 1.0, 8.0)}
     short = cells["retrieval", 8.0]
-    assert short["short_classes"] and short["augmentation_images"] < short["wanted_augmentation_images"]
+    # The classes the cell kept are filled: it trains on all it wants of them.
+    assert short["short_classes"] and short["augmentation_images"] == short["wanted_augmentation_images"]
     have = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'retrieval' GROUP BY wnid")
     want = dict(
         db.query("SELECT wnid, 8 * count(*) AS n FROM dataset_splits WHERE split = 'target' GROUP BY wnid").iter_rows()
@@ -190,8 +192,17 @@ def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, mon
             named += 1
         else:
             assert row["wnid"] not in short["short_classes"]
-    assert named == short["short_classes"].count(" of ") >= 1
+    assert named == short["short_classes"].count(" of ") == short["excluded_short_classes"] >= 1
     assert cells["simple_prompt", 8.0]["short_classes"] is None and cells["retrieval", 1.0]["short_classes"] is None
+    # The bounds: the short classes' share of the test images is exactly the gap between them.
+    tests = db.query("SELECT wnid, count(*) AS n FROM dataset_splits WHERE split = 'test' GROUP BY wnid")
+    out = sum(r["n"] for r in tests.iter_rows(named=True) if r["wnid"] in short["short_classes"])
+    share = out / int(tests["n"].sum())
+    assert short["top1_best"] - short["top1_worst"] == pytest.approx(share)
+    if short["top1_mean"] is not None:  # some class could fill the ratio: the cell trained on it
+        assert short["top1_worst"] == pytest.approx(short["top1_mean"] * (1 - share))
+    for cell in (cells["retrieval", 1.0], cells["simple_prompt", 8.0]):
+        assert cell["excluded_short_classes"] == 0 and cell["top1_worst"] == cell["top1_best"] == cell["top1_mean"]
 
 
 def test_retrieval_images_manifest_and_duplicates(benchmark_run):

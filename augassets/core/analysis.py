@@ -415,23 +415,37 @@ def gain_correlations(
 def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.DataFrame:
     """Per method × ratio: top-1 mean, standard error and 95 % interval (missing with one run), the
     augmentation images used and wanted, and the short classes; ``baseline`` (real_p's classifier
-    scores) adds the ratio-0 point every curve starts from."""
+    scores) adds the ratio-0 point every curve starts from. Where short classes left the cell
+    (``ScalingSpec.short_classes = "exclude"``), ``top1_mean`` is over the other classes and
+    ``top1_worst`` / ``top1_best`` bound it over every class (the paper's ▲ and ▼); elsewhere both
+    equal ``top1_mean``."""
 
     def spread(top1: pl.Series) -> dict:
+        top1 = top1.drop_nulls()
         n = top1.len()
         se = float(top1.std(ddof=1)) / math.sqrt(n) if n > 1 else None
-        return {"top1_mean": float(top1.mean()), "top1_se": se, "top1_ci95": mean_interval(se, n), "n_runs": n}
+        mean = float(top1.mean()) if n else None
+        return {"top1_mean": mean, "top1_se": se, "top1_ci95": mean_interval(se, n), "n_runs": n}
+
+    def bound(part: pl.DataFrame, column: str) -> float | None:
+        if column not in part.columns or part[column].null_count() == part.height:
+            return None if part["test_top1"].null_count() == part.height else float(part["test_top1"].mean())
+        return float(part[column].mean())
 
     rows = []
     for (method, ratio), part in scores.group_by("method", "ratio", maintain_order=True):
+        excluded = int(part["excluded_short_classes"].max() or 0) if "excluded_short_classes" in part.columns else 0
         rows.append(
             {
                 "method": method,
                 "ratio": ratio,
                 **spread(part["test_top1"]),
-                "augmentation_images": float(part["augmentation_images"].mean()),
+                "augmentation_images": float(part["augmentation_images"].mean() or 0.0),
                 "wanted_augmentation_images": int(part["wanted_augmentation_images"].max()),
                 "short_classes": part["short_classes"][0],
+                "excluded_short_classes": excluded,
+                "top1_worst": bound(part, "test_top1_worst"),
+                "top1_best": bound(part, "test_top1_best"),
             }
         )
     if baseline is not None and baseline.height:
@@ -445,6 +459,9 @@ def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.D
                     "augmentation_images": 0.0,
                     "wanted_augmentation_images": 0,
                     "short_classes": None,
+                    "excluded_short_classes": 0,
+                    "top1_worst": start["top1_mean"],
+                    "top1_best": start["top1_mean"],
                 }
             )
     return pl.DataFrame(
@@ -459,5 +476,8 @@ def scaling_summary(scores: pl.DataFrame, baseline: pl.DataFrame | None) -> pl.D
             "augmentation_images": pl.Float64,
             "wanted_augmentation_images": pl.Int64,
             "short_classes": pl.Utf8,
+            "excluded_short_classes": pl.Int64,
+            "top1_worst": pl.Float64,
+            "top1_best": pl.Float64,
         },
     ).sort("method", "ratio")

@@ -210,24 +210,34 @@ def compute_figure(summary: pl.DataFrame) -> Image.Image:
 def scaling_figure(summary: pl.DataFrame) -> Image.Image:
     """Top-1 against the augmentation ratio (percent of the target's size), one line per method with
     95 % intervals (the paper's Fig. 5B); ratio 0 is real_p; a hollow marker is a cell some class
-    could not fill."""
+    could not fill; where such classes left the cell, ▼ and ▲ mark its best- and worst-case accuracy
+    over every class (their test images all right, all wrong), and the line runs through its accuracy
+    over the classes it kept."""
     plt, figure = _figure(7, 4.2)
     axes = figure.add_subplot(1, 1, 1)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for number, method in enumerate(summary["method"].unique(maintain_order=True)):
         part = summary.filter(pl.col("method") == method).sort("ratio")
+        bounded = "excluded_short_classes" in part.columns
+        excluded = part["excluded_short_classes"].to_list() if bounded else [0] * part.height
         x = [100 * r for r in part["ratio"].to_list()]
-        y = [100 * v for v in part["top1_mean"].to_list()]
+        means = part["top1_mean"].to_list()
+        worst = part["top1_worst"].to_list() if bounded else means
+        best = part["top1_best"].to_list() if bounded else means
+        y = [float("nan") if m is None else 100 * m for m in means]
         errors = [0 if e is None else 100 * e for e in part["top1_ci95"].to_list()]
         colour = colours[number % len(colours)]
         axes.errorbar(x, y, yerr=errors, color=colour, marker="o", capsize=3, label=method)
-        for xi, yi, short in zip(x, y, part["short_classes"].to_list()):
+        for xi, yi, short, out, lo, hi in zip(x, y, part["short_classes"].to_list(), excluded, worst, best):
             if short:
                 axes.plot([xi], [yi], "o", markersize=11, markerfacecolor="none", markeredgecolor=colour)
+            if out:
+                axes.plot([xi], [100 * hi], "v", color=colour, markersize=7)
+                axes.plot([xi], [100 * lo], "^", color=colour, markersize=7)
     low, high = axes.get_ylim()
     axes.set_ylim(max(0.0, low), min(100.0, high))  # intervals of two runs are wide; accuracy stays within 0–100
     axes.set_xlabel("augmentation images (% of the target's size; 0: real_p)")
     axes.set_ylabel("top-1 (%), 95 % CI")
-    axes.set_title("Scaling (paper Fig. 5B); hollow ring: some class could not be filled")
+    axes.set_title("Scaling (paper Fig. 5B); ring: some class could not be filled; ▼ ▲ best and worst case")
     axes.legend(fontsize=8)
     return _to_image(plt, figure)
