@@ -56,19 +56,23 @@ def same_class_of(keys: list[str]) -> dg.MultiPartitionMapping:
 
 
 def scaling_method_keys(profile: Profile) -> list[str]:
-    """The methods of the scaling analysis: those of ``ScalingSpec.methods`` the profile runs (none
-    without ratios). Each must be a retrieval or prompt method."""
-    from .core.methods import RETRIEVAL, TXT2IMG, get_method
+    """The methods of the scaling analysis (none without ratios): those of ``ScalingSpec.methods`` the
+    profile runs; by default the paper's, pseudo-word + DM (⑨) and retrieval, or the simple prompt and
+    retrieval where the profile runs no ⑨. Each must be a retrieval, prompt or personalized method."""
+    from .core.methods import FINETUNE_BUILDERS, RETRIEVAL, TXT2IMG, get_method
 
     if not profile.scaling.ratios:
         return []
-    for key in profile.scaling.methods:
-        if get_method(key).builder not in (RETRIEVAL, TXT2IMG):
+    chosen = profile.scaling.methods or (
+        ("pseudoword_dm", "retrieval") if "pseudoword_dm" in profile.methods else ("simple_prompt", "retrieval")
+    )
+    for key in chosen:
+        if get_method(key).builder not in (RETRIEVAL, TXT2IMG, *FINETUNE_BUILDERS):
             raise ValueError(
-                f"profile {profile.name!r}: scaling method {key!r} is not a retrieval or prompt method; "
-                "set ScalingSpec.methods"
+                f"profile {profile.name!r}: scaling method {key!r} is not a retrieval, prompt or personalized "
+                "method (Boomerang starts from the target's own images); set ScalingSpec.methods"
             )
-    return [m.key for m in runnable_methods(profile.methods) if m.key in profile.scaling.methods]
+    return [m.key for m in runnable_methods(profile.methods) if m.key in chosen]
 
 
 def ratio_key(ratio: float) -> str:

@@ -361,11 +361,13 @@ SHORT_CLASS_RULES = ("exclude", "train_with_what_there_is")
 class ScalingSpec:
     """The scaling analysis (paper Fig. 5B): for each ratio r, classifiers trained on the target plus
     ⌈r × the class's target count⌉ of a method's images per class (r = 1: as many as the target has,
-    the main table's setting; the paper: 100 % … 1000 %). Empty ``ratios``: off. ``methods``: retrieval
-    (its most similar images first; k grows until the largest ratio is filled or the pool runs out) and
-    prompt methods (a pool of ``GenerationSpec.factor`` × the largest need, resampled per replicate);
-    the personalized methods and Boomerang are not scaled. ``replicates``: classifiers per cell (0: the
-    classifier's replicates).
+    the main table's setting; the paper: 100 % … 1000 %). Empty ``ratios``: off. ``methods`` (empty:
+    the paper's, pseudo-word + DM ⑨ and retrieval, or the simple prompt and retrieval where the profile
+    runs no ⑨): retrieval (its most similar images first; k grows until the largest ratio is filled or
+    the pool runs out), prompt methods (a pool of ``GenerationSpec.factor`` × the largest need,
+    resampled per replicate) and personalized methods (the same, generated from the checkpoint
+    checkpoint_selection chose for the class); Boomerang is not scaled. ``replicates``: classifiers per
+    cell (0: the classifier's replicates).
 
     ``short_classes``: what a cell does with the classes whose images cannot fill its ratio (retrieval's
     pool ran out). ``exclude`` (the paper's Fig. 5B): they leave that cell's training and evaluation,
@@ -374,7 +376,7 @@ class ScalingSpec:
     they have and are evaluated as usual."""
 
     ratios: tuple[float, ...] = ()
-    methods: tuple[str, ...] = ("simple_prompt", "retrieval")
+    methods: tuple[str, ...] = ()
     replicates: int = 0
     short_classes: str = "exclude"
 
@@ -682,7 +684,8 @@ PROFILES: dict[str, Profile] = {
         description="Tests: 3 Fashion-MNIST classes, about ten images each, 3 epochs, 2 replicates; the scaling "
         "analysis at "
         "100 % and 200 %. Seconds.",
-        scaling=ScalingSpec(ratios=(1.0, 2.0)),
+        # Every kind of scaled method: a prompt method, a personalized one (from its chosen checkpoint), retrieval.
+        scaling=ScalingSpec(ratios=(1.0, 2.0), methods=("simple_prompt", "pseudoword_dm", "retrieval")),
         dataset=replace(FASHION_MNIST, target=STUDIO),
         split=SplitSpec(train_fraction=0.002, class_rate_spread=0.4, max_test_per_class=40, seed=0),
         # Two replicates, not five: enough for a standard error and for resampled sets to differ, at 40 % of the cost.

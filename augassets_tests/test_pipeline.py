@@ -171,13 +171,22 @@ def test_a_ratio_the_pool_cannot_fill_names_its_short_classes(private_state, mon
     """Scaling retrieval to 8× the target's size asks for more than smoke's pool holds per class
     (40 images, some failing the filters): the cell names each short class with its counts and, as the
     paper does, leaves them out of its training and evaluation, bounding its accuracy over every class
-    by their test images counted all wrong (worst) or all right (best); generation is never short."""
+    by their test images counted all wrong (worst) or all right (best); generation is never short, and
+    pseudo-word + DM (⑨) scales from each class's chosen checkpoint."""
     monkeypatch.setenv("AUGASSETS_SCALING_RATIOS", "1,8")
     profile = get_profile()
     cli.benchmark(profile, say=lambda *_: None)
     db = Warehouse(profile.tables)
     cells = {(r["method"], r["ratio"]): r for r in db.query("SELECT * FROM scaling_table").iter_rows(named=True)}
-    assert set(cells) == {(m, r) for m in ("simple_prompt", "retrieval") for r in (0.0, 1.0, 8.0)}
+    assert set(cells) == {(m, r) for m in ("simple_prompt", "pseudoword_dm", "retrieval") for r in (0.0, 1.0, 8.0)}
+    # ⑨ scales from the checkpoint checkpoint_selection chose for each class, never from another candidate.
+    scaled = db.query(
+        "SELECT DISTINCT s.wnid, s.candidate, c.candidate AS chosen FROM scaling_manifest s "
+        "JOIN (SELECT DISTINCT method, wnid, candidate FROM checkpoint_selection) c USING (method, wnid) "
+        "WHERE s.method = 'pseudoword_dm'"
+    )
+    assert scaled.height == 3 and (scaled["candidate"] == scaled["chosen"]).all()
+    assert cells["pseudoword_dm", 8.0]["n_runs"] == 2 and cells["pseudoword_dm", 8.0]["short_classes"] is None
     short = cells["retrieval", 8.0]
     # The classes the cell kept are filled: it trains on all it wants of them.
     assert short["short_classes"] and short["augmentation_images"] == short["wanted_augmentation_images"]

@@ -186,8 +186,8 @@ def _make_candidates(
             folder_name = _set_folder(epochs)
             chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
             if chosen["unet"][0] is not None:  # ⑦ ⑨: this candidate's fine-tuned UNet
-                pipeline.unet = _load_unet(image_store, chosen["unet"][0], pipeline)
-            texts, states = _conditionings(pipeline, method, chosen, prompts, clusters)
+                pipeline.unet = load_unet(image_store, chosen["unet"][0], pipeline)
+            texts, states = conditionings(pipeline, method, chosen, prompts, clusters)
             request = GenerationRequest(
                 method,
                 wnid,
@@ -264,7 +264,7 @@ def _make_candidates(
     )
 
 
-def _load_unet(image_store: ImageStoreResource, folder: str, pipeline):
+def load_unet(image_store: ImageStoreResource, folder: str, pipeline):
     """A fine-tuned UNet (``save_pretrained`` folder in the image store), on the pipeline's device and dtype."""
 
     from diffusers import UNet2DConditionModel
@@ -274,7 +274,7 @@ def _load_unet(image_store: ImageStoreResource, folder: str, pipeline):
     return UNet2DConditionModel.from_pretrained(path).to(pipeline.device, pipeline.unet.dtype).eval()
 
 
-def _conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):
+def conditionings(pipeline, method: str, checkpoints: pl.DataFrame, prompts: pl.DataFrame, clusters: list[int]):
     """Per image: what its conditioning stands for (recorded as its prompt) and its text-encoder
     states, from one candidate's checkpoint(s) (``checkpoints``: one row per cluster)."""
     import torch

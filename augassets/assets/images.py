@@ -170,7 +170,9 @@ def generate_partition_images(
     table: str = "augmentation_manifest",
 ) -> tuple[dict, list[str]]:
     """Generate one class's images for a generation method (seeded, resumable, NSFW regenerated).
-    ``count``: that many images, the class's prompts cycled (scaling_images); 0: one per prompt."""
+    ``count``: that many images, the class's prompts cycled (scaling_images); 0: one per prompt. A
+    personalized method generates from the checkpoint checkpoint_selection chose for the class (its
+    conditioning or pseudo-word, and its UNet for ⑦ ⑨), as its candidates were made."""
     from ..core.generation import GenerationRequest, generate_partition
 
     prompts = db.query(
@@ -182,14 +184,18 @@ def generate_partition_images(
     if count:  # image i keeps prompt i mod the prompt count; its seed is still its own index's
         prompts = prompts[[i % prompts.height for i in range(count)]]
     boomerang = get_method(method).builder == IMG2IMG
+    texts, states, chosen = prompts["prompt"].to_list(), None, None
+    if get_method(method).builder in FINETUNE_BUILDERS:
+        texts, states, chosen = selected_conditionings(db, image_store, pipeline, method, wnid, prompts)
     request = GenerationRequest(
         method,
         wnid,
-        prompts["prompt"].to_list(),
+        texts,
         prompts["family"].to_list(),
         base_seed=profile.generation.seed,
         init_images=prompts["source_image"].to_list() if boomerang else None,
         strength=profile.generation.boomerang_strength,
+        conditionings=states,
     )
     if boomerang:
         image_store.ensure(request.init_images, context.log.info)
@@ -215,6 +221,7 @@ def generate_partition_images(
                 "family": r["family"],
                 "seed": r["seed"],
                 "attempts": r["attempts"],
+                **({} if chosen is None else {"candidate": chosen[0], "checkpoint": chosen[1][r["index"]]}),
             }
             for r in records
         ],
@@ -240,6 +247,34 @@ def generate_partition_images(
         "regenerated": regenerated,
     }
     return row, manifest["path"].to_list()
+
+
+def selected_conditionings(db, image_store, pipeline, method: str, wnid: str, prompts: pl.DataFrame):
+    """A personalized method's images beyond its candidates' (the scaling analysis): the class's
+    chosen candidate (checkpoint_selection), its UNet loaded into ``pipeline`` for ⑦ ⑨, and per image
+    (``prompts``' rows) the text it stands for and its text-encoder states; clusters drawn in
+    proportion to their sizes. Returns (texts, states, (candidate, checkpoint per image))."""
+    from ..core.finetune import draw_clusters
+    from .candidates import conditionings, load_unet
+
+    chosen = db.query(
+        "SELECT DISTINCT candidate FROM checkpoint_selection WHERE method = ? AND wnid = ?", [method, wnid]
+    )
+    if chosen.is_empty():
+        raise ValueError(
+            f"no checkpoint chosen for {method}/{wnid}: materialize checkpoint_selection for this partition first"
+        )
+    candidate = chosen["candidate"][0]
+    checkpoints = db.query(
+        "SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? AND candidate = ? ORDER BY cluster",
+        [method, wnid, candidate],
+    )
+    image_store.ensure(checkpoints["checkpoint"].unique())
+    if checkpoints["unet"][0] is not None:
+        pipeline.unet = load_unet(image_store, checkpoints["unet"][0], pipeline)
+    clusters = draw_clusters(checkpoints["cluster_size"].to_list(), prompts.height)
+    texts, states = conditionings(pipeline, method, checkpoints, prompts, clusters)
+    return texts, states, (candidate, [checkpoints["checkpoint"][c] for c in clusters])
 
 
 def selected_partition(context, db, image_store, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:

@@ -18,7 +18,7 @@ from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.knn import KnnError
 from ..core.markdown import excluded_wnids, frame_markdown
-from ..core.methods import RETRIEVAL, TXT2IMG, get_method
+from ..core.methods import FINETUNE_BUILDERS, RETRIEVAL, TXT2IMG, get_method
 from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
@@ -249,6 +249,9 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
     if not scaled:
         return {}
     largest_ratio = max(profile.scaling.ratios)
+    tuned = [m for m in scaled if get_method(m).builder in FINETUNE_BUILDERS]
+    # A personalized method scales from the checkpoint checkpoint_selection chose for the class.
+    selection_deps = [dg.AssetDep(up.checkpoint_selection, partition_mapping=same_class_of(tuned))] if tuned else []
 
     @dg.asset(
         metadata=outputs(paths={"scaling_manifest": "path"}, files=("scaling/{method}/{wnid}/manifest.parquet",)),
@@ -267,13 +270,15 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
             up.clip_model,
             up.diffusion_model,
             up.dataset_splits,
+            *selection_deps,
         ],
         kinds={"faiss", "parquet"},
         description="The scaling analysis's images of a class for a method, enough for its largest ratio: retrieval's "
         "⌈largest ratio × n⌉ nearest images (k grows to 10·1.4·that; a pool that runs out leaves the class short, and "
         "the short cells say so), a prompt method's pool of factor × that, the class's prompts cycled with every "
-        "image's own seed. Under scaling/<method>/<wnid>/ with a manifest (table scaling_manifest); the first images "
-        "coincide with augmentation_images' where the seeds do.",
+        "image's own seed; a personalized method's the same, from the checkpoint checkpoint_selection chose. Under "
+        "scaling/<method>/<wnid>/ with a manifest (table scaling_manifest); the first images coincide with "
+        "augmentation_images' where the seeds do.",
     )
     def scaling_images(
         context: dg.AssetExecutionContext,
@@ -297,7 +302,9 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
             if RETRIEVAL in builders
             else None
         )
-        pipeline = diffusion_backend.load(TXT2IMG) if TXT2IMG in builders else None
+        pipelines = {TXT2IMG: diffusion_backend.load(TXT2IMG)} if TXT2IMG in builders else {}
+        for builder in builders & FINETUNE_BUILDERS:  # its own pipeline: ⑦ ⑨ load their fine-tuned UNet into it
+            pipelines[builder] = diffusion_backend.load(TXT2IMG)
         n = math.ceil(largest_ratio * needed_per_class(db, profile))
         generated = math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
         summary, failures = [], {}
@@ -332,7 +339,7 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
                             context,
                             db,
                             image_store,
-                            pipeline,
+                            pipelines[get_method(method).builder],
                             diffusion_backend,
                             method,
                             wnid,
