@@ -101,24 +101,34 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     ]
     retrieve_hours = extrapolated["retrieve", "retrieval"]["extrapolated_hours"]
     assert ratios["prompt-based generation"]["measured"] == pytest.approx(sum(prompt_hours) / 4 / retrieve_hours)
-    # ⑨ generates its images as checkpoint candidates: one set of 390 a class at that stage's cost per image.
-    one_set_9 = extrapolated["generate candidates", "pseudoword_dm"]["measured_seconds_per_image"] * 990 * 390 / 3600
+    # One set of 390 a class at ⑨'s measured cost per generated image: its scaling images where smoke scales it
+    # (generated from the chosen checkpoint), else its checkpoint candidates'.
+    per_image_9 = (
+        extrapolated.get(("generate", "pseudoword_dm")) or extrapolated["generate candidates", "pseudoword_dm"]
+    )["measured_seconds_per_image"]
+    one_set_9 = per_image_9 * 990 * 390 / 3600
     pseudoword = extrapolated["fine-tune", "pseudoword_dm"]["extrapolated_hours"] + one_set_9
     assert ratios["pseudoword_dm"]["measured"] == pytest.approx(pseudoword / retrieve_hours)
 
-    # Scaling (Fig. 5B): smoke scales simple_prompt and retrieval at 100 % and 200 % of the target's size.
+    # Scaling (Fig. 5B): smoke scales simple_prompt, pseudoword_dm (from its chosen checkpoint) and retrieval at
+    # 100 % and 200 % of the target's size.
     scaling = db.query("SELECT * FROM scaling_scores ORDER BY method, ratio, replicate")
-    assert scaling.height == 2 * 2 * profile.classifier.replicates
+    assert scaling.height == 3 * 2 * profile.classifier.replicates
     targets = db.query("SELECT count(*) AS n FROM dataset_splits WHERE split = 'target'")["n"][0]
     for row in scaling.iter_rows(named=True):
         assert row["wanted_augmentation_images"] == row["ratio"] * targets  # ⌈r × count⌉ per class, whole here
         assert row["augmentation_images"] == row["wanted_augmentation_images"] and row["short_classes"] is None
         assert row["train_images"] == targets + row["augmentation_images"]
     curve = db.query("SELECT * FROM scaling_table ORDER BY method, ratio")
-    assert curve["ratio"].to_list() == [0.0, 1.0, 2.0] * 2
+    assert curve["ratio"].to_list() == [0.0, 1.0, 2.0] * 3
     assert (
-        curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 2
+        curve.filter(pl.col("ratio") == 0)["top1_mean"].to_list() == [pytest.approx(results["real_p"]["top1_mean"])] * 3
     )
+    # Which differences are real: every pair of the thirteen rows once, Holm-adjusted p-values never below Welch's.
+    pairs = db.query("SELECT * FROM method_comparisons")
+    assert pairs.height == 13 * 12 // 2 and (pairs["p_holm"] >= pairs["p_value"]).all()
+    real = pairs.filter((pl.col("method_a") == "real_p") & (pl.col("method_b") == "real_2p")).row(0, named=True)
+    assert real["difference"] == pytest.approx(results["real_p"]["top1_mean"] - results["real_2p"]["top1_mean"])
 
     reports = profile.home / "store" / "reports"
     for name in (
@@ -129,6 +139,7 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         "method_samples.png",
         "compute.png",
         "scaling.png",
+        "comparisons.png",
     ):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
@@ -141,6 +152,8 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         'src="method_samples.png"',
         'src="compute.png"',
         'src="scaling.png"',
+        'src="comparisons.png"',
+        "Which differences are real",
         "<table>",
         "paper top-1",
         "Extrapolated to the paper",

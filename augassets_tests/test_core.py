@@ -6,7 +6,14 @@ import polars as pl
 import pytest
 
 from augassets.core import methods as registry
-from augassets.core.analysis import headline, markdown_table, per_class_gains, scaling_summary, summarize_scores
+from augassets.core.analysis import (
+    difference_interval,
+    headline,
+    markdown_table,
+    per_class_gains,
+    scaling_summary,
+    summarize_scores,
+)
 from augassets.core.augment import augmented_sets
 from augassets.core.markdown import frame_markdown
 from augassets.core.methods import METHOD_KEYS, get_method, runnable_methods
@@ -370,6 +377,30 @@ def test_a_scaling_cell_that_left_short_classes_out_is_bounded_as_the_paper_boun
     assert ScalingSpec(short_classes="train_with_what_there_is").short_classes == "train_with_what_there_is"
     with pytest.raises(ValueError, match="scaling.short_classes='keep': one of exclude, train_with_what_there_is"):
         ScalingSpec(short_classes="keep")
+
+
+def test_every_pair_of_methods_is_compared_with_holms_adjustment():
+    """Issue: which differences are real. Welch's test per pair, Holm's step-down over the pairs
+    tested (a method with one run is not tested), the verdict read after the adjustment."""
+    from scipy import stats
+
+    from augassets.core.analysis import holm, pairwise_comparisons
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3×0.01; max(2×0.03, 1×0.04) twice
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    runs = {"real_p": [0.50, 0.52, 0.51], "retrieval": [0.60, 0.61, 0.62], "simple_prompt": [0.505]}
+    scores = pl.DataFrame(
+        [{"method": m, "replicate": r, "test_top1": v} for m, values in runs.items() for r, v in enumerate(values)]
+    )
+    pairs = {(r["method_a"], r["method_b"]): r for r in pairwise_comparisons(scores).iter_rows(named=True)}
+    assert set(pairs) == {("real_p", "simple_prompt"), ("real_p", "retrieval"), ("simple_prompt", "retrieval")}
+    tested = pairs["real_p", "retrieval"]
+    welch = stats.ttest_ind(runs["real_p"], runs["retrieval"], equal_var=False).pvalue
+    assert tested["difference"] == pytest.approx(-0.10) and tested["p_value"] == pytest.approx(welch)
+    assert tested["p_holm"] == pytest.approx(welch) and tested["verdict"] == "retrieval better"  # the only test
+    assert tested["ci95"] == pytest.approx(difference_interval(0.01 / 3**0.5, 3, 0.01 / 3**0.5, 3))
+    for pair in (("real_p", "simple_prompt"), ("simple_prompt", "retrieval")):
+        assert pairs[pair]["p_value"] is None and pairs[pair]["verdict"] == "untested: fewer than two runs"
 
 
 def test_frame_markdown_escapes_pipes():

@@ -63,9 +63,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     augmenting = hasattr(up, "augmentation_images")
 
     @dg.asset(
-        metadata=outputs(tables=("results_table",)),
+        metadata=outputs(tables=("results_table", "method_comparisons")),
         group_name=GROUP,
-        code_version=code_version("3", profile.methods, profile.classifier.replicates, paper, report_settings),
+        code_version=code_version("4", profile.methods, profile.classifier.replicates, paper, report_settings),
         # The report also shows the excluded classes, class fidelity and near-duplicates where the profile has them.
         deps=[up.classifier_scores]
         + [
@@ -79,12 +79,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "share of the "
         f"real_p → real_2p gap it closes; beside them the paper's reported figures ({paper}, packaged as "
         "data/paper_results.tsv). A DuckDB table, a CSV file, a bar chart (reports/table1.png) and the markdown "
-        "report.",
+        "report. And which differences are real: every method against every other (table method_comparisons: the "
+        "difference with its 95 % interval, Welch's p-value and Holm's adjustment over all pairs; "
+        "reports/comparisons.png).",
     )
     def results_table(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
     ) -> dg.MaterializeResult:
-        from ..core.figures import table1_figure
+        from ..core.figures import comparisons_figure, table1_figure
 
         db = warehouse.get()
         methods = [m.key for m in runnable_methods(profile.methods)]
@@ -95,6 +97,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         )
         summary = analysis.summarize_scores(scores, paper)
         db.replace("results_table", summary)
+        comparisons = analysis.pairwise_comparisons(scores)
+        db.replace("method_comparisons", comparisons)
         excluded = read_excluded(db)
         csv_path = image_store.path("reports", "results_table.csv")
         write_bytes_atomic(summary.write_csv().encode(), csv_path)
@@ -122,6 +126,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 ),
                 "csv": dg.MetadataValue.path(image_store.url("reports", csv_path.name)),
                 **save_figure(context, image_store, "table1.png", lambda: table1_figure(summary, paper)),
+                "comparisons": dg.MetadataValue.md(frame_markdown(comparisons, "{:.4f}")),
+                "significant_pairs": int(comparisons["verdict"].str.ends_with(" better").sum()),
+                **save_figure(
+                    context,
+                    image_store,
+                    "comparisons.png",
+                    lambda: comparisons_figure(comparisons, summary["method"].to_list()),
+                ),
             }
         )
 
@@ -448,6 +460,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             name: image_store.path("reports", f"{name}.png").is_file()
             for name in (
                 "table1",
+                "comparisons",
                 "per_class_gains",
                 "per_class_gain_distribution",
                 "per_class_examples",
@@ -465,6 +478,16 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         sections = [
             ("Results", results_report(db, paper, report_settings) + "\n\n" + image("table1", "Table 1 as bars"))
         ]
+        if db.has_table("method_comparisons"):
+            sections.append(
+                (
+                    "Which differences are real",
+                    image("comparisons", "every method against every other")
+                    + "\n\nEvery pair: the difference of mean top-1 (fraction) with its 95 % interval (Welch), "
+                    "Welch's p-value and Holm's adjustment over all pairs:\n\n"
+                    + frame_markdown(db.query("SELECT * FROM method_comparisons"), "{:.4f}"),
+                )
+            )
         if augmenting:
             sections.insert(0, ("What each method adds", image("method_samples", "one image per method and class")))
         gains = [image("per_class_gains", "per-class gains")]

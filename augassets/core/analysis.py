@@ -353,6 +353,63 @@ def headline(summary: pl.DataFrame, retrieval: str = "retrieval") -> str | None:
     )
 
 
+COMPARISON_SCHEMA = {
+    "method_a": pl.Utf8,
+    "method_b": pl.Utf8,
+    "difference": pl.Float64,  # mean top-1 of a minus b (fraction)
+    "ci95": pl.Float64,  # half-width of its 95 % interval (Welch)
+    "p_value": pl.Float64,  # Welch's two-sided t-test
+    "p_holm": pl.Float64,  # Holm's step-down adjustment over every pair of the table
+    "verdict": pl.Utf8,
+}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values times (m − i + 1), made monotone
+    and capped at 1; the family-wise error stays at the level each adjusted p-value is compared to."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def pairwise_comparisons(scores: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
+    """Every method against every other (rows in the registry's order, a listed before b): the
+    difference of mean top-1 with its 95 % interval (Welch), Welch's two-sided p-value and the p-value
+    adjusted by Holm's method over all pairs, and the verdict at ``alpha`` after the adjustment — so a
+    reader need not compare error bars by eye. A pair with a method of fewer than two runs has no test
+    and stays out of the adjustment."""
+    from scipy import stats
+
+    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    runs = {method: part["test_top1"].drop_nulls().to_numpy() for (method,), part in scores.group_by("method")}
+    methods = sorted(runs, key=lambda m: order.get(m, len(order)))
+    rows = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            x, y = runs[a], runs[b]
+            row = {"method_a": a, "method_b": b, "difference": float(x.mean() - y.mean())}
+            if len(x) > 1 and len(y) > 1:
+                se = [float(v.std(ddof=1)) / math.sqrt(len(v)) for v in (x, y)]
+                row["ci95"] = difference_interval(se[0], len(x), se[1], len(y))
+                equal = se[0] == se[1] == 0
+                row["p_value"] = 1.0 if equal else float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+            rows.append(row)
+    tested = [r for r in rows if r.get("p_value") is not None]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        row["p_holm"] = adjusted
+    for row in rows:
+        if row.get("p_holm") is None:
+            row["verdict"] = "untested: fewer than two runs"
+        elif row["p_holm"] < alpha:
+            row["verdict"] = f"{row['method_a'] if row['difference'] > 0 else row['method_b']} better"
+        else:
+            row["verdict"] = "undecided"
+    return pl.DataFrame(rows, schema=COMPARISON_SCHEMA)
+
+
 def retrieval_versus_diffusion(gains: pl.DataFrame, diffusion: str, retrieval: str = "retrieval") -> pl.DataFrame:
     """Per class: retrieval's and ``diffusion``'s gain and their difference (positive: retrieval
     better), sorted from retrieval's largest advantage to diffusion's."""

@@ -241,3 +241,35 @@ def scaling_figure(summary: pl.DataFrame) -> Image.Image:
     axes.set_title("Scaling (paper Fig. 5B); ring: some class could not be filled; ▼ ▲ best and worst case")
     axes.legend(fontsize=8)
     return _to_image(plt, figure)
+
+
+def comparisons_figure(comparisons: pl.DataFrame, methods: list[str]) -> Image.Image:
+    """Which differences are real, as one matrix: cell (row a, column b) is a's mean top-1 minus b's in
+    percentage points, coloured by sign and size; a star marks a difference that stays significant
+    (p < 0.05) after Holm's adjustment over every pair."""
+    import numpy as np
+
+    index = {m: i for i, m in enumerate(methods)}
+    size = len(methods)
+    matrix = np.full((size, size), np.nan)
+    stars = np.zeros((size, size), dtype=bool)
+    for row in comparisons.iter_rows(named=True):
+        a, b = index.get(row["method_a"]), index.get(row["method_b"])
+        if a is None or b is None:
+            continue
+        matrix[a, b], matrix[b, a] = 100 * row["difference"], -100 * row["difference"]
+        stars[a, b] = stars[b, a] = row["p_holm"] is not None and row["p_holm"] < 0.05
+    plt, figure = _figure(1.0 + 0.75 * size, 0.6 + 0.6 * size)
+    axes = figure.add_subplot(1, 1, 1)
+    limit = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
+    shown = axes.imshow(matrix, cmap="RdBu", vmin=-limit, vmax=limit)
+    for a in range(size):
+        for b in range(size):
+            if np.isfinite(matrix[a, b]):
+                text = f"{matrix[a, b]:+.1f}" + ("*" if stars[a, b] else "")
+                axes.text(b, a, text, ha="center", va="center", fontsize=8)
+    axes.set_xticks(range(size), methods, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(size), methods, fontsize=8)
+    axes.set_title("row − column, top-1 pp; * p < 0.05 after Holm", fontsize=9)
+    figure.colorbar(shown, ax=axes, shrink=0.8)
+    return _to_image(plt, figure)
