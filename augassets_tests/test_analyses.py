@@ -140,6 +140,7 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         "compute.png",
         "scaling.png",
         "comparisons.png",
+        "cost.png",
     ):
         with Image.open(reports / name) as image:
             assert image.width > 300 and image.height > 200, name
@@ -154,6 +155,7 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
         'src="scaling.png"',
         'src="comparisons.png"',
         "Which differences are real",
+        "The cost of a point of accuracy",
         "<table>",
         "paper top-1",
         "Extrapolated to the paper",

@@ -403,6 +403,66 @@ def test_every_pair_of_methods_is_compared_with_holms_adjustment():
         assert pairs[pair]["p_value"] is None and pairs[pair]["verdict"] == "untested: fewer than two runs"
 
 
+def test_the_cost_of_a_point_of_accuracy_counts_the_steps_that_made_the_images():
+    """Per method: the measured seconds of the steps that made its extra images (the main table's, not
+    the scaling analysis's; classifier training apart) per percentage point of gain, beside the paper's
+    hours for the same stages per point of its gain (⑨: fine-tuning 720 h + generation 867 h)."""
+    from augassets.core.compute import cost_of_accuracy
+
+    results = pl.DataFrame(
+        {
+            "method": ["real_p", "simple_prompt", "pseudoword_dm", "retrieval"],
+            "gain": [None, 0.02, 0.04, -0.01],
+            "gain_ci95": [None, 0.01, 0.01, 0.01],
+            "paper_gain": [None, 0.029, 0.04, 0.054],
+        },
+        schema_overrides={"gain": pl.Float64, "gain_ci95": pl.Float64, "paper_gain": pl.Float64},
+    )
+    log = pl.DataFrame(
+        {
+            "asset": [
+                "augmentation_images",
+                "scaling_images",
+                "personalized_unets",
+                "unet_candidate_images",
+                "checkpoint_selection",
+                "augmentation_images",
+                "classifier_scores",
+            ],
+            "stage": [
+                "generate",
+                "generate",
+                "fine-tune",
+                "generate candidates",
+                "select checkpoint",
+                "retrieve",
+                "train classifier",
+            ],
+            "method": [
+                "simple_prompt",
+                "simple_prompt",
+                "pseudoword_dm",
+                "pseudoword_dm",
+                "pseudoword_dm",
+                "retrieval",
+                "simple_prompt",
+            ],
+            "seconds": [10.0, 500.0, 30.0, 8.0, 2.0, 1.0, 40.0],
+        }
+    )
+    costs = {r["method"]: r for r in cost_of_accuracy(results, log).iter_rows(named=True)}
+    assert set(costs) == {"simple_prompt", "pseudoword_dm", "retrieval"}
+    assert costs["simple_prompt"]["augmentation_seconds"] == 10.0  # the scaling analysis's 500 s left out
+    assert costs["simple_prompt"]["classifier_seconds"] == 40.0 and costs["simple_prompt"]["seconds_per_point"] == 5.0
+    assert (
+        costs["pseudoword_dm"]["augmentation_seconds"] == 40.0 and costs["pseudoword_dm"]["seconds_per_point"] == 10.0
+    )
+    assert costs["pseudoword_dm"]["paper_hours"] == 720.0 + 867.0
+    assert costs["pseudoword_dm"]["paper_hours_per_point"] == pytest.approx(1587.0 / 4)
+    assert costs["retrieval"]["seconds_per_point"] is None  # no gain: no price per point
+    assert costs["retrieval"]["paper_hours_per_point"] == pytest.approx(28.5 / 5.4)
+
+
 def test_frame_markdown_escapes_pipes():
     text = frame_markdown(pl.DataFrame({"name": ["a|b"], "x": [0.5]}))
     assert "a\\|b" in text and "0.5000" in text

@@ -305,9 +305,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         assets["method_samples"] = method_samples
 
     @dg.asset(
-        metadata=outputs(tables=("compute_report", "compute_extrapolation", "compute_speedups")),
+        metadata=outputs(tables=("compute_report", "compute_extrapolation", "compute_speedups", "cost_of_accuracy")),
         group_name=GROUP,
-        code_version=code_version("2"),
+        code_version=code_version("3"),
         # After every step that records its compute: all are upstream of the results, or of the scaling scores.
         deps=[results_table] + ([up.scaling_scores] if hasattr(up, "scaling_scores") else []),
         kinds={"parquet"},
@@ -316,13 +316,15 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "the measured seconds per image times the images each stage handles at the paper's scale (ImageNet-10 %: 990 "
         "classes, 126,861 target images, 390 generated or 130 retrieved per class) as extrapolated hours on the "
         "measuring device, beside the paper's hours (reported, or derived from what it reports); and retrieval's "
-        "speed-up over generation, the paper's 30× and 56× beside ours. Figure: reports/compute.png.",
+        "speed-up over generation, the paper's 30× and 56× beside ours. Figure: reports/compute.png. And the cost of "
+        "a point of accuracy (table cost_of_accuracy, reports/cost.png): each method's gain over real_p against the "
+        "measured seconds that made its extra images, classifier training apart, the paper's hours beside.",
     )
     def compute_report(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, image_store: ImageStoreResource
     ) -> dg.MaterializeResult:
-        from ..core.compute import COMPUTE_SCHEMA, compute_summary, extrapolate, speedups
-        from ..core.figures import compute_figure
+        from ..core.compute import COMPUTE_SCHEMA, compute_summary, cost_of_accuracy, extrapolate, speedups
+        from ..core.figures import compute_figure, cost_figure
 
         db = warehouse.get()
         # Steps materialized before compute accounting existed have no rows until they run again.
@@ -364,6 +366,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db.replace("compute_report", summary)
         db.replace("compute_extrapolation", scaled)
         db.replace("compute_speedups", ratios)
+        costs = cost_of_accuracy(db.query("SELECT * FROM results_table"), log)
+        db.replace("cost_of_accuracy", costs)
         total = float(log["seconds"].sum())
         context.log.info(
             f"compute: {total:.0f} s measured over {log.height} partitions; per stage: "
@@ -389,6 +393,12 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                     + frame_markdown(ratios, "{:.1f}")
                 ),
                 **save_figure(context, image_store, "compute.png", lambda: compute_figure(summary)),
+                "cost_of_accuracy": dg.MetadataValue.md(
+                    "Per method: its gain over real_p and the measured seconds that made its extra images "
+                    "(classifier training apart), seconds per percentage point, and the paper's hours for the "
+                    "same stages per point of its gain.\n\n" + frame_markdown(costs, "{:.4g}")
+                ),
+                **save_figure(context, image_store, "cost.png", lambda: cost_figure(costs)),
             }
         )
 
@@ -466,6 +476,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                 "per_class_examples",
                 "method_samples",
                 "compute",
+                "cost",
                 "scaling",
             )
         }
@@ -532,6 +543,15 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                     "measuring device), "
                     "beside the paper's reported hours (§4.4):\n\n"
                     + frame_markdown(db.query("SELECT * FROM compute_extrapolation"), "{:.4g}"),
+                )
+            )
+        if db.has_table("cost_of_accuracy"):
+            sections.append(
+                (
+                    "The cost of a point of accuracy",
+                    image("cost", "gain over real_p against the compute that made it")
+                    + "\n\n"
+                    + frame_markdown(db.query("SELECT * FROM cost_of_accuracy"), "{:.4g}"),
                 )
             )
         from ..core.html_report import report_html

@@ -246,3 +246,61 @@ def speedups(extrapolation: pl.DataFrame, prompt_methods: list[str]) -> pl.DataF
     return pl.DataFrame(
         rows, schema={"comparison": pl.Utf8, "ratio": pl.Utf8, "paper": pl.Float64, "measured": pl.Float64}
     )
+
+
+# The stages that make a method's extra images (what a point of accuracy costs beyond the baseline); the
+# classifiers that score them are shown apart, and the scaling analysis's own steps are left out.
+AUGMENTATION_STAGES = ("fine-tune", "generate candidates", "select checkpoint", "generate", "retrieve")
+COST_SCHEMA = {
+    "method": pl.Utf8,
+    "gain": pl.Float64,  # top-1 over real_p (fraction)
+    "gain_ci95": pl.Float64,
+    "augmentation_seconds": pl.Float64,  # measured: making the method's extra images
+    "classifier_seconds": pl.Float64,  # measured: training its classifiers, shown apart
+    "seconds_per_point": pl.Float64,  # augmentation seconds per percentage point of gain (gains > 0)
+    "paper_gain": pl.Float64,
+    "paper_hours": pl.Float64,  # the paper's §4.4 hours for the same stages (fine-tuning + generation, retrieval)
+    "paper_hours_per_point": pl.Float64,
+}
+
+
+def cost_of_accuracy(results: pl.DataFrame, log: pl.DataFrame) -> pl.DataFrame:
+    """What a point of accuracy costs, per method: its gain over real_p (with its 95 % interval) beside
+    the measured seconds of the steps that made its extra images (fine-tuning, candidates and their
+    selection, generation or retrieval; the main table's steps, not the scaling analysis's), the
+    seconds per percentage point, and the paper's hours for the same stages with its gain (§4.4: the
+    paper's "30× cheaper" made a price per point). ``results``: the results table; ``log``: compute_log."""
+    main = log.filter(~pl.col("asset").str.starts_with("scaling"))
+    seconds = {
+        (stage, method): total
+        for stage, method, total in main.group_by("stage", "method").agg(pl.col("seconds").sum()).iter_rows()
+    }
+    rows = []
+    for row in results.iter_rows(named=True):
+        method = row["method"]
+        if method == "real_p" or row["gain"] is None:
+            continue
+        making = sum(seconds.get((stage, method), 0.0) for stage in AUGMENTATION_STAGES)
+        paper_hours = None
+        if method == "retrieval":
+            paper_hours = PAPER_HOURS[("retrieve", "retrieval")][0]
+        elif ("generate", method) in seconds or ("generate candidates", method) in seconds:
+            tuned = PAPER_HOURS.get(("fine-tune", method))
+            paper_hours = PAPER_HOURS[("generate", None)][0] + (tuned[0] if tuned else 0.0)
+        paper_gain = row.get("paper_gain")
+        rows.append(
+            {
+                "method": method,
+                "gain": row["gain"],
+                "gain_ci95": row["gain_ci95"],
+                "augmentation_seconds": making,
+                "classifier_seconds": seconds.get(("train classifier", method), 0.0),
+                "seconds_per_point": making / (100 * row["gain"]) if row["gain"] > 0 and making else None,
+                "paper_gain": paper_gain,
+                "paper_hours": paper_hours,
+                "paper_hours_per_point": paper_hours / (100 * paper_gain)
+                if paper_hours is not None and paper_gain
+                else None,
+            }
+        )
+    return pl.DataFrame(rows, schema=COST_SCHEMA)

@@ -273,3 +273,34 @@ def comparisons_figure(comparisons: pl.DataFrame, methods: list[str]) -> Image.I
     axes.set_title("row − column, top-1 pp; * p < 0.05 after Holm", fontsize=9)
     figure.colorbar(shown, ax=axes, shrink=0.8)
     return _to_image(plt, figure)
+
+
+def cost_figure(costs: pl.DataFrame) -> Image.Image:
+    """The cost of a point of accuracy: each method's gain over real_p (95 % interval) against the
+    measured seconds that made its extra images (left, log scale), and the paper's gain against its
+    reported hours for the same stages (right)."""
+    plt, figure = _figure(11, 4.2)
+    ours, theirs = figure.subplots(1, 2)
+    for row in costs.iter_rows(named=True):
+        if row["augmentation_seconds"]:
+            ours.errorbar(
+                [row["augmentation_seconds"]],
+                [100 * row["gain"]],
+                yerr=[0 if row["gain_ci95"] is None else 100 * row["gain_ci95"]],
+                marker="o",
+                capsize=3,
+            )
+            ours.annotate(row["method"], (row["augmentation_seconds"], 100 * row["gain"]), fontsize=7)
+        if row["paper_hours"] and row["paper_gain"] is not None:
+            theirs.plot([row["paper_hours"]], [100 * row["paper_gain"]], "o")
+            theirs.annotate(row["method"], (row["paper_hours"], 100 * row["paper_gain"]), fontsize=7)
+    for axes, unit, title in (
+        (ours, "measured seconds making the extra images", "ours (95 % CI)"),
+        (theirs, "the paper's hours (§4.4)", "the paper"),
+    ):
+        axes.set_xscale("log")
+        axes.set_xlabel(unit)
+        axes.set_ylabel("gain over real_p (pp)")
+        axes.set_title(title, fontsize=9)
+        axes.axhline(0, color="#999999", linewidth=0.8)
+    return _to_image(plt, figure)
