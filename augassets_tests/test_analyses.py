@@ -93,6 +93,13 @@ def test_the_analyses_set_table_1_beside_the_papers_and_write_a_report_with_figu
     )
     assert generate["extrapolated_hours"] == pytest.approx(990 * 390 * generate["measured_seconds_per_image"] / 3600)
     assert extrapolated["train classifier", "real_p"]["paper_hours_kind"] == "derived"  # the midpoint of 128–160 h
+    # Also at the profile's own dataset's size: smoke's own generated images, every class that is not excluded.
+    own = db.query(
+        "SELECT count(*) AS n FROM augmentation_manifest WHERE method = 'simple_prompt' "
+        "AND wnid NOT IN (SELECT wnid FROM excluded_classes)"
+    )["n"][0]
+    assert generate["own_scale_images"] == own
+    assert generate["own_hours"] == pytest.approx(own * generate["measured_seconds_per_image"] / 3600)
     ratios = {r["comparison"]: r for r in db.query("SELECT * FROM compute_speedups").iter_rows(named=True)}
     assert (ratios["prompt-based generation"]["paper"], ratios["pseudoword_dm"]["paper"]) == (30.0, 56.0)
     prompt_hours = [

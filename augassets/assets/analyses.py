@@ -20,7 +20,7 @@ import polars as pl
 
 from ..core import analysis
 from ..core.files import write_bytes_atomic
-from ..core.markdown import frame_markdown, read_excluded, results_report
+from ..core.markdown import excluded_wnids, frame_markdown, read_excluded, results_report
 from ..core.methods import get_method, runnable_methods
 from ..integrity import outputs
 from ..lineage import partition_links
@@ -304,6 +304,20 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
 
         assets["method_samples"] = method_samples
 
+    def own_scale(db):
+        """The profile's own dataset as the compute stages see it (None before its splits exist)."""
+        from ..core.compute import Scale
+        from .prompts import images_per_class, needed_per_class
+
+        if not db.has_table("dataset_splits"):
+            return None
+        excluded = list(excluded_wnids(db))
+        target = db.query("SELECT wnid FROM dataset_splits WHERE split = 'target'").filter(
+            ~pl.col("wnid").is_in(excluded)
+        )
+        generated = images_per_class(db, "simple_prompt", profile)  # the generation rule, whichever method
+        return Scale(target["wnid"].n_unique(), target.height, generated, needed_per_class(db, profile))
+
     @dg.asset(
         metadata=outputs(tables=("compute_report", "compute_extrapolation", "compute_speedups", "cost_of_accuracy")),
         group_name=GROUP,
@@ -361,7 +375,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             )
             for row in sets.group_by("method").agg(pl.col("sets").mean()).iter_rows(named=True):
                 epochs["generate candidates", row["method"]] = row["sets"]
-        scaled = extrapolate(summary, epochs)
+        scaled = extrapolate(summary, epochs, own_scale(db))
         ratios = speedups(scaled, [m for m in profile.methods if get_method(m).family == "prompt"])
         db.replace("compute_report", summary)
         db.replace("compute_extrapolation", scaled)

@@ -137,21 +137,33 @@ def record(db, meters: list[Meter]) -> None:
         )
 
 
-def paper_scale_images(stage: str, epochs: float | None = None) -> float | None:
-    """Images a stage processes for one method at the paper's scale, or None where we have no basis.
-    ``epochs``: for the training stages, the mean epochs per run; for ``generate candidates``, the mean
-    number of distinct candidate image sets per class."""
+@dataclass(frozen=True)
+class Scale:
+    """A dataset's size as the compute stages see it: classes, target images, images generated and
+    retrieved per class (retrieved: also the augmentation set per class a classifier trains on)."""
+
+    classes: int
+    target_images: int
+    generated_per_class: int
+    retrieved_per_class: int
+
+
+PAPER_SCALE = Scale(PAPER_CLASSES, PAPER_TARGET_IMAGES, PAPER_GENERATED_PER_CLASS, PAPER_RETRIEVED_PER_CLASS)
+
+
+def paper_scale_images(stage: str, epochs: float | None = None, scale: Scale = PAPER_SCALE) -> float | None:
+    """Images a stage processes for one method at ``scale`` (default the paper's), or None where we
+    have no basis. ``epochs``: for the training stages, the mean epochs per run; for ``generate
+    candidates``, the mean number of distinct candidate image sets per class."""
     if stage == "generate":
-        return PAPER_CLASSES * PAPER_GENERATED_PER_CLASS
+        return scale.classes * scale.generated_per_class
     if stage == "generate candidates" and epochs:
-        return PAPER_CLASSES * PAPER_GENERATED_PER_CLASS * epochs
+        return scale.classes * scale.generated_per_class * epochs
     if stage == "retrieve":
-        return PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS
+        return scale.classes * scale.retrieved_per_class
     if stage in ("fine-tune", "train classifier", "select checkpoint") and epochs:
-        extra = (
-            PAPER_CLASSES * PAPER_RETRIEVED_PER_CLASS if stage != "fine-tune" else 0
-        )  # target + a 100 % augmentation set
-        return (PAPER_TARGET_IMAGES + extra) * epochs
+        extra = scale.classes * scale.retrieved_per_class if stage != "fine-tune" else 0  # target + a 100 % set
+        return (scale.target_images + extra) * epochs
     return None
 
 
@@ -173,15 +185,20 @@ def compute_summary(log: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def extrapolate(summary: pl.DataFrame, epochs: dict[tuple[str, str], float]) -> pl.DataFrame:
+def extrapolate(summary: pl.DataFrame, epochs: dict[tuple[str, str], float], own: Scale | None = None) -> pl.DataFrame:
     """The measured per-image cost times the images each stage processes at the paper's scale, in
-    hours on the measuring device, beside the paper's reported hours where it gives them. ``epochs``:
-    (stage, method) → mean epochs per run for the training stages (their image counts scale with it),
-    mean candidate image sets per class for ``generate candidates``."""
+    hours on the measuring device, beside the paper's reported hours where it gives them; with
+    ``own`` (the profile's own dataset: its classes, target, generated and retrieved counts), the same
+    at that scale too (``own_scale_images``, ``own_hours``). ``epochs``: (stage, method) → mean epochs
+    per run for the training stages (their image counts scale with it), mean candidate image sets per
+    class for ``generate candidates``."""
     rows = []
     for row in summary.iter_rows(named=True):
-        images = paper_scale_images(row["stage"], epochs.get((row["stage"], row["method"])))
-        hours = None if images is None or row["seconds_per_image"] is None else images * row["seconds_per_image"] / 3600
+        ran = epochs.get((row["stage"], row["method"]))
+        images = paper_scale_images(row["stage"], ran)
+        own_images = None if own is None else paper_scale_images(row["stage"], ran, own)
+        per_image = row["seconds_per_image"]
+        hours = None if images is None or per_image is None else images * per_image / 3600
         paper = PAPER_HOURS.get((row["stage"], row["method"])) or PAPER_HOURS.get((row["stage"], None))
         rows.append(
             {
@@ -194,6 +211,8 @@ def extrapolate(summary: pl.DataFrame, epochs: dict[tuple[str, str], float]) -> 
                 "paper_hours": paper[0] if paper else None,
                 "paper_hours_kind": paper[1] if paper else None,
                 "paper_note": paper[2] if paper else None,
+                "own_scale_images": own_images,
+                "own_hours": None if own_images is None or per_image is None else own_images * per_image / 3600,
             }
         )
     return pl.DataFrame(rows, schema=EXTRAPOLATION_SCHEMA)
@@ -209,6 +228,8 @@ EXTRAPOLATION_SCHEMA = {
     "paper_hours": pl.Float64,
     "paper_hours_kind": pl.Utf8,
     "paper_note": pl.Utf8,
+    "own_scale_images": pl.Float64,  # the same stage at the profile's own dataset's size
+    "own_hours": pl.Float64,
 }
 
 
