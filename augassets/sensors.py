@@ -26,6 +26,7 @@ import dagster as dg
 from .core.catalog import usable_classes
 from .core.datasets import DatasetError
 from .core.wordnet import WordNetError
+from .dagster_internals import repository_asset_graph
 from .integrity import find_damage, record_damage
 from .partitions import CLASS_PARTITIONS_NAME, class_partitions
 from .profiles import Profile
@@ -99,7 +100,7 @@ def damaged_outputs(profile: Profile, targets: Sequence[dg.AssetKey]) -> dg.Sens
         db = warehouse.get()
         for moved in db.check_files():
             context.log.warning(f"damaged table file moved aside: {moved}")
-        items = find_damage(context.repository_def.asset_graph, context.instance, targets, db, image_store.store())
+        items = find_damage(repository_asset_graph(context), context.instance, targets, db, image_store.store())
         if not items:
             return dg.SensorResult(skip_reason=f"no damaged outputs among {len(targets)} assets", cursor="[]")
         requests, keys = [], []

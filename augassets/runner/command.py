@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
+from .. import dagster_internals
 from .. import integrity
 from ..build import build_defs
 from ..core.warehouse import Warehouse, migrate_catalog
@@ -27,7 +28,6 @@ from ..profiles import Profile
 from ..resources import default_resources
 from ..tags import ASSETS_TAG
 from . import runs as runner
-from . import storage
 from .workers import WorkerDied, Workers
 
 MAX_ROUNDS = 50  # evaluations per command; the graph is a dozen levels deep, so reaching this means a loop
@@ -107,10 +107,10 @@ def release_dead_runs(instance: dg.DagsterInstance, say=print) -> list[str]:
         if ASSETS_TAG in run.tags:
             instance.report_run_failed(run, "its headless command died; marked failed by the next command on this home")
             released.append(run.run_id)
-    for run_id in sorted(storage.runs_holding_pool_slots(instance)):
+    for run_id in sorted(dagster_internals.runs_holding_pool_slots(instance)):
         run = instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
-            storage.free_pool_slots(instance, run_id)
+            dagster_internals.free_pool_slots(instance, run_id)
             if run_id not in released:
                 released.append(run_id)
     for run_id in released:
@@ -147,8 +147,8 @@ def widen_gpu_pool(instance: dg.DagsterInstance, workers: int, device: str, say=
     if device != "cpu":
         say(f"- pool {GPU_POOL}: its limit stays as set (device {device}: one step per GPU); the workers share it")
         return
-    if storage.pool_limit(instance, GPU_POOL) < workers:  # 0 while the pool has no limit yet
-        storage.set_pool_limit(instance, GPU_POOL, workers)
+    if dagster_internals.pool_limit(instance, GPU_POOL) < workers:  # 0 while the pool has no limit yet
+        dagster_internals.set_pool_limit(instance, GPU_POOL, workers)
         say(f"- pool {GPU_POOL}: limit raised to {workers} (the profile's workers, on the CPU)")
 
 

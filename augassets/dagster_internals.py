@@ -1,12 +1,13 @@
-"""The runner's calls outside Dagster's documented API, gathered here with why each is needed.
+"""The package's calls outside Dagster's documented API, gathered here with why each is needed.
 
-Everything else in the package uses Dagster's public API (``dg.*``, ``DagsterInstance``'s public
-methods, ``dg.evaluate_automation_conditions``). The headless command runs without a daemon, so the
+Everything else uses Dagster's public API (``dg.*``, ``DagsterInstance``'s public methods,
+``dg.evaluate_automation_conditions``). The headless command runs without a daemon, so the
 bookkeeping the daemon does for concurrency pools falls to it; Dagster documents that bookkeeping
 only as CLI commands (``dagster instance concurrency …``) and daemon behaviour, so the command reaches
-the instance's event-log storage for it. Should a Dagster upgrade rename one of these, this module is
-the one place to change; ``test_recovery.py`` (a killed command's slots freed, the pool widened for
-the workers) fails if one stops working.
+the instance's event-log storage for it. A sensor that checks the assets' declared outputs reads them
+from the asset graph of the repository it runs in. Should a Dagster upgrade rename one of these, this
+module is the one place to change; ``test_recovery.py`` (a killed command's slots freed, the pool
+widened for the workers, the repair sensor) fails if one stops working.
 """
 
 from __future__ import annotations
@@ -37,3 +38,11 @@ def set_pool_limit(instance: dg.DagsterInstance, pool: str, slots: int) -> None:
     """Set the pool's slot count. Why: ``dagster instance concurrency set`` has no Python counterpart
     in the public API; the command widens the ``gpu`` pool to its worker count on the CPU."""
     instance.event_log_storage.set_concurrency_slots(pool, slots)
+
+
+def repository_asset_graph(context: dg.SensorEvaluationContext):
+    """The asset graph of the definitions a sensor runs in (each asset's metadata, partitions and
+    materializability). Why: a sensor's context exposes its repository publicly, but the resolved graph
+    only as the repository's ``asset_graph`` property; the sensor is made before the ``Definitions``
+    whose public ``resolve_asset_graph`` would give the same graph."""
+    return context.repository_def.asset_graph
