@@ -17,8 +17,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from .. import dagster_internals
-from .. import integrity
+from .. import dagster_internals, integrity
 from ..build import build_defs
 from ..core.warehouse import Warehouse, migrate_catalog
 from ..executors import GPU_POOL
