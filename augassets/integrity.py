@@ -119,8 +119,8 @@ def _listed_paths(db: Warehouse, table: str, column: str, dimensions: list[str],
     """Per partition (the values of ``dimensions``, the table's partition columns): the files
     ``table.column`` lists, those missing and those whose size differs from ``{column}_bytes`` (with
     ``verify``, whose SHA-256 differs from ``{column}_sha256``). Rows written before these columns
-    existed are checked for existence only. One query per table and one directory scan per folder, so
-    checking a few million files costs seconds, not a stat each; hashing reads every file."""
+    existed are checked for existence only. One query per table and one directory scan per folder
+    (with the size of each entry: a stat per file, no read); hashing reads every file."""
     present = set(db.query(f'SELECT * FROM "{table}" LIMIT 0').columns)
     listed = "".join(f'CAST("{c}" AS VARCHAR) AS "{c}", ' for c in dimensions)
     facts = [
