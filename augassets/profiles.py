@@ -880,7 +880,8 @@ def located(profile: Profile, environ=os.environ) -> Profile:
     return replace(
         profile,
         dataset=profile.dataset.located(environ),
-        home_root=environ.get(HOME_ENV, ""),
+        # Resolved now: a later change of the working directory moves nothing.
+        home_root=str(Path(environ.get(HOME_ENV) or "augassets_home").resolve()),
         store_url=environ.get(STORE_URL_ENV, ""),
         device=environ.get(DEVICE_ENV, ""),
         **weights,
