@@ -185,7 +185,7 @@ def ui(profile: Profile, port: int, host: str) -> int:
     return run_in_foreground([_dagster_command("dagster"), "dev", "-h", host, "-p", str(port), *_workspace_args()])
 
 
-SENSORS = ("scheduled_backfill", "new_classes")
+SENSORS = ("scheduled_backfill", "new_classes", "damaged_outputs")
 
 
 def daemon(profile: Profile, start: list[str]) -> int:
