@@ -65,74 +65,63 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
     assets = {}
     per_class_keys = finetuned_method_keys(profile, PER_CLASS_FINETUNE_BUILDERS)
     if per_class_keys:
-        keys, partitions = per_class_keys, _multi(per_class_keys)
-
-        @dg.asset(
-            metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-            group_name=GROUP,
-            code_version=code_version("1", profile.generation),
-            **ON_GPU,
-            partitions_def=partitions,
-            backfill_policy=dg.BackfillPolicy.single_run(),
-            deps=[up.personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys))],
-            kinds={"pytorch", "parquet"},
-            description="Per class × personalized method, the images of every checkpoint candidate (best val, "
-            "best train, "
-            "first epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
-            "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only "
-            "by their "
-            "checkpoint); ⑥ draws clusters in proportion to their sizes. Seeded, resumable, safety-checked like "
-            "the prompt "
-            "methods; candidates that share checkpoints share their images.",
+        assets["candidate_images"] = _candidates_asset(
+            profile,
+            "candidate_images",
+            per_class_keys,
+            [up.personalized_models, dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(per_class_keys))],
+            "Per class × personalized method, the images of every checkpoint candidate (best val, best train, first "
+            "epochs): the class's prompts (⑧: its templates with the pseudo-word) through the fine-tuned "
+            "conditionings as prompt_embeds, with the same seeds for every candidate (so candidates differ only by "
+            "their checkpoint); ⑥ draws clusters in proportion to their sizes. Seeded, resumable, safety-checked "
+            "like the prompt methods; candidates that share checkpoints share their images.",
         )
-        def candidate_images(
-            context: dg.AssetExecutionContext,
-            warehouse: WarehouseResource,
-            image_store: ImageStoreResource,
-            diffusion_backend: DiffusionBackendResource,
-            compute: ComputeResource,
-        ) -> dg.MaterializeResult:
-            return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
-
-        assets["candidate_images"] = candidate_images
     joint_keys = finetuned_method_keys(profile, JOINT_FINETUNE_BUILDERS)
     if joint_keys:
-        keys, partitions = joint_keys, _multi(joint_keys)
-
-        @dg.asset(
-            metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
-            group_name=GROUP,
-            code_version=code_version("1", profile.generation),
-            **ON_GPU,
-            partitions_def=partitions,
-            backfill_policy=dg.BackfillPolicy.single_run(),
-            deps=[
+        assets["unet_candidate_images"] = _candidates_asset(
+            profile,
+            "unet_candidate_images",
+            joint_keys,
+            [
                 dg.AssetDep(
                     up.personalized_unets,
                     partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="method"),
                 ),
-                dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(keys)),
+                dg.AssetDep(up.class_prompts, partition_mapping=same_class_of(joint_keys)),
             ],
-            kinds={"pytorch", "parquet"},
-            description="Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's "
-            "fine-tuned UNet: the "
-            "class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) or "
-            "pseudo-word in "
-            "its templates (⑨), with the same seeds for every candidate. Seeded, resumable, safety-checked like "
-            "the prompt "
-            "methods; candidates that share a checkpoint share their images.",
+            "Per class × method (⑦ ⑨), the images of every checkpoint candidate of the method's fine-tuned UNet: "
+            "the class's prompts through the candidate's UNet and the class's conditioning (⑦, as prompt_embeds) "
+            "or pseudo-word in its templates (⑨), with the same seeds for every candidate. Seeded, resumable, "
+            "safety-checked like the prompt methods; candidates that share a checkpoint share their images.",
         )
-        def unet_candidate_images(
-            context: dg.AssetExecutionContext,
-            warehouse: WarehouseResource,
-            image_store: ImageStoreResource,
-            diffusion_backend: DiffusionBackendResource,
-            compute: ComputeResource,
-        ) -> dg.MaterializeResult:
-            return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
-
-        assets["unet_candidate_images"] = unet_candidate_images
     return assets
+
+
+def _candidates_asset(profile: Profile, name: str, keys: list[str], deps: list, description: str):
+    """One candidate-images asset over ``keys`` × class (both kinds run ``_make_candidates``)."""
+
+    @dg.asset(
+        name=name,
+        metadata=outputs(rows="candidate_manifest", paths={"candidate_manifest": "path"}),
+        group_name=GROUP,
+        code_version=code_version("1", profile.generation),
+        **ON_GPU,
+        partitions_def=_multi(keys),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=deps,
+        kinds={"pytorch", "parquet"},
+        description=description,
+    )
+    def candidates(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        image_store: ImageStoreResource,
+        diffusion_backend: DiffusionBackendResource,
+        compute: ComputeResource,  # its setup fixes the thread count and kernels generation runs with
+    ) -> dg.MaterializeResult:
+        return _make_candidates(profile, context, warehouse, image_store, diffusion_backend)
+
+    return candidates
 
 
 def _make_candidates(
@@ -185,9 +174,7 @@ def _make_candidates(
         for epochs, labels in groups.items():
             folder_name = _set_folder(epochs)
             chosen = checkpoints.filter(pl.col("candidate") == labels[0]).sort("cluster")
-            if chosen["unet"][0] is not None:  # ⑦ ⑨: this candidate's fine-tuned UNet
-                pipeline.unet = load_unet(image_store, chosen["unet"][0], pipeline)
-            texts, states = conditionings(pipeline, method, chosen, prompts, clusters)
+            texts, states = candidate_conditionings(image_store, pipeline, method, chosen, prompts, clusters)
             request = GenerationRequest(
                 method,
                 wnid,
@@ -262,6 +249,26 @@ def _make_candidates(
             ),
         }
     )
+
+
+def chosen_candidate(db, method: str, wnid: str) -> str:
+    """The candidate checkpoint_selection chose for the class (an error naming what to run first)."""
+    chosen = db.query(
+        "SELECT DISTINCT candidate FROM checkpoint_selection WHERE method = ? AND wnid = ?", [method, wnid]
+    )
+    if chosen.is_empty():
+        raise ValueError(
+            f"no checkpoint chosen for {method}/{wnid}: materialize checkpoint_selection for this partition first"
+        )
+    return chosen["candidate"][0]
+
+
+def candidate_conditionings(image_store, pipeline, method: str, checkpoints: pl.DataFrame, prompts, clusters):
+    """One candidate's generation inputs: its fine-tuned UNet loaded into ``pipeline`` (⑦ ⑨), and per
+    image the text it stands for and its text-encoder states (:func:`conditionings`)."""
+    if checkpoints["unet"][0] is not None:
+        pipeline.unet = load_unet(image_store, checkpoints["unet"][0], pipeline)
+    return conditionings(pipeline, method, checkpoints, prompts, clusters)
 
 
 def load_unet(image_store: ImageStoreResource, folder: str, pipeline):

@@ -43,6 +43,7 @@ from ..resources import (
     WarehouseResource,
 )
 from ..versions import code_version
+from .candidates import candidate_conditionings, chosen_candidate
 from .partial import fail_partially
 from .prompts import images_per_class, needed_per_class
 
@@ -255,39 +256,22 @@ def selected_conditionings(db, image_store, pipeline, method: str, wnid: str, pr
     (``prompts``' rows) the text it stands for and its text-encoder states; clusters drawn in
     proportion to their sizes. Returns (texts, states, (candidate, checkpoint per image))."""
     from ..core.finetune import draw_clusters
-    from .candidates import conditionings, load_unet
 
-    chosen = db.query(
-        "SELECT DISTINCT candidate FROM checkpoint_selection WHERE method = ? AND wnid = ?", [method, wnid]
-    )
-    if chosen.is_empty():
-        raise ValueError(
-            f"no checkpoint chosen for {method}/{wnid}: materialize checkpoint_selection for this partition first"
-        )
-    candidate = chosen["candidate"][0]
+    candidate = chosen_candidate(db, method, wnid)
     checkpoints = db.query(
         "SELECT * FROM finetune_checkpoints WHERE method = ? AND wnid = ? AND candidate = ? ORDER BY cluster",
         [method, wnid, candidate],
     )
     image_store.ensure(checkpoints["checkpoint"].unique())
-    if checkpoints["unet"][0] is not None:
-        pipeline.unet = load_unet(image_store, checkpoints["unet"][0], pipeline)
     clusters = draw_clusters(checkpoints["cluster_size"].to_list(), prompts.height)
-    texts, states = conditionings(pipeline, method, checkpoints, prompts, clusters)
+    texts, states = candidate_conditionings(image_store, pipeline, method, checkpoints, prompts, clusters)
     return texts, states, (candidate, [checkpoints["checkpoint"][c] for c in clusters])
 
 
 def selected_partition(context, db, image_store, method: str, wnid: str, label: int) -> tuple[dict, list[str]]:
     """A fine-tuned method: the images of the checkpoint candidate checkpoint_selection chose, linked
     (or copied) from candidates/ into images/<method>/<wnid>/ with their manifest."""
-    chosen = db.query(
-        "SELECT DISTINCT candidate FROM checkpoint_selection WHERE method = ? AND wnid = ?", [method, wnid]
-    )
-    if chosen.is_empty():
-        raise ValueError(
-            f"no checkpoint chosen for {method}/{wnid}: materialize checkpoint_selection for this partition first"
-        )
-    candidate = chosen["candidate"][0]
+    candidate = chosen_candidate(db, method, wnid)
     rows = db.query(
         "SELECT * FROM candidate_manifest WHERE method = ? AND wnid = ? AND candidate = ? ORDER BY rank",
         [method, wnid, candidate],
