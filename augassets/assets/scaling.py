@@ -1,9 +1,13 @@
-"""Stage: the scaling analysis (the paper's Fig. 5B) — classifiers trained on the target plus r × its
-size of a method's images, for each ratio r of ``ScalingSpec.ratios``, partitioned by method × ratio.
+"""Stage: the scaling analysis (the paper's Fig. 5B). ``scaling_images`` makes each scaled method's images
+per class, enough for the largest ratio (retrieval's nearest images, a prompt method's pool, a
+personalized method's pool from its chosen checkpoint); ``scaling_scores`` trains classifiers on the
+target plus r × its size of them, for each ratio r of ``ScalingSpec.ratios``, partitioned by method × ratio.
 
 Each partition trains the cell's replicates with the main table's protocol and seeds (replicate r of
 every cell starts from the same seed as the main table's replicate r). A class whose images cannot fill
-a ratio (retrieval's pool ran out) trains with what it has, and the cell names the short classes.
+a ratio (retrieval's pool ran out) is named by the cell and, under ``ScalingSpec.short_classes =
+"exclude"`` (the paper's), left out of its training and evaluation, the cell's accuracy over every class
+bounded by the left-out classes' test images all wrong or all right.
 """
 
 import math
