@@ -176,21 +176,6 @@ def _run_text(instance, run_id: str) -> str:
     return "\n".join(texts)
 
 
-def _pool_process(worker_group: int) -> int | None:
-    """The pid of the process that runs a Celery worker's tasks: the child of the worker's main
-    process (``celery … worker``) in the process group ``worker_group`` (None while there is none)."""
-    for pid in subprocess.run(["pgrep", "-g", str(worker_group)], capture_output=True, text=True).stdout.split():
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if len(argv) > 2 and argv[1].endswith(b"/celery") and b"worker" in argv:
-            children = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
-            if children:
-                return int(children[0])
-    return None
-
-
 def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twice_then_left_to_the_next_tick(
     benchmark_run, tmp_path, monkeypatch
 ):
@@ -233,7 +218,7 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
             return processes[-1]
 
         try:
-            gpu = start("gpu_worker", "worker", "--queue", "gpu", "--concurrency", "1", "--name", "gpu0")
+            start("gpu_worker", "worker", "--queue", "gpu", "--concurrency", "1", "--name", "gpu0")
             start("default_worker", "worker", "--queue", "dagster", "--concurrency", "1", "--name", "cpu0")
             start("daemon", "daemon", "--start", "scheduled_backfill")
             dagster_home = home / "smoke" / "dagster"
@@ -242,31 +227,28 @@ def test_steps_run_on_celery_workers_and_a_worker_dying_mid_step_is_retried_twic
             instance = dg.DagsterInstance.from_config(str(dagster_home))
             gpu_log = logs / "gpu_worker.log"
 
-            def training(run_id: str | None = None) -> str | None:
-                """The run whose classifier step the gpu worker is in now (``run_id``'s, if given)."""
-                started = re.findall(
-                    r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_START", gpu_log.read_text()
-                )
+            def training(run_id: str | None = None) -> tuple[str, int] | None:
+                """The run whose classifier step the gpu worker is in now (``run_id``'s, if given), and the
+                pid of the process that runs the step (Dagster's log line names it)."""
+                text = gpu_log.read_text()
+                started = re.findall(r" - ([0-9a-f-]{36}) - (\d+) - classifier_scores - STEP_START", text)
                 ended = set(
-                    re.findall(
-                        r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_(?:SUCCESS|FAILURE)",
-                        gpu_log.read_text(),
-                    )
+                    re.findall(r" - ([0-9a-f-]{36}) - (?:\d+ - )?classifier_scores - STEP_(?:SUCCESS|FAILURE)", text)
                 )
-                running = [r for r in started if r not in ended]
-                return next((r for r in running if run_id in (None, r)), None)
+                running = [(r, int(pid)) for r, pid in started if r not in ended]
+                return next((found for found in running if run_id in (None, found[0])), None)
 
             def retry_of(run_id: str) -> str | None:
                 children = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
                 return children[0].run_id if children else None
 
             def kill_while_training(run_id: str | None, what: str) -> str:
-                """Kill the gpu worker's pool process while ``run_id``'s (any run's) classifier step runs
-                in it. A smoke classifier step can last under a second, so the pool process is found
-                before the step starts and the log is polled every 20 ms."""
-                pool = _wait_for(lambda: _pool_process(gpu.pid), "the gpu worker's pool process", 120, logs, poll=0.2)
-                training_run = _wait_for(lambda: training(run_id), what, 600, logs, poll=0.02)
-                os.kill(pool, signal.SIGKILL)
+                """Kill (-9) the gpu worker's pool process while ``run_id``'s (any run's) classifier step runs
+                in it: the process whose pid the step's STEP_START line names (Celery replaces its pool
+                process after a kill, so a pid looked up earlier may be gone). A smoke classifier step lasts
+                about a second, so the log is polled every 20 ms."""
+                training_run, pid = _wait_for(lambda: training(run_id), what, 600, logs, poll=0.02)
+                os.kill(pid, signal.SIGKILL)
                 return training_run
 
             # The run, then each retry of it: killed while it trains (the other method's run is left alone).
