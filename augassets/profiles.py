@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .core.extensions import EXTENSIONS
 from .core.methods import METHODS
 
 PROFILE_ENV = "AUGASSETS_PROFILE"
@@ -863,9 +864,11 @@ PROFILES["mini_all"] = replace(
     PROFILES["mini"],
     name="mini_all",
     description="The mini world with all thirteen methods: the baselines, Boomerang, the four prompt methods, the "
-    "five personalized methods (⑤ ⑥ ⑧ with SD frozen, ⑦ ⑨ with its UNet fine-tuned) and retrieval; DDIM with 10 steps; "
-    "steps over partitions on two worker processes of one thread each (the foundation as in mini, on two threads).",
-    methods=tuple(m.key for m in METHODS),
+    "five personalized methods (⑤ ⑥ ⑧ with SD frozen, ⑦ ⑨ with its UNet fine-tuned) and retrieval; and the three "
+    "methods beyond the paper (image-queried retrieval, MMR retrieval, retrieval → img2img; docs/plugins.md); DDIM "
+    "with 10 steps; steps over partitions on two worker processes of one thread each (the foundation as in mini, on "
+    "two threads).",
+    methods=tuple(m.key for m in METHODS) + tuple(p.key for p in EXTENSIONS),
     # The same world as mini (one shipped world serves both): only the sampler's step count differs.
     world=replace(PROFILES["mini"].world, diffusion=replace(PROFILES["mini"].world.diffusion, steps=10)),
 )

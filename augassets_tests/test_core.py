@@ -157,6 +157,8 @@ def test_registry_names_each_methods_builder():
         registry.PSEUDO_WORD: ("textual_inversion",),
         registry.CONDITIONING_UNET: ("imagic",),
         registry.PSEUDO_WORD_UNET: ("pseudoword_dm",),
+        # The package's own methods beyond the paper, written as plugins (core/extensions.py).
+        registry.PLUGIN: ("image_retrieval", "mmr_retrieval", "retrieval_img2img"),
     }
     personalized = [m.key for m in registry.METHODS if m.family == "personalized"]
     assert personalized == list(registry.keys_with_builder(registry.FINETUNE_BUILDERS))

@@ -19,12 +19,13 @@ import polars as pl
 
 from ..core.compute import Meter
 from ..core.compute import record as record_compute
-from ..core.files import atomic_folder, file_url_path, with_file_facts, write_parquet_atomic
-from ..core.images import image_grid, load_rgb, png_data_uri_markdown
+from ..core.files import atomic_folder, file_url_path
+from ..core.images import image_grid, png_data_uri_markdown
 from ..core.knn import KnnError
 from ..core.markdown import excluded_wnids, frame_markdown
-from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
-from ..core.retrieval import FilterColumns, local_image_problem, retrieve
+from ..core.methods import FINETUNE_BUILDERS, IMG2IMG, PLUGIN, RETRIEVAL, TXT2IMG, get_method, keys_with_builder
+from ..core.plugins import PluginError
+from ..core.retrieval import retrieve_from_index
 from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
@@ -44,29 +45,15 @@ from ..resources import (
 )
 from ..versions import code_version
 from .candidates import candidate_conditionings, chosen_candidate
+from .manifests import MANIFEST_SCHEMA, publish_and_record, record_partition
 from .partial import fail_partially
+from .plugin_images import StepResources, plugin_partition
 from .prompts import images_per_class, needed_per_class
 
 GROUP = "images"
 SAMPLED_HERE = frozenset(
     {TXT2IMG, IMG2IMG}
 )  # builders whose images this stage samples (fine-tuned ones: candidate_images)
-MANIFEST_SCHEMA = {
-    "method": pl.Utf8,
-    "wnid": pl.Utf8,
-    "rank": pl.Int64,
-    "path": pl.Utf8,
-    "prompt": pl.Utf8,
-    "family": pl.Utf8,
-    "seed": pl.Int64,
-    "attempts": pl.Int64,
-    "pool_id": pl.Int64,
-    "caption": pl.Utf8,
-    "similarity": pl.Float64,
-    "aesthetic": pl.Float64,
-    "candidate": pl.Utf8,
-    "checkpoint": pl.Utf8,  # fine-tuned methods: the chosen checkpoint candidate (label) and file(s)
-}
 
 
 def retrieve_partition(
@@ -93,21 +80,13 @@ def retrieve_partition(
     if prompt.is_empty():
         raise ValueError(f"no prompt for {method}/{wnid}: materialize class_prompts for this partition first")
     query = encode_texts(model, processor.tokenizer, [prompt["prompt"][0]])[0]
-    local = hasattr(index, "embeddings")
-    result = retrieve(
-        search=lambda k: index.search(query, k),
-        embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
-        n=n,
-        min_aesthetic=profile.retrieval.min_aesthetic,
-        dedup_threshold=profile.retrieval.dedup_threshold,
-        image_problem=local_image_problem,
-        flags_unsafe=(lambda hits: safety_flags([load_rgb(file_url_path(str(h.metadata["url"]))) for h in hits]))
-        if safety_flags
-        else None,
+    result = retrieve_from_index(
+        profile.retrieval,
+        index,
+        query,
+        n,
+        safety_flags,
         progress=lambda line: context.log.debug(f"retrieval[{wnid}] {line}"),
-        columns=FilterColumns(
-            profile.retrieval.aesthetic_column, profile.retrieval.nsfw_column, profile.retrieval.nsfw_threshold
-        ),
     )
     for line in result.skipped.values():
         context.log.warning(f"retrieval[{method}, {wnid}]: {line}")
@@ -134,12 +113,7 @@ def retrieve_partition(
             )
         manifest = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
         manifest.write_parquet(tmp / "manifest.parquet")
-    image_store.publish(folder, method, wnid)
-    db.replace(
-        table,
-        with_file_facts(manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label"))),
-        where={"method": method, "wnid": wnid},
-    )
+    publish_and_record(db, image_store, manifest, method, wnid, label, folder, table)
     context.log.info(
         f"{context.asset_key.to_user_string()}[{method}, {wnid}]: {len(rows)}/{n} images at k={result.k_used} "
         f"(rejected {result.rejected})" + ("" if result.enough else " — NOT ENOUGH: the class will be excluded")
@@ -211,30 +185,21 @@ def generate_partition_images(
         profile.generation.max_attempts,
         progress=lambda line: context.log.debug(f"generation {line}"),
     )
-    manifest = pl.DataFrame(
-        [
-            {
-                "method": method,
-                "wnid": wnid,
-                "rank": r["index"],
-                "path": r["path"],
-                "prompt": r["prompt"],
-                "family": r["family"],
-                "seed": r["seed"],
-                "attempts": r["attempts"],
-                **({} if chosen is None else {"candidate": chosen[0], "checkpoint": chosen[1][r["index"]]}),
-            }
-            for r in records
-        ],
-        schema=MANIFEST_SCHEMA,
-    )
-    write_parquet_atomic(manifest, final / "manifest.parquet")
-    image_store.publish(folder, method, wnid)
-    db.replace(
-        table,
-        with_file_facts(manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label"))),
-        where={"method": method, "wnid": wnid},
-    )
+    rows = [
+        {
+            "method": method,
+            "wnid": wnid,
+            "rank": r["index"],
+            "path": r["path"],
+            "prompt": r["prompt"],
+            "family": r["family"],
+            "seed": r["seed"],
+            "attempts": r["attempts"],
+            **({} if chosen is None else {"candidate": chosen[0], "checkpoint": chosen[1][r["index"]]}),
+        }
+        for r in records
+    ]
+    manifest = record_partition(db, image_store, rows, final, method, wnid, label, folder, table)
     regenerated = int((manifest["attempts"] - 1).sum())
     context.log.info(
         f"{context.asset_key.to_user_string()}[{method}, {wnid}]: {manifest.height} images generated "
@@ -294,12 +259,7 @@ def selected_partition(context, db, image_store, method: str, wnid: str, label: 
             ]
         )
         manifest.write_parquet(tmp / "manifest.parquet")
-    image_store.publish("images", method, wnid)
-    db.replace(
-        "augmentation_manifest",
-        with_file_facts(manifest.with_columns(pl.lit(label, dtype=pl.Int64).alias("label"))),
-        where={"method": method, "wnid": wnid},
-    )
+    publish_and_record(db, image_store, manifest, method, wnid, label, "images", "augmentation_manifest")
     context.log.info(
         f"augmentation_images[{method}, {wnid}]: {manifest.height} images of the chosen checkpoint "
         f"candidate {candidate}"
@@ -311,6 +271,11 @@ def selected_partition(context, db, image_store, method: str, wnid: str, label: 
         "needed": manifest.height,
         "candidate": candidate,
     }, manifest["path"].to_list()
+
+
+def plugin_signatures(profile: Profile) -> list[tuple]:
+    """The plugins' keys, versions and settings among the study's methods (their images' code version)."""
+    return [get_method(key).plugin.signature for key in keys_with_builder(PLUGIN, profile.methods)]
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
@@ -329,7 +294,14 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(paths={"augmentation_manifest": "path"}, files=("images/{method}/{wnid}/manifest.parquet",)),
         # The sampling batch size is covered: batched UNet and VAE sums round differently at another batch size.
         group_name=GROUP,
-        code_version=code_version("3", profile.retrieval, profile.dataset, profile.split, profile.sample_batch_size),
+        code_version=code_version(
+            "3",
+            profile.retrieval,
+            profile.dataset,
+            profile.split,
+            profile.sample_batch_size,
+            *plugin_signatures(profile),  # nothing when the study runs no plugin
+        ),
         **ON_GPU,
         partitions_def=class_method_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -341,8 +313,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         "KNN of the class prompt's CLIP text embedding over the pool's image index; aesthetic ≥ 5, "
         "no NSFW flag, near-duplicates among results removed; k grown from 1.4·n to 10·1.4·n until n survive. "
         "Personalized methods: the images of the checkpoint candidate checkpoint_selection chose, linked from "
-        "candidates/, "
-        "their manifest naming the candidate and checkpoint.",
+        "candidates/, their manifest naming the candidate and checkpoint. Method plugins: the plugin's own images, "
+        "made in resumable chunks, those the safety checker flags replaced.",
     )
     def augmentation_images(
         context: dg.AssetExecutionContext,
@@ -371,6 +343,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             else None
         )
         pipelines = {builder: diffusion_backend.load(builder) for builder in builders & SAMPLED_HERE}
+        plugin_resources = StepResources(profile, context.log, image_store, clip_encoder, knn_index, diffusion_backend)
         summary, grids, failures, started = [], [], {}, time.perf_counter()
         for key in context.partition_keys:
             method, wnid = method_and_class(key)
@@ -417,11 +390,23 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                             wnid,
                             labels[wnid],
                         )
+                elif builder == PLUGIN:
+                    with meter:
+                        row, paths = plugin_partition(
+                            profile,
+                            context,
+                            db,
+                            image_store,
+                            plugin_resources,
+                            get_method(method),
+                            wnid,
+                            images_per_class(db, method, profile),
+                        )
                 else:
                     raise ValueError(
                         f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet"
                     )
-            except (KnnError, GenerationError, ValueError, OSError) as error:
+            except (KnnError, GenerationError, PluginError, ValueError, OSError) as error:
                 # One class failing (a KNN server error, a bad image, a safety checker that rejects every
                 # sample) must not take the others with it.
                 failures[str(key)] = str(error)

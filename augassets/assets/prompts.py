@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import dagster as dg
 import polars as pl
 
-from ..core.methods import IMG2IMG, RETRIEVAL, get_method
-from ..core.prompts import ClassNames, build_prompts, fit_to_tokenizer, simple_prompt_nows
+from ..core.methods import IMG2IMG, PLUGIN, RETRIEVAL, get_method
+from ..core.prompts import ClassNames, build_prompts, fit_to_tokenizer, simple_prompt, simple_prompt_nows
 from ..integrity import outputs
 from ..partitions import (
     class_method_partitions,
@@ -43,10 +43,10 @@ def needed_per_class(db, profile: Profile) -> int:
 
 
 def images_per_class(db, method: str, profile: Profile) -> int:
-    """Retrieval: n. Generation: ``GenerationSpec.per_class`` where set, else ``factor`` × the target's
-    largest per-class count."""
+    """Retrieval (and a plugin that does not resample): n. Generation: ``GenerationSpec.per_class``
+    where set, else ``factor`` × the target's largest per-class count."""
     n = needed_per_class(db, profile)
-    if get_method(method).builder == RETRIEVAL:
+    if not get_method(method).resample:
         return n
     return profile.generation.per_class or math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
 
@@ -89,6 +89,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             builder = get_method(method).builder
             if builder == RETRIEVAL:
                 pairs = [("simple_nows", simple_prompt_nows(row["name"]))]
+            elif builder == PLUGIN:  # a plugin makes its own; it is handed the simple prompt (ClassInfo.prompt)
+                pairs = [("simple", simple_prompt(row["name"]))]
             else:
                 seed = image_seed(profile.generation.seed, method, wnid, -1)
                 pairs = build_prompts(

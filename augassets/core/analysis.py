@@ -17,7 +17,7 @@ from importlib import resources
 
 import polars as pl
 
-from .methods import METHOD_KEYS, get_method
+from .methods import get_method, method_order
 
 BASELINE, UPPER = "real_p", "real_2p"  # the gap the paper reads each method against
 DIFFUSION_FAMILIES = ("unconditioned", "prompt", "personalized")
@@ -119,7 +119,7 @@ def summarize_scores(scores: pl.DataFrame, paper_dataset: str | None = "imagenet
     it) and 95 % interval per method; the gain over ``real_p`` with its 95 % interval and the share of
     the ``real_p`` → ``real_2p`` gap it closes; beside them the paper's figures for ``paper_dataset``
     (None: no paper columns' values)."""
-    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    order = method_order()
     summary = (
         scores.group_by("method")
         .agg(
@@ -246,7 +246,7 @@ def per_class_gains(per_class: pl.DataFrame) -> pl.DataFrame:
         pl.col("n_runs").alias("_base_n"),
     )
     # Without real_p's scores there is nothing to gain over: the join leaves no rows.
-    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    order = method_order()
     return (
         stats.filter(pl.col("method") != BASELINE)
         .join(base, on="wnid")
@@ -383,7 +383,7 @@ def pairwise_comparisons(scores: pl.DataFrame, alpha: float = 0.05) -> pl.DataFr
     and stays out of the adjustment."""
     from scipy import stats
 
-    order = {key: i for i, key in enumerate(METHOD_KEYS)}
+    order = method_order()
     runs = {method: part["test_top1"].drop_nulls().to_numpy() for (method,), part in scores.group_by("method")}
     methods = sorted(runs, key=lambda m: order.get(m, len(order)))
     rows = []

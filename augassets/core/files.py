@@ -5,6 +5,7 @@ through here: bytes, PNG images, Parquet tables, safetensors checkpoints and who
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -192,3 +193,36 @@ def with_file_facts(frame: pl.DataFrame, column: str = "path") -> pl.DataFrame:
     return frame.with_columns(
         pl.Series(f"{column}_bytes", sizes, dtype=pl.Int64), pl.Series(f"{column}_sha256", digests, dtype=pl.Utf8)
     )
+
+
+def finished_chunks(manifest: Path) -> dict[int, dict]:
+    """The chunk records (``{"chunk": i, …}``) a staging folder's ``manifest.jsonl`` holds, by chunk. A
+    last line torn by a kill or a full disk is cut off, so the next record starts on a line of its own."""
+    chunks: dict[int, dict] = {}
+    if manifest.exists():
+        text = manifest.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            with open(manifest, "r+") as handle:
+                handle.truncate(len(text.encode()))
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill
+                continue
+            chunks[record["chunk"]] = record
+    return chunks
+
+
+def append_chunk(manifest: Path, record: dict) -> None:
+    """Record a finished chunk in ``manifest.jsonl``, on disk before this returns; a full disk is named."""
+    try:
+        with open(manifest, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        named = disk_full(manifest, error)
+        if named is error:
+            raise
+        raise named from error

@@ -11,8 +11,6 @@ When every chunk is done the staging folder is renamed into place, so the final 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from PIL import Image
 
 from ..profiles import ClassifierSpec
 from .classifier import build_model, eval_transform
-from .files import disk_full, save_image_atomic
+from .files import append_chunk, finished_chunks, save_image_atomic
 
 
 class GenerationError(RuntimeError):
@@ -54,25 +52,6 @@ class GenerationRequest:
     conditionings: Sequence[torch.Tensor] | None = None
 
 
-def _finished_chunks(manifest: Path) -> dict[int, list[dict]]:
-    """The chunks ``manifest`` records as finished. A last line torn by a kill or a full disk is cut
-    off, so the next record starts on a line of its own."""
-    chunks: dict[int, list[dict]] = {}
-    if manifest.exists():
-        text = manifest.read_text()
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
-            with open(manifest, "r+") as handle:
-                handle.truncate(len(text.encode()))
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill
-                continue
-            chunks[record["chunk"]] = record["images"]
-    return chunks
-
-
 def generate_partition(
     pipeline: StableDiffusionPipeline,
     request: GenerationRequest,
@@ -88,7 +67,7 @@ def generate_partition(
     staging = final.with_name(final.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
     manifest = staging / "manifest.jsonl"
-    done = _finished_chunks(manifest)
+    done = {chunk: record["images"] for chunk, record in finished_chunks(manifest).items()}
     n = len(request.prompts)
     for chunk, start in enumerate(range(0, n, batch_size)):
         if chunk in done:
@@ -145,16 +124,7 @@ def generate_partition(
                     "attempts": attempts[i] + 1,
                 }
             )
-        try:
-            with open(manifest, "a") as handle:
-                handle.write(json.dumps({"chunk": chunk, "images": records}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as error:
-            named = disk_full(manifest, error)
-            if named is error:
-                raise
-            raise named from error
+        append_chunk(manifest, {"chunk": chunk, "images": records})
         done[chunk] = records
         if progress:
             progress(f"{request.method}/{request.wnid}: {min(start + batch_size, n)}/{n} images")

@@ -5,12 +5,19 @@ short description and its *builder*: the kind of code that makes its extra train
 layer dispatches on the builder, never on a method's key, so adding a method is one entry here (and,
 for a new kind, one builder). Methods whose builder is not written yet have ``builder=None`` and are
 listed but never faked.
+
+Behind the built-in rows come the methods written as plugins (plugins.py): the package's own
+extensions (extensions.py), then those other packages install. ``get_method`` and
+``registered_methods`` see them all; ``METHODS`` and ``METHOD_KEYS`` are the paper's thirteen rows.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .plugins import MethodPlugin, discover
 
 # Builders: how a method's extra images are made.
 TARGET_ONLY = "target_only"  # none: the target alone
@@ -25,6 +32,7 @@ PSEUDO_WORD = "pseudo_word"  # ⑧ a new token's embedding, in textual-inversion
 # Personalization that also fine-tunes the UNet, which every class shares: one run over all classes.
 CONDITIONING_UNET = "conditioning_unet"  # ⑦ Imagic-style: ⑤'s conditionings and the UNet, jointly
 PSEUDO_WORD_UNET = "pseudo_word_unet"  # ⑨ ⑧'s pseudo-words and the UNet
+PLUGIN = "plugin"  # a method plugin's own make_images (plugins.py)
 BUILDERS = (
     TARGET_ONLY,
     REAL_SUBSAMPLE,
@@ -36,6 +44,7 @@ BUILDERS = (
     PSEUDO_WORD,
     CONDITIONING_UNET,
     PSEUDO_WORD_UNET,
+    PLUGIN,
 )
 PER_CLASS_FINETUNE_BUILDERS = frozenset({CONDITIONING, CLUSTER_CONDITIONING, PSEUDO_WORD})  # the diffusion model frozen
 JOINT_FINETUNE_BUILDERS = frozenset({CONDITIONING_UNET, PSEUDO_WORD_UNET})  # the UNet fine-tuned on all classes at once
@@ -54,6 +63,7 @@ _EXTRA_IMAGES = {
     TARGET_ONLY: NO_EXTRA,
     REAL_SUBSAMPLE: REAL_EXTRA,
     RETRIEVAL: IMAGES,
+    PLUGIN: IMAGES,
     **dict.fromkeys(DIFFUSION_BUILDERS, IMAGES),
 }
 
@@ -66,6 +76,7 @@ class Method:
     description: str
     builder: str | None = None
     resample: bool = False  # generated pools (3× the need) are resampled into each replicate's set
+    plugin: MethodPlugin | None = field(default=None, compare=False, repr=False)  # builder PLUGIN: its plugin
 
     def __post_init__(self):
         if self.builder is not None and self.builder not in BUILDERS:
@@ -186,11 +197,51 @@ METHOD_KEYS: tuple[str, ...] = tuple(m.key for m in METHODS)
 BY_KEY: dict[str, Method] = {m.key: m for m in METHODS}
 
 
+@functools.cache
+def _plugins() -> tuple[dict[str, Method], dict[str, str]]:
+    """The package's own extensions and the installed method plugins as methods, and why any entry
+    point could not be used."""
+    from .extensions import EXTENSIONS
+
+    plugins, problems = discover()
+    methods = {}
+    for key, plugin in [*((p.key, p) for p in EXTENSIONS), *plugins.items()]:
+        if key in BY_KEY or key in methods:
+            problems[key] = f"method plugin {key!r} uses the key of one of augassets' own methods; rename it"
+            continue
+        methods[key] = Method(key, plugin.label, plugin.family, plugin.description, PLUGIN, plugin.resample, plugin)
+    return methods, problems
+
+
+def refresh_plugins() -> None:
+    """Look for installed plugins again (after installing one into a running interpreter)."""
+    _plugins.cache_clear()
+
+
+def plugin_problems() -> dict[str, str]:
+    """{entry point name: why it could not be used} for the installed plugins that failed to register."""
+    return dict(_plugins()[1])
+
+
+def registered_methods() -> tuple[Method, ...]:
+    """The paper's methods, the package's extensions, then the installed plugins by key."""
+    return METHODS + tuple(_plugins()[0].values())
+
+
+def method_order() -> dict[str, int]:
+    """{key: position} in registry order: how tables and figures order their rows."""
+    return {m.key: i for i, m in enumerate(registered_methods())}
+
+
 def get_method(key: str) -> Method:
-    try:
+    if key in BY_KEY:
         return BY_KEY[key]
-    except KeyError:
-        raise ValueError(f"unknown method {key!r}; registered methods: {', '.join(METHOD_KEYS)}") from None
+    plugins, problems = _plugins()
+    if key in plugins:
+        return plugins[key]
+    if key in problems:
+        raise ValueError(problems[key])
+    raise ValueError(f"unknown method {key!r}; registered methods: {', '.join(m.key for m in registered_methods())}")
 
 
 def runnable_methods(requested: tuple[str, ...]) -> tuple[Method, ...]:
@@ -202,11 +253,11 @@ def runnable_methods(requested: tuple[str, ...]) -> tuple[Method, ...]:
             f"method(s) {', '.join(missing)} are registered but not implemented yet; remove them from the "
             "profile's `methods`"
         )
-    return tuple(m for m in METHODS if m in methods)
+    return tuple(m for m in registered_methods() if m in methods)
 
 
 def keys_with_builder(builder: str | frozenset, keys=None) -> tuple[str, ...]:
     """The registered methods (or those among ``keys``) that ``builder`` (or any of a set of builders)
     makes, in registry order."""
     builders = {builder} if isinstance(builder, str) else builder
-    return tuple(m.key for m in METHODS if m.builder in builders and (keys is None or m.key in keys))
+    return tuple(m.key for m in registered_methods() if m.builder in builders and (keys is None or m.key in keys))

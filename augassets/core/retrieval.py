@@ -15,12 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .files import file_url_path
-from .images import ImageStatus, inspect_image
+from .images import ImageStatus, inspect_image, load_rgb
 from .knn import KnnHit
+
+if TYPE_CHECKING:
+    from ..profiles import RetrievalSpec
 
 DEDUP_THRESHOLD = 0.94  # clip-retrieval's deduplication threshold on inner product
 K_FACTOR = 1.4
@@ -156,3 +160,30 @@ def local_image_problem(hit: KnnHit) -> str | None:
     if status.usable:
         return None
     return "missing" if status == ImageStatus.MISSING else "undecodable"
+
+
+def retrieve_from_index(
+    spec: RetrievalSpec,
+    index,
+    query: np.ndarray,
+    n: int,
+    safety_flags: Callable[[list], list[bool]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RetrievalResult:
+    """``retrieve`` over a KNN index (``LocalKnnIndex`` or ``RemoteKnnIndex``) for one CLIP embedding,
+    with the study's filters (``RetrievalSpec``) and, where given, the diffusion model's safety checker
+    (``safety_flags(images) -> [nsfw]``) on the hits' images."""
+    local = hasattr(index, "embeddings")
+    return retrieve(
+        search=lambda k: index.search(query, k),
+        embeddings_of=(lambda hits: index.embeddings([h.id for h in hits])) if local else None,
+        n=n,
+        min_aesthetic=spec.min_aesthetic,
+        dedup_threshold=spec.dedup_threshold,
+        image_problem=local_image_problem,
+        flags_unsafe=(lambda hits: safety_flags([load_rgb(file_url_path(str(h.metadata["url"]))) for h in hits]))
+        if safety_flags
+        else None,
+        progress=progress,
+        columns=FilterColumns(spec.aesthetic_column, spec.nsfw_column, spec.nsfw_threshold),
+    )
