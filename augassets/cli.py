@@ -26,7 +26,7 @@ from .core.files import write_bytes_atomic
 from .core.markdown import results_report
 from .core.warehouse import Warehouse
 from .instance import ensure_dagster_home
-from .profiles import PROFILE_ENV, WORLD_ENV, Profile, get_profile
+from .profiles import PROFILE_ENV, STUDY_ENV, WORLD_ENV, Profile, get_profile, study_toml
 from .runner.command import materialize
 
 # The backfill policy and partition mapping APIs are marked beta; the notice adds nothing to a run log.
@@ -296,15 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
     worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")
+    studies = sub.add_parser("study", help="print a built-in profile as a study file (to start your own from)")
+    studies.add_argument("name", nargs="?", help="the profile (default: --profile, $AUGASSETS_PROFILE or mini)")
+    for command in (bench, found, ui_parser, daemon_parser, worker_parser):
+        command.add_argument("--study", type=Path, help="a study file (TOML) instead of a built-in profile")
     args = parser.parse_args(argv)
     if args.profile:
         os.environ[PROFILE_ENV] = args.profile  # also read by worker processes
+    if getattr(args, "study", None):
+        if args.profile:
+            parser.exit(2, "augassets: --profile and --study name two studies; give one\n")
+        os.environ[STUDY_ENV] = str(args.study.resolve())  # read again by the UI's, daemon's and workers' processes
     if args.command == "foundation" and args.rebuild:
         os.environ[WORLD_ENV] = "train"
     try:  # a bad setting is one line naming it and what it accepts, before anything is imported or run
-        profile = get_profile()
-    except ValueError as error:
-        parser.exit(2, f"augassets: {error}\n")
+        profile = get_profile(getattr(args, "name", None))
+    except ValueError as error:  # a study file's problems: one line each
+        parser.exit(2, "".join(f"augassets: {line}\n" for line in str(error).splitlines()))
+    if args.command == "study":
+        print(study_toml(profile), end="")
+        return 0
     if args.command == "worker":  # before the model libraries: a worker imports them per task
         return worker(profile, args.queue, args.concurrency, args.name)
     from diffusers.utils import logging as diffusers_logging

@@ -29,12 +29,16 @@ environment variables, so the same profile runs on any machine:
                                ``train``: train them here (``augassets foundation --rebuild``)
 ``AUGASSETS_POOL_SEED``        another draw of the mini web pool (``PoolSpec.seed``); the world is
                                then trained here (a shipped world is the draw it was trained on)
+``AUGASSETS_STUDY``            a study file (TOML) instead of a built-in profile (``--study``;
+                               :func:`load_study`); the variables above still override it
 =============================  ==========================================================
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -52,6 +56,7 @@ WORLD_ENV = (
 )
 POOL_SEED_ENV = "AUGASSETS_POOL_SEED"  # another draw of the mini web pool; trains its world here
 STORE_URL_ENV = "AUGASSETS_STORE_URL"  # an fsspec URL for the image store; unset: the local folder
+STUDY_ENV = "AUGASSETS_STUDY"  # a study file (TOML) instead of a built-in profile
 DEVICE_ENV = "AUGASSETS_DEVICE"  # overrides the profile's device (e.g. cpu, to try a cuda profile without a GPU)
 # The external foundation's overrides: environment variable → Profile field.
 WEIGHTS_ENVS = {
@@ -884,9 +889,9 @@ def located(profile: Profile, environ=os.environ) -> Profile:
         profile,
         dataset=profile.dataset.located(environ),
         # Resolved now: a later change of the working directory moves nothing.
-        home_root=str(Path(environ.get(HOME_ENV) or "augassets_home").resolve()),
+        home_root=str(Path(environ.get(HOME_ENV) or profile.home_root or "augassets_home").resolve()),
         store_url=environ.get(STORE_URL_ENV, ""),
-        device=environ.get(DEVICE_ENV, ""),
+        device=environ.get(DEVICE_ENV) or profile.device,
         **weights,
     )
 
@@ -897,13 +902,18 @@ def get_profile(name: str | None = None) -> Profile:
     that many clusters; with ``AUGASSETS_SCALING_RATIOS`` set, the scaling analysis at those ratios;
     with ``AUGASSETS_WORKERS`` set, that many worker processes; with ``AUGASSETS_WORLD=train``, the mini
     world's models trained here instead of installed from the shipped world; with ``AUGASSETS_POOL_SEED``
-    set, another draw of the mini web pool, its world trained here. Where it runs (home, store, dataset
+    set, another draw of the mini web pool, its world trained here; with ``AUGASSETS_STUDY`` set (and no
+    ``name``), the study file's profile instead of a built-in one. Where it runs (home, store, dataset
     root, device, weights) is read here too (:func:`located`): nothing reads the environment later."""
-    name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
-    try:
-        profile = PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r} (set {PROFILE_ENV} to one of {', '.join(PROFILES)})") from None
+    study = os.environ.get(STUDY_ENV, "").strip()
+    if study and not name:
+        profile = load_study(Path(study))
+    else:
+        name = name or os.environ.get(PROFILE_ENV, DEFAULT_PROFILE)
+        try:
+            profile = PROFILES[name]
+        except KeyError:
+            raise ValueError(f"unknown profile {name!r} (set {PROFILE_ENV} to one of {', '.join(PROFILES)})") from None
     chosen = [key.strip() for key in os.environ.get(METHODS_ENV, "").split(",") if key.strip()]
     if chosen:
         from .core.methods import runnable_methods
@@ -960,3 +970,70 @@ def get_profile(name: str | None = None) -> Profile:
             )
         profile = replace(profile, workers=int(workers))
     return located(profile)
+
+
+# Settings a study file can only take from a fixed set (the file's checks name them).
+STUDY_CHOICES = {
+    "dataset.kind": ("fashion_mnist", "image_folder"),
+    "dataset.class_list": ("fashion_mnist", "imagenet", "caltech256", "folders"),
+    "split.non_rgb": ("skip", "convert"),
+    "classifier.arch": ("resnet_small", "resnet50"),
+    "scaling.short_classes": SHORT_CLASS_RULES,
+    "personalization.cluster_embedder": ("inception_v3", "inception_v3_untrained", "clip"),
+    "world.diffusion.scheduler": ("ddim", "dpm_solver"),
+    "paper_reference": ("imagenet_10pct", "imagenet_full", "caltech256"),
+}
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def load_study(path: Path) -> Profile:
+    """The profile a study file describes: ``base`` (a built-in profile, optional) with every setting the
+    file names, as in :func:`study_toml`; ``home`` and ``device`` (where it runs) beside them, relative
+    paths read from the file's folder; ``name`` defaults to the file's name. Every problem is one line
+    naming the setting and what it accepts (``SettingsError``); nothing is run from a bad file."""
+    from .core.methods import get_method
+    from .core.tomlsettings import SettingsError, merge
+
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError([f"{STUDY_ENV}={path}: no such study file"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError([f"{path}: not a TOML file: {error}"]) from None
+    errors: list[str] = []
+    base = table.pop("base", None)
+    if base is not None and base not in PROFILES:
+        errors.append(f"base = {base!r}: one of {', '.join(PROFILES)}")
+        base = None
+    where = {}
+    for key in ("home", "device"):
+        value = table.pop(key, "")
+        if not isinstance(value, str):
+            errors.append(f"{key} = {value!r}: expected a string")
+            value = ""
+        where[key] = value
+    for setting, keys in (
+        ("methods", table.get("methods")),
+        ("scaling.methods", table.get("scaling", {}).get("methods")),
+    ):
+        for key in keys if isinstance(keys, list) else ():
+            try:
+                get_method(key) if isinstance(key, str) else None
+            except ValueError as error:
+                errors.append(f"{setting}: {error}")
+    table.setdefault("name", path.stem)
+    if not STUDY_NAME.match(str(table["name"])):
+        errors.append(f"name = {table['name']!r}: letters, digits, _ and - (it names the study's folder in the home)")
+    profile = merge(Profile, PROFILES.get(base), table, "", STUDY_CHOICES, errors)
+    if errors:
+        raise SettingsError([f"{path}: {line}" for line in errors])
+    home = where["home"] and str((path.parent / where["home"]).resolve())
+    return replace(profile, home_root=home, device=where["device"])
+
+
+def study_toml(profile: Profile) -> str:
+    """``profile`` as a study file: every setting that differs from the settings' defaults."""
+    from .core.tomlsettings import to_toml
+
+    header = f"# The {profile.name} profile as a study file: augassets benchmark --study {profile.name}.toml\n"
+    return header + to_toml(profile) + "\n"
