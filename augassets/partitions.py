@@ -58,8 +58,8 @@ def same_class_of(keys: list[str]) -> dg.MultiPartitionMapping:
 def scaling_method_keys(profile: Profile) -> list[str]:
     """The methods of the scaling analysis (none without ratios): those of ``ScalingSpec.methods`` the
     profile runs; by default the paper's, pseudo-word + DM (⑨) and retrieval, or the simple prompt and
-    retrieval where the profile runs no ⑨. Each must be a retrieval, prompt or personalized method."""
-    from .core.methods import FINETUNE_BUILDERS, RETRIEVAL, TXT2IMG, get_method
+    retrieval where the profile runs no ⑨. Each must be a retrieval, prompt, personalized or plugin method."""
+    from .core.methods import FINETUNE_BUILDERS, PLUGIN, RETRIEVAL, TXT2IMG, get_method
 
     if not profile.scaling.ratios:
         return []
@@ -67,10 +67,10 @@ def scaling_method_keys(profile: Profile) -> list[str]:
         ("pseudoword_dm", "retrieval") if "pseudoword_dm" in profile.methods else ("simple_prompt", "retrieval")
     )
     for key in chosen:
-        if get_method(key).builder not in (RETRIEVAL, TXT2IMG, *FINETUNE_BUILDERS):
+        if get_method(key).builder not in (RETRIEVAL, TXT2IMG, PLUGIN, *FINETUNE_BUILDERS):
             raise ValueError(
-                f"profile {profile.name!r}: scaling method {key!r} is not a retrieval, prompt or personalized "
-                "method (Boomerang starts from the target's own images); set ScalingSpec.methods"
+                f"profile {profile.name!r}: scaling method {key!r} is not a retrieval, prompt, personalized or "
+                "plugin method (Boomerang starts from the target's own images); set ScalingSpec.methods"
             )
     return [m.key for m in runnable_methods(profile.methods) if m.key in chosen]
 

@@ -236,3 +236,23 @@ def test_the_three_extension_methods_make_their_images_on_smoke(private_state):
     assert hybrid["seed"].null_count() == 0 and hybrid["pool_id"].null_count() == 0
     pool = set(db.query("SELECT path_sha256 FROM augmentation_manifest WHERE method = 'retrieval'")["path_sha256"])
     assert not pool & set(hybrid["path_sha256"]), "img2img makes new images, not copies"
+
+
+def test_a_plugin_method_has_its_curve_in_the_scaling_analysis(private_state):
+    """MMR retrieval scaled at 100 % and 200 %: its scaling images (2 × n per class, as retrieval's) and a
+    classifier per cell and replicate, beside the main table's row."""
+    from augassets.assets.prompts import needed_per_class
+
+    profile = replace(
+        private_state,
+        methods=("real_p", "mmr_retrieval"),
+        scaling=replace(private_state.scaling, ratios=(1.0, 2.0), methods=("mmr_retrieval",)),
+    )
+    cli.benchmark(profile, say=lambda *_: None)
+    db = Warehouse(profile.tables)
+    scaled = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'mmr_retrieval' GROUP BY wnid")
+    assert scaled.height == 3 and set(scaled["n"]) == {2 * needed_per_class(db, profile)}
+    scores = db.query("SELECT * FROM scaling_scores WHERE method = 'mmr_retrieval'")
+    replicates = profile.scaling.replicates or profile.classifier.replicates
+    assert scores.group_by("percent").len().sort("percent")["len"].to_list() == [replicates, replicates]
+    assert scores["test_top1"].is_between(0, 1).all()

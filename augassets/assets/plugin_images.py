@@ -129,15 +129,24 @@ def class_info(db, wnid: str) -> ClassInfo:
 
 
 def plugin_partition(
-    profile: Profile, context, db, image_store, resources: StepResources, method, wnid: str, needed: int
+    profile: Profile,
+    context,
+    db,
+    image_store,
+    resources: StepResources,
+    method,
+    wnid: str,
+    needed: int,
+    folder: str = "images",
+    table: str = "augmentation_manifest",
 ) -> tuple[dict, list[str]]:
-    """One class's images from ``method``'s plugin into images/<method>/<wnid>/ with their manifest and
-    its rows in ``augmentation_manifest``."""
+    """One class's images from ``method``'s plugin into <folder>/<method>/<wnid>/ with their manifest and
+    its rows in ``table`` (scaling_images: its own folder and table, a larger count)."""
     info = class_info(db, wnid)
     targets = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item", [wnid])
     image_store.ensure(targets["path"])
     request = ImageRequest(method.key, info, tuple(targets["path"]), needed, profile.generation.seed, range(0))
-    final = image_store.path("images", method.key, wnid)
+    final = image_store.path(folder, method.key, wnid)
     records, flagged = make_partition(
         method.plugin,
         request,
@@ -156,9 +165,9 @@ def plugin_partition(
         }
         for r in records
     ]
-    manifest = record_partition(db, image_store, rows, final, method.key, wnid, info.label)
+    manifest = record_partition(db, image_store, rows, final, method.key, wnid, info.label, folder, table)
     context.log.info(
-        f"augmentation_images[{method.key}, {wnid}]: {manifest.height}/{needed} images from plugin "
+        f"{context.asset_key.to_user_string()}[{method.key}, {wnid}]: {manifest.height}/{needed} images from plugin "
         f"{method.plugin.key!r} ({flagged} dropped by the safety checker)"
     )
     row = {"wnid": wnid, "method": method.key, "images": manifest.height, "needed": needed, "regenerated": flagged}

@@ -22,7 +22,8 @@ from ..core.compute import Meter
 from ..core.compute import record as record_compute
 from ..core.knn import KnnError
 from ..core.markdown import excluded_wnids, frame_markdown
-from ..core.methods import FINETUNE_BUILDERS, RETRIEVAL, TXT2IMG, get_method
+from ..core.methods import FINETUNE_BUILDERS, PLUGIN, RETRIEVAL, TXT2IMG, get_method
+from ..core.plugins import PluginError
 from ..executors import ON_GPU
 from ..integrity import outputs
 from ..partitions import (
@@ -44,8 +45,9 @@ from ..resources import (
 )
 from ..versions import code_version
 from .classifier import labeled_images
-from .images import generate_partition_images, retrieve_partition
+from .images import generate_partition_images, plugin_signatures, retrieve_partition
 from .partial import fail_partially
+from .plugin_images import StepResources, plugin_partition
 from .prompts import needed_per_class
 
 SCALING_SCHEMA = {
@@ -261,7 +263,13 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
         metadata=outputs(paths={"scaling_manifest": "path"}, files=("scaling/{method}/{wnid}/manifest.parquet",)),
         group_name="scaling",
         code_version=code_version(
-            "1", profile.retrieval, profile.generation, largest_ratio, profile.dataset, profile.split
+            "1",
+            profile.retrieval,
+            profile.generation,
+            largest_ratio,
+            profile.dataset,
+            profile.split,
+            *[s for s in plugin_signatures(profile) if s[0] in scaled],  # nothing when no plugin is scaled
         ),
         **ON_GPU,
         partitions_def=dg.MultiPartitionsDefinition(
@@ -280,7 +288,8 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
         description="The scaling analysis's images of a class for a method, enough for its largest ratio: retrieval's "
         "⌈largest ratio × n⌉ nearest images (k grows to 10·1.4·that; a pool that runs out leaves the class short, and "
         "the short cells say so), a prompt method's pool of factor × that, the class's prompts cycled with every "
-        "image's own seed; a personalized method's the same, from the checkpoint checkpoint_selection chose. Under "
+        "image's own seed; a personalized method's the same, from the checkpoint checkpoint_selection chose; a "
+        "plugin's as many as it would make for that need (resampled or not, as it says). Under "
         "scaling/<method>/<wnid>/ with a manifest (table scaling_manifest); the first images coincide with "
         "augmentation_images' where the seeds do.",
     )
@@ -309,12 +318,14 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
         pipelines = {TXT2IMG: diffusion_backend.load(TXT2IMG)} if TXT2IMG in builders else {}
         for builder in builders & FINETUNE_BUILDERS:  # its own pipeline: ⑦ ⑨ load their fine-tuned UNet into it
             pipelines[builder] = diffusion_backend.load(TXT2IMG)
+        plugin_resources = StepResources(profile, context.log, image_store, clip_encoder, knn_index, diffusion_backend)
         n = math.ceil(largest_ratio * needed_per_class(db, profile))
         generated = math.ceil(profile.generation.factor * n / profile.retrieval.ratio)
         summary, failures = [], {}
         for key in context.partition_keys:
             method, wnid = method_and_class(key)
             retrieving = get_method(method).builder == RETRIEVAL
+            needed = generated if get_method(method).resample else n
             try:
                 with Meter(
                     "scaling_images",
@@ -337,6 +348,19 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
                             folder="scaling",
                             table="scaling_manifest",
                         )
+                    elif get_method(method).builder == PLUGIN:
+                        row, _ = plugin_partition(
+                            profile,
+                            context,
+                            db,
+                            image_store,
+                            plugin_resources,
+                            get_method(method),
+                            wnid,
+                            needed,
+                            folder="scaling",
+                            table="scaling_manifest",
+                        )
                     else:
                         row, _ = generate_partition_images(
                             profile,
@@ -352,13 +376,13 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
                             folder="scaling",
                             table="scaling_manifest",
                         )
-            except (KnnError, GenerationError, ValueError, OSError) as error:
+            except (KnnError, GenerationError, PluginError, ValueError, OSError) as error:
                 failures[str(key)] = str(error)
                 context.log.error(f"scaling_images[{key}] failed: {error}")
                 continue
             meter.images = row["images"]
             record_compute(db, [meter])
-            summary.append({**row, "needed": n if retrieving else generated, "key": str(key)})
+            summary.append({**row, "needed": needed, "key": str(key)})
         if failures:
             fail_partially(context, {row["key"]: {"images": row["images"]} for row in summary}, failures)
         table = pl.DataFrame(summary, infer_schema_length=None).drop("key")
