@@ -93,8 +93,15 @@ def test_installed_plugins_join_the_registry_and_broken_ones_are_named(installed
 
 def test_a_plugin_method_runs_through_the_whole_study(installed_plugins, private_state):
     """real_p and the example plugin: its images are made, checked and resampled like a built-in
-    method's, its classifiers trained, and it has its row in the results table and the analyses."""
-    profile = replace(private_state, methods=("real_p", "example_jitter"))
+    method's, its classifiers trained, and it has its row in the results table and its curve in the
+    scaling analysis (100 % and 200 %)."""
+    from augassets.assets.prompts import needed_per_class
+
+    profile = replace(
+        private_state,
+        methods=("real_p", "example_jitter"),
+        scaling=replace(private_state.scaling, ratios=(1.0, 2.0), methods=("example_jitter",)),
+    )
     cli.benchmark(profile, say=lambda *_: None)
     db = Warehouse(profile.tables)
     manifest = db.query("SELECT * FROM augmentation_manifest WHERE method = 'example_jitter'")
@@ -114,6 +121,12 @@ def test_a_plugin_method_runs_through_the_whole_study(installed_plugins, private
     results = db.query("SELECT method, paper_label FROM results_table")
     assert "example_jitter" in results["method"].to_list()
     assert "Target jitter (example plugin)" in results["paper_label"].to_list()
+    scaled = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'example_jitter' GROUP BY wnid")
+    assert scaled.height == 3 and set(scaled["n"]) == {profile.generation.factor * 2 * needed_per_class(db, profile)}
+    cells = db.query("SELECT * FROM scaling_scores WHERE method = 'example_jitter'")
+    replicates = profile.scaling.replicates or profile.classifier.replicates
+    assert cells.group_by("percent").len()["len"].to_list() == [replicates, replicates]
+    assert cells["test_top1"].is_between(0, 1).all()
 
 
 def test_a_failing_plugin_fails_its_class_only_naming_the_plugin_and_the_class(installed_plugins, private_state):
@@ -236,23 +249,3 @@ def test_the_three_extension_methods_make_their_images_on_smoke(private_state):
     assert hybrid["seed"].null_count() == 0 and hybrid["pool_id"].null_count() == 0
     pool = set(db.query("SELECT path_sha256 FROM augmentation_manifest WHERE method = 'retrieval'")["path_sha256"])
     assert not pool & set(hybrid["path_sha256"]), "img2img makes new images, not copies"
-
-
-def test_a_plugin_method_has_its_curve_in_the_scaling_analysis(private_state):
-    """MMR retrieval scaled at 100 % and 200 %: its scaling images (2 × n per class, as retrieval's) and a
-    classifier per cell and replicate, beside the main table's row."""
-    from augassets.assets.prompts import needed_per_class
-
-    profile = replace(
-        private_state,
-        methods=("real_p", "mmr_retrieval"),
-        scaling=replace(private_state.scaling, ratios=(1.0, 2.0), methods=("mmr_retrieval",)),
-    )
-    cli.benchmark(profile, say=lambda *_: None)
-    db = Warehouse(profile.tables)
-    scaled = db.query("SELECT wnid, count(*) AS n FROM scaling_manifest WHERE method = 'mmr_retrieval' GROUP BY wnid")
-    assert scaled.height == 3 and set(scaled["n"]) == {2 * needed_per_class(db, profile)}
-    scores = db.query("SELECT * FROM scaling_scores WHERE method = 'mmr_retrieval'")
-    replicates = profile.scaling.replicates or profile.classifier.replicates
-    assert scores.group_by("percent").len().sort("percent")["len"].to_list() == [replicates, replicates]
-    assert scores["test_top1"].is_between(0, 1).all()
