@@ -1,11 +1,11 @@
-"""Stage: per class and method, the augmentation images — retrieved, generated, or for the
-personalized methods the chosen checkpoint candidate's — and the classes retrieval cannot fill,
-excluded from every method (paper §3). ``retrieve_partition`` and ``generate_partition_images`` also
-make the scaling analysis's images (scaling.py).
+"""Stage: per class and method, the augmentation images — retrieved, generated, for the
+personalized methods the chosen checkpoint candidate's, or a method plugin's (plugin_images.py) — and
+the classes retrieval cannot fill, excluded from every method (paper §3). ``retrieve_partition`` and
+``generate_partition_images`` also make the scaling analysis's images (scaling.py).
 
-Why this module is long: the three ways a partition's images are made (retrieved, generated, copied
-from the chosen candidate) share its manifest schema, its atomic folder and the asset that dispatches
-between them; scaling_images reuses two of them."""
+Why this module is long: the ways a partition's images are made (retrieved, generated, copied from
+the chosen candidate) share its manifest (manifests.py), its atomic folder and the asset that
+dispatches between them; scaling_images reuses them."""
 
 import hashlib
 import os
