@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     worker_parser.add_argument("--concurrency", type=int, default=1, help="steps at once (gpu queue: 1 per GPU)")
     worker_parser.add_argument("--name", help="worker name (default: <queue>-<pid>)")
     studies = sub.add_parser("study", help="print a built-in profile as a study file (to start your own from)")
-    studies.add_argument("name", nargs="?", help="the profile (default: --profile, $AUGASSETS_PROFILE or mini)")
+    studies.add_argument(
+        "profile_name", nargs="?", metavar="NAME", help="the profile (default: --profile, $AUGASSETS_PROFILE or mini)"
+    )
     for command in (bench, found, ui_parser, daemon_parser, worker_parser):
         command.add_argument("--study", type=Path, help="a study file (TOML) instead of a built-in profile")
     args = parser.parse_args(argv)
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "foundation" and args.rebuild:
         os.environ[WORLD_ENV] = "train"
     try:  # a bad setting is one line naming it and what it accepts, before anything is imported or run
-        profile = get_profile(getattr(args, "name", None))
+        profile = get_profile(getattr(args, "profile_name", None))  # (worker's --name is the worker's)
     except ValueError as error:  # a study file's problems: one line each
         parser.exit(2, "".join(f"augassets: {line}\n" for line in str(error).splitlines()))
     if args.command == "study":
