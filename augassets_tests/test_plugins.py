@@ -17,7 +17,7 @@ from PIL import Image
 from augassets import cli
 from augassets.build import build_defs
 from augassets.core import methods as registry
-from augassets.core.plugins import ClassInfo, ImageRequest, MethodPlugin, PluginError, make_partition
+from augassets.core.plugins import ClassInfo, ImageRequest, MethodPlugin, PluginError, PluginImage, make_partition
 from augassets.core.warehouse import Warehouse
 from augassets.runner import runs as runner
 
@@ -152,7 +152,11 @@ def _numbered(calls: list, fail_at: int | None = None):
         calls.append(request.indices)
         if fail_at is not None and request.indices.start >= fail_at:
             raise KeyboardInterrupt  # a kill in the middle of the partition
-        return [Image.new("RGB", (8, 8), (i, request.image_seed(i) % 256, 0)) for i in request.indices]
+        # numpy scalars in the record (as a KNN hit's similarity is) are stored as numbers
+        return [
+            PluginImage(Image.new("RGB", (8, 8), (i, request.image_seed(i) % 256, 0)), similarity=np.float32(i / 10))
+            for i in request.indices
+        ]
 
     return make_images
 
@@ -172,6 +176,7 @@ def test_a_plugin_partition_resumes_after_a_kill_and_replaces_flagged_images(tmp
     plugin = MethodPlugin("made", "Made", "test", "numbered squares", _numbered(calls), chunk=4)
     whole, flagged = make_partition(plugin, request, None, tmp_path / "whole" / "made", flags)
     assert flagged == 1 and [r["index"] for r in whole] == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert whole[3]["similarity"] == pytest.approx(0.4)
     assert calls == [range(0, 4), range(4, 8), range(8, 11)]
 
     killed: list[range] = []

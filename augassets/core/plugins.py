@@ -245,7 +245,8 @@ def make_partition(
                     continue
                 path = staging / f"{index:05d}.png"
                 save_image_atomic(image.image.convert("RGB"), path)
-                fields = {k: v for k, v in image.__dict__.items() if k != "image"}
+                # numpy scalars (a KNN hit's similarity, an id) as Python numbers, for the chunk record
+                fields = {k: getattr(v, "item", lambda v=v: v)() for k, v in image.__dict__.items() if k != "image"}
                 rows.append({"index": index, "file": path.name, **fields})
             record = {
                 "chunk": chunk,
