@@ -392,16 +392,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
                         )
                 elif builder == PLUGIN:
                     with meter:
-                        row, paths = plugin_partition(
-                            profile,
-                            context,
-                            db,
-                            image_store,
-                            plugin_resources,
-                            get_method(method),
-                            wnid,
-                            images_per_class(db, method, profile),
-                        )
+                        needed = images_per_class(db, method, profile)
+                        row, paths = plugin_partition(plugin_resources, context, db, method, wnid, needed)
                 else:
                     raise ValueError(
                         f"augmentation_images[{method}, {wnid}]: method {method!r} has no image builder yet"

@@ -12,17 +12,19 @@ from PIL import Image
 
 from ..core.files import file_url_path
 from ..core.images import load_rgb
+from ..core.methods import get_method
 from ..core.plugins import ClassInfo, ImageRequest, make_partition
 from ..profiles import Profile
 from .manifests import record_partition
 
 
 class StepResources:
-    """``PluginResources`` for one step of ``augmentation_images``: the study's CLIP encoder, KNN index,
-    Stable Diffusion pipelines and safety checker behind the Dagster resources, loaded on first use."""
+    """``PluginResources`` for one step of ``augmentation_images`` or ``scaling_images``: the study's CLIP
+    encoder, KNN index, Stable Diffusion pipelines and safety checker behind the Dagster resources, loaded
+    on first use; the profile and image store the step writes with."""
 
     def __init__(self, profile: Profile, log, image_store, clip_encoder, knn_index, diffusion_backend):
-        self._profile, self._log, self._store = profile, log, image_store
+        self.profile, self._log, self.image_store = profile, log, image_store
         self._clip_encoder, self._knn_index, self._backend = clip_encoder, knn_index, diffusion_backend
         self.device = diffusion_backend.device
         self._retrieved: dict[tuple[bytes, int], list] = {}
@@ -31,8 +33,8 @@ class StepResources:
         self._log.info(line)
 
     def _fetch(self, *parts: str) -> None:
-        if self._profile.world:  # the mini world's models and pool live in the image store
-            self._store.fetch(*parts)
+        if self.profile.world:  # the mini world's models and pool live in the image store
+            self.image_store.fetch(*parts)
 
     @functools.cached_property
     def _clip(self):
@@ -83,7 +85,7 @@ class StepResources:
         key = (np.asarray(query, np.float32).tobytes(), n)  # a plugin asking again for its next chunk
         if key not in self._retrieved:
             self._retrieved[key] = retrieve_from_index(
-                self._profile.retrieval, self._index, query, n, self.safety_flags, progress=self._log.debug
+                self.profile.retrieval, self._index, query, n, self.safety_flags, progress=self._log.debug
             ).kept
         return self._retrieved[key]
 
@@ -129,23 +131,25 @@ def class_info(db, wnid: str) -> ClassInfo:
 
 
 def plugin_partition(
-    profile: Profile,
+    resources: StepResources,
     context,
     db,
-    image_store,
-    resources: StepResources,
-    method,
+    method: str,
     wnid: str,
     needed: int,
     folder: str = "images",
     table: str = "augmentation_manifest",
 ) -> tuple[dict, list[str]]:
-    """One class's images from ``method``'s plugin into <folder>/<method>/<wnid>/ with their manifest and
-    its rows in ``table`` (scaling_images: its own folder and table, a larger count)."""
+    """One class's ``needed`` images from ``method``'s plugin into <folder>/<method>/<wnid>/ with their
+    manifest and its rows in ``table`` (scaling_images: its own folder and table, a larger count)."""
+    method = get_method(method)
+    image_store = resources.image_store
     info = class_info(db, wnid)
     targets = db.query("SELECT path FROM dataset_splits WHERE split = 'target' AND wnid = ? ORDER BY item", [wnid])
     image_store.ensure(targets["path"])
-    request = ImageRequest(method.key, info, tuple(targets["path"]), needed, profile.generation.seed, range(0))
+    request = ImageRequest(
+        method.key, info, tuple(targets["path"]), needed, resources.profile.generation.seed, range(0)
+    )
     final = image_store.path(folder, method.key, wnid)
     records, flagged = make_partition(
         method.plugin,

@@ -350,16 +350,7 @@ def build_images(profile: Profile, up: SimpleNamespace) -> dict:
                         )
                     elif get_method(method).builder == PLUGIN:
                         row, _ = plugin_partition(
-                            profile,
-                            context,
-                            db,
-                            image_store,
-                            plugin_resources,
-                            get_method(method),
-                            wnid,
-                            needed,
-                            folder="scaling",
-                            table="scaling_manifest",
+                            plugin_resources, context, db, method, wnid, needed, "scaling", "scaling_manifest"
                         )
                     else:
                         row, _ = generate_partition_images(
