@@ -1012,10 +1012,11 @@ def load_study(path: Path) -> Profile:
             errors.append(f"{key} = {value!r}: expected a string")
             value = ""
         where[key] = value
+    scaling = table.get("scaling")
     for setting, keys in (
         ("methods", table.get("methods")),
-        ("scaling.methods", table.get("scaling", {}).get("methods")),
-    ):
+        ("scaling.methods", scaling.get("methods") if isinstance(scaling, dict) else None),
+    ):  # (a value of the wrong type is the type check's line, below)
         for key in keys if isinstance(keys, list) else ():
             try:
                 get_method(key) if isinstance(key, str) else None

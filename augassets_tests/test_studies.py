@@ -48,6 +48,7 @@ arch = "vgg"
 crop_scale = [0.5]
 [scaling]
 short_classes = "drop"
+methods = ["retrieval", "nope2"]
 """
 
 
@@ -70,11 +71,23 @@ def test_a_bad_study_file_is_one_line_per_problem_and_exit_status_2(tmp_path):
         "classifier.arch = 'vgg': one of resnet_small, resnet50",
         "classifier.crop_scale = [0.5]: expected a list of 2 values (a number, a number)",
         "scaling.short_classes = 'drop': one of exclude, train_with_what_there_is",
+        "scaling.methods: unknown method 'nope2'",
     ]
     for problem in problems:
         assert sum(f"augassets: {path}: {problem}" in line for line in lines) == 1, (problem, lines)
     assert all(line.startswith(f"augassets: {path}: ") for line in lines), lines
     assert "Traceback" not in result.stderr
+
+
+def test_a_setting_of_the_wrong_shape_is_one_line_too(tmp_path):
+    path = tmp_path / "shape.toml"
+    path.write_text('base = "smoke"\nscaling = 3\nmethods = "real_p"\n')
+    with pytest.raises(ValueError) as raised:
+        load_study(path)
+    assert str(raised.value).splitlines() == [  # in the file's order
+        f"{path}: scaling: expected a table of ScalingSpec fields, got 3",
+        f"{path}: methods = 'real_p': expected a list of strings",
+    ]
 
 
 def test_the_study_command_prints_a_profile_that_loads_back(tmp_path):

@@ -43,7 +43,8 @@ def _describe(kind) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}s"
+            plural = {str: "strings", int: "whole numbers", float: "numbers", bool: "trues and falses"}
+            return f"a list of {plural.get(args[0], _describe(args[0]))}"
         return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args if a is not type(None))
