@@ -408,6 +408,12 @@ class PersonalizationSpec:
     - ``word_lr`` (⑧, ⑨'s words) 5e-3: textual inversion's own ``base_learning_rate``
       (rinongal/textual_inversion, ``configs/stable-diffusion/v1-finetune.yaml``, batch 2), which its
       ``main.py`` scales *linearly* by GPUs × batch × accumulation; the paper, and this code, by √.
+    - ``joint_word_lr`` (⑨'s words; 0: ``word_lr``): ⑨ trains every class's word in one run, and the
+      optimizer moves each word at every step of it (Adam's momentum moves a word in steps without its
+      class too), about as many steps per epoch as there are batches of all classes' images, against a
+      per-class run's batches of one class's. A rate chosen for ⑧'s per-class runs can so carry ⑨'s
+      words far outside the text encoder's embedding range within an epoch, where the words stop naming
+      their classes (mini: BENCHMARKS.md, "⑨'s words"); a profile sets it where that happens.
     - ``unet_lr`` (the UNet of ⑦ ⑨) 5e-6: diffusers' DreamBooth example (``train_dreambooth.py``,
       ``--learning_rate``) for SD's UNet; Imagic's own UNet stage in diffusers' community pipeline uses 2e-6.
     - ``conditioning_lr`` (⑤ ⑥, ⑦'s conditionings) 1e-2: no cited code's value. Imagic optimizes its
@@ -442,6 +448,7 @@ class PersonalizationSpec:
     reference_batch_size: int = 8
     conditioning_lr: float = 1e-2
     word_lr: float = 5e-3
+    joint_word_lr: float = 0.0
     unet_lr: float = 5e-6
     val_draws: int = 8
     early_epochs: int = 3
@@ -450,6 +457,13 @@ class PersonalizationSpec:
     seed: int = 0
     cluster_embedder: str = "inception_v3"
     latents_in_memory_gib: float = field(default=8.0, repr=False)
+
+    def __repr__(self) -> str:
+        return _repr_leaving_out_unset(self, added_later=("joint_word_lr",))
+
+    def words_lr(self, joint: bool) -> float:
+        """The pseudo-words' rate: ⑧'s per-class runs (``joint`` False) and ⑨'s joint run."""
+        return self.joint_word_lr if joint and self.joint_word_lr else self.word_lr
 
 
 @dataclass(frozen=True)
@@ -677,7 +691,12 @@ RESNET50 = ClassifierSpec(
 # classes, 4 epochs): at 5e-6 the val loss stops falling after epoch 3, at 5e-5 it is lowest and still falling,
 # at 5e-4 (the rate the mini UNet was trained at) it rises 10 % above the others.
 # The mini world clusters ⑥ on its own CLIP image tower (an ImageNet Inception knows nothing of its world).
-MINI_PERSONALIZATION = PersonalizationSpec(conditioning_lr=0.1, word_lr=0.05, unet_lr=5e-5, cluster_embedder="clip")
+# ⑨'s words train in one run over all classes, each moved at every one of its steps: at 0.05 they left the
+# embedding range in the first epoch (norm 2.8 against the vocabulary's ≤ 0.51) and no longer named their
+# classes; they train at textual inversion's own rate instead (BENCHMARKS.md, "⑨'s words").
+MINI_PERSONALIZATION = PersonalizationSpec(
+    conditioning_lr=0.1, word_lr=0.05, joint_word_lr=5e-3, unet_lr=5e-5, cluster_embedder="clip"
+)
 
 # The mini world's leak detector: a 256-bit pHash with the threshold calibrated on the planted duplicates.
 MINI_DUPLICATES = DuplicateSpec(

@@ -493,6 +493,37 @@ def test_imagic_keeps_its_first_epochs_instead_of_the_best_losses_and_does_not_s
         run(replace(imagic, max_epochs=4, min_epochs=8), tmp_path / "short")
 
 
+def test_the_joint_runs_words_have_their_own_rate_and_only_the_joint_runs_version_reads_it():
+    """⑨ trains every class's word in one run, where the optimizer moves each word at every step: its words
+    train at ``joint_word_lr`` where a profile sets one (mini: ⑧'s per-class rate carried them out of the
+    embedding range), ⑧ keeps ``word_lr``. Setting it changes the joint run's code version only: the per-class
+    runs (⑤ ⑥ ⑧) do not read it, and an unset field leaves every recorded version as it was."""
+    import dagster as dg
+
+    from augassets.assets.finetuning import finetune_spec
+    from augassets.build import build_defs
+    from augassets.core.methods import PSEUDO_WORD, PSEUDO_WORD_UNET
+    from augassets.profiles import MINI_PERSONALIZATION, PersonalizationSpec, get_profile
+
+    default = PersonalizationSpec()
+    assert "joint_word_lr" not in repr(default)
+    assert finetune_spec(default, PSEUDO_WORD_UNET).lr == finetune_spec(default, PSEUDO_WORD).lr == default.word_lr
+    assert finetune_spec(MINI_PERSONALIZATION, PSEUDO_WORD).lr == 0.05
+    assert finetune_spec(MINI_PERSONALIZATION, PSEUDO_WORD_UNET).lr == 5e-3
+
+    smoke = replace(get_profile("smoke"), methods=("real_p", "textual_inversion", "pseudoword_dm"))
+    rated = replace(smoke, personalization=replace(smoke.personalization, joint_word_lr=1e-4))
+
+    def versions(profile):
+        graph = build_defs(profile).resolve_asset_graph()
+        names = ("personalized_models", "personalized_unets")
+        return {name: graph.get(dg.AssetKey(name)).code_version for name in names}
+
+    before, after = versions(smoke), versions(rated)
+    assert before["personalized_models"] == after["personalized_models"]
+    assert before["personalized_unets"] != after["personalized_unets"]
+
+
 def test_cluster_embeddings_come_from_inception_v3_as_the_paper_or_the_worlds_clip(tmp_path, monkeypatch):
     """⑥ clusters on torchvision's Inception-v3 pool features (2,048-d) by default, its weights from the local
     torch hub cache only: here the architecture with random weights embeds real image files and k-means splits

@@ -87,7 +87,7 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
             f"{sum(len(c.images.val) for c in joint)} val images, {spec.val_draws} draws each, batch "
             f"{spec.batch_size}; "
             f"UNet learning rates below, the {'words' if method == 'pseudoword_dm' else 'conditionings'} at "
-            f"{spec.word_lr if method == 'pseudoword_dm' else spec.conditioning_lr:g}; {machine()}"
+            f"{spec.words_lr(joint=True) if method == 'pseudoword_dm' else spec.conditioning_lr:g}; {machine()}"
         ]
     with tempfile.TemporaryDirectory() as work:
         for rate in rates:
@@ -122,7 +122,7 @@ def probe(profile_name: str, method: str, label: int, rates: list[float], epochs
                 )
                 start = ""
             elif joint:
-                run = replace(run, lr=spec.word_lr if method == "pseudoword_dm" else spec.conditioning_lr)
+                run = replace(run, lr=spec.words_lr(joint=True) if method == "pseudoword_dm" else spec.conditioning_lr)
                 fresh = StableDiffusionPipeline.from_pretrained(
                     profile.home / "store" / "models" / "stable_diffusion"
                 )  # the run trains its UNet

@@ -16,7 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,7 +86,7 @@ def finetune_spec(spec: PersonalizationSpec, builder: str):
     """The core loop's settings for one method."""
     from ..core.finetune import FinetuneSpec
 
-    lr = spec.word_lr if builder in WORD_BUILDERS else spec.conditioning_lr
+    lr = spec.words_lr(joint=builder in JOINT_FINETUNE_BUILDERS) if builder in WORD_BUILDERS else spec.conditioning_lr
     imagic = builder == CONDITIONING_UNET
     if imagic and spec.max_epochs < spec.imagic_early_epochs:
         raise ValueError(
@@ -171,11 +171,13 @@ def _per_class_models(profile: Profile, up: SimpleNamespace, keys: list[str]) ->
     """⑤ ⑥ ⑧: a fine-tuning run per class × method."""
     spec = profile.personalization
     partitions = _multi(keys)
+    # The per-class runs never read ⑨'s joint_word_lr: its version leaves it out.
+    read = replace(spec, joint_word_lr=PersonalizationSpec.joint_word_lr)
 
     @dg.asset(
         metadata=outputs(rows="finetune_checkpoints", paths={"finetune_checkpoints": "checkpoint"}),
         group_name=GROUP,
-        code_version=code_version("1", spec, profile.dataset, profile.split),
+        code_version=code_version("1", read, profile.dataset, profile.split),
         **ON_GPU,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
