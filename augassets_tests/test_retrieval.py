@@ -105,3 +105,20 @@ def test_the_filters_read_the_named_columns_and_a_column_no_hit_carries_skips_it
     # Some hits lacking the column while others carry it is bad metadata, not an absent column: those hits are rejected.
     mixed = [KnnHit(0, 0.9, {"url": "a"}), *laion[1:]]
     assert 0 not in [h.id for h in retrieve(lambda k: mixed[:k], None, n=5, columns=columns).kept]
+
+
+def test_a_manifest_with_no_rows_has_no_short_partition_instead_of_a_type_error():
+    """Retrieval that excluded every class leaves augmentation_manifest without rows: its check then finds
+    no short partition (the run ends on augmented_datasets' one line naming the excluded classes), where
+    polars' replace_strict over an empty mapping used to raise "cannot compare string with numeric type"."""
+    import polars as pl
+
+    from augassets.assets.images import short_partitions
+
+    empty = pl.DataFrame(schema={"method": pl.Utf8, "wnid": pl.Utf8, "len": pl.UInt32})
+    assert short_partitions(empty, {}).is_empty()
+    counts = pl.DataFrame(
+        {"method": ["retrieval", "retrieval", "simple_prompt"], "wnid": ["a", "b", "a"], "len": [3, 6, 2]}
+    )
+    short = short_partitions(counts, {"retrieval": 6, "simple_prompt": 2})
+    assert short.select("method", "wnid").rows() == [("retrieval", "a")]

@@ -56,6 +56,14 @@ SAMPLED_HERE = frozenset(
 )  # builders whose images this stage samples (fine-tuned ones: candidate_images)
 
 
+def short_partitions(counts: pl.DataFrame, needed: dict[str, int]) -> pl.DataFrame:
+    """The (method, wnid) rows of ``counts`` (their image count in ``len``) below their method's ``needed``.
+    No rows at all (retrieval excluded every class) is no short partition, not a type error."""
+    if counts.is_empty():
+        return counts
+    return counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
+
+
 def retrieve_partition(
     profile: Profile,
     context,
@@ -447,7 +455,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         image_store.ensure(manifest["path"])
         counts = manifest.group_by("method", "wnid").len()
         needed = {m: images_per_class(db, m, profile) for m in counts["method"].unique()}
-        short = counts.filter(pl.col("len") < pl.col("method").replace_strict(needed, return_dtype=pl.Int64))
+        short = short_partitions(counts, needed)
         excluded = excluded_wnids(db)
         unexpected_short = short.filter(~pl.col("wnid").is_in(list(excluded)))
         nsfw = int(manifest["nsfw"].fill_null(False).sum())
