@@ -20,7 +20,6 @@ conditions say (the cursor already holds the change that requested them).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import dagster as dg
 from ..core.files import write_bytes_atomic
 from ..tags import ASSETS_TAG, CHUNK_BY_TAG, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from .failures import RunFailed, failure_message, step_errors
-from .workers import CHUNKS_PER_WORKER, Chunk, Workers, split_contiguous
+from .workers import Chunk, Workers, split_guided
 
 CURSOR_FILE = "automation_cursor.json"
 PENDING_FILE = "automation_pending.json"  # requested partitions not yet run: {asset key: [partition key or null]}
@@ -317,7 +316,7 @@ def partition_ranges(
 ) -> list[tuple[str, str]]:
     """The runs of a partitioned ``group``, as partition ranges Dagster reads as exactly the requested
     keys (``box_ranges``): one per contiguous stretch in one process; with ``workers`` > 1, cut into
-    about ``CHUNKS_PER_WORKER`` chunks per worker, or one per first-dimension value for an asset
+    chunks of decreasing size (``split_guided``), or one per first-dimension value for an asset
     tagged ``CHUNK_BY_TAG``."""
     partitions_def = defs.resolve_asset_graph().get(group.keys[0]).partitions_def
     all_keys = [str(k) for k in partitions_def.get_partition_keys(dynamic_partitions_store=instance)]
@@ -330,8 +329,7 @@ def partition_ranges(
         if _chunk_by(defs, group.keys, partitions_def):  # the work is per first-dimension value: one chunk each
             spans = [row for span in spans for row in first_dimension_rows(partitions_def, span)]
         else:
-            size = math.ceil(len(group.partitions) / (workers * CHUNKS_PER_WORKER))
-            spans = [chunk for span in spans for chunk in split_contiguous(span, math.ceil(len(span) / size))]
+            spans = [chunk for span in spans for chunk in split_guided(span, workers)]
     return [box for span in spans for box in box_ranges(partitions_def, span, instance)]
 
 
