@@ -23,6 +23,9 @@ classifier  training throughput (images/s) of the profile's classifier on its re
             ResNet-50 at 224 px (the real profiles' model) on random batches.
 threads     the profile's classifier as one process of 2 threads, of 1 thread, and as two 1-thread
             processes at once (what Profile.workers gains; the splits of $AUGASSETS_HOME).
+layout      the profile's classifier on one thread (as a worker trains it), on random images of its size:
+            where an epoch's time goes (random crops and batching, SGD steps, the val pass), and the SGD
+            step and val pass again with channels-last tensors, a lever the protocol does not use yet.
 """
 
 from __future__ import annotations
@@ -392,6 +395,85 @@ def bench_classifier(profile_name: str) -> list[tuple[str, str]]:
     return rows
 
 
+def bench_layout(profile_name: str, epochs: int = 20, val_images: int = 470) -> list[tuple[str, str]]:
+    """One epoch of the profile's classifier split into its parts, and the steps and val pass with
+    channels-last tensors (a different memory layout: the same model, other kernels and roundings)."""
+    import importlib
+
+    importlib.import_module("augassets")  # first: it pins the CPU kernels (core/determinism.py) before torch loads
+    import torch
+    import torch.nn.functional as F
+
+    from augassets.core.classifier import build_model, normalize_batch, train_transform
+    from augassets.profiles import get_profile
+
+    torch.set_num_threads(1)
+    spec = get_profile(profile_name).classifier
+    generator = torch.Generator().manual_seed(0)
+    size, n = spec.image_size, 280  # a real_2p-sized set
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    val = normalize_batch(torch.randint(0, 256, (val_images, 3, size, size), dtype=torch.uint8, generator=generator))
+    transform = train_transform(spec)
+
+    class Cropped(torch.utils.data.Dataset):  # as the classifier's dataset: a random crop per image on access
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return transform(images[i]), labels[i]
+
+    samples = max(n, spec.min_steps_per_epoch * spec.batch_size)
+    sampler = torch.utils.data.RandomSampler(range(n), num_samples=samples, generator=generator)
+    loader = torch.utils.data.DataLoader(Cropped(), batch_size=spec.batch_size, sampler=sampler)
+    seconds = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = build_model(spec, 10).to(memory_format=layout)
+        optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+        data = steps = evaluation = 0.0
+        for _ in range(epochs):
+            model.train()
+            started = time.perf_counter()
+            for x, y in loader:
+                ready = time.perf_counter()
+                data += ready - started
+                loss = F.cross_entropy(model(normalize_batch(x).contiguous(memory_format=layout)), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss.item()
+                started = time.perf_counter()
+                steps += started - ready
+            model.eval()
+            started = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, val_images, spec.batch_size):
+                    model(val[i : i + spec.batch_size].contiguous(memory_format=layout)).argmax(1)
+            evaluation += time.perf_counter() - started
+        seconds[layout] = (data / epochs, steps / epochs, evaluation / epochs)
+    data, steps, evaluation = seconds[torch.contiguous_format]
+    _, steps_cl, evaluation_cl = seconds[torch.channels_last]
+    total = data + steps + evaluation
+    what = f"{spec.arch} w{spec.width} {size} px, batch {spec.batch_size}, {samples // spec.batch_size} steps an epoch"
+    return [
+        (
+            f"one epoch ({what}, {val_images} val images, 1 thread)",
+            f"{1000 * total:.0f} ms: crops {100 * data / total:.0f} %, SGD steps {100 * steps / total:.0f} %, "
+            f"val pass {100 * evaluation / total:.0f} %",
+        ),
+        (
+            "SGD steps of an epoch, contiguous → channels-last",
+            f"{1000 * steps:.0f} → {1000 * steps_cl:.0f} ms ({100 * (1 - steps_cl / steps):.0f} % less)",
+        ),
+        (
+            "val pass, contiguous → channels-last",
+            f"{1000 * evaluation:.0f} → {1000 * evaluation_cl:.0f} ms "
+            f"({100 * (1 - evaluation_cl / evaluation):.0f} % less)",
+        ),
+    ]
+
+
 def train_with_threads(profile_name: str, threads: int) -> None:
     """One classifier training with ``threads`` CPU threads (a child process of ``bench_threads``):
     prints its images/s and wall seconds as JSON."""
@@ -568,6 +650,7 @@ def main() -> None:
             "main",
             "classifier",
             "threads",
+            "layout",
             "foundation",
             "duplicates",
             "phash",
@@ -591,6 +674,8 @@ def main() -> None:
         rows += bench_classifier(args.profile)
     if "threads" in chosen:
         rows += bench_threads(args.profile)
+    if "layout" in chosen:
+        rows += bench_layout(args.profile)
     if "duplicates" in chosen:
         rows += bench_duplicates()
     if "phash" in chosen:
