@@ -796,7 +796,7 @@ PROFILES: dict[str, Profile] = {
         split=SplitSpec(train_fraction=0.003, val_fraction=0.01, class_rate_spread=0.4, seed=0),
         classifier=SMALL_RESNET,
         # The rows the question needs. The simple prompt ① (in mini_all) would add a fifth of the classifiers and half
-        # the generation, past the 10-minute budget of a cold run on two cores (BENCHMARKS.md).
+        # the generation to a cold run already above its 10-minute goal on two cores (BENCHMARKS.md).
         methods=("real_p", "real_2p", "sariyildiz_prompts", "retrieval"),
         torch_threads=2,
         # Steps over partitions (generation, classifiers) on two worker processes of one thread each: two one-thread
