@@ -127,6 +127,7 @@ def export_world(profile: Profile, name: str, say=print) -> Path:
             "clip": repr(world.clip),
             "diffusion": repr(world.diffusion),
             "classifier": repr(profile.classifier),
+            "judge": repr(profile.judge_classifier),
         },
         "calibration": {
             f"{asset}.{key}": _plain(latest(asset).metadata[key])

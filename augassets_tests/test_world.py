@@ -207,3 +207,52 @@ def test_the_mini_foundation_is_installed_from_the_shipped_world_without_trainin
     assert abs(clip["zero_shot_top1"].value - shipped) < 0.01
     for folder in ("clip", "vae", "unet"):
         assert (profile.home / "store" / "models" / folder / "config.json").is_file()
+
+
+def test_the_judge_keeps_its_own_spec_when_the_protocol_classifier_changes():
+    """The mini judge is the world's (MiniWorldSpec.judge): a new input size or run count for the protocol's
+    classifier re-derives the target-trained classifier but leaves the shipped judge's code version, and so the
+    shipped world, as they were. Without a judge of its own (smoke), the judge follows the classifier."""
+    from augassets.build import build_defs
+    from augassets.profiles import get_profile
+
+    def versions(profile):
+        graph = build_defs(profile, daemon=False).resolve_asset_graph()
+        return {name: graph.get(dg.AssetKey(name)).code_version for name in ("fidelity_judge", "fidelity_classifier")}
+
+    mini = get_profile("mini")
+    assert mini.judge_classifier.image_size == 28 and mini.classifier.image_size == 20
+    bigger = replace(mini, classifier=replace(mini.classifier, image_size=24, replicates=7))
+    before, after = versions(mini), versions(bigger)
+    assert after["fidelity_judge"] == before["fidelity_judge"]
+    assert after["fidelity_classifier"] != before["fidelity_classifier"]
+
+    smoke = get_profile("smoke")
+    assert smoke.world.judge is None
+    plateau, early_stop = smoke.world.judge_patience
+    assert smoke.judge_classifier == replace(smoke.classifier, plateau_patience=plateau, early_stop_patience=early_stop)
+    wider = replace(smoke, classifier=replace(smoke.classifier, image_size=24))
+    assert versions(wider)["fidelity_judge"] != versions(smoke)["fidelity_judge"]
+
+
+def test_each_checkpoint_is_classified_at_its_own_input_size(tmp_path):
+    """classify_paths decodes each file once and runs every checkpoint with the spec it was trained with."""
+    import torch
+    from PIL import Image
+
+    from augassets.core.classifier import build_model
+    from augassets.core.generation import classify_images, classify_paths
+    from augassets.profiles import MINI_CLASSIFIER, MINI_JUDGE
+
+    torch.manual_seed(0)
+    state = build_model(MINI_JUDGE, 10).state_dict()  # the small ResNet takes any input size
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(40)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    got = classify_paths({"judge": (state, MINI_JUDGE), "target": (state, MINI_CLASSIFIER)}, 10, paths, batch_size=16)
+    assert np.array_equal(got["judge"], classify_images(state, MINI_JUDGE, 10, images))
+    assert np.array_equal(got["target"], classify_images(state, MINI_CLASSIFIER, 10, images))
+    assert not np.array_equal(got["judge"], got["target"])  # the input size matters to the predictions

@@ -91,8 +91,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
             }
         )
 
-    plateau, early_stop = profile.world.judge_patience
-    judge_spec = replace(profile.classifier, plateau_patience=plateau, early_stop_patience=early_stop)
+    judge_spec = profile.judge_classifier
     judge_version = code_version("2", judge_spec, pool)
     judge_deps = [judge_images, up.dataset_splits]
     judge_lineage = defined_lineage("fidelity_judge", judge_version, judge_deps, [*vars(up).values(), judge_images])
@@ -106,8 +105,8 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         kinds={"pytorch", "parquet"},
         description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
         "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images; "
-        "its patience "
-        "is the world's judge_patience.",
+        "its spec "
+        "is the world's (Profile.judge_classifier: MiniWorldSpec.judge, or the classifier with judge_patience).",
     )
     def fidelity_judge(
         context: dg.AssetExecutionContext,
@@ -147,13 +146,13 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         image_store.publish("models", JUDGE_CHECKPOINT)
         judge_state = load_checkpoint(path, "fidelity_judge")
         # The judge on held-out web-domain images and on the test split.
-        judge_holdout = classify_paths(
-            {"judge": judge_state}, profile.classifier, catalog.height, holdout["path"].to_list()
-        )["judge"]
+        judge_holdout = classify_paths({"judge": (judge_state, judge_spec)}, catalog.height, holdout["path"].to_list())[
+            "judge"
+        ]
         judge_holdout_top1 = float((judge_holdout == holdout["label"].to_numpy()).mean())
-        judge_on_test = classify_paths(
-            {"judge": judge_state}, profile.classifier, catalog.height, test["path"].to_list()
-        )["judge"]
+        judge_on_test = classify_paths({"judge": (judge_state, judge_spec)}, catalog.height, test["path"].to_list())[
+            "judge"
+        ]
         judge_test = float((judge_on_test == test["label"].to_numpy()).mean())
         per_class = catalog.with_columns(
             pl.col("label")
@@ -202,7 +201,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         target_state = load_checkpoint(
             image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier"
         )
-        on_test = classify_paths({"target": target_state}, profile.classifier, classes, test["path"].to_list())[
+        on_test = classify_paths({"target": (target_state, profile.classifier)}, classes, test["path"].to_list())[
             "target"
         ]
         target_on_test = float((on_test == test["label"].to_numpy()).mean())

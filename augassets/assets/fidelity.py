@@ -62,20 +62,22 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         db = warehouse.get()
         catalog = db.query("SELECT label, wnid, name FROM class_catalog ORDER BY label")
         judges = {
-            "target_recognizability": load_checkpoint(
-                image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier"
+            "target_recognizability": (
+                load_checkpoint(image_store.fetch("models", "fidelity_classifier.safetensors"), "fidelity_classifier"),
+                profile.classifier,
             )
         }
         if profile.world:
-            judges["fidelity"] = load_checkpoint(
-                image_store.fetch("models", "fidelity_judge.safetensors"), "fidelity_judge"
+            judges["fidelity"] = (
+                load_checkpoint(image_store.fetch("models", "fidelity_judge.safetensors"), "fidelity_judge"),
+                profile.judge_classifier,
             )
         manifest = db.query(
             "SELECT method, wnid, label, path, pool_id FROM augmentation_manifest ORDER BY method, wnid, rank"
         )
         image_store.ensure(manifest["path"], context.log.info)
         judging = time.perf_counter()
-        predictions = classify_paths(judges, profile.classifier, catalog.height, manifest["path"].to_list())
+        predictions = classify_paths(judges, catalog.height, manifest["path"].to_list())
         scored = manifest.with_columns(
             pl.Series(f"by_{name}", values, dtype=pl.Int64) for name, values in predictions.items()
         )

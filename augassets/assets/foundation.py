@@ -638,7 +638,7 @@ def diffusion_fidelity_asset(profile: Profile, up: SimpleNamespace) -> dg.Assets
         kept = [image for (image, _), ok in zip(results, passed) if ok]
         judged = classify_images(
             load_checkpoint(models / "fidelity_judge.safetensors", "fidelity_judge"),
-            profile.classifier,
+            profile.judge_classifier,
             catalog.height,
             kept,
         )

@@ -184,13 +184,14 @@ def classify_images(
 
 
 def classify_paths(
-    states: dict[str, dict], spec: ClassifierSpec, num_classes: int, paths: Sequence[str], batch_size: int = 512
+    checkpoints: dict[str, tuple[dict, ClassifierSpec]], num_classes: int, paths: Sequence[str], batch_size: int = 512
 ) -> dict[str, np.ndarray]:
-    """Predicted labels of image files under each named checkpoint: every file is decoded once, in
-    batches, whatever the number of checkpoints."""
-    predicted = {name: [] for name in states}
+    """Predicted labels of image files under each named checkpoint (its state dict and the spec it was
+    trained with, which sets its architecture and input size): every file is decoded once, in batches,
+    whatever the number of checkpoints."""
+    predicted = {name: [] for name in checkpoints}
     for start in range(0, len(paths), batch_size):
         images = [Image.open(path).convert("RGB") for path in paths[start : start + batch_size]]
-        for name, state in states.items():
+        for name, (state, spec) in checkpoints.items():
             predicted[name].append(classify_images(state, spec, num_classes, images))
     return {name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64) for name, parts in predicted.items()}
