@@ -688,9 +688,9 @@ SMALL_RESNET = ClassifierSpec(
 )
 
 # The mini protocol's classifier: the small ResNet on 20 px crops, six runs a row. At 20 px real_2p − real_p keeps
-# its 12–13 points and a classifier costs about 60 % of one at 28 px; six runs bring every default gain's 95 %
-# half-width under 2 points, where five left ④'s at 2.4 (`python -m benchmarks.spread --variants size_20`,
-# BENCHMARKS.md).
+# its 12–13 points and a classifier costs about 60 % of one at 28 px. With seeds 0–5 every default gain's 95 %
+# half-width is under 2 points (④'s 1.88; five runs left it at 2.42, and its ten-run spread puts six runs near 2.4
+# on other seeds): `python -m benchmarks.spread --variants size_20 --replicates 10 --half-widths`, BENCHMARKS.md.
 MINI_CLASSIFIER = replace(SMALL_RESNET, image_size=20, replicates=6)
 
 # The mini world's class-fidelity judge: the small ResNet at 28 px with a shorter patience, as world v2's judge was

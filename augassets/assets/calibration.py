@@ -103,10 +103,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         **ON_GPU,
         deps=judge_deps,
         kinds={"pytorch", "parquet"},
-        description="The unbiased class-fidelity judge: the protocol's classifier trained on labelled images of both "
-        "domains (judge_images), with its accuracy on the real test split and on held-out web-domain images; "
-        "its spec "
-        "is the world's (Profile.judge_classifier: MiniWorldSpec.judge, or the classifier with judge_patience).",
+        description="The unbiased class-fidelity judge: a small ResNet trained on labelled images of both domains "
+        "(judge_images), with its accuracy on the real test split and on held-out web-domain images; its spec is the "
+        "world's (Profile.judge_classifier: MiniWorldSpec.judge, or the protocol's classifier with judge_patience).",
     )
     def fidelity_judge(
         context: dg.AssetExecutionContext,
