@@ -238,7 +238,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         **ON_GPU,
         deps=[up.web_pool, up.dataset_splits],
         kinds={"pytorch", "parquet"},
-        description="The oracle row: the protocol's classifiers (five replicates) trained on the target plus, "
+        description="The oracle row: the protocol's classifiers (one per replicate) trained on the target plus, "
         "per class, as "
         "many pool images of that class by ground truth (web_pool_truth) as the target has — a property of the world: "
         "the most a perfectly precise retrieval of pool-domain images could add. Not part of the results table.",
