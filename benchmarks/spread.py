@@ -39,7 +39,9 @@ VARIANTS = {
     "ema_0.98": {"ema_decay": 0.98},
     "ema_0.995": {"ema_decay": 0.995},
     "ema_0.98_patience_20_40": {"ema_decay": 0.98, "plateau_patience": 20, "early_stop_patience": 40},
-    # Fewer FLOPs per step: the images resized down in the loader (the same crops and flips).
+    # The loader's image size (the same crops and flips): mini's protocol is 20 px since fa266b0 (size_20 is then
+    # the protocol); size_28 is the protocol before it, the size the images are stored at.
+    "size_28": {"image_size": 28},
     "size_24": {"image_size": 24},
     "size_20": {"image_size": 20},
 }
