@@ -47,10 +47,33 @@ def benchmark(profile: Profile, force: bool = False, say=print, verify: bool = F
     materialize(profile, benchmark_keys, force, say, verify)
     table = results_report(Warehouse(profile.tables), profile.paper_reference, profile.report_settings)
     say(f"\nResults ({profile.name}, {time.perf_counter() - started:.0f} s):\n\n{table}\n")
+    say(machine_line(profile) + "\n")
     report = Path(profile.store_root) / "reports" / "report.html"
     if report.is_file():
         say(f"Report with figures: {report}\n")
     return table
+
+
+def machine_line(profile: Profile) -> str:
+    """Which machine the numbers above come from, and the fingerprint of its training kernels
+    (``core.classifier.kernel_fingerprint``): a table is reproduced to the digit only where the
+    fingerprint is the same."""
+    import torch
+
+    from .core.classifier import kernel_fingerprint
+    from .core.determinism import cpu_description
+    from .resources import default_resources
+
+    device = default_resources(profile)["compute"].device
+    if device != "cpu":
+        return f"Machine: {cpu_description()}; classifiers on {device} (no CPU kernel fingerprint)"
+    threads = profile.partition_threads or profile.torch_threads or torch.get_num_threads()
+    plural = "s" if threads > 1 else ""
+    return (
+        f"Machine: {cpu_description()}; training-kernel fingerprint {kernel_fingerprint(profile.classifier, threads)} "
+        f"at {threads} thread{plural} — a table repeats to the digit only where the fingerprint is the same "
+        "(docs/running.md, Reproducible numbers)"
+    )
 
 
 CALIBRATION_FIGURES = {  # figures of the world a manifest records beside its files: asset → metadata keys

@@ -26,6 +26,12 @@ def test_rerun_with_nothing_changed_launches_nothing(benchmark_run):
     assert again == table
     assert len(instance.get_runs()) == runs_before
     assert sum("up to date" in line for line in lines) == len(cli.benchmark_keys(defs))
+    # The table names the machine and its training kernels' fingerprint, at the classifier steps' threads.
+    from augassets.core.classifier import kernel_fingerprint
+
+    threads = profile.partition_threads or profile.torch_threads
+    machine = [line for line in lines if line.startswith("Machine: ")]
+    assert len(machine) == 1 and f"fingerprint {kernel_fingerprint(profile.classifier, threads)} at " in machine[0]
 
 
 def test_a_changed_code_version_reruns_that_asset_and_what_reads_it(private_state):

@@ -614,6 +614,34 @@ def test_a_steps_thread_count_is_a_setting_of_the_profile_not_of_the_worker_coun
         replace(mini, workers=0)
 
 
+def test_the_kernel_fingerprint_repeats_and_tells_other_kernels_apart():
+    """``kernel_fingerprint``: the same in another process on this machine (so two machines can compare
+    theirs), the caller's thread count restored; another thread count or another convolution path
+    (PyTorch's own instead of oneDNN's) rounds differently and gives another fingerprint."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from augassets.core.classifier import kernel_fingerprint
+    from augassets.profiles import MINI_CLASSIFIER
+
+    before = torch.get_num_threads()
+    one = kernel_fingerprint(MINI_CLASSIFIER, 1)
+    assert torch.get_num_threads() == before
+    assert len(one) == 12 and int(one, 16) >= 0
+    assert kernel_fingerprint(MINI_CLASSIFIER, 1) == one
+    code = (
+        "import augassets\nfrom augassets.core.classifier import kernel_fingerprint\n"
+        "from augassets.profiles import MINI_CLASSIFIER\nprint(kernel_fingerprint(MINI_CLASSIFIER, 1))"
+    )
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert elsewhere.stdout.strip() == one
+    assert kernel_fingerprint(MINI_CLASSIFIER, 2) != one
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert kernel_fingerprint(MINI_CLASSIFIER, 1) != one
+
+
 def test_a_pool_url_names_its_file_wherever_the_home_lies(tmp_path):
     """The pool's metadata holds ``file://`` URLs (clip-retrieval's layout), percent-escaped by
     ``Path.as_uri``: a home whose path has a space, a percent sign or a non-ASCII letter still finds

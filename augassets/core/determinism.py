@@ -41,3 +41,23 @@ def use_deterministic_kernels() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+
+
+def cpu_description() -> str:
+    """The CPU as the kernel names it ("AMD EPYC, family 25 model 17, 2 CPUs"): what a table of numbers
+    should name beside it, since CPUs of one kind can train different numbers (docs/running.md)."""
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    family = ""
+    if "cpu family" in fields and "model" in fields:
+        family = f", family {fields['cpu family']} model {fields['model']}"
+    return f"{name}{family}, {os.cpu_count()} CPUs"
