@@ -25,7 +25,8 @@ threads     the profile's classifier as one process of 2 threads, of 1 thread, a
             processes at once (what Profile.workers gains; the splits of $AUGASSETS_HOME).
 layout      the profile's classifier on one thread (as a worker trains it), on random images of its size:
             where an epoch's time goes (random crops and batching, SGD steps, the val pass), and the SGD
-            step and val pass again with channels-last tensors, a lever the protocol does not use yet.
+            step and val pass again with channels-last tensors, a lever the protocol does not use yet, and
+            with PyTorch's own convolutions instead of oneDNN's (docs/running.md, Reproducible numbers).
 """
 
 from __future__ import annotations
@@ -427,33 +428,40 @@ def bench_layout(profile_name: str, epochs: int = 20, val_images: int = 470) -> 
     sampler = torch.utils.data.RandomSampler(range(n), num_samples=samples, generator=generator)
     loader = torch.utils.data.DataLoader(Cropped(), batch_size=spec.batch_size, sampler=sampler)
     seconds = {}
-    for layout in (torch.contiguous_format, torch.channels_last):
-        torch.manual_seed(0)
-        model = build_model(spec, 10).to(memory_format=layout)
-        optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
-        data = steps = evaluation = 0.0
-        for _ in range(epochs):
-            model.train()
-            started = time.perf_counter()
-            for x, y in loader:
-                ready = time.perf_counter()
-                data += ready - started
-                loss = F.cross_entropy(model(normalize_batch(x).contiguous(memory_format=layout)), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss.item()
+    variants = {  # name: (memory layout, oneDNN's convolutions)
+        "contiguous": (torch.contiguous_format, True),
+        "channels-last": (torch.channels_last, True),
+        "own": (torch.contiguous_format, False),  # PyTorch's own convolutions: oneDNN and NNPACK off
+    }
+    for name, (layout, onednn) in variants.items():
+        with torch.backends.mkldnn.flags(enabled=onednn), torch.backends.nnpack.flags(enabled=onednn):
+            torch.manual_seed(0)
+            model = build_model(spec, 10).to(memory_format=layout)
+            optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+            data = steps = evaluation = 0.0
+            for _ in range(epochs):
+                model.train()
                 started = time.perf_counter()
-                steps += started - ready
-            model.eval()
-            started = time.perf_counter()
-            with torch.no_grad():
-                for i in range(0, val_images, spec.batch_size):
-                    model(val[i : i + spec.batch_size].contiguous(memory_format=layout)).argmax(1)
-            evaluation += time.perf_counter() - started
-        seconds[layout] = (data / epochs, steps / epochs, evaluation / epochs)
-    data, steps, evaluation = seconds[torch.contiguous_format]
-    _, steps_cl, evaluation_cl = seconds[torch.channels_last]
+                for x, y in loader:
+                    ready = time.perf_counter()
+                    data += ready - started
+                    loss = F.cross_entropy(model(normalize_batch(x).contiguous(memory_format=layout)), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss.item()
+                    started = time.perf_counter()
+                    steps += started - ready
+                model.eval()
+                started = time.perf_counter()
+                with torch.no_grad():
+                    for i in range(0, val_images, spec.batch_size):
+                        model(val[i : i + spec.batch_size].contiguous(memory_format=layout)).argmax(1)
+                evaluation += time.perf_counter() - started
+            seconds[name] = (data / epochs, steps / epochs, evaluation / epochs)
+    data, steps, evaluation = seconds["contiguous"]
+    _, steps_cl, evaluation_cl = seconds["channels-last"]
+    _, steps_own, evaluation_own = seconds["own"]
     total = data + steps + evaluation
     what = f"{spec.arch} w{spec.width} {size} px, batch {spec.batch_size}, {samples // spec.batch_size} steps an epoch"
     return [
@@ -470,6 +478,12 @@ def bench_layout(profile_name: str, epochs: int = 20, val_images: int = 470) -> 
             "val pass, contiguous → channels-last",
             f"{1000 * evaluation:.0f} → {1000 * evaluation_cl:.0f} ms "
             f"({100 * (1 - evaluation_cl / evaluation):.0f} % less)",
+        ),
+        (
+            "SGD steps / val pass, oneDNN's convolutions → PyTorch's own (oneDNN and NNPACK off)",
+            f"{1000 * steps:.0f} → {1000 * steps_own:.0f} ms ({100 * (steps_own / steps - 1):+.0f} %) / "
+            f"{1000 * evaluation:.0f} → {1000 * evaluation_own:.0f} ms "
+            f"({100 * (evaluation_own / evaluation - 1):+.0f} %)",
         ),
     ]
 
