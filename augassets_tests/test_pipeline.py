@@ -145,6 +145,14 @@ def test_main_command_materializes_baselines_and_retrieval(benchmark_run):
     assert "data:image/png;base64," in metadata["target_sample_grid"].value
     results_event = instance.get_latest_materialization_event(dg.AssetKey("results_table"))
     assert "real_2p" in results_event.asset_materialization.metadata["results"].value
+    # Each classifier step names the machine it trained on and its training kernels' fingerprint.
+    from augassets.core.classifier import kernel_fingerprint
+
+    trained = instance.get_latest_materialization_event(dg.AssetKey("classifier_scores")).asset_materialization.metadata
+    threads = profile.partition_threads or profile.torch_threads
+    assert trained["threads"].value == threads
+    assert trained["training_kernel_fingerprint"].value == kernel_fingerprint(profile.classifier, threads)
+    assert trained["machine"].value.endswith(" CPUs")
     assert (profile.home / "store" / "reports" / "results_table.csv").is_file()
     # Assets requested together over the same partitions run together: the profile's partitions are
     # exactly its grid, so each partitioned stage is one run over all of its partitions.

@@ -16,7 +16,7 @@ from ..executors import ON_GPU
 from ..integrity import outputs
 from ..lineage import partition_links
 from ..partitions import method_replicate_partitions
-from ..profiles import Profile
+from ..profiles import ClassifierSpec, Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
 
@@ -41,6 +41,24 @@ def labeled_images(frame: pl.DataFrame):
     from ..core.classifier import LabeledImages
 
     return LabeledImages(paths=frame["path"].to_list(), labels=frame["label"].to_list())
+
+
+def machine_metadata(spec: ClassifierSpec) -> dict:
+    """Where a step trained: the CPU and the fingerprint of its training kernels at the step's threads
+    (``core.classifier.kernel_fingerprint``; runs with different fingerprints train different numbers).
+    Nothing on a GPU, whose kernels the fingerprint does not cover."""
+    if spec.device != "cpu":
+        return {}
+    import torch
+
+    from ..core.classifier import kernel_fingerprint
+    from ..core.determinism import cpu_description
+
+    return {
+        "machine": cpu_description(),
+        "training_kernel_fingerprint": kernel_fingerprint(spec, torch.get_num_threads()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def build(profile: Profile, up: SimpleNamespace) -> dict:
@@ -150,6 +168,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         summary = pl.DataFrame(rows, schema=SCORE_SCHEMA).drop("checkpoint", "seed")
         return dg.MaterializeResult(
             metadata={
+                **machine_metadata(spec),
                 "runs": len(rows),
                 "mean_test_top1": float(summary["test_top1"].mean()),
                 "runs_stopped_early": int(summary["stopped_early"].sum()),  # the rest ran into max_epochs
@@ -214,6 +233,7 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
         return dg.MaterializeResult(
             metadata={
+                **machine_metadata(spec),
                 "test_top1": result.test_top1,
                 "best_epoch": result.best_epoch,
                 "checkpoint": dg.MetadataValue.path(image_store.url("models", path.name)),

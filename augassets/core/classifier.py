@@ -266,38 +266,42 @@ def kernel_fingerprint(spec: ClassifierSpec, threads: int, steps: int = 5) -> st
     pass in eval mode, all seeded. Two machines with the same fingerprint train the same numbers from
     the same seeds; another fingerprint means other roundings, so other numbers (docs/running.md,
     "Reproducible numbers"). Run on the CPU with ``threads`` threads — the count the profile's
-    classifier steps use — and the thread count is restored after."""
-    import hashlib
-
+    classifier steps use — and the thread count and torch's random state are restored after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        generator = torch.Generator().manual_seed(0)
-        torch.manual_seed(0)
-        model = build_model(spec, 10)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
-        batch = min(spec.batch_size, 32)
-        size = spec.image_size + spec.image_size // 4  # larger than the crop, as the stored images are
-        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
-        labels = torch.randint(0, 10, (batch,), generator=generator)
-        crop = train_transform(spec)
-        model.train()
-        for _ in range(steps):
-            loss = F.cross_entropy(model(normalize_batch(torch.stack([crop(image) for image in images]))), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            logits = model(normalize_batch(v2.functional.resize(images, [spec.image_size] * 2, antialias=True)))
-        digest = hashlib.sha256(logits.numpy().tobytes())
-        for tensor in model.state_dict().values():
-            digest.update(tensor.detach().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:12]
+        with torch.random.fork_rng(devices=[]):
+            return _fingerprint(spec, steps)
     finally:
         torch.set_num_threads(previous)
+
+
+def _fingerprint(spec: ClassifierSpec, steps: int) -> str:
+    """``kernel_fingerprint``'s computation, on the threads and random state it set up."""
+    import hashlib
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = build_model(spec, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    batch = min(spec.batch_size, 32)
+    size = spec.image_size + spec.image_size // 4  # larger than the crop, as the stored images are
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+    crop = train_transform(spec)
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(normalize_batch(torch.stack([crop(image) for image in images]))), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize_batch(v2.functional.resize(images, [spec.image_size] * 2, antialias=True)))
+    digest = hashlib.sha256(logits.numpy().tobytes())
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def train_classifier(

@@ -1,12 +1,16 @@
-"""Same numbers from the same seeds on any x86 CPU of the kind the project runs on.
+"""The same numbers from the same seeds: what can be pinned on a CPU, and how to tell what could not.
 
 Seeds fix what a run draws; they do not fix how floating-point sums are ordered. On CPUs, PyTorch,
 oneDNN, MKL and OpenBLAS pick kernels by the widest vector unit the CPU has (AVX2 or AVX-512)
 and split work by thread count, and each choice rounds differently — enough to move a small classifier's test accuracy
 by a point or two, since a different rounding early in SGD leads to a different minimum. Pinning the
 kernels to AVX2 (which every x86-64 machine of the last decade has) and the thread count per profile
-(``Profile.torch_threads``) makes a run repeatable across such machines, at some speed cost on
-AVX-512 ones. ``AUGASSETS_FAST_KERNELS=1`` leaves every library its own choice.
+(``Profile.torch_threads``) makes a run repeatable on a machine and removes the vector width as a cause
+of differences between machines, at some speed cost on AVX-512 ones. It does not make training
+identical across CPUs: two 2-core machines of one kind trained different numbers under these pins
+while every forward pass agreed (docs/running.md, "Reproducible numbers"), so the results name the CPU
+(:func:`cpu_description`) and a fingerprint of its training kernels (``core.classifier.kernel_fingerprint``).
+``AUGASSETS_FAST_KERNELS=1`` leaves every library its own choice.
 
 The variables are read when the libraries initialize, so this runs when ``augassets`` is imported,
 before ``torch`` is; a variable already set in the environment is left as it is.
