@@ -264,9 +264,10 @@ def kernel_fingerprint(spec: ClassifierSpec, threads: int, steps: int = 5) -> st
     """A short hash of what this machine's kernels compute when they train ``spec``: a few SGD steps
     (crops, forward, backward, momentum and weight decay) on fixed synthetic images, then a forward
     pass in eval mode, all seeded. Another fingerprint means other roundings in training, so other
-    numbers from the same seeds; the same fingerprint is what two machines need to repeat each other's
-    tables (docs/running.md, "Reproducible numbers"). Run on the CPU with ``threads`` threads — the count the profile's
-    classifier steps use — and the thread count and torch's random state are restored after."""
+    numbers from the same seeds; the same fingerprint is what two machines need to repeat each
+    other's tables (docs/running.md, "Reproducible numbers"). Run on the CPU with ``threads`` threads
+    (the count the profile's classifier steps use); the caller's thread count and torch's random
+    state are restored after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
