@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -56,23 +57,22 @@ def benchmark(profile: Profile, force: bool = False, say=print, verify: bool = F
 
 def machine_line(profile: Profile) -> str:
     """Which machine the numbers above come from, and the fingerprint of its training kernels
-    (``core.classifier.kernel_fingerprint``): a table is reproduced to the digit only where the
+    (``core.classifier.training_machine``): a table is reproduced to the digit only where the
     fingerprint is the same."""
     import torch
 
-    from .core.classifier import kernel_fingerprint
-    from .core.determinism import cpu_description
+    from .core.classifier import training_machine
     from .resources import default_resources
 
-    device = default_resources(profile)["compute"].device
-    if device != "cpu":
-        return f"Machine: {cpu_description()}; classifiers on {device} (no CPU kernel fingerprint)"
-    threads = profile.partition_threads or profile.torch_threads or torch.get_num_threads()
-    plural = "s" if threads > 1 else ""
+    spec = replace(profile.classifier, device=default_resources(profile)["compute"].device)
+    machine = training_machine(spec, profile.partition_threads or profile.torch_threads or torch.get_num_threads())
+    if not machine:
+        return f"Machine: classifiers on {spec.device} (no CPU kernel fingerprint)"
+    threads = machine["threads"]
     return (
-        f"Machine: {cpu_description()}; training-kernel fingerprint {kernel_fingerprint(profile.classifier, threads)} "
-        f"at {threads} thread{plural} — a table repeats to the digit only where the fingerprint is the same "
-        "(docs/running.md, Reproducible numbers)"
+        f"Machine: {machine['machine']}; training-kernel fingerprint {machine['training_kernel_fingerprint']} "
+        f"at {threads} thread{'s' if threads > 1 else ''} — a table repeats to the digit only where the fingerprint "
+        "is the same (docs/running.md, Reproducible numbers)"
     )
 
 

@@ -16,7 +16,7 @@ from ..executors import ON_GPU
 from ..integrity import outputs
 from ..lineage import partition_links
 from ..partitions import method_replicate_partitions
-from ..profiles import ClassifierSpec, Profile
+from ..profiles import Profile
 from ..resources import ComputeResource, ImageStoreResource, WarehouseResource
 from ..versions import code_version
 
@@ -43,24 +43,6 @@ def labeled_images(frame: pl.DataFrame):
     return LabeledImages(paths=frame["path"].to_list(), labels=frame["label"].to_list())
 
 
-def machine_metadata(spec: ClassifierSpec) -> dict:
-    """Where a step trained: the CPU and the fingerprint of its training kernels at the step's threads
-    (``core.classifier.kernel_fingerprint``; runs with different fingerprints train different numbers).
-    Nothing on a GPU, whose kernels the fingerprint does not cover."""
-    if spec.device != "cpu":
-        return {}
-    import torch
-
-    from ..core.classifier import kernel_fingerprint
-    from ..core.determinism import cpu_description
-
-    return {
-        "machine": cpu_description(),
-        "training_kernel_fingerprint": kernel_fingerprint(spec, torch.get_num_threads()),
-        "threads": torch.get_num_threads(),
-    }
-
-
 def build(profile: Profile, up: SimpleNamespace) -> dict:
     """The classifier runs of ``profile``; ``up``: the earlier stages' definitions by name."""
 
@@ -85,7 +67,9 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         image_store: ImageStoreResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        from ..core.classifier import train_classifier
+        import torch
+
+        from ..core.classifier import train_classifier, training_machine
 
         spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
@@ -168,7 +152,7 @@ def build(profile: Profile, up: SimpleNamespace) -> dict:
         summary = pl.DataFrame(rows, schema=SCORE_SCHEMA).drop("checkpoint", "seed")
         return dg.MaterializeResult(
             metadata={
-                **machine_metadata(spec),
+                **training_machine(spec, torch.get_num_threads()),  # the threads the compute resource set
                 "runs": len(rows),
                 "mean_test_top1": float(summary["test_top1"].mean()),
                 "runs_stopped_early": int(summary["stopped_early"].sum()),  # the rest ran into max_epochs
@@ -206,7 +190,9 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         image_store: ImageStoreResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        from ..core.classifier import train_classifier
+        import torch
+
+        from ..core.classifier import train_classifier, training_machine
 
         spec = replace(profile.classifier, device=compute.device)
         db = warehouse.get()
@@ -233,7 +219,7 @@ def build_fidelity_classifier(profile: Profile, up: SimpleNamespace) -> dict:
         context.log.info(f"fidelity_classifier: test top-1 {result.test_top1:.4f}")
         return dg.MaterializeResult(
             metadata={
-                **machine_metadata(spec),
+                **training_machine(spec, torch.get_num_threads()),  # the threads the compute resource set
                 "test_top1": result.test_top1,
                 "best_epoch": result.best_epoch,
                 "checkpoint": dg.MetadataValue.path(image_store.url("models", path.name)),

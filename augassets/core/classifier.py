@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import logging
 import os
 import random
@@ -277,10 +278,24 @@ def kernel_fingerprint(spec: ClassifierSpec, threads: int, steps: int = 5) -> st
         torch.set_num_threads(previous)
 
 
+def training_machine(spec: ClassifierSpec, threads: int) -> dict:
+    """Where ``spec``'s classifiers train: the CPU (``determinism.cpu_description``), the fingerprint
+    of its training kernels at ``threads`` threads, and that thread count — what the results print and
+    each classifier step records. Empty when ``spec.device`` is a GPU, whose kernels the fingerprint
+    does not cover."""
+    if spec.device != "cpu":
+        return {}
+    from .determinism import cpu_description
+
+    return {
+        "machine": cpu_description(),
+        "training_kernel_fingerprint": kernel_fingerprint(spec, threads),
+        "threads": threads,
+    }
+
+
 def _fingerprint(spec: ClassifierSpec, steps: int) -> str:
     """``kernel_fingerprint``'s computation, on the threads and random state it set up."""
-    import hashlib
-
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model(spec, 10)
